@@ -1,0 +1,187 @@
+"""The `dsm` command line. Only the dashboard path imports Textual, and only when it starts."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from app import __version__, humanize
+from app.catalog import load_catalog
+from app.config import Settings, load_settings
+from app.errors import EXIT_BAD_INPUT, EXIT_FAILED, BadInput, DsmError
+from app.jobs import PARAMS_SCHEMA, JobType, parse_params
+from app.model import Dataset
+from app.registry import register
+from app.repository import Repository, UnknownDataset
+from store import Store, StoreCorrupt, StoreError
+
+MAX_PAGE_SIZE = 1000
+
+
+def _global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    """Options accepted before or after a subcommand (sub-parsers get SUPPRESS defaults)."""
+
+    def add(*flags: str, **kw: Any) -> None:
+        if not defaults:
+            kw["default"] = argparse.SUPPRESS
+        parser.add_argument(*flags, **kw)
+
+    add("--home", metavar="DIR", help="data home (env DSM_HOME)")
+    add("--catalog", metavar="FILE", help="catalogue replacing the bundled one (env DSM_CATALOG)")
+    add("--json", action="store_true", default=False, help="machine-readable output")
+    add("--max-retries", metavar="N", help="retries per job (env DSM_MAX_RETRIES, default 5)")
+    add("--retry-delay", metavar="S", help="seconds between retries (env DSM_RETRY_DELAY, 30)")
+    add("--job-timeout", metavar="S", help="seconds a job may take (env DSM_JOB_TIMEOUT, 36000)")
+    add("--stall-timeout", metavar="S", help="seconds without data (env DSM_STALL_TIMEOUT, 60)")
+    add("--workers", metavar="N", help="parallel downloads (env DSM_WORKERS, default 4)")
+    add("--run-job", metavar="TYPE", choices=[t.value for t in JobType], help="run jobs headless")
+    add("--dataset", metavar="NAME", action="append", help="dataset for --run-job (repeatable)")
+    add("--all", action="store_true", default=False, help="every dataset, for --run-job")
+    add("--force-download", action="store_true", default=False, help="fetch even if verified")
+    add("--params", metavar="JSON", help='job params, e.g. \'{"dataset": "gsm8k"}\'')
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dsm",
+        description="Fetch, verify and keep LLM benchmark datasets. "
+        "Without a command: the dashboard.",
+    )
+    parser.add_argument("--version", action="version", version=f"dsm {__version__}")
+    _global_options(parser, defaults=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    lst = sub.add_parser("list", help="list datasets")
+    lst.add_argument("--page-size", type=int, default=50, help="rows per page (1-1000)")
+    lst.add_argument("--page", type=int, default=1, help="page number, from 1")
+    show = sub.add_parser("show", help="show one dataset")
+    show.add_argument("name")
+    sub.add_parser("job-params", help="print the JSON Schema of job parameters")
+    for p in (lst, show, sub.choices["job-params"]):
+        _global_options(p, defaults=False)
+    return parser
+
+
+def open_home(args: argparse.Namespace) -> tuple[Settings, Repository]:
+    """Resolve settings, check the store, validate and register the catalogue (in that order:
+    nothing is written unless the catalogue and the store are both sound)."""
+    settings = load_settings(
+        home=args.home,
+        catalog=args.catalog,
+        max_retries=args.max_retries,
+        retry_delay=args.retry_delay,
+        job_timeout=args.job_timeout,
+        stall_timeout=args.stall_timeout,
+        workers=args.workers,
+    )
+    settings.home.mkdir(parents=True, exist_ok=True)
+    store = Store(settings.db_path)
+    store.check()
+    repo = Repository(store)
+    repo.datasets()  # rows of the wrong shape are reported now, before anything is written
+    register(repo, load_catalog(settings.catalog, settings.home))
+    return settings, repo
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2))
+
+
+def cmd_list(args: argparse.Namespace, repo: Repository) -> int:
+    if not 1 <= args.page_size <= MAX_PAGE_SIZE:
+        raise BadInput(f"--page-size must be between 1 and {MAX_PAGE_SIZE}, got {args.page_size}")
+    if args.page < 1:
+        raise BadInput(f"--page must be at least 1, got {args.page}")
+    rows = repo.datasets()
+    start = (args.page - 1) * args.page_size
+    page = rows[start : start + args.page_size]
+    if args.json:
+        _print_json(
+            {
+                "page_size": args.page_size,
+                "page_number": args.page,
+                "total": len(rows),
+                "datasets": [d.to_dict() for d in page],
+            }
+        )
+        return 0
+    print(f"{'NAME':<22} {'STATUS':<12} {'SIZE':>10} {'PROGRESS':>8}  DOWNLOADED")
+    for ds in page:
+        flag = "" if ds.in_catalog else "  (not in catalogue)"
+        flag += "  (outdated)" if ds.outdated else ""
+        print(
+            f"{ds.name:<22} {ds.status.label:<12} {humanize.size(ds.size):>10} "
+            f"{ds.download_progress:>7.1f}%  {humanize.when(ds.downloaded_at_ms)}{flag}"
+        )
+    print(f"page {args.page}, {len(page)} of {len(rows)} datasets")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace, repo: Repository) -> int:
+    try:
+        ds: Dataset = repo.dataset(args.name)
+    except UnknownDataset:
+        raise BadInput(f"dataset not found: {args.name}") from None
+    if args.json:
+        _print_json(ds.to_dict())
+        return 0
+    for key, value in ds.to_dict().items():
+        print(f"{key:<18} {'-' if value is None else value}")
+    return 0
+
+
+def job_params(args: argparse.Namespace, repo: Repository) -> list[dict[str, Any]]:
+    """The params of each job --run-job asked for, validated before anything starts."""
+    names = {d.name for d in repo.datasets()}
+    given: list[dict[str, Any]] = []
+    if args.params:
+        try:
+            raw = json.loads(args.params)
+        except json.JSONDecodeError as exc:
+            raise BadInput(f"--params: invalid JSON at column {exc.colno}: {exc.msg}") from None
+        given.append(raw)
+    chosen = sorted(names) if args.all else (args.dataset or [])
+    given += [{"dataset": n, "force_download": args.force_download} for n in chosen]
+    if not given:
+        raise BadInput("--run-job needs --dataset NAME, --all or --params JSON")
+    for p in given:
+        parse_params(p, names)
+    return given
+
+
+def run(argv: Sequence[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "job-params":
+        _print_json(PARAMS_SCHEMA)
+        return 0
+    settings, repo = open_home(args)
+    if args.command == "list":
+        return cmd_list(args, repo)
+    if args.command == "show":
+        return cmd_show(args, repo)
+    if args.run_job:
+        import anyio
+
+        from app.headless import run_jobs
+
+        params = job_params(args, repo)
+        return anyio.run(run_jobs, settings, repo, JobType(args.run_job), params, args.json)
+    from app.tui import run_dashboard  # the only place Textual is imported
+
+    return run_dashboard(settings, repo)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return run(argv)
+    except (StoreError, DsmError) as exc:
+        if isinstance(exc, DsmError):
+            code = exc.exit_code
+        else:  # a corrupt store is bad input; a store that cannot be written is a failure
+            code = EXIT_BAD_INPUT if isinstance(exc, StoreCorrupt) else EXIT_FAILED
+        print(f"dsm: error: {exc}", file=sys.stderr)
+        return code
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,125 @@
+"""Where dsm keeps its data and how jobs behave: flags, then environment, then defaults."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import TypeVar
+
+import platformdirs
+
+from app.errors import BadInput
+
+DEFAULT_RETRY_DELAY = 30.0
+DEFAULT_MAX_RETRIES = 5
+DEFAULT_JOB_TIMEOUT = 10 * 3600.0
+DEFAULT_STALL_TIMEOUT = 60.0
+DEFAULT_WORKERS = 4
+CONNECT_TIMEOUT = 30.0
+
+
+def bundled_catalog() -> Path:
+    """The catalogue shipped inside the package (the top-level datasets.json)."""
+    return Path(str(resources.files("app") / "datasets.json"))
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    catalog: Path
+    max_retries: int = DEFAULT_MAX_RETRIES
+    retry_delay: float = DEFAULT_RETRY_DELAY
+    job_timeout: float = DEFAULT_JOB_TIMEOUT
+    stall_timeout: float = DEFAULT_STALL_TIMEOUT
+    workers: int = DEFAULT_WORKERS
+    maintenance_workers: int = 1
+    # Extra request headers per host, from DSM_HEADERS ("host: Name: value; ...").
+    host_headers: tuple[tuple[str, str, str], ...] = ()
+    # Sent as a Bearer token to huggingface.co only (gated datasets), never to another host.
+    hf_token: str | None = None
+
+    @property
+    def db_path(self) -> Path:
+        return self.home / "db.json"
+
+    @property
+    def lock_dir(self) -> Path:
+        return self.home / ".locks"
+
+
+T = TypeVar("T", int, float)
+
+
+def _number(name: str, raw: str | None, default: T, convert: Callable[[str], T], minimum: T) -> T:
+    if raw is None or raw == "":
+        return default
+    try:
+        value = convert(raw)
+    except ValueError:
+        raise BadInput(f"{name}={raw!r} is not a valid number") from None
+    if value < minimum:
+        raise BadInput(f"{name}={raw!r} must be at least {minimum}")
+    return value
+
+
+def parse_host_headers(raw: str) -> tuple[tuple[str, str, str], ...]:
+    """Parse DSM_HEADERS: entries `host=Name: value` separated by newlines or ';'."""
+    out: list[tuple[str, str, str]] = []
+    for entry in raw.replace("\n", ";").split(";"):
+        entry = entry.strip()
+        if not entry:
+            continue
+        host, sep, header = entry.partition("=")
+        name, colon, value = header.partition(":")
+        if not sep or not colon or not host.strip() or not name.strip():
+            raise BadInput(f"DSM_HEADERS entry {entry!r} is not of the form 'host=Name: value'")
+        out.append((host.strip().lower(), name.strip(), value.strip()))
+    return tuple(out)
+
+
+def load_settings(
+    *,
+    home: str | None = None,
+    catalog: str | None = None,
+    max_retries: str | None = None,
+    retry_delay: str | None = None,
+    job_timeout: str | None = None,
+    stall_timeout: str | None = None,
+    workers: str | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Settings:
+    """Resolve settings; a flag (given as its raw string) wins over the environment."""
+    env = os.environ if env is None else env
+
+    def pick(flag: str | None, var: str) -> tuple[str, str | None]:
+        return (
+            (f"--{var[4:].lower().replace('_', '-')}", flag)
+            if flag is not None
+            else (
+                var,
+                env.get(var),
+            )
+        )
+
+    home_raw = home if home is not None else env.get("DSM_HOME")
+    home_path = Path(home_raw or platformdirs.user_data_dir("dsm")).expanduser().absolute()
+    catalog_raw = catalog if catalog is not None else env.get("DSM_CATALOG")
+    catalog_path = Path(catalog_raw).expanduser().absolute() if catalog_raw else bundled_catalog()
+    return Settings(
+        home=home_path,
+        catalog=catalog_path,
+        max_retries=_number(*pick(max_retries, "DSM_MAX_RETRIES"), DEFAULT_MAX_RETRIES, int, 0),
+        retry_delay=_number(*pick(retry_delay, "DSM_RETRY_DELAY"), DEFAULT_RETRY_DELAY, float, 0.0),
+        job_timeout=_number(
+            *pick(job_timeout, "DSM_JOB_TIMEOUT"), DEFAULT_JOB_TIMEOUT, float, 0.001
+        ),
+        stall_timeout=_number(
+            *pick(stall_timeout, "DSM_STALL_TIMEOUT"), DEFAULT_STALL_TIMEOUT, float, 0.001
+        ),
+        workers=_number(*pick(workers, "DSM_WORKERS"), DEFAULT_WORKERS, int, 1),
+        host_headers=parse_host_headers(env.get("DSM_HEADERS", "")),
+        hf_token=env.get("HF_TOKEN") or None,
+    )

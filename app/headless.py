@@ -1,0 +1,134 @@
+"""`dsm --run-job`: run jobs to the end without the dashboard, reporting on stderr or as JSON."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from typing import Any, TextIO
+
+import anyio
+
+from app import humanize
+from app.config import Settings
+from app.engine import Engine
+from app.events import EventKind, JobEvent
+from app.jobs import Job, JobType
+from app.repository import Repository
+
+PLAIN_INTERVAL = 5.0  # seconds between progress lines when stderr is not a terminal
+JSON_PROGRESS_INTERVAL = 1.0
+REDRAW_INTERVAL = 0.1
+SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+def describe(job: Job, eta: float | None = None) -> str:
+    """One human line for a job: what, how far, how fast, or how it ended."""
+    head = f"{job.type.value} {job.dataset}: {job.status.value}"
+    if job.status.finished:
+        return head + (f": {job.error}" if job.error else "")
+    if job.bytes_total:
+        head += f" {job.progress:5.1f}% of {humanize.size(job.bytes_total)}"
+    elif job.bytes_done:
+        head += f" {humanize.size(job.bytes_done)}"
+    if job.rate:
+        head += f" at {humanize.rate(job.rate)}, eta {humanize.duration(eta)}"
+    if job.status.value == "retrying" and job.error:
+        head += f" ({job.error})"
+    return head
+
+
+class Reporter:
+    """Listens to engine events; must stay cheap (it runs on the engine's event loop)."""
+
+    def __init__(self, err: TextIO, out: TextIO, as_json: bool) -> None:
+        self.err, self.out, self.as_json = err, out, as_json
+        self.live = err.isatty() and not as_json
+        self.lines: dict[str, str] = {}
+        self.drawn = 0
+        self.last: dict[str, float] = {}
+
+    def __call__(self, event: JobEvent) -> None:
+        job = event.job
+        now = time.monotonic()
+        if event.kind == EventKind.PROGRESS and event.dataset is None:
+            interval = (
+                JSON_PROGRESS_INTERVAL
+                if self.as_json
+                else (REDRAW_INTERVAL if self.live else PLAIN_INTERVAL)
+            )
+            if now - self.last.get(job.id, 0.0) < interval:
+                return
+        self.last[job.id] = now
+        if self.as_json:
+            self._json(event)
+        elif self.live:
+            self.lines[job.id] = describe(job, event.eta_s)
+            self._redraw()
+        elif event.kind != EventKind.PROGRESS or event.dataset is None:
+            print(describe(job, event.eta_s), file=self.err, flush=True)
+
+    def _json(self, event: JobEvent) -> None:
+        job = event.job
+        record: dict[str, Any] = {
+            "event": event.kind.value,
+            "job_id": job.id,
+            "type": job.type.value,
+            "dataset": job.dataset,
+            "status": job.status.value,
+            "attempts": job.attempts,
+            "bytes_done": job.bytes_done,
+            "bytes_total": job.bytes_total,
+            "progress": round(job.progress, 2),
+            "rate": round(job.rate, 1),
+            "eta_s": event.eta_s,
+            "error": job.error,
+        }
+        print(json.dumps(record), file=self.out, flush=True)
+
+    def _redraw(self) -> None:
+        up = f"\x1b[{self.drawn}F" if self.drawn else ""
+        body = "".join(f"\x1b[2K{line}\n" for line in self.lines.values())
+        self.err.write(up + body)
+        self.err.flush()
+        self.drawn = len(self.lines)
+
+
+async def run_jobs(
+    settings: Settings,
+    repo: Repository,
+    job_type: JobType,
+    params: list[dict[str, Any]],
+    as_json: bool,
+) -> int:
+    reporter = Reporter(sys.stderr, sys.stdout, as_json)
+    exit_code = 0
+    jobs: list[Job] = []
+    finished: dict[str, Job] = {}
+
+    def record(event: JobEvent) -> None:
+        if event.kind == EventKind.FINISHED:
+            finished[event.job.id] = event.job
+
+    engine = Engine(settings, repo, [reporter, record])
+    async with engine.running(), anyio.create_task_group() as tg:
+
+        async def on_signals() -> None:
+            nonlocal exit_code
+            with anyio.open_signal_receiver(*SIGNAL_EXIT) as signals:
+                async for signum in signals:
+                    exit_code = SIGNAL_EXIT[signal.Signals(signum)]
+                    await engine.cancel_all()
+
+        tg.start_soon(on_signals)
+        for p in params:
+            jobs.append(await engine.submit(job_type, p))
+        await engine.wait_idle()
+        tg.cancel_scope.cancel()
+    if exit_code:
+        return exit_code
+    ended = [finished.get(j.id, j) for j in jobs] + [
+        j for j in finished.values() if j.id not in {x.id for x in jobs}
+    ]
+    return 0 if all(j.status.ok for j in ended) else 1

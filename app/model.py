@@ -1,0 +1,102 @@
+"""The dataset entity and its lifecycle: statuses and the transitions allowed between them."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from enum import StrEnum
+from typing import Any
+
+
+class Status(StrEnum):
+    NOT_LOADED = "not_loaded"
+    QUEUED = "queued"
+    DOWNLOADING = "downloading"
+    VERIFYING = "verifying"
+    DOWNLOADED = "downloaded"
+    DELETING = "deleting"
+    CANCELED = "canceled"
+    ERROR = "error"
+
+    @property
+    def label(self) -> str:
+        """The readable form users see ("not loaded")."""
+        return self.value.replace("_", " ")
+
+
+# Statuses in which a job owns the dataset; everything else is at rest.
+ACTIVE = frozenset({Status.QUEUED, Status.DOWNLOADING, Status.VERIFYING, Status.DELETING})
+AT_REST = frozenset(Status) - ACTIVE
+
+# The one place that says which status may follow which. An active status may always fall
+# back to a resting one (a job ended, was canceled, or a dead process's row is reconciled)
+# or to QUEUED (a job is resumed after a crash).
+TRANSITIONS: dict[Status, frozenset[Status]] = {
+    **{s: frozenset({Status.QUEUED, Status.DELETING, Status.NOT_LOADED}) for s in AT_REST},
+    Status.QUEUED: AT_REST | {Status.DOWNLOADING, Status.DELETING},
+    Status.DOWNLOADING: AT_REST | {Status.VERIFYING, Status.QUEUED},
+    Status.VERIFYING: AT_REST | {Status.QUEUED},
+    Status.DELETING: AT_REST | {Status.QUEUED},
+}
+
+
+class InvalidTransition(RuntimeError):
+    """A bug: code asked for a status change the lifecycle does not allow."""
+
+
+def check_transition(name: str, old: Status, new: Status) -> None:
+    if old != new and new not in TRANSITIONS[old]:
+        raise InvalidTransition(f"dataset {name}: {old.value} -> {new.value} is not allowed")
+
+
+@dataclass
+class Dataset:
+    """One dataset: static fields from the catalogue, runtime fields kept by the engine.
+
+    Field names are the seed's column names; `to_dict` is both the JSON and the stored form.
+    """
+
+    name: str
+    description: str = ""
+    original_url: str = ""
+    local_path: str = ""
+    expected_size: int | None = None
+    expected_sha256: str | None = None
+    updated_at_ms: int = 0
+    downloaded_at_ms: int | None = None
+    size: int | None = None
+    checksum: str | None = None
+    status: Status = Status.NOT_LOADED
+    error: str | None = None
+    download_progress: float = 0.0
+    downloaded: bool = False
+    download_job_id: str | None = None
+    # The file's mtime when it was verified: size + this stamp make "still verified" cheap.
+    file_mtime_ns: int | None = None
+    # The catalogue changed the URL or checksum of a downloaded copy: it is no longer trusted.
+    outdated: bool = False
+    # The entry left the catalogue; the row and any file are kept until deleted.
+    in_catalog: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["status"] = self.status.value
+        return out
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Dataset:
+        """Build from stored JSON; raises ValueError naming the field that is malformed."""
+        known = {f.name for f in fields(cls)}
+        if not isinstance(raw.get("name"), str):
+            raise ValueError("dataset row without a string 'name'")
+        kwargs = {k: v for k, v in raw.items() if k in known}
+        try:
+            kwargs["status"] = Status(raw.get("status", Status.NOT_LOADED))
+        except ValueError:
+            raise ValueError(
+                f"dataset {raw['name']}: unknown status {raw.get('status')!r}"
+            ) from None
+        return cls(**kwargs)
+
+    def set_status(self, new: Status) -> None:
+        check_transition(self.name, self.status, new)
+        self.status = new

@@ -1,0 +1,57 @@
+"""Registering a catalogue into the store: idempotent, never trusting a changed source."""
+
+from __future__ import annotations
+
+from app.catalog import CatalogEntry
+from app.model import Dataset
+from app.repository import Repository
+
+
+def _apply(ds: Dataset, entry: CatalogEntry) -> bool:
+    """Bring a stored row's static fields in line with its entry; True when anything changed."""
+    before = ds.to_dict()
+    source_changed = (
+        ds.original_url != entry.original_url
+        or ds.local_path != entry.local_path
+        or ds.expected_size != entry.expected_size
+        or ds.expected_sha256 != entry.expected_sha256
+    )
+    if ds.downloaded and source_changed:
+        # A copy fetched from another URL, or that the new checksum contradicts, is not
+        # trusted: the next download fetches again. A new checksum that agrees is fine.
+        agrees = (
+            ds.original_url == entry.original_url
+            and ds.local_path == entry.local_path
+            and entry.expected_sha256 in (None, ds.checksum)
+            and entry.expected_size in (None, ds.size)
+        )
+        ds.outdated = ds.outdated or not agrees
+    ds.description = entry.description
+    ds.original_url = entry.original_url
+    ds.local_path = entry.local_path
+    ds.expected_size = entry.expected_size
+    ds.expected_sha256 = entry.expected_sha256
+    ds.in_catalog = True
+    return ds.to_dict() != before
+
+
+def register(repo: Repository, entries: list[CatalogEntry]) -> int:
+    """Add new entries as not_loaded, refresh existing rows; returns how many rows changed.
+
+    Rows whose entry left the catalogue stay (their files are the user's data) with
+    `in_catalog` false, until a delete job removes them. Nothing is written when nothing changed.
+    """
+    changed = 0
+    with repo.store.transaction():
+        stored = {ds.name: ds for ds in repo.datasets()}
+        for entry in entries:
+            ds = stored.pop(entry.name, None) or Dataset(name=entry.name)
+            if _apply(ds, entry):
+                repo.save(ds)
+                changed += 1
+        for ds in stored.values():
+            if ds.in_catalog:
+                ds.in_catalog = False
+                repo.save(ds)
+                changed += 1
+    return changed

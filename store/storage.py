@@ -1,0 +1,148 @@
+"""A TinyDB storage that never leaves a truncated file and never loses another process's update.
+
+Stock JSONStorage truncates and rewrites in place, so a crash mid-write leaves a broken file.
+Here every write goes to a temp file in the same folder, is fsynced and `os.replace`d over the
+old one. Writes only happen inside a transaction that holds a cross-process file lock and starts
+from the file's latest content, so two processes never overwrite each other's changes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock, Timeout
+from tinydb.storages import Storage
+
+Data = dict[str, dict[str, dict[str, Any]]]
+LOCK_TIMEOUT = 30.0
+
+
+class StoreError(Exception):
+    """The store cannot be read or written."""
+
+
+class StoreCorrupt(StoreError):
+    """db.json exists but is not a dsm store; it is left exactly as it was."""
+
+
+def _check_shape(path: Path, data: object) -> Data:
+    if not isinstance(data, dict):
+        raise StoreCorrupt(f"{path}: expected a JSON object of tables, found {type(data).__name__}")
+    for table, rows in data.items():
+        if not isinstance(rows, dict) or not all(isinstance(r, dict) for r in rows.values()):
+            raise StoreCorrupt(f"{path}: table {table!r} is not an object of documents")
+    return data
+
+
+class AtomicJSONStorage(Storage):
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = FileLock(str(path) + ".lock", timeout=LOCK_TIMEOUT)
+        self._mutex = threading.RLock()
+        # Parsed content keyed by the file's identity: re-read only when another write happened.
+        self._cache: tuple[tuple[int, int, int], Data] | None = None
+        self._txn: Data | None = None
+        self._dirty = False
+
+    def _identity(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def _load(self, *, fresh: bool = False) -> Data:
+        ident = self._identity()
+        if ident is None:
+            return {}
+        if not fresh and self._cache is not None and self._cache[0] == ident:
+            return self._cache[1]
+        try:
+            raw = self.path.read_bytes()
+        except OSError as exc:
+            raise StoreError(f"{self.path}: cannot read: {exc.strerror or exc}") from None
+        if not raw.strip():
+            data: Data = {}
+        else:
+            try:
+                data = _check_shape(self.path, json.loads(raw))
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise StoreCorrupt(f"{self.path}: not valid JSON ({exc})") from None
+        self._cache = (ident, data)
+        return data
+
+    def read(self) -> Data:
+        with self._mutex:
+            return self._txn if self._txn is not None else self._load()
+
+    def write(self, data: Data) -> None:
+        if self._txn is None:
+            raise StoreError("write outside a transaction")
+        self._txn = data
+        self._dirty = True
+
+    def changed_since(self, ident: tuple[int, int, int] | None) -> bool:
+        return self._identity() != ident
+
+    @property
+    def identity(self) -> tuple[int, int, int] | None:
+        return self._identity()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Hold the lock, start from the latest file, write once at the end if anything changed."""
+        with self._mutex:
+            if self._txn is not None:  # nested: the outer transaction writes
+                yield
+                return
+            try:
+                self._lock.acquire()
+            except Timeout:
+                raise StoreError(f"{self.path}: another dsm process holds the lock") from None
+            try:
+                # Under the lock, always parse: a stat identity can repeat (inode reuse,
+                # coarse mtime) and a stale base would drop another process's update.
+                self._txn = self._load(fresh=True)
+                self._dirty = False
+                try:
+                    yield
+                    if self._dirty:
+                        self._commit(self._txn)
+                except BaseException:
+                    # TinyDB mutates the cached tables in place: forget them.
+                    self._cache = None
+                    raise
+            finally:
+                self._txn = None
+                self._lock.release()
+
+    def _commit(self, data: Data) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        payload = json.dumps(data, separators=(",", ":")).encode()
+        fd, tmp = tempfile.mkstemp(prefix=".db-", suffix=".tmp", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(payload)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            Path(tmp).unlink(missing_ok=True)
+            raise StoreError(f"{self.path}: cannot write: {exc.strerror or exc}") from None
+        dir_fd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        ident = self._identity()
+        self._cache = (ident, data) if ident else None
+
+    def close(self) -> None:
+        pass

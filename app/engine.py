@@ -125,6 +125,10 @@ class Engine:
         while self._active:
             await self._changed.wait()
 
+    async def snapshot(self) -> list[Job]:
+        """Copies of this engine's unfinished jobs."""
+        return [dataclasses.replace(j) for j in self._active.values()]
+
     def _touch(self) -> None:
         self._changed.set()
         self._changed = anyio.Event()

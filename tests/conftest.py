@@ -1,0 +1,113 @@
+"""Shared fixtures: a live HTTP server on loopback, a data home, catalogues, the dsm command."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.catalog import load_catalog
+from app.config import Settings, load_settings
+from app.registry import register
+from app.repository import Repository
+from store import Store
+from tests.httpserver import FileServer
+
+# Fast retries and short stalls so fault tests finish in seconds; they are settings, not sleeps.
+TEST_ENV = {
+    "DSM_RETRY_DELAY": "0.05",
+    "DSM_STALL_TIMEOUT": "2",
+    "DSM_MAX_RETRIES": "3",
+    "TEXTUAL_ANIMATIONS": "none",
+}
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def server() -> Iterator[FileServer]:
+    srv = FileServer().start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    path = tmp_path / "home"
+    path.mkdir()
+    return path
+
+
+CatalogFn = Callable[..., Path]
+
+
+@pytest.fixture
+def catalog(tmp_path: Path) -> CatalogFn:
+    """Write a catalogue: catalog(name=url, ...) or catalog(entries=[{...}, ...])."""
+
+    def write(entries: list[dict[str, Any]] | None = None, **urls: str) -> Path:
+        rows = list(entries or [])
+        rows += [
+            {"name": n, "description": f"test {n}", "original_url": u, "local_path": f"data/{n}"}
+            for n, u in urls.items()
+        ]
+        path = tmp_path / "catalog.json"
+        path.write_text(json.dumps({"datasets": rows}))
+        return path
+
+    return write
+
+
+def make_settings(home: Path, catalog_path: Path, **env: str) -> Settings:
+    return load_settings(home=str(home), catalog=str(catalog_path), env={**TEST_ENV, **env})
+
+
+def open_repo(settings: Settings) -> Repository:
+    repo = Repository(Store(settings.db_path))
+    register(repo, load_catalog(settings.catalog, settings.home))
+    return repo
+
+
+def dsm_command() -> list[str]:
+    """The installed console script when there is one, else the module."""
+    exe = shutil.which("dsm", path=str(Path(sys.executable).parent))
+    return [exe] if exe else [sys.executable, "-m", "app"]
+
+
+def dsm_env(home: Path, catalog_path: Path | None, **extra: str) -> dict[str, str]:
+    env = {**os.environ, **TEST_ENV, "DSM_HOME": str(home), **extra}
+    if catalog_path is not None:
+        env["DSM_CATALOG"] = str(catalog_path)
+    return env
+
+
+def run_dsm(
+    *args: str, home: Path, catalog_path: Path | None = None, timeout: float = 60, **extra: str
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*dsm_command(), *args],
+        env=dsm_env(home, catalog_path, **extra),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.02) -> None:
+    """Poll until predicate() is true; fail the test at the deadline."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(interval)

@@ -1,0 +1,228 @@
+"""A real HTTP/1.1 server on 127.0.0.1 for the tests: Range, If-Range and ETag, faults on demand.
+
+Files live in memory. Each request to a path takes the next queued fault for that path (if
+any), so a test says exactly what the server does on the first, second, ... request, and
+afterwards reads what the server saw: every request's headers, status and bytes sent.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+CHUNK = 64 * 1024
+
+
+@dataclass
+class Resource:
+    body: bytes
+    etag: str | None
+    last_modified: str | None
+    content_type: str = "application/octet-stream"
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.body).hexdigest()
+
+
+@dataclass
+class Fault:
+    """What to do differently for one request. Unset fields mean normal behaviour."""
+
+    status: int | None = None  # answer with this status and a short body
+    headers: dict[str, str] = field(default_factory=dict)  # extra headers (Retry-After...)
+    drop_after: int | None = None  # close the connection after this many body bytes
+    stall_after: int | None = None  # stop sending after this many bytes until released
+    ignore_range: bool = False  # answer 200 with the whole body even to a Range request
+    wrong_range_start: int | None = None  # answer 206 starting at another offset
+    content_length: int | None = None  # announce this length (a lie) instead of the real one
+    html: bool = False  # an HTML error page with status 200
+    redirect_to: str | None = None  # 302 to this path or URL
+    rate: float | None = None  # bytes per second
+
+
+@dataclass
+class Seen:
+    path: str
+    headers: dict[str, str]
+    status: int = 0
+    sent: int = 0
+
+    @property
+    def range_start(self) -> int | None:
+        m = re.fullmatch(r"bytes=(\d+)-", self.headers.get("range", ""))
+        return int(m.group(1)) if m else None
+
+
+class FileServer:
+    def __init__(self) -> None:
+        self.resources: dict[str, Resource] = {}
+        self.faults: dict[str, list[Fault]] = {}
+        self.persistent: dict[str, Fault] = {}
+        self.seen: list[Seen] = []
+        self.release = threading.Event()
+        self.lock = threading.Lock()
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    # -- set-up ------------------------------------------------------------------------
+    def start(self) -> FileServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.release.set()
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    @property
+    def base(self) -> str:
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def url(self, path: str) -> str:
+        return f"{self.base}/{path.lstrip('/')}"
+
+    def add(
+        self,
+        path: str,
+        body: bytes,
+        *,
+        etag: str | None = "auto",
+        last_modified: bool = True,
+        content_type: str = "application/octet-stream",
+    ) -> str:
+        """Serve `body` at `path` (replacing any earlier version); returns its URL."""
+        path = "/" + path.lstrip("/")
+        tag = f'"{hashlib.sha256(body).hexdigest()[:16]}"' if etag == "auto" else etag
+        modified = email.utils.formatdate(time.time(), usegmt=True) if last_modified else None
+        with self.lock:
+            self.resources[path] = Resource(body, tag, modified, content_type)
+        return self.url(path)
+
+    def fault(self, path: str, times: int = 1, **kw: Any) -> None:
+        """Queue a fault for the next `times` requests to `path`."""
+        path = "/" + path.lstrip("/")
+        with self.lock:
+            self.faults.setdefault(path, []).extend(Fault(**kw) for _ in range(times))
+
+    def always(self, path: str, **kw: Any) -> None:
+        """A fault for every request to `path` (after the queued ones)."""
+        self.persistent["/" + path.lstrip("/")] = Fault(**kw)
+
+    # -- what happened -----------------------------------------------------------------
+    def requests(self, path: str) -> list[Seen]:
+        path = "/" + path.lstrip("/")
+        with self.lock:
+            return [s for s in self.seen if s.path == path]
+
+    def bytes_sent(self, path: str) -> int:
+        return sum(s.sent for s in self.requests(path))
+
+    def _next_fault(self, path: str) -> Fault:
+        with self.lock:
+            queue = self.faults.get(path)
+            if queue:
+                return queue.pop(0)
+            return self.persistent.get(path, Fault())
+
+
+def _handler_for(server: FileServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            seen = Seen(self.path, {k.lower(): v for k, v in self.headers.items()})
+            with server.lock:
+                server.seen.append(seen)
+            fault = server._next_fault(self.path)
+            try:
+                self._serve(seen, fault)
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True
+
+        def _simple(self, seen: Seen, status: int, body: bytes, headers: dict[str, str]) -> None:
+            seen.status = status
+            self.send_response(status)
+            for k, v in headers.items():
+                self.send_header(k, v)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            seen.sent += len(body)
+
+        def _serve(self, seen: Seen, fault: Fault) -> None:
+            if fault.redirect_to:
+                target = fault.redirect_to
+                if not target.startswith(("http://", "https://", "ftp://", "file:")):
+                    target = server.url(target)
+                return self._simple(seen, 302, b"", {"Location": target, **fault.headers})
+            if fault.status:
+                return self._simple(seen, fault.status, b"fault\n", fault.headers)
+            if fault.html:
+                page = b"<!DOCTYPE html><html><body>Please log in</body></html>"
+                return self._simple(seen, 200, page, {"Content-Type": "text/html; charset=utf-8"})
+            res = server.resources.get(self.path)
+            if res is None:
+                return self._simple(seen, 404, b"not found\n", {})
+            body, status, start = res.body, 200, 0
+            headers = {"Content-Type": res.content_type, "Accept-Ranges": "bytes"}
+            if res.etag:
+                headers["ETag"] = res.etag
+            if res.last_modified:
+                headers["Last-Modified"] = res.last_modified
+            begin = seen.range_start
+            if_range = seen.headers.get("if-range")
+            same = if_range is None or if_range in (res.etag, res.last_modified)
+            if begin is not None and same and not fault.ignore_range:
+                if begin >= len(body):
+                    headers = {"Content-Range": f"bytes */{len(body)}"}
+                    return self._simple(seen, 416, b"", headers)
+                start = begin if fault.wrong_range_start is None else fault.wrong_range_start
+                status = 206
+                headers["Content-Range"] = f"bytes {start}-{len(body) - 1}/{len(body)}"
+            payload = body[start:]
+            seen.status = status
+            self.send_response(status)
+            for k, v in {**headers, **fault.headers}.items():
+                self.send_header(k, v)
+            length = fault.content_length if fault.content_length is not None else len(payload)
+            self.send_header("Content-Length", str(length))
+            self.end_headers()
+            self._send_body(seen, payload, fault)
+
+        def _send_body(self, seen: Seen, payload: bytes, fault: Fault) -> None:
+            limit = len(payload)
+            for cut in (fault.drop_after, fault.stall_after):
+                if cut is not None:
+                    limit = min(limit, cut)
+            pos = 0
+            started = time.monotonic()
+            while pos < limit:
+                n = min(CHUNK, limit - pos)
+                if fault.rate:
+                    n = min(n, max(1, int(fault.rate / 20)))
+                self.wfile.write(payload[pos : pos + n])
+                self.wfile.flush()
+                pos += n
+                seen.sent += n
+                if fault.rate:
+                    ahead = pos / fault.rate - (time.monotonic() - started)
+                    if ahead > 0 and server.release.wait(ahead):
+                        break
+            if fault.stall_after is not None and pos < len(payload):
+                server.release.wait(60)
+            if pos < len(payload) or fault.content_length is not None:
+                self.close_connection = True
+
+    return Handler

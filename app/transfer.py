@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -69,7 +70,6 @@ def _read_sidecar(part: Path) -> dict[str, Any]:
 
 
 def _write_sidecar(part: Path, meta: dict[str, Any]) -> None:
-    part.parent.mkdir(parents=True, exist_ok=True)
     side = sidecar_path(part)
     tmp = side.with_name(side.name + ".tmp")
     tmp.write_text(json.dumps(meta))
@@ -177,6 +177,21 @@ class _Sink:
         self.fh.close()
 
 
+def _prepare(part: Path, have: int, total: int | None, meta: dict[str, Any]) -> _Sink:
+    """Check free space, record the sidecar of a fresh start, and open the partial file."""
+    part.parent.mkdir(parents=True, exist_ok=True)
+    need = (total or 0) - have
+    free = shutil.disk_usage(part.parent).free
+    if need > free:
+        raise TransferError(
+            f"not enough disk space in {part.parent}: need {need} bytes, {free} free",
+            retryable=False,
+        )
+    if have == 0:
+        _write_sidecar(part, meta)
+    return _Sink(part, have)
+
+
 def _disk_error(exc: OSError, part: Path) -> TransferError:
     if exc.errno == errno.ENOSPC:
         return TransferError(f"disk full while writing {part}", retryable=False)
@@ -186,6 +201,7 @@ def _disk_error(exc: OSError, part: Path) -> TransferError:
 async def _pump(resp: httpx.Response, sink: _Sink, progress: ProgressFn, total: int | None) -> None:
     """Network -> bounded stream -> writer thread; reading overlaps hashing and writing."""
     send, recv = anyio.create_memory_object_stream[bytes](QUEUE_DEPTH)
+    failure: httpx.HTTPError | None = None
 
     async def writer() -> None:
         async with recv:
@@ -197,15 +213,22 @@ async def _pump(resp: httpx.Response, sink: _Sink, progress: ProgressFn, total: 
         async with send:
             buf = bytearray()
             received = sink.size
-            async for chunk in resp.aiter_raw():
-                buf += chunk
-                received += len(chunk)
-                if len(buf) >= BATCH:
-                    await send.send(bytes(buf))
-                    buf.clear()
-                progress(received, total)
+            try:
+                async for chunk in resp.aiter_raw():
+                    buf += chunk
+                    received += len(chunk)
+                    if len(buf) >= BATCH:
+                        await send.send(bytes(buf))
+                        buf.clear()
+                    progress(received, total)
+            except httpx.HTTPError as exc:
+                # Bytes that arrived before a network error are good: let the writer keep
+                # them for the resume instead of raising here, which would cancel it.
+                failure = exc
             if buf:
                 await send.send(bytes(buf))
+    if failure is not None:
+        raise failure
 
 
 def _parse_content_range(value: str | None) -> tuple[int, int | None] | None:
@@ -220,6 +243,21 @@ def _looks_like_html(resp: httpx.Response, target: Path) -> bool:
     return ctype in ("text/html", "application/xhtml+xml") and not target.name.lower().endswith(
         HTML_SUFFIXES
     )
+
+
+@dataclass
+class _Partial:
+    """What is on disk for one target: the `.part` file, its sidecar, the bytes we keep."""
+
+    source: str  # the URL asked for; the sidecar records it, not where redirects led
+    target: Path
+    part: Path
+    have: int
+    meta: dict[str, Any]
+
+    @property
+    def validator(self) -> str | None:
+        return _validator(self.meta.get("etag"), self.meta.get("last_modified"))
 
 
 async def fetch(
@@ -238,78 +276,68 @@ async def fetch(
     consistent, so the next call resumes.
     """
     part = target.with_name(target.name + ".part")
-    meta = _read_sidecar(part)
-    have = part.stat().st_size if part.exists() else 0
-    validator = _validator(meta.get("etag"), meta.get("last_modified"))
-    if meta.get("url") != url or not validator or have == 0:
-        have = 0  # cannot prove the partial is the same file: start clean
-    if have and meta.get("total") is not None and have >= meta["total"]:
-        have = meta["total"]  # complete before a crash: no request needed, only the hash
-        sink = await anyio.to_thread.run_sync(_Sink, part, have)
-        return await _finish(sink, part, have)
+    p = _Partial(
+        url, target, part, part.stat().st_size if part.exists() else 0, _read_sidecar(part)
+    )
+    if p.meta.get("url") != url or not p.validator:
+        p.have = 0  # cannot prove the partial is the same file: start clean
+    total = p.meta.get("total")
+    if p.have and isinstance(total, int) and p.have >= total:
+        # Complete before a crash: no request needed, only the hash.
+        sink = await anyio.to_thread.run_sync(_Sink, part, total)
+        return await _finish(sink, part, total)
     headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
-    if have:
-        headers |= {"Range": f"bytes={have}-", "If-Range": str(validator)}
+    if p.have:
+        headers |= {"Range": f"bytes={p.have}-", "If-Range": str(p.validator)}
     try:
         async with open_stream(client, url, headers, host_headers) as (resp, final_url):
-            return await _receive(
-                resp, final_url, target, part, have, meta, expected_size, progress
-            )
+            return await _receive(resp, final_url, p, expected_size, progress)
     except httpx.HTTPError as exc:
         raise network_error(exc, url, stall_timeout) from exc
+
+
+def _restart(p: _Partial, why: str) -> TransferError:
+    """The partial cannot be continued: drop it and retry at once from zero."""
+    discard_partial(p.part)
+    return TransferError(f"{why}; restarting from zero", retryable=True, retry_after=0.0)
 
 
 async def _receive(
     resp: httpx.Response,
     url: str,
-    target: Path,
-    part: Path,
-    have: int,
-    meta: dict[str, Any],
+    p: _Partial,
     expected_size: int | None,
     progress: ProgressFn,
 ) -> Fetched:
     etag, modified = resp.headers.get("etag"), resp.headers.get("last-modified")
-    if resp.status_code == 416 and have:
-        discard_partial(part)
-        raise TransferError(
-            f"HTTP 416 for a resume from byte {have}; restarting", retryable=True, retry_after=0.0
-        )
-    if resp.status_code == 206 and have:
+    if resp.status_code == 416 and p.have:
+        raise _restart(p, f"HTTP 416 for a resume from byte {p.have}")
+    if resp.status_code == 206 and p.have:
         rng = _parse_content_range(resp.headers.get("content-range"))
-        same = _validator(etag, modified) in (
-            None,
-            _validator(meta.get("etag"), meta.get("last_modified")),
-        )
-        if rng is None or rng[0] != have or not same:
-            discard_partial(part)
-            raise TransferError(
-                f"server sent a range that does not continue byte {have}; restarting",
-                retryable=True,
-                retry_after=0.0,
-            )
+        if rng is None or rng[0] != p.have:
+            raise _restart(p, f"server sent a range that does not start at byte {p.have}")
+        if _validator(etag, modified) not in (None, p.validator):
+            raise _restart(p, "the file changed on the server")
         total = rng[1]
     elif resp.status_code == 200:
-        have = 0  # a full body: never appended to a partial file
+        p.have = 0  # a full body: never appended to a partial file
         length = resp.headers.get("content-length")
         total = int(length) if length and length.isdigit() else None
     else:
         raise http_error(resp, url)
-    if _looks_like_html(resp, target):
+    if _looks_like_html(resp, p.target):
         raise TransferError(f"server sent an HTML page instead of data ({url})", retryable=False)
     if expected_size is not None and total is not None and total != expected_size:
         raise TransferError(
             f"size mismatch: expected {expected_size} bytes, server announces {total} ({url})",
             retryable=False,
         )
+    meta = {"url": p.source, "etag": etag, "last_modified": modified, "total": total}
     try:
-        if have == 0:
-            meta = {"url": url, "etag": etag, "last_modified": modified, "total": total}
-            await anyio.to_thread.run_sync(_write_sidecar, part, meta)
-        sink = await anyio.to_thread.run_sync(_Sink, part, have)
+        sink = await anyio.to_thread.run_sync(_prepare, p.part, p.have, total, meta)
     except OSError as exc:
-        raise _disk_error(exc, part) from exc
-    return await _finish(sink, part, have, resp, progress, total)
+        raise _disk_error(exc, p.part) from exc
+    return await _finish(sink, p.part, p.have, resp, progress, total)
 
 
 async def _finish(

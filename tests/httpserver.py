@@ -53,6 +53,7 @@ class Seen:
     headers: dict[str, str]
     status: int = 0
     sent: int = 0
+    at: float = field(default_factory=time.monotonic)
 
     @property
     def range_start(self) -> int | None:

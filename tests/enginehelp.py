@@ -1,0 +1,77 @@
+"""Running the real engine in-process for tests."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from app.config import Settings
+from app.engine import Engine
+from app.events import EventKind, JobEvent
+from app.jobs import Job, JobType
+from app.model import Dataset
+from app.repository import Repository
+from tests.conftest import make_settings, open_repo
+
+
+@dataclass
+class Run:
+    settings: Settings
+    repo: Repository
+    jobs: list[Job]
+    events: list[JobEvent] = field(default_factory=list)
+
+    @property
+    def job(self) -> Job:
+        return self.jobs[0]
+
+    def dataset(self, name: str) -> Dataset:
+        return self.repo.dataset(name)
+
+    def kinds(self, kind: EventKind) -> list[JobEvent]:
+        return [e for e in self.events if e.kind == kind]
+
+
+def setup(home: Path, catalog_path: Path, **env: str) -> tuple[Settings, Repository]:
+    settings = make_settings(home, catalog_path, **env)
+    return settings, open_repo(settings)
+
+
+async def run_jobs(
+    settings: Settings,
+    repo: Repository,
+    job_type: JobType,
+    *names: str,
+    force: bool = False,
+    during: Callable[[Engine, list[Job]], Any] | None = None,
+    **overrides: Any,
+) -> Run:
+    """Submit one job per name, optionally act while they run, wait for all to finish."""
+    if overrides:
+        settings = replace(settings, **overrides)
+    events: list[JobEvent] = []
+    async with Engine(settings, repo, [events.append]).running() as engine:
+        jobs = [
+            await engine.submit(job_type, {"dataset": n, "force_download": force}) for n in names
+        ]
+        if during is not None:
+            await during(engine, jobs)
+        await engine.wait_idle()
+    stored = [repo.job(j.id) for j in jobs]
+    assert all(j is not None for j in stored)
+    return Run(settings, repo, [j for j in stored if j is not None], events)
+
+
+def finished(events: list[JobEvent]) -> list[JobEvent]:
+    return [e for e in events if e.kind == EventKind.FINISHED]
+
+
+async def until(predicate: Callable[[], bool], limit: float = 10.0) -> None:
+    """Poll (yielding to the loop) until predicate() holds; fail at the deadline."""
+    with anyio.fail_after(limit):
+        while not predicate():  # noqa: ASYNC110 - polling state another component owns
+            await anyio.sleep(0.01)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import types
+import typing
 from dataclasses import asdict, dataclass, fields
 from enum import StrEnum
 from typing import Any
@@ -32,7 +34,7 @@ AT_REST = frozenset(Status) - ACTIVE
 # or to QUEUED (a job is resumed after a crash).
 TRANSITIONS: dict[Status, frozenset[Status]] = {
     **{s: frozenset({Status.QUEUED, Status.DELETING, Status.NOT_LOADED}) for s in AT_REST},
-    Status.QUEUED: AT_REST | {Status.DOWNLOADING, Status.DELETING},
+    Status.QUEUED: AT_REST | {Status.DOWNLOADING, Status.VERIFYING, Status.DELETING},
     Status.DOWNLOADING: AT_REST | {Status.VERIFYING, Status.QUEUED},
     Status.VERIFYING: AT_REST | {Status.QUEUED},
     Status.DELETING: AT_REST | {Status.QUEUED},
@@ -84,19 +86,55 @@ class Dataset:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Dataset:
-        """Build from stored JSON; raises ValueError naming the field that is malformed."""
-        known = {f.name for f in fields(cls)}
+        """Build from stored JSON; raises ValueError naming the field that is malformed.
+
+        Unknown keys are ignored and missing ones take their defaults (rows written by an
+        older dsm); a value of the wrong JSON type is an error, never passed on.
+        """
         if not isinstance(raw.get("name"), str):
             raise ValueError("dataset row without a string 'name'")
-        kwargs = {k: v for k, v in raw.items() if k in known}
+        name = raw["name"]
+        kwargs: dict[str, Any] = {}
+        for key, allowed in _FIELD_TYPES.items():
+            if key not in raw:
+                continue
+            value = raw[key]
+            # bool is an int in Python but not in this schema (and the other way round).
+            ok = isinstance(value, allowed) and (isinstance(value, bool) == (bool in allowed))
+            if not ok:
+                want = " or ".join(_JSON_NAMES[t] for t in allowed)
+                raise ValueError(f"dataset {name}: field {key!r} is {value!r}, expected {want}")
+            kwargs[key] = value
         try:
             kwargs["status"] = Status(raw.get("status", Status.NOT_LOADED))
-        except ValueError:
-            raise ValueError(
-                f"dataset {raw['name']}: unknown status {raw.get('status')!r}"
-            ) from None
+        except (ValueError, TypeError):
+            raise ValueError(f"dataset {name}: unknown status {raw.get('status')!r}") from None
         return cls(**kwargs)
 
     def set_status(self, new: Status) -> None:
         check_transition(self.name, self.status, new)
         self.status = new
+
+
+def _allowed_types(hint: Any) -> tuple[type, ...]:
+    """The Python types a stored JSON value may have for a field annotated `hint`."""
+    parts = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    out: list[type] = []
+    for part in parts:
+        out.append(part)
+        if part is float:
+            out.append(int)  # JSON does not tell 1.0 from 1
+    return tuple(out)
+
+
+_HINTS = typing.get_type_hints(Dataset)
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    f.name: _allowed_types(_HINTS[f.name]) for f in fields(Dataset) if f.name != "status"
+}
+_JSON_NAMES: dict[type, str] = {
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    bool: "true or false",
+    type(None): "null",
+}

@@ -54,6 +54,7 @@ class Seen:
     status: int = 0
     sent: int = 0
     at: float = field(default_factory=time.monotonic)
+    done: bool = False  # the server has finished with this request
 
     @property
     def range_start(self) -> int | None:
@@ -151,6 +152,8 @@ def _handler_for(server: FileServer) -> type[BaseHTTPRequestHandler]:
                 self._serve(seen, fault)
             except (BrokenPipeError, ConnectionResetError):
                 self.close_connection = True
+            finally:
+                seen.done = True
 
         def _simple(self, seen: Seen, status: int, body: bytes, headers: dict[str, str]) -> None:
             seen.status = status

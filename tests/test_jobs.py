@@ -1,0 +1,261 @@
+"""Job lifecycle with the real engine and a live server: skip, force, update, cancel, timeout,
+delete, verify, per-dataset serialisation and crash recovery of the store's rows."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+from pathlib import Path
+
+import anyio
+import pytest
+
+from app.engine import SKIP_MESSAGE, Engine
+from app.errors import BadInput
+from app.jobs import Job, JobStatus, JobType
+from app.model import Status
+from tests.conftest import CatalogFn
+from tests.enginehelp import run_jobs, setup, until
+from tests.httpserver import FileServer
+
+pytestmark = pytest.mark.anyio
+
+
+def blob(seed: int, size: int = 400_000) -> bytes:
+    return (hashlib.sha256(str(seed).encode()).digest() * (size // 32 + 1))[:size]
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+async def test_second_download_is_skipped_without_a_request(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    settings, repo = setup(home, catalog(a=server.add("a.bin", blob(1))))
+    await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
+    run = await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
+    assert run.job.status == JobStatus.SKIPPED and run.job.error == SKIP_MESSAGE
+    assert len(server.requests("a.bin")) == 1
+    assert repo.dataset("a").status == Status.DOWNLOADED
+
+
+async def test_changed_file_on_disk_is_not_skipped(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    settings, repo = setup(home, catalog(a=server.add("a.bin", blob(1))))
+    await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
+    (home / "data" / "a").write_bytes(b"tampered")
+    run = await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
+    assert run.job.status == JobStatus.COMPLETED
+    assert len(server.requests("a.bin")) == 2
+    assert (home / "data" / "a").read_bytes() == blob(1)
+
+
+async def test_force_download_fetches_again(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    settings, repo = setup(home, catalog(a=server.add("a.bin", blob(1))))
+    await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
+    run = await run_jobs(settings, repo, JobType.DOWNLOAD, "a", force=True)
+    assert run.job.status == JobStatus.COMPLETED
+    assert len(server.requests("a.bin")) == 2
+
+
+async def test_update_replaces_only_with_a_verified_copy(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    settings, repo = setup(home, catalog(a=server.add("a.bin", blob(1))))
+    await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
+    server.add("a.bin", blob(2))
+    server.always("a.bin", rate=2_000_000)
+    seen_during: list[bytes] = []
+
+    async def look_while_running(engine: Engine, jobs: list[Job]) -> None:
+        await until(lambda: jobs[0].bytes_done > 0)
+        seen_during.append((home / "data" / "a").read_bytes())
+
+    run = await run_jobs(settings, repo, JobType.UPDATE, "a", during=look_while_running)
+    assert run.job.status == JobStatus.COMPLETED
+    assert seen_during == [blob(1)]  # the old copy stayed in place while the new one came
+    assert (home / "data" / "a").read_bytes() == blob(2)
+    assert repo.dataset("a").checksum == sha(blob(2))
+
+
+async def test_failed_update_keeps_the_old_copy(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    settings, repo = setup(home, catalog(a=server.add("a.bin", blob(1))))
+    await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
+    server.always("a.bin", status=404)
+    run = await run_jobs(settings, repo, JobType.UPDATE, "a")
+    assert run.job.status == JobStatus.FAILED and "HTTP 404" in (run.job.error or "")
+    ds = repo.dataset("a")
+    assert ds.status == Status.DOWNLOADED and ds.downloaded and ds.checksum == sha(blob(1))
+    assert ds.error is None
+    assert (home / "data" / "a").read_bytes() == blob(1)
+
+
+async def test_cancel_stops_within_a_second_and_keeps_the_partial(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    settings, repo = setup(home, catalog(a=server.add("a.bin", blob(1, 4_000_000))))
+    server.always("a.bin", rate=1_500_000)
+    took: list[float] = []
+
+    async def cancel(engine: Engine, jobs: list[Job]) -> None:
+        await until(lambda: jobs[0].bytes_done > 1_200_000)
+        start = anyio.current_time()
+        assert await engine.cancel(jobs[0].id)
+        await engine.wait_idle()
+        took.append(anyio.current_time() - start)
+
+    run = await run_jobs(settings, repo, JobType.DOWNLOAD, "a", during=cancel)
+    assert run.job.status == JobStatus.CANCELED
+    assert took[0] < 1.0
+    assert repo.dataset("a").status == Status.CANCELED
+    part = home / "data" / "a.part"
+    assert part.exists() and part.stat().st_size >= 1_000_000
+    # The transfer is really aborted: the server stops sending well before the end.
+    await until(lambda: all(r.done for r in server.requests("a.bin")))
+    assert server.bytes_sent("a.bin") < 4_000_000 - 500_000
+    # ... and the next download resumes from the partial.
+    kept = part.stat().st_size
+    server.always("a.bin")
+    run2 = await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
+    assert run2.job.status == JobStatus.COMPLETED
+    assert server.requests("a.bin")[-1].range_start == kept
+    assert (home / "data" / "a").read_bytes() == blob(1, 4_000_000)
+
+
+async def test_cancel_of_a_waiting_job(server: FileServer, home: Path, catalog: CatalogFn) -> None:
+    settings, repo = setup(
+        home, catalog(a=server.add("a.bin", blob(1)), b=server.add("b.bin", blob(2)))
+    )
+    server.always("a.bin", rate=400_000)
+
+    async def cancel_b(engine: Engine, jobs: list[Job]) -> None:
+        await until(lambda: jobs[0].status == JobStatus.RUNNING)
+        assert jobs[1].status == JobStatus.WAITING  # one worker: b waits behind a
+        assert await engine.cancel_dataset("b")
+        await engine.cancel(jobs[0].id)
+
+    run = await run_jobs(settings, repo, JobType.DOWNLOAD, "a", "b", during=cancel_b, workers=1)
+    assert [j.status for j in run.jobs] == [JobStatus.CANCELED, JobStatus.CANCELED]
+    assert server.requests("b.bin") == []
+    assert repo.dataset("b").status == Status.CANCELED
+
+
+async def test_job_timeout(server: FileServer, home: Path, catalog: CatalogFn) -> None:
+    settings, repo = setup(home, catalog(a=server.add("a.bin", blob(1, 2_000_000))))
+    server.always("a.bin", rate=500_000)
+    run = await run_jobs(settings, repo, JobType.DOWNLOAD, "a", job_timeout=0.5)
+    assert run.job.status == JobStatus.TIMEOUT
+    assert "timed out after 0.5 s" in (run.job.error or "")
+    ds = repo.dataset("a")
+    assert ds.status == Status.ERROR and not ds.downloaded
+
+
+async def test_delete_removes_file_and_resets_fields(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    settings, repo = setup(home, catalog(a=server.add("a.bin", blob(1))))
+    await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
+    run = await run_jobs(settings, repo, JobType.DELETE, "a")
+    assert run.job.status == JobStatus.COMPLETED and run.job.queue == "maintenance"
+    ds = repo.dataset("a")
+    assert (ds.status, ds.downloaded, ds.size, ds.checksum, ds.download_progress) == (
+        Status.NOT_LOADED,
+        False,
+        None,
+        None,
+        0.0,
+    )
+    assert not (home / "data" / "a").exists()
+
+
+async def test_delete_refuses_a_path_that_escapes_the_home(
+    server: FileServer, home: Path, catalog: CatalogFn, tmp_path: Path
+) -> None:
+    settings, repo = setup(home, catalog(a=server.add("a.bin", blob(1))))
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "a").write_bytes(b"precious")
+    (home / "data").symlink_to(outside)  # planted after the catalogue was checked
+    run = await run_jobs(settings, repo, JobType.DELETE, "a")
+    assert run.job.status == JobStatus.FAILED
+    assert "refusing to delete" in (run.job.error or "") and "outside the data home" in (
+        run.job.error or ""
+    )
+    assert (outside / "a").read_bytes() == b"precious"
+
+
+async def test_verify_rehashes_on_demand(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    settings, repo = setup(home, catalog(a=server.add("a.bin", blob(1))))
+    await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
+    ok = await run_jobs(settings, repo, JobType.VERIFY, "a")
+    assert ok.job.status == JobStatus.COMPLETED
+    path = home / "data" / "a"
+    data = bytearray(path.read_bytes())
+    data[10] ^= 1  # same size, one bit flipped: only a full hash can tell
+    stat = path.stat()
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    bad = await run_jobs(settings, repo, JobType.VERIFY, "a")
+    assert bad.job.status == JobStatus.FAILED and "checksum mismatch on disk" in (
+        bad.job.error or ""
+    )
+    ds = repo.dataset("a")
+    assert ds.status == Status.ERROR and not ds.downloaded
+
+
+async def test_bad_params_are_rejected(home: Path, catalog: CatalogFn) -> None:
+    settings, repo = setup(home, catalog(a="http://127.0.0.1:9/a"))
+    async with Engine(settings, repo).running() as engine:
+        for params, message in [
+            ({"dataset": "nope"}, "dataset not found: nope"),
+            ({"dataset": ""}, "'dataset' is required"),
+            ({"dataset": "a", "extra": 1}, "unknown field(s): extra"),
+            ({"dataset": "a", "force_download": "yes"}, "'force_download' must be true or false"),
+        ]:
+            with pytest.raises(BadInput, match=message.replace("(", r"\(").replace(")", r"\)")):
+                await engine.submit(JobType.DOWNLOAD, params)
+    assert repo.jobs() == []
+
+
+async def test_one_job_per_dataset_at_a_time(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    settings, repo = setup(home, catalog(a=server.add("a.bin", blob(1))))
+    server.always("a.bin", rate=2_000_000)
+    async with Engine(settings, repo).running() as engine:
+        first = await engine.submit(JobType.DOWNLOAD, {"dataset": "a"})
+        again = await engine.submit(JobType.DOWNLOAD, {"dataset": "a"})
+        update = await engine.submit(JobType.UPDATE, {"dataset": "a"})
+        assert again is first  # an identical unfinished job is reused
+        await engine.wait_idle()
+    reqs = server.requests("a.bin")
+    assert len(reqs) == 2
+    assert reqs[1].at >= reqs[0].at  # the update started after the download ended
+    stored = {j.id: j for j in repo.jobs()}
+    assert stored[first.id].finished_ms is not None and stored[update.id].started_ms is not None
+    assert stored[update.id].started_ms >= stored[first.id].finished_ms  # type: ignore[operator]
+
+
+async def test_progress_is_published_and_stored(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    data = blob(3, 3_000_000)
+    settings, repo = setup(home, catalog(a=server.add("a.bin", data)))
+    server.always("a.bin", rate=2_000_000)
+    run = await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
+    progress = [e for e in run.events if e.kind.value == "progress" and e.dataset is None]
+    assert len(progress) >= 5
+    gaps = [b.job.bytes_done - a.job.bytes_done for a, b in itertools.pairwise(progress)]
+    assert all(g >= 0 for g in gaps)
+    assert any(e.job.rate > 0 and e.eta_s is not None for e in progress)
+    assert progress[-1].job.bytes_total == len(data)
+    assert run.job.bytes_done == len(data) and run.job.progress == 100.0

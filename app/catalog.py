@@ -13,7 +13,7 @@ from app.errors import BadInput
 from app.paths import resolve_inside
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]*")
-SHA256_RE = re.compile(r"[0-9a-f]{64}")
+SHA256_RE = re.compile(r"[0-9a-f]{64}")  # matched against the lower-cased value
 FIELDS = {"name", "description", "original_url", "local_path", "expected_size", "expected_sha256"}
 
 
@@ -60,8 +60,8 @@ def _entry_errors(raw: dict[str, Any], home: Path) -> list[tuple[str, str]]:
     if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
         errs.append(("expected_size", f"{size!r} must be a non-negative integer"))
     sha = raw.get("expected_sha256")
-    if sha is not None and (not isinstance(sha, str) or not SHA256_RE.fullmatch(sha)):
-        errs.append(("expected_sha256", f"{sha!r} must be 64 lowercase hex characters"))
+    if sha is not None and (not isinstance(sha, str) or not SHA256_RE.fullmatch(sha.lower())):
+        errs.append(("expected_sha256", f"{sha!r} must be 64 hex characters"))
     return errs
 
 
@@ -73,12 +73,15 @@ def parse_catalog(text: str, source: Path, home: Path) -> list[CatalogEntry]:
         raise CatalogError(
             f"{source}: line {exc.lineno}, column {exc.colno}: invalid JSON: {exc.msg}"
         ) from None
+    except RecursionError:
+        raise CatalogError(f"{source}: invalid JSON: nested too deeply") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("datasets"), list):
         raise CatalogError(f'{source}: must be an object with a "datasets" list')
     problems: list[str] = []
     entries: list[CatalogEntry] = []
     seen: dict[str, int] = {}
-    paths: dict[str, str] = {}
+    paths: dict[Path, str] = {}  # resolved file -> dataset
+    folders: dict[Path, str] = {}  # every folder above a file -> the first dataset below it
     for index, raw in enumerate(doc["datasets"]):
         if not isinstance(raw, dict):
             problems.append(f"{source}: entry {index}: must be an object")
@@ -93,10 +96,19 @@ def parse_catalog(text: str, source: Path, home: Path) -> list[CatalogEntry]:
                 errs.append(("name", f"duplicate of entry {seen[name]}"))
             seen.setdefault(name, index)
         if isinstance(local, str) and not any(f == "local_path" for f, _ in errs):
-            key = str(resolve_inside(home, local))
+            key = resolve_inside(home, local)
             if key in paths:
                 errs.append(("local_path", f"same file as dataset {paths[key]!r}"))
+            else:
+                # One dataset's file cannot be a folder that holds another's.
+                outer = next((paths[up] for up in key.parents if up in paths), None)
+                if outer is not None:
+                    errs.append(("local_path", f"inside the file of dataset {outer!r}"))
+                elif key in folders:
+                    errs.append(("local_path", f"a folder holding dataset {folders[key]!r}'s file"))
             paths.setdefault(key, str(name))
+            for parent in key.parents:
+                folders.setdefault(parent, str(name))
         problems.extend(f"{source}: {label}: field {f!r}: {p}" for f, p in errs)
         if not errs:
             entries.append(
@@ -106,7 +118,11 @@ def parse_catalog(text: str, source: Path, home: Path) -> list[CatalogEntry]:
                     original_url=raw["original_url"],
                     local_path=raw["local_path"],
                     expected_size=raw.get("expected_size"),
-                    expected_sha256=raw.get("expected_sha256"),
+                    expected_sha256=(
+                        raw["expected_sha256"].lower()
+                        if isinstance(raw.get("expected_sha256"), str)
+                        else None
+                    ),
                 )
             )
     if problems:

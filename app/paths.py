@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path, PurePosixPath
+from pathlib import Path, PurePath, PurePosixPath
+
+# Names dsm itself keeps in the home: a dataset file must never take their place.
+STORE_FILES = frozenset({"db.json", "db.json.lock"})
+LOCK_DIR = ".locks"
+PART_SUFFIXES = (".part", ".part.json")
 
 
 def local_path_problem(local_path: str) -> str | None:
@@ -10,6 +15,8 @@ def local_path_problem(local_path: str) -> str | None:
     if not local_path or not local_path.strip():
         return "must not be empty"
     pure = PurePosixPath(local_path.replace("\\", "/"))
+    if not pure.parts:  # "." and "./" name the home itself
+        return "must name a file"
     if pure.is_absolute() or local_path.startswith("~") or ":" in pure.parts[0]:
         return "must be relative to the data home"
     if ".." in pure.parts:
@@ -19,10 +26,23 @@ def local_path_problem(local_path: str) -> str | None:
     return None
 
 
+def reserved_problem(relative: PurePath) -> str | None:
+    """Why a path (relative to the home) belongs to dsm itself, or None."""
+    name = relative.name
+    if str(relative) in STORE_FILES or (relative.parts and relative.parts[0] == LOCK_DIR):
+        return "is reserved for dsm's own files (db.json, db.json.lock, .locks/)"
+    if name.startswith(".db-") and name.endswith(".tmp"):
+        return "is reserved for dsm's own temporary files (.db-*.tmp)"
+    if name.endswith(PART_SUFFIXES):
+        return "must not end in .part or .part.json (names of partial downloads)"
+    return None
+
+
 def resolve_inside(home: Path, local_path: str) -> Path:
     """The absolute path of `local_path` under `home`, after following symlinks.
 
-    Raises ValueError when it is not a plain relative path or resolves outside the home.
+    Raises ValueError when it is not a plain relative path, resolves outside the home or
+    would take the place of one of dsm's own files.
     """
     problem = local_path_problem(local_path)
     if problem:
@@ -31,4 +51,7 @@ def resolve_inside(home: Path, local_path: str) -> Path:
     target = (root / local_path).resolve()
     if not target.is_relative_to(root) or target == root:
         raise ValueError(f"local_path {local_path!r} resolves outside the data home {root}")
+    reserved = reserved_problem(target.relative_to(root))
+    if reserved:
+        raise ValueError(f"local_path {local_path!r} {reserved}")
     return target

@@ -8,6 +8,7 @@ from the file's latest content, so two processes never overwrite each other's ch
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -22,6 +23,7 @@ from tinydb.storages import Storage
 
 Data = dict[str, dict[str, dict[str, Any]]]
 LOCK_TIMEOUT = 30.0
+TEMP_PREFIX, TEMP_SUFFIX = ".db-", ".tmp"  # `.db-XXXX.tmp` beside db.json while writing
 
 
 class StoreError(Exception):
@@ -50,6 +52,7 @@ class AtomicJSONStorage(Storage):
         self._cache: tuple[tuple[int, int, int], Data] | None = None
         self._txn: Data | None = None
         self._dirty = False
+        self._swept = False
 
     def _identity(self) -> tuple[int, int, int] | None:
         try:
@@ -107,6 +110,8 @@ class AtomicJSONStorage(Storage):
             except Timeout:
                 raise StoreError(f"{self.path}: another dsm process holds the lock") from None
             try:
+                if not self._swept:
+                    self._sweep_temp_files()
                 # Under the lock, always parse: a stat identity can repeat (inode reuse,
                 # coarse mtime) and a stale base would drop another process's update.
                 self._txn = self._load(fresh=True)
@@ -123,10 +128,22 @@ class AtomicJSONStorage(Storage):
                 self._txn = None
                 self._lock.release()
 
+    def _sweep_temp_files(self) -> None:
+        """Remove temp files a killed writer left behind (only under the lock: no write is
+        in flight then, so every one of them is garbage)."""
+        self._swept = True
+        try:
+            leftovers = list(self.path.parent.glob(TEMP_PREFIX + "*" + TEMP_SUFFIX))
+        except OSError:
+            return
+        for tmp in leftovers:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
     def _commit(self, data: Data) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         payload = json.dumps(data, separators=(",", ":")).encode()
-        fd, tmp = tempfile.mkstemp(prefix=".db-", suffix=".tmp", dir=self.path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=self.path.parent)
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(payload)

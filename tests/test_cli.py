@@ -240,7 +240,7 @@ def test_bundled_catalogue_is_the_default(tmp_path: Path) -> None:
 def test_bad_settings_exit_2(
     home: Path, seven: Path, args: list[str], env: dict[str, str], message: str
 ) -> None:
-    result = run_dsm("list", *args, home=home, catalog_path=seven, **env)
+    result = dsm("list", *args, env=clean_env(DSM_HOME=str(home), DSM_CATALOG=str(seven), **env))
     assert result.returncode == 2
     assert message in result.stderr
     assert not (home / "db.json").exists()

@@ -58,7 +58,7 @@ class Engine:
         self._picked: set[str] = set()  # jobs a worker has taken from a queue
         self._changed = anyio.Event()
         self._store_limiter = anyio.CapacityLimiter(1)
-        self._client: httpx.AsyncClient | None = None
+        self._client: httpx.Client | None = None
 
     # -- plumbing ----------------------------------------------------------------------
     async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -92,30 +92,29 @@ class Engine:
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=16)
         timeout = httpx.Timeout(CONNECT_TIMEOUT, read=self.settings.stall_timeout)
         try:
-            async with (
-                httpx.AsyncClient(timeout=timeout, limits=limits, trust_env=True) as client,
-                anyio.create_task_group() as tg,
-            ):
-                self._client = client
-                for queue, count in (
-                    ("download", self.settings.workers),
-                    ("maintenance", self.settings.maintenance_workers),
-                ):
-                    send, recv = anyio.create_memory_object_stream[str](1 << 20)
-                    self._queues[queue] = send
-                    for _ in range(count):
-                        tg.start_soon(self._worker, recv.clone())
-                    recv.close()
-                tg.start_soon(self._flusher)
-                await self.recover()
-                try:
-                    yield self
-                finally:
-                    with anyio.CancelScope(shield=True):
-                        await self.cancel_all()
-                        await self.wait_idle()
-                        await self._flush()
-                    tg.cancel_scope.cancel()
+            # A sync client: transfers run in threads (see app/transfer.py for why).
+            with httpx.Client(timeout=timeout, limits=limits, trust_env=True) as client:
+                async with anyio.create_task_group() as tg:
+                    self._client = client
+                    for queue, count in (
+                        ("download", self.settings.workers),
+                        ("maintenance", self.settings.maintenance_workers),
+                    ):
+                        send, recv = anyio.create_memory_object_stream[str](1 << 20)
+                        self._queues[queue] = send
+                        for _ in range(count):
+                            tg.start_soon(self._worker, recv.clone())
+                        recv.close()
+                    tg.start_soon(self._flusher)
+                    await self.recover()
+                    try:
+                        yield self
+                    finally:
+                        with anyio.CancelScope(shield=True):
+                            await self.cancel_all()
+                            await self.wait_idle()
+                            await self._flush()
+                        tg.cancel_scope.cancel()
         finally:
             owner_lock.release()
             self._lock_path(f"owner-{self.owner}").unlink(missing_ok=True)

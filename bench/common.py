@@ -1,0 +1,156 @@
+"""Shared by the bench scripts: a local nginx, test files in /dev/shm, timed child processes.
+
+Benchmarks are run by hand (`python -m bench.download` ...). They compare dsm with a peer
+run in the same script on the same file, alternating runs, and print medians and ratios.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+SHM = Path("/dev/shm/dsm-bench")
+NGINX_CONF = """
+worker_processes 2;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log;
+daemon on;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        root {root};
+        {limit}
+    }}
+}}
+"""
+
+
+def need(tool: str, package: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        sys.exit(f"bench: {tool} is missing; install it with: apt-get install -y {package}")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@contextmanager
+def nginx(root: Path, rate_per_connection: str | None = None) -> Iterator[str]:
+    """Serve `root` on 127.0.0.1 with Debian's nginx; yields the base URL."""
+    exe = need("nginx", "nginx")
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="dsm-nginx-") as tmp:
+        limit = f"limit_rate {rate_per_connection};" if rate_per_connection else ""
+        conf = Path(tmp) / "nginx.conf"
+        conf.write_text(NGINX_CONF.format(tmp=tmp, port=port, root=root, limit=limit))
+        subprocess.run([exe, "-c", str(conf), "-p", tmp, "-e", f"{tmp}/error.log"], check=True)
+        try:
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                    break
+                except OSError:
+                    time.sleep(0.05)
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            pid = int((Path(tmp) / "nginx.pid").read_text())
+            os.kill(pid, 15)
+
+
+def random_file(name: str, size: int) -> tuple[Path, str]:
+    """A file of random bytes in /dev/shm (made once, reused); returns its path and SHA-256."""
+    SHM.mkdir(parents=True, exist_ok=True)
+    path = SHM / name
+    digest_file = SHM / f"{name}.sha256"
+    if not path.exists() or path.stat().st_size != size or not digest_file.exists():
+        digest = hashlib.sha256()
+        with path.open("wb") as fh:
+            left = size
+            while left:
+                block = os.urandom(min(left, 8 << 20))
+                fh.write(block)
+                digest.update(block)
+                left -= len(block)
+        digest_file.write_text(digest.hexdigest())
+    return path, digest_file.read_text().strip()
+
+
+def write_catalog(path: Path, entries: list[dict[str, object]]) -> Path:
+    path.write_text(json.dumps({"datasets": entries}))
+    return path
+
+
+@dataclass
+class Sample:
+    wall: float
+    cpu: float
+    rss_mib: float
+
+
+def timed(cmd: Sequence[str], env: dict[str, str] | None = None) -> Sample:
+    """Run a command; wall time, CPU time (user+sys) and peak RSS of that one child."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        err = proc.stderr.read().decode() if proc.stderr else ""
+        sys.exit(f"bench: {cmd[0]} failed: {err[-2000:]}")
+    return Sample(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024)
+
+
+def table(results: dict[str, list[Sample]], baseline: str) -> str:
+    """A Markdown table of medians, with each tool's wall-time ratio to the baseline."""
+    base = statistics.median(s.wall for s in results[baseline])
+    lines = [
+        "| tool | runs | median wall s | median CPU s | median peak RSS MiB | ratio to "
+        f"{baseline} |",
+        "|---|---|---|---|---|---|",
+    ]
+    for tool, samples in results.items():
+        wall = statistics.median(s.wall for s in samples)
+        cpu = statistics.median(s.cpu for s in samples)
+        rss = statistics.median(s.rss_mib for s in samples)
+        lines.append(
+            f"| {tool} | {len(samples)} | {wall:.2f} | {cpu:.2f} | {rss:.0f} | {wall / base:.2f}x |"
+        )
+    return "\n".join(lines)
+
+
+def dsm_cmd() -> list[str]:
+    exe = Path(sys.executable).parent / "dsm"
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "app"]
+
+
+def machine() -> str:
+    cpus = os.cpu_count()
+    return (
+        f"{os.uname().sysname} {os.uname().machine}, {cpus} cores, Python {sys.version.split()[0]}"
+    )

@@ -36,7 +36,7 @@ class Settings:
     stall_timeout: float = DEFAULT_STALL_TIMEOUT
     workers: int = DEFAULT_WORKERS
     maintenance_workers: int = 1
-    # Extra request headers per host, from DSM_HEADERS ("host: Name: value; ...").
+    # Extra request headers per host, from DSM_HEADERS ("host=Name: value; ...").
     host_headers: tuple[tuple[str, str, str], ...] = ()
     # Sent as a Bearer token to huggingface.co only (gated datasets), never to another host.
     hf_token: str | None = None

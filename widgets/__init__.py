@@ -1,0 +1,1 @@
+"""Textual widgets of the dashboard. They get data and emit messages; no store, no network."""

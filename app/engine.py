@@ -31,6 +31,7 @@ from app.jobs import Job, JobStatus, JobType, parse_params
 from app.model import ACTIVE, AT_REST, Dataset, Status
 from app.repository import Repository, now_ms
 from app.transfer import TransferError
+from store import StoreError
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -328,7 +329,12 @@ class Engine:
         job.error = None if job.status == JobStatus.COMPLETED else error
         job.finished_ms = now_ms()
         self._dirty.pop(job.id, None)
-        ds = await self._db(self._record_finished, job, had_copy)
+        try:
+            ds = await self._db(self._record_finished, job, had_copy)
+        except StoreError as exc:  # e.g. the disk is full: the job still ends, loudly
+            log.error("job %s: cannot record its end: %s", job.id, exc)
+            job.error = f"{job.error or job.status.value}; not recorded in the store: {exc}"
+            ds = None
         self._active.pop(job.id, None)
         self._scopes.pop(job.id, None)
         self._emit(EventKind.FINISHED, job, ds)
@@ -410,12 +416,43 @@ class Engine:
             target = files.target(self.settings.home, ds)
         except ValueError as exc:
             return JobStatus.FAILED, str(exc)
-        assert self._client is not None
         await self._set(job, Status.DOWNLOADING, error=None)
+        installed = await anyio.to_thread.run_sync(files.installed_before_crash, target)
+        if installed is None or files.integrity_problem(ds, installed.size, installed.sha256):
+            fetched = await self._fetch(job, ds, target)
+            if not isinstance(fetched, transfer.Fetched):
+                return fetched
+            await self._set(job, Status.VERIFYING)
+            problem = files.integrity_problem(ds, fetched.size, fetched.sha256)
+            if problem:
+                await anyio.to_thread.run_sync(transfer.discard_partial, files.part_of(target))
+                return JobStatus.FAILED, problem
+            installed = await anyio.to_thread.run_sync(
+                files.install, target, fetched.size, fetched.sha256
+            )
+        job.progress, job.bytes_done = 100.0, installed.size
+        await self._set(
+            job,
+            Status.DOWNLOADED,
+            downloaded=True,
+            size=installed.size,
+            checksum=installed.sha256,
+            downloaded_at_ms=now_ms(),
+            file_mtime_ns=installed.mtime_ns,
+            download_progress=100.0,
+            outdated=False,
+            error=None,
+        )
+        await anyio.to_thread.run_sync(files.forget_install, target)
+        return JobStatus.COMPLETED, None
+
+    async def _fetch(self, job: Job, ds: Dataset, target: Path) -> transfer.Fetched | Outcome:
+        """The transfer with the retry policy: only what can heal is tried again."""
+        assert self._client is not None
         while True:
             job.attempts += 1
             try:
-                fetched = await transfer.fetch(
+                return await transfer.fetch(
                     self._client,
                     ds.original_url,
                     target,
@@ -424,32 +461,11 @@ class Engine:
                     progress=self._progress_fn(job),
                     stall_timeout=self.settings.stall_timeout,
                 )
-                break
             except TransferError as exc:
                 if not exc.retryable or job.attempts > self.settings.max_retries:
                     tries = f" (after {job.attempts} attempts)" if job.attempts > 1 else ""
                     return JobStatus.FAILED, f"{exc}{tries}"
                 await self._wait_retry(job, exc)
-        await self._set(job, Status.VERIFYING)
-        problem = files.integrity_problem(ds, fetched.size, fetched.sha256)
-        if problem:
-            await anyio.to_thread.run_sync(transfer.discard_partial, files.part_of(target))
-            return JobStatus.FAILED, problem
-        mtime_ns = await anyio.to_thread.run_sync(files.install, target)
-        job.progress, job.bytes_done = 100.0, fetched.size
-        await self._set(
-            job,
-            Status.DOWNLOADED,
-            downloaded=True,
-            size=fetched.size,
-            checksum=fetched.sha256,
-            downloaded_at_ms=now_ms(),
-            file_mtime_ns=mtime_ns,
-            download_progress=100.0,
-            outdated=False,
-            error=None,
-        )
-        return JobStatus.COMPLETED, None
 
     async def _wait_retry(self, job: Job, exc: TransferError) -> None:
         if exc.retry_after is not None:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from app.model import Dataset
 from app.paths import resolve_inside
-from app.transfer import discard_partial
+from app.transfer import discard_partial, read_sidecar, sidecar_path, write_sidecar
 
 HASH_BLOCK = 4 << 20
 RESET_FIELDS: dict[str, Any] = {
@@ -68,13 +69,41 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def install(path: Path) -> int:
-    """Atomically move the verified `.part` into place; returns the file's mtime stamp."""
+@dataclass(frozen=True)
+class Installed:
+    size: int
+    sha256: str
+    mtime_ns: int
+
+
+def install(path: Path, size: int, sha256: str) -> Installed:
+    """Atomically move the verified `.part` into place.
+
+    The sidecar keeps the verified hash until the store has recorded the install
+    (`forget_install`), so a crash in between is recovered without a download.
+    """
     part = part_of(path)
+    write_sidecar(part, {**read_sidecar(part), "installed_sha256": sha256, "size": size})
     os.replace(part, path)
-    discard_partial(part)  # the sidecar; the part itself is gone
     _fsync_dir(path.parent)
-    return path.stat().st_mtime_ns
+    return Installed(size, sha256, path.stat().st_mtime_ns)
+
+
+def installed_before_crash(path: Path) -> Installed | None:
+    """A copy that a run verified and moved into place, dying before the store heard of it."""
+    part = part_of(path)
+    meta = read_sidecar(part)
+    sha = meta.get("installed_sha256")
+    if not isinstance(sha, str) or part.exists() or not path.exists():
+        return None
+    st = path.stat()
+    if st.st_size != meta.get("size") or sha256_of(path) != sha:
+        return None
+    return Installed(st.st_size, sha, st.st_mtime_ns)
+
+
+def forget_install(path: Path) -> None:
+    sidecar_path(part_of(path)).unlink(missing_ok=True)
 
 
 def sha256_of(path: Path) -> str:

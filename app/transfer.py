@@ -72,7 +72,7 @@ def sidecar_path(part: Path) -> Path:
     return part.with_name(part.name + ".json")
 
 
-def _read_sidecar(part: Path) -> dict[str, Any]:
+def read_sidecar(part: Path) -> dict[str, Any]:
     try:
         data = json.loads(sidecar_path(part).read_text())
     except (OSError, ValueError):
@@ -80,7 +80,7 @@ def _read_sidecar(part: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _write_sidecar(part: Path, meta: dict[str, Any]) -> None:
+def write_sidecar(part: Path, meta: dict[str, Any]) -> None:
     side = sidecar_path(part)
     tmp = side.with_name(side.name + ".tmp")
     tmp.write_text(json.dumps(meta))
@@ -233,7 +233,7 @@ def _prepare(part: Path, have: int, total: int | None, meta: dict[str, Any]) -> 
             retryable=False,
         )
     if have == 0:
-        _write_sidecar(part, meta)
+        write_sidecar(part, meta)
     return _Sink(part, have)
 
 
@@ -382,9 +382,7 @@ def _fetch_blocking(
     ctl: _Control,
 ) -> Fetched:
     part = target.with_name(target.name + ".part")
-    p = _Partial(
-        url, target, part, part.stat().st_size if part.exists() else 0, _read_sidecar(part)
-    )
+    p = _Partial(url, target, part, part.stat().st_size if part.exists() else 0, read_sidecar(part))
     if p.meta.get("url") != url or not p.validator:
         p.have = 0  # cannot prove the partial is the same file: start clean
     total = p.meta.get("total")
@@ -458,6 +456,9 @@ def _finish(
             _pump(resp, sink, ctl)
         sink.finish()
     except OSError as exc:
+        sink.close()
+        if exc.errno == errno.ENOSPC:
+            discard_partial(part)  # frees the room the store needs to record the failure
         raise _disk_error(exc, part) from exc
     finally:
         sink.close()

@@ -76,7 +76,12 @@ def open_home(args: argparse.Namespace) -> tuple[Settings, Repository]:
         stall_timeout=args.stall_timeout,
         workers=args.workers,
     )
-    settings.home.mkdir(parents=True, exist_ok=True)
+    try:
+        settings.home.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise BadInput(f"data home {settings.home} is not a directory") from None
+    except OSError as exc:
+        raise DsmError(f"cannot create data home {settings.home}: {exc.strerror or exc}") from None
     store = Store(settings.db_path)
     store.check()
     repo = Repository(store)

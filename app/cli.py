@@ -59,7 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     show = sub.add_parser("show", help="show one dataset")
     show.add_argument("name")
     sub.add_parser("job-params", help="print the JSON Schema of job parameters")
-    for p in (lst, show, sub.choices["job-params"]):
+    srv = sub.add_parser("serve", help="run the engine behind the HTTP API")
+    srv.add_argument("--host", default="127.0.0.1", help="beyond loopback needs DSM_API_TOKEN")
+    srv.add_argument("--port", type=int, default=8080, help="TCP port (0: any free port)")
+    for p in (lst, show, sub.choices["job-params"], srv):
         _global_options(p, defaults=False)
     return parser
 
@@ -166,6 +169,10 @@ def run(argv: Sequence[str] | None) -> int:
         return cmd_list(args, repo)
     if args.command == "show":
         return cmd_show(args, repo)
+    if args.command == "serve":
+        from app.api_serve import serve  # Starlette and uvicorn load for this command only
+
+        return serve(settings, repo, args.host, args.port)
     if args.run_job:
         import anyio
 

@@ -45,6 +45,7 @@ class Fault:
     html: bool = False  # an HTML error page with status 200
     redirect_to: str | None = None  # 302 to this path or URL
     rate: float | None = None  # bytes per second
+    no_length: bool = False  # no Content-Length: the body ends when the connection closes
 
 
 @dataclass
@@ -201,7 +202,11 @@ def _handler_for(server: FileServer) -> type[BaseHTTPRequestHandler]:
             for k, v in {**headers, **fault.headers}.items():
                 self.send_header(k, v)
             length = fault.content_length if fault.content_length is not None else len(payload)
-            self.send_header("Content-Length", str(length))
+            if fault.no_length:
+                self.send_header("Connection", "close")
+                self.close_connection = True
+            else:
+                self.send_header("Content-Length", str(length))
             self.end_headers()
             self._send_body(seen, payload, fault)
 

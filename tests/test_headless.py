@@ -17,6 +17,7 @@ from app.jobs import JobStatus
 from app.model import Status
 from tests.conftest import (
     CatalogFn,
+    blob,
     dsm_command,
     dsm_env,
     make_settings,
@@ -27,10 +28,6 @@ from tests.conftest import (
 from tests.httpserver import FileServer
 
 HUMANEVAL_SHA = "b796127e635a67f93fb35c04f4cb03cf06f38c8072ee7cee8833d7bee06979ef"
-
-
-def blob(seed: int, size: int) -> bytes:
-    return (hashlib.sha256(str(seed).encode()).digest() * (size // 32 + 1))[:size]
 
 
 def start_dsm(*args: str, home: Path, catalog_path: Path) -> subprocess.Popen[str]:

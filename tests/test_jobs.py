@@ -3,10 +3,9 @@ delete, verify, per-dataset serialisation and crash recovery of the store's rows
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import re
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -17,19 +16,11 @@ from app.engine import SKIP_MESSAGE, Engine
 from app.errors import BadInput
 from app.jobs import Job, JobStatus, JobType
 from app.model import Status
-from tests.conftest import CatalogFn
+from tests.conftest import CatalogFn, blob, sha
 from tests.enginehelp import run_jobs, setup, until
 from tests.httpserver import FileServer
 
 pytestmark = pytest.mark.anyio
-
-
-def blob(seed: int, size: int = 400_000) -> bytes:
-    return (hashlib.sha256(str(seed).encode()).digest() * (size // 32 + 1))[:size]
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 async def test_second_download_is_skipped_without_a_request(

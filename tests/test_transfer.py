@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import pytest
 from app.engine import Engine
 from app.jobs import Job, JobStatus, JobType
 from app.model import Status
-from tests.conftest import CatalogFn
+from tests.conftest import CatalogFn, blob, sha
 from tests.enginehelp import run_jobs, setup, until
 from tests.httpserver import FileServer
 
@@ -20,11 +19,7 @@ SIZE = 3 * 1024 * 1024 + 17
 
 
 def body(seed: int = 1, size: int = SIZE) -> bytes:
-    return (hashlib.sha256(str(seed).encode()).digest() * (size // 32 + 1))[:size]
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+    return blob(seed, size)
 
 
 def entry(name: str, url: str, data: bytes | None = None, **kw: object) -> dict[str, object]:

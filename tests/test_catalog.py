@@ -7,6 +7,7 @@ import json
 import os
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -16,13 +17,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.catalog import FIELDS, NAME_RE, CatalogEntry, CatalogError, load_catalog, parse_catalog
+from app.cli import main
 from app.config import bundled_catalog
 from app.model import Status
 from app.paths import resolve_inside
 from app.registry import register
 from app.repository import Repository
 from store import Store
-from tests.conftest import make_settings, open_repo, run_dsm
+from tests.conftest import TEST_ENV, make_settings, open_repo, run_dsm
 
 GOOD = {
     "name": "good",
@@ -50,6 +52,35 @@ def seeded(home: Path, tmp_path: Path) -> Callable[[], tuple[bytes, int]]:
         return db.read_bytes(), db.stat().st_mtime_ns
 
     return snapshot
+
+
+@dataclass
+class Ran:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+Dsm = Callable[..., Ran]
+
+
+@pytest.fixture
+def dsm_here(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Dsm:
+    """dsm's own entry point in this process (fast, for the many cases); real files all the
+    same. The console script in a subprocess is exercised by the tests that use run_dsm."""
+    for key in list(os.environ):
+        if key.startswith("DSM_"):
+            monkeypatch.delenv(key)
+    for key, value in TEST_ENV.items():
+        monkeypatch.setenv(key, value)
+
+    def run(*args: str, home: Path, catalog_path: Path) -> Ran:
+        capsys.readouterr()
+        code = main([*args, "--home", str(home), "--catalog", str(catalog_path)])
+        out, err = capsys.readouterr()
+        return Ran(code, out, err)
+
+    return run
 
 
 def write_catalog(tmp_path: Path, doc: Any) -> Path:
@@ -101,6 +132,7 @@ ENTRY_CASES: list[tuple[str, dict[str, Any], str, str]] = [
     ids=[c[0] for c in ENTRY_CASES],
 )
 def test_bad_entry(
+    dsm_here: Dsm,
     home: Path,
     tmp_path: Path,
     seeded: Callable[[], tuple[bytes, int]],
@@ -111,7 +143,7 @@ def test_bad_entry(
     other = entry(name="other", local_path="data/other")
     path = write_catalog(tmp_path, {"datasets": [other, bad]})
     before = seeded()
-    result = run_dsm("list", home=home, catalog_path=path)
+    result = dsm_here("list", home=home, catalog_path=path)
     assert result.returncode == 2, result.stderr
     name = bad.get("name")
     label = f"entry 1 ({name!r})" if isinstance(name, str) else "entry 1"
@@ -168,11 +200,16 @@ FILE_CASES: list[tuple[str, Any, str]] = [
     ("doc", "message"), [c[1:] for c in FILE_CASES], ids=[c[0] for c in FILE_CASES]
 )
 def test_bad_catalogue_file(
-    home: Path, tmp_path: Path, seeded: Callable[[], tuple[bytes, int]], doc: Any, message: str
+    dsm_here: Dsm,
+    home: Path,
+    tmp_path: Path,
+    seeded: Callable[[], tuple[bytes, int]],
+    doc: Any,
+    message: str,
 ) -> None:
     path = write_catalog(tmp_path, doc)
     before = seeded()
-    result = run_dsm("list", home=home, catalog_path=path)
+    result = dsm_here("list", home=home, catalog_path=path)
     assert result.returncode == 2, result.stderr
     assert f"{path}: {message}" in result.stderr
     assert "Traceback" not in result.stderr
@@ -315,7 +352,7 @@ def check_parse(text: str) -> None:
     assert len({e.name for e in found}) == len(found)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(doc=documents)
 def test_validation_of_any_json_only_raises_catalog_error(doc: Any) -> None:
     check_parse(json.dumps(doc))
@@ -408,13 +445,13 @@ def downloaded(repo: Repository, name: str, body: bytes) -> None:
 RUNTIME = ("status", "downloaded", "size", "checksum", "downloaded_at_ms", "download_job_id")
 
 
-def test_existing_rows_keep_runtime_fields(home: Path, tmp_path: Path) -> None:
+def test_existing_rows_keep_runtime_fields(dsm_here: Dsm, home: Path, tmp_path: Path) -> None:
     settings_ = make_settings(home, cat(tmp_path, GOOD))
     repo = open_repo(settings_)
     downloaded(repo, "good", b"payload")
     kept = {k: getattr(repo.dataset("good"), k) for k in RUNTIME}
     path = cat(tmp_path, entry(description="new words"), entry(name="fresh", local_path="f"))
-    shown = run_dsm("list", "--json", home=home, catalog_path=path)
+    shown = dsm_here("list", "--json", home=home, catalog_path=path)
     rows = {r["name"]: r for r in json.loads(shown.stdout)["datasets"]}
     assert rows["good"]["description"] == "new words"
     assert {k: rows["good"][k] for k in RUNTIME} == {
@@ -440,10 +477,12 @@ SHA_OF_PAYLOAD = hashlib.sha256(b"payload").hexdigest()
     ],
     ids=["url", "sha", "size", "path", "agreeing-sha", "agreeing-size", "description"],
 )
-def test_outdated_flag(home: Path, tmp_path: Path, changes: dict[str, Any], outdated: bool) -> None:
+def test_outdated_flag(
+    dsm_here: Dsm, home: Path, tmp_path: Path, changes: dict[str, Any], outdated: bool
+) -> None:
     repo = open_repo(make_settings(home, cat(tmp_path, GOOD)))
     downloaded(repo, "good", b"payload")
-    result = run_dsm(
+    result = dsm_here(
         "show", "good", "--json", home=home, catalog_path=cat(tmp_path, entry(**changes))
     )
     assert result.returncode == 0, result.stderr
@@ -453,14 +492,16 @@ def test_outdated_flag(home: Path, tmp_path: Path, changes: dict[str, Any], outd
         assert row[key] == value  # the catalogue's new values are taken either way
     assert row["downloaded"] is True and row["status"] == "downloaded"
     # Going back to the old entry does not clear the flag: the copy was never re-checked.
-    back = run_dsm("show", "good", "--json", home=home, catalog_path=cat(tmp_path, GOOD))
+    back = dsm_here("show", "good", "--json", home=home, catalog_path=cat(tmp_path, GOOD))
     assert json.loads(back.stdout)["outdated"] is outdated
 
 
-def test_a_source_change_before_download_is_not_outdated(home: Path, tmp_path: Path) -> None:
+def test_a_source_change_before_download_is_not_outdated(
+    dsm_here: Dsm, home: Path, tmp_path: Path
+) -> None:
     open_repo(make_settings(home, cat(tmp_path, GOOD)))
     moved = cat(tmp_path, entry(original_url="http://127.0.0.1:9/moved"))
-    row = json.loads(run_dsm("show", "good", "--json", home=home, catalog_path=moved).stdout)
+    row = json.loads(dsm_here("show", "good", "--json", home=home, catalog_path=moved).stdout)
     assert row["outdated"] is False and row["original_url"] == "http://127.0.0.1:9/moved"
 
 

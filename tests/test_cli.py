@@ -89,14 +89,14 @@ def test_list_defaults_and_limits(home: Path, seven: Path) -> None:
         (["--page", "-2"], "--page must be at least 1, got -2"),
         (["--page", "two"], "argument --page: invalid int value: 'two'"),
         (["--page-size", "1.5"], "argument --page-size: invalid int value: '1.5'"),
+        (["--json", "--page", "0"], "--page must be at least 1, got 0"),
     ],
 )
 def test_list_out_of_range_exits_2(home: Path, seven: Path, args: list[str], message: str) -> None:
-    for extra in ([], ["--json"]):
-        result = run_dsm("list", *args, *extra, home=home, catalog_path=seven)
-        assert result.returncode == 2
-        assert message in result.stderr
-        assert result.stdout == ""
+    result = run_dsm("list", *args, home=home, catalog_path=seven)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert result.stdout == ""
 
 
 def test_list_table(home: Path, seven: Path) -> None:

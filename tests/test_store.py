@@ -260,11 +260,22 @@ CORRUPT: list[tuple[str, bytes, str]] = [
 ]
 
 
-@pytest.mark.parametrize("command", [["list", "--json"], ["show", "good"]])
 @pytest.mark.parametrize(
     ("content", "problem"), [c[1:] for c in CORRUPT], ids=[c[0] for c in CORRUPT]
 )
 def test_corrupt_store_exits_2_and_is_left_alone(
+    home: Path, catalog: CatalogFn, content: bytes, problem: str
+) -> None:
+    check_corrupt(home, catalog, ["list", "--json"], content, problem)
+
+
+def test_corrupt_store_on_show_and_run_job(home: Path, catalog: CatalogFn) -> None:
+    content, problem = CORRUPT[-1][1:]
+    check_corrupt(home, catalog, ["show", "good"], content, problem)
+    check_corrupt(home, catalog, ["--run-job", "download", "--all"], content, problem)
+
+
+def check_corrupt(
     home: Path, catalog: CatalogFn, command: list[str], content: bytes, problem: str
 ) -> None:
     db = home / "db.json"

@@ -89,6 +89,10 @@ def open_home(args: argparse.Namespace) -> tuple[Settings, Repository]:
     store.check()
     repo = Repository(store)
     repo.datasets()  # rows of the wrong shape are reported now, before anything is written
+    try:
+        repo.jobs()
+    except (KeyError, ValueError, TypeError) as exc:
+        raise StoreCorrupt(f"{store.path}: malformed job row ({exc!r})") from None
     register(repo, load_catalog(settings.catalog, settings.home))
     return settings, repo
 

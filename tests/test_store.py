@@ -253,6 +253,16 @@ CORRUPT: list[tuple[str, bytes, str]] = [
         "dataset a: unknown status 'done'",
     ),
     (
+        "job-row-no-type",
+        b'{"jobs": {"j": {"dataset": "a"}}}',
+        "malformed job row (KeyError('type'))",
+    ),
+    (
+        "job-row-bad-type",
+        b'{"jobs": {"j": {"type": "fetch", "status": "waiting", "dataset": "a", "params": {}}}}',
+        "malformed job row",
+    ),
+    (
         "bad-field-type",
         b'{"datasets": {"a": {"name": "a", "size": "12 MB"}}}',
         "dataset a: field 'size' is '12 MB', expected an integer or null",

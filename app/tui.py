@@ -10,6 +10,7 @@ from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.notifications import SeverityLevel
+from textual.timer import Timer
 from textual.widgets import DataTable, Footer, Header
 
 from app.config import Settings
@@ -30,6 +31,7 @@ FLUSH_INTERVAL = 0.25  # progress reaches the table at most 4 times a second
 STORE_POLL_INTERVAL = 0.5  # other processes' writes show well within 2 s
 ENGINE_START_TIMEOUT = 30.0
 CONFIRM_NAMES = 5
+FILTER_DELAY = 0.15
 
 KEY_ACTIONS = (
     KeyAction("d", "d", "download", "Download", "download the highlighted or marked datasets"),
@@ -72,6 +74,7 @@ class DashboardApp(App[int]):
         self._stopping = threading.Event()
         self._changed: set[str] = set()
         self._loaded = False
+        self._filter_timer: Timer | None = None
 
     # -- layout and lifecycle ----------------------------------------------------------
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
@@ -130,8 +133,14 @@ class DashboardApp(App[int]):
         return self.query_one("#table", DatasetTable)
 
     def _reload(self) -> None:
-        self.table.load(self.state.visible(), sorted_by=self.state.sort)
+        """Every row from the state: at start and when datasets appear or vanish."""
+        self.table.set_data(self.state.rows())
+        self._arrange()
         self._changed.update(self.state.datasets)
+
+    def _arrange(self) -> None:
+        """Apply the filter and the sort order."""
+        self.table.show(self.state.visible(), sorted_by=self.state.sort)
 
     def _show(self, name: str) -> None:
         self._changed.add(name)
@@ -303,7 +312,10 @@ class DashboardApp(App[int]):
     @on(FilterBar.Changed, "#filter")
     def _filter_changed(self, message: FilterBar.Changed) -> None:
         self.state.filter = message.value
-        self._reload()
+        # Re-filtering 10,000 rows takes a few hundred ms: do it once typing pauses.
+        if self._filter_timer is not None:
+            self._filter_timer.stop()
+        self._filter_timer = self.set_timer(FILTER_DELAY, self._arrange)
 
     @on(FilterBar.Submitted, "#filter")
     def _filter_done(self) -> None:
@@ -319,7 +331,7 @@ class DashboardApp(App[int]):
 
     def _sort_by(self, column: str) -> None:
         self.state.sort = column
-        self._reload()
+        self._arrange()
 
     def action_toggle_detail(self) -> None:
         self.query_one(DetailPane).toggle_class("-open")

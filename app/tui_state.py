@@ -112,10 +112,13 @@ class DashboardState:
             return lambda d: (-shown_progress(d, self.job_for(d.name)), d.name)
         return lambda d: d.name
 
-    def visible(self) -> list[Row]:
-        """The rows to show, filtered and sorted."""
+    def rows(self) -> list[Row]:
+        return [self.row(name) for name in self.datasets]
+
+    def visible(self) -> list[str]:
+        """The names of the rows to show, filtered and sorted."""
         shown = sorted(filter(self._matches, self.datasets.values()), key=self._sort_key())
-        return [self.row(ds.name) for ds in shown]
+        return [ds.name for ds in shown]
 
     def totals(self) -> Totals:
         rows = self.datasets.values()

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from rich.text import Text
 from textual import events
 from textual.widgets import DataTable
+from textual.widgets.data_table import RowKey
 
 from app import humanize
 from app.jobs import Job, JobStatus
@@ -100,7 +101,8 @@ Row = tuple[Dataset, Job | None, bool]
 
 
 class DatasetTable(DataTable[Text]):
-    """Rows are (re)built only by `load`; `show_row` touches only the cells that changed."""
+    """Cells of every dataset are kept here (shown or filtered out); `show` picks which rows
+    appear and in what order, `show_row` touches only the cells that changed."""
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(
@@ -121,41 +123,68 @@ class DatasetTable(DataTable[Text]):
             return None
         return self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value
 
-    def load(self, rows: Iterable[Row], sorted_by: str = "name") -> None:
-        """Replace all rows (start, filter, sort, rows added or removed), keeping the cursor's
-        dataset highlighted when it is still shown. The sort column's header gets an arrow."""
-        self._sorted_by = sorted_by
-        self._fill({ds.name: row_cells(ds, job, marked) for ds, job, marked in rows})
+    def shown(self) -> list[str]:
+        """The names of the rows on display, in order."""
+        return [str(row.key.value) for row in self.ordered_rows]
 
-    def _fill(self, cells: dict[str, dict[str, Text]]) -> None:
+    def set_data(self, rows: Iterable[Row]) -> None:
+        """Replace every dataset's cells (nothing is redrawn until `show`)."""
+        self._cells = {ds.name: row_cells(ds, job, marked) for ds, job, marked in rows}
+
+    def show(self, names: list[str], sorted_by: str) -> None:
+        """Show these rows in this order, keeping the cursor's dataset highlighted. Only a new
+        set of rows (a filter) rebuilds the table; a new order just sorts it."""
+        if sorted_by != self._sorted_by:
+            self._sorted_by = sorted_by
+            for col in self.columns.values():
+                col.label = self._label(str(col.key.value))
+        if set(names) == set(self.shown()) and self.columns:
+            keep = self.highlighted
+            position = {name: i for i, name in enumerate(names)}
+            self.sort("name", key=lambda cell: position[cell.plain])
+            self._keep_cursor(keep)
+        else:
+            self._fill(names)
+
+    def _label(self, key: str) -> Text:
+        label = next(c.label for c in COLUMNS if c.key == key)
+        return Text(f"{label} ▼" if key == self._sorted_by else label)
+
+    def _keep_cursor(self, name: str | None) -> None:
+        if name is not None and name in self._row_locations:
+            self.move_cursor(row=self.get_row_index(name), animate=False)
+
+    def _fill(self, names: list[str]) -> None:
         keep = self.highlighted
         self.clear(columns=True)
-        widths = {"name": min(NAME_WIDTH_MAX, max((len(n) for n in cells), default=4))}
+        widths = {"name": min(NAME_WIDTH_MAX, max((len(n) for n in self._cells), default=4))}
         used = sum((c.width or widths[c.key]) + 2 * CELL_PADDING for c in COLUMNS[:-1])
         # The error column takes the room left, so a wide terminal shows more of it.
         widths["error"] = max(ERROR_WIDTH_MIN, self.size.width - used - SCROLLBAR - 2)
         for col in COLUMNS:
-            label = f"{col.label} ▼" if col.key == self._sorted_by else col.label
-            self.add_column(Text(label), key=col.key, width=col.width or widths[col.key])
-        self._cells = cells
-        for name, row in cells.items():
+            self.add_column(self._label(col.key), key=col.key, width=col.width or widths[col.key])
+        for name in names:
+            row = self._cells[name]
             self.add_row(*(row[c.key] for c in COLUMNS), key=name)
-        if keep in cells:
-            self.move_cursor(row=self.get_row_index(keep), animate=False)
+        self._keep_cursor(keep)
+
+    def _update_dimensions(self, new_rows: Iterable[RowKey]) -> None:
+        # Every column has a fixed width and every row one line, so DataTable's measuring of
+        # each new cell (seconds at 10,000 rows) would change nothing: skip it, keep the rest.
+        super()._update_dimensions(())
 
     def on_resize(self, event: events.Resize) -> None:
         """Give the error column the new room: same rows, same order."""
         if event.size.width != self._width:
             self._width = event.size.width
-            order = [row.key.value for row in self.ordered_rows]
-            self._fill({name: self._cells[name] for name in order if name is not None})
+            self._fill(self.shown())
 
     def show_row(self, ds: Dataset, job: Job | None, marked: bool) -> None:
-        """Update the cells of one row whose values changed; rows not shown are ignored."""
-        old = self._cells.get(ds.name)
-        if old is None:
-            return
+        """Update the cells of one dataset that changed (on screen if its row is shown)."""
+        old = self._cells.setdefault(ds.name, {})
+        shown = ds.name in self._row_locations
         for key, cell in row_cells(ds, job, marked).items():
-            if old[key] != cell:
+            if old.get(key) != cell:
                 old[key] = cell
-                self.update_cell(ds.name, key, cell)
+                if shown:
+                    self.update_cell(ds.name, key, cell)

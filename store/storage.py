@@ -109,6 +109,8 @@ class AtomicJSONStorage(Storage):
                 self._lock.acquire()
             except Timeout:
                 raise StoreError(f"{self.path}: another dsm process holds the lock") from None
+            except OSError as exc:
+                raise StoreError(f"{self.path}: cannot lock: {exc.strerror or exc}") from None
             try:
                 if not self._swept:
                     self._sweep_temp_files()
@@ -141,9 +143,12 @@ class AtomicJSONStorage(Storage):
                 tmp.unlink()
 
     def _commit(self, data: Data) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         payload = json.dumps(data, separators=(",", ":")).encode()
-        fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=self.path.parent)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=self.path.parent)
+        except OSError as exc:
+            raise StoreError(f"{self.path}: cannot write: {exc.strerror or exc}") from None
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(payload)

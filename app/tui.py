@@ -75,6 +75,10 @@ class DashboardApp(App[int]):
         self._changed: set[str] = set()
         self._loaded = False
         self._filter_timer: Timer | None = None
+        # Held, not queried: messages still arriving while the app closes find them detached.
+        self.table = DatasetTable(id="table")
+        self.summary = Summary(id="summary")
+        self.detail = DetailPane(id="detail")
 
     # -- layout and lifecycle ----------------------------------------------------------
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
@@ -83,9 +87,9 @@ class DashboardApp(App[int]):
 
     def compose(self) -> ComposeResult:
         yield Header()
-        yield Summary(id="summary")
-        yield DatasetTable(id="table")
-        yield DetailPane(id="detail")
+        yield self.summary
+        yield self.table
+        yield self.detail
         yield FilterBar(id="filter")
         yield Footer()
 
@@ -128,10 +132,6 @@ class DashboardApp(App[int]):
             self._stopping.wait(STORE_POLL_INTERVAL)
 
     # -- feeding the view --------------------------------------------------------------
-    @property
-    def table(self) -> DatasetTable:
-        return self.query_one("#table", DatasetTable)
-
     def _reload(self) -> None:
         """Every row from the state: at start and when datasets appear or vanish."""
         self.table.set_data(self.state.rows())
@@ -184,13 +184,13 @@ class DashboardApp(App[int]):
                 self._show(job.dataset)
         if not self._changed:
             return
-        self.query_one(Summary).show(self.state.totals())
+        self.summary.show(self.state.totals())
         if self.table.highlighted in self._changed:
             self._show_detail()
         self._changed.clear()
 
     def _show_detail(self) -> None:
-        pane = self.query_one(DetailPane)
+        pane = self.detail
         name = self.table.highlighted
         if not pane.has_class("-open"):
             return
@@ -334,7 +334,7 @@ class DashboardApp(App[int]):
         self._arrange()
 
     def action_toggle_detail(self) -> None:
-        self.query_one(DetailPane).toggle_class("-open")
+        self.detail.toggle_class("-open")
         self._show_detail()
 
     def action_job_log(self) -> None:

@@ -18,6 +18,9 @@ DEFAULT_MAX_RETRIES = 5
 DEFAULT_JOB_TIMEOUT = 10 * 3600.0
 DEFAULT_STALL_TIMEOUT = 60.0
 DEFAULT_WORKERS = 4
+DEFAULT_SEGMENTS = 4
+DEFAULT_SEGMENT_MIN = 64 << 20
+DEFAULT_HOST_CONNECTIONS = 8
 CONNECT_TIMEOUT = 30.0
 
 
@@ -36,6 +39,12 @@ class Settings:
     stall_timeout: float = DEFAULT_STALL_TIMEOUT
     workers: int = DEFAULT_WORKERS
     maintenance_workers: int = 1
+    # Large files are fetched as this many byte ranges in parallel (1 turns it off) ...
+    segments: int = DEFAULT_SEGMENTS
+    # ... when they are at least this big.
+    segment_min: int = DEFAULT_SEGMENT_MIN
+    # Connections to one host across all jobs, segments included.
+    host_connections: int = DEFAULT_HOST_CONNECTIONS
     # Extra request headers per host, from DSM_HEADERS ("host=Name: value; ...").
     host_headers: tuple[tuple[str, str, str], ...] = ()
     # Sent as a Bearer token to huggingface.co only (gated datasets), never to another host.
@@ -120,6 +129,17 @@ def load_settings(
             *pick(stall_timeout, "DSM_STALL_TIMEOUT"), DEFAULT_STALL_TIMEOUT, float, 0.001
         ),
         workers=_number(*pick(workers, "DSM_WORKERS"), DEFAULT_WORKERS, int, 1),
+        segments=_number("DSM_SEGMENTS", env.get("DSM_SEGMENTS"), DEFAULT_SEGMENTS, int, 1),
+        segment_min=_number(
+            "DSM_SEGMENT_MIN", env.get("DSM_SEGMENT_MIN"), DEFAULT_SEGMENT_MIN, int, 1
+        ),
+        host_connections=_number(
+            "DSM_HOST_CONNECTIONS",
+            env.get("DSM_HOST_CONNECTIONS"),
+            DEFAULT_HOST_CONNECTIONS,
+            int,
+            1,
+        ),
         host_headers=parse_host_headers(env.get("DSM_HEADERS", "")),
         hf_token=env.get("HF_TOKEN") or None,
     )

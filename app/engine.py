@@ -27,10 +27,11 @@ from filelock import FileLock, Timeout
 from app import files, transfer
 from app.config import CONNECT_TIMEOUT, Settings
 from app.events import EventKind, JobEvent, Listener
+from app.httpio import Fetched, HostSlots, Policy, TransferError
 from app.jobs import Job, JobStatus, JobType, parse_params
 from app.model import ACTIVE, AT_REST, Dataset, Status
+from app.partial import discard_partial
 from app.repository import Repository, now_ms
-from app.transfer import TransferError
 from store import StoreError
 
 T = TypeVar("T")
@@ -60,6 +61,14 @@ class Engine:
         self._changed = anyio.Event()
         self._store_limiter = anyio.CapacityLimiter(1)
         self._client: httpx.Client | None = None
+        self._slots = HostSlots(settings.host_connections)
+        self._policy = Policy(
+            stall_timeout=settings.stall_timeout,
+            segments=settings.segments,
+            segment_min=settings.segment_min,
+            max_retries=settings.max_retries,
+            retry_delay=settings.retry_delay,
+        )
 
     # -- plumbing ----------------------------------------------------------------------
     async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -420,12 +429,12 @@ class Engine:
         installed = await anyio.to_thread.run_sync(files.installed_before_crash, target)
         if installed is None or files.integrity_problem(ds, installed.size, installed.sha256):
             fetched = await self._fetch(job, ds, target)
-            if not isinstance(fetched, transfer.Fetched):
+            if not isinstance(fetched, Fetched):
                 return fetched
             await self._set(job, Status.VERIFYING)
             problem = files.integrity_problem(ds, fetched.size, fetched.sha256)
             if problem:
-                await anyio.to_thread.run_sync(transfer.discard_partial, files.part_of(target))
+                await anyio.to_thread.run_sync(discard_partial, files.part_of(target))
                 return JobStatus.FAILED, problem
             installed = await anyio.to_thread.run_sync(
                 files.install, target, fetched.size, fetched.sha256
@@ -446,7 +455,7 @@ class Engine:
         await anyio.to_thread.run_sync(files.forget_install, target)
         return JobStatus.COMPLETED, None
 
-    async def _fetch(self, job: Job, ds: Dataset, target: Path) -> transfer.Fetched | Outcome:
+    async def _fetch(self, job: Job, ds: Dataset, target: Path) -> Fetched | Outcome:
         """The transfer with the retry policy: only what can heal is tried again."""
         assert self._client is not None
         while True:
@@ -459,7 +468,8 @@ class Engine:
                     expected_size=ds.expected_size,
                     host_headers=self._host_headers,
                     progress=self._progress_fn(job),
-                    stall_timeout=self.settings.stall_timeout,
+                    policy=self._policy,
+                    slots=self._slots,
                 )
             except TransferError as exc:
                 if not exc.retryable or job.attempts > self.settings.max_retries:

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from app.model import Dataset
+from app.partial import discard_partial, read_sidecar, sidecar_path, write_sidecar
 from app.paths import resolve_inside
-from app.transfer import discard_partial, read_sidecar, sidecar_path, write_sidecar
 
 HASH_BLOCK = 4 << 20
 RESET_FIELDS: dict[str, Any] = {

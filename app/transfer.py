@@ -15,180 +15,46 @@ ends at once.
 
 from __future__ import annotations
 
-import contextlib
-import email.utils
 import errno
 import hashlib
-import json
 import os
 import queue
-import re
 import shutil
-import socket
 import threading
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO
-from urllib.parse import urljoin, urlsplit
 
 import anyio
 import httpx
 
-from app import __version__
+from app.httpio import (
+    Control,
+    Env,
+    Fetched,
+    HeadersFn,
+    HostSlots,
+    Policy,
+    Slot,
+    Stopped,
+    TransferError,
+    base_headers,
+    disk_error,
+    http_error,
+    looks_like_html,
+    network_error,
+    open_stream,
+    parse_content_range,
+)
+from app.partial import Partial, discard_partial, read_sidecar, restart, validator, write_sidecar
+from app.segments import SegmentedDownload, worth_it
 
 BATCH = 1 << 20  # bytes handed to the writer thread at a time
 QUEUE_DEPTH = 8  # batches in flight between the network and the disk
 PROGRESS_POLL = 0.1  # seconds between progress reports to the caller
-MAX_REDIRECTS = 10
-RETRY_AFTER_CAP = 600.0
-USER_AGENT = f"dsm/{__version__}"
-HTML_SUFFIXES = (".html", ".htm")
-
-
-class TransferError(Exception):
-    """A failed transfer; `retryable` says whether trying again can heal it."""
-
-    def __init__(self, message: str, *, retryable: bool, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retryable = retryable
-        self.retry_after = retry_after
-
-
-@dataclass(frozen=True)
-class Fetched:
-    size: int
-    sha256: str
-    resumed_from: int
-
 
 ProgressFn = Callable[[int, int | None], None]
-HeadersFn = Callable[[str], dict[str, str]]
-
-
-def sidecar_path(part: Path) -> Path:
-    return part.with_name(part.name + ".json")
-
-
-def read_sidecar(part: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(sidecar_path(part).read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def write_sidecar(part: Path, meta: dict[str, Any]) -> None:
-    side = sidecar_path(part)
-    tmp = side.with_name(side.name + ".tmp")
-    tmp.write_text(json.dumps(meta))
-    os.replace(tmp, side)
-
-
-def discard_partial(part: Path) -> None:
-    part.unlink(missing_ok=True)
-    sidecar_path(part).unlink(missing_ok=True)
-
-
-def _validator(etag: str | None, last_modified: str | None) -> str | None:
-    """The If-Range value that proves identity: a strong ETag, else Last-Modified."""
-    if etag and not etag.startswith("W/"):
-        return etag
-    return last_modified or None
-
-
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    if value.strip().isdigit():
-        return min(float(value), RETRY_AFTER_CAP)
-    try:
-        when = email.utils.parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, min(when - time.time(), RETRY_AFTER_CAP))
-
-
-def http_error(resp: httpx.Response, url: str) -> TransferError:
-    """Classify an unwanted status: 408, 429 and 5xx can heal, other statuses cannot."""
-    code = resp.status_code
-    retryable = code in (408, 429) or code >= 500
-    return TransferError(
-        f"HTTP {code} {resp.reason_phrase} from {url}",
-        retryable=retryable,
-        retry_after=_retry_after(resp.headers.get("retry-after")) if retryable else None,
-    )
-
-
-def network_error(exc: httpx.HTTPError, url: str, stall_timeout: float) -> TransferError:
-    if isinstance(exc, httpx.ReadTimeout):
-        msg = f"stalled: no data for {stall_timeout:g} s from {url}"
-    elif isinstance(exc, httpx.ConnectTimeout):
-        msg = f"connect timeout to {url}"
-    else:
-        msg = f"{type(exc).__name__}: {exc or 'connection failed'} ({url})"
-    return TransferError(msg, retryable=isinstance(exc, httpx.TransportError))
-
-
-class _Stopped(BaseException):
-    """The caller canceled: not a transfer failure, so no handler of TransferError sees it."""
-
-
-class _Control:
-    """Shared between the event loop and the transfer threads: progress out, stop in."""
-
-    def __init__(self) -> None:
-        self.done = 0
-        self.total: int | None = None
-        self._stop = threading.Event()
-        self._sock: socket.socket | None = None
-        self._lock = threading.Lock()
-
-    def attach(self, resp: httpx.Response) -> None:
-        stream = resp.extensions.get("network_stream")
-        sock = stream.get_extra_info("socket") if stream is not None else None
-        with self._lock:
-            self._sock = sock if isinstance(sock, socket.socket) else None
-        self.check()
-
-    def stop(self) -> None:
-        self._stop.set()
-        with self._lock:
-            if self._sock is not None:
-                # shutdown (not close) wakes a recv blocked in the reader thread.
-                with contextlib.suppress(OSError):
-                    self._sock.shutdown(socket.SHUT_RDWR)
-
-    def check(self) -> None:
-        if self._stop.is_set():
-            raise _Stopped
-
-
-@contextlib.contextmanager
-def open_stream(
-    client: httpx.Client, url: str, headers: dict[str, str], host_headers: HeadersFn
-) -> Iterator[tuple[httpx.Response, str]]:
-    """GET with redirects followed by hand: only to http(s), each hop gets its own host's
-    headers, so a token never follows a redirect to another host."""
-    for _ in range(MAX_REDIRECTS + 1):
-        scheme = urlsplit(url).scheme
-        if scheme not in ("http", "https"):
-            raise TransferError(f"refusing to follow a redirect to {url}", retryable=False)
-        request = client.build_request("GET", url, headers={**headers, **host_headers(url)})
-        resp = client.send(request, stream=True)
-        location = resp.headers.get("location")
-        if resp.is_redirect and location:
-            resp.close()
-            url = urljoin(url, location)
-            continue
-        try:
-            yield resp, url
-        finally:
-            resp.close()
-        return
-    raise TransferError(f"more than {MAX_REDIRECTS} redirects from {url}", retryable=False)
 
 
 class _Sink:
@@ -237,12 +103,6 @@ def _prepare(part: Path, have: int, total: int | None, meta: dict[str, Any]) -> 
     return _Sink(part, have)
 
 
-def _disk_error(exc: OSError, part: Path) -> TransferError:
-    if exc.errno == errno.ENOSPC:
-        return TransferError(f"disk full while writing {part}", retryable=False)
-    return TransferError(f"cannot write {part}: {exc.strerror or exc}", retryable=False)
-
-
 class _Writer(threading.Thread):
     """Drains batches into the sink; a disk error is kept and re-raised on the reader's side."""
 
@@ -272,7 +132,7 @@ class _Writer(threading.Thread):
             raise self.error
 
 
-def _pump(resp: httpx.Response, sink: _Sink, ctl: _Control) -> None:
+def _pump(resp: httpx.Response, sink: _Sink, ctl: Control) -> None:
     """Read the body and hand it to the writer thread in batches; reading overlaps hashing
     and writing. Bytes that arrived before a network error are kept for the resume."""
     writer = _Writer(sink)
@@ -294,35 +154,6 @@ def _pump(resp: httpx.Response, sink: _Sink, ctl: _Control) -> None:
         writer.close()
 
 
-def _parse_content_range(value: str | None) -> tuple[int, int | None] | None:
-    m = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+|\*)", (value or "").strip())
-    if not m:
-        return None
-    return int(m.group(1)), None if m.group(3) == "*" else int(m.group(3))
-
-
-def _looks_like_html(resp: httpx.Response, target: Path) -> bool:
-    ctype = resp.headers.get("content-type", "").split(";")[0].strip().lower()
-    return ctype in ("text/html", "application/xhtml+xml") and not target.name.lower().endswith(
-        HTML_SUFFIXES
-    )
-
-
-@dataclass
-class _Partial:
-    """What is on disk for one target: the `.part` file, its sidecar, the bytes we keep."""
-
-    source: str  # the URL asked for; the sidecar records it, not where redirects led
-    target: Path
-    part: Path
-    have: int
-    meta: dict[str, Any]
-
-    @property
-    def validator(self) -> str | None:
-        return _validator(self.meta.get("etag"), self.meta.get("last_modified"))
-
-
 async def fetch(
     client: httpx.Client,
     url: str,
@@ -331,17 +162,17 @@ async def fetch(
     expected_size: int | None,
     host_headers: HeadersFn,
     progress: ProgressFn,
-    stall_timeout: float,
+    policy: Policy,
+    slots: HostSlots,
 ) -> Fetched:
     """Bring `<target>.part` to the complete file; returns its size and SHA-256.
 
     The caller verifies and renames. On any error or cancel the partial file and its sidecar
     are left consistent, so the next call resumes.
     """
-    ctl = _Control()
-    blocking = partial(
-        _fetch_blocking, client, url, target, expected_size, host_headers, stall_timeout, ctl
-    )
+    ctl = Control()
+    env = Env(client, host_headers, policy, slots, ctl)
+    blocking = partial(_fetch_blocking, env, url, target, expected_size)
     async with anyio.create_task_group() as tg:
 
         async def report() -> None:
@@ -359,7 +190,7 @@ async def fetch(
             # Not abandoned on cancel: the threads finish (promptly, see report) before the
             # dataset lock is released, so two writers never touch one file.
             fetched = await anyio.to_thread.run_sync(blocking, limiter=anyio.CapacityLimiter(1))
-        except _Stopped:
+        except Stopped:
             await anyio.lowlevel.checkpoint()  # raises the cancellation that caused the stop
             raise
         except Exception as exc:  # raised below, outside the task group, unwrapped
@@ -372,54 +203,49 @@ async def fetch(
     return fetched
 
 
-def _fetch_blocking(
-    client: httpx.Client,
-    url: str,
-    target: Path,
-    expected_size: int | None,
-    host_headers: HeadersFn,
-    stall_timeout: float,
-    ctl: _Control,
-) -> Fetched:
+def _fetch_blocking(env: Env, url: str, target: Path, expected_size: int | None) -> Fetched:
     part = target.with_name(target.name + ".part")
-    p = _Partial(url, target, part, part.stat().st_size if part.exists() else 0, read_sidecar(part))
+    p = Partial(url, target, part, part.stat().st_size if part.exists() else 0, read_sidecar(part))
     if p.meta.get("url") != url or not p.validator:
-        p.have = 0  # cannot prove the partial is the same file: start clean
+        p.have, p.meta = 0, {}  # cannot prove the partial is the same file: start clean
+    ctl, policy = env.ctl, env.policy
+    if p.meta.get("segments"):
+        ctl.total = p.meta.get("total")
+        return SegmentedDownload.resume(env, p)
     total = p.meta.get("total")
     if p.have and isinstance(total, int) and p.have >= total:
         # Complete before a crash: no request needed, only the hash.
         ctl.done = ctl.total = total
         return _finish(_Sink(part, total), part, total)
-    headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
+    headers = base_headers()
     if p.have:
         headers |= {"Range": f"bytes={p.have}-", "If-Range": str(p.validator)}
-    try:
-        with open_stream(client, url, headers, host_headers) as (resp, final_url):
-            ctl.attach(resp)
-            return _receive(resp, final_url, p, expected_size, ctl)
-    except httpx.HTTPError as exc:
-        ctl.check()  # a read broken by our own stop is a cancel, not a network error
-        raise network_error(exc, url, stall_timeout) from exc
-
-
-def _restart(p: _Partial, why: str) -> TransferError:
-    """The partial cannot be continued: drop it and retry at once from zero."""
-    discard_partial(p.part)
-    return TransferError(f"{why}; restarting from zero", retryable=True, retry_after=0.0)
+    elif policy.segments > 1 and (expected_size or policy.segment_min) >= policy.segment_min:
+        headers["Range"] = "bytes=0-"  # a 206 tells the size and that ranges work: no probe
+    with env.slots.slot(url, ctl) as slot:
+        try:
+            with (
+                open_stream(env.client, url, headers, env.host_headers) as (resp, final_url),
+                ctl.watching(resp),
+            ):
+                return _receive(env, resp, final_url, p, expected_size, slot)
+        except httpx.HTTPError as exc:
+            ctl.check()  # a read broken by our own stop is a cancel, not a network error
+            raise network_error(exc, url, policy.stall_timeout) from exc
 
 
 def _receive(
-    resp: httpx.Response, url: str, p: _Partial, expected_size: int | None, ctl: _Control
+    env: Env, resp: httpx.Response, url: str, p: Partial, expected_size: int | None, slot: Slot
 ) -> Fetched:
     etag, modified = resp.headers.get("etag"), resp.headers.get("last-modified")
     if resp.status_code == 416 and p.have:
-        raise _restart(p, f"HTTP 416 for a resume from byte {p.have}")
-    if resp.status_code == 206 and p.have:
-        rng = _parse_content_range(resp.headers.get("content-range"))
+        raise restart(p, f"HTTP 416 for a resume from byte {p.have}")
+    if resp.status_code == 206:
+        rng = parse_content_range(resp.headers.get("content-range"))
         if rng is None or rng[0] != p.have:
-            raise _restart(p, f"server sent a range that does not start at byte {p.have}")
-        if _validator(etag, modified) not in (None, p.validator):
-            raise _restart(p, "the file changed on the server")
+            raise restart(p, f"server sent a range that does not start at byte {p.have}")
+        if p.have and validator(etag, modified) not in (None, p.validator):
+            raise restart(p, "the file changed on the server")
         total = rng[1]
     elif resp.status_code == 200:
         p.have = 0  # a full body: never appended to a partial file
@@ -427,7 +253,7 @@ def _receive(
         total = int(length) if length and length.isdigit() else None
     else:
         raise http_error(resp, url)
-    if _looks_like_html(resp, p.target):
+    if looks_like_html(resp, p.target):
         raise TransferError(f"server sent an HTML page instead of data ({url})", retryable=False)
     if expected_size is not None and total is not None and total != expected_size:
         raise TransferError(
@@ -435,12 +261,15 @@ def _receive(
             retryable=False,
         )
     meta = {"url": p.source, "etag": etag, "last_modified": modified, "total": total}
+    env.ctl.done, env.ctl.total = p.have, total
+    if resp.status_code == 206 and p.have == 0 and worth_it(env.policy, total, meta):
+        assert total is not None
+        return SegmentedDownload.fresh(env, resp, slot, p, total, meta)
     try:
         sink = _prepare(p.part, p.have, total, meta)
     except OSError as exc:
-        raise _disk_error(exc, p.part) from exc
-    ctl.done, ctl.total = p.have, total
-    return _finish(sink, p.part, p.have, resp, ctl, total)
+        raise disk_error(exc, p.part) from exc
+    return _finish(sink, p.part, p.have, resp, env.ctl, total)
 
 
 def _finish(
@@ -448,7 +277,7 @@ def _finish(
     part: Path,
     resumed_from: int,
     resp: httpx.Response | None = None,
-    ctl: _Control | None = None,
+    ctl: Control | None = None,
     total: int | None = None,
 ) -> Fetched:
     try:
@@ -459,7 +288,7 @@ def _finish(
         sink.close()
         if exc.errno == errno.ENOSPC:
             discard_partial(part)  # frees the room the store needs to record the failure
-        raise _disk_error(exc, part) from exc
+        raise disk_error(exc, part) from exc
     finally:
         sink.close()
     if total is not None and sink.size != total:

@@ -46,6 +46,7 @@ class Fault:
     redirect_to: str | None = None  # 302 to this path or URL
     rate: float | None = None  # bytes per second
     no_length: bool = False  # no Content-Length: the body ends when the connection closes
+    for_ranges: tuple[int, int] | None = None  # only for a Range starting in [lo, hi)
 
 
 @dataclass
@@ -56,11 +57,18 @@ class Seen:
     sent: int = 0
     at: float = field(default_factory=time.monotonic)
     done: bool = False  # the server has finished with this request
+    ended: float = float("inf")
 
     @property
     def range_start(self) -> int | None:
-        m = re.fullmatch(r"bytes=(\d+)-", self.headers.get("range", ""))
+        m = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("range", ""))
         return int(m.group(1)) if m else None
+
+    @property
+    def range_end(self) -> int | None:
+        """The last byte asked for (inclusive), or None for an open range."""
+        m = re.fullmatch(r"bytes=(\d+)-(\d+)", self.headers.get("range", ""))
+        return int(m.group(2)) if m else None
 
 
 class FileServer:
@@ -71,7 +79,7 @@ class FileServer:
         self.seen: list[Seen] = []
         self.release = threading.Event()
         self.lock = threading.Lock()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
+        self._httpd = _QuietServer(("127.0.0.1", 0), _handler_for(self))
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
 
@@ -129,12 +137,20 @@ class FileServer:
     def bytes_sent(self, path: str) -> int:
         return sum(s.sent for s in self.requests(path))
 
-    def _next_fault(self, path: str) -> Fault:
+    def _next_fault(self, seen: Seen) -> Fault:
         with self.lock:
-            queue = self.faults.get(path)
-            if queue:
-                return queue.pop(0)
-            return self.persistent.get(path, Fault())
+            queue = self.faults.get(seen.path, [])
+            for i, fault in enumerate(queue):
+                lo, hi = fault.for_ranges or (0, 0)
+                start = seen.range_start
+                if fault.for_ranges is None or (start is not None and lo <= start < hi):
+                    return queue.pop(i)
+            return self.persistent.get(seen.path, Fault())
+
+
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hangs up (a cancel, a dropped segment) is normal here, not an error."""
 
 
 def _handler_for(server: FileServer) -> type[BaseHTTPRequestHandler]:
@@ -148,12 +164,13 @@ def _handler_for(server: FileServer) -> type[BaseHTTPRequestHandler]:
             seen = Seen(self.path, {k.lower(): v for k, v in self.headers.items()})
             with server.lock:
                 server.seen.append(seen)
-            fault = server._next_fault(self.path)
+            fault = server._next_fault(seen)
             try:
                 self._serve(seen, fault)
             except (BrokenPipeError, ConnectionResetError):
                 self.close_connection = True
             finally:
+                seen.ended = time.monotonic()
                 seen.done = True
 
         def _simple(self, seen: Seen, status: int, body: bytes, headers: dict[str, str]) -> None:
@@ -194,8 +211,10 @@ def _handler_for(server: FileServer) -> type[BaseHTTPRequestHandler]:
                     headers = {"Content-Range": f"bytes */{len(body)}"}
                     return self._simple(seen, 416, b"", headers)
                 start = begin if fault.wrong_range_start is None else fault.wrong_range_start
+                last = min(seen.range_end or len(body) - 1, len(body) - 1)
                 status = 206
-                headers["Content-Range"] = f"bytes {start}-{len(body) - 1}/{len(body)}"
+                headers["Content-Range"] = f"bytes {start}-{last}/{len(body)}"
+                body = body[: last + 1]
             payload = body[start:]
             seen.status = status
             self.send_response(status)

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from app.jobs import JobStatus, JobType
+from app.engine import Engine
+from app.jobs import Job, JobStatus, JobType
 from app.partial import read_sidecar
 from tests.conftest import (
     CatalogFn,
@@ -107,7 +108,7 @@ async def test_validator_change_aborts_the_set_and_gives_the_new_version(
             for r in server.requests("a.bin")
         )
 
-    async def change(engine: object, jobs: list[object]) -> None:
+    async def change(engine: Engine, jobs: list[Job]) -> None:
         await until(segment_1_dropped)
         server.add("a.bin", new)  # before the segment's retry (retry_delay below)
 
@@ -142,7 +143,14 @@ def test_kill_9_resumes_every_segment(server: FileServer, home: Path, catalog: C
     before = len(server.requests("a.bin"))
     server.always("a.bin")
     again = run_dsm(
-        "--run-job", "download", "--dataset", "a", home=home, catalog_path=cat, **SEGMENT_ENV
+        "--run-job",
+        "download",
+        "--dataset",
+        "a",
+        home=home,
+        catalog_path=cat,
+        DSM_SEGMENTS="4",
+        DSM_SEGMENT_MIN="1000000",
     )
     assert again.returncode == 0, again.stderr
     resumed = {r.range_start for r in server.requests("a.bin")[before:]}

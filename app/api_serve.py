@@ -33,8 +33,10 @@ def listen(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
         return socket.create_server((host, port), family=family)
-    except (OSError, OverflowError) as exc:  # OverflowError: a port outside 0-65535
-        raise DsmError(f"cannot listen on {host}:{port}: {exc}") from None
+    except OverflowError:
+        raise BadInput(f"--port must be from 0 to 65535, got {port}") from None
+    except OSError as exc:  # in use, or an address this machine does not have
+        raise DsmError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
 def serve(settings: Settings, repo: Repository, host: str, port: int) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -420,6 +421,15 @@ def test_beyond_loopback_without_token_refuses_to_start(home: Path, catalog_path
     )
     assert out.returncode == 2
     assert "DSM_API_TOKEN" in out.stderr and "0.0.0.0" in out.stderr
+
+
+def test_a_port_in_use_or_out_of_range_is_reported(home: Path, catalog_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = str(taken.getsockname()[1])
+        out = run_dsm("serve", "--port", port, home=home, catalog_path=catalog_path)
+    assert out.returncode == 1 and f"cannot listen on 127.0.0.1:{port}" in out.stderr
+    out = run_dsm("serve", "--port", "70000", home=home, catalog_path=catalog_path)
+    assert out.returncode == 2 and "--port" in out.stderr
 
 
 def test_a_token_is_checked_on_every_request_even_on_loopback(

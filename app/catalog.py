@@ -10,7 +10,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from app.errors import BadInput
-from app.paths import resolve_inside
+from app.paths import Resolver
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]*")
 SHA256_RE = re.compile(r"[0-9a-f]{64}")  # matched against the lower-cased value
@@ -31,9 +31,12 @@ class CatalogEntry:
     expected_sha256: str | None = None
 
 
-def _entry_errors(raw: dict[str, Any], home: Path) -> list[tuple[str, str]]:
-    """(field, problem) pairs for one entry."""
+def _entry_errors(
+    raw: dict[str, Any], resolve: Resolver
+) -> tuple[list[tuple[str, str]], Path | None]:
+    """(field, problem) pairs for one entry, and its resolved file when the path is sound."""
     errs: list[tuple[str, str]] = []
+    target: Path | None = None
     for key in sorted(set(raw) - FIELDS):
         errs.append((key, "unknown field"))
     name = raw.get("name")
@@ -53,7 +56,7 @@ def _entry_errors(raw: dict[str, Any], home: Path) -> list[tuple[str, str]]:
         errs.append(("local_path", "is required and must be a string"))
     else:
         try:
-            resolve_inside(home, local)
+            target = resolve(local)
         except ValueError as exc:
             errs.append(("local_path", str(exc)))
     size = raw.get("expected_size")
@@ -62,7 +65,7 @@ def _entry_errors(raw: dict[str, Any], home: Path) -> list[tuple[str, str]]:
     sha = raw.get("expected_sha256")
     if sha is not None and (not isinstance(sha, str) or not SHA256_RE.fullmatch(sha.lower())):
         errs.append(("expected_sha256", f"{sha!r} must be 64 hex characters"))
-    return errs
+    return errs, target
 
 
 def parse_catalog(text: str, source: Path, home: Path) -> list[CatalogEntry]:
@@ -79,6 +82,7 @@ def parse_catalog(text: str, source: Path, home: Path) -> list[CatalogEntry]:
         raise CatalogError(f'{source}: must be an object with a "datasets" list')
     problems: list[str] = []
     entries: list[CatalogEntry] = []
+    resolve = Resolver(home)
     seen: dict[str, int] = {}
     paths: dict[Path, str] = {}  # resolved file -> dataset
     folders: dict[Path, str] = {}  # every folder above a file -> the first dataset below it
@@ -89,14 +93,13 @@ def parse_catalog(text: str, source: Path, home: Path) -> list[CatalogEntry]:
         label = f"entry {index}" + (
             f" ({raw['name']!r})" if isinstance(raw.get("name"), str) else ""
         )
-        errs = _entry_errors(raw, home)
-        name, local = raw.get("name"), raw.get("local_path")
+        errs, key = _entry_errors(raw, resolve)
+        name = raw.get("name")
         if isinstance(name, str):
             if name in seen:
                 errs.append(("name", f"duplicate of entry {seen[name]}"))
             seen.setdefault(name, index)
-        if isinstance(local, str) and not any(f == "local_path" for f, _ in errs):
-            key = resolve_inside(home, local)
+        if key is not None:
             if key in paths:
                 errs.append(("local_path", f"same file as dataset {paths[key]!r}"))
             else:

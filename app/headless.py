@@ -122,8 +122,7 @@ async def run_jobs(
                     await engine.cancel_all()
 
         tg.start_soon(on_signals)
-        for p in params:
-            jobs.append(await engine.submit(job_type, p))
+        jobs = await engine.submit_many(job_type, params)
         await engine.wait_idle()
         tg.cancel_scope.cancel()
     if exit_code:

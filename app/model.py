@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import types
 import typing
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from enum import StrEnum
 from typing import Any
 
@@ -80,7 +80,8 @@ class Dataset:
     in_catalog: bool = True
 
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
+        # Every field is a plain value: no deep copy (dataclasses.asdict) is needed.
+        out = {name: getattr(self, name) for name in _FIELD_NAMES}
         out["status"] = self.status.value
         return out
 
@@ -138,3 +139,6 @@ _JSON_NAMES: dict[type, str] = {
     bool: "true or false",
     type(None): "null",
 }
+
+
+_FIELD_NAMES = tuple(f.name for f in fields(Dataset))

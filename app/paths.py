@@ -38,20 +38,42 @@ def reserved_problem(relative: PurePath) -> str | None:
     return None
 
 
-def resolve_inside(home: Path, local_path: str) -> Path:
-    """The absolute path of `local_path` under `home`, after following symlinks.
+class Resolver:
+    """Resolves `local_path`s under one home, following symlinks, refusing escapes.
 
-    Raises ValueError when it is not a plain relative path, resolves outside the home or
-    would take the place of one of dsm's own files.
+    The home and each folder are resolved once per instance (a catalogue of 10,000 entries
+    shares a few folders); make a new one for each pass, since symlinks can change later.
     """
-    problem = local_path_problem(local_path)
-    if problem:
-        raise ValueError(f"local_path {local_path!r} {problem}")
-    root = home.resolve()
-    target = (root / local_path).resolve()
-    if not target.is_relative_to(root) or target == root:
-        raise ValueError(f"local_path {local_path!r} resolves outside the data home {root}")
-    reserved = reserved_problem(target.relative_to(root))
-    if reserved:
-        raise ValueError(f"local_path {local_path!r} {reserved}")
-    return target
+
+    def __init__(self, home: Path) -> None:
+        self.root = home.resolve()
+        self._folders: dict[str, Path] = {}
+
+    def __call__(self, local_path: str) -> Path:
+        """The absolute path of `local_path` under the home, after following symlinks.
+
+        Raises ValueError when it is not a plain relative path, resolves outside the home or
+        would take the place of one of dsm's own files.
+        """
+        problem = local_path_problem(local_path)
+        if problem:
+            raise ValueError(f"local_path {local_path!r} {problem}")
+        rel = PurePosixPath(local_path)
+        folder = self._folders.get(str(rel.parent))
+        if folder is None:
+            folder = self._folders[str(rel.parent)] = (self.root / rel.parent).resolve()
+        target = folder / rel.name
+        if target.is_symlink():
+            target = target.resolve()
+        root = self.root
+        if not target.is_relative_to(root) or target == root:
+            raise ValueError(f"local_path {local_path!r} resolves outside the data home {root}")
+        reserved = reserved_problem(target.relative_to(root))
+        if reserved:
+            raise ValueError(f"local_path {local_path!r} {reserved}")
+        return target
+
+
+def resolve_inside(home: Path, local_path: str) -> Path:
+    """One path under `home`, resolved now (see Resolver)."""
+    return Resolver(home)(local_path)

@@ -7,9 +7,21 @@ from app.model import Dataset
 from app.repository import Repository
 
 
+def _catalog_fields(ds: Dataset) -> tuple[object, ...]:
+    return (
+        ds.description,
+        ds.original_url,
+        ds.local_path,
+        ds.expected_size,
+        ds.expected_sha256,
+        ds.outdated,
+        ds.in_catalog,
+    )
+
+
 def _apply(ds: Dataset, entry: CatalogEntry) -> bool:
     """Bring a stored row's static fields in line with its entry; True when anything changed."""
-    before = ds.to_dict()
+    before = _catalog_fields(ds)
     source_changed = (
         ds.original_url != entry.original_url
         or ds.local_path != entry.local_path
@@ -32,7 +44,7 @@ def _apply(ds: Dataset, entry: CatalogEntry) -> bool:
     ds.expected_size = entry.expected_size
     ds.expected_sha256 = entry.expected_sha256
     ds.in_catalog = True
-    return ds.to_dict() != before
+    return _catalog_fields(ds) != before
 
 
 def register(repo: Repository, entries: list[CatalogEntry]) -> int:
@@ -41,17 +53,17 @@ def register(repo: Repository, entries: list[CatalogEntry]) -> int:
     Rows whose entry left the catalogue stay (their files are the user's data) with
     `in_catalog` false, until a delete job removes them. Nothing is written when nothing changed.
     """
-    changed = 0
+    changed: list[Dataset] = []
     with repo.store.transaction():
         stored = {ds.name: ds for ds in repo.datasets()}
         for entry in entries:
             ds = stored.pop(entry.name, None) or Dataset(name=entry.name)
             if _apply(ds, entry):
-                repo.save(ds)
-                changed += 1
+                changed.append(ds)
         for ds in stored.values():
             if ds.in_catalog:
                 ds.in_catalog = False
-                repo.save(ds)
-                changed += 1
-    return changed
+                changed.append(ds)
+        if changed:
+            repo.save_many(changed)
+    return len(changed)

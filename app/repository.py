@@ -44,8 +44,13 @@ class Repository:
             raise StoreCorrupt(f"{self.store.path}: {exc}") from None
 
     def save(self, ds: Dataset) -> None:
-        ds.updated_at_ms = now_ms()
-        self.store.put(DATASETS, ds.name, ds.to_dict())
+        self.save_many([ds])
+
+    def save_many(self, datasets: list[Dataset]) -> None:
+        stamp = now_ms()
+        for ds in datasets:
+            ds.updated_at_ms = stamp
+        self.store.put_many(DATASETS, {ds.name: ds.to_dict() for ds in datasets})
 
     def change(self, name: str, status: Status | None = None, **fields: Any) -> Dataset:
         """Apply a status change and field updates to the latest stored row, atomically."""

@@ -1,6 +1,6 @@
 """Idempotency keys of POST /jobs, kept in the job's own store document.
 
-The key lives beside the job (TinyDB merges the engine's later writes into the document), so
+The key lives beside the job (the store merges the engine's later writes into the document), so
 it survives restarts and is pruned with its job. One job can carry several keys: the engine
 hands an identical unfinished job to a second request that came with another key.
 """

@@ -53,6 +53,11 @@ class EngineThread:
         job: Job = self._call(self.engine.submit, job_type, params)
         return job
 
+    def submit_many(self, job_type: JobType, many: list[dict[str, Any]]) -> list[Job]:
+        """Queue several jobs with one store write; raises BadInput when any params are bad."""
+        jobs: list[Job] = self._call(self.engine.submit_many, job_type, many)
+        return jobs
+
     def cancel_dataset(self, name: str) -> bool:
         return bool(self._call(self.engine.cancel_dataset, name))
 

@@ -11,7 +11,7 @@ from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.notifications import SeverityLevel
 from textual.timer import Timer
-from textual.widgets import DataTable, Footer, Header
+from textual.widgets import Footer, Header
 
 from app.config import Settings
 from app.errors import DsmError
@@ -201,18 +201,18 @@ class DashboardApp(App[int]):
         path = str(self.settings.home / ds.local_path)
         pane.show(ds, path, self.state.jobs_of(name), self.state.job_for(name))
 
-    @on(DataTable.RowHighlighted, "#table")
+    @on(DatasetTable.RowHighlighted, "#table")
     def _highlighted(self) -> None:
         self._show_detail()
 
-    @on(DataTable.RowSelected, "#table")
+    @on(DatasetTable.RowSelected, "#table")
     def _selected(self) -> None:
         self.action_toggle_detail()
 
-    @on(DataTable.HeaderSelected, "#table")
-    def _header(self, message: DataTable.HeaderSelected) -> None:
-        if message.column_key.value in SORTABLE:
-            self._sort_by(str(message.column_key.value))
+    @on(DatasetTable.HeaderSelected, "#table")
+    def _header(self, message: DatasetTable.HeaderSelected) -> None:
+        if message.column in SORTABLE:
+            self._sort_by(message.column)
 
     # -- talking to the engine (blocking calls: always from a thread) ------------------
     def _tell(self, text: str, severity: SeverityLevel = "information") -> None:

@@ -42,7 +42,7 @@ async def loaded(pilot: Pilot[int]) -> DashboardApp:
 
 
 def cell(app: DashboardApp, name: str, column: str) -> str:
-    return app.table.get_cell(name, column).plain
+    return app.table.cell(name, column).plain
 
 
 def text_of(app: DashboardApp, selector: str) -> str:

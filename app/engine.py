@@ -26,6 +26,7 @@ from filelock import FileLock, Timeout
 
 from app import files, transfer
 from app.config import CONNECT_TIMEOUT, Settings
+from app.errors import BadInput
 from app.events import EventKind, JobEvent, Listener
 from app.httpio import Fetched, HostSlots, Policy, TransferError
 from app.jobs import Job, JobStatus, JobType, parse_params
@@ -172,7 +173,10 @@ class Engine:
                 job = Job(job_type, p.dataset, clean, owner=self.owner, created_ms=now_ms())
                 fresh.append(job)
             jobs.append(job)
-        queued = await self._db(self._record_queued, fresh)
+        try:
+            queued = await self._db(self._record_queued, fresh)
+        except UnknownDataset as exc:  # the row vanished since the check (another process)
+            raise BadInput(f"job params: dataset not found: {exc}") from None
         for job in fresh:
             self._enqueue(job, queued.get(job.dataset))
         return jobs

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,6 +126,15 @@ def timed(cmd: Sequence[str], env: dict[str, str] | None = None) -> Sample:
     return Sample(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024)
 
 
+def alternate(runs: int, tools: Mapping[str, Callable[[], Sample]]) -> dict[str, list[Sample]]:
+    """Run each tool once per round, in turn (A B C A B C ...), so drift hits all alike."""
+    results: dict[str, list[Sample]] = {name: [] for name in tools}
+    for _ in range(runs):
+        for name, run in tools.items():
+            results[name].append(run())
+    return results
+
+
 def table(results: dict[str, list[Sample]], baseline: str) -> str:
     """A Markdown table of medians, with each tool's wall-time ratio to the baseline."""
     base = statistics.median(s.wall for s in results[baseline])
@@ -142,6 +151,16 @@ def table(results: dict[str, list[Sample]], baseline: str) -> str:
             f"| {tool} | {len(samples)} | {wall:.2f} | {cpu:.2f} | {rss:.0f} | {wall / base:.2f}x |"
         )
     return "\n".join(lines)
+
+
+def dsm_env(home: Path, catalog: Path, **extra: str) -> dict[str, str]:
+    return {**os.environ, "DSM_HOME": str(home), "DSM_CATALOG": str(catalog), **extra}
+
+
+def fresh_dsm_run(home: Path, catalog: Path, *args: str, **extra: str) -> Sample:
+    """One `dsm --run-job download` from an empty home (the files are fetched every time)."""
+    shutil.rmtree(home, ignore_errors=True)
+    return timed([*dsm_cmd(), "--run-job", "download", *args], dsm_env(home, catalog, **extra))
 
 
 def dsm_cmd() -> list[str]:

@@ -8,14 +8,15 @@ dsm's run includes the SHA-256 check against `expected_sha256` and the atomic re
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import tempfile
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from bench.common import (
     Sample,
-    dsm_cmd,
+    alternate,
+    fresh_dsm_run,
     machine,
     need,
     nginx,
@@ -33,7 +34,6 @@ def main() -> None:
     args = ap.parse_args()
     curl, wget, aria2c = need("curl", "curl"), need("wget", "wget"), need("aria2c", "aria2")
     src, digest = random_file(f"single-{args.size_mib}m.bin", args.size_mib << 20)
-    results: dict[str, list[Sample]] = {"curl -o": [], "wget -O": [], "aria2c": [], "dsm": []}
     with nginx(src.parent) as base, tempfile.TemporaryDirectory(dir="/var/tmp") as work:
         url = f"{base}/{src.name}"
         out = Path(work) / "out.bin"
@@ -50,33 +50,39 @@ def main() -> None:
                 }
             ],
         )
-        commands = {
-            "curl -o": [curl, "-s", "-o", str(out), url],
-            "wget -O": [wget, "-q", "-O", str(out), url],
-            "aria2c": [
-                aria2c,
-                "-q",
-                "--allow-overwrite=true",
-                "--file-allocation=none",
-                f"--checksum=sha-256={digest}",
-                "-d",
-                work,
-                "-o",
-                "out.bin",
-                url,
-            ],
-        }
-        for _ in range(args.runs):
-            for tool, cmd in commands.items():
+
+        def fetch_with(cmd: list[str]) -> Callable[[], Sample]:
+            def run() -> Sample:
                 out.unlink(missing_ok=True)
-                results[tool].append(timed(cmd))
-            home = Path(work) / "home"
-            shutil.rmtree(home, ignore_errors=True)
-            env = {**os.environ, "DSM_HOME": str(home), "DSM_CATALOG": str(catalog)}
-            results["dsm"].append(
-                timed([*dsm_cmd(), "--run-job", "download", "--dataset", "big"], env)
-            )
-            out.unlink(missing_ok=True)
+                return timed(cmd)
+
+            return run
+
+        results = alternate(
+            args.runs,
+            {
+                "curl -o": fetch_with([curl, "-s", "-o", str(out), url]),
+                "wget -O": fetch_with([wget, "-q", "-O", str(out), url]),
+                "aria2c": fetch_with(
+                    [
+                        aria2c,
+                        "-q",
+                        "--allow-overwrite=true",
+                        "--file-allocation=none",
+                        f"--checksum=sha-256={digest}",
+                        "-d",
+                        work,
+                        "-o",
+                        "out.bin",
+                        url,
+                    ]
+                ),
+                "dsm": partial(fresh_dsm_run, Path(work) / "home", catalog, "--all"),
+                "dsm single stream": partial(
+                    fresh_dsm_run, Path(work) / "home", catalog, "--all", DSM_SEGMENTS="1"
+                ),
+            },
+        )
     print(f"1 file of {args.size_mib} MiB from nginx on 127.0.0.1 to disk; {machine()}")
     print(table(results, "curl -o"))
 

@@ -1,0 +1,299 @@
+"""bench/dashboard: the dashboard at 10,000 datasets against issue 4's targets.
+
+    python -m bench.dashboard [--rows 10000] [--downloads 8] [--seconds 10] [--keys 60]
+
+Two runs, each on a fresh copy of one home (registered once, kept in /dev/shm):
+- the installed `dsm` in tmux (a real terminal, 120x40): first paint from process start (the
+  first row on screen), then the CPU of the process and of its UI (main) thread, idle and with
+  the downloads running, from /proc/PID/stat and /proc/PID/task/PID/stat;
+- the app in-process under `App.run_test` (headless, 120x40): first paint from App start,
+  key press to repaint while the downloads run, and CPU by `process_time` (every thread) and
+  the UI thread's `thread_time`.
+The downloads come from nginx on 127.0.0.1 with `limit_rate`, so they last the whole window.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shlex
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import RenderableType
+from textual import events
+from textual.screen import Screen
+
+from app.catalog import load_catalog
+from app.config import Settings, load_settings
+from app.registry import register
+from app.repository import Repository
+from app.tui import DashboardApp
+from bench.common import SHM, dsm_cmd, machine, need, nginx, random_file
+from store import Store
+
+SIZE = (120, 40)
+PLACEHOLDER = "http://127.0.0.1:1"  # the pristine home's base URL, swapped for nginx's per run
+FILE_MIB = 64
+RATE = "1m"  # per connection: a 64 MiB file takes about a minute
+ENV = {"DSM_SEGMENTS": "1", "TEXTUAL_ANIMATIONS": "none"}  # one connection per download
+TICK = os.sysconf("SC_CLK_TCK")
+TARGETS = {
+    "first paint": "< 1.5 s",
+    "key to repaint p95": "< 100 ms",
+    "idle CPU": "< 3 %",
+    "CPU, downloads running": "< 15 %",
+}
+
+
+def pristine(rows: int) -> Path:
+    """A home with `rows` datasets registered (the first registration is slow: made once)."""
+    root = SHM.parent / f"dsm-bench-dashboard-{rows}"
+    if (root / "home" / "db.json").exists():
+        return root
+    shutil.rmtree(root, ignore_errors=True)
+    (root / "home").mkdir(parents=True)
+    entries = [
+        {
+            "name": f"ds-{i:05d}",
+            "description": f"bench dataset {i} [v2]",
+            "original_url": f"{PLACEHOLDER}/dash.bin",
+            "local_path": f"data/ds-{i:05d}",
+        }
+        for i in range(rows)
+    ]
+    (root / "catalog.json").write_text(json.dumps({"datasets": entries}))
+    print(f"registering {rows} datasets once in {root} (slow today; reused afterwards)…")
+    home = root / "home"
+    register(Repository(Store(home / "db.json")), load_catalog(root / "catalog.json", home))
+    return root
+
+
+def fresh_copy(root: Path, work: Path, base: str) -> tuple[Path, Path]:
+    """A copy of the pristine home whose URLs name this run's server; returns (home, catalog).
+    The store gets the same URLs as the catalogue, so opening it registers nothing."""
+    home = work / "home"
+    shutil.rmtree(home, ignore_errors=True)
+    shutil.copytree(root / "home", home)
+    for path in (home / "db.json", work / "catalog.json"):
+        source = root / path.relative_to(work) if path.parent == work else path
+        path.write_text(source.read_text().replace(PLACEHOLDER, base))
+    return home, work / "catalog.json"
+
+
+# -- the installed dsm in tmux -----------------------------------------------------------
+def cpu_ticks(pid: int, tid: int | None = None) -> int:
+    """utime + stime of a process (or one of its threads), in clock ticks."""
+    path = f"/proc/{pid}/task/{tid}/stat" if tid else f"/proc/{pid}/stat"
+    fields = Path(path).read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+@dataclass
+class Cpu:
+    process: float  # percent of one core
+    ui: float
+
+
+def cpu_over(seconds: float, process: Callable[[], float], ui: Callable[[], float]) -> Cpu:
+    """CPU seconds spent per wall second over a window, as percent of one core."""
+    p0, u0, t0 = process(), ui(), time.perf_counter()
+    time.sleep(seconds)
+    wall = time.perf_counter() - t0
+    return Cpu(100 * (process() - p0) / wall, 100 * (ui() - u0) / wall)
+
+
+class Tmux:
+    """One dsm in a tmux session on a private server socket."""
+
+    def __init__(self, command: str) -> None:
+        self.base = [need("tmux", "tmux"), "-L", f"dsm-bench-{os.getpid()}"]
+        self.run("new-session", "-d", "-s", "dsm", "-x", str(SIZE[0]), "-y", str(SIZE[1]), command)
+
+    def run(self, *args: str) -> str:
+        return subprocess.run([*self.base, *args], capture_output=True, text=True).stdout
+
+    def screen(self) -> str:
+        return self.run("capture-pane", "-p", "-t", "dsm")
+
+    def wait(self, predicate: Callable[[str], bool], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate(self.screen()):
+            if time.monotonic() > deadline:
+                raise SystemExit(f"bench: the dashboard did not show it:\n{self.screen()}")
+            time.sleep(0.01)
+
+    def close(self) -> None:
+        self.run("kill-server")
+
+
+def in_tmux(home: Path, catalog: Path, downloads: int, seconds: float) -> dict[str, float]:
+    env = {**ENV, "DSM_HOME": str(home), "DSM_CATALOG": str(catalog), "DSM_WORKERS": str(downloads)}
+    command = "env " + " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
+    start = time.perf_counter()
+    term = Tmux(f"{command} {shlex.join(dsm_cmd())}")  # env execs dsm: the pane's pid is dsm's
+    try:
+        term.wait(lambda s: "ds-00000" in s, timeout=300)
+        first_paint = time.perf_counter() - start
+        pid = int(term.run("list-panes", "-t", "dsm", "-F", "#{pane_pid}").strip())
+        term.wait(lambda s: f"{DATASETS(home)} datasets" in s, timeout=60)
+        time.sleep(2)  # let start-up work (the engine, the first store read) end
+
+        def process() -> float:
+            return cpu_ticks(pid) / TICK
+
+        def ui() -> float:
+            return cpu_ticks(pid, pid) / TICK
+
+        idle = cpu_over(seconds, process, ui)
+        term.run("send-keys", "-t", "dsm", *["Space"] * downloads, "d")
+        term.wait(lambda s: f"{downloads} active jobs" in s and "/s" in s, timeout=60)
+        time.sleep(2)  # every transfer under way
+        busy = cpu_over(seconds, process, ui)
+        term.run("send-keys", "-t", "dsm", "q")
+        term.wait(lambda s: "Quit anyway?" in s, timeout=10)
+        term.run("send-keys", "-t", "dsm", "y")
+    finally:
+        term.close()
+    return {
+        "first paint": first_paint,
+        "idle CPU": idle.process,
+        "idle CPU, UI thread": idle.ui,
+        "CPU, downloads running": busy.process,
+        "CPU, downloads running, UI thread": busy.ui,
+    }
+
+
+def DATASETS(home: Path) -> int:  # noqa: N802 - read once per run: the count to wait for
+    return len(json.loads((home / "db.json").read_text())["datasets"])
+
+
+# -- the app in-process, headless ---------------------------------------------------------
+async def in_process(settings: Settings, downloads: int, seconds: float, keys: int) -> dict[str, Any]:
+    repo = Repository(Store(settings.db_path))
+    register(repo, load_catalog(settings.catalog, settings.home))
+    app = DashboardApp(settings, repo)
+    painted: list[float] = []  # frames with rows
+    waiting: dict[str, float] = {}  # the row a key should highlight -> when it was sent
+    latencies: list[float] = []
+    show = app._display
+
+    def display(screen: Screen[Any], update: RenderableType | None) -> None:
+        # Called with each frame just composed: the moment a change reaches the terminal.
+        now = time.perf_counter()
+        if update is not None and app.table.row_count:
+            painted.append(now)
+            sent = waiting.pop(app.table.highlighted or "", None)
+            if sent is not None:
+                latencies.append(now - sent)
+        show(screen, update)
+
+    app._display = display  # type: ignore[method-assign]
+    start = time.perf_counter()
+    async with app.run_test(size=SIZE) as pilot:
+        while not painted or not app._engine_ready.is_set():
+            await asyncio.sleep(0.005)
+        first_paint = painted[0] - start
+        await asyncio.sleep(2)
+        idle = await cpu_in_process(seconds)
+        await pilot.press(*["space"] * downloads, "d")
+        while app.state.totals().active_jobs < downloads:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(2)
+        busy = await cpu_in_process(seconds)
+        driver = app._driver
+        assert driver is not None
+        for i in range(keys):
+            key = "down" if (i // 10) % 2 == 0 else "up"  # stay within the first screen
+            shown = app.table.shown()
+            index = shown.index(app.table.highlighted or "")
+            target = shown[index + (1 if key == "down" else -1)]
+            waiting[target] = time.perf_counter()
+            event = events.Key(key, None)
+            event.set_sender(app)
+            driver.send_message(event)
+            while target in waiting:
+                await asyncio.sleep(0.001)
+            await asyncio.sleep(0.05)  # keys at a human pace, at any phase of the flush timer
+        await pilot.press("q", "y")
+    cut = statistics.quantiles(latencies, n=20)
+    return {
+        "first paint from App start": first_paint,
+        "key to repaint p50": statistics.median(latencies),
+        "key to repaint p95": cut[18],
+        "idle CPU": idle.process,
+        "idle CPU, UI thread": idle.ui,
+        "CPU, downloads running": busy.process,
+        "CPU, downloads running, UI thread": busy.ui,
+    }
+
+
+async def cpu_in_process(seconds: float) -> Cpu:
+    """CPU of every thread and of this one (the app's event loop) over a window."""
+    p0, u0, t0 = time.process_time(), time.thread_time(), time.perf_counter()
+    await asyncio.sleep(seconds)
+    wall = time.perf_counter() - t0
+    return Cpu(100 * (time.process_time() - p0) / wall, 100 * (time.thread_time() - u0) / wall)
+
+
+# -- the report ---------------------------------------------------------------------------
+def report(tmux: dict[str, float], inproc: dict[str, Any], rows: int, downloads: int) -> str:
+    def ms(v: float) -> str:
+        return f"{v * 1000:.0f} ms"
+
+    def pct(v: float) -> str:
+        return f"{v:.1f} %"
+
+    lines = [
+        f"{rows} datasets, {downloads} downloads from nginx on 127.0.0.1 at {RATE}B/s each, "
+        f"{SIZE[0]}x{SIZE[1]}; {machine()}",
+        "",
+        "| measure | dsm in tmux | in-process (run_test, headless) | target |",
+        "|---|---|---|---|",
+        f"| first paint | {tmux['first paint']:.2f} s from process start | "
+        f"{inproc['first paint from App start']:.2f} s from App start | "
+        f"{TARGETS['first paint']} |",
+        f"| key press to repaint p50 / p95, downloads running | - | "
+        f"{ms(inproc['key to repaint p50'])} / {ms(inproc['key to repaint p95'])} | "
+        f"p95 {TARGETS['key to repaint p95']} |",
+    ]
+    for name in ("idle CPU", "CPU, downloads running"):
+        lines.append(
+            f"| {name}: process / UI thread | {pct(tmux[name])} / {pct(tmux[name + ', UI thread'])}"
+            f" | {pct(inproc[name])} / {pct(inproc[name + ', UI thread'])} | {TARGETS[name]} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--rows", type=int, default=10_000)
+    ap.add_argument("--downloads", type=int, default=8)
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--keys", type=int, default=60)
+    args = ap.parse_args()
+    root = pristine(args.rows)
+    src, _ = random_file(f"dash-{FILE_MIB}m.bin", FILE_MIB << 20)
+    shutil.copyfile(src, SHM / "dash.bin") if not (SHM / "dash.bin").exists() else None
+    with nginx(SHM, RATE) as base, tempfile.TemporaryDirectory(prefix="dsm-bench-") as tmp:
+        work = Path(tmp)
+        home, catalog = fresh_copy(root, work, base)
+        tmux = in_tmux(home, catalog, args.downloads, args.seconds)
+        home, catalog = fresh_copy(root, work, base)
+        env = {**ENV, "DSM_WORKERS": str(args.downloads)}
+        settings = load_settings(home=str(home), catalog=str(catalog), env=env)
+        inproc = asyncio.run(in_process(settings, args.downloads, args.seconds, args.keys))
+    print(report(tmux, inproc, args.rows, args.downloads))
+
+
+if __name__ == "__main__":
+    main()

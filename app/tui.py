@@ -20,7 +20,7 @@ from app.model import Status
 from app.repository import Repository
 from app.service import EngineThread
 from app.tui_commands import ActionCommands, KeyAction
-from app.tui_feed import EngineFeed, JobChanged, StoreRead
+from app.tui_feed import DatasetReader, EngineFeed, JobChanged, StoreRead
 from app.tui_state import SORTS, DashboardState
 from store import StoreError
 from widgets.dataset_table import SORTABLE, DatasetTable
@@ -119,12 +119,13 @@ class DashboardApp(App[int]):
         """Re-read the store whenever any process rewrote it (a stat per poll otherwise)."""
         seen: object = None
         reported = ""
+        reader = DatasetReader(self.repo)
         while not self._stopping.is_set():
             try:
                 identity = self.repo.store.identity
                 if identity != seen or seen is None:
                     seen = identity
-                    self.post_message(StoreRead(self.repo.datasets(), self.repo.jobs()))
+                    self.post_message(StoreRead(reader.read(), self.repo.jobs()))
             except StoreError as exc:
                 if str(exc) != reported:
                     reported = str(exc)

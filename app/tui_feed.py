@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from typing import Any
 
 from textual.message import Message
 
 from app.events import EventKind, JobEvent
 from app.jobs import Job
 from app.model import Dataset
+from app.repository import DATASETS, Repository
+from store import StoreCorrupt
 
 
 class JobChanged(Message):
@@ -58,3 +61,27 @@ class EngineFeed:
         with self._lock:
             jobs, self._progress = list(self._progress.values()), {}
         return jobs
+
+
+class DatasetReader:
+    """Reads every dataset row, building a Dataset only for a row whose stored document changed
+    since the last read; the others are the very objects read before. While our own engine
+    downloads it rewrites the store every second, and rebuilding 10,000 rows each time cost
+    ~15 % of a core."""
+
+    def __init__(self, repo: Repository) -> None:
+        self._repo = repo
+        self._known: dict[str, tuple[dict[str, Any], Dataset]] = {}
+
+    def read(self) -> list[Dataset]:
+        known: dict[str, tuple[dict[str, Any], Dataset]] = {}
+        try:
+            for raw in self._repo.store.all(DATASETS):
+                seen = self._known.get(raw.get("name", ""))
+                known[raw.get("name", "")] = (
+                    seen if seen is not None and seen[0] == raw else (raw, Dataset.from_dict(raw))
+                )
+        except (ValueError, TypeError) as exc:  # as Repository.datasets reports a bad row
+            raise StoreCorrupt(f"{self._repo.store.path}: {exc}") from None
+        self._known = known
+        return [ds for _, ds in known.values()]

@@ -37,15 +37,29 @@ class DashboardState:
         self.marked: set[str] = set()
         self.filter = ""
         self.sort = SORTS[0]
+        # Kept up to date row by row: summing 10,000 rows on every flush cost ~3 % of a core.
+        self._downloaded = 0
+        self._failed = 0
+        self._on_disk = 0
 
     # -- feeding -----------------------------------------------------------------------
     def _accept(self, ds: Dataset) -> bool:
         """Take a row unless ours is newer (a store read can trail an engine event)."""
         old = self.datasets.get(ds.name)
-        if old is not None and (old == ds or old.updated_at_ms > ds.updated_at_ms):
+        # A store read hands back the very objects of rows that did not change: `is` first.
+        if old is not None and (old is ds or old == ds or old.updated_at_ms > ds.updated_at_ms):
             return False
+        if old is not None:
+            self._tally(old, -1)
+        self._tally(ds, 1)
         self.datasets[ds.name] = ds
         return True
+
+    def _tally(self, ds: Dataset, sign: int) -> None:
+        """Count a row into the totals (sign 1) or out of them (-1)."""
+        self._downloaded += sign * (ds.status == Status.DOWNLOADED)
+        self._failed += sign * (ds.status == Status.ERROR)
+        self._on_disk += sign * (ds.size or 0 if ds.downloaded else 0)
 
     def apply_job(self, job: Job, ds: Dataset | None = None) -> bool:
         """An engine event of ours; True when the dataset is shown. Stale progress of a job
@@ -66,7 +80,7 @@ class DashboardState:
         fresh = {ds.name: ds for ds in datasets}
         structural = fresh.keys() != self.datasets.keys()
         for name in self.datasets.keys() - fresh.keys():
-            del self.datasets[name]
+            self._tally(self.datasets.pop(name), -1)
         self.marked &= fresh.keys()
         changed = {name for name, ds in fresh.items() if self._accept(ds)}
         foreign = {
@@ -121,14 +135,13 @@ class DashboardState:
         return [ds.name for ds in shown]
 
     def totals(self) -> Totals:
-        rows = self.datasets.values()
         jobs = [j for ours in self.live.values() for j in ours.values()]
         jobs += self.foreign.values()
         return Totals(
             datasets=len(self.datasets),
-            downloaded=sum(d.status == Status.DOWNLOADED for d in rows),
-            failed=sum(d.status == Status.ERROR for d in rows),
-            bytes_on_disk=sum(d.size or 0 for d in rows if d.downloaded),
+            downloaded=self._downloaded,
+            failed=self._failed,
+            bytes_on_disk=self._on_disk,
             active_jobs=len(jobs),
             rate=sum(j.rate for j in jobs if j.status == JobStatus.RUNNING),
         )

@@ -44,7 +44,8 @@ from store import Store
 SIZE = (120, 40)
 PLACEHOLDER = "http://127.0.0.1:1"  # the pristine home's base URL, swapped for nginx's per run
 FILE_MIB = 64
-RATE = "1m"  # per connection: a 64 MiB file takes about a minute
+RATE = "1m"  # nginx limit_rate per connection: a 64 MiB file takes about a minute
+RATE_LABEL = "1 MiB/s"
 ENV = {"DSM_SEGMENTS": "1", "TEXTUAL_ANIMATIONS": "none"}  # one connection per download
 TICK = os.sysconf("SC_CLK_TCK")
 TARGETS = {
@@ -84,9 +85,8 @@ def fresh_copy(root: Path, work: Path, base: str) -> tuple[Path, Path]:
     home = work / "home"
     shutil.rmtree(home, ignore_errors=True)
     shutil.copytree(root / "home", home)
-    for path in (home / "db.json", work / "catalog.json"):
-        source = root / path.relative_to(work) if path.parent == work else path
-        path.write_text(source.read_text().replace(PLACEHOLDER, base))
+    for source, copy in ((root / "catalog.json", work), (root / "home" / "db.json", home)):
+        (copy / source.name).write_text(source.read_text().replace(PLACEHOLDER, base))
     return home, work / "catalog.json"
 
 
@@ -136,7 +136,9 @@ class Tmux:
         self.run("kill-server")
 
 
-def in_tmux(home: Path, catalog: Path, downloads: int, seconds: float) -> dict[str, float]:
+def in_tmux(
+    home: Path, catalog: Path, rows: int, downloads: int, seconds: float
+) -> dict[str, float]:
     env = {**ENV, "DSM_HOME": str(home), "DSM_CATALOG": str(catalog), "DSM_WORKERS": str(downloads)}
     command = "env " + " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
     start = time.perf_counter()
@@ -145,7 +147,7 @@ def in_tmux(home: Path, catalog: Path, downloads: int, seconds: float) -> dict[s
         term.wait(lambda s: "ds-00000" in s, timeout=300)
         first_paint = time.perf_counter() - start
         pid = int(term.run("list-panes", "-t", "dsm", "-F", "#{pane_pid}").strip())
-        term.wait(lambda s: f"{DATASETS(home)} datasets" in s, timeout=60)
+        term.wait(lambda s: f"{rows} datasets" in s, timeout=60)
         time.sleep(2)  # let start-up work (the engine, the first store read) end
 
         def process() -> float:
@@ -173,18 +175,17 @@ def in_tmux(home: Path, catalog: Path, downloads: int, seconds: float) -> dict[s
     }
 
 
-def DATASETS(home: Path) -> int:  # noqa: N802 - read once per run: the count to wait for
-    return len(json.loads((home / "db.json").read_text())["datasets"])
-
-
 # -- the app in-process, headless ---------------------------------------------------------
-async def in_process(settings: Settings, downloads: int, seconds: float, keys: int) -> dict[str, Any]:
+async def in_process(
+    settings: Settings, downloads: int, seconds: float, keys: int
+) -> dict[str, Any]:
     repo = Repository(Store(settings.db_path))
     register(repo, load_catalog(settings.catalog, settings.home))
     app = DashboardApp(settings, repo)
     painted: list[float] = []  # frames with rows
     waiting: dict[str, float] = {}  # the row a key should highlight -> when it was sent
     latencies: list[float] = []
+    frame = asyncio.Event()
     show = app._display
 
     def display(screen: Screen[Any], update: RenderableType | None) -> None:
@@ -196,18 +197,24 @@ async def in_process(settings: Settings, downloads: int, seconds: float, keys: i
             if sent is not None:
                 latencies.append(now - sent)
         show(screen, update)
+        frame.set()
 
-    app._display = display  # type: ignore[method-assign]
+    async def until(predicate: Callable[[], bool]) -> None:
+        """Wait frame by frame (the app repaints at least on every progress flush)."""
+        while not predicate():
+            frame.clear()
+            await frame.wait()
+
+    app._display = display  # type: ignore[method-assign, assignment]
     start = time.perf_counter()
     async with app.run_test(size=SIZE) as pilot:
-        while not painted or not app._engine_ready.is_set():
-            await asyncio.sleep(0.005)
+        await until(lambda: bool(painted))
+        await asyncio.to_thread(app._engine_ready.wait)
         first_paint = painted[0] - start
         await asyncio.sleep(2)
         idle = await cpu_in_process(seconds)
         await pilot.press(*["space"] * downloads, "d")
-        while app.state.totals().active_jobs < downloads:
-            await asyncio.sleep(0.05)
+        await until(lambda: app.state.totals().active_jobs >= downloads)
         await asyncio.sleep(2)
         busy = await cpu_in_process(seconds)
         driver = app._driver
@@ -221,8 +228,7 @@ async def in_process(settings: Settings, downloads: int, seconds: float, keys: i
             event = events.Key(key, None)
             event.set_sender(app)
             driver.send_message(event)
-            while target in waiting:
-                await asyncio.sleep(0.001)
+            await until(lambda: target not in waiting)  # noqa: B023 - awaited in this turn
             await asyncio.sleep(0.05)  # keys at a human pace, at any phase of the flush timer
         await pilot.press("q", "y")
     cut = statistics.quantiles(latencies, n=20)
@@ -254,7 +260,7 @@ def report(tmux: dict[str, float], inproc: dict[str, Any], rows: int, downloads:
         return f"{v:.1f} %"
 
     lines = [
-        f"{rows} datasets, {downloads} downloads from nginx on 127.0.0.1 at {RATE}B/s each, "
+        f"{rows} datasets, {downloads} downloads from nginx on 127.0.0.1 at {RATE_LABEL} each, "
         f"{SIZE[0]}x{SIZE[1]}; {machine()}",
         "",
         "| measure | dsm in tmux | in-process (run_test, headless) | target |",
@@ -282,12 +288,11 @@ def main() -> None:
     ap.add_argument("--keys", type=int, default=60)
     args = ap.parse_args()
     root = pristine(args.rows)
-    src, _ = random_file(f"dash-{FILE_MIB}m.bin", FILE_MIB << 20)
-    shutil.copyfile(src, SHM / "dash.bin") if not (SHM / "dash.bin").exists() else None
+    random_file("dash.bin", FILE_MIB << 20)
     with nginx(SHM, RATE) as base, tempfile.TemporaryDirectory(prefix="dsm-bench-") as tmp:
         work = Path(tmp)
         home, catalog = fresh_copy(root, work, base)
-        tmux = in_tmux(home, catalog, args.downloads, args.seconds)
+        tmux = in_tmux(home, catalog, args.rows, args.downloads, args.seconds)
         home, catalog = fresh_copy(root, work, base)
         env = {**ENV, "DSM_WORKERS": str(args.downloads)}
         settings = load_settings(home=str(home), catalog=str(catalog), env=env)

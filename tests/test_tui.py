@@ -13,10 +13,11 @@ from textual.command import CommandList
 
 from app.jobs import Job, JobStatus, JobType
 from app.model import Dataset, Status
+from app.tui_feed import DatasetReader
 from app.tui_state import DashboardState
-from tests.conftest import CatalogFn, run_dsm
+from tests.conftest import CatalogFn, make_settings, open_repo, run_dsm
 from tests.httpserver import FileServer
-from tests.tui_helpers import SIZE, cell, loaded, make_app, messages, text_of, until
+from tests.tui_helpers import SIZE, cell, loaded, make_app, messages, put_row, text_of, until
 
 pytestmark = pytest.mark.anyio
 BODY = os.urandom(300_000)
@@ -307,6 +308,38 @@ def test_state_keeps_a_row_newer_than_a_store_read() -> None:
     assert state.datasets["alpha"].status == Status.QUEUED and not change.names
     change = state.apply_snapshot([Dataset("alpha", updated_at_ms=3), Dataset("beta")], [])
     assert change.structural
+
+
+def test_state_totals_follow_every_change() -> None:
+    def done(name: str, at: int) -> Dataset:
+        return Dataset(name, status=Status.DOWNLOADED, downloaded=True, size=7, updated_at_ms=at)
+
+    state = DashboardState(own_engine="me")
+    state.apply_snapshot([Dataset("a"), Dataset("b", status=Status.ERROR), Dataset("c")], [])
+    state.apply_job(_job(JobStatus.COMPLETED), done("a", 2))
+    state.apply_snapshot([state.datasets["a"], done("c", 3)], [])  # b is gone
+    rows = state.datasets.values()
+    totals = state.totals()
+    assert (totals.datasets, totals.downloaded, totals.failed, totals.bytes_on_disk) == (
+        2,
+        2,
+        0,
+        14,
+    )
+    assert totals.downloaded == sum(d.status == Status.DOWNLOADED for d in rows)
+
+
+def test_dataset_reader_rebuilds_only_changed_rows(home: Path, catalog: CatalogFn) -> None:
+    repo = open_repo(
+        make_settings(home, catalog(alpha="http://127.0.0.1:9/a", beta="http://127.0.0.1:9/b"))
+    )
+    reader = DatasetReader(repo)
+    first = {ds.name: ds for ds in reader.read()}
+    put_row(repo, "beta", Status.ERROR, error="boom")
+    second = {ds.name: ds for ds in reader.read()}
+    assert second["alpha"] is first["alpha"]
+    assert second["beta"] is not first["beta"] and second["beta"].error == "boom"
+    assert sorted(second.values(), key=lambda d: d.name) == repo.datasets()
 
 
 def test_headless_modules_never_import_textual() -> None:

@@ -24,7 +24,7 @@ from tests.enginehelp import run_jobs, setup, until
 from tests.httpserver import FileServer
 
 pytestmark = pytest.mark.anyio
-SIZE = 4_000_000
+SIZE = 8_000_000  # 4 segments of 2 MB
 SEGMENT_ENV = {"DSM_SEGMENTS": "4", "DSM_SEGMENT_MIN": "1000000"}
 
 
@@ -45,7 +45,7 @@ async def test_segmented_is_faster_than_one_stream_and_verifies(
     assert seg.job.status == JobStatus.COMPLETED
     assert (home / "data" / "a").read_bytes() == data
     assert repo.dataset("a").checksum == sha(data)
-    assert sorted(s or 0 for s in starts(server, "a.bin")) == [0, 1_000_000, 2_000_000, 3_000_000]
+    assert sorted(s or 0 for s in starts(server, "a.bin")) == [0, 2_000_000, 4_000_000, 6_000_000]
     assert server.bytes_sent("a.bin") < SIZE + 300_000  # segment 0's stream stops at its end
     assert not (home / "data" / "a.part").exists()
 
@@ -82,14 +82,15 @@ async def test_one_failing_segment_is_retried_on_its_own(
 ) -> None:
     data = blob(4, SIZE)
     settings, repo = setup(home, catalog(a=server.add("a.bin", data)), **SEGMENT_ENV)
-    server.fault("a.bin", times=3, drop_after=100_000, for_ranges=(2_000_000, 3_000_000))
+    server.always("a.bin", rate=2_000_000)  # slow enough per connection to be split
+    server.fault("a.bin", times=3, drop_after=100_000, for_ranges=(4_000_000, 6_000_000))
     run = await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
     assert run.job.status == JobStatus.COMPLETED and run.job.attempts == 1
     seen = starts(server, "a.bin")
-    assert seen.count(0) == 1 and seen.count(1_000_000) == 1 and seen.count(3_000_000) == 1
-    third = [s for s in seen if s is not None and 2_000_000 <= s < 3_000_000]
-    assert third[0] == 2_000_000 and len(third) == 4  # three drops, each resumed where it ended
-    assert third == sorted(third) and third[-1] >= 2_000_000 + 3 * 100_000 - 3 * 65_536
+    assert seen.count(0) == 1 and seen.count(2_000_000) == 1 and seen.count(6_000_000) == 1
+    third = [s for s in seen if s is not None and 4_000_000 <= s < 6_000_000]
+    assert third[0] == 4_000_000 and len(third) == 4  # three drops, each resumed where it ended
+    assert third == sorted(third) and third[-1] >= 4_000_000 + 3 * 100_000 - 3 * 65_536
     assert (home / "data" / "a").read_bytes() == data
 
 
@@ -98,13 +99,13 @@ async def test_validator_change_aborts_the_set_and_gives_the_new_version(
 ) -> None:
     old, new = blob(5, SIZE), blob(6, SIZE)
     settings, repo = setup(home, catalog(a=server.add("a.bin", old)), **SEGMENT_ENV)
-    server.always("a.bin", rate=4_000_000)
+    server.always("a.bin", rate=2_000_000)
     # Segment 1 drops early; by its retry the file has changed on the server.
-    server.fault("a.bin", drop_after=50_000, for_ranges=(1_000_000, 2_000_000), rate=4_000_000)
+    server.fault("a.bin", drop_after=50_000, for_ranges=(2_000_000, 4_000_000), rate=2_000_000)
 
     def segment_1_dropped() -> bool:
         return any(
-            r.done and 1_000_000 <= (r.range_start or 0) < 2_000_000
+            r.done and 2_000_000 <= (r.range_start or 0) < 4_000_000
             for r in server.requests("a.bin")
         )
 
@@ -120,7 +121,7 @@ async def test_validator_change_aborts_the_set_and_gives_the_new_version(
 
 
 def test_kill_9_resumes_every_segment(server: FileServer, home: Path, catalog: CatalogFn) -> None:
-    data = blob(7, 8_000_000)
+    data = blob(7, SIZE)
     cat = catalog(a=server.add("a.bin", data))
     server.always("a.bin", rate=1_500_000)
     env = {**dsm_env(home, cat), **SEGMENT_ENV}

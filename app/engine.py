@@ -42,6 +42,7 @@ STORE_FLUSH_INTERVAL = 1.0  # progress reaches the store at most once a second
 LOCK_POLL = 0.2
 JOBS_KEPT_PER_DATASET = 20
 SKIP_MESSAGE = "already downloaded; use --force-download"
+SUSPENDED_MESSAGE = "interrupted when dsm quit; resumes at the next start"
 Outcome = tuple[JobStatus, str | None]
 
 
@@ -59,6 +60,9 @@ class Engine:
         self._ds_locks: dict[str, anyio.Lock] = {}
         self._dirty: dict[str, Job] = {}
         self._picked: set[str] = set()  # jobs a worker has taken from a queue
+        self._suspending = False
+        # A UI sets this: quitting then suspends running jobs instead of canceling them.
+        self.suspend_on_exit = False
         self._known: frozenset[str] = frozenset()  # dataset names, refreshed on a miss
         self._changed = anyio.Event()
         self._store_limiter = anyio.CapacityLimiter(1)
@@ -123,7 +127,9 @@ class Engine:
                         yield self
                     finally:
                         with anyio.CancelScope(shield=True):
-                            await self.cancel_all()
+                            await (
+                                self.suspend_all() if self.suspend_on_exit else self.cancel_all()
+                            )
                             await self.wait_idle()
                             await self._flush()
                         tg.cancel_scope.cancel()
@@ -227,6 +233,12 @@ class Engine:
     async def cancel_all(self) -> None:
         for job_id in list(self._active):
             await self.cancel(job_id)
+
+    async def suspend_all(self) -> None:
+        """Stop every job but leave it waiting, partial files kept: the next engine on this
+        home adopts and resumes it (a dashboard that quits mid-download)."""
+        self._suspending = True
+        await self.cancel_all()
 
     # -- crash recovery ----------------------------------------------------------------
     async def recover(self) -> None:
@@ -372,6 +384,9 @@ class Engine:
         job.status, error = outcome
         job.error = None if job.status == JobStatus.COMPLETED else error
         job.finished_ms = now_ms()
+        if job.status == JobStatus.CANCELED and self._suspending:
+            job.status, job.error = JobStatus.WAITING, SUSPENDED_MESSAGE
+            job.started_ms = job.finished_ms = None
         self._dirty.pop(job.id, None)
         try:
             ds = await self._db(self._record_finished, job, had_copy)
@@ -381,7 +396,9 @@ class Engine:
             ds = None
         self._active.pop(job.id, None)
         self._scopes.pop(job.id, None)
-        self._emit(EventKind.FINISHED, job, ds)
+        self._emit(
+            EventKind.QUEUED if job.status == JobStatus.WAITING else EventKind.FINISHED, job, ds
+        )
         self._touch()
 
     def _record_finished(self, job: Job, had_copy: bool | None) -> Dataset | None:
@@ -394,6 +411,8 @@ class Engine:
                 return None
             if ds.download_job_id != job.id or ds.status in AT_REST:
                 return ds
+            if job.status == JobStatus.WAITING:  # suspended: queued for the next start
+                return self.repo.change(ds.name, Status.QUEUED)
             if had_copy is None:
                 had_copy = files.still_verified(self.settings.home, ds)
             if had_copy:

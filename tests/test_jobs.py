@@ -253,3 +253,28 @@ async def test_progress_is_published_and_stored(
     assert any(e.job.rate > 0 and e.eta_s is not None for e in progress)
     assert progress[-1].job.bytes_total == len(data)
     assert run.job.bytes_done == len(data) and run.job.progress == 100.0
+
+
+async def test_suspended_jobs_resume_at_the_next_start(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    data = blob(9, 3_000_000)
+    settings, repo = setup(home, catalog(a=server.add("a.bin", data)))
+    server.always("a.bin", rate=1_500_000)
+    engine = Engine(settings, repo)
+    engine.suspend_on_exit = True  # what the dashboard does when it quits
+    async with engine.running():
+        job = await engine.submit(JobType.DOWNLOAD, {"dataset": "a"})
+        await until(lambda: job.bytes_done > 1_100_000)
+    stored = repo.job(job.id)
+    assert stored is not None and stored.status == JobStatus.WAITING
+    assert repo.dataset("a").status == Status.QUEUED
+    kept = (home / "data" / "a.part").stat().st_size
+    assert kept > 0
+    server.always("a.bin")
+    async with Engine(settings, repo).running() as again:  # adopts the waiting job
+        await again.wait_idle()
+    done = repo.job(job.id)
+    assert done is not None and done.status == JobStatus.COMPLETED
+    assert server.requests("a.bin")[-1].range_start == kept
+    assert (home / "data" / "a").read_bytes() == data

@@ -32,6 +32,7 @@ from typing import Any
 from rich.console import RenderableType
 from textual import events
 from textual.screen import Screen
+from textual.strip import Strip
 
 from app.catalog import load_catalog
 from app.config import Settings, load_settings
@@ -216,7 +217,17 @@ async def in_process(
         await pilot.press(*["space"] * downloads, "d")
         await until(lambda: app.state.totals().active_jobs >= downloads)
         await asyncio.sleep(2)
+        rendered = [0]
+        render_line = app.table.render_line
+
+        def counted(y: int) -> Strip:
+            rendered[0] += 1
+            return render_line(y)
+
+        app.table.render_line = counted  # type: ignore[method-assign]
         busy = await cpu_in_process(seconds)
+        del app.table.render_line
+        lines_per_second = rendered[0] / seconds
         driver = app._driver
         assert driver is not None
         for i in range(keys):
@@ -236,6 +247,7 @@ async def in_process(
         "first paint from App start": first_paint,
         "key to repaint p50": statistics.median(latencies),
         "key to repaint p95": cut[18],
+        "table lines rendered per second": lines_per_second,
         "idle CPU": idle.process,
         "idle CPU, UI thread": idle.ui,
         "CPU, downloads running": busy.process,
@@ -272,6 +284,10 @@ def report(tmux: dict[str, float], inproc: dict[str, Any], rows: int, downloads:
         f"{ms(inproc['key to repaint p50'])} / {ms(inproc['key to repaint p95'])} | "
         f"p95 {TARGETS['key to repaint p95']} |",
     ]
+    lines.append(
+        f"| table lines rendered per second, downloads running | - | "
+        f"{inproc['table lines rendered per second']:.0f} | - |"
+    )
     for name in ("idle CPU", "CPU, downloads running"):
         lines.append(
             f"| {name}: process / UI thread | {pct(tmux[name])} / {pct(tmux[name + ', UI thread'])}"

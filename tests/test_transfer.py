@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -138,30 +139,34 @@ async def test_persistent_5xx_gives_up_after_max_retries(
     assert len(server.requests("a.bin")) == 3
 
 
-async def test_range_ignored_restarts_from_zero(
-    server: FileServer, home: Path, catalog: CatalogFn
+@pytest.mark.parametrize(
+    ("fault", "statuses", "ranged"),
+    [
+        # The server ignores the Range: its 200 body replaces the partial, never appended.
+        ({"ignore_range": True}, [200, 200], [False, True]),
+        # A 206 that does not continue our offset: drop the partial, start clean at once.
+        ({"wrong_range_start": 10}, [200, 206, 200], [False, True, False]),
+        # 416 to a resume: the partial is not what the server has; start clean.
+        ({"status": 416}, [200, 416, 200], [False, True, False]),
+    ],
+)
+async def test_a_resume_the_server_refuses_starts_clean(
+    fault: dict[str, Any],
+    statuses: list[int],
+    ranged: list[bool],
+    server: FileServer,
+    home: Path,
+    catalog: CatalogFn,
 ) -> None:
     data = body()
     settings, repo = setup(home, catalog([entry("a", server.add("a.bin", data), data)]))
     server.fault("a.bin", drop_after=500_000)
-    server.fault("a.bin", ignore_range=True)
-    run = await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
-    assert run.job.status == JobStatus.COMPLETED
-    assert [r.status for r in server.requests("a.bin")] == [200, 200]
-    assert target(home).read_bytes() == data  # the 200 body was not appended
-
-
-async def test_wrong_content_range_restarts(
-    server: FileServer, home: Path, catalog: CatalogFn
-) -> None:
-    data = body()
-    settings, repo = setup(home, catalog([entry("a", server.add("a.bin", data), data)]))
-    server.fault("a.bin", drop_after=500_000)
-    server.fault("a.bin", wrong_range_start=10)
+    server.fault("a.bin", **fault)
     run = await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
     assert run.job.status == JobStatus.COMPLETED
     reqs = server.requests("a.bin")
-    assert len(reqs) == 3 and reqs[2].range_start is None
+    assert [r.status for r in reqs] == statuses
+    assert [r.range_start is not None for r in reqs] == ranged
     assert target(home).read_bytes() == data
 
 
@@ -184,20 +189,6 @@ async def test_file_changed_between_attempts_gives_the_new_file(
     assert second.range_start is not None and second.status == 200  # If-Range did not match
     assert target(home).read_bytes() == new
     assert repo.dataset("a").checksum == sha(new)
-
-
-async def test_416_on_resume_starts_clean(
-    server: FileServer, home: Path, catalog: CatalogFn
-) -> None:
-    data = body()
-    settings, repo = setup(home, catalog([entry("a", server.add("a.bin", data), data)]))
-    server.fault("a.bin", drop_after=400_000)
-    server.fault("a.bin", status=416)
-    run = await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
-    assert run.job.status == JobStatus.COMPLETED
-    reqs = server.requests("a.bin")
-    assert [r.range_start is not None for r in reqs] == [False, True, False]
-    assert target(home).read_bytes() == data
 
 
 async def test_stall_is_detected_and_resumed(

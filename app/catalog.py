@@ -133,11 +133,14 @@ def parse_catalog(text: str, source: Path, home: Path) -> list[CatalogEntry]:
     return entries
 
 
-def load_catalog(path: Path, home: Path) -> list[CatalogEntry]:
+def read_catalog(path: Path) -> str:
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except OSError as exc:
         raise CatalogError(f"{path}: cannot read catalogue: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
         raise CatalogError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    return parse_catalog(text, path, home)
+
+
+def load_catalog(path: Path, home: Path) -> list[CatalogEntry]:
+    return parse_catalog(read_catalog(path), path, home)

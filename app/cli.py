@@ -9,12 +9,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from app import __version__, humanize
-from app.catalog import load_catalog
 from app.config import Settings, load_settings
 from app.errors import EXIT_BAD_INPUT, EXIT_FAILED, BadInput, DsmError
 from app.jobs import PARAMS_SCHEMA, JobType, parse_params
 from app.model import Dataset
-from app.registry import register
+from app.registry import sync_catalog
 from app.repository import Repository, UnknownDataset
 from store import Store, StoreCorrupt, StoreError
 
@@ -93,7 +92,7 @@ def open_home(args: argparse.Namespace) -> tuple[Settings, Repository]:
         repo.jobs()
     except (KeyError, ValueError, TypeError) as exc:
         raise StoreCorrupt(f"{store.path}: malformed job row ({exc!r})") from None
-    register(repo, load_catalog(settings.catalog, settings.home))
+    sync_catalog(repo, settings.catalog, settings.home)
     return settings, repo
 
 

@@ -37,7 +37,7 @@ class Store:
         self.path = path
         self._db = _TinyDB(path, storage=AtomicJSONStorage)
         self._storage = cast(AtomicJSONStorage, self._db.storage)
-        self._tables = {n: self._db.table(n, cache_size=0) for n in ("datasets", "jobs")}
+        self._tables = {n: self._db.table(n, cache_size=0) for n in ("datasets", "jobs", "meta")}
 
     @contextmanager
     def transaction(self) -> Iterator[Store]:

@@ -23,6 +23,8 @@ from app.repository import Repository
 class EngineThread:
     def __init__(self, settings: Settings, repo: Repository, listeners: Iterable[Listener]) -> None:
         self.engine = Engine(settings, repo, listeners)
+        # Quitting a UI mid-download suspends its jobs: the next start resumes them.
+        self.engine.suspend_on_exit = True
         self._portal_cm: AbstractContextManager[BlockingPortal] | None = None
         self._portal: BlockingPortal | None = None
         self._running: AbstractContextManager[Engine] | None = None

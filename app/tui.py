@@ -232,13 +232,13 @@ class DashboardApp(App[int]):
         if not self._engine_ready.wait(ENGINE_START_TIMEOUT):
             self._tell("the engine did not start", "error")
             return
-        for name in names:
-            try:
-                self.engine.submit(
-                    job_type, {"dataset": name, "force_download": job_type == JobType.UPDATE}
-                )
-            except DsmError as exc:
-                self._tell(str(exc), "error")
+        force = job_type == JobType.UPDATE
+        try:  # one store write for all of them (`a` on 10,000 datasets)
+            self.engine.submit_many(
+                job_type, [{"dataset": name, "force_download": force} for name in names]
+            )
+        except DsmError as exc:
+            self._tell(str(exc), "error")
 
     @work(thread=True, group="engine-calls", exit_on_error=False)
     def _cancel(self, names: list[str]) -> None:
@@ -352,7 +352,7 @@ class DashboardApp(App[int]):
             self._quit_cleanly()
             return
         question = f"{running} job(s) are running or waiting. Quit anyway?"
-        details = "They are canceled; partial downloads are kept and resume on the next download."
+        details = "They stop now, keep their partial files and resume when dsm starts again."
 
         def answered(yes: bool | None) -> None:
             if yes:

@@ -47,7 +47,7 @@ TICK = 0.1
 # less than SPLIT_BELOW bytes/s (a per-connection cap, as CDNs have), the rest is split.
 # A fast connection is left alone: on 2 cores more streams only fight over the CPU
 # (bench/RESULTS.md: 4 segments were 27 % slower than one stream from an uncapped server).
-SPLIT_AFTER = 0.3
+SPLIT_AFTER = 0.1
 SPLIT_BELOW = 64 << 20
 
 

@@ -89,10 +89,16 @@ class Engine:
     def _emit(self, kind: EventKind, job: Job, ds: Dataset | None = None) -> None:
         event = JobEvent(kind, dataclasses.replace(job), ds and dataclasses.replace(ds))
         for listener in self.listeners:
-            listener(event)
+            try:
+                listener(event)
+            except Exception:  # a broken listener (a closed pipe) must not break a job
+                log.exception("listener %r failed on %s", listener, kind.value)
 
     def _host_headers(self, url: str) -> dict[str, str]:
-        host = (httpx.URL(url).host or "").lower()
+        parsed = httpx.URL(url)
+        if parsed.scheme != "https":  # credentials never travel in clear text
+            return {}
+        host = (parsed.host or "").lower()
         out = {n: v for h, n, v in self.settings.host_headers if h == host}
         if host == "huggingface.co" and self.settings.hf_token:
             out["Authorization"] = f"Bearer {self.settings.hf_token}"
@@ -359,10 +365,12 @@ class Engine:
             outcome = (JobStatus.FAILED, f"internal error: {type(exc).__name__}: {exc}")
         finally:
             with anyio.CancelScope(shield=True):
-                await self._finish(job, outcome, had_copy)
-                if lock is not None:
-                    lock.release()
-                    self._ds_locks[job.dataset].release()
+                try:
+                    await self._finish(job, outcome, had_copy)
+                finally:
+                    if lock is not None:
+                        lock.release()
+                        self._ds_locks[job.dataset].release()
 
     def _claim(self, job: Job) -> None:
         with self.repo.store.transaction():
@@ -480,7 +488,15 @@ class Engine:
         except ValueError as exc:
             return JobStatus.FAILED, str(exc)
         await self._set(job, Status.DOWNLOADING, error=None)
-        installed = await anyio.to_thread.run_sync(files.installed_before_crash, target)
+        # A copy a crashed run verified and moved into place, unknown to the store. When the
+        # store knows a verified copy, such a leftover is stale: fetch as asked.
+        installed = None
+        if not had_copy:
+            installed = await anyio.to_thread.run_sync(
+                files.installed_before_crash,
+                target,
+                abandon_on_cancel=True,  # it only reads
+            )
         if installed is None or files.integrity_problem(ds, installed.size, installed.sha256):
             fetched = await self._fetch(job, ds, target)
             if not isinstance(fetched, Fetched):
@@ -490,9 +506,18 @@ class Engine:
             if problem:
                 await anyio.to_thread.run_sync(discard_partial, files.part_of(target))
                 return JobStatus.FAILED, problem
-            installed = await anyio.to_thread.run_sync(
-                files.install, target, fetched.size, fetched.sha256
-            )
+            # From the rename on, the store must hear of the new file: no cancel in between.
+            with anyio.CancelScope(shield=True):
+                installed = await anyio.to_thread.run_sync(
+                    files.install, target, fetched.size, fetched.sha256
+                )
+                await self._record_install(job, installed, target)
+        else:
+            with anyio.CancelScope(shield=True):
+                await self._record_install(job, installed, target)
+        return JobStatus.COMPLETED, None
+
+    async def _record_install(self, job: Job, installed: files.Installed, target: Path) -> None:
         job.progress, job.bytes_done = 100.0, installed.size
         await self._set(
             job,
@@ -507,7 +532,6 @@ class Engine:
             error=None,
         )
         await anyio.to_thread.run_sync(files.forget_install, target)
-        return JobStatus.COMPLETED, None
 
     async def _fetch(self, job: Job, ds: Dataset, target: Path) -> Fetched | Outcome:
         """The transfer with the retry policy: only what can heal is tried again."""
@@ -548,7 +572,12 @@ class Engine:
         if not ds.downloaded:
             return JobStatus.FAILED, f"{ds.name} is not downloaded"
         await self._set(job, Status.VERIFYING)
-        problem, mtime_ns = await anyio.to_thread.run_sync(files.rehash, self.settings.home, ds)
+        problem, mtime_ns = await anyio.to_thread.run_sync(
+            files.rehash,
+            self.settings.home,
+            ds,
+            abandon_on_cancel=True,  # it only reads
+        )
         if problem:
             await self._set(job, Status.ERROR, error=problem, downloaded=False)
             return JobStatus.FAILED, problem
@@ -561,8 +590,9 @@ class Engine:
         except ValueError as exc:
             return JobStatus.FAILED, f"refusing to delete: {exc}"
         await self._set(job, Status.DELETING)
-        await anyio.to_thread.run_sync(files.remove, target)
-        await self._set(job, Status.NOT_LOADED, **files.RESET_FIELDS)
+        with anyio.CancelScope(shield=True):  # a removed file is recorded as removed
+            await anyio.to_thread.run_sync(files.remove, target)
+            await self._set(job, Status.NOT_LOADED, **files.RESET_FIELDS)
         if not ds.in_catalog:
             await self._db(self.repo.store.remove, "datasets", ds.name)
         return JobStatus.COMPLETED, None

@@ -9,7 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from app.model import Dataset
-from app.partial import discard_partial, read_sidecar, sidecar_path, write_sidecar
+from app.partial import (
+    discard_partial,
+    read_sidecar,
+    sidecar_path,
+    target_lock,
+    write_sidecar,
+)
 from app.paths import resolve_inside
 
 HASH_BLOCK = 4 << 20
@@ -83,7 +89,7 @@ def install(path: Path, size: int, sha256: str) -> Installed:
     (`forget_install`), so a crash in between is recovered without a download.
     """
     part = part_of(path)
-    write_sidecar(part, {**read_sidecar(part), "installed_sha256": sha256, "size": size})
+    write_sidecar(part, {"installed_sha256": sha256, "size": size})
     os.replace(part, path)
     _fsync_dir(path.parent)
     return Installed(size, sha256, path.stat().st_mtime_ns)
@@ -132,5 +138,7 @@ def rehash(home: Path, ds: Dataset) -> tuple[str | None, int | None]:
 
 def remove(path: Path) -> None:
     """Remove the file and any partial download of it (the path is already inside the home)."""
-    path.unlink(missing_ok=True)
-    discard_partial(part_of(path))
+    part = part_of(path)
+    with target_lock(part):  # a canceled transfer may still be finishing its last write
+        path.unlink(missing_ok=True)
+        discard_partial(part)

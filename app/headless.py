@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import time
@@ -48,8 +49,11 @@ class Reporter:
         self.lines: dict[str, str] = {}
         self.drawn = 0
         self.last: dict[str, float] = {}
+        self.muted = False  # stdout's reader went away
 
     def __call__(self, event: JobEvent) -> None:
+        if self.muted:
+            return
         job = event.job
         now = time.monotonic()
         if event.kind == EventKind.PROGRESS and event.dataset is None:
@@ -85,7 +89,12 @@ class Reporter:
             "eta_s": event.eta_s,
             "error": job.error,
         }
-        print(json.dumps(record), file=self.out, flush=True)
+        try:
+            print(json.dumps(record), file=self.out, flush=True)
+        except BrokenPipeError:  # `dsm --run-job ... --json | head`: the jobs still run
+            self.muted = True
+            # As the Python docs advise: point stdout at devnull so the flush at exit is quiet.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), self.out.fileno())
 
     def _redraw(self) -> None:
         up = f"\x1b[{self.drawn}F" if self.drawn else ""
@@ -123,6 +132,8 @@ async def run_jobs(
 
         tg.start_soon(on_signals)
         jobs = await engine.submit_many(job_type, params)
+        if exit_code:  # a signal came while the jobs were being recorded
+            await engine.cancel_all()
         await engine.wait_idle()
         tg.cancel_scope.cancel()
     if exit_code:

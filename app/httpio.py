@@ -108,18 +108,25 @@ def retry_after(value: str | None) -> float | None:
     return max(0.0, min(when - time.time(), RETRY_AFTER_CAP))
 
 
+def public_url(url: str) -> str:
+    """The URL without its query: a CDN's signed parameters must not land in errors or logs."""
+    parts = urlsplit(url)
+    return parts._replace(query="", fragment="").geturl()
+
+
 def http_error(resp: httpx.Response, url: str) -> TransferError:
     """Classify an unwanted status: 408, 429 and 5xx can heal, other statuses cannot."""
     code = resp.status_code
     retryable = code in (408, 429) or code >= 500
     return TransferError(
-        f"HTTP {code} {resp.reason_phrase} from {url}",
+        f"HTTP {code} {resp.reason_phrase} from {public_url(url)}",
         retryable=retryable,
         retry_after=retry_after(resp.headers.get("retry-after")) if retryable else None,
     )
 
 
 def network_error(exc: httpx.HTTPError, url: str, stall_timeout: float) -> TransferError:
+    url = public_url(url)
     if isinstance(exc, httpx.ReadTimeout):
         msg = f"stalled: no data for {stall_timeout:g} s from {url}"
     elif isinstance(exc, httpx.ConnectTimeout):
@@ -152,6 +159,7 @@ class Control:
         self.total: int | None = None
         self._stop = threading.Event()
         self._socks: set[socket.socket] = set()
+        self._interrupted = False
         self._lock = threading.Lock()
 
     @contextlib.contextmanager
@@ -164,6 +172,9 @@ class Control:
         if sock is not None:
             with self._lock:
                 self._socks.add(sock)
+                if self._interrupted:  # sticky: a read that starts after the interrupt ends too
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
         try:
             self.check()
             yield
@@ -174,7 +185,12 @@ class Control:
 
     def stop(self) -> None:
         self._stop.set()
+        self.interrupt()
+
+    def interrupt(self) -> None:
+        """Break every read in flight (their threads see a network error), without a stop."""
         with self._lock:
+            self._interrupted = True
             for sock in self._socks:
                 # shutdown (not close) wakes a recv blocked in a reader thread.
                 with contextlib.suppress(OSError):
@@ -220,6 +236,12 @@ def parse_content_range(value: str | None) -> tuple[int, int | None] | None:
     if not m:
         return None
     return int(m.group(1)), None if m.group(3) == "*" else int(m.group(3))
+
+
+def parse_unsatisfied(value: str | None) -> int | None:
+    """The size in a 416's `Content-Range: bytes */SIZE`."""
+    m = re.fullmatch(r"bytes \*/(\d+)", (value or "").strip())
+    return int(m.group(1)) if m else None
 
 
 def looks_like_html(resp: httpx.Response, target: Path) -> bool:

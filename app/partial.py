@@ -6,11 +6,22 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from app.httpio import TransferError
+
+_target_locks: dict[Path, threading.Lock] = {}
+_target_locks_guard = threading.Lock()
+
+
+def target_lock(part: Path) -> threading.Lock:
+    """One writer per partial file in this process: a transfer abandoned on cancel may still
+    be finishing its last step when the next job for the same file starts."""
+    with _target_locks_guard:
+        return _target_locks.setdefault(part, threading.Lock())
 
 
 def sidecar_path(part: Path) -> Path:

@@ -154,12 +154,13 @@ class SegmentedDownload:
 
     def _supervise(self, threads: list[threading.Thread]) -> None:
         started = saved = time.monotonic()
+        lead_before = self.segments[0].done  # a resumed segment's old bytes are not speed
         while any(t.is_alive() for t in threads):
             threads[0].join(TICK)
             self.ctl.done = sum(s.done for s in self.segments)
             now = time.monotonic()
             if self.split_plan is not None and now - started >= SPLIT_AFTER:
-                threads += self._split(self.segments[0].done / (now - started))
+                threads += self._split((self.segments[0].done - lead_before) / (now - started))
             if now - saved >= SAVE_INTERVAL:
                 self._save()
                 saved = now
@@ -203,6 +204,8 @@ class SegmentedDownload:
         return isinstance(cause, OSError) and cause.errno == errno.ENOSPC
 
     def _save(self) -> None:
+        if self.error is not None:  # a failed set may have dropped its files: never revive them
+            return
         with self.cond:
             segs = [[s.start, s.end, s.done] for s in self.segments]
         write_sidecar(self.p.part, {**self.p.meta, "segments": segs})
@@ -212,6 +215,7 @@ class SegmentedDownload:
             if self.error is None:
                 self.error = exc
             self.cond.notify_all()
+        self.ctl.interrupt()  # siblings blocked in a read give up now, not at the stall timeout
 
     # -- one segment -------------------------------------------------------------------
     def _segment(self, seg: Segment, first: httpx.Response | None, slot: Slot | None) -> None:
@@ -232,6 +236,8 @@ class SegmentedDownload:
                     self._fail(exc)
                 except TransferError as exc:
                     failures += 1
+                    if self.error is not None:
+                        break  # interrupted because a sibling failed the set
                     if not exc.retryable or failures > self.policy.max_retries:
                         self._fail(exc)
                     else:
@@ -240,6 +246,8 @@ class SegmentedDownload:
         except Stopped:
             with self.cond:
                 self.cond.notify_all()
+        except Exception as exc:  # a bug must fail the set, not leave the hasher waiting
+            self._fail(TransferError(f"internal error in a segment: {exc!r}", retryable=False))
 
     def _request(self, seg: Segment) -> None:
         url = self.p.source
@@ -299,7 +307,9 @@ class SegmentedDownload:
             try:
                 os.pwrite(self.fd, data, seg.pos)
             except OSError as exc:
-                self._fail(disk_error(exc, self.p.part))
+                error = disk_error(exc, self.p.part)
+                error.__cause__ = exc  # _out_of_space reads the errno from here
+                self._fail(error)
                 return False
             seg.done += len(data)
             self.cond.notify_all()

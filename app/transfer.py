@@ -46,8 +46,18 @@ from app.httpio import (
     network_error,
     open_stream,
     parse_content_range,
+    parse_unsatisfied,
+    public_url,
 )
-from app.partial import Partial, discard_partial, read_sidecar, restart, validator, write_sidecar
+from app.partial import (
+    Partial,
+    discard_partial,
+    read_sidecar,
+    restart,
+    target_lock,
+    validator,
+    write_sidecar,
+)
 from app.segments import SegmentedDownload, worth_it
 
 BATCH = 1 << 20  # bytes handed to the writer thread at a time
@@ -98,9 +108,14 @@ def _prepare(part: Path, have: int, total: int | None, meta: dict[str, Any]) -> 
             f"not enough disk space in {part.parent}: need {need} bytes, {free} free",
             retryable=False,
         )
+    sink = _Sink(part, have)  # truncates a fresh start before the sidecar names the new file
     if have == 0:
-        write_sidecar(part, meta)
-    return _Sink(part, have)
+        try:
+            write_sidecar(part, meta)
+        except OSError:
+            sink.close()
+            raise
+    return sink
 
 
 class _Writer(threading.Thread):
@@ -149,9 +164,11 @@ def _pump(resp: httpx.Response, sink: _Sink, ctl: Control) -> None:
                 writer.put(b"".join(pending))
                 pending, size = [], 0
     finally:
-        if pending:
-            writer.put(b"".join(pending))
-        writer.close()
+        try:
+            if pending:
+                writer.put(b"".join(pending))
+        finally:
+            writer.close()
 
 
 async def fetch(
@@ -187,9 +204,12 @@ async def fetch(
         tg.start_soon(report)
         failure: Exception | None = None
         try:
-            # Not abandoned on cancel: the threads finish (promptly, see report) before the
-            # dataset lock is released, so two writers never touch one file.
-            fetched = await anyio.to_thread.run_sync(blocking, limiter=anyio.CapacityLimiter(1))
+            # Abandoned on cancel, so a cancel is immediate even while a connect or the
+            # response headers hang. The threads stop at their next step (see report); until
+            # then they hold the file's target_lock, so no other writer can touch it.
+            fetched = await anyio.to_thread.run_sync(
+                blocking, abandon_on_cancel=True, limiter=anyio.CapacityLimiter(1)
+            )
         except Stopped:
             await anyio.lowlevel.checkpoint()  # raises the cancellation that caused the stop
             raise
@@ -205,10 +225,24 @@ async def fetch(
 
 def _fetch_blocking(env: Env, url: str, target: Path, expected_size: int | None) -> Fetched:
     part = target.with_name(target.name + ".part")
+    lock = target_lock(part)
+    while not lock.acquire(timeout=0.1):
+        env.ctl.check()
+    try:
+        return _fetch_locked(env, url, target, part, expected_size)
+    finally:
+        lock.release()
+
+
+def _fetch_locked(
+    env: Env, url: str, target: Path, part: Path, expected_size: int | None
+) -> Fetched:
     p = Partial(url, target, part, part.stat().st_size if part.exists() else 0, read_sidecar(part))
     if p.meta.get("url") != url or not p.validator:
         p.have, p.meta = 0, {}  # cannot prove the partial is the same file: start clean
     ctl, policy = env.ctl, env.policy
+    if p.meta.get("segments") and p.have != p.meta.get("total"):
+        p.have, p.meta = 0, {}  # a segmented .part always has the full size: this is not it
     if p.meta.get("segments"):
         ctl.total = p.meta.get("total")
         return SegmentedDownload.resume(env, p)
@@ -240,6 +274,10 @@ def _receive(
     etag, modified = resp.headers.get("etag"), resp.headers.get("last-modified")
     if resp.status_code == 416 and p.have:
         raise restart(p, f"HTTP 416 for a resume from byte {p.have}")
+    if resp.status_code == 416 and parse_unsatisfied(resp.headers.get("content-range")) == 0:
+        # `bytes=0-` of an empty file: nothing is satisfiable, and nothing is missing.
+        sink = _prepare(p.part, 0, 0, {"url": p.source})
+        return _finish(sink, p.part, 0)
     if resp.status_code == 206:
         rng = parse_content_range(resp.headers.get("content-range"))
         if rng is None or rng[0] != p.have:
@@ -254,10 +292,13 @@ def _receive(
     else:
         raise http_error(resp, url)
     if looks_like_html(resp, p.target):
-        raise TransferError(f"server sent an HTML page instead of data ({url})", retryable=False)
+        raise TransferError(
+            f"server sent an HTML page instead of data ({public_url(url)})", retryable=False
+        )
     if expected_size is not None and total is not None and total != expected_size:
         raise TransferError(
-            f"size mismatch: expected {expected_size} bytes, server announces {total} ({url})",
+            f"size mismatch: expected {expected_size} bytes, server announces {total} "
+            f"({public_url(url)})",
             retryable=False,
         )
     meta = {"url": p.source, "etag": etag, "last_modified": modified, "total": total}

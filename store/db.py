@@ -55,12 +55,16 @@ class Store:
         return self._storage.identity
 
     # -- reads -------------------------------------------------------------------------
+    # Reads copy the documents while holding the storage's mutex: the parsed tables are
+    # shared and a transaction in another thread changes them in place.
     def all(self, table: str) -> list[Doc]:
-        return [dict(d) for d in self._tables[table].all()]
+        with self._storage.mutex:
+            return [dict(d) for d in self._tables[table].all()]
 
     def get(self, table: str, key: str) -> Doc | None:
-        doc = self._tables[table].get(doc_id=_id(key))
-        return dict(doc) if doc is not None else None
+        with self._storage.mutex:
+            doc = self._tables[table].get(doc_id=_id(key))
+            return dict(doc) if doc is not None else None
 
     # -- writes ------------------------------------------------------------------------
     # Writes change the transaction's tables in place: TinyDB's Table.update/upsert rebuild

@@ -49,7 +49,7 @@ class AtomicJSONStorage(Storage):
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = FileLock(str(path) + ".lock", timeout=LOCK_TIMEOUT)
-        self._mutex = threading.RLock()
+        self.mutex = threading.RLock()
         # Parsed content keyed by the file's identity: re-read only when another write happened.
         self._cache: tuple[tuple[int, int, int], Data] | None = None
         self._txn: Data | None = None
@@ -84,7 +84,7 @@ class AtomicJSONStorage(Storage):
         return data
 
     def read(self) -> Data:
-        with self._mutex:
+        with self.mutex:
             return self._txn if self._txn is not None else self._load()
 
     def write(self, data: Data) -> None:
@@ -103,7 +103,7 @@ class AtomicJSONStorage(Storage):
     @contextmanager
     def transaction(self) -> Iterator[None]:
         """Hold the lock, start from the latest file, write once at the end if anything changed."""
-        with self._mutex:
+        with self.mutex:
             if self._txn is not None:  # nested: the outer transaction writes
                 yield
                 return
@@ -168,13 +168,16 @@ class AtomicJSONStorage(Storage):
         except OSError as exc:
             Path(tmp).unlink(missing_ok=True)
             raise StoreError(f"{self.path}: cannot write: {exc.strerror or exc}") from None
-        dir_fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
         ident = self._identity()
         self._cache = (ident, data) if ident else None
+        try:  # make the rename itself durable
+            dir_fd = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as exc:
+            raise StoreError(f"{self.path.parent}: cannot sync: {exc.strerror or exc}") from None
 
     def close(self) -> None:
         pass

@@ -80,7 +80,9 @@ def parse_catalog(text: str, source: Path, home: Path) -> list[CatalogEntry]:
         raise CatalogError(f"{source}: invalid JSON: nested too deeply") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("datasets"), list):
         raise CatalogError(f'{source}: must be an object with a "datasets" list')
-    problems: list[str] = []
+    problems: list[str] = [
+        f"{source}: unknown top-level field {key!r}" for key in sorted(set(doc) - {"datasets"})
+    ]
     entries: list[CatalogEntry] = []
     resolve = Resolver(home)
     seen: dict[str, int] = {}

@@ -162,8 +162,33 @@ def job_params(args: argparse.Namespace, repo: Repository) -> list[dict[str, Any
     return given
 
 
+def check_combination(args: argparse.Namespace) -> None:
+    """Options that do nothing where they are given are an error, not silently ignored."""
+    job_flags = [
+        flag
+        for flag, given in (
+            ("--dataset", args.dataset),
+            ("--all", args.all),
+            ("--params", args.params),
+            ("--force-download", args.force_download),
+        )
+        if given
+    ]
+    if args.run_job and args.command:
+        raise BadInput(f"--run-job cannot be combined with the '{args.command}' command")
+    if job_flags and not args.run_job:
+        raise BadInput(f"{', '.join(job_flags)}: only with --run-job")
+    if sum(bool(x) for x in (args.dataset, args.all, args.params)) > 1:
+        raise BadInput("--run-job takes one of --dataset NAME..., --all or --params JSON")
+    if not args.command and not args.run_job and not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise BadInput(
+            "the dashboard needs a terminal; in scripts use dsm list, dsm show or dsm --run-job"
+        )
+
+
 def run(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    check_combination(args)
     if args.command == "job-params":
         _print_json(PARAMS_SCHEMA)
         return 0

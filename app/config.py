@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -69,6 +70,8 @@ def _number(name: str, raw: str | None, default: T, convert: Callable[[str], T],
         value = convert(raw)
     except ValueError:
         raise BadInput(f"{name}={raw!r} is not a valid number") from None
+    if not math.isfinite(value):
+        raise BadInput(f"{name}={raw!r} must be a finite number")
     if value < minimum:
         raise BadInput(f"{name}={raw!r} must be at least {minimum}")
     return value

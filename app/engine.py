@@ -41,15 +41,22 @@ PROGRESS_EVENT_INTERVAL = 0.1  # listeners hear progress at most 10 times a seco
 STORE_FLUSH_INTERVAL = 1.0  # progress reaches the store at most once a second
 LOCK_POLL = 0.2
 JOBS_KEPT_PER_DATASET = 20
-SKIP_MESSAGE = "already downloaded; use --force-download"
+SKIP_MESSAGE = "already downloaded; use --force-download (force_download: true) to fetch again"
 SUSPENDED_MESSAGE = "interrupted when dsm quit; resumes at the next start"
 Outcome = tuple[JobStatus, str | None]
 
 
 class Engine:
     def __init__(
-        self, settings: Settings, repo: Repository, listeners: Iterable[Listener] = ()
+        self,
+        settings: Settings,
+        repo: Repository,
+        listeners: Iterable[Listener] = (),
+        adopt_only: frozenset[str] | None = None,
     ) -> None:
+        """`adopt_only`: the datasets whose orphaned jobs this engine resumes at start (a
+        `--run-job` for some datasets); None resumes all (the dashboard, the API)."""
+        self.adopt_only = adopt_only
         self.settings = settings
         self.repo = repo
         self.listeners: list[Listener] = list(listeners)
@@ -227,7 +234,7 @@ class Engine:
             # Not picked up yet: finish it now rather than when a worker frees up.
             self._active.pop(job.id)
             with anyio.CancelScope(shield=True):
-                await self._finish(job, (JobStatus.CANCELED, "canceled"), had_copy=None)
+                await self._finish(job, (JobStatus.CANCELED, "stopped on request"), had_copy=None)
         return True
 
     async def cancel_dataset(self, name: str) -> bool:
@@ -280,6 +287,9 @@ class Engine:
                     continue
                 if job.owner == self.owner or self._owner_alive(job.owner, alive):
                     live.add(job.id)
+                    continue
+                if self.adopt_only is not None and job.dataset not in self.adopt_only:
+                    live.add(job.id)  # left waiting for a start that asks for its dataset
                     continue
                 job.owner, job.status, job.started_ms = self.owner, JobStatus.WAITING, None
                 self.repo.save_job(job)
@@ -340,7 +350,7 @@ class Engine:
             raise
 
     async def _execute(self, job: Job) -> None:
-        outcome: Outcome = (JobStatus.CANCELED, "canceled")
+        outcome: Outcome = (JobStatus.CANCELED, "stopped on request")
         had_copy: bool | None = None
         lock: FileLock | None = None
         try:
@@ -423,12 +433,14 @@ class Engine:
                 return self.repo.change(ds.name, Status.QUEUED)
             if had_copy is None:
                 had_copy = files.still_verified(self.settings.home, ds)
-            if had_copy:
-                return self.repo.change(ds.name, Status.DOWNLOADED, error=None)
+            if had_copy:  # an update that did not finish: the old copy is whole
+                return self.repo.change(
+                    ds.name, Status.DOWNLOADED, error=None, download_progress=100.0
+                )
             if job.status == JobStatus.CANCELED:
                 return self.repo.change(ds.name, Status.CANCELED)
-            if job.status.ok:  # skipped or completed without a copy (delete of nothing)
-                return self.repo.change(ds.name, Status.NOT_LOADED)
+            if job.status.ok:  # skipped, or completed without a copy: back to how it was
+                return self.repo.change(ds.name, self._resting_status(ds))
             return self.repo.change(ds.name, Status.ERROR, error=job.error, downloaded=False)
 
     # -- progress ----------------------------------------------------------------------
@@ -437,6 +449,7 @@ class Engine:
 
         def on_progress(done: int, total: int | None) -> None:
             job.bytes_done, job.bytes_total = done, total
+            job.progress = 100.0 * done / total if total else 0.0
             now = time.monotonic()
             if last["bytes"] < 0:
                 last["t"], last["bytes"] = now, done
@@ -446,7 +459,6 @@ class Engine:
                 return
             instant = (done - last["bytes"]) / elapsed if elapsed > 0 else 0.0
             job.rate = instant if job.rate == 0 else 0.3 * instant + 0.7 * job.rate
-            job.progress = 100.0 * done / total if total else 0.0
             last["t"], last["bytes"] = now, done
             self._dirty[job.id] = job
             self._emit(EventKind.PROGRESS, job)
@@ -570,7 +582,7 @@ class Engine:
 
     async def _verify(self, job: Job, ds: Dataset, had_copy: bool) -> Outcome:
         if not ds.downloaded:
-            return JobStatus.FAILED, f"{ds.name} is not downloaded"
+            return JobStatus.SKIPPED, "not downloaded: nothing to verify"
         await self._set(job, Status.VERIFYING)
         problem, mtime_ns = await anyio.to_thread.run_sync(
             files.rehash,

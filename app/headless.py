@@ -120,7 +120,10 @@ async def run_jobs(
         if event.kind == EventKind.FINISHED:
             finished[event.job.id] = event.job
 
-    engine = Engine(settings, repo, [reporter, record])
+    # Orphaned jobs of other datasets (a dashboard that quit mid-download, a crash) are left
+    # for a start that asks for them: a script gets the jobs it asked for and no others.
+    names = frozenset(str(p["dataset"]) for p in params)
+    engine = Engine(settings, repo, [reporter, record], adopt_only=names)
     async with engine.running(), anyio.create_task_group() as tg:
 
         async def on_signals() -> None:

@@ -94,11 +94,16 @@ def dsm_env(home: Path, catalog_path: Path | None, **extra: str) -> dict[str, st
 
 
 def run_dsm(
-    *args: str, home: Path, catalog_path: Path | None = None, timeout: float = 60, **extra: str
+    *args: str,
+    home: Path,
+    catalog_path: Path | None = None,
+    timeout: float = 60,
+    env: dict[str, str] | None = None,
+    **extra: str,
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*dsm_command(), *args],
-        env=dsm_env(home, catalog_path, **extra),
+        env=dsm_env(home, catalog_path, **(env or {}), **extra),
         capture_output=True,
         text=True,
         timeout=timeout,

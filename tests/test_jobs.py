@@ -278,3 +278,54 @@ async def test_suspended_jobs_resume_at_the_next_start(
     assert done is not None and done.status == JobStatus.COMPLETED
     assert server.requests("a.bin")[-1].range_start == kept
     assert (home / "data" / "a").read_bytes() == data
+
+
+async def test_verify_of_a_dataset_not_downloaded_is_skipped(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    settings, repo = setup(home, catalog(a=server.add("a.bin", blob(1))))
+    run = await run_jobs(settings, repo, JobType.VERIFY, "a")
+    assert run.job.status == JobStatus.SKIPPED and "nothing to verify" in (run.job.error or "")
+    assert repo.dataset("a").status == Status.NOT_LOADED
+
+
+async def test_canceled_update_leaves_the_old_copy_whole(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    settings, repo = setup(home, catalog(a=server.add("a.bin", blob(1, 2_000_000))))
+    await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
+    server.always("a.bin", rate=1_000_000)
+
+    async def cancel(engine: Engine, jobs: list[Job]) -> None:
+        await until(lambda: jobs[0].bytes_done > 200_000)
+        await engine.cancel(jobs[0].id)
+
+    run = await run_jobs(settings, repo, JobType.UPDATE, "a", during=cancel)
+    assert run.job.status == JobStatus.CANCELED
+    ds = repo.dataset("a")
+    assert (ds.status, ds.download_progress, ds.checksum) == (
+        Status.DOWNLOADED,
+        100.0,
+        sha(blob(1, 2_000_000)),
+    )
+
+
+async def test_a_run_for_some_datasets_leaves_other_orphans_waiting(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    settings, repo = setup(
+        home, catalog(a=server.add("a.bin", blob(1)), b=server.add("b.bin", blob(2)))
+    )
+    server.always("a.bin", rate=300_000)
+    quitting = Engine(settings, repo)
+    quitting.suspend_on_exit = True
+    async with quitting.running():
+        job = await quitting.submit(JobType.DOWNLOAD, {"dataset": "a"})
+        await until(lambda: job.bytes_done > 0)
+    async with Engine(settings, repo, adopt_only=frozenset({"b"})).running() as engine:
+        await engine.submit(JobType.DOWNLOAD, {"dataset": "b"})
+        await engine.wait_idle()
+    left = repo.job(job.id)
+    assert left is not None and left.status == JobStatus.WAITING  # not run, not canceled
+    assert repo.dataset("a").status == Status.QUEUED
+    assert repo.dataset("b").status == Status.DOWNLOADED

@@ -41,6 +41,7 @@ PROGRESS_EVENT_INTERVAL = 0.1  # listeners hear progress at most 10 times a seco
 STORE_FLUSH_INTERVAL = 1.0  # progress reaches the store at most once a second
 LOCK_POLL = 0.2
 JOBS_KEPT_PER_DATASET = 20
+CANCELS = "cancels"  # store table: job id -> a cancel request from another process
 SKIP_MESSAGE = "already downloaded; use --force-download (force_download: true) to fetch again"
 SUSPENDED_MESSAGE = "interrupted when dsm quit; resumes at the next start"
 Outcome = tuple[JobStatus, str | None]
@@ -238,10 +239,26 @@ class Engine:
         return True
 
     async def cancel_dataset(self, name: str) -> bool:
+        """Cancel the dataset's unfinished jobs: this engine's at once, another live
+        process's by a request in the store that its engine acts on within a second."""
         found = False
         for job in [j for j in self._active.values() if j.dataset == name]:
             found = await self.cancel(job.id) or found
-        return found
+        return found or await self._db(self._request_cancel, name)
+
+    def _request_cancel(self, name: str) -> bool:
+        alive: dict[str, bool] = {}
+        wanted = [
+            job
+            for job in self.repo.jobs()
+            if job.dataset == name
+            and not job.status.finished
+            and job.owner != self.owner
+            and self._owner_alive(job.owner, alive)
+        ]
+        if wanted:
+            self.repo.store.put_many(CANCELS, {j.id: {"requested_ms": now_ms()} for j in wanted})
+        return bool(wanted)
 
     async def cancel_all(self) -> None:
         for job_id in list(self._active):
@@ -423,6 +440,7 @@ class Engine:
         """Store the job's end; put its dataset at rest if this job still owns it."""
         with self.repo.store.transaction():
             self.repo.save_job(job)
+            self.repo.store.remove(CANCELS, job.id)
             try:
                 ds = self.repo.dataset(job.dataset)
             except UnknownDataset:  # a delete of a row that left the catalogue removed it
@@ -469,6 +487,13 @@ class Engine:
         while True:
             await anyio.sleep(STORE_FLUSH_INTERVAL)
             await self._flush()
+            if self._active:
+                for job_id in await self._db(self._cancels_requested, list(self._active)):
+                    await self.cancel(job_id)
+
+    def _cancels_requested(self, job_ids: list[str]) -> list[str]:
+        """This engine's jobs that another process asked to cancel (`c` in a dashboard)."""
+        return [j for j in job_ids if self.repo.store.get(CANCELS, j) is not None]
 
     async def _flush(self) -> None:
         if self._dirty:

@@ -37,7 +37,9 @@ class Store:
         self.path = path
         self._db = _TinyDB(path, storage=AtomicJSONStorage)
         self._storage = cast(AtomicJSONStorage, self._db.storage)
-        self._tables = {n: self._db.table(n, cache_size=0) for n in ("datasets", "jobs", "meta")}
+        self._tables = {
+            n: self._db.table(n, cache_size=0) for n in ("datasets", "jobs", "meta", "cancels")
+        }
 
     @contextmanager
     def transaction(self) -> Iterator[Store]:

@@ -186,3 +186,25 @@ def test_two_processes_racing_for_one_dataset(
     assert len(server.requests("a.bin")) == 1
     assert (home / "data" / "a").read_bytes() == data
     assert not os.path.exists(home / "data" / "a.part")
+
+
+@pytest.mark.anyio
+async def test_a_job_of_another_process_is_canceled_on_request(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    """`c` in a dashboard on a row that a --run-job downloads: that process cancels it."""
+    from app.engine import Engine
+
+    cat = catalog(a=server.add("a.bin", blob(6, 6_000_000)))
+    server.always("a.bin", rate=500_000)
+    proc = start_dsm("--run-job", "download", "--dataset", "a", home=home, catalog_path=cat)
+    wait_for(lambda: part_size(home, "a") > 0, timeout=20)
+    settings = make_settings(home, cat)
+    repo = open_repo(settings)
+    async with Engine(settings, repo).running() as engine:
+        assert await engine.cancel_dataset("a")  # not this engine's job: a request
+    assert proc.wait(timeout=10) == 1
+    (job,) = repo.jobs()
+    assert job.status == JobStatus.CANCELED
+    assert repo.dataset("a").status == Status.CANCELED and part_size(home, "a") > 0
+    assert server.bytes_sent("a.bin") < 6_000_000

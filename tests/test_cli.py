@@ -14,29 +14,11 @@ import pytest
 from app import __version__
 from tests.conftest import TEST_ENV, CatalogFn, dsm_command, run_dsm
 from tests.httpserver import FileServer
+from tests.test_model import CATALOGUE_FIELDS, EXTRA_FIELDS, SEED_COLUMNS
 
 NAMES = ["golf", "alpha", "echo", "charlie", "bravo", "foxtrot", "delta"]  # 7, not sorted
 PAGE_KEYS = {"page_size", "page_number", "total", "datasets"}
-DATASET_KEYS = {
-    "name",
-    "description",
-    "original_url",
-    "local_path",
-    "updated_at_ms",
-    "downloaded_at_ms",
-    "size",
-    "checksum",
-    "status",
-    "error",
-    "download_progress",
-    "downloaded",
-    "download_job_id",
-    "expected_size",
-    "expected_sha256",
-    "file_mtime_ns",
-    "outdated",
-    "in_catalog",
-}
+DATASET_KEYS = SEED_COLUMNS | CATALOGUE_FIELDS | EXTRA_FIELDS  # every stored field
 
 
 @pytest.fixture

@@ -189,41 +189,35 @@ class DatasetTable(ScrollView, can_focus=True):
     }
     """
 
-    class RowHighlighted(Message):
+    class _TableMessage(Message):
+        def __init__(self, table: DatasetTable) -> None:
+            super().__init__()
+            self.table = table
+
+        @property
+        def control(self) -> DatasetTable:
+            return self.table
+
+    class RowHighlighted(_TableMessage):
         """The cursor is on another dataset (None: no rows on display)."""
 
         def __init__(self, table: DatasetTable, name: str | None) -> None:
-            super().__init__()
-            self.table = table
+            super().__init__(table)
             self.name = name
 
-        @property
-        def control(self) -> DatasetTable:
-            return self.table
-
-    class RowSelected(Message):
+    class RowSelected(_TableMessage):
         """Enter, or a click on the row under the cursor."""
 
         def __init__(self, table: DatasetTable, name: str) -> None:
-            super().__init__()
-            self.table = table
+            super().__init__(table)
             self.name = name
 
-        @property
-        def control(self) -> DatasetTable:
-            return self.table
-
-    class HeaderSelected(Message):
+    class HeaderSelected(_TableMessage):
         """A click on a column's header."""
 
         def __init__(self, table: DatasetTable, column: str) -> None:
-            super().__init__()
-            self.table = table
+            super().__init__(table)
             self.column = column
-
-        @property
-        def control(self) -> DatasetTable:
-            return self.table
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)

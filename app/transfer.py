@@ -63,6 +63,7 @@ from app.segments import SegmentedDownload, worth_it
 BATCH = 1 << 20  # bytes handed to the writer thread at a time
 QUEUE_DEPTH = 8  # batches in flight between the network and the disk
 PROGRESS_POLL = 0.1  # seconds between progress reports to the caller
+SYNC_EVERY = 64 << 20  # bytes written between two fdatasyncs
 
 ProgressFn = Callable[[int, int | None], None]
 
@@ -73,6 +74,7 @@ class _Sink:
     def __init__(self, part: Path, offset: int) -> None:
         self.sha = hashlib.sha256()
         self.size = 0
+        self.unsynced = 0
         self.fh: BinaryIO = part.open("r+b" if offset else "wb")
         if offset:
             # Hash the kept prefix once, then append: still one pass over every byte.
@@ -89,6 +91,13 @@ class _Sink:
         self.fh.write(data)
         self.sha.update(data)
         self.size += len(data)
+        self.unsynced += len(data)
+        if self.unsynced >= SYNC_EVERY:
+            # Flush as we go (this is the writer thread): the fsync before the rename then
+            # has little left, instead of a whole file's worth of dirty pages at the end.
+            self.fh.flush()
+            os.fdatasync(self.fh.fileno())
+            self.unsynced = 0
 
     def finish(self) -> None:
         self.fh.flush()

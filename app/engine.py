@@ -43,6 +43,7 @@ LOCK_POLL = 0.2
 JOBS_KEPT_PER_DATASET = 20
 CANCELS = "cancels"  # store table: job id -> a cancel request from another process
 SKIP_MESSAGE = "already downloaded; use --force-download (force_download: true) to fetch again"
+STOPPED_MESSAGE = "stopped on request"
 SUSPENDED_MESSAGE = "interrupted when dsm quit; resumes at the next start"
 Outcome = tuple[JobStatus, str | None]
 
@@ -235,7 +236,7 @@ class Engine:
             # Not picked up yet: finish it now rather than when a worker frees up.
             self._active.pop(job.id)
             with anyio.CancelScope(shield=True):
-                await self._finish(job, (JobStatus.CANCELED, "stopped on request"), had_copy=None)
+                await self._finish(job, (JobStatus.CANCELED, STOPPED_MESSAGE), had_copy=None)
         return True
 
     async def cancel_dataset(self, name: str) -> bool:
@@ -367,7 +368,7 @@ class Engine:
             raise
 
     async def _execute(self, job: Job) -> None:
-        outcome: Outcome = (JobStatus.CANCELED, "stopped on request")
+        outcome: Outcome = (JobStatus.CANCELED, STOPPED_MESSAGE)
         had_copy: bool | None = None
         lock: FileLock | None = None
         try:

@@ -244,7 +244,7 @@ def _fetch_blocking(env: Env, url: str, target: Path, expected_size: int | None)
 
 
 def _fetch_locked(
-    env: Env, url: str, target: Path, part: Path, expected_size: int | None
+    env: Env, url: str, target: Path, part: Path, expected_size: int | None, confirm: bool = True
 ) -> Fetched:
     p = Partial(url, target, part, part.stat().st_size if part.exists() else 0, read_sidecar(part))
     if p.meta.get("url") != url or not p.validator:
@@ -271,10 +271,27 @@ def _fetch_locked(
                 open_stream(env.client, url, headers, env.host_headers) as (resp, final_url),
                 ctl.watching(resp),
             ):
-                return _receive(env, resp, final_url, p, expected_size, slot)
+                fetched = _receive(env, resp, final_url, p, expected_size, slot)
+                unconfirmed = _ended_by_close(resp)
         except httpx.HTTPError as exc:
             ctl.check()  # a read broken by our own stop is a cancel, not a network error
             raise network_error(exc, url, policy.stall_timeout) from exc
+    if unconfirmed and confirm:
+        # The body had no length: it ended when the connection closed, and a dropped
+        # connection looks the same. Ask for the bytes after it: a 416 proves the end,
+        # anything more is appended (the sidecar's validator guards it).
+        return _fetch_locked(env, url, target, part, expected_size, confirm=False)
+    return fetched
+
+
+def _ended_by_close(resp: httpx.Response) -> bool:
+    """A body without Content-Length or chunked framing, resumable by its validators."""
+    return (
+        resp.status_code in (200, 206)
+        and "content-length" not in resp.headers
+        and "chunked" not in resp.headers.get("transfer-encoding", "").lower()
+        and validator(resp.headers.get("etag"), resp.headers.get("last-modified")) is not None
+    )
 
 
 def _receive(
@@ -282,6 +299,8 @@ def _receive(
 ) -> Fetched:
     etag, modified = resp.headers.get("etag"), resp.headers.get("last-modified")
     if resp.status_code == 416 and p.have:
+        if parse_unsatisfied(resp.headers.get("content-range")) == p.have:
+            return _finish(_Sink(p.part, p.have), p.part, p.have)  # we have it all already
         raise restart(p, f"HTTP 416 for a resume from byte {p.have}")
     if resp.status_code == 416 and parse_unsatisfied(resp.headers.get("content-range")) == 0:
         # `bytes=0-` of an empty file: nothing is satisfiable, and nothing is missing.

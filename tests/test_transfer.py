@@ -377,3 +377,29 @@ async def test_partial_without_validator_is_not_trusted(
     assert run.job.status == JobStatus.COMPLETED
     assert all(r.range_start is None for r in server.requests("a.bin"))
     assert target(home).read_bytes() == data
+
+
+async def test_a_body_without_length_cut_short_is_completed_not_accepted(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    data = body(11, 400_000)
+    settings, repo = setup(home, catalog(a=server.add("a.bin", data)))
+    server.fault("a.bin", ignore_range=True, no_length=True, drop_after=100_000)
+    run = await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
+    assert run.job.status == JobStatus.COMPLETED
+    first, rest = server.requests("a.bin")
+    assert first.status == 200 and rest.status == 206 and rest.range_start == 100_000
+    assert target(home).read_bytes() == data
+    assert repo.dataset("a").checksum == sha(data)
+
+
+async def test_a_whole_body_without_length_is_confirmed_by_a_416(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    data = body(12, 300_000)
+    settings, repo = setup(home, catalog(a=server.add("a.bin", data)))
+    server.fault("a.bin", ignore_range=True, no_length=True)
+    run = await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
+    assert run.job.status == JobStatus.COMPLETED and run.job.attempts == 1
+    assert [r.status for r in server.requests("a.bin")] == [200, 416]
+    assert target(home).read_bytes() == data

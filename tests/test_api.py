@@ -391,8 +391,10 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(
             "30",
             "--seed",
             "5",
+            # One worker: on Python 3.11, schemathesis's threads can hit CPython's ast bug
+            # gh-106905 ("AST constructor recursion depth mismatch") and stop the run.
             "--workers",
-            "2",
+            "1",
             "--no-color",
             "--generation-database",
             "none",

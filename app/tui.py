@@ -109,7 +109,7 @@ class DashboardApp(App[int]):
                 self._engine_ready.set()
 
     def _stop_engine(self) -> None:
-        """Cancel our jobs (partial files stay for resume) and end the engine thread."""
+        """Suspend our jobs (partial files stay; the next start resumes them), end the thread."""
         self._stopping.set()
         with self._engine_lock:
             self.engine.stop()

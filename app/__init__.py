@@ -1,3 +1,5 @@
 """dsm: a dataset manager for people who evaluate language models."""
 
-__version__ = "0.1.0"
+from dsm.version import __version__
+
+__all__ = ["__version__"]

@@ -1,7 +1,7 @@
-"""`python -m app` runs the same entry point as the `dsm` console script."""
+"""`python -m dsm` runs the same entry point as the `dsm` console script."""
 
 import sys
 
-from app.cli import main
+from dsm.cli import main
 
 sys.exit(main())

@@ -8,16 +8,16 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from app import __version__, humanize
-from app.config import Settings, load_settings
-from app.errors import EXIT_BAD_INPUT, EXIT_FAILED, BadInput, DsmError
-from app.jobs import PARAMS_SCHEMA, JobType, parse_params
-from app.model import Dataset
-from app.registry import sync_catalog
-from app.repository import Repository, UnknownDataset
-from store import Store, StoreCorrupt, StoreError
-
-MAX_PAGE_SIZE = 1000
+from dsm import humanize
+from dsm.catalog.sync import sync_catalog
+from dsm.config import Settings, load_settings
+from dsm.domain.jobs import PARAMS_SCHEMA, JobType, parse_params
+from dsm.domain.model import Dataset
+from dsm.domain.paging import MAX_PAGE_SIZE, page_of
+from dsm.errors import EXIT_BAD_INPUT, EXIT_FAILED, BadInput, DsmError
+from dsm.repository import Repository, UnknownDataset
+from dsm.store import Store, StoreCorrupt, StoreError
+from dsm.version import __version__
 
 
 def _global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
@@ -106,8 +106,7 @@ def cmd_list(args: argparse.Namespace, repo: Repository) -> int:
     if args.page < 1:
         raise BadInput(f"--page must be at least 1, got {args.page}")
     rows = repo.datasets()
-    start = (args.page - 1) * args.page_size
-    page = rows[start : start + args.page_size]
+    page = page_of(rows, args.page, args.page_size)
     if args.json:
         _print_json(
             {
@@ -198,17 +197,17 @@ def run(argv: Sequence[str] | None) -> int:
     if args.command == "show":
         return cmd_show(args, repo)
     if args.command == "serve":
-        from app.api_serve import serve  # Starlette and uvicorn load for this command only
+        from dsm.api.serve import serve  # Starlette and uvicorn load for this command only
 
         return serve(settings, repo, args.host, args.port)
     if args.run_job:
         import anyio
 
-        from app.headless import run_jobs
+        from dsm.headless import run_jobs
 
         params = job_params(args, repo)
         return anyio.run(run_jobs, settings, repo, JobType(args.run_job), params, args.json)
-    from app.tui import run_dashboard  # the only place Textual is imported
+    from dsm.tui.app import run_dashboard  # the only place Textual is imported
 
     return run_dashboard(settings, repo)
 

@@ -12,7 +12,7 @@ from typing import TypeVar
 
 import platformdirs
 
-from app.errors import BadInput
+from dsm.errors import BadInput
 
 DEFAULT_RETRY_DELAY = 30.0
 DEFAULT_MAX_RETRIES = 5
@@ -27,7 +27,7 @@ CONNECT_TIMEOUT = 30.0
 
 def bundled_catalog() -> Path:
     """The catalogue shipped inside the package (the top-level datasets.json)."""
-    return Path(str(resources.files("app") / "datasets.json"))
+    return Path(str(resources.files("dsm") / "datasets.json"))
 
 
 @dataclass(frozen=True)

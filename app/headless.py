@@ -11,12 +11,12 @@ from typing import Any, TextIO
 
 import anyio
 
-from app import humanize
-from app.config import Settings
-from app.engine import Engine
-from app.events import EventKind, JobEvent
-from app.jobs import Job, JobType
-from app.repository import Repository
+from dsm import humanize
+from dsm.config import Settings
+from dsm.domain.events import EventKind, JobEvent
+from dsm.domain.jobs import Job, JobType
+from dsm.engine.engine import Engine
+from dsm.repository import Repository
 
 PLAIN_INTERVAL = 5.0  # seconds between progress lines when stderr is not a terminal
 JSON_PROGRESS_INTERVAL = 1.0

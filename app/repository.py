@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from app.jobs import Job
-from app.model import Dataset, Status
-from store import Store, StoreCorrupt
+from dsm.domain.jobs import Job
+from dsm.domain.model import Dataset, Status
+from dsm.store import Store, StoreCorrupt
 
 DATASETS = "datasets"
 JOBS = "jobs"

@@ -165,7 +165,7 @@ def fresh_dsm_run(home: Path, catalog: Path, *args: str, **extra: str) -> Sample
 
 def dsm_cmd() -> list[str]:
     exe = Path(sys.executable).parent / "dsm"
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "app"]
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "dsm"]
 
 
 def machine() -> str:

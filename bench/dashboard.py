@@ -34,13 +34,13 @@ from textual import events
 from textual.screen import Screen
 from textual.strip import Strip
 
-from app.catalog import load_catalog
-from app.config import Settings, load_settings
-from app.registry import register, sync_catalog
-from app.repository import Repository
-from app.tui import DashboardApp
 from bench.common import SHM, dsm_cmd, machine, need, nginx, random_file
-from store import Store
+from dsm.catalog.parse import load_catalog
+from dsm.catalog.sync import register, sync_catalog
+from dsm.config import Settings, load_settings
+from dsm.repository import Repository
+from dsm.store import Store
+from dsm.tui.app import DashboardApp
 
 SIZE = (120, 40)
 PLACEHOLDER = "http://127.0.0.1:1"  # the pristine home's base URL, swapped for nginx's per run

@@ -15,12 +15,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from app.catalog import load_catalog
-from app.jobs import Job, JobType
-from app.registry import register
-from app.repository import Repository
 from bench.common import machine
-from store import Store
+from dsm.catalog.parse import load_catalog
+from dsm.catalog.sync import register
+from dsm.domain.jobs import Job, JobType
+from dsm.repository import Repository
+from dsm.store import Store
 
 ACTIVE_JOBS = 8
 

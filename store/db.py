@@ -10,7 +10,7 @@ from typing import Any, cast
 from tinydb import TinyDB
 from tinydb.table import Table
 
-from store.storage import AtomicJSONStorage
+from dsm.store.storage import AtomicJSONStorage
 
 Doc = dict[str, Any]
 

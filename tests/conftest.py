@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 
-from app.catalog import load_catalog
-from app.config import Settings, load_settings
-from app.registry import register
-from app.repository import Repository
-from store import Store
+from dsm.catalog.parse import load_catalog
+from dsm.catalog.sync import register
+from dsm.config import Settings, load_settings
+from dsm.repository import Repository
+from dsm.store import Store
 from tests.httpserver import FileServer
 
 # Fast retries and short stalls so fault tests finish in seconds; they are settings, not sleeps.
@@ -83,7 +83,7 @@ def open_repo(settings: Settings) -> Repository:
 def dsm_command() -> list[str]:
     """The installed console script when there is one, else the module."""
     exe = shutil.which("dsm", path=str(Path(sys.executable).parent))
-    return [exe] if exe else [sys.executable, "-m", "app"]
+    return [exe] if exe else [sys.executable, "-m", "dsm"]
 
 
 def dsm_env(home: Path, catalog_path: Path | None, **extra: str) -> dict[str, str]:

@@ -9,12 +9,12 @@ from typing import Any
 
 import anyio
 
-from app.config import Settings
-from app.engine import Engine
-from app.events import EventKind, JobEvent
-from app.jobs import Job, JobType
-from app.model import Dataset
-from app.repository import Repository
+from dsm.config import Settings
+from dsm.domain.events import EventKind, JobEvent
+from dsm.domain.jobs import Job, JobType
+from dsm.domain.model import Dataset
+from dsm.engine.engine import Engine
+from dsm.repository import Repository
 from tests.conftest import make_settings, open_repo
 
 

@@ -11,9 +11,9 @@ from rich.console import Console
 from textual.pilot import Pilot
 from textual.widgets import Static
 
-from app.model import Dataset, Status
-from app.repository import Repository
-from app.tui import DashboardApp
+from dsm.domain.model import Dataset, Status
+from dsm.repository import Repository
+from dsm.tui.app import DashboardApp
 from tests.conftest import make_settings, open_repo
 
 SIZE = (120, 40)

@@ -24,9 +24,9 @@ from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
-from app import humanize
-from app.jobs import Job, JobStatus
-from app.model import Dataset, Status
+from dsm import humanize
+from dsm.domain.jobs import Job, JobStatus
+from dsm.domain.model import Dataset, Status
 
 BAR_WIDTH = 10
 PROGRESS_WIDTH = BAR_WIDTH + 5  # the bar, a space and "100%"

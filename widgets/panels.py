@@ -12,10 +12,10 @@ from textual.app import ComposeResult
 from textual.containers import VerticalScroll
 from textual.widgets import Static
 
-from app import humanize
-from app.jobs import Job
-from app.model import Dataset
-from widgets.dataset_table import STATUS_STYLE, shown_progress
+from dsm import humanize
+from dsm.domain.jobs import Job
+from dsm.domain.model import Dataset
+from dsm.widgets.dataset_table import STATUS_STYLE, shown_progress
 
 DETAIL_JOBS = 5
 

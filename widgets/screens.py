@@ -14,8 +14,8 @@ from textual.message import Message
 from textual.screen import ModalScreen
 from textual.widgets import Input, Static
 
-from app.jobs import Job
-from widgets.panels import job_table
+from dsm.domain.jobs import Job
+from dsm.widgets.panels import job_table
 
 
 class ConfirmScreen(ModalScreen[bool]):

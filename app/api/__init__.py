@@ -1,0 +1,1 @@
+"""The HTTP API (`dsm serve`): routes, OpenAPI schema, server start-up, idempotency keys."""

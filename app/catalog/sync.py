@@ -1,0 +1,98 @@
+"""Registering a catalogue into the store: idempotent, never trusting a changed source."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from dsm.catalog.parse import CatalogEntry, parse_catalog, read_catalog
+from dsm.domain.model import Dataset
+from dsm.repository import Repository
+from dsm.version import __version__
+
+META = "meta"
+CATALOG_STAMP = "catalog"
+
+
+def _catalog_fields(ds: Dataset) -> tuple[object, ...]:
+    return (
+        ds.description,
+        ds.original_url,
+        ds.local_path,
+        ds.expected_size,
+        ds.expected_sha256,
+        ds.outdated,
+        ds.in_catalog,
+    )
+
+
+def _apply(ds: Dataset, entry: CatalogEntry) -> bool:
+    """Bring a stored row's static fields in line with its entry; True when anything changed."""
+    before = _catalog_fields(ds)
+    source_changed = (
+        ds.original_url != entry.original_url
+        or ds.local_path != entry.local_path
+        or ds.expected_size != entry.expected_size
+        or ds.expected_sha256 != entry.expected_sha256
+    )
+    if ds.downloaded and source_changed:
+        # A copy fetched from another URL, or that the new checksum contradicts, is not
+        # trusted: the next download fetches again. A new checksum that agrees is fine.
+        agrees = (
+            ds.original_url == entry.original_url
+            and ds.local_path == entry.local_path
+            and entry.expected_sha256 in (None, ds.checksum)
+            and entry.expected_size in (None, ds.size)
+        )
+        ds.outdated = ds.outdated or not agrees
+    ds.description = entry.description
+    ds.original_url = entry.original_url
+    ds.local_path = entry.local_path
+    ds.expected_size = entry.expected_size
+    ds.expected_sha256 = entry.expected_sha256
+    ds.in_catalog = True
+    return _catalog_fields(ds) != before
+
+
+def register(repo: Repository, entries: list[CatalogEntry]) -> int:
+    """Add new entries as not_loaded, refresh existing rows; returns how many rows changed.
+
+    Rows whose entry left the catalogue stay (their files are the user's data) with
+    `in_catalog` false, until a delete job removes them. Nothing is written when nothing changed.
+    """
+    changed: list[Dataset] = []
+    with repo.store.transaction():
+        stored = {ds.name: ds for ds in repo.datasets()}
+        for entry in entries:
+            ds = stored.pop(entry.name, None) or Dataset(name=entry.name)
+            if _apply(ds, entry):
+                changed.append(ds)
+        for ds in stored.values():
+            if ds.in_catalog:
+                ds.in_catalog = False
+                changed.append(ds)
+        if changed:
+            repo.save_many(changed)
+    return len(changed)
+
+
+def sync_catalog(repo: Repository, path: Path, home: Path) -> int:
+    """Validate and register the catalogue, unless this very text was registered last.
+
+    Validating and registering 10,000 entries takes most of a second; every start of dsm
+    would pay it. The stamp (path, SHA-256 of the text, dsm version) is stored with the rows
+    it produced, in the same transaction. Paths are still checked again by every job.
+    """
+    text = read_catalog(path)
+    stamp = {
+        "path": str(path),
+        "sha256": hashlib.sha256(text.encode()).hexdigest(),
+        "dsm": __version__,
+    }
+    if repo.store.get(META, CATALOG_STAMP) == stamp:
+        return 0
+    entries = parse_catalog(text, path, home)
+    with repo.store.transaction():
+        changed = register(repo, entries)
+        repo.store.put(META, CATALOG_STAMP, stamp)
+    return changed

@@ -1,0 +1,119 @@
+"""Jobs: their types, statuses, parameters (with the JSON Schema users see) and stored form."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import asdict, dataclass, field, fields
+from enum import StrEnum
+from typing import Any
+
+from dsm.errors import BadInput
+
+
+class JobType(StrEnum):
+    DOWNLOAD = "download"
+    UPDATE = "update"
+    DELETE = "delete"
+    VERIFY = "verify"
+
+    @property
+    def queue(self) -> str:
+        return "maintenance" if self in (JobType.DELETE, JobType.VERIFY) else "download"
+
+
+class JobStatus(StrEnum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    COMPLETED = "completed"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+    CANCELED = "canceled"
+    TIMEOUT = "timeout"
+
+    @property
+    def finished(self) -> bool:
+        return self not in (JobStatus.WAITING, JobStatus.RUNNING, JobStatus.RETRYING)
+
+    @property
+    def ok(self) -> bool:
+        return self in (JobStatus.COMPLETED, JobStatus.SKIPPED)
+
+
+PARAMS_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "Dataset job parameters",
+    "type": "object",
+    "properties": {
+        "dataset": {"type": "string", "minLength": 1, "description": "name of the dataset"},
+        "force_download": {
+            "type": "boolean",
+            "default": False,
+            "description": "download again even when a verified copy is on disk",
+        },
+    },
+    "required": ["dataset"],
+    "additionalProperties": False,
+}
+
+
+@dataclass(frozen=True)
+class JobParams:
+    dataset: str
+    force_download: bool = False
+
+
+def parse_params(raw: object, known: set[str] | frozenset[str]) -> JobParams:
+    """Check params against PARAMS_SCHEMA and the known dataset names; BadInput names the field."""
+    if not isinstance(raw, dict):
+        raise BadInput("job params must be a JSON object")
+    extra = sorted(set(raw) - set(PARAMS_SCHEMA["properties"]))
+    if extra:
+        raise BadInput(f"job params: unknown field(s): {', '.join(extra)}")
+    name = raw.get("dataset")
+    if not isinstance(name, str) or not name:
+        raise BadInput("job params: 'dataset' is required and must be a non-empty string")
+    force = raw.get("force_download", False)
+    if not isinstance(force, bool):
+        raise BadInput("job params: 'force_download' must be true or false")
+    if name not in known:
+        raise BadInput(f"job params: dataset not found: {name}")
+    return JobParams(dataset=name, force_download=force)
+
+
+@dataclass
+class Job:
+    type: JobType
+    dataset: str
+    params: dict[str, Any]
+    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    queue: str = ""
+    status: JobStatus = JobStatus.WAITING
+    attempts: int = 0
+    progress: float = 0.0
+    bytes_done: int = 0
+    bytes_total: int | None = None
+    rate: float = 0.0
+    error: str | None = None
+    created_ms: int = 0
+    started_ms: int | None = None
+    finished_ms: int | None = None
+    # Which process runs it: a lock file that process holds while alive (crash recovery).
+    owner: str | None = None
+
+    def __post_init__(self) -> None:
+        self.queue = self.queue or self.type.queue
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["type"] = self.type.value
+        out["status"] = self.status.value
+        return out
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Job:
+        known = {f.name for f in fields(cls)}
+        kwargs = {k: v for k, v in raw.items() if k in known}
+        kwargs["type"] = JobType(raw["type"])
+        kwargs["status"] = JobStatus(raw["status"])
+        return cls(**kwargs)

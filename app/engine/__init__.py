@@ -1,0 +1,1 @@
+"""The job engine: queues, workers and lifecycle, job bookkeeping and handlers."""

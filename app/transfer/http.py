@@ -1,0 +1,257 @@
+"""HTTP plumbing shared by the single-stream and segmented transfers: requests, errors and
+their classification, the stop/progress channel between the event loop and transfer threads,
+and the per-host connection cap."""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import errno
+import re
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urljoin, urlsplit
+
+import httpx
+
+from dsm.version import __version__
+
+MAX_REDIRECTS = 10
+RETRY_AFTER_CAP = 600.0
+USER_AGENT = f"dsm/{__version__}"
+HTML_SUFFIXES = (".html", ".htm")
+
+
+class TransferError(Exception):
+    """A failed transfer; `retryable` says whether trying again can heal it."""
+
+    def __init__(self, message: str, *, retryable: bool, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class Fetched:
+    size: int
+    sha256: str
+    resumed_from: int
+
+
+HeadersFn = Callable[[str], dict[str, str]]
+
+
+def base_headers() -> dict[str, str]:
+    """Sent with every request: who we are, and the bytes exactly as stored on the server."""
+    return {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
+
+
+@dataclass(frozen=True)
+class Policy:
+    """How a transfer behaves: stall detection, segmenting, retries of one segment."""
+
+    stall_timeout: float
+    segments: int = 1
+    segment_min: int = 64 << 20
+    max_retries: int = 0
+    retry_delay: float = 0.0
+
+
+class Slot:
+    """One connection's place under the per-host cap; released once, early or at exit."""
+
+    def __init__(self, sem: threading.BoundedSemaphore) -> None:
+        self._sem = sem
+        self._held = True
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self._sem.release()
+
+
+class HostSlots:
+    """A cap on connections per host, shared by every job and segment of one engine."""
+
+    def __init__(self, per_host: int) -> None:
+        self.per_host = per_host
+        self._sems: dict[str, threading.BoundedSemaphore] = {}
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def slot(self, url: str, ctl: Control) -> Iterator[Slot]:
+        host = urlsplit(url).netloc.lower()
+        with self._lock:
+            sem = self._sems.setdefault(host, threading.BoundedSemaphore(self.per_host))
+        while not sem.acquire(timeout=0.1):
+            ctl.check()
+        slot = Slot(sem)
+        try:
+            yield slot
+        finally:
+            slot.release()
+
+
+def retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    if value.strip().isdigit():
+        return min(float(value), RETRY_AFTER_CAP)
+    try:
+        when = email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, min(when - time.time(), RETRY_AFTER_CAP))
+
+
+def public_url(url: str) -> str:
+    """The URL without its query: a CDN's signed parameters must not land in errors or logs."""
+    parts = urlsplit(url)
+    return parts._replace(query="", fragment="").geturl()
+
+
+def http_error(resp: httpx.Response, url: str) -> TransferError:
+    """Classify an unwanted status: 408, 429 and 5xx can heal, other statuses cannot."""
+    code = resp.status_code
+    retryable = code in (408, 429) or code >= 500
+    return TransferError(
+        f"HTTP {code} {resp.reason_phrase} from {public_url(url)}",
+        retryable=retryable,
+        retry_after=retry_after(resp.headers.get("retry-after")) if retryable else None,
+    )
+
+
+def network_error(exc: httpx.HTTPError, url: str, stall_timeout: float) -> TransferError:
+    url = public_url(url)
+    if isinstance(exc, httpx.ReadTimeout):
+        msg = f"stalled: no data for {stall_timeout:g} s from {url}"
+    elif isinstance(exc, httpx.ConnectTimeout):
+        msg = f"connect timeout to {url}"
+    else:
+        msg = f"{type(exc).__name__}: {exc or 'connection failed'} ({url})"
+    return TransferError(msg, retryable=isinstance(exc, httpx.TransportError))
+
+
+@dataclass(frozen=True)
+class Env:
+    """What one transfer works with, passed down to the single-stream or segmented path."""
+
+    client: httpx.Client
+    host_headers: HeadersFn
+    policy: Policy
+    slots: HostSlots
+    ctl: Control
+
+
+class Stopped(BaseException):
+    """The caller canceled: not a transfer failure, so no handler of TransferError sees it."""
+
+
+class Control:
+    """Shared between the event loop and the transfer threads: progress out, stop in."""
+
+    def __init__(self) -> None:
+        self.done = 0
+        self.total: int | None = None
+        self._stop = threading.Event()
+        self._socks: set[socket.socket] = set()
+        self._interrupted = False
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def watching(self, resp: httpx.Response) -> Iterator[None]:
+        """While reading `resp`, a stop shuts its socket so a blocked read returns at once."""
+        stream = resp.extensions.get("network_stream")
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        if not isinstance(sock, socket.socket):
+            sock = None
+        if sock is not None:
+            with self._lock:
+                self._socks.add(sock)
+                if self._interrupted:  # sticky: a read that starts after the interrupt ends too
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
+        try:
+            self.check()
+            yield
+        finally:
+            if sock is not None:
+                with self._lock:
+                    self._socks.discard(sock)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.interrupt()
+
+    def interrupt(self) -> None:
+        """Break every read in flight (their threads see a network error), without a stop."""
+        with self._lock:
+            self._interrupted = True
+            for sock in self._socks:
+                # shutdown (not close) wakes a recv blocked in a reader thread.
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def check(self) -> None:
+        if self._stop.is_set():
+            raise Stopped
+
+    def pause(self, seconds: float) -> None:
+        """Sleep in a transfer thread, waking at once on a stop."""
+        self._stop.wait(seconds)
+        self.check()
+
+
+@contextlib.contextmanager
+def open_stream(
+    client: httpx.Client, url: str, headers: dict[str, str], host_headers: HeadersFn
+) -> Iterator[tuple[httpx.Response, str]]:
+    """GET with redirects followed by hand: only to http(s), each hop gets its own host's
+    headers, so a token never follows a redirect to another host."""
+    for _ in range(MAX_REDIRECTS + 1):
+        scheme = urlsplit(url).scheme
+        if scheme not in ("http", "https"):
+            raise TransferError(f"refusing to follow a redirect to {url}", retryable=False)
+        request = client.build_request("GET", url, headers={**headers, **host_headers(url)})
+        resp = client.send(request, stream=True)
+        location = resp.headers.get("location")
+        if resp.is_redirect and location:
+            resp.close()
+            url = urljoin(url, location)
+            continue
+        try:
+            yield resp, url
+        finally:
+            resp.close()
+        return
+    raise TransferError(f"more than {MAX_REDIRECTS} redirects from {url}", retryable=False)
+
+
+def parse_content_range(value: str | None) -> tuple[int, int | None] | None:
+    m = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+|\*)", (value or "").strip())
+    if not m:
+        return None
+    return int(m.group(1)), None if m.group(3) == "*" else int(m.group(3))
+
+
+def parse_unsatisfied(value: str | None) -> int | None:
+    """The size in a 416's `Content-Range: bytes */SIZE`."""
+    m = re.fullmatch(r"bytes \*/(\d+)", (value or "").strip())
+    return int(m.group(1)) if m else None
+
+
+def looks_like_html(resp: httpx.Response, target: Path) -> bool:
+    ctype = resp.headers.get("content-type", "").split(";")[0].strip().lower()
+    return ctype in ("text/html", "application/xhtml+xml") and not target.name.lower().endswith(
+        HTML_SUFFIXES
+    )
+
+
+def disk_error(exc: OSError, part: Path) -> TransferError:
+    if exc.errno == errno.ENOSPC:
+        return TransferError(f"disk full while writing {part}", retryable=False)
+    return TransferError(f"cannot write {part}: {exc.strerror or exc}", retryable=False)

@@ -1,0 +1,1 @@
+"""The Textual dashboard: the app, its state (free of Textual), the engine feed, commands."""

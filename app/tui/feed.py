@@ -1,0 +1,87 @@
+"""How engine events and store changes reach the dashboard's event loop.
+
+Engine listeners run on the engine's thread, so they only hand data over: progress goes into
+a dict the UI drains a few times a second (many ticks collapse into one), everything else is
+posted as a message at once.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from textual.message import Message
+
+from dsm.domain.events import EventKind, JobEvent
+from dsm.domain.jobs import Job
+from dsm.domain.model import Dataset
+from dsm.repository import DATASETS, Repository
+from dsm.store import StoreCorrupt
+
+
+class JobChanged(Message):
+    """A job was queued, started, retried or finished, or its dataset's row changed."""
+
+    def __init__(self, event: JobEvent) -> None:
+        super().__init__()
+        self.event = event
+
+
+class StoreRead(Message):
+    """A fresh read of the store, after it changed on disk."""
+
+    def __init__(self, datasets: list[Dataset], jobs: list[Job]) -> None:
+        super().__init__()
+        self.datasets = datasets
+        self.jobs = jobs
+
+
+class EngineFeed:
+    """The engine listener: coalesces progress ticks, posts the rest."""
+
+    def __init__(self, post: Callable[[Message], object]) -> None:
+        self._post = post
+        self._lock = threading.Lock()
+        self._progress: dict[str, Job] = {}  # job id -> latest progress snapshot
+
+    def __call__(self, event: JobEvent) -> None:
+        job = event.job
+        with self._lock:
+            if event.kind == EventKind.PROGRESS and event.dataset is None:
+                self._progress[job.id] = job
+                return
+            if job.status.finished:
+                # A tick still waiting here would redraw a finished job as running.
+                self._progress.pop(job.id, None)
+        self._post(JobChanged(event))
+
+    def drain(self) -> list[Job]:
+        """The latest progress of every job that moved since the last drain."""
+        with self._lock:
+            jobs, self._progress = list(self._progress.values()), {}
+        return jobs
+
+
+class DatasetReader:
+    """Reads every dataset row, building a Dataset only for a row whose stored document changed
+    since the last read; the others are the very objects read before. While our own engine
+    downloads it rewrites the store every second, and rebuilding 10,000 rows each time cost
+    ~15 % of a core."""
+
+    def __init__(self, repo: Repository) -> None:
+        self._repo = repo
+        self._known: dict[str, tuple[dict[str, Any], Dataset]] = {}
+
+    def read(self) -> list[Dataset]:
+        known: dict[str, tuple[dict[str, Any], Dataset]] = {}
+        try:
+            for raw in self._repo.store.all(DATASETS):
+                seen = self._known.get(raw.get("name", ""))
+                known[raw.get("name", "")] = (
+                    seen if seen is not None and seen[0] == raw else (raw, Dataset.from_dict(raw))
+                )
+        except (ValueError, TypeError) as exc:  # as Repository.datasets reports a bad row
+            raise StoreCorrupt(f"{self._repo.store.path}: {exc}") from None
+        self._known = known
+        return [ds for _, ds in known.values()]

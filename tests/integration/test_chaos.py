@@ -1,0 +1,217 @@
+"""Chaos: kill -9 at random instants, a full disk, processes racing on one home."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import random
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dsm.domain.jobs import JobStatus, JobType
+from dsm.domain.model import ACTIVE, Status
+from dsm.transfer import single as transfer
+from dsm.transfer.partfile import sidecar_path
+from tests.conftest import (
+    CatalogFn,
+    blob,
+    dsm_command,
+    dsm_env,
+    make_settings,
+    open_repo,
+    run_dsm,
+    wait_for,
+)
+from tests.enginehelp import run_jobs, setup
+from tests.httpserver import FileServer
+
+SOAK_TRIALS = 20
+
+
+def entries(server: FileServer, files: dict[str, bytes], with_sha: bool) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for name, data in files.items():
+        e: dict[str, Any] = {
+            "name": name,
+            "description": name,
+            "original_url": server.add(f"{name}.bin", data),
+            "local_path": f"data/{name}",
+        }
+        if with_sha:
+            e["expected_sha256"] = hashlib.sha256(data).hexdigest()
+        out.append(e)
+    return out
+
+
+def check_home(home: Path, cat: Path, files: dict[str, bytes]) -> None:
+    """Every file verifies, the store parses, no row is left active."""
+    json.loads((home / "db.json").read_text())
+    repo = open_repo(make_settings(home, cat))
+    for name, data in files.items():
+        ds = repo.dataset(name)
+        assert ds.status == Status.DOWNLOADED and ds.status not in ACTIVE, (name, ds.status)
+        assert (home / "data" / name).read_bytes() == data
+        assert ds.checksum == hashlib.sha256(data).hexdigest()
+    assert sorted(p.name for p in (home / "data").iterdir()) == sorted(files)
+
+
+def test_kill_9_soak(server: FileServer, tmp_path: Path, catalog: CatalogFn) -> None:
+    rng = random.Random(20261126)
+    files = {f"f{i}": blob(i, 3_000_000 + i * 100_000) for i in range(3)}
+    cat = catalog(entries(server, files, with_sha=True))
+    for name in files:
+        server.always(f"{name}.bin", rate=6_000_000)
+    total = sum(len(d) for d in files.values())
+    for trial in range(SOAK_TRIALS):
+        home = tmp_path / f"trial{trial}"
+        home.mkdir()
+        before = sum(server.bytes_sent(f"{n}.bin") for n in files)
+        proc = subprocess.Popen(
+            [*dsm_command(), "--run-job", "download", "--all"],
+            env=dsm_env(home, cat),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(rng.uniform(0.05, 0.6))  # the random kill instant, not a synchronisation
+        proc.kill()
+        proc.wait()
+        again = run_dsm("--run-job", "download", "--all", home=home, catalog_path=cat, timeout=60)
+        assert again.returncode == 0, again.stderr
+        check_home(home, cat, files)
+        fetched = sum(server.bytes_sent(f"{n}.bin") for n in files) - before
+        assert fetched < 1.5 * total, f"trial {trial}: fetched {fetched} for {total}"
+
+
+def test_crash_between_rename_and_store_update_needs_no_download(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    data = blob(7, 500_000)
+    cat = catalog(entries(server, {"a": data}, with_sha=True))
+    target = home / "data" / "a"
+    part = sidecar_path(target.with_name("a.part"))
+    target.parent.mkdir(parents=True)
+    target.with_name("a.part").write_bytes(data)
+    from dsm.engine import files as files_mod
+
+    files_mod.install(target, len(data), hashlib.sha256(data).hexdigest())  # then "crash"
+    assert part.exists()
+    proc = run_dsm("--run-job", "download", "--dataset", "a", home=home, catalog_path=cat)
+    assert proc.returncode == 0, proc.stderr
+    assert server.requests("a.bin") == []
+    check_home(home, cat, {"a": data})
+    assert not part.exists()
+
+
+@pytest.mark.anyio
+async def test_enospc_at_the_write_boundary(
+    server: FileServer, home: Path, catalog: CatalogFn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = blob(8, 3_000_000)
+    settings, repo = setup(home, catalog(a=server.add("a.bin", data)))
+    real_write = transfer._Sink.write
+
+    def write(self: transfer._Sink, chunk: bytes) -> None:
+        if self.size + len(chunk) > 1_500_000:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(self, chunk)
+
+    monkeypatch.setattr(transfer._Sink, "write", write)
+    run = await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
+    assert run.job.status == JobStatus.FAILED
+    assert "disk full while writing" in (run.job.error or "")
+    assert len(server.requests("a.bin")) == 1  # not retried blindly
+    ds = repo.dataset("a")
+    assert ds.status == Status.ERROR and not ds.downloaded and "disk full" in (ds.error or "")
+    assert not (home / "data" / "a").exists()
+
+
+def test_disk_full_on_a_real_small_filesystem(
+    server: FileServer, tmp_path: Path, catalog: CatalogFn
+) -> None:
+    home = tmp_path / "small"
+    home.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(home)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.decode().strip()}")
+    try:
+        data = blob(9, 6_000_000)
+        cat = catalog(a=server.add("a.bin", data), b=server.add("b.bin", b"small"))
+        # No length and no range support: the size is unknown until the disk is full.
+        server.always("a.bin", no_length=True, ignore_range=True)
+        ok = run_dsm("--run-job", "download", "--dataset", "b", home=home, catalog_path=cat)
+        assert ok.returncode == 0, ok.stderr
+        before = json.loads((home / "db.json").read_text())["datasets"]["b"]
+        proc = run_dsm("--run-job", "download", "--dataset", "a", home=home, catalog_path=cat)
+        assert proc.returncode == 1
+        assert "disk full while writing" in proc.stderr
+        after = json.loads((home / "db.json").read_text())  # the store is intact
+        assert after["datasets"]["b"]["checksum"] == before["checksum"]
+        assert after["datasets"]["a"]["status"] == "error"
+        assert not after["datasets"]["a"]["downloaded"]
+        assert not (home / "data" / "a").exists()
+        assert (home / "data" / "b").read_bytes() == b"small"
+    finally:
+        subprocess.run(["umount", str(home)], check=True)
+
+
+def test_two_processes_on_overlapping_datasets(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    files = {f"o{i}": blob(20 + i, 1_500_000) for i in range(4)}
+    cat = catalog(entries(server, files, with_sha=True))
+    for name in files:
+        server.always(f"{name}.bin", rate=4_000_000)
+    procs = [
+        subprocess.Popen(
+            [*dsm_command(), "--run-job", "download", *args],
+            env=dsm_env(home, cat),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for args in (
+            ["--dataset", "o0", "--dataset", "o1", "--dataset", "o2"],
+            ["--dataset", "o1", "--dataset", "o2", "--dataset", "o3"],
+        )
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+    check_home(home, cat, files)
+    for name in files:  # no dataset downloaded twice
+        assert len(server.requests(f"{name}.bin")) == 1, name
+    repo = open_repo(make_settings(home, cat))
+    statuses = sorted(j.status.value for j in repo.jobs())
+    assert statuses.count("completed") == 4 and statuses.count("skipped") == 2
+
+
+def test_store_stays_consistent_while_another_process_downloads(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    files = {"big": blob(30, 4_000_000)}
+    cat = catalog(entries(server, files, with_sha=True))
+    server.always("big.bin", rate=3_000_000)
+    proc = subprocess.Popen(
+        [*dsm_command(), "--run-job", "download", "--all"],
+        env=dsm_env(home, cat),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    seen: set[str] = set()
+
+    def done() -> bool:
+        rows = json.loads((home / "db.json").read_text())["datasets"]  # always parses
+        seen.add(rows["big"]["status"])
+        return bool(rows["big"]["status"] == "downloaded")
+
+    wait_for(lambda: (home / "db.json").exists(), timeout=10)
+    wait_for(done, timeout=30)
+    assert proc.wait(timeout=10) == 0
+    assert "downloading" in seen

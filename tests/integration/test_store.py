@@ -1,0 +1,370 @@
+"""The store: atomic writes under SIGKILL, no lost updates between processes, corrupt files."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+import pytest
+
+from dsm.domain.jobs import Job, JobType
+from dsm.domain.model import Dataset
+from dsm.repository import Repository
+from dsm.store import Store, StoreCorrupt, StoreError
+from tests.conftest import CatalogFn, run_dsm
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def writer(path: str, seed: int, report: Connection) -> None:
+    """Commit forever, sending the number of each write once it is on disk.
+
+    Payload sizes vary a lot, so a torn or truncated file could not pass for a whole one.
+    """
+    store = Store(Path(path))
+    rng = random.Random(seed)
+    n = 0
+    while True:
+        n += 1
+        with store.transaction():
+            pad = "x" * rng.randrange(1, 300_000)
+            store.put("datasets", "w", {"name": "w", "n": n, "pad": pad})
+            store.put("jobs", f"j{n % 7}", {"n": n})
+        report.send(n)
+
+
+def spin(seconds: float) -> None:
+    """Let a random sliver of time pass (choosing the kill moment; nothing waits on it)."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def test_sigkill_during_writes_never_leaves_a_broken_file(tmp_path: Path) -> None:
+    # Forked writers start in milliseconds (the store is already imported), so many trials
+    # fit in a few seconds; each is still a separate process that dies by SIGKILL.
+    fork = multiprocessing.get_context("fork")
+    rng = random.Random()
+    trials = 40
+    for trial in range(trials):
+        db = tmp_path / f"t{trial}" / "db.json"
+        db.parent.mkdir()
+        receive, send = fork.Pipe(duplex=False)
+        proc = fork.Process(target=writer, args=(str(db), rng.randrange(1 << 30), send))
+        proc.start()
+        send.close()
+        try:
+            # Kill after a random number of committed writes, at a random moment of the
+            # next write cycle (a few ms: read, update, serialise, write, fsync, rename).
+            committed = 0
+            for _ in range(rng.randrange(1, 6)):
+                assert receive.poll(10), "writer stopped writing"
+                committed = receive.recv()
+            spin(rng.uniform(0, 0.004))
+            assert proc.pid is not None
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.join(10)
+        finally:
+            proc.kill()
+            proc.join()
+            receive.close()
+        assert proc.exitcode == -signal.SIGKILL
+        data = json.loads(db.read_bytes())  # the whole point: it always parses
+        assert set(data) == {"datasets", "jobs"}
+        n = data["datasets"]["w"]["n"]
+        assert n >= committed  # what was reported written was on disk
+        assert len(data["datasets"]["w"]["pad"]) >= 1
+        # The store opens and writes again at once: no stale lock, and the dead writer's
+        # temp file (if the kill hit one) is swept by the next transaction.
+        store = Store(db)
+        store.put("datasets", "after", {"name": "after"})
+        assert store.get("datasets", "w") == data["datasets"]["w"]
+        assert [p.name for p in db.parent.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def spawn(code: str, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *args],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+# Two processes each add to their own dataset's counter, in read-modify-write transactions,
+# and each also inserts rows of its own. A transaction working from a stale copy of the file
+# would drop the other process's latest changes.
+INCREMENTER = textwrap.dedent(
+    """
+    import os, sys, time
+    from pathlib import Path
+    from dsm.store import Store
+    db, name, count, go = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), Path(sys.argv[4])
+    store = Store(db)
+    print("ready", flush=True)
+    deadline = time.monotonic() + 30
+    while not go.exists():  # start together
+        assert time.monotonic() < deadline
+    for i in range(count):
+        with store.transaction():
+            doc = store.get("datasets", name)
+            assert doc is not None
+            store.put("datasets", name, {**doc, "size": doc["size"] + 1})
+        store.put("jobs", f"{name}-{i}", {"by": name, "i": i})
+    """
+)
+
+
+def test_two_processes_never_lose_an_update(tmp_path: Path) -> None:
+    db = tmp_path / "db.json"
+    store = Store(db)
+    repo = Repository(store)
+    for name in ("alpha", "beta"):
+        repo.save(Dataset(name=name, size=0))
+    go = tmp_path / "go"
+    count = 120
+    procs = [spawn(INCREMENTER, str(db), name, str(count), str(go)) for name in ("alpha", "beta")]
+    try:
+        for p in procs:
+            assert p.stdout is not None and p.stdout.readline() == "ready\n"
+        go.touch()
+        for p in procs:
+            _, err = p.communicate(timeout=60)
+            assert p.returncode == 0, err
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    fresh = Store(db)
+    assert fresh.get("datasets", "alpha")["size"] == count  # type: ignore[index]
+    assert fresh.get("datasets", "beta")["size"] == count  # type: ignore[index]
+    jobs = fresh.all("jobs")
+    assert len(jobs) == 2 * count
+    assert {(j["by"], j["i"]) for j in jobs} == {
+        (n, i) for n in ("alpha", "beta") for i in range(count)
+    }
+    # Every dataset row is still a dataset.
+    assert {d.name for d in Repository(fresh).datasets()} == {"alpha", "beta"}
+
+
+def test_a_transaction_starts_from_the_latest_file(tmp_path: Path) -> None:
+    db = tmp_path / "db.json"
+    first, second = Store(db), Store(db)
+    first.put("datasets", "a", {"name": "a"})
+    assert second.all("datasets") == [{"name": "a"}]  # second has read (and cached) the file
+    first.put("datasets", "b", {"name": "b"})
+    second.put("datasets", "c", {"name": "c"})
+    assert sorted(d["name"] for d in Store(db).all("datasets")) == ["a", "b", "c"]
+    # Reads outside a transaction also see the other store's writes.
+    assert sorted(d["name"] for d in first.all("datasets")) == ["a", "b", "c"]
+
+
+def test_writes_happen_once_per_transaction_and_only_when_something_changed(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "db.json"
+    store = Store(db)
+    with store.transaction():
+        for i in range(5):
+            store.put("datasets", f"d{i}", {"name": f"d{i}"})
+        assert not db.exists()  # nothing reaches the file before the end
+    stamp = (db.stat().st_ino, db.stat().st_mtime_ns)
+    with store.transaction():
+        store.all("datasets")
+    assert not store.update("datasets", "missing", {"x": 1})
+    store.remove("datasets", "missing")
+    assert (db.stat().st_ino, db.stat().st_mtime_ns) == stamp
+
+
+def test_a_failed_transaction_writes_nothing(tmp_path: Path) -> None:
+    db = tmp_path / "db.json"
+    store = Store(db)
+    store.put("datasets", "a", {"name": "a", "size": 1})
+    before = db.read_bytes()
+    with pytest.raises(RuntimeError), store.transaction():
+        store.update("datasets", "a", {"size": 2})
+        store.put("datasets", "b", {"name": "b"})
+        raise RuntimeError("boom")
+    assert db.read_bytes() == before
+    assert store.all("datasets") == [{"name": "a", "size": 1}]  # no half change in memory
+
+
+def test_tables_and_keys_in_the_file(tmp_path: Path) -> None:
+    db = tmp_path / "db.json"
+    repo = Repository(Store(db))
+    repo.save(Dataset(name="gsm8k"))
+    job = Job(type=JobType.DOWNLOAD, dataset="gsm8k", params={"dataset": "gsm8k"})
+    repo.save_job(job)
+    data = json.loads(db.read_bytes())
+    assert set(data) == {"datasets", "jobs"}
+    assert list(data["datasets"]) == ["gsm8k"]  # keyed by name
+    assert list(data["jobs"]) == [job.id]  # keyed by job id
+    assert Repository(Store(db)).job(job.id) == job
+
+
+def test_leftover_temp_files_are_swept(tmp_path: Path) -> None:
+    db = tmp_path / "db.json"
+    stale = tmp_path / ".db-k1ll3d.tmp"
+    stale.write_text('{"datasets": {"half')
+    other = tmp_path / "keep.tmp"
+    other.write_text("not ours")
+    Store(db).put("datasets", "a", {"name": "a"})
+    assert not stale.exists()
+    assert other.exists()
+
+
+def test_an_unwritable_home_is_a_store_error(tmp_path: Path) -> None:
+    if os.geteuid() == 0:
+        # root ignores permissions: make the folder a file's child instead
+        db = tmp_path / "file" / "db.json"
+        (tmp_path / "file").write_text("")
+    else:
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        db = locked / "db.json"
+    with pytest.raises(StoreError, match=f"{db}: cannot "):
+        Store(db).put("datasets", "a", {"name": "a"})
+
+
+# -- a corrupt db.json is reported and never overwritten ------------------------------------
+CORRUPT: list[tuple[str, bytes, str]] = [
+    ("not-json", b"this is not json\n", "not valid JSON"),
+    ("truncated", b'{"datasets": {"gsm8k": {"name": "gs', "not valid JSON"),
+    ("not-utf8", b'{"datasets": {"caf\xe9": {}}}', "not valid JSON"),
+    ("a-list", b"[]", "expected a JSON object of tables, found list"),
+    ("a-number", b"42", "expected a JSON object of tables, found int"),
+    ("table-a-list", b'{"datasets": []}', "table 'datasets' is not an object of documents"),
+    ("row-not-object", b'{"datasets": {"a": 5}}', "table 'datasets' is not an object"),
+    ("row-no-name", b'{"datasets": {"a": {"size": 1}}}', "dataset row without a string 'name'"),
+    (
+        "bad-status",
+        b'{"datasets": {"a": {"name": "a", "status": "done"}}}',
+        "dataset a: unknown status 'done'",
+    ),
+    (
+        "job-row-no-type",
+        b'{"jobs": {"j": {"dataset": "a"}}}',
+        "malformed job row (KeyError('type'))",
+    ),
+    (
+        "job-row-bad-type",
+        b'{"jobs": {"j": {"type": "fetch", "status": "waiting", "dataset": "a", "params": {}}}}',
+        "malformed job row",
+    ),
+    (
+        "bad-field-type",
+        b'{"datasets": {"a": {"name": "a", "size": "12 MB"}}}',
+        "dataset a: field 'size' is '12 MB', expected an integer or null",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"), [c[1:] for c in CORRUPT], ids=[c[0] for c in CORRUPT]
+)
+def test_corrupt_store_exits_2_and_is_left_alone(
+    home: Path, catalog: CatalogFn, content: bytes, problem: str
+) -> None:
+    check_corrupt(home, catalog, ["list", "--json"], content, problem)
+
+
+def test_corrupt_store_on_show_and_run_job(home: Path, catalog: CatalogFn) -> None:
+    content, problem = CORRUPT[-1][1:]
+    check_corrupt(home, catalog, ["show", "good"], content, problem)
+    check_corrupt(home, catalog, ["--run-job", "download", "--all"], content, problem)
+
+
+def check_corrupt(
+    home: Path, catalog: CatalogFn, command: list[str], content: bytes, problem: str
+) -> None:
+    db = home / "db.json"
+    db.write_bytes(content)
+    os.utime(db, ns=(1_000_000_000, 1_000_000_000))
+    path = catalog(good="http://127.0.0.1:9/good")
+    result = run_dsm(*command, home=home, catalog_path=path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"dsm: error: {db}: ")
+    assert problem in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+    assert db.read_bytes() == content
+    assert db.stat().st_mtime_ns == 1_000_000_000
+    assert sorted(p.name for p in home.iterdir() if p.name != "db.json.lock") == ["db.json"]
+
+
+def test_corrupt_store_is_reported_before_a_bad_catalogue(home: Path, tmp_path: Path) -> None:
+    """Both broken: the store is named (it is checked first) and neither file changes."""
+    db = home / "db.json"
+    db.write_bytes(b"{broken")
+    bad = tmp_path / "c.json"
+    bad.write_text("{also broken")
+    result = run_dsm("list", home=home, catalog_path=bad)
+    assert result.returncode == 2
+    assert str(db) in result.stderr
+    assert db.read_bytes() == b"{broken"
+
+
+def test_store_corrupt_from_the_api(tmp_path: Path) -> None:
+    db = tmp_path / "db.json"
+    db.write_bytes(b"[1, 2]")
+    store = Store(db)
+    with pytest.raises(StoreCorrupt, match="found list"):
+        store.check()
+    with pytest.raises(StoreCorrupt):
+        store.put("datasets", "a", {"name": "a"})
+    assert db.read_bytes() == b"[1, 2]"
+
+
+def test_empty_file_is_an_empty_store(tmp_path: Path) -> None:
+    db = tmp_path / "db.json"
+    db.write_bytes(b"")
+    store = Store(db)
+    assert store.all("datasets") == []
+    store.put("datasets", "a", {"name": "a"})
+    assert json.loads(db.read_bytes()) == {"datasets": {"a": {"name": "a"}}}
+
+
+def test_lock_is_released_when_a_holder_dies(tmp_path: Path) -> None:
+    """A process killed inside a transaction does not block the next one."""
+    db = tmp_path / "db.json"
+    Store(db).put("datasets", "a", {"name": "a"})
+    holder = spawn(
+        textwrap.dedent(
+            """
+            import sys, time
+            from pathlib import Path
+            from dsm.store import Store
+            s = Store(Path(sys.argv[1]))
+            with s.transaction():
+                s.put("datasets", "b", {"name": "b"})
+                print("inside", flush=True)
+                sys.stdin.read()
+            """
+        ),
+        str(db),
+    )
+    assert holder.stdout is not None
+    try:
+        assert holder.stdout.readline() == "inside\n"
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(10)
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+        assert holder.stderr is not None
+        holder.stderr.close()
+    store = Store(db)
+    store.put("datasets", "c", {"name": "c"})  # gets the lock at once
+    assert sorted(d["name"] for d in store.all("datasets")) == ["a", "c"]

@@ -1,0 +1,107 @@
+"""Snapshots of the dashboard with fixed data: main screen, detail pane, confirm modal, help.
+
+No download runs and every time is fixed, so the screens are the same on every run. The
+home is a fixed path because the detail pane shows where files live.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+from textual.pilot import Pilot
+
+from dsm.domain.jobs import Job, JobStatus, JobType
+from dsm.domain.model import Status
+from dsm.tui.app import DashboardApp
+from tests.tui_helpers import SIZE, loaded, make_app, put_row, until
+
+SNAP_ROOT = Path(tempfile.gettempdir()) / "dsm-snapshot-home"
+AT = 1_735_732_800_000  # 2025-01-01 12:00 UTC
+SnapCompare = Callable[..., bool]
+
+
+@pytest.fixture
+def snap_app(monkeypatch: pytest.MonkeyPatch) -> Iterator[DashboardApp]:
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    shutil.rmtree(SNAP_ROOT, ignore_errors=True)
+    home = SNAP_ROOT / "home"
+    home.mkdir(parents=True)
+    names = ["arc-challenge", "gsm8k", "humaneval", "mbpp", "mmlu"]
+    rows = [
+        {
+            "name": n,
+            # Never fetched: nothing runs in these tests. Brackets prove no markup parsing.
+            "original_url": f"http://127.0.0.1:9/{n}.parquet",
+            "local_path": f"datasets/{n}.parquet",
+            "description": f"{n} benchmark [v2] x[/y]",
+        }
+        for n in names
+    ]
+    catalog_path = SNAP_ROOT / "catalog.json"
+    catalog_path.write_text(json.dumps({"datasets": rows}))
+    app = make_app(home, catalog_path)
+    repo = app.repo
+    sha = "9f" * 32
+    done = {"downloaded": True, "downloaded_at_ms": AT, "download_progress": 100.0}
+    put_row(repo, "humaneval", Status.DOWNLOADED, size=83_920, checksum=sha, **done)
+    put_row(repo, "mbpp", Status.DOWNLOADED, size=1_240_000, checksum=sha, **done)
+    error = "HTTP 404 Not Found from http://127.0.0.1:9/gsm8k.parquet [/y] (after 4 attempts)"
+    put_row(repo, "gsm8k", Status.ERROR, error=error, download_job_id="job-2")
+    put_row(repo, "mmlu", Status.CANCELED, download_progress=42.0, expected_size=5_000_000)
+    for i, (kind, status, err) in enumerate(
+        [
+            (JobType.DOWNLOAD, JobStatus.FAILED, "HTTP 503 Service Unavailable"),
+            (JobType.DOWNLOAD, JobStatus.FAILED, error),
+        ]
+    ):
+        when = AT + i * 60_000
+        job = Job(kind, "gsm8k", {"dataset": "gsm8k"}, id=f"job-{i + 1}", status=status)
+        job.attempts, job.error, job.created_ms, job.finished_ms = 4, err, when, when + 5000
+        repo.save_job(job)
+    yield app
+    shutil.rmtree(SNAP_ROOT, ignore_errors=True)
+    monkeypatch.delenv("TZ")
+    time.tzset()
+
+
+def after(*keys: str, screen: str | None = None) -> Callable[[Pilot[int]], Awaitable[None]]:
+    """Load, press keys, and wait for the named screen (if any) before the snapshot."""
+
+    async def run_before(pilot: Pilot[int]) -> None:
+        app = await loaded(pilot)
+        await until(pilot, lambda: "5 datasets" in str(app.query_one("#summary").render()))
+        await pilot.press(*keys)
+        if screen:
+            await until(pilot, lambda: type(app.screen).__name__ == screen)
+        await pilot.pause()
+
+    return run_before
+
+
+def test_main_screen(snap_compare: SnapCompare, snap_app: DashboardApp) -> None:
+    assert snap_compare(snap_app, terminal_size=SIZE, run_before=after())
+
+
+def test_detail_pane(snap_compare: SnapCompare, snap_app: DashboardApp) -> None:
+    assert snap_compare(snap_app, terminal_size=SIZE, run_before=after("down", "enter"))
+
+
+def test_confirm_modal(snap_compare: SnapCompare, snap_app: DashboardApp) -> None:
+    run_before = after("space", "space", "x", screen="ConfirmScreen")
+    assert snap_compare(snap_app, terminal_size=SIZE, run_before=run_before)
+
+
+def test_help_screen(snap_compare: SnapCompare, snap_app: DashboardApp) -> None:
+    run_before = after("question_mark", screen="HelpScreen")
+    assert snap_compare(snap_app, terminal_size=SIZE, run_before=run_before)
+
+
+def test_main_screen_small_terminal(snap_compare: SnapCompare, snap_app: DashboardApp) -> None:
+    assert snap_compare(snap_app, terminal_size=(80, 24), run_before=after())

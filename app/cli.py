@@ -15,8 +15,7 @@ from dsm.domain.jobs import PARAMS_SCHEMA, JobType, parse_params
 from dsm.domain.model import Dataset
 from dsm.domain.paging import MAX_PAGE_SIZE, page_of
 from dsm.errors import EXIT_BAD_INPUT, EXIT_FAILED, BadInput, DsmError
-from dsm.repository import Repository, UnknownDataset
-from dsm.store import Store, StoreCorrupt, StoreError
+from dsm.repository import Repository, StoreCorrupt, StoreError, UnknownDataset
 from dsm.version import __version__
 
 
@@ -84,14 +83,7 @@ def open_home(args: argparse.Namespace) -> tuple[Settings, Repository]:
         raise BadInput(f"data home {settings.home} is not a directory") from None
     except OSError as exc:
         raise DsmError(f"cannot create data home {settings.home}: {exc.strerror or exc}") from None
-    store = Store(settings.db_path)
-    store.check()
-    repo = Repository(store)
-    repo.datasets()  # rows of the wrong shape are reported now, before anything is written
-    try:
-        repo.jobs()
-    except (KeyError, ValueError, TypeError) as exc:
-        raise StoreCorrupt(f"{store.path}: malformed job row ({exc!r})") from None
+    repo = Repository.open(settings.db_path)
     sync_catalog(repo, settings.catalog, settings.home)
     return settings, repo
 

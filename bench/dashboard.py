@@ -39,7 +39,6 @@ from dsm.catalog.parse import load_catalog
 from dsm.catalog.sync import register, sync_catalog
 from dsm.config import Settings, load_settings
 from dsm.repository import Repository
-from dsm.store import Store
 from dsm.tui.app import DashboardApp
 
 SIZE = (120, 40)
@@ -76,7 +75,7 @@ def pristine(rows: int) -> Path:
     (root / "catalog.json").write_text(json.dumps({"datasets": entries}))
     print(f"registering {rows} datasets once in {root} (slow today; reused afterwards)…")
     home = root / "home"
-    register(Repository(Store(home / "db.json")), load_catalog(root / "catalog.json", home))
+    register(Repository.open(home / "db.json"), load_catalog(root / "catalog.json", home))
     return root
 
 
@@ -90,7 +89,7 @@ def fresh_copy(root: Path, work: Path, base: str) -> tuple[Path, Path]:
         (copy / source.name).write_text(source.read_text().replace(PLACEHOLDER, base))
     # A home in use: its catalogue was registered by an earlier start (the stamp), as when a
     # user opens the dashboard again. A first start with a new catalogue adds ~1 s.
-    sync_catalog(Repository(Store(home / "db.json")), work / "catalog.json", home)
+    sync_catalog(Repository.open(home / "db.json"), work / "catalog.json", home)
     return home, work / "catalog.json"
 
 
@@ -183,7 +182,7 @@ def in_tmux(
 async def in_process(
     settings: Settings, downloads: int, seconds: float, keys: int
 ) -> dict[str, Any]:
-    repo = Repository(Store(settings.db_path))
+    repo = Repository.open(settings.db_path)
     sync_catalog(repo, settings.catalog, settings.home)
     app = DashboardApp(settings, repo)
     painted: list[float] = []  # frames with rows

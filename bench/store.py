@@ -20,7 +20,6 @@ from dsm.catalog.parse import load_catalog
 from dsm.catalog.sync import register
 from dsm.domain.jobs import Job, JobType
 from dsm.repository import Repository
-from dsm.store import Store
 
 ACTIVE_JOBS = 8
 
@@ -43,21 +42,19 @@ def main() -> None:
             for i in range(args.datasets)
         ]
         catalog.write_text(json.dumps({"datasets": rows}))
-        repo = Repository(Store(home / "db.json"))
+        repo = Repository.open(home / "db.json")
         t0 = time.perf_counter()
         register(repo, load_catalog(catalog, home))
         first = time.perf_counter() - t0
         jobs = [Job(JobType.DOWNLOAD, f"ds{i:05d}", {"dataset": f"ds{i:05d}"}) for i in range(8)]
-        with repo.store.transaction():
-            repo.store.put_many("jobs", {j.id: j.to_dict() for j in jobs})
+        repo.save_jobs(jobs)
         walls: list[float] = []
         cpus: list[float] = []
         for n in range(args.writes):
             w0, c0 = time.perf_counter(), time.process_time()
-            with repo.store.transaction():
-                for job in jobs:
-                    repo.store.update("jobs", job.id, {"bytes_done": n, "progress": n / 100})
-                    repo.store.update("datasets", job.dataset, {"download_progress": n / 100})
+            for job in jobs:
+                job.bytes_done, job.progress = n, n / 100
+            repo.write_progress(jobs)
             walls.append(time.perf_counter() - w0)
             cpus.append(time.process_time() - c0)
         size = (home / "db.json").stat().st_size

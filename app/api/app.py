@@ -25,7 +25,6 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from dsm.api import idempotency as api_idempotency
 from dsm.api.schema import (
     IDEMPOTENCY_KEY_MAX,
     PROBLEM_MEDIA,
@@ -38,8 +37,7 @@ from dsm.domain.model import Dataset
 from dsm.domain.paging import DEFAULT_PAGE_SIZE, MAX_PAGE, MAX_PAGE_SIZE, page_of
 from dsm.engine.engine import Engine
 from dsm.errors import BadInput
-from dsm.repository import Repository, UnknownDataset
-from dsm.store import StoreError
+from dsm.repository import Repository, StoreError, UnknownDataset
 
 T = TypeVar("T")
 REQUEST_FIELDS = frozenset(SCHEMAS["JobRequest"]["properties"])
@@ -210,10 +208,10 @@ class Api:
         return JSONResponse(job.to_dict(), 202)
 
     async def _submit_once(self, job_type: JobType, params: dict[str, Any], key: str) -> Job:
-        known = await self._store(api_idempotency.find, self.repo, key)
+        known = await self._store(self.repo.job_by_idempotency_key, key)
         if known is None:
             job = await self.engine.submit(job_type, params)
-            await self._store(api_idempotency.remember, self.repo, job.id, key)
+            await self._store(self.repo.remember_idempotency_key, job.id, key)
             return job
         names = await self._store(lambda: {d.name for d in self.repo.datasets()})
         replayed = parse_params(params, names)  # a replay must be a valid request too

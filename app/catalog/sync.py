@@ -10,9 +10,6 @@ from dsm.domain.model import Dataset
 from dsm.repository import Repository
 from dsm.version import __version__
 
-META = "meta"
-CATALOG_STAMP = "catalog"
-
 
 def _catalog_fields(ds: Dataset) -> tuple[object, ...]:
     return (
@@ -61,7 +58,7 @@ def register(repo: Repository, entries: list[CatalogEntry]) -> int:
     `in_catalog` false, until a delete job removes them. Nothing is written when nothing changed.
     """
     changed: list[Dataset] = []
-    with repo.store.transaction():
+    with repo.transaction():
         stored = {ds.name: ds for ds in repo.datasets()}
         for entry in entries:
             ds = stored.pop(entry.name, None) or Dataset(name=entry.name)
@@ -89,10 +86,10 @@ def sync_catalog(repo: Repository, path: Path, home: Path) -> int:
         "sha256": hashlib.sha256(text.encode()).hexdigest(),
         "dsm": __version__,
     }
-    if repo.store.get(META, CATALOG_STAMP) == stamp:
+    if repo.catalog_stamp() == stamp:
         return 0
     entries = parse_catalog(text, path, home)
-    with repo.store.transaction():
+    with repo.transaction():
         changed = register(repo, entries)
-        repo.store.put(META, CATALOG_STAMP, stamp)
+        repo.set_catalog_stamp(stamp)
     return changed

@@ -30,8 +30,7 @@ from dsm.domain.jobs import Job, JobStatus, JobType, parse_params
 from dsm.domain.model import ACTIVE, AT_REST, Dataset, Status
 from dsm.engine import files
 from dsm.errors import BadInput
-from dsm.repository import Repository, UnknownDataset, now_ms
-from dsm.store import StoreError
+from dsm.repository import Repository, StoreError, UnknownDataset, now_ms
 from dsm.transfer import single as transfer
 from dsm.transfer.http import Fetched, HostSlots, Policy, TransferError
 from dsm.transfer.partfile import discard_partial
@@ -42,7 +41,6 @@ PROGRESS_EVENT_INTERVAL = 0.1  # listeners hear progress at most 10 times a seco
 STORE_FLUSH_INTERVAL = 1.0  # progress reaches the store at most once a second
 LOCK_POLL = 0.2
 JOBS_KEPT_PER_DATASET = 20
-CANCELS = "cancels"  # store table: job id -> a cancel request from another process
 SKIP_MESSAGE = "already downloaded; use --force-download (force_download: true) to fetch again"
 STOPPED_MESSAGE = "stopped on request"
 SUSPENDED_MESSAGE = "interrupted when dsm quit; resumes at the next start"
@@ -204,13 +202,13 @@ class Engine:
         return jobs
 
     def _dataset_names(self) -> frozenset[str]:
-        return frozenset(d["name"] for d in self.repo.store.all("datasets"))
+        return self.repo.dataset_names()
 
     def _record_queued(self, jobs: list[Job]) -> dict[str, Dataset]:
         """Store the jobs; datasets at rest become queued and point at their job."""
         queued: dict[str, Dataset] = {}
-        with self.repo.store.transaction():
-            self.repo.store.put_many("jobs", {j.id: j.to_dict() for j in jobs})
+        with self.repo.transaction():
+            self.repo.save_jobs(jobs)
             for job in jobs:
                 ds = self.repo.dataset(job.dataset)
                 if ds.status in AT_REST and job.dataset not in queued:
@@ -259,7 +257,7 @@ class Engine:
             and self._owner_alive(job.owner, alive)
         ]
         if wanted:
-            self.repo.store.put_many(CANCELS, {j.id: {"requested_ms": now_ms()} for j in wanted})
+            self.repo.request_cancel(j.id for j in wanted)
         return bool(wanted)
 
     async def cancel_all(self) -> None:
@@ -298,7 +296,7 @@ class Engine:
     def _adopt(self) -> list[Job]:
         adopted: list[Job] = []
         alive: dict[str, bool] = {}
-        with self.repo.store.transaction():
+        with self.repo.transaction():
             jobs = self.repo.jobs()
             live: set[str] = set()
             for job in jobs:
@@ -322,17 +320,8 @@ class Engine:
                         self.repo.change(ds.name, Status.QUEUED)
                 else:
                     self.repo.change(ds.name, self._resting_status(ds))
-            self._prune(jobs)
+            self.repo.prune_jobs(jobs, JOBS_KEPT_PER_DATASET)
         return adopted
-
-    def _prune(self, jobs: list[Job]) -> None:
-        per_dataset: dict[str, list[Job]] = {}
-        for job in jobs:
-            if job.status.finished:
-                per_dataset.setdefault(job.dataset, []).append(job)
-        for old in per_dataset.values():
-            for job in old[:-JOBS_KEPT_PER_DATASET]:
-                self.repo.store.remove("jobs", job.id)
 
     def _resting_status(self, ds: Dataset) -> Status:
         if files.still_verified(self.settings.home, ds):
@@ -402,7 +391,7 @@ class Engine:
                         self._ds_locks[job.dataset].release()
 
     def _claim(self, job: Job) -> None:
-        with self.repo.store.transaction():
+        with self.repo.transaction():
             self.repo.save_job(job)
             ds = self.repo.dataset(job.dataset)
             if ds.download_job_id != job.id:
@@ -440,9 +429,9 @@ class Engine:
 
     def _record_finished(self, job: Job, had_copy: bool | None) -> Dataset | None:
         """Store the job's end; put its dataset at rest if this job still owns it."""
-        with self.repo.store.transaction():
+        with self.repo.transaction():
             self.repo.save_job(job)
-            self.repo.store.remove(CANCELS, job.id)
+            self.repo.clear_cancel(job.id)
             try:
                 ds = self.repo.dataset(job.dataset)
             except UnknownDataset:  # a delete of a row that left the catalogue removed it
@@ -495,23 +484,12 @@ class Engine:
 
     def _cancels_requested(self, job_ids: list[str]) -> list[str]:
         """This engine's jobs that another process asked to cancel (`c` in a dashboard)."""
-        return [j for j in job_ids if self.repo.store.get(CANCELS, j) is not None]
+        return self.repo.cancels_requested(job_ids)
 
     async def _flush(self) -> None:
         if self._dirty:
             batch, self._dirty = self._dirty, {}
-            await self._db(self._write_progress, list(batch.values()))
-
-    def _write_progress(self, jobs: list[Job]) -> None:
-        with self.repo.store.transaction():
-            for job in jobs:
-                fields = {k: getattr(job, k) for k in ("progress", "bytes_done", "bytes_total")}
-                self.repo.store.update("jobs", job.id, {**fields, "rate": job.rate})
-                ds = self.repo.store.get("datasets", job.dataset)
-                if ds is not None and ds.get("download_job_id") == job.id:
-                    self.repo.store.update(
-                        "datasets", job.dataset, {"download_progress": job.progress}
-                    )
+            await self._db(self.repo.write_progress, list(batch.values()))
 
     # -- handlers ----------------------------------------------------------------------
     async def _set(self, job: Job, status: Status | None, **fields: Any) -> Dataset:
@@ -633,5 +611,5 @@ class Engine:
             await anyio.to_thread.run_sync(files.remove, target)
             await self._set(job, Status.NOT_LOADED, **files.RESET_FIELDS)
         if not ds.in_catalog:
-            await self._db(self.repo.store.remove, "datasets", ds.name)
+            await self._db(self.repo.remove_dataset, ds.name)
         return JobStatus.COMPLETED, None

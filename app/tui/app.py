@@ -18,8 +18,7 @@ from dsm.domain.jobs import JobStatus, JobType
 from dsm.domain.model import Status
 from dsm.engine.thread import EngineThread
 from dsm.errors import DsmError
-from dsm.repository import Repository
-from dsm.store import StoreError
+from dsm.repository import Repository, StoreError
 from dsm.tui.commands import ActionCommands, KeyAction
 from dsm.tui.feed import DatasetReader, EngineFeed, JobChanged, StoreRead
 from dsm.tui.state import SORTS, DashboardState
@@ -122,7 +121,7 @@ class DashboardApp(App[int]):
         reader = DatasetReader(self.repo)
         while not self._stopping.is_set():
             try:
-                identity = self.repo.store.identity
+                identity = self.repo.identity
                 if identity != seen or seen is None:
                     seen = identity
                     self.post_message(StoreRead(reader.read(), self.repo.jobs()))

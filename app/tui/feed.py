@@ -16,8 +16,7 @@ from textual.message import Message
 from dsm.domain.events import EventKind, JobEvent
 from dsm.domain.jobs import Job
 from dsm.domain.model import Dataset
-from dsm.repository import DATASETS, Repository
-from dsm.store import StoreCorrupt
+from dsm.repository import Repository
 
 
 class JobChanged(Message):
@@ -75,13 +74,12 @@ class DatasetReader:
 
     def read(self) -> list[Dataset]:
         known: dict[str, tuple[dict[str, Any], Dataset]] = {}
-        try:
-            for raw in self._repo.store.all(DATASETS):
-                seen = self._known.get(raw.get("name", ""))
-                known[raw.get("name", "")] = (
-                    seen if seen is not None and seen[0] == raw else (raw, Dataset.from_dict(raw))
-                )
-        except (ValueError, TypeError) as exc:  # as Repository.datasets reports a bad row
-            raise StoreCorrupt(f"{self._repo.store.path}: {exc}") from None
+        for raw in self._repo.dataset_documents():
+            seen = self._known.get(raw.get("name", ""))
+            known[raw.get("name", "")] = (
+                seen
+                if seen is not None and seen[0] == raw
+                else (raw, self._repo.parse_dataset(raw))
+            )
         self._known = known
         return [ds for _, ds in known.values()]

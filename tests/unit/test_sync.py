@@ -20,7 +20,7 @@ def test_unchanged_catalogue_is_not_parsed_again(home: Path, catalog: CatalogFn)
     assert (home / "db.json").stat().st_mtime_ns == before  # nothing written
 
     # Proof that the second call skipped registration: a row edited behind its back stays.
-    repo.store.update("datasets", "a", {"description": "edited"})
+    repo.change("a", description="edited")
     assert sync_catalog(repo, cat, home) == 0
     assert repo.dataset("a").description == "edited"
 
@@ -36,7 +36,7 @@ def test_another_catalogue_file_registers(home: Path, tmp_path: Path, catalog: C
     sync_catalog(repo, cat, home)
     other = tmp_path / "other.json"
     other.write_text(cat.read_text())
-    repo.store.update("datasets", "a", {"description": "edited"})
+    repo.change("a", description="edited")
     sync_catalog(repo, other, home)  # same text, other path: registered again
     assert repo.dataset("a").description == "test a"
     stamp = json.loads((home / "db.json").read_text())["meta"]["catalog"]

@@ -20,7 +20,6 @@ from dsm.catalog.parse import (
     FIELDS,
     NAME_RE,
     CatalogEntry,
-    CatalogError,
     load_catalog,
     parse_catalog,
 )
@@ -29,6 +28,7 @@ from dsm.catalog.sync import register
 from dsm.cli import main
 from dsm.config import bundled_catalog
 from dsm.domain.model import Status
+from dsm.errors import CatalogError
 from dsm.repository import Repository
 from dsm.store import Store
 from tests.conftest import TEST_ENV, make_settings, open_repo, run_dsm

@@ -51,6 +51,7 @@ def spin(seconds: float) -> None:
         pass
 
 
+@pytest.mark.slow
 def test_sigkill_during_writes_never_leaves_a_broken_file(tmp_path: Path) -> None:
     # Forked writers start in milliseconds (the store is already imported), so many trials
     # fit in a few seconds; each is still a separate process that dies by SIGKILL.

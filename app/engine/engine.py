@@ -4,6 +4,11 @@ One engine per process. Jobs and dataset rows live in the store so other process
 dashboard beside a `--run-job`) see them, and so a restarted process can adopt the jobs of a
 dead one. Store calls run in a worker thread, one at a time and in order, so the event loop
 never waits on disk; progress is written at most once a second, status changes at once.
+
+The engine owns the queues, the workers and the lifecycle (start, submit, cancel, suspend,
+stop). It delegates the store bookkeeping of jobs to `Ledger` (ledger.py), what each job type
+does to `Handlers` (handlers.py, which also documents the one retry budget per job), and
+what a dataset row becomes when its job ends to `end_state` (outcome.py).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""HTTP plumbing shared by the single-stream and segmented transfers: requests, errors and
-their classification, the stop/progress channel between the event loop and transfer threads,
-and the per-host connection cap."""
+"""HTTP plumbing shared by the single-stream and segmented transfers: requests, the typed
+errors (dsm.errors) built from responses and exceptions, the stop/progress channel between
+the event loop and transfer threads, the per-host connection cap and the job's retry budget."""
 
 from __future__ import annotations
 

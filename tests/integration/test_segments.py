@@ -264,3 +264,22 @@ async def test_segment_restart_drops_the_whole_set(
     again = await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
     assert again.job.status == JobStatus.COMPLETED, again.job.error
     assert (home / "data" / "a").read_bytes() == data
+
+
+@pytest.mark.parametrize(("retries", "status"), [(1, JobStatus.FAILED), (2, JobStatus.COMPLETED)])
+async def test_segments_draw_from_the_jobs_one_retry_budget(
+    retries: int, status: JobStatus, server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    """Two segments dropped once each need two retries: a job allowed one fails (segments
+    have no budget of their own), a job allowed two completes."""
+    data = blob(16, SIZE)
+    env = {**SEGMENT_ENV, "DSM_MAX_RETRIES": str(retries), "DSM_RETRY_DELAY": "0"}
+    settings, repo = setup(home, catalog(a=server.add("a.bin", data)), **env)
+    server.always("a.bin", rate=2_000_000)  # slow enough per connection to be split
+    server.fault("a.bin", drop_after=100_000, for_ranges=(2_000_000, 4_000_000))
+    server.fault("a.bin", drop_after=100_000, for_ranges=(4_000_000, 6_000_000))
+    run = await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
+    assert run.job.status == status, run.job.error
+    assert run.job.attempts == 1  # the engine never retried the whole: the segments spent it
+    if status == JobStatus.FAILED:
+        assert "peer closed connection" in (run.job.error or ""), run.job.error

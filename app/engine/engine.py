@@ -264,7 +264,7 @@ class Engine:
                 self._emit(EventKind.STARTED, job)
                 try:
                     with anyio.fail_after(self.settings.job_timeout):
-                        outcome = await self.handlers[job.type](job, ds, had_copy)
+                        outcome = await self.handlers.for_type(job.type)(job, ds, had_copy)
                 except TimeoutError:
                     outcome = (
                         JobStatus.TIMEOUT,

@@ -70,7 +70,7 @@ class Handlers:
             retry_delay=settings.retry_delay,
         )
 
-    def __getitem__(self, job_type: JobType) -> Handler:
+    def for_type(self, job_type: JobType) -> Handler:
         return {
             JobType.DOWNLOAD: self.download,
             JobType.UPDATE: self.download,

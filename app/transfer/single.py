@@ -269,15 +269,15 @@ def _ask(env: Env, step: resume.Ask, p: Partial, expected_size: int | None) -> t
             ):
                 answer = Answer.of(resp, final)
                 plan = resume.respond(step, answer, p.source, p.target, expected_size, env.policy)
-                return _act(env, plan, resp, slot, p), isinstance(
-                    plan, resume.Write
-                ) and plan.confirm
+                confirm = isinstance(plan, resume.Write) and plan.confirm
+                return _act(env, plan, resp, slot, p), confirm
         except httpx.HTTPError as exc:
             env.ctl.check()  # a read broken by our own stop is a cancel, not a network error
             raise network_error(exc, p.source, env.policy.stall_timeout) from exc
 
 
 def _act(env: Env, plan: resume.Plan, resp: httpx.Response, slot: Slot, p: Partial) -> Fetched:
+    """Do what the plan says with the response: the I/O half of the resume decision."""
     if isinstance(plan, resume.Reject):
         raise plan.error
     if isinstance(plan, resume.Restart):

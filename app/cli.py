@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from dsm import humanize
-from dsm.catalog.sync import sync_catalog
+from dsm.catalog import sync
 from dsm.config import Settings, load_settings
 from dsm.domain.jobs import PARAMS_SCHEMA, JobType, parse_params
 from dsm.domain.model import Dataset
@@ -66,8 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def open_home(args: argparse.Namespace) -> tuple[Settings, Repository]:
-    """Resolve settings, check the store, validate and register the catalogue (in that order:
-    nothing is written unless the catalogue and the store are both sound)."""
+    """Resolve settings from the flags and the environment, then open the home."""
     settings = load_settings(
         home=args.home,
         catalog=args.catalog,
@@ -77,15 +76,7 @@ def open_home(args: argparse.Namespace) -> tuple[Settings, Repository]:
         stall_timeout=args.stall_timeout,
         workers=args.workers,
     )
-    try:
-        settings.home.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise BadInput(f"data home {settings.home} is not a directory") from None
-    except OSError as exc:
-        raise DsmError(f"cannot create data home {settings.home}: {exc.strerror or exc}") from None
-    repo = Repository.open(settings.db_path)
-    sync_catalog(repo, settings.catalog, settings.home)
-    return settings, repo
+    return settings, sync.open_home(settings)
 
 
 def _print_json(value: Any) -> None:

@@ -184,7 +184,7 @@ def _failure(job: Job) -> DatasetError:
 
 
 def _run(fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
-    """Run an async twin to the end from synchronous code."""
+    """Run an async twin (`aensure`) to the end from synchronous code (`ensure`)."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:  # no loop in this thread: the normal case
@@ -211,7 +211,7 @@ async def _run_jobs(
             finished[event.job.id] = event.job
 
     listeners: list[Listener] = [record]
-    if progress and sys.stderr.isatty():  # a redrawn line per dataset; nothing in logs
+    if progress and sys.stderr is not None and sys.stderr.isatty():  # never into logs
         listeners.append(Reporter(sys.stderr, sys.stdout, as_json=False))
     engine = Engine(settings, repo, listeners, adopt_only=frozenset(names))
     async with engine.running():

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import pty
 import socket
 import subprocess
 import sys
@@ -215,3 +217,42 @@ def test_eight_processes_download_once(
     assert (home / "data" / "alpha.bin").read_bytes() == body
     statuses = sorted(jobs_of(home, "alpha"))
     assert statuses == sorted([JobStatus.COMPLETED] + [JobStatus.SKIPPED] * 7)
+
+
+def on_terminal(expr: str, home: Path, catalog_path: Path) -> tuple[dict[str, Any], bytes]:
+    """Run one call with stderr a terminal (a pty); its result and what it drew there."""
+    main, sub = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CALL, expr],
+        env=dsm_env(home, catalog_path),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=sub,
+        text=True,
+    )
+    os.close(sub)
+    drawn = b""
+    while True:
+        try:
+            chunk = os.read(main, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        drawn += chunk
+    os.close(main)
+    result: dict[str, Any] = json.loads(proc.communicate(timeout=90)[0])
+    return result, drawn
+
+
+def test_progress_is_drawn_on_a_terminal_only(home: Path, alpha: tuple[bytes, Path]) -> None:
+    """On a terminal the line is drawn unless progress=False; `finish` checks that a captured
+    (not a terminal) stderr stays empty."""
+    _, cat = alpha
+    want = {"value": str(home / "data" / "alpha.bin")}
+    result, drawn = on_terminal('dsm.ensure("alpha")', home, cat)
+    assert result == want
+    assert b"download alpha: completed" in drawn
+    result, drawn = on_terminal('dsm.ensure("alpha", force=True, progress=False)', home, cat)
+    assert result == want
+    assert drawn == b""

@@ -249,7 +249,7 @@ async def aensure_all(
     force: bool = False,
     progress: bool = True,
 ) -> dict[str, Path]:
-    """Async twin of `ensure_all`, for callers on an event loop (asyncio or trio)."""
+    """Async twin of `ensure_all`, for callers on an event loop (asyncio)."""
     wanted = _names(names)
     offline = _offline()  # a bad value is an error even when nothing needs the network
     settings, repo = await anyio.to_thread.run_sync(_open, home, catalog)
@@ -301,7 +301,7 @@ async def aensure(
     force: bool = False,
     progress: bool = True,
 ) -> Path:
-    """Async twin of `ensure`, for callers on an event loop (asyncio or trio)."""
+    """Async twin of `ensure`, for callers on an event loop (asyncio)."""
     paths = await aensure_all([name], home=home, catalog=catalog, force=force, progress=progress)
     return paths[name]
 
@@ -329,7 +329,7 @@ def ensure(
 
 
 async def averify(name: str, *, home: PathArg = None, catalog: PathArg = None) -> Path:
-    """Async twin of `verify`, for callers on an event loop (asyncio or trio)."""
+    """Async twin of `verify`, for callers on an event loop (asyncio)."""
     settings, repo = await anyio.to_thread.run_sync(_open, home, catalog)
     try:
         ds = await anyio.to_thread.run_sync(_lookup, repo, name)

@@ -120,15 +120,19 @@ def test_wrong_checksum_raises_integrity_error(
     assert call('dsm.path("alpha")', home, cat)["error"] == "OfflineError"
 
 
-def test_changed_copy_fails_verify_with_integrity_error(
-    home: Path, alpha: tuple[bytes, Path]
+def test_changed_copy_fails_verify_then_ensure_fetches_again(
+    home: Path, server: FileServer, alpha: tuple[bytes, Path]
 ) -> None:
     body, cat = alpha
+    target = home / "data" / "alpha.bin"
     call('dsm.ensure("alpha")', home, cat)
-    (home / "data" / "alpha.bin").write_bytes(body[::-1])
+    target.write_bytes(body[::-1])
     result = call('dsm.verify("alpha")', home, cat)
     assert result["error"] == "IntegrityError"
     assert "checksum mismatch on disk" in result["message"]
+    assert call('dsm.ensure("alpha")', home, cat) == {"value": str(target)}
+    assert target.read_bytes() == body
+    assert len(server.requests("alpha.bin")) == 2
 
 
 def test_unreachable_server_raises_network_error(home: Path, catalog: CatalogFn) -> None:

@@ -454,7 +454,7 @@ def test_a_token_is_checked_on_every_request_even_on_loopback(
 
 def test_the_api_imports_no_textual() -> None:
     code = (
-        "import sys, app.api_serve; "
+        "import sys, dsm.api.serve; "
         "bad = sorted(m for m in sys.modules if m.split('.')[0] == 'textual'); "
         "sys.exit(str(bad) if bad else 0)"
     )

@@ -300,7 +300,7 @@ async def test_signal_while_jobs_are_recorded_cancels_them(
         signal_handled.set()
         await real_cancel_all(self)
 
-    def record_with_signal(self: Engine, jobs: list[Job]) -> dict[str, Dataset]:
+    def record_with_signal(self: Engine, *args: Any) -> Any:
         # In the store thread: the event loop is free to take the signal meanwhile.
         deadline = time.monotonic() + HOLD
         while signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
@@ -308,7 +308,7 @@ async def test_signal_while_jobs_are_recorded_cancels_them(
             time.sleep(0.01)
         os.kill(os.getpid(), signal.SIGTERM)
         assert signal_handled.wait(HOLD), "SIGTERM was not handled"
-        return real_record(self, jobs)
+        return real_record(self, *args)
 
     monkeypatch.setattr(Engine, "cancel_all", cancel_all)
     monkeypatch.setattr(Engine, "_record_queued", record_with_signal)

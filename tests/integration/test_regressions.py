@@ -20,7 +20,7 @@ import pytest
 from dsm import headless
 from dsm.domain.events import EventKind, JobEvent
 from dsm.domain.jobs import Job, JobStatus, JobType
-from dsm.domain.model import Dataset, Status
+from dsm.domain.model import Status
 from dsm.engine import files
 from dsm.engine.engine import Engine
 from dsm.store import Store

@@ -268,7 +268,7 @@ def create_app(
     # a wrong token before its body is read.
     middleware = [Middleware(SameOrigin, hosts=hosts)]
     middleware += [Middleware(BearerAuth, token=token)] if token else []
-    middleware += [Middleware(JsonBody)]
+    middleware += [Middleware(JsonBody, routes=routes)]
     handled = (Problem, HTTPException, BadInput, StoreError, Exception)
     return Starlette(
         routes=routes,

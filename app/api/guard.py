@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import anyio
 from starlette.datastructures import Headers
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dsm.api.problem import Problem
@@ -136,13 +137,17 @@ async def read_body(receive: Receive, headers: Headers) -> bytes:
 class JsonBody:
     """State-changing requests: a JSON Content-Type and a bounded body, read here once and
     handed on whole (so no route reads an unbounded body, and a client that hangs up
-    mid-body is one log line)."""
+    mid-body is one log line). Only requests a route takes: the others are the router's
+    404 or 405, whatever their body."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    def __init__(self, app: ASGIApp, routes: Sequence[BaseRoute]) -> None:
+        self.app, self.routes = app, routes
+
+    def _routed(self, scope: Scope) -> bool:
+        return any(route.matches(scope)[0] == Match.FULL for route in self.routes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] in SAFE_METHODS:
+        if scope["type"] != "http" or scope["method"] in SAFE_METHODS or not self._routed(scope):
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)

@@ -230,6 +230,7 @@ def test_open_connections_are_bounded(api: ApiServer) -> None:
 
 
 # -- errors of the server's own making --------------------------------------------------------
+@pytest.mark.anyio
 async def test_an_internal_error_is_a_problem(
     home: Path, catalog_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

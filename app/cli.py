@@ -14,6 +14,7 @@ from dsm.config import Settings, load_settings
 from dsm.domain.jobs import PARAMS_SCHEMA, JobType, parse_params
 from dsm.domain.model import Dataset
 from dsm.domain.paging import MAX_PAGE_SIZE, page_of
+from dsm.domain.redact import redact_doc
 from dsm.errors import EXIT_BAD_INPUT, EXIT_FAILED, BadInput, DsmError
 from dsm.repository import Repository, StoreCorrupt, StoreError, UnknownDataset
 from dsm.version import __version__
@@ -119,7 +120,7 @@ def cmd_list(args: argparse.Namespace, repo: Repository) -> int:
                 "page_size": args.page_size,
                 "page_number": args.page,
                 "total": len(rows),
-                "datasets": [d.to_dict() for d in page],
+                "datasets": [redact_doc(d.to_dict()) for d in page],
             }
         )
         return 0
@@ -140,10 +141,11 @@ def cmd_show(args: argparse.Namespace, repo: Repository) -> int:
         ds: Dataset = repo.dataset(args.name)
     except UnknownDataset:
         raise BadInput(f"dataset not found: {args.name}") from None
+    shown = redact_doc(ds.to_dict())  # a catalogue URL may carry credentials
     if args.json:
-        _print_json(ds.to_dict())
+        _print_json(shown)
         return 0
-    for key, value in ds.to_dict().items():
+    for key, value in shown.items():
         print(f"{key:<18} {'-' if value is None else value}")
     return 0
 

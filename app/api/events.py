@@ -3,10 +3,10 @@
 Every event has an `id:`, increasing for the life of the process and beyond (the counter
 starts at the start time in microseconds, so a later server's ids are larger). State
 changes are kept in a ring of the last RING_SIZE; a client reconnecting with Last-Event-ID
-gets those it missed. An id the ring no longer covers (or from another server run) gets a
-`snapshot` event first: the datasets and unfinished jobs as they are now. Progress is
-thinned to one event per job per PROGRESS_INTERVAL_S and not kept for replay: the next one
-says it all.
+gets those it missed (all but `progress`). An id the ring no longer covers, or one from
+another server run, gets a `snapshot` event first: the datasets and unfinished jobs as they
+are now. Progress is thinned to one event per job per PROGRESS_INTERVAL_S and not kept for
+replay: the next one says it all.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ CLIENT_BUFFER = 256  # events a slow client may lag behind before it is dropped
 KEEPALIVE_S = 15.0
 RETRY_MS = 1000
 SNAPSHOT = "snapshot"
+DATASET = "dataset"
+EVENT_NAMES = (*(k.value for k in EventKind), DATASET, SNAPSHOT)
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,7 @@ class EventHub:
 
     def __init__(self, snapshot: Callable[[], Awaitable[dict[str, Any]]]) -> None:
         self._snapshot = snapshot
-        self._next = time.time_ns() // 1000
+        self._next = self._first = time.time_ns() // 1000
         self._ring: deque[Sse] = deque(maxlen=RING_SIZE)
         self._evicted = 0  # the newest state change that left the ring
         self._clients: set[MemoryObjectSendStream[Sse]] = set()
@@ -74,13 +76,15 @@ class EventHub:
             self._progress_at[job.id] = now
         elif event.kind in (EventKind.FINISHED, EventKind.QUEUED):
             self._progress_at.pop(job.id, None)
+        # A PROGRESS with a dataset is the dataset's state changing (downloading, verifying).
+        kind = DATASET if event.kind == EventKind.PROGRESS and not progress_only else event.kind
         data = {
-            "kind": event.kind.value,
+            "kind": kind,
             "job": job.to_dict(),
             "dataset": event.dataset.to_dict() if event.dataset else None,
             "eta_s": event.eta_s,
         }
-        sse = self._new(event.kind.value, data)
+        sse = self._new(kind, data)
         if not progress_only:
             if len(self._ring) == RING_SIZE:
                 self._evicted = self._ring[0].id
@@ -105,7 +109,7 @@ class EventHub:
             return []
         text = last_event_id.strip()
         seen = int(text) if text.isascii() and text.isdigit() and len(text) < 20 else -1
-        if seen < self._evicted or seen > self.last_id:
+        if seen < max(self._evicted, self._first - 1) or seen > self.last_id:
             return None
         return [e for e in self._ring if e.id > seen]
 

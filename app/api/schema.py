@@ -13,10 +13,9 @@ from collections.abc import Sequence
 from enum import Enum
 from typing import Any
 
-from dsm.api.events import PROGRESS_INTERVAL_S, SNAPSHOT
+from dsm.api.events import DATASET, EVENT_NAMES, PROGRESS_INTERVAL_S, SNAPSHOT
 from dsm.api.guard import BODY_TIMEOUT_S, MAX_BODY
 from dsm.api.problem import PROBLEM_MEDIA
-from dsm.domain.events import EventKind
 from dsm.domain.jobs import PARAMS_SCHEMA, Job, JobStatus, JobType
 from dsm.domain.model import Dataset
 from dsm.domain.paging import DEFAULT_PAGE_SIZE, MAX_PAGE, MAX_PAGE_SIZE
@@ -159,11 +158,12 @@ JOB_LINKS = {
     for op in ("getJob", "cancelJob")
 }
 EVENTS_DESCRIPTION = f"""Server-Sent Events (text/event-stream) of this server's jobs and their
-datasets. Each event has an `id`, an `event` (one of {", ".join(k.value for k in EventKind)},
-or `{SNAPSHOT}`) and JSON `data`: `{{"kind", "job", "dataset", "eta_s"}}` (`dataset` when it
-changed, else null). `progress` comes at most every {PROGRESS_INTERVAL_S:g} s per job; a job
-that fails ends with `finished` and its `error`. Reconnect with `Last-Event-ID` to get the
-state changes missed; if they are no longer kept, a `{SNAPSHOT}` event comes first with
+datasets. Each event has an increasing `id`, an `event` (one of {", ".join(EVENT_NAMES)}) and
+JSON `data`: `{{"kind", "job", "dataset", "eta_s"}}` (`dataset` when it changed, else null).
+`{DATASET}`: the job's dataset changed state (downloading, verifying, ...). `progress` comes
+at most every {PROGRESS_INTERVAL_S:g} s per job; a job that fails ends with `finished`, its
+`status` and `error`. Reconnect with `Last-Event-ID` to get every event but `progress` that
+was missed; if they are no longer kept, a `{SNAPSHOT}` event comes first with
 `{{"datasets": [...], "jobs": [unfinished jobs]}}`. Comments (`: keepalive`) keep idle
 streams open. URLs have credentials redacted, as everywhere in this API."""
 PATHS: dict[str, Any] = {

@@ -111,8 +111,9 @@ class Page:
 
 
 async def json_body(request: Request, schema: dict[str, Any], required: bool = True) -> Any:
-    """The body (at most guard.MAX_BODY bytes, so parsing it on the event loop is cheap),
-    checked against `schema`; an optional body may be empty."""
+    """The body, checked against `schema`; an optional body may be empty. Parsed on the
+    event loop: guard.MAX_BODY bounds it to a few ms, and in a thread json's C decoder
+    would hold the GIL all the same."""
     raw = await request.body()
     if not raw and not required:
         return {}

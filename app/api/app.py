@@ -210,7 +210,9 @@ class Api:
         """202 with a new job; 200 with the unfinished twin, or the job the key names."""
         body = await json_body(request, SCHEMAS["JobRequest"])
         key = idempotency_key(request, body)
-        submitted = await self.engine.submit_many(JobType(body["type"]), [body["params"]], key)
+        submitted = await self.engine.submit_many(
+            JobType(body["type"]), [body["params"]], key, others_twins=True
+        )
         (job,) = submitted
         return JSONResponse(render_job(job), 202 if job.id in submitted.created else 200)
 

@@ -182,14 +182,19 @@ class Engine:
         return job
 
     async def submit_many(
-        self, job_type: JobType, many: list[dict[str, Any]], idempotency_key: str | None = None
+        self,
+        job_type: JobType,
+        many: list[dict[str, Any]],
+        idempotency_key: str | None = None,
+        others_twins: bool = False,
     ) -> Submitted:
         """Submit several jobs with one store write (`a` on 10,000 datasets, `--all`).
 
         Every params object is checked before anything is recorded: one bad entry queues none.
-        An unfinished twin (same type and params) of any live process on this home is
-        returned instead of a new job, as is the job an `idempotency_key` (one params object)
-        already names.
+        An unfinished twin (same type and params) of this engine is returned instead of a new
+        job, as is the job an `idempotency_key` (one params object) already names. With
+        `others_twins`, so is a twin of another live process on this home (the API, whose
+        clients poll any job; a `--run-job` must run its own jobs to wait for them).
         """
         if not all(isinstance(p, dict) and p.get("dataset") in self._known for p in many):
             self._known = await self._db(self._dataset_names)  # a catalogue may have grown
@@ -212,7 +217,7 @@ class Engine:
             }
         try:
             found, queued = await self._db(
-                self._record_queued, list(fresh.values()), idempotency_key, request
+                self._record_queued, list(fresh.values()), idempotency_key, request, others_twins
             )
         except UnknownDataset as exc:  # the row vanished since the check (another process)
             raise BadInput(f"job params: dataset not found: {exc}") from None
@@ -227,7 +232,7 @@ class Engine:
         return self.repo.dataset_names()
 
     def _record_queued(
-        self, jobs: list[Job], key: str | None, request: dict[str, Any]
+        self, jobs: list[Job], key: str | None, request: dict[str, Any], others_twins: bool
     ) -> tuple[list[Job], dict[str, Dataset]]:
         """Store the jobs that have no live twin; their datasets at rest become queued and
         point at their job. Per job: the job stored, or its twin."""
@@ -236,7 +241,9 @@ class Engine:
         with self.repo.transaction():
             found = self.repo.find_or_add_jobs(
                 jobs,
-                lambda j: j.owner == self.owner or self._owner_alive(j.owner, alive),
+                lambda j: (
+                    j.owner == self.owner or (others_twins and self._owner_alive(j.owner, alive))
+                ),
                 key,
                 request if key is not None else None,
             )

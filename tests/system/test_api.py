@@ -77,6 +77,14 @@ def test_openapi_describes_every_route(api: ApiServer) -> None:
     }
     assert {"Dataset", "Job", "JobRequest", "Problem"} <= set(doc["components"]["schemas"])
     assert "security" not in doc  # no token, no auth to declare
+    submit = doc["paths"]["/jobs"]["post"]
+    assert {"200", "202", "400", "403", "408", "413", "415", "421", "422", "503"} == set(
+        submit["responses"]
+    )
+    assert "Idempotency-Key" in {p["name"] for p in submit["parameters"]}
+    events = doc["paths"]["/events"]["get"]
+    assert "text/event-stream" in events["responses"]["200"]["content"]
+    assert "Last-Event-ID" in {p["name"] for p in events["parameters"]}
 
 
 def test_unknown_route_and_method_are_problems(api: ApiServer) -> None:

@@ -74,12 +74,13 @@ class AtomicJSONStorage(Storage):
         except OSError as exc:
             raise StoreError(f"{self.path}: cannot read: {exc.strerror or exc}") from None
         if not raw.strip():
-            data: Data = {}
-        else:
-            try:
-                data = _check_shape(self.path, orjson.loads(raw))
-            except orjson.JSONDecodeError as exc:
-                raise StoreCorrupt(f"{self.path}: not valid JSON ({exc})") from None
+            # dsm never writes an empty store (it replaces the file whole): something else
+            # emptied it, so the rows are lost, not absent. A missing file is a new store.
+            raise StoreCorrupt(f"{self.path}: empty file (no tables): not a dsm store")
+        try:
+            data = _check_shape(self.path, orjson.loads(raw))
+        except orjson.JSONDecodeError as exc:
+            raise StoreCorrupt(f"{self.path}: not valid JSON ({exc})") from None
         self._cache = (ident, data)
         return data
 

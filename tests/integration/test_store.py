@@ -243,6 +243,8 @@ def test_an_unwritable_home_is_a_store_error(tmp_path: Path) -> None:
 # -- a corrupt db.json is reported and never overwritten ------------------------------------
 CORRUPT: list[tuple[str, bytes, str]] = [
     ("not-json", b"this is not json\n", "not valid JSON"),
+    ("empty", b"", "empty file (no tables): not a dsm store"),
+    ("blank", b" \n\n", "empty file (no tables): not a dsm store"),
     ("truncated", b'{"datasets": {"gsm8k": {"name": "gs', "not valid JSON"),
     ("not-utf8", b'{"datasets": {"caf\xe9": {}}}', "not valid JSON"),
     ("a-list", b"[]", "expected a JSON object of tables, found list"),
@@ -329,13 +331,16 @@ def test_store_corrupt_from_the_api(tmp_path: Path) -> None:
     assert db.read_bytes() == b"[1, 2]"
 
 
-def test_empty_file_is_an_empty_store(tmp_path: Path) -> None:
+def test_empty_file_is_a_corrupt_store(tmp_path: Path) -> None:
+    """dsm never writes an empty db.json: one that is empty lost its rows, it is not new."""
     db = tmp_path / "db.json"
     db.write_bytes(b"")
     store = Store(db)
-    assert store.all("datasets") == []
-    store.put("datasets", "a", {"name": "a"})
-    assert json.loads(db.read_bytes()) == {"datasets": {"a": {"name": "a"}}}
+    with pytest.raises(StoreCorrupt, match="empty file"):
+        store.all("datasets")
+    with pytest.raises(StoreCorrupt, match="empty file"):
+        store.put("datasets", "a", {"name": "a"})
+    assert db.read_bytes() == b""
 
 
 def test_lock_is_released_when_a_holder_dies(tmp_path: Path) -> None:

@@ -570,3 +570,21 @@ def test_another_catalogue_file_registers(home: Path, tmp_path: Path, catalog: C
     assert repo.dataset("a").description == "test a"
     stamp = json.loads((home / "db.json").read_text())["meta"]["catalog"]
     assert stamp["path"] == str(other)
+
+
+def test_rows_removed_by_hand_are_registered_again(home: Path, catalog: CatalogFn) -> None:
+    """Issue 12.8: the same catalogue text, but rows gone from db.json (edited by hand): the
+    start-up shortcut notices and registers them again, in a real `dsm` process."""
+    cat = catalog(a="http://127.0.0.1:9/a", b="http://127.0.0.1:9/b")
+    assert run_dsm("list", home=home, catalog_path=cat).returncode == 0
+    db = home / "db.json"
+    doc = json.loads(db.read_text())
+    del doc["datasets"]["a"]
+    db.write_text(json.dumps(doc))
+    shown = run_dsm("show", "a", "--json", home=home, catalog_path=cat)
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["status"] == "not_loaded"
+    # Healed once: the next start takes the shortcut again (nothing written).
+    before = db.stat().st_mtime_ns
+    assert run_dsm("list", home=home, catalog_path=cat).returncode == 0
+    assert db.stat().st_mtime_ns == before

@@ -129,6 +129,7 @@ def cmd_list(args: argparse.Namespace, repo: Repository) -> int:
     for ds in page:
         flag = "" if ds.in_catalog else "  (not in catalogue)"
         flag += "  (outdated)" if ds.outdated else ""
+        flag += "  (unconfirmed)" if ds.downloaded and not ds.confirmed else ""
         print(
             f"{ds.name:<22} {ds.status.label:<12} {humanize.size(ds.size):>10} "
             f"{ds.download_progress:>7.1f}%  {humanize.when(ds.downloaded_at_ms)}{flag}"

@@ -14,7 +14,7 @@ import anyio
 from dsm import humanize
 from dsm.config import Settings
 from dsm.domain.events import EventKind, JobEvent
-from dsm.domain.jobs import Job, JobType
+from dsm.domain.jobs import Job, JobStatus, JobType
 from dsm.engine.engine import Engine
 from dsm.repository import Repository
 
@@ -22,6 +22,7 @@ PLAIN_INTERVAL = 5.0  # seconds between progress lines when stderr is not a term
 JSON_PROGRESS_INTERVAL = 1.0
 REDRAW_INTERVAL = 0.1
 SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
+FETCHES = (JobType.DOWNLOAD, JobType.UPDATE)
 
 
 def describe(job: Job, eta: float | None = None) -> str:
@@ -144,4 +145,20 @@ async def run_jobs(
     ended = [finished.get(j.id, j) for j in jobs] + [
         j for j in finished.values() if j.id not in {x.id for x in jobs}
     ]
-    return 0 if all(j.status.ok for j in ended) else 1
+    unproven = _unconfirmed(repo, ended)
+    return 0 if all(j.status.ok for j in ended) and not unproven else 1
+
+
+def _unconfirmed(repo: Repository, ended: list[Job]) -> bool:
+    """Say which downloads nothing proved whole (issue 12.1): the copy is kept, flagged
+    `confirmed: false`, and the run does not end as a success."""
+    fetched = {j.dataset for j in ended if j.type in FETCHES and j.status == JobStatus.COMPLETED}
+    found = False
+    for name in sorted(fetched):
+        ds = repo.dataset(name)
+        if ds.downloaded and not ds.confirmed:
+            print(
+                f"dsm: {name}: downloaded, not confirmed: {ds.unconfirmed_reason}", file=sys.stderr
+            )
+            found = True
+    return found

@@ -143,7 +143,7 @@ def _lookup(repo: Repository, name: str) -> Dataset:
 def _local(settings: Settings, ds: Dataset) -> Path | None:
     """The verified, current copy's path, by the engine's own cheap check (size and mtime
     as verified); None when there is none."""
-    if ds.outdated or not files.still_verified(settings.home, ds):
+    if ds.outdated or not ds.confirmed or not files.still_verified(settings.home, ds):
         return None
     return files.target(settings.home, ds)
 

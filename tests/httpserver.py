@@ -25,6 +25,7 @@ class Resource:
     etag: str | None
     last_modified: str | None
     content_type: str = "application/octet-stream"
+    date: str | None = None  # the Date header of every answer; None: the real clock
 
     @property
     def sha256(self) -> str:
@@ -47,6 +48,9 @@ class Fault:
     rate: float | None = None  # bytes per second
     no_length: bool = False  # no Content-Length: the body ends when the connection closes
     for_ranges: tuple[int, int] | None = None  # only for a Range starting in [lo, hi)
+    range_as_200: bool = False  # a broken proxy: the 206's Content-Range and bytes, status 200
+    range_end_short: int | None = None  # a 206 that ends this many bytes before the end asked
+    range_total: int | None = None  # a 206 whose Content-Range names this total
     gate: threading.Event | None = None  # answer only once the test sets this event
 
 
@@ -108,15 +112,25 @@ class FileServer:
         body: bytes,
         *,
         etag: str | None = "auto",
-        last_modified: bool = True,
+        last_modified: bool | str = True,
         content_type: str = "application/octet-stream",
+        date: str | None = None,
     ) -> str:
-        """Serve `body` at `path` (replacing any earlier version); returns its URL."""
+        """Serve `body` at `path` (replacing any earlier version); returns its URL.
+
+        `last_modified`: True for a minute ago (strong: older than any Date sent, RFC 9110
+        8.8.2.2), or the exact header; `date`: a fixed Date header instead of the clock."""
         path = "/" + path.lstrip("/")
         tag = f'"{hashlib.sha256(body).hexdigest()[:16]}"' if etag == "auto" else etag
-        modified = email.utils.formatdate(time.time(), usegmt=True) if last_modified else None
+        modified = (
+            last_modified
+            if isinstance(last_modified, str)
+            else email.utils.formatdate(time.time() - 60, usegmt=True)
+            if last_modified
+            else None
+        )
         with self.lock:
-            self.resources[path] = Resource(body, tag, modified, content_type)
+            self.resources[path] = Resource(body, tag, modified, content_type, date)
         return self.url(path)
 
     def fault(self, path: str, times: int = 1, **kw: Any) -> None:
@@ -158,14 +172,20 @@ def _handler_for(server: FileServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
+        fixed_date: str | None = None
+
         def log_message(self, format: str, *args: Any) -> None:
             pass
+
+        def date_time_string(self, timestamp: float | None = None) -> str:
+            return self.fixed_date or super().date_time_string(timestamp)
 
         def do_GET(self) -> None:
             seen = Seen(self.path, {k.lower(): v for k, v in self.headers.items()})
             with server.lock:
                 server.seen.append(seen)
             fault = server._next_fault(seen)
+            self.fixed_date = None  # until the resource says (a connection serves many)
             try:
                 self._serve(seen, fault)
             except (BrokenPipeError, ConnectionResetError):
@@ -200,6 +220,7 @@ def _handler_for(server: FileServer) -> type[BaseHTTPRequestHandler]:
             res = server.resources.get(self.path)
             if res is None:
                 return self._simple(seen, 404, b"not found\n", {})
+            self.fixed_date = res.date
             body, status, start = res.body, 200, 0
             headers = {"Content-Type": res.content_type, "Accept-Ranges": "bytes"}
             if res.etag:
@@ -215,8 +236,10 @@ def _handler_for(server: FileServer) -> type[BaseHTTPRequestHandler]:
                     return self._simple(seen, 416, b"", headers)
                 start = begin if fault.wrong_range_start is None else fault.wrong_range_start
                 last = min(seen.range_end or len(body) - 1, len(body) - 1)
-                status = 206
-                headers["Content-Range"] = f"bytes {start}-{last}/{len(body)}"
+                last -= fault.range_end_short or 0
+                status = 200 if fault.range_as_200 else 206
+                total = len(body) if fault.range_total is None else fault.range_total
+                headers["Content-Range"] = f"bytes {start}-{last}/{total}"
                 body = body[: last + 1]
             payload = body[start:]
             seen.status = status

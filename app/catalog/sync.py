@@ -43,6 +43,8 @@ def _apply(ds: Dataset, entry: CatalogEntry) -> bool:
             and entry.expected_sha256 in (None, ds.checksum)
             and entry.expected_size in (None, ds.size)
         )
+        if not agrees and not ds.outdated:
+            ds.outdated_reason = "the catalogue changed the source or checksum of this copy"
         ds.outdated = ds.outdated or not agrees
     ds.description = entry.description
     ds.original_url = entry.original_url

@@ -100,6 +100,9 @@ class Job:
     finished_ms: int | None = None
     # Which process runs it: a lock file that process holds while alive (crash recovery).
     owner: str | None = None
+    # What a download fetches against, recorded when it starts (URL, expected size and
+    # sha256): the row takes these values at the end, not the catalogue's of that moment.
+    expect: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.queue = self.queue or self.type.queue

@@ -74,6 +74,12 @@ class Dataset:
     file_mtime_ns: int | None = None
     # The catalogue changed the URL or checksum of a downloaded copy: it is no longer trusted.
     outdated: bool = False
+    # Why it is outdated, when known (the catalogue changed while it downloaded).
+    outdated_reason: str | None = None
+    # False: nothing proved the copy whole (no catalogue size or sha256, no length from the
+    # server, no confirmation); its checksum is not trusted and the next download fetches again.
+    confirmed: bool = True
+    unconfirmed_reason: str | None = None
     # The entry left the catalogue; the row and any file are kept until deleted.
     in_catalog: bool = True
 

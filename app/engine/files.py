@@ -27,6 +27,9 @@ RESET_FIELDS: dict[str, Any] = {
     "file_mtime_ns": None,
     "download_progress": 0.0,
     "outdated": False,
+    "outdated_reason": None,
+    "confirmed": True,
+    "unconfirmed_reason": None,
     "error": None,
 }
 
@@ -67,6 +70,40 @@ def integrity_problem(ds: Dataset, size: int, sha256: str) -> str | None:
     return None
 
 
+def expectations(ds: Dataset) -> dict[str, Any]:
+    """What a download of `ds` is fetched against, as its job records it."""
+    return {
+        "url": ds.original_url,
+        "expected_size": ds.expected_size,
+        "expected_sha256": ds.expected_sha256,
+    }
+
+
+def catalogue_drift(ds: Dataset, expect: dict[str, Any] | None) -> str | None:
+    """How the row's catalogue expectations differ from those a job downloaded against
+    (another process registered a new catalogue meanwhile); None when they agree."""
+    if expect is None:
+        return None
+    now = expectations(ds)
+    changed = [k for k in now if now[k] != expect.get(k)]
+    if not changed:
+        return None
+    what = ", ".join(f"{k} {expect.get(k)!r} -> {now[k]!r}" for k in changed)
+    return f"the catalogue changed while this copy downloaded ({what}): fetch it again"
+
+
+def unconfirmed_reason(ds: Dataset, fetched_unproven: str | None, sha256: str) -> str | None:
+    """Why a fetched copy is not proven whole, or None. The catalogue's size or sha256 (met:
+    the caller checked them) prove it, as does a transfer that saw the end framed. A copy
+    that is not proven is compared with the previous unproven fetch of the same dataset."""
+    if fetched_unproven is None or ds.expected_sha256 or ds.expected_size is not None:
+        return None
+    if ds.downloaded and not ds.confirmed and ds.checksum:
+        same = "the same bytes as" if ds.checksum == sha256 else "other bytes than"
+        return f"{fetched_unproven} ({same} the previous fetch, sha256 {ds.checksum})"
+    return fetched_unproven
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -80,19 +117,21 @@ class Installed:
     size: int
     sha256: str
     mtime_ns: int
+    unconfirmed: str | None = None  # why nothing proved the copy whole (None: proven)
 
 
-def install(path: Path, size: int, sha256: str) -> Installed:
+def install(path: Path, size: int, sha256: str, unconfirmed: str | None) -> Installed:
     """Atomically move the verified `.part` into place.
 
-    The sidecar keeps the verified hash until the store has recorded the install
-    (`forget_install`), so a crash in between is recovered without a download.
+    The sidecar keeps the verified hash (and whether it was proven) until the store has
+    recorded the install (`forget_install`), so a crash in between is recovered without a
+    download.
     """
     part = part_of(path)
-    write_sidecar(part, {"installed_sha256": sha256, "size": size})
+    write_sidecar(part, {"installed_sha256": sha256, "size": size, "unconfirmed": unconfirmed})
     os.replace(part, path)
     _fsync_dir(path.parent)
-    return Installed(size, sha256, path.stat().st_mtime_ns)
+    return Installed(size, sha256, path.stat().st_mtime_ns, unconfirmed)
 
 
 def installed_before_crash(path: Path) -> Installed | None:
@@ -105,7 +144,8 @@ def installed_before_crash(path: Path) -> Installed | None:
     st = path.stat()
     if st.st_size != meta.get("size") or sha256_of(path) != sha:
         return None
-    return Installed(st.st_size, sha, st.st_mtime_ns)
+    unconfirmed = meta.get("unconfirmed")
+    return Installed(st.st_size, sha, st.st_mtime_ns, str(unconfirmed) if unconfirmed else None)
 
 
 def forget_install(path: Path) -> None:
@@ -128,12 +168,26 @@ def rehash(home: Path, ds: Dataset) -> tuple[str | None, int | None]:
         actual = sha256_of(path)
     except (OSError, ValueError) as exc:
         return f"cannot verify: {exc}", None
-    want = ds.expected_sha256 or ds.checksum
-    if st.st_size != (ds.expected_size if ds.expected_size is not None else ds.size):
-        return f"size mismatch on disk: expected {ds.size} bytes, found {st.st_size}", None
+    size, size_from = _expected(ds.expected_size, ds.size, ds)
+    want, want_from = _expected(ds.expected_sha256, ds.checksum, ds)
+    if size is not None and st.st_size != size:
+        return (
+            f"size mismatch on disk: expected {size} bytes ({size_from}), found {st.st_size}",
+            None,
+        )
     if want and actual != want:
-        return f"checksum mismatch on disk: expected sha256 {want}, got {actual}", None
+        return (
+            f"checksum mismatch on disk: expected sha256 {want} ({want_from}), got {actual}",
+            None,
+        )
     return None, st.st_mtime_ns
+
+
+def _expected(catalogue: Any, recorded: Any, ds: Dataset) -> tuple[Any, str]:
+    """The value a copy is checked against, and where it comes from (named in messages)."""
+    if catalogue is not None:
+        return catalogue, "catalogue"
+    return recorded, "recorded at download" + ("" if ds.confirmed else ", unconfirmed")
 
 
 def remove(path: Path) -> None:

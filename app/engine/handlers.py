@@ -26,7 +26,6 @@ from dsm.engine import files
 from dsm.engine.ledger import Ledger
 from dsm.engine.outcome import Outcome
 from dsm.errors import TransferError, retry_after, retryable
-from dsm.repository import now_ms
 from dsm.transfer import single as transfer
 from dsm.transfer.http import Fetched, HostSlots, Policy, RetryBudget
 from dsm.transfer.partfile import discard_partial
@@ -85,12 +84,14 @@ class Handlers:
 
     # -- download and update -----------------------------------------------------------
     async def download(self, job: Job, ds: Dataset, had_copy: bool) -> Outcome:
-        if not job.params["force_download"] and had_copy and not ds.outdated:
+        if not job.params["force_download"] and had_copy and not ds.outdated and ds.confirmed:
             return JobStatus.SKIPPED, SKIP_MESSAGE
         try:
             target = files.target(self.settings.home, ds)
         except ValueError as exc:
             return JobStatus.FAILED, str(exc)
+        job.expect = files.expectations(ds)  # what the end is recorded against (issue 12.4)
+        await self.ledger.call(self.repo.save_job, job)
         await self._set(job, Status.DOWNLOADING, error=None)
         # A copy a crashed run verified and moved into place, unknown to the store. When the
         # store knows a verified copy, such a leftover is stale: fetch as asked.
@@ -110,10 +111,11 @@ class Handlers:
             if problem:
                 await anyio.to_thread.run_sync(discard_partial, files.part_of(target))
                 return JobStatus.FAILED, problem
+            unconfirmed = files.unconfirmed_reason(ds, fetched.unproven, fetched.sha256)
             # From the rename on, the store must hear of the new file: no cancel in between.
             with anyio.CancelScope(shield=True):
                 installed = await anyio.to_thread.run_sync(
-                    files.install, target, fetched.size, fetched.sha256
+                    files.install, target, fetched.size, fetched.sha256, unconfirmed
                 )
                 await self._record_install(job, installed, target)
         else:
@@ -123,18 +125,8 @@ class Handlers:
 
     async def _record_install(self, job: Job, installed: files.Installed, target: Path) -> None:
         job.progress, job.bytes_done = 100.0, installed.size
-        await self._set(
-            job,
-            Status.DOWNLOADED,
-            downloaded=True,
-            size=installed.size,
-            checksum=installed.sha256,
-            downloaded_at_ms=now_ms(),
-            file_mtime_ns=installed.mtime_ns,
-            download_progress=100.0,
-            outdated=False,
-            error=None,
-        )
+        ds = await self.ledger.call(self.ledger.record_install, job, installed)
+        self._emit(EventKind.PROGRESS, job, ds)
         await anyio.to_thread.run_sync(files.forget_install, target)
 
     async def _fetch(self, job: Job, ds: Dataset, target: Path) -> Fetched | Outcome:

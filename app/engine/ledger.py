@@ -21,7 +21,7 @@ from dsm.domain.model import ACTIVE, AT_REST, Dataset, Status
 from dsm.engine import files
 from dsm.engine.outcome import Facts, end_state, resting_status
 from dsm.errors import UnknownDataset
-from dsm.repository import Repository
+from dsm.repository import Repository, now_ms
 
 T = TypeVar("T")
 JOBS_KEPT_PER_DATASET = 20
@@ -109,6 +109,28 @@ class Ledger:
             if change is None:
                 return ds
             return self.repo.change(ds.name, change.status, **change.fields)
+
+    def record_install(self, job: Job, installed: files.Installed) -> Dataset:
+        """The row takes the installed copy, checked in the same transaction against the
+        expectations the job downloaded against: if another process registered a changed
+        catalogue meanwhile, the copy is kept but `outdated`, saying what changed."""
+        with self.repo.transaction():
+            drift = files.catalogue_drift(self.repo.dataset(job.dataset), job.expect)
+            return self.repo.change(
+                job.dataset,
+                Status.DOWNLOADED,
+                downloaded=True,
+                size=installed.size,
+                checksum=installed.sha256,
+                downloaded_at_ms=now_ms(),
+                file_mtime_ns=installed.mtime_ns,
+                download_progress=100.0,
+                outdated=drift is not None,
+                outdated_reason=drift,
+                confirmed=installed.unconfirmed is None,
+                unconfirmed_reason=installed.unconfirmed,
+                error=None,
+            )
 
     def resting_status(self, ds: Dataset) -> Status:
         return resting_status(

@@ -39,6 +39,9 @@ HTML_SUFFIXES = (".html", ".htm")
 class Fetched:
     size: int
     sha256: str
+    # Why the transfer cannot prove the body is whole (no length, no confirmation); None
+    # when it can. Expectations of the catalogue may still prove it (engine handlers).
+    unproven: str | None = None
 
 
 HeadersFn = Callable[[str], dict[str, str]]
@@ -261,11 +264,12 @@ def open_stream(
     raise BadResponse(f"more than {MAX_REDIRECTS} redirects from {url}")
 
 
-def parse_content_range(value: str | None) -> tuple[int, int | None] | None:
+def parse_content_range(value: str | None) -> tuple[int, int, int | None] | None:
+    """`bytes FIRST-LAST/TOTAL` -> (first, last, total or None for `*`); None if malformed."""
     m = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+|\*)", (value or "").strip())
     if not m:
         return None
-    return int(m.group(1)), None if m.group(3) == "*" else int(m.group(3))
+    return int(m.group(1)), int(m.group(2)), None if m.group(3) == "*" else int(m.group(3))
 
 
 def parse_unsatisfied(value: str | None) -> int | None:

@@ -1,15 +1,19 @@
 """The on-disk state of an unfinished download: `<target>.part` and its JSON sidecar, which
-records the URL asked for, the validators (ETag / Last-Modified) that prove a resume continues
-the same file, the total length, and for a segmented download each segment's progress."""
+records the URL asked for, the validators (ETag / Last-Modified, with the response's Date that
+tells whether the Last-Modified is strong) that prove a resume continues the same file, the
+total length, and for a segmented download each segment's progress."""
 
 from __future__ import annotations
 
+import email.utils
+import errno
 import json
 import os
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 _target_locks: dict[Path, threading.Lock] = {}
 _target_locks_guard = threading.Lock()
@@ -20,6 +24,31 @@ def target_lock(part: Path) -> threading.Lock:
     be finishing its last step when the next job for the same file starts."""
     with _target_locks_guard:
         return _target_locks.setdefault(part, threading.Lock())
+
+
+def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    """`os.pwrite` may write fewer bytes than given: write the rest; a write that makes no
+    progress is an error, never bytes silently missing from the file."""
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        if n <= 0:
+            raise _short(len(view), offset)
+        view, offset = view[n:], offset + n
+
+
+def write_all(fh: BinaryIO, data: bytes | memoryview, offset: int) -> None:
+    """The same for a file object (`offset`: where the write starts, for the message)."""
+    view = memoryview(data)
+    while view:
+        n = fh.write(view)
+        if not n:
+            raise _short(len(view), offset)
+        view, offset = view[n:], offset + n
+
+
+def _short(left: int, offset: int) -> OSError:
+    return OSError(errno.EIO, f"short write: {left} bytes at offset {offset} were not written")
 
 
 def sidecar_path(part: Path) -> Path:
@@ -46,11 +75,33 @@ def discard_partial(part: Path) -> None:
     sidecar_path(part).unlink(missing_ok=True)
 
 
-def validator(etag: str | None, last_modified: str | None) -> str | None:
-    """The If-Range value that proves identity: a strong ETag, else Last-Modified."""
+def validator(etag: str | None, last_modified: str | None, date: str | None) -> str | None:
+    """The If-Range value that proves identity, from a response's (or a sidecar's) ETag,
+    Last-Modified and Date: only validators RFC 9110 calls strong. A strong ETag; else a
+    Last-Modified at least one second older than the Date of the response that carried it
+    (RFC 9110 8.8.2.2: a file may change twice within the second it names); else None."""
     if etag and not etag.startswith("W/"):
         return etag
-    return last_modified or None
+    modified, now = _http_date(last_modified), _http_date(date)
+    if last_modified and modified is not None and now is not None and now - modified >= 1:
+        return last_modified
+    return None
+
+
+def meta_validator(meta: Mapping[str, Any]) -> str | None:
+    """The validator a sidecar recorded (with the Date it came with)."""
+    return validator(meta.get("etag"), meta.get("last_modified"), meta.get("date"))
+
+
+def _http_date(value: str | None) -> float | None:
+    """An HTTP date as a timestamp; None when absent or unparsable (then it proves nothing)."""
+    if not value:
+        return None
+    try:
+        parsed = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return parsed.timestamp() if parsed.tzinfo is not None else None
 
 
 @dataclass
@@ -65,4 +116,4 @@ class Partial:
 
     @property
     def validator(self) -> str | None:
-        return validator(self.meta.get("etag"), self.meta.get("last_modified"))
+        return meta_validator(self.meta)

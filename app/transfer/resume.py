@@ -2,9 +2,12 @@
 what to do out. No file or socket is touched here; single.py and segmented.py act on the plan.
 
 A partial file is only ever extended when the server proves it is sending the same file: the
-request carries `If-Range` with a strong ETag (else Last-Modified) recorded in the sidecar,
-and only a 206 whose Content-Range starts exactly at our offset is appended. A 200 is a whole
-body, written from zero; anything else that contradicts the partial drops it (`Restart`).
+request carries `If-Range` with a validator RFC 9110 calls strong (a strong ETag, else a
+Last-Modified a second older than its response's Date) recorded in the sidecar, and only a 206
+whose Content-Range is exactly the range asked, with the sidecar's total, is appended. A 200
+is a whole body, written from zero; anything that contradicts the request or the partial (a
+200 with a partial Content-Range, another range or total) drops it (`Restart`), saying what
+the server did.
 """
 
 from __future__ import annotations
@@ -24,9 +27,13 @@ from dsm.transfer.http import (
     parse_unsatisfied,
     public_url,
 )
-from dsm.transfer.partfile import validator
+from dsm.transfer.partfile import meta_validator, validator
 
 CHANGED = "the file changed on the server"
+UNPROVEN = (
+    "the server sent no length (no Content-Length, Content-Range or chunked framing) and no "
+    "strong validator to confirm the end: the body may have been cut short"
+)
 
 
 @dataclass(frozen=True)
@@ -67,12 +74,14 @@ class Ask:
 class Write:
     """Stream the body into the partial file from `offset` (0: from zero, never appended).
     `confirm`: the body has no length, so its end may be a dropped connection: afterwards ask
-    once more for the bytes after it (a 416 proves the end)."""
+    once more for the bytes after it (a 416 proves the end). `proven`: the response frames
+    its end (a length, a total, chunks), so a body that ends early is detected."""
 
     offset: int
     total: int | None
     meta: dict[str, Any]
     confirm: bool = False
+    proven: bool = True
 
 
 @dataclass(frozen=True)
@@ -107,7 +116,7 @@ def start(
 ) -> Start:
     """What to do before any request, from what is on disk."""
     have, meta = disk.size, dict(disk.meta)
-    proof = validator(meta.get("etag"), meta.get("last_modified"))
+    proof = meta_validator(meta)
     if meta.get("url") != url or not proof:
         have, meta = 0, {}  # cannot prove the partial is the same file: start clean
     if meta.get("segments") and have != meta.get("total"):
@@ -131,7 +140,7 @@ def worth_it(policy: Policy, total: int | None, meta: Mapping[str, Any]) -> bool
         policy.segments > 1
         and total is not None
         and total >= policy.segment_min
-        and validator(meta.get("etag"), meta.get("last_modified")) is not None
+        and meta_validator(meta) is not None
     )
 
 
@@ -141,7 +150,7 @@ def respond(
     """What to do with the response to `asked`; `source` is the URL asked for (the sidecar
     records it, not where redirects led)."""
     have, headers = asked.offset, answer.headers
-    etag, modified = headers.get("etag"), headers.get("last-modified")
+    etag, modified, date = headers.get("etag"), headers.get("last-modified"), headers.get("date")
     if answer.status == 416:
         size = parse_unsatisfied(headers.get("content-range"))
         if size == have:  # we have it all already; `bytes=0-` of an empty file says 0
@@ -149,19 +158,21 @@ def respond(
         if have:
             return Restart(f"HTTP 416 for a resume from byte {have}")
         return Reject(http_error(answer))
+    if answer.status not in (200, 206):
+        return Reject(http_error(answer))
+    wrong = contradiction(asked, answer.status, headers.get("content-range"))
+    if wrong is not None:
+        return Restart(wrong)
     if answer.status == 206:
-        rng = parse_content_range(headers.get("content-range"))
-        if rng is None or rng[0] != have:
-            return Restart(f"server sent a range that does not start at byte {have}")
-        if have and validator(etag, modified) not in (None, asked.headers.get("If-Range")):
+        if have and _other_version(asked.headers.get("If-Range"), answer):
             return Restart(CHANGED)
-        total = rng[1]
-    elif answer.status == 200:
+        rng = parse_content_range(headers.get("content-range"))
+        assert rng is not None  # contradiction() checked it
+        total = rng[2]
+    else:
         have = 0  # a full body: never appended to a partial file
         length = headers.get("content-length")
         total = int(length) if length and length.isdigit() else None
-    else:
-        return Reject(http_error(answer))
     if looks_like_html(headers, target):
         return Reject(
             BadResponse(f"server sent an HTML page instead of data ({public_url(answer.url)})")
@@ -173,33 +184,78 @@ def respond(
                 f"({public_url(answer.url)})"
             )
         )
-    meta = {"url": source, "etag": etag, "last_modified": modified, "total": total}
+    meta = {"url": source, "etag": etag, "last_modified": modified, "date": date, "total": total}
     if answer.status == 206 and have == 0 and worth_it(policy, total, meta):
         assert total is not None  # worth_it checked it
         return Split(total, meta)
-    return Write(have, total, meta, confirm=not asked.confirming and _ended_by_close(answer))
+    framed = total is not None or _chunked(answer)
+    confirm = not framed and not asked.confirming and _resumable(answer)
+    return Write(have, total, meta, confirm=confirm, proven=framed)
 
 
-def _ended_by_close(answer: Answer) -> bool:
-    """A body without Content-Length or chunked framing, resumable by its validators."""
+def contradiction(asked: Ask, status: int, content_range: str | None) -> str | None:
+    """Why a 200 or 206 contradicts the request or the partial's sidecar (say a broken proxy
+    answered), or None. Such a body is never written: the partial restarts from zero."""
+    rng = parse_content_range(content_range)
+    if status == 200:
+        if content_range is None or (rng is not None and _whole(rng)):
+            return None
+        return f"server answered 200 (a whole file) with Content-Range {content_range!r}"
+    have, recorded = asked.offset, asked.meta.get("total")
+    if rng is None:
+        return f"server answered 206 without a usable Content-Range ({content_range!r})"
+    first, last, total = rng
+    if first != have or (total is not None and last != total - 1):
+        return f"server sent bytes {first}-{last}/{total or '*'} for a request from byte {have}"
+    if have and isinstance(recorded, int) and total != recorded:
+        return (
+            f"server says the file has {total or 'an unknown number of'} bytes, "
+            f"the partial file's sidecar recorded {recorded}"
+        )
+    return None
+
+
+def _whole(rng: tuple[int, int, int | None]) -> bool:
+    first, last, total = rng
+    return first == 0 and total is not None and last == total - 1
+
+
+def _chunked(answer: Answer) -> bool:
+    return "chunked" in answer.headers.get("transfer-encoding", "").lower()
+
+
+def _resumable(answer: Answer) -> bool:
+    """The response carries a strong validator: the bytes after its end can be asked for."""
     headers = answer.headers
     return (
-        "content-length" not in headers
-        and "chunked" not in headers.get("transfer-encoding", "").lower()
-        and validator(headers.get("etag"), headers.get("last-modified")) is not None
+        validator(headers.get("etag"), headers.get("last-modified"), headers.get("date"))
+        is not None
     )
 
 
-def segment(pos: int, total: int, if_range: str, answer: Answer) -> Restart | Reject | None:
-    """Check one segment's response to `Range: bytes=pos-…` with `If-Range`; None accepts it."""
+def segment(
+    first: int, last: int, total: int, if_range: str, answer: Answer
+) -> Restart | Reject | None:
+    """Check one segment's response to `Range: bytes=first-last` with `If-Range`; None
+    accepts it."""
     if answer.status == 200:
         return Restart(CHANGED)  # If-Range did not match: the server sent the new file whole
     if answer.status != 206:
         return Reject(http_error(answer))
-    rng = parse_content_range(answer.headers.get("content-range"))
-    if rng is None or rng[0] != pos or rng[1] != total:
-        return Restart(f"server sent a range that is not {pos}-")
-    got = validator(answer.headers.get("etag"), answer.headers.get("last-modified"))
-    if got not in (None, if_range):
+    cr = answer.headers.get("content-range")
+    if parse_content_range(cr) != (first, last, total):
+        return Restart(f"server sent {cr!r} for a request of bytes {first}-{last}/{total}")
+    if _other_version(if_range, answer):
         return Restart(CHANGED)
     return None
+
+
+def _other_version(if_range: str | None, answer: Answer) -> bool:
+    """The 206 names another version than the If-Range we sent: its ETag differs from our
+    ETag, or its Last-Modified from our date (echoed validators must match, strong or not)."""
+    if not if_range:
+        return False
+    etag, modified = answer.headers.get("etag"), answer.headers.get("last-modified")
+    if if_range.startswith('"'):
+        return etag is not None and etag != if_range
+    return modified is not None and modified != if_range

@@ -35,7 +35,7 @@ from dsm.transfer.http import (
     network_error,
     open_stream,
 )
-from dsm.transfer.partfile import Partial, discard_partial, write_sidecar
+from dsm.transfer.partfile import Partial, discard_partial, pwrite_all, write_sidecar
 
 HASH_BLOCK = 4 << 20
 WRITE_BATCH = 1 << 20
@@ -237,10 +237,8 @@ class SegmentedDownload:
 
     def _request(self, seg: Segment) -> None:
         url = self.p.source
-        headers = base_headers() | {
-            "Range": f"bytes={seg.pos}-{seg.end - 1}",
-            "If-Range": self.if_range,
-        }
+        first, last = seg.pos, seg.end - 1  # a split may move seg.end: check what was asked
+        headers = base_headers() | {"Range": f"bytes={first}-{last}", "If-Range": self.if_range}
         with self.env.slots.slot(url, self.ctl):
             try:
                 with open_stream(self.env.client, url, headers, self.env.host_headers) as (
@@ -248,7 +246,7 @@ class SegmentedDownload:
                     final,
                 ):
                     answer = Answer.of(resp, final)
-                    verdict = resume.segment(seg.pos, self.total, self.if_range, answer)
+                    verdict = resume.segment(first, last, self.total, self.if_range, answer)
                     if isinstance(verdict, resume.Reject):
                         raise verdict.error
                     if isinstance(verdict, resume.Restart):  # _finish drops the set's files
@@ -285,7 +283,7 @@ class SegmentedDownload:
                 return False
             data = memoryview(batch)[: seg.end - seg.pos]
             try:
-                os.pwrite(self.fd, data, seg.pos)
+                pwrite_all(self.fd, data, seg.pos)
             except OSError as exc:
                 self._fail(disk_error(exc, self.p.part))
                 return False

@@ -46,7 +46,14 @@ from dsm.transfer.http import (
     network_error,
     open_stream,
 )
-from dsm.transfer.partfile import Partial, discard_partial, read_sidecar, target_lock, write_sidecar
+from dsm.transfer.partfile import (
+    Partial,
+    discard_partial,
+    read_sidecar,
+    target_lock,
+    write_all,
+    write_sidecar,
+)
 from dsm.transfer.resume import OnDisk
 from dsm.transfer.segmented import SegmentedDownload
 
@@ -78,7 +85,7 @@ class _Sink:
             self.fh.seek(self.size)
 
     def write(self, data: bytes) -> None:
-        self.fh.write(data)
+        write_all(self.fh, data, self.size)
         self.sha.update(data)
         self.size += len(data)
         self.unsynced += len(data)
@@ -293,7 +300,7 @@ def _act(env: Env, plan: resume.Plan, resp: httpx.Response, slot: Slot, p: Parti
         sink = _prepare(p.part, plan.offset, plan.total, plan.meta)
     except OSError as exc:
         raise disk_error(exc, p.part) from exc
-    return _finish(sink, p.part, resp, env.ctl, plan.total)
+    return _finish(sink, p.part, resp, env.ctl, plan.total, plan.proven)
 
 
 def _complete(part: Path, size: int, meta: dict[str, Any]) -> Fetched:
@@ -311,6 +318,7 @@ def _finish(
     resp: httpx.Response | None = None,
     ctl: Control | None = None,
     total: int | None = None,
+    proven: bool = True,
 ) -> Fetched:
     try:
         if resp is not None and ctl is not None:
@@ -326,4 +334,4 @@ def _finish(
         sink.close()
     if total is not None and sink.size != total:
         raise Truncated(f"connection ended at byte {sink.size} of {total}")
-    return Fetched(size=sink.size, sha256=sink.sha.hexdigest())
+    return Fetched(sink.size, sink.sha.hexdigest(), None if proven else resume.UNPROVEN)

@@ -12,7 +12,9 @@ import pytest
 from dsm.errors import BadResponse, HttpStatusError, IntegrityError
 from dsm.transfer import resume
 from dsm.transfer.http import Answer, Policy
+from dsm.transfer.partfile import validator
 from dsm.transfer.resume import (
+    CHANGED,
     Ask,
     Complete,
     OnDisk,
@@ -27,12 +29,18 @@ URL = "http://127.0.0.1:9/a.bin"
 TARGET = Path("data/a.bin")
 STRONG = '"v1"'
 LAST_MOD = "Tue, 01 Dec 2026 10:00:00 GMT"
+LATER = "Tue, 01 Dec 2026 10:00:01 GMT"  # a Date one second after LAST_MOD: LAST_MOD is strong
 ONE = Policy(stall_timeout=5)  # one stream
 SPLIT = Policy(stall_timeout=5, segments=4, segment_min=1000)
 
 
+def meta(**over: Any) -> dict[str, Any]:
+    """The sidecar `respond` records for a response to URL."""
+    return {"url": URL, "etag": None, "last_modified": None, "date": None, "total": 5000, **over}
+
+
 def sidecar(**over: Any) -> dict[str, Any]:
-    return {"url": URL, "etag": STRONG, "last_modified": None, "total": 5000, **over}
+    return {"url": URL, "etag": STRONG, "last_modified": None, "date": None, "total": 5000, **over}
 
 
 # -- before the request ------------------------------------------------------------------
@@ -58,10 +66,20 @@ START_CASES = [
     ),
     StartCase(
         "weak ETag falls back to Last-Modified",
-        OnDisk(1200, sidecar(etag='W/"v1"', last_modified=LAST_MOD)),
+        OnDisk(1200, sidecar(etag='W/"v1"', last_modified=LAST_MOD, date=LATER)),
         Ask,
         offset=1200,
         headers={"Range": "bytes=1200-", "If-Range": LAST_MOD},
+    ),
+    StartCase(
+        "Last-Modified in the same second as its Date is weak: start clean",
+        OnDisk(1200, sidecar(etag=None, last_modified=LAST_MOD, date=LAST_MOD)),
+        Ask,
+    ),
+    StartCase(
+        "Last-Modified recorded without a Date proves nothing: start clean",
+        OnDisk(1200, sidecar(etag=None, last_modified=LAST_MOD)),
+        Ask,
     ),
     StartCase(
         "weak ETag alone proves nothing: start clean", OnDisk(1200, sidecar(etag='W/"v1"')), Ask
@@ -132,13 +150,17 @@ RESPOND_CASES = [
         "206 at our offset, same strong validator: append",
         RESUMING,
         answer(206, content_range="bytes 1200-4999/5000", etag=STRONG, content_length="3800"),
-        Write(1200, 5000, {"url": URL, "etag": STRONG, "last_modified": None, "total": 5000}),
+        Write(
+            1200,
+            5000,
+            {"url": URL, "etag": STRONG, "last_modified": None, "date": None, "total": 5000},
+        ),
     ),
     RespondCase(
         "206 at another offset: restart",
         RESUMING,
         answer(206, content_range="bytes 0-4999/5000", etag=STRONG),
-        Restart("server sent a range that does not start at byte 1200"),
+        Restart("server sent bytes 0-4999/5000 for a request from byte 1200"),
     ),
     RespondCase(
         "206 with another validator: the file changed, restart",
@@ -150,7 +172,11 @@ RESPOND_CASES = [
         "200 to a Range request: the whole body from zero, never appended",
         RESUMING,
         answer(200, content_length="5000", etag='"v2"'),
-        Write(0, 5000, {"url": URL, "etag": '"v2"', "last_modified": None, "total": 5000}),
+        Write(
+            0,
+            5000,
+            {"url": URL, "etag": '"v2"', "last_modified": None, "date": None, "total": 5000},
+        ),
     ),
     RespondCase(
         "416 naming our size: we have it all",
@@ -175,27 +201,95 @@ RESPOND_CASES = [
         "fresh 206 of a big file with a validator: split into segments",
         FRESH,
         answer(206, content_range="bytes 0-4999/5000", etag=STRONG),
-        Split(5000, {"url": URL, "etag": STRONG, "last_modified": None, "total": 5000}),
+        Split(
+            5000, {"url": URL, "etag": STRONG, "last_modified": None, "date": None, "total": 5000}
+        ),
         policy=SPLIT,
     ),
     RespondCase(
         "fresh 206 without a validator: one stream, ranges cannot be pinned",
         FRESH,
         answer(206, content_range="bytes 0-4999/5000", content_length="5000"),
-        Write(0, 5000, {"url": URL, "etag": None, "last_modified": None, "total": 5000}),
+        Write(
+            0, 5000, {"url": URL, "etag": None, "last_modified": None, "date": None, "total": 5000}
+        ),
         policy=SPLIT,
     ),
     RespondCase(
         "a body without a length ends by close: confirm it afterwards",
         FRESH,
         answer(200, etag=STRONG),
-        Write(0, None, {"url": URL, "etag": STRONG, "last_modified": None, "total": None}, True),
+        Write(0, None, meta(etag=STRONG, total=None), confirm=True, proven=False),
+    ),
+    RespondCase(
+        "no length and no strong validator: written, but not proven whole",
+        FRESH,
+        answer(200, last_modified=LAST_MOD, date=LAST_MOD),
+        Write(0, None, meta(last_modified=LAST_MOD, date=LAST_MOD, total=None), proven=False),
+    ),
+    RespondCase(
+        "chunked framing proves the end",
+        FRESH,
+        answer(200, transfer_encoding="chunked"),
+        Write(0, None, meta(total=None)),
     ),
     RespondCase(
         "the confirming request itself is not confirmed again",
-        Ask(1200, sidecar(), RESUMING.headers, confirming=True),
+        Ask(1200, sidecar(total=None), RESUMING.headers, confirming=True),
         answer(206, content_range="bytes 1200-1300/*", etag=STRONG),
-        Write(1200, None, {"url": URL, "etag": STRONG, "last_modified": None, "total": None}),
+        Write(1200, None, meta(etag=STRONG, total=None), proven=False),
+    ),
+    # Responses that contradict the request or the sidecar: never appended (issue 12.2).
+    RespondCase(
+        "200 with a Content-Range and only the tail (a broken proxy): restart",
+        RESUMING,
+        answer(200, content_range="bytes 1200-4999/5000", content_length="3800", etag=STRONG),
+        Restart("server answered 200 (a whole file) with Content-Range 'bytes 1200-4999/5000'"),
+    ),
+    RespondCase(
+        "200 whose Content-Range names the whole file: a whole body",
+        RESUMING,
+        answer(200, content_range="bytes 0-4999/5000", content_length="5000", etag=STRONG),
+        Write(0, 5000, meta(etag=STRONG)),
+    ),
+    RespondCase(
+        "206 that ends before the end asked for: restart",
+        RESUMING,
+        answer(206, content_range="bytes 1200-2999/5000", etag=STRONG),
+        Restart("server sent bytes 1200-2999/5000 for a request from byte 1200"),
+    ),
+    RespondCase(
+        "206 with another total than the sidecar's: restart",
+        RESUMING,
+        answer(206, content_range="bytes 1200-5999/6000", etag=STRONG),
+        Restart("server says the file has 6000 bytes, the partial file's sidecar recorded 5000"),
+    ),
+    RespondCase(
+        "206 with an unknown total where the sidecar knew it: restart",
+        RESUMING,
+        answer(206, content_range="bytes 1200-4999/*", etag=STRONG),
+        Restart(
+            "server says the file has an unknown number of bytes, "
+            "the partial file's sidecar recorded 5000"
+        ),
+    ),
+    RespondCase(
+        "206 without a Content-Range: restart",
+        RESUMING,
+        answer(206, etag=STRONG),
+        Restart("server answered 206 without a usable Content-Range (None)"),
+    ),
+    RespondCase(
+        "resume by Last-Modified, the 206 names the same one: append",
+        Ask(1200, sidecar(etag=None, last_modified=LAST_MOD, date=LATER), {"If-Range": LAST_MOD}),
+        answer(206, content_range="bytes 1200-4999/5000", last_modified=LAST_MOD, date=LATER),
+        Write(1200, 5000, meta(last_modified=LAST_MOD, date=LATER)),
+    ),
+    RespondCase(
+        "resume by Last-Modified, the 206 names another (even a weak one): restart",
+        Ask(1200, sidecar(etag=None, last_modified=LAST_MOD, date=LATER), {"If-Range": LAST_MOD}),
+        answer(206, content_range="bytes 1200-4999/5000", last_modified=LATER, date=LATER),
+        Restart(CHANGED),
     ),
     RespondCase("503: an HTTP error", RESUMING, answer(503), Reject),
     RespondCase(
@@ -245,28 +339,57 @@ def test_rejections_carry_typed_errors(ans: Answer, error: type, message: str) -
 @pytest.mark.parametrize(
     ("ans", "want"),
     [
-        (answer(206, content_range="bytes 2500-4999/5000", etag=STRONG), None),
-        (answer(206, content_range="bytes 2500-4999/5000"), None),  # no validator echoed
+        (answer(206, content_range="bytes 2500-3999/5000", etag=STRONG), None),
+        (answer(206, content_range="bytes 2500-3999/5000"), None),  # no validator echoed
         (answer(200, etag='"v2"'), Restart("the file changed on the server")),
         (
-            answer(206, content_range="bytes 0-4999/5000", etag=STRONG),
-            Restart("server sent a range that is not 2500-"),
+            answer(206, content_range="bytes 0-3999/5000", etag=STRONG),
+            Restart("server sent 'bytes 0-3999/5000' for a request of bytes 2500-3999/5000"),
         ),
         (
-            answer(206, content_range="bytes 2500-4999/6000", etag=STRONG),
-            Restart("server sent a range that is not 2500-"),
+            answer(206, content_range="bytes 2500-4999/5000", etag=STRONG),
+            Restart("server sent 'bytes 2500-4999/5000' for a request of bytes 2500-3999/5000"),
         ),
         (
-            answer(206, content_range="bytes 2500-4999/5000", etag='"v2"'),
+            answer(206, content_range="bytes 2500-3999/6000", etag=STRONG),
+            Restart("server sent 'bytes 2500-3999/6000' for a request of bytes 2500-3999/5000"),
+        ),
+        (
+            answer(206, content_range="bytes 2500-3999/5000", etag='"v2"'),
             Restart("the file changed on the server"),
         ),
     ],
 )
 def test_segment(ans: Answer, want: Restart | None) -> None:
-    assert resume.segment(2500, 5000, STRONG, ans) == want
+    assert resume.segment(2500, 3999, 5000, STRONG, ans) == want
 
 
 def test_segment_http_error_is_rejected() -> None:
-    plan = resume.segment(2500, 5000, STRONG, answer(404))
+    plan = resume.segment(2500, 3999, 5000, STRONG, answer(404))
     assert isinstance(plan, Reject) and isinstance(plan.error, HttpStatusError)
     assert plan.error.status == 404
+
+
+# -- which validators are strong (RFC 9110 8.8.2.2, 8.8.3) ----------------------------------
+@pytest.mark.parametrize(
+    ("etag", "last_modified", "date", "want"),
+    [
+        (STRONG, None, None, STRONG),
+        (STRONG, LAST_MOD, LAST_MOD, STRONG),
+        ('W/"v1"', None, None, None),
+        ('W/"v1"', LAST_MOD, LATER, LAST_MOD),
+        (None, LAST_MOD, LATER, LAST_MOD),  # one second older than the Date: strong
+        (None, LAST_MOD, "Tue, 01 Dec 2026 11:00:00 GMT", LAST_MOD),
+        (None, LAST_MOD, LAST_MOD, None),  # the same second: the file may change again in it
+        (None, LATER, LAST_MOD, None),  # modified after the Date: a clock says nonsense
+        (None, LAST_MOD, None, None),  # no Date to compare with
+        (None, LAST_MOD, "yesterday", None),
+        (None, "a while ago", LATER, None),
+        (None, None, LATER, None),
+        ("", "", "", None),
+    ],
+)
+def test_strong_validator(
+    etag: str | None, last_modified: str | None, date: str | None, want: str | None
+) -> None:
+    assert validator(etag, last_modified, date) == want

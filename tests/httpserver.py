@@ -238,9 +238,11 @@ def _handler_for(server: FileServer) -> type[BaseHTTPRequestHandler]:
                 last = min(seen.range_end or len(body) - 1, len(body) - 1)
                 last -= fault.range_end_short or 0
                 status = 200 if fault.range_as_200 else 206
-                total = len(body) if fault.range_total is None else fault.range_total
-                headers["Content-Range"] = f"bytes {start}-{last}/{total}"
                 body = body[: last + 1]
+                if fault.range_total is not None:  # consistent in itself, another file's size
+                    last = fault.range_total - 1
+                total = len(res.body) if fault.range_total is None else fault.range_total
+                headers["Content-Range"] = f"bytes {start}-{last}/{total}"
             payload = body[start:]
             seen.status = status
             self.send_response(status)

@@ -1,0 +1,311 @@
+"""Issue 12: never call wrong bytes a verified download, never let the store say what is not
+so. Each test drives the live local server (faults on demand) or real `dsm` processes."""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from dsm.api.app import render_dataset
+from dsm.domain.events import EventKind
+from dsm.domain.jobs import Job, JobStatus, JobType
+from dsm.domain.model import Status
+from dsm.engine.engine import Engine
+from dsm.transfer import partfile, single
+from tests.conftest import CatalogFn, blob, run_dsm, sha
+from tests.enginehelp import Run, run_jobs, setup, until
+from tests.httpserver import FileServer
+
+pytestmark = pytest.mark.anyio
+SIZE = 2_000_000
+CUT = 700_000
+
+
+def entry(name: str, url: str, data: bytes | None = None) -> dict[str, Any]:
+    e: dict[str, Any] = {"name": name, "description": name, "original_url": url}
+    e["local_path"] = f"data/{name}"
+    if data is not None:
+        e["expected_size"], e["expected_sha256"] = len(data), sha(data)
+    return e
+
+
+def retry_errors(run: Run) -> list[str]:
+    return [e.job.error or "" for e in run.kinds(EventKind.RETRYING)]
+
+
+# -- 1. nothing is marked a proven download unless its bytes are proven ---------------------
+def test_a_cut_body_nothing_can_prove_is_not_a_proven_download(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    """No Content-Length, no validators, Range ignored, cut at 700,000 of 2,000,000: the
+    copy is kept but `confirmed: false` everywhere, the run fails, the next download fetches
+    again and compares."""
+    data = blob(21, SIZE)
+    cat = catalog(a=server.add("a.bin", data, etag=None, last_modified=False))
+    server.always("a.bin", no_length=True, ignore_range=True)
+    server.fault("a.bin", no_length=True, ignore_range=True, drop_after=CUT)
+    run = run_dsm("--run-job", "download", "--dataset", "a", home=home, catalog_path=cat)
+    assert run.returncode == 1, run.stderr
+    assert "dsm: a: downloaded, not confirmed: the server sent no length" in run.stderr
+    row = json.loads(run_dsm("show", "a", "--json", home=home, catalog_path=cat).stdout)
+    assert (row["size"], row["confirmed"]) == (CUT, False)
+    assert "may have been cut short" in row["unconfirmed_reason"]
+    listed = run_dsm("list", home=home, catalog_path=cat).stdout
+    assert "(unconfirmed)" in listed
+    page = json.loads(run_dsm("list", "--json", home=home, catalog_path=cat).stdout)
+    assert page["datasets"][0]["confirmed"] is False
+    # The API serialises the same row.
+    repo = setup(home, cat)[1]
+    assert render_dataset(repo.dataset("a"))["confirmed"] is False
+    # Not trusted: the next download fetches again (no "already downloaded"), and says how the
+    # new bytes compare with the unproven ones.
+    again = run_dsm("--run-job", "download", "--dataset", "a", home=home, catalog_path=cat)
+    assert again.returncode == 1 and "already downloaded" not in again.stderr
+    assert len(server.requests("a.bin")) == 2
+    row = json.loads(run_dsm("show", "a", "--json", home=home, catalog_path=cat).stdout)
+    assert (row["size"], row["checksum"], row["confirmed"]) == (SIZE, sha(data), False)
+    assert (
+        f"other bytes than the previous fetch, sha256 {sha(data[:CUT])}"
+        in (row["unconfirmed_reason"])
+    )
+
+
+def test_catalogue_size_and_sha256_prove_a_body_without_length(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    data = blob(22, 300_000)
+    url = server.add("a.bin", data, etag=None, last_modified=False)
+    cat = catalog([entry("a", url, data)])
+    server.always("a.bin", no_length=True, ignore_range=True)
+    run = run_dsm("--run-job", "download", "--dataset", "a", home=home, catalog_path=cat)
+    assert run.returncode == 0, run.stderr
+    row = json.loads(run_dsm("show", "a", "--json", home=home, catalog_path=cat).stdout)
+    assert (row["confirmed"], row["unconfirmed_reason"]) == (True, None)
+
+
+# -- 2. a response that contradicts the request is never appended -------------------------
+@pytest.mark.parametrize(
+    ("fault", "said"),
+    [
+        (
+            {"range_as_200": True},
+            f"server answered 200 (a whole file) with Content-Range "
+            f"'bytes {CUT}-{SIZE - 1}/{SIZE}'",
+        ),
+        (
+            {"range_end_short": 1000},
+            f"server sent bytes {CUT}-{SIZE - 1001}/{SIZE} for a request from byte {CUT}",
+        ),
+        (
+            {"range_total": SIZE + 5},
+            f"server says the file has {SIZE + 5} bytes, the partial file's sidecar recorded "
+            f"{SIZE}",
+        ),
+    ],
+    ids=["200-with-tail", "206-short-end", "206-other-total"],
+)
+async def test_a_resume_answer_that_contradicts_the_request_restarts(
+    server: FileServer, home: Path, catalog: CatalogFn, fault: dict[str, Any], said: str
+) -> None:
+    """A broken proxy's answer to the resume: nothing appended; the partial restarts from
+    zero and the error says what the server did. No catalogue size or sha to catch it."""
+    data = blob(23, SIZE)
+    settings, repo = setup(home, catalog(a=server.add("a.bin", data)))
+    server.fault("a.bin", drop_after=CUT)
+    server.fault("a.bin", for_ranges=(CUT, CUT + 1), **fault)
+    run = await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
+    assert run.job.status == JobStatus.COMPLETED
+    assert f"{said}; restarting from zero" in retry_errors(run)[1]
+    resumed, fresh = server.requests("a.bin")[1:3]
+    assert resumed.range_start == CUT and fresh.range_start in (None, 0)
+    assert (home / "data" / "a").read_bytes() == data
+    ds = run.dataset("a")
+    assert (ds.size, ds.checksum, ds.confirmed) == (SIZE, sha(data), True)
+
+
+async def test_a_contradicting_answer_fails_with_what_the_server_did(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    data = blob(24, SIZE)
+    settings, repo = setup(home, catalog(a=server.add("a.bin", data)), DSM_MAX_RETRIES="1")
+    server.fault("a.bin", drop_after=CUT)
+    server.always("a.bin", range_as_200=True)
+    run = await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
+    assert run.job.status == JobStatus.FAILED
+    assert "server answered 200 (a whole file) with Content-Range" in (run.job.error or "")
+    assert not (home / "data" / "a").exists()
+
+
+# -- 3. resume only with validators RFC 9110 calls strong ----------------------------------
+async def test_last_modified_of_the_same_second_does_not_resume(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    """The file is replaced within the second its Last-Modified names (Date == Last-Modified):
+    that Last-Modified is weak, so the partial of v1 is not continued with v2's bytes."""
+    stamp = email.utils.formatdate(time.time(), usegmt=True)
+    v1, v2 = blob(25, SIZE), blob(26, SIZE)
+    url = server.add("a.bin", v1, etag=None, last_modified=stamp, date=stamp)
+    settings, repo = setup(home, catalog(a=url), DSM_MAX_RETRIES="0")
+    server.fault("a.bin", drop_after=CUT)
+    first = await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
+    assert first.job.status == JobStatus.FAILED
+    assert (home / "data" / "a.part").stat().st_size == CUT
+    server.add("a.bin", v2, etag=None, last_modified=stamp, date=stamp)
+    second = await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
+    assert second.job.status == JobStatus.COMPLETED
+    fresh = server.requests("a.bin")[1]
+    assert fresh.range_start in (None, 0) and "if-range" not in fresh.headers
+    assert (home / "data" / "a").read_bytes() == v2
+
+
+async def test_last_modified_a_second_older_than_date_resumes(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    """The contrast: the same file, its Last-Modified a minute old, resumes with If-Range."""
+    data = blob(27, SIZE)
+    settings, repo = setup(home, catalog(a=server.add("a.bin", data, etag=None)))
+    server.fault("a.bin", drop_after=CUT)
+    run = await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
+    assert run.job.status == JobStatus.COMPLETED
+    resumed = server.requests("a.bin")[1]
+    last_modified = server.resources["/a.bin"].last_modified
+    assert resumed.range_start == CUT and resumed.headers["if-range"] == last_modified
+    assert (home / "data" / "a").read_bytes() == data
+
+
+# -- 4. a job downloads against the expectations it started with ---------------------------
+async def test_catalogue_changed_by_another_process_during_a_download(
+    server: FileServer, home: Path, catalog: CatalogFn, tmp_path: Path
+) -> None:
+    a, b = blob(28, 300_000), blob(29, 400_000)
+    v1 = catalog([entry("a", server.add("a.bin", a), a)])
+    v2 = tmp_path / "v2.json"
+    v2.write_text(json.dumps({"datasets": [entry("a", server.add("b.bin", b), b)]}))
+    settings, repo = setup(home, v1)
+    gate = threading.Event()
+    server.fault("a.bin", gate=gate)
+
+    async def register_v2(engine: Engine, jobs: list[Job]) -> None:
+        await until(lambda: bool(server.requests("a.bin")))  # the download has started
+        listed = await anyio.to_thread.run_sync(lambda: run_dsm("list", home=home, catalog_path=v2))
+        assert listed.returncode == 0, listed.stderr
+        gate.set()
+
+    run = await run_jobs(settings, repo, JobType.DOWNLOAD, "a", during=register_v2)
+    assert run.job.status == JobStatus.COMPLETED
+    assert run.job.expect == {"url": server.url("a.bin"), "expected_size": len(a)} | {
+        "expected_sha256": sha(a)
+    }
+    ds = run.dataset("a")
+    assert (ds.status, ds.size, ds.checksum, ds.outdated) == (
+        Status.DOWNLOADED,
+        len(a),
+        sha(a),
+        True,
+    )
+    assert ds.outdated_reason is not None
+    assert f"url '{server.url('a.bin')}' -> '{server.url('b.bin')}'" in ds.outdated_reason
+    # verify names the expectation and where it comes from.
+    settings2, repo2 = setup(home, v2)
+    check = await run_jobs(settings2, repo2, JobType.VERIFY, "a")
+    assert check.job.error == (
+        f"size mismatch on disk: expected {len(b)} bytes (catalogue), found {len(a)}"
+    )
+    # Under v2 the download is not skipped: it fetches B.
+    again = await run_jobs(settings2, repo2, JobType.DOWNLOAD, "a")
+    assert again.job.status == JobStatus.COMPLETED
+    assert (home / "data" / "a").read_bytes() == b
+    assert again.dataset("a").outdated is False
+
+
+# -- 6. every write loop checks the bytes written -----------------------------------------
+def short_pwrite(limit: int, calls: list[int]) -> Any:
+    real = os.pwrite
+
+    def pwrite(fd: int, data: Any, offset: int) -> int:
+        calls.append(len(data))
+        return real(fd, bytes(data)[:limit], offset) if limit else 0
+
+    return pwrite
+
+
+class ShortFile:
+    """A file object whose write takes at most `limit` bytes (0: none)."""
+
+    def __init__(self, fh: Any, limit: int) -> None:
+        self.fh, self.limit = fh, limit
+
+    def write(self, data: Any) -> int:
+        return self.fh.write(bytes(data)[: self.limit]) if self.limit else 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.fh, name)
+
+
+def short_sink(monkeypatch: pytest.MonkeyPatch, limit: int) -> None:
+    real_init = single._Sink.__init__
+
+    def init(self: single._Sink, part: Path, offset: int) -> None:
+        real_init(self, part, offset)
+        self.fh = ShortFile(self.fh, limit)  # type: ignore[assignment]
+
+    monkeypatch.setattr(single._Sink, "__init__", init)
+
+
+def segments(segmented: bool) -> dict[str, str]:
+    """Settings that make a 2 MB download segmented (pwrite) or one stream (file writes)."""
+    return {"DSM_SEGMENTS": "4" if segmented else "1", "DSM_SEGMENT_MIN": "100000"}
+
+
+@pytest.mark.parametrize("segmented", [False, True], ids=["single", "segmented"])
+async def test_short_writes_are_completed(
+    server: FileServer,
+    home: Path,
+    catalog: CatalogFn,
+    monkeypatch: pytest.MonkeyPatch,
+    segmented: bool,
+) -> None:
+    """Without a catalogue sha256 to catch it: a write that takes part of the bytes is
+    continued, and the file is the server's."""
+    data = blob(30, SIZE)
+    settings, repo = setup(home, catalog(a=server.add("a.bin", data)), **segments(segmented))
+    calls: list[int] = []
+    if segmented:
+        monkeypatch.setattr(partfile.os, "pwrite", short_pwrite(4097, calls))
+    else:
+        short_sink(monkeypatch, 4097)
+    run = await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
+    assert run.job.status == JobStatus.COMPLETED, run.job.error
+    assert (home / "data" / "a").read_bytes() == data
+    assert run.dataset("a").checksum == sha(data)
+    assert (len(calls) > SIZE // 4097) == segmented  # every short write was continued
+
+
+@pytest.mark.parametrize("segmented", [False, True], ids=["single", "segmented"])
+async def test_a_write_that_writes_nothing_fails_the_job(
+    server: FileServer,
+    home: Path,
+    catalog: CatalogFn,
+    monkeypatch: pytest.MonkeyPatch,
+    segmented: bool,
+) -> None:
+    data = blob(31, SIZE)
+    settings, repo = setup(home, catalog(a=server.add("a.bin", data)), **segments(segmented))
+    if segmented:
+        monkeypatch.setattr(partfile.os, "pwrite", short_pwrite(0, []))
+    else:
+        short_sink(monkeypatch, 0)
+    run = await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
+    assert run.job.status == JobStatus.FAILED
+    assert "short write" in (run.job.error or "")
+    ds = run.dataset("a")
+    assert (ds.status, ds.downloaded, ds.checksum) == (Status.ERROR, False, None)
+    assert not (home / "data" / "a").exists()

@@ -99,7 +99,7 @@ def test_crash_between_rename_and_store_update_needs_no_download(
     target.with_name("a.part").write_bytes(data)
     from dsm.engine import files as files_mod
 
-    files_mod.install(target, len(data), hashlib.sha256(data).hexdigest())  # then "crash"
+    files_mod.install(target, len(data), hashlib.sha256(data).hexdigest(), None)  # then "crash"
     assert part.exists()
     proc = run_dsm("--run-job", "download", "--dataset", "a", home=home, catalog_path=cat)
     assert proc.returncode == 0, proc.stderr

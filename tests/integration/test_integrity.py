@@ -19,7 +19,7 @@ from dsm.domain.events import EventKind
 from dsm.domain.jobs import Job, JobStatus, JobType
 from dsm.domain.model import Status
 from dsm.engine.engine import Engine
-from dsm.transfer import partfile, single
+from dsm.transfer import single
 from tests.conftest import CatalogFn, blob, run_dsm, sha
 from tests.enginehelp import Run, run_jobs, setup, until
 from tests.httpserver import FileServer
@@ -279,7 +279,7 @@ async def test_short_writes_are_completed(
     settings, repo = setup(home, catalog(a=server.add("a.bin", data)), **segments(segmented))
     calls: list[int] = []
     if segmented:
-        monkeypatch.setattr(partfile.os, "pwrite", short_pwrite(4097, calls))
+        monkeypatch.setattr(os, "pwrite", short_pwrite(4097, calls))
     else:
         short_sink(monkeypatch, 4097)
     run = await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
@@ -300,7 +300,7 @@ async def test_a_write_that_writes_nothing_fails_the_job(
     data = blob(31, SIZE)
     settings, repo = setup(home, catalog(a=server.add("a.bin", data)), **segments(segmented))
     if segmented:
-        monkeypatch.setattr(partfile.os, "pwrite", short_pwrite(0, []))
+        monkeypatch.setattr(os, "pwrite", short_pwrite(0, []))
     else:
         short_sink(monkeypatch, 0)
     run = await run_jobs(settings, repo, JobType.DOWNLOAD, "a")

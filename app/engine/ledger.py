@@ -183,30 +183,31 @@ class Ledger:
         alive: dict[str, bool] = {}
         with self.repo.transaction():
             jobs = self.repo.jobs()
-            live: set[str] = set()
+            running: set[str] = set()  # jobs of live processes: their rows are theirs
+            waiting: set[str] = set()  # jobs that wait for this or a later start
             for job in jobs:
                 if job.status.finished:
                     continue
                 if job.owner == self.owner or self.owner_alive(job.owner, alive):
-                    live.add(job.id)
+                    running.add(job.id)
                     continue
+                waiting.add(job.id)
                 if self.adopt_only is not None and job.dataset not in self.adopt_only:
-                    live.add(job.id)  # left waiting for a start that asks for its dataset
-                    continue
+                    continue  # left waiting for a start that asks for its dataset
                 job.owner, job.status, job.started_ms = self.owner, JobStatus.WAITING, None
                 self.repo.save_job(job)
                 adopted.append(job)
-                live.add(job.id)
-            self._reconcile(live)
+            self._reconcile(running, waiting)
             self.repo.prune_jobs(jobs, JOBS_KEPT_PER_DATASET)
         return adopted
 
-    def _reconcile(self, live: set[str]) -> None:
-        """Active rows: queued when a live job owns them, else at rest."""
+    def _reconcile(self, running: set[str], waiting: set[str]) -> None:
+        """Active rows: untouched while a live process's job owns them (it may be
+        downloading: issue 12.5), queued when their job waits, else at rest."""
         for ds in self.repo.datasets():
-            if ds.status not in ACTIVE:
+            if ds.status not in ACTIVE or ds.download_job_id in running:
                 continue
-            if ds.download_job_id in live:
+            if ds.download_job_id in waiting:
                 if ds.status != Status.QUEUED:
                     self.repo.change(ds.name, Status.QUEUED)
             else:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import email.utils
 import json
 import os
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -20,7 +21,7 @@ from dsm.domain.jobs import Job, JobStatus, JobType
 from dsm.domain.model import Status
 from dsm.engine.engine import Engine
 from dsm.transfer import single
-from tests.conftest import CatalogFn, blob, run_dsm, sha
+from tests.conftest import CatalogFn, blob, dsm_command, dsm_env, run_dsm, sha, wait_for
 from tests.enginehelp import Run, run_jobs, setup, until
 from tests.httpserver import FileServer
 
@@ -309,3 +310,43 @@ async def test_a_write_that_writes_nothing_fails_the_job(
     ds = run.dataset("a")
     assert (ds.status, ds.downloaded, ds.checksum) == (Status.ERROR, False, None)
     assert not (home / "data" / "a").exists()
+
+
+# -- 5. no start-up changes a row a live process owns ---------------------------------------
+def stored_row(home: Path, name: str) -> dict[str, Any]:
+    """The row as db.json holds it (read without starting a dsm process)."""
+    row: dict[str, Any] = json.loads((home / "db.json").read_text())["datasets"][name]
+    return row
+
+
+def test_other_processes_leave_a_running_download_alone(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    """`kilo` downloads in one `dsm --run-job`; `dsm list`, `dsm show` and a `--run-job` of
+    another dataset start on the same home; after each the row is still `downloading`, and
+    the download ends `downloaded`."""
+    kilo, other = blob(40, 500_000), blob(41, 100_000)
+    cat = catalog(kilo=server.add("kilo.bin", kilo), other=server.add("other.bin", other))
+    gate = threading.Event()
+    server.fault("kilo.bin", gate=gate)  # holds the answer until the checks are done
+    env = dsm_env(home, cat, DSM_STALL_TIMEOUT="60")
+    cmd = [*dsm_command(), "--run-job", "download", "--dataset", "kilo"]
+    with subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            wait_for(lambda: bool(server.requests("kilo.bin")), timeout=30)
+            assert stored_row(home, "kilo")["status"] == "downloading"
+            for args in (
+                ["list"],
+                ["show", "kilo"],
+                ["--run-job", "download", "--dataset", "other"],
+            ):
+                started = run_dsm(*args, home=home, catalog_path=cat)
+                assert started.returncode == 0, (args, started.stderr)
+                assert stored_row(home, "kilo")["status"] == "downloading", args
+            assert stored_row(home, "other")["status"] == "downloaded"
+        finally:
+            gate.set()
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    row = stored_row(home, "kilo")
+    assert (row["status"], row["checksum"]) == ("downloaded", sha(kilo))

@@ -16,13 +16,14 @@ from typing import Any, TypeVar
 from dsm.domain.jobs import Job
 from dsm.domain.model import Dataset, Status
 from dsm.errors import BadInput, UnknownDataset
-from dsm.store import Store, StoreCorrupt, StoreError
+from dsm.store import Store, StoreCorrupt, StoreError, StoreFull
 
 __all__ = [
     "IdempotencyMismatch",
     "Repository",
     "StoreCorrupt",
     "StoreError",
+    "StoreFull",
     "UnknownDataset",
     "now_ms",
 ]

@@ -9,6 +9,7 @@ from the file's latest content, so two processes never overwrite each other's ch
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import tempfile
@@ -34,6 +35,15 @@ class StoreError(Exception):
 
 class StoreCorrupt(StoreError):
     """db.json exists but is not a dsm store; it is left exactly as it was."""
+
+
+class StoreFull(StoreError):
+    """No space left to write the store (ENOSPC); the old file is untouched."""
+
+
+def _write_error(path: Path, exc: OSError) -> StoreError:
+    kind = StoreFull if exc.errno == errno.ENOSPC else StoreError
+    return kind(f"{path}: cannot write: {exc.strerror or exc}")
 
 
 def _check_shape(path: Path, data: object) -> Data:
@@ -152,7 +162,7 @@ class AtomicJSONStorage(Storage):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=self.path.parent)
         except OSError as exc:
-            raise StoreError(f"{self.path}: cannot write: {exc.strerror or exc}") from None
+            raise _write_error(self.path, exc) from None
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(payload)
@@ -165,7 +175,7 @@ class AtomicJSONStorage(Storage):
             os.replace(tmp, self.path)
         except OSError as exc:
             Path(tmp).unlink(missing_ok=True)
-            raise StoreError(f"{self.path}: cannot write: {exc.strerror or exc}") from None
+            raise _write_error(self.path, exc) from None
         ident = self._identity()
         self._cache = (ident, data) if ident else None
         try:  # make the rename itself durable

@@ -37,7 +37,7 @@ from dsm.engine.handlers import Handlers
 from dsm.engine.ledger import Ledger, owner_lock_path
 from dsm.engine.outcome import Outcome
 from dsm.errors import BadInput, UnknownDataset
-from dsm.repository import Repository, StoreError, now_ms
+from dsm.repository import Repository, StoreError, StoreFull, now_ms
 from dsm.transfer.single import ProgressFn
 
 log = logging.getLogger(__name__)
@@ -109,6 +109,7 @@ class Engine:
         owner_lock.acquire()
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=16)
         timeout = httpx.Timeout(CONNECT_TIMEOUT, read=self.settings.stall_timeout)
+        failure: StoreError | None = None
         try:
             # A sync client: transfers run in threads (see dsm/transfer/single.py for why).
             with httpx.Client(timeout=timeout, limits=limits, trust_env=True) as client:
@@ -124,20 +125,29 @@ class Engine:
                             tg.start_soon(self._worker, recv.clone())
                         recv.close()
                     tg.start_soon(self._flusher)
-                    await self.recover()
                     try:
-                        yield self
-                    finally:
-                        with anyio.CancelScope(shield=True):
-                            await (
-                                self.suspend_all() if self.suspend_on_exit else self.cancel_all()
-                            )
-                            await self.wait_idle()
-                            await self._flush()
+                        await self.recover()
+                    except StoreError as exc:  # a full disk: said once, no ExceptionGroup
+                        failure = exc
                         tg.cancel_scope.cancel()
+                    else:
+                        try:
+                            yield self
+                        finally:
+                            with anyio.CancelScope(shield=True):
+                                await (
+                                    self.suspend_all()
+                                    if self.suspend_on_exit
+                                    else self.cancel_all()
+                                )
+                                await self.wait_idle()
+                                await self._flush()
+                            tg.cancel_scope.cancel()
         finally:
             owner_lock.release()
             owner_lock_path(self.settings, self.owner).unlink(missing_ok=True)
+        if failure is not None:
+            raise failure
 
     async def wait_idle(self) -> None:
         """Return once this engine has no unfinished job."""
@@ -285,6 +295,7 @@ class Engine:
         outcome: Outcome = (JobStatus.CANCELED, STOPPED_MESSAGE)
         had_copy: bool | None = None
         lock: FileLock | None = None
+        ds: Dataset | None = None
         try:
             with self._scopes[job.id]:
                 lock = await self._lock_dataset(job.dataset)
@@ -302,6 +313,12 @@ class Engine:
                         f"timed out after {self.settings.job_timeout:g} s"
                         + (f" (last error: {job.error})" if job.error else ""),
                     )
+        except StoreError as exc:  # say, the disk filled up under the download
+            outcome = (JobStatus.FAILED, f"cannot record the job in the store: {exc}")
+            if isinstance(exc, StoreFull) and ds is not None and job.type.queue == "download":
+                # The partial is what fills the disk: drop it so its end can be recorded.
+                home = self.settings.home
+                await anyio.to_thread.run_sync(files.drop_partial, home, ds)
         except Exception as exc:  # a bug must fail its job, never the engine
             log.exception("job %s failed unexpectedly", job.id)
             outcome = (JobStatus.FAILED, f"internal error: {type(exc).__name__}: {exc}")
@@ -369,4 +386,7 @@ class Engine:
     async def _flush(self) -> None:
         if self._dirty:
             batch, self._dirty = self._dirty, {}
-            await self.ledger.call(self.repo.write_progress, list(batch.values()))
+            try:
+                await self.ledger.call(self.repo.write_progress, list(batch.values()))
+            except StoreError as exc:  # progress is advisory: the next flush writes newer
+                log.warning("cannot write progress to the store: %s", exc)

@@ -190,6 +190,17 @@ def _expected(catalogue: Any, recorded: Any, ds: Dataset) -> tuple[Any, str]:
     return recorded, "recorded at download" + ("" if ds.confirmed else ", unconfirmed")
 
 
+def drop_partial(home: Path, ds: Dataset) -> None:
+    """Remove the dataset's partial download (the disk is full: the store needs the room)."""
+    try:
+        part = part_of(target(home, ds))
+    except ValueError:
+        return
+    with target_lock(part):
+        if part.exists():  # else the sidecar may be an install's record: keep it
+            discard_partial(part)
+
+
 def remove(path: Path) -> None:
     """Remove the file and any partial download of it (the path is already inside the home)."""
     part = part_of(path)

@@ -4,11 +4,14 @@ so. Each test drives the live local server (faults on demand) or real `dsm` proc
 from __future__ import annotations
 
 import email.utils
+import errno
 import json
 import os
 import subprocess
+import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +19,7 @@ import anyio
 import pytest
 
 from dsm.api.app import render_dataset
+from dsm.cli import main
 from dsm.domain.events import EventKind
 from dsm.domain.jobs import Job, JobStatus, JobType
 from dsm.domain.model import Status
@@ -350,3 +354,72 @@ def test_other_processes_leave_a_running_download_alone(
     assert proc.returncode == 0, err
     row = stored_row(home, "kilo")
     assert (row["status"], row["checksum"]) == ("downloaded", sha(kilo))
+
+
+# -- 7. a store that cannot be written ------------------------------------------------------
+def disk_full_while(monkeypatch: pytest.MonkeyPatch, full: Callable[[], bool]) -> None:
+    """The store's writes fail with ENOSPC while `full()` holds (at the OS call it makes)."""
+    real = tempfile.mkstemp
+
+    def mkstemp(*args: Any, **kw: Any) -> tuple[int, str]:
+        if full():
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)  # the store's temp file for a write
+
+
+async def test_disk_full_after_the_download_fails_the_job_and_frees_the_room(
+    server: FileServer, home: Path, catalog: CatalogFn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The finished `.part` fills the disk: the store cannot record the end. The job fails
+    saying so, the partial is dropped (the room it frees records the failure), no row stays
+    `downloading`, and the next processes download and delete normally."""
+    data = blob(42, SIZE)
+    cat = catalog(a=server.add("a.bin", data))
+    settings, repo = setup(home, cat)
+    part = home / "data" / "a.part"
+    disk_full_while(monkeypatch, lambda: part.exists() and part.stat().st_size == SIZE)
+    run = await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
+    assert run.job.status == JobStatus.FAILED
+    assert run.job.error is not None
+    assert "cannot record the job in the store" in run.job.error
+    assert "No space left on device" in run.job.error
+    assert not part.exists() and not (home / "data" / "a").exists()
+    assert stored_row(home, "a")["status"] == "error"
+    monkeypatch.undo()
+    again = run_dsm("--run-job", "download", "--dataset", "a", home=home, catalog_path=cat)
+    assert again.returncode == 0 and "Traceback" not in again.stderr, again.stderr
+    assert stored_row(home, "a")["status"] == "downloaded"
+    gone = run_dsm("--run-job", "delete", "--dataset", "a", home=home, catalog_path=cat)
+    assert gone.returncode == 0, gone.stderr
+    assert stored_row(home, "a")["status"] == "not_loaded"
+
+
+def test_a_full_disk_at_start_up_is_one_clear_error(
+    server: FileServer,
+    home: Path,
+    catalog: CatalogFn,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: Any,
+) -> None:
+    """Recovery must write (a dead process's row stuck `downloading`) and cannot: one line,
+    exit 1, no ExceptionGroup traceback; once there is room the next start recovers (it
+    resumes the dead process's download, then deletes)."""
+    cat = catalog(a=server.add("a.bin", blob(43, 1000)))
+    repo = setup(home, cat)[1]
+    job = Job(JobType.DOWNLOAD, "a", {"dataset": "a", "force_download": False}, owner="dead")
+    job.status = JobStatus.RUNNING
+    repo.save_job(job)
+    repo.change("a", Status.QUEUED, download_job_id=job.id)
+    repo.change("a", Status.DOWNLOADING)
+    disk_full_while(monkeypatch, lambda: True)
+    code = main(["--run-job", "delete", "--dataset", "a"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.startswith("dsm: error: ") and "No space left on device" in err
+    assert "Traceback" not in err and "ExceptionGroup" not in err
+    monkeypatch.undo()
+    gone = run_dsm("--run-job", "delete", "--dataset", "a", home=home, catalog_path=cat)
+    assert gone.returncode == 0, gone.stderr
+    assert stored_row(home, "a")["status"] == "not_loaded"

@@ -276,16 +276,23 @@ class Engine:
                     finally:
                         self._picked.discard(job_id)
 
-    async def _lock_dataset(self, name: str) -> FileLock:
-        """One job per dataset: in this process (anyio lock), and across processes (file lock)."""
+    async def _lock_dataset(self, job: Job) -> FileLock:
+        """One job per dataset: in this process (anyio lock), and across processes (file lock).
+        A delete asks the other process that holds the dataset to cancel (as `c` in a
+        dashboard does), rather than wait out its download."""
+        name = job.dataset
         await self._ds_locks.setdefault(name, anyio.Lock()).acquire()
         lock = FileLock(self._lock_path(name), thread_local=False)
+        asked = job.type != JobType.DELETE
         try:
             while True:
                 try:
                     lock.acquire(timeout=0)
                     return lock
                 except Timeout:
+                    if not asked:
+                        asked = True
+                        await self.ledger.call(self.ledger.request_cancel, name)
                     await anyio.sleep(LOCK_POLL)
         except BaseException:
             self._ds_locks[name].release()
@@ -298,7 +305,7 @@ class Engine:
         ds: Dataset | None = None
         try:
             with self._scopes[job.id]:
-                lock = await self._lock_dataset(job.dataset)
+                lock = await self._lock_dataset(job)
                 ds = await self.ledger.call(self.repo.dataset, job.dataset)
                 had_copy = files.still_verified(self.settings.home, ds)
                 job.status, job.started_ms, job.error = JobStatus.RUNNING, now_ms(), None
@@ -328,6 +335,9 @@ class Engine:
                     await self._finish(job, outcome, had_copy)
                 finally:
                     if lock is not None:
+                        if ds is not None:  # a transfer abandoned on cancel may still write
+                            home = self.settings.home
+                            await anyio.to_thread.run_sync(files.writers_stopped, home, ds)
                         lock.release()
                         self._ds_locks[job.dataset].release()
 

@@ -201,6 +201,18 @@ def drop_partial(home: Path, ds: Dataset) -> None:
             discard_partial(part)
 
 
+def writers_stopped(home: Path, ds: Dataset) -> None:
+    """Return once no thread of this process writes the dataset's partial file: its
+    cross-process lock is released only then, so no byte reaches a `.part` from a process
+    that does not hold the lock (a transfer abandoned on cancel stops at its next step)."""
+    try:
+        part = part_of(target(home, ds))
+    except ValueError:
+        return
+    with target_lock(part):
+        pass
+
+
 def remove(path: Path) -> None:
     """Remove the file and any partial download of it (the path is already inside the home)."""
     part = part_of(path)

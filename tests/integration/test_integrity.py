@@ -17,6 +17,7 @@ from typing import Any
 
 import anyio
 import pytest
+from filelock import FileLock, Timeout
 
 from dsm.api.app import render_dataset
 from dsm.cli import main
@@ -423,3 +424,90 @@ def test_a_full_disk_at_start_up_is_one_clear_error(
     gone = run_dsm("--run-job", "delete", "--dataset", "a", home=home, catalog_path=cat)
     assert gone.returncode == 0, gone.stderr
     assert stored_row(home, "a")["status"] == "not_loaded"
+
+
+# -- 9. atomic submission, deletes that cancel, writes only under the lock ------------------
+async def test_concurrent_submissions_of_one_download_make_one_job(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    settings, repo = setup(home, catalog(a=server.add("a.bin", blob(44, 1000))))
+    gate = threading.Event()
+    server.fault("a.bin", gate=gate)
+    ids: list[str] = []
+    async with Engine(settings, repo, []).running() as engine:
+
+        async def submit() -> None:
+            job = await engine.submit(JobType.DOWNLOAD, {"dataset": "a"})
+            ids.append(job.id)
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(5):
+                tg.start_soon(submit)
+        gate.set()
+        await engine.wait_idle()
+    assert len(ids) == 5 and len(set(ids)) == 1
+    assert [j.id for j in repo.jobs()] == ids[:1]
+
+
+def test_a_delete_asks_the_downloading_process_to_cancel(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    """`kilo` downloads slowly (40 s) in one process; a `--run-job delete` in another asks it
+    to cancel and deletes once it stopped: the download ends canceled, not completed."""
+    kilo = blob(45, SIZE)
+    cat = catalog(kilo=server.add("kilo.bin", kilo))
+    server.always("kilo.bin", rate=50_000)
+    cmd = [*dsm_command(), "--run-job", "download", "--dataset", "kilo"]
+    with subprocess.Popen(cmd, env=dsm_env(home, cat), stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            wait_for(lambda: server.bytes_sent("kilo.bin") > 0, timeout=30)
+            gone = run_dsm("--run-job", "delete", "--dataset", "kilo", home=home, catalog_path=cat)
+        finally:
+            server.release.set()  # whatever happened, the throttled body ends now
+        _, err = proc.communicate(timeout=60)
+    assert gone.returncode == 0, gone.stderr
+    assert proc.returncode == 1 and "download kilo: canceled" in err, err
+    row = stored_row(home, "kilo")
+    assert (row["status"], row["downloaded"]) == ("not_loaded", False)
+    assert not any((home / "data").glob("kilo*"))
+
+
+async def test_the_dataset_lock_is_held_until_an_abandoned_writer_stops(
+    server: FileServer, home: Path, catalog: CatalogFn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cancel ends the job at once, but the transfer thread may be inside a write: the
+    dataset's cross-process lock stays held until it is out, so another process that takes
+    the lock never shares the `.part` with it."""
+    settings, repo = setup(home, catalog(a=server.add("a.bin", blob(46, SIZE))))
+    server.always("a.bin", rate=500_000)
+    writing, proceed = threading.Event(), threading.Event()
+    real_write = single._Sink.write
+
+    def slow_write(self: single._Sink, data: bytes) -> None:
+        writing.set()
+        proceed.wait(30)
+        real_write(self, data)
+
+    monkeypatch.setattr(single._Sink, "write", slow_write)
+    lock_path = settings.lock_dir / "a.lock"
+
+    def lock_is_free() -> bool:
+        other = FileLock(lock_path, thread_local=False)
+        try:
+            other.acquire(timeout=0)
+        except Timeout:
+            return False
+        other.release()
+        return True
+
+    async with Engine(settings, repo, []).running() as engine:
+        job = await engine.submit(JobType.DOWNLOAD, {"dataset": "a"})
+        await until(writing.is_set)
+        await engine.cancel(job.id)
+        await engine.wait_idle()  # the job has ended...
+        await anyio.wait_all_tasks_blocked()  # ...and its worker went as far as it goes
+        assert not lock_is_free()  # the writer is still inside its write: the lock is held
+        proceed.set()
+        await until(lock_is_free)
+    stored = repo.job(job.id)
+    assert stored is not None and stored.status == JobStatus.CANCELED

@@ -107,7 +107,10 @@ class DetailPane(VerticalScroll):
         fields.add_column(overflow="fold")
         status = Text(ds.status.label, style=STATUS_STYLE[ds.status])
         if ds.outdated:
-            status.append(" (outdated: the catalogue changed)", style="yellow")
+            why = ds.outdated_reason or "the catalogue changed"
+            status.append(f" (outdated: {why})", style="yellow")
+        if ds.downloaded and not ds.confirmed:  # nothing proved the copy whole (issue 12)
+            status.append(f" (unconfirmed: {ds.unconfirmed_reason})", style="yellow")
         if not ds.in_catalog:
             status.append(" (no longer in the catalogue)", style="yellow")
         rows: list[tuple[str, Text]] = [

@@ -28,7 +28,7 @@ def test_the_flag_wins_over_the_environment() -> None:
 
 @pytest.mark.parametrize("bad", ["http://bucket/x", "s3://", "team/evals", "s3:///prefix"])
 def test_a_cache_url_that_names_no_bucket_is_bad_input(bad: str) -> None:
-    with pytest.raises(BadInput, match="DSM_CACHE_URL=.*s3://BUCKET/PREFIX"):
+    with pytest.raises(BadInput, match=r"DSM_CACHE_URL=.*s3://BUCKET/PREFIX"):
         settings_with(DSM_CACHE_URL=bad)
 
 

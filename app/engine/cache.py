@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,9 @@ log = logging.getLogger("dsm.cache")
 
 SERVED_BY_ORIGIN = "origin"
 SERVED_BY_CACHE = "team cache"
+# After a failure the cache is left alone for a while: with thousands of datasets, an outage
+# would otherwise cost every job a time-out and print a warning each.
+RESTING = 60.0
 
 
 @dataclass(frozen=True)
@@ -35,39 +39,41 @@ class CacheSide:
         self.cache = (
             TeamCache(settings.cache_url, push=settings.cache_push) if settings.cache_url else None
         )
-        self._warned: set[str] = set()
+        self._resting_until = 0.0
+        self._warned = False
         self._lock = threading.Lock()
 
     @property
     def enabled(self) -> bool:
-        return self.cache is not None
+        return self.cache is not None and time.monotonic() >= self._resting_until
 
-    def warn(self, what: str, exc: BaseException | str) -> None:
-        """One warning per kind of trouble: a cache outage must not flood the log."""
+    def failed(self, what: str, exc: BaseException | str) -> None:
+        """Rest the cache after a failure; warn once per process, not once per job."""
         with self._lock:
-            if what in self._warned:
+            self._resting_until = time.monotonic() + RESTING
+            if self._warned:
                 return
-            self._warned.add(what)
-        log.warning("dsm: team cache: %s: %s; using the origin", what, exc)
+            self._warned = True
+        log.warning("dsm: team cache: %s failed (%s); using the origin", what, exc)
 
     def find(self, ds: Dataset) -> CachedFile | None:
         """The cached copy of `ds`, by its expected checksum or its source's pointer."""
-        if self.cache is None:
+        if self.cache is None or not self.enabled:
             return None
         try:
             return self.cache.find(ds.expected_sha256, ds.original_url)
         except CacheError as exc:
-            self.warn("look-up failed", exc)
+            self.failed("the look-up", exc)
             return None
 
     def publish(self, ds: Dataset, path: Path, sha256: str, size: int) -> None:
         """Share a verified file with the team, unless pushing is off."""
-        if self.cache is None or not self.cache.push:
+        if self.cache is None or not self.cache.push or not self.enabled:
             return
         try:
             self.cache.publish(path, sha256, size, ds.original_url)
         except (CacheError, OSError) as exc:
-            self.warn("publishing failed", exc)
+            self.failed("publishing", exc)
 
     def push(self, home: Path, datasets: list[Dataset]) -> tuple[list[str], list[str]]:
         """Publish every dataset whose local copy is still verified; (pushed, not pushed)."""

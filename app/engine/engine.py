@@ -29,6 +29,7 @@ from dsm.domain.events import EventKind, JobEvent, Listener
 from dsm.domain.jobs import Job, JobStatus, JobType, parse_params
 from dsm.domain.model import ACTIVE, AT_REST, Dataset, Status
 from dsm.engine import files
+from dsm.engine.cache import SERVED_BY_CACHE, SERVED_BY_ORIGIN, CacheSide
 from dsm.errors import BadInput
 from dsm.repository import Repository, StoreError, UnknownDataset, now_ms
 from dsm.transfer import single as transfer
@@ -76,6 +77,7 @@ class Engine:
         self._store_limiter = anyio.CapacityLimiter(1)
         self._client: httpx.Client | None = None
         self._slots = HostSlots(settings.host_connections)
+        self.cache = CacheSide(settings)
         self._policy = Policy(
             stall_timeout=settings.stall_timeout,
             segments=settings.segments,
@@ -515,7 +517,10 @@ class Engine:
                 abandon_on_cancel=True,  # it only reads
             )
         if installed is None or files.integrity_problem(ds, installed.size, installed.sha256):
-            fetched = await self._fetch(job, ds, target)
+            served_by = SERVED_BY_CACHE
+            fetched: Fetched | Outcome | None = await self._from_cache(job, ds, target)
+            if fetched is None:
+                served_by, fetched = SERVED_BY_ORIGIN, await self._fetch(job, ds, target)
             if not isinstance(fetched, Fetched):
                 return fetched
             await self._set(job, Status.VERIFYING)
@@ -528,13 +533,24 @@ class Engine:
                 installed = await anyio.to_thread.run_sync(
                     files.install, target, fetched.size, fetched.sha256
                 )
-                await self._record_install(job, installed, target)
+                await self._record_install(job, installed, target, served_by)
+            if served_by == SERVED_BY_ORIGIN:  # share it; the row already says downloaded
+                await anyio.to_thread.run_sync(
+                    self.cache.publish,
+                    ds,
+                    target,
+                    fetched.sha256,
+                    fetched.size,
+                    abandon_on_cancel=True,  # create-only: an upload left running is harmless
+                )
         else:
             with anyio.CancelScope(shield=True):
                 await self._record_install(job, installed, target)
         return JobStatus.COMPLETED, None
 
-    async def _record_install(self, job: Job, installed: files.Installed, target: Path) -> None:
+    async def _record_install(
+        self, job: Job, installed: files.Installed, target: Path, served_by: str | None = None
+    ) -> None:
         job.progress, job.bytes_done = 100.0, installed.size
         await self._set(
             job,
@@ -547,8 +563,43 @@ class Engine:
             download_progress=100.0,
             outdated=False,
             error=None,
+            **({"served_by": served_by} if served_by else {}),
         )
         await anyio.to_thread.run_sync(files.forget_install, target)
+
+    async def _from_cache(self, job: Job, ds: Dataset, target: Path) -> Fetched | None:
+        """The file from the team cache, verified; None to go to the origin instead."""
+        if not self.cache.enabled:
+            return None
+        cached = await anyio.to_thread.run_sync(self.cache.find, ds, abandon_on_cancel=True)
+        if cached is None:
+            return None
+        assert self._client is not None
+        try:
+            fetched = await transfer.fetch(
+                self._client,
+                cached.url,
+                target,
+                expected_size=cached.size,
+                host_headers=self._host_headers,
+                progress=self._progress_fn(job),
+                policy=self._policy,
+                slots=self._slots,
+            )
+        except TransferError as exc:  # its message carries no presigned query
+            self.cache.failed("the download", exc)
+            return None
+        if fetched.sha256 != cached.sha256 or files.integrity_problem(
+            ds, fetched.size, fetched.sha256
+        ):
+            await anyio.to_thread.run_sync(discard_partial, files.part_of(target))
+            log.warning(
+                "dsm: team cache: held a bad object for %s (sha256 %s); using the origin",
+                ds.name,
+                cached.sha256,
+            )
+            return None
+        return fetched
 
     async def _fetch(self, job: Job, ds: Dataset, target: Path) -> Fetched | Outcome:
         """The transfer with the retry policy: only what can heal is tried again."""

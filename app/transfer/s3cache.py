@@ -114,9 +114,11 @@ def s3_config(env: Mapping[str, str]) -> dict[str, str]:
 
 
 def _short(exc: BaseException) -> str:
-    """obstore's messages carry the whole HTTP exchange; one line is enough for a user."""
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:200] if text else 'failed'}"
+    """obstore's messages carry the whole HTTP exchange; its cause is enough for a user."""
+    lines = str(exc).strip().splitlines()
+    first = lines[0] if lines else type(exc).__name__
+    _, cause_sep, cause = first.rpartition("source: ")
+    return (cause if cause_sep else first)[:160]
 
 
 class TeamCache:
@@ -147,7 +149,7 @@ class TeamCache:
                     retry_config=RETRY,  # type: ignore[arg-type]
                 )
             except (BaseError, ValueError) as exc:
-                raise CacheError(f"team cache {self.url}: {_short(exc)}") from None
+                raise CacheError(f"{self.url}: {_short(exc)}") from None
         return self._store
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -156,7 +158,7 @@ class TeamCache:
         except (FileNotFoundError, AlreadyExistsError):
             raise
         except (BaseError, OSError, ValueError, RuntimeError) as exc:
-            raise CacheError(f"team cache {self.url}: {what}: {_short(exc)}") from None
+            raise CacheError(f"{self.url}: {what}: {_short(exc)}") from None
 
     # -- reading ---------------------------------------------------------------------
     def size_of(self, sha256: str) -> int | None:

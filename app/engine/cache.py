@@ -7,12 +7,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+import anyio
 
 from dsm.config import Settings
 from dsm.domain.model import Dataset
 from dsm.engine import files
+from dsm.errors import TransferError
+from dsm.transfer.http import Fetched
+from dsm.transfer.partfile import discard_partial
 from dsm.transfer.s3cache import CachedFile, CacheError, TeamCache
 
 log = logging.getLogger("dsm.cache")
@@ -65,6 +71,33 @@ class CacheSide:
         except CacheError as exc:
             self.failed("the look-up", exc)
             return None
+
+    async def fetch(
+        self, ds: Dataset, target: Path, transfer: Callable[[str, int], Awaitable[Fetched]]
+    ) -> Fetched | None:
+        """The file from the cache through `transfer(url, size)`, verified; None to go to the
+        origin instead (not held, the cache failed, or it held other bytes)."""
+        if not self.enabled:
+            return None
+        cached = await anyio.to_thread.run_sync(self.find, ds, abandon_on_cancel=True)
+        if cached is None:
+            return None
+        try:
+            fetched = await transfer(cached.url, cached.size)
+        except TransferError as exc:  # its message carries no presigned query
+            self.failed("the download", exc)
+            return None
+        if fetched.sha256 == cached.sha256 and not files.integrity_problem(
+            ds, fetched.size, fetched.sha256
+        ):
+            return fetched
+        await anyio.to_thread.run_sync(discard_partial, files.part_of(target))
+        log.warning(
+            "dsm: team cache: held a bad object for %s (sha256 %s); using the origin",
+            ds.name,
+            cached.sha256,
+        )
+        return None
 
     def publish(self, ds: Dataset, path: Path, sha256: str, size: int) -> None:
         """Share a verified file with the team, unless pushing is off."""

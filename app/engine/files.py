@@ -31,6 +31,7 @@ RESET_FIELDS: dict[str, Any] = {
     "confirmed": True,
     "unconfirmed_reason": None,
     "error": None,
+    "served_by": None,
 }
 
 

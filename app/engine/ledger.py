@@ -110,7 +110,9 @@ class Ledger:
                 return ds
             return self.repo.change(ds.name, change.status, **change.fields)
 
-    def record_install(self, job: Job, installed: files.Installed) -> Dataset:
+    def record_install(
+        self, job: Job, installed: files.Installed, served_by: str | None = None
+    ) -> Dataset:
         """The row takes the installed copy, checked in the same transaction against the
         expectations the job downloaded against: if another process registered a changed
         catalogue meanwhile, the copy is kept but `outdated`, saying what changed."""
@@ -130,6 +132,7 @@ class Ledger:
                 confirmed=installed.unconfirmed is None,
                 unconfirmed_reason=installed.unconfirmed,
                 error=None,
+                **({"served_by": served_by} if served_by else {}),
             )
 
     def resting_status(self, ds: Dataset) -> Status:

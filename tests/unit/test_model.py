@@ -42,6 +42,7 @@ EXTRA_FIELDS = {
     "in_catalog",
     "confirmed",
     "unconfirmed_reason",
+    "served_by",
 }
 
 

@@ -107,7 +107,7 @@ class HubServer:
         self.repos: dict[str, HubRepo] = {}
         self.seen: list[Seen] = []
         self.page_size = page_size
-        self.broken: set[str] = set()  # paths whose CDN bytes are corrupted (a bad mirror)
+        self.broken: set[str] = set()  # paths whose bytes are sent corrupted (a bad mirror)
         self._lock = threading.Lock()
         self._httpd = _Quiet(("127.0.0.1", 0), _handler_for(self))
         self._httpd.daemon_threads = True
@@ -150,6 +150,12 @@ class HubServer:
     def requests(self, prefix: str = "") -> list[Seen]:
         with self._lock:
             return [s for s in self.seen if s.path.startswith(prefix)]
+
+    def served(self, f: HubFile) -> bytes:
+        """The bytes sent for a file: its own, or with the first byte flipped if broken."""
+        if f.path not in self.broken:
+            return f.data
+        return bytes([f.data[0] ^ 0xFF]) + f.data[1:]
 
     def _file_by_sha(self, sha256: str) -> HubFile | None:
         for r in self.repos.values():
@@ -325,16 +331,13 @@ def _handler_for(hub: HubServer) -> type[BaseHTTPRequestHandler]:
                     "X-Linked-Size": str(len(f.data)),
                 }
                 return self._send(302, b"", headers)
-            self._bytes(f.data, f'"{f.oid}"', headers)
+            self._bytes(hub.served(f), f'"{f.oid}"', headers)
 
         def _cdn(self, m: re.Match[str]) -> None:
             f = hub._file_by_sha(m.group(1))
             if f is None:
                 return self._error(404, "NotFound", "no such object")
-            data = f.data
-            if f.path in hub.broken:
-                data = bytes([data[0] ^ 0xFF]) + data[1:]
-            self._bytes(data, f'"{f.sha256}"', {})
+            self._bytes(hub.served(f), f'"{f.sha256}"', {})
 
         def _bytes(self, data: bytes, etag: str, headers: dict[str, str]) -> None:
             """The bytes, honouring Range with If-Range as a CDN does."""

@@ -92,9 +92,7 @@ class Handlers:
     # -- download and update -----------------------------------------------------------
     async def download(self, job: Job, ds: Dataset, had_copy: bool) -> Outcome:
         current = had_copy and not ds.outdated
-        # An update of a Hub source on a branch asks the Hub where the branch is now.
-        follow = job.type == JobType.UPDATE and is_hub(ds.original_url)
-        if current and (self.settings.offline or not (job.params["force_download"] or follow)):
+        if current and (self.settings.offline or not job.params["force_download"]):
             return JobStatus.SKIPPED, SKIP_MESSAGE
         if self.settings.offline:
             return JobStatus.FAILED, (

@@ -24,7 +24,7 @@ import httpx
 
 from dsm.config import CONNECT_TIMEOUT, Settings
 from dsm.domain.hub import HubRef, ManifestFile, is_hub, manifest_checksum, parse_hub_url
-from dsm.domain.jobs import Job, JobStatus
+from dsm.domain.jobs import Job, JobStatus, JobType
 from dsm.domain.model import Dataset, Status
 from dsm.engine import files
 from dsm.engine.outcome import Outcome
@@ -120,8 +120,10 @@ class HubDownload:
         if not isinstance(resolved, Resolved):
             return resolved
         commit, listing = resolved.commit, resolved.listing
+        # An update (always forced) of a copy already at the commit has nothing to fetch: a
+        # commit's bytes never change. A download asked with force_download fetches again.
         current = had_copy and not ds.outdated and commit == ds.source_commit
-        if current and not job.params["force_download"]:
+        if current and (job.type == JobType.UPDATE or not job.params["force_download"]):
             return JobStatus.SKIPPED, f"up to date: {ds.name} is at commit {commit}"
         record: dict[str, Any] = {"source_commit": commit, "upstream_commit": commit}
         if not ref.is_glob and [f.path for f in listing] == [ref.path]:

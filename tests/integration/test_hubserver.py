@@ -11,10 +11,7 @@ import hashlib
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from tests.conftest import blob
 from tests.hubserver import TOKEN, HubServer
@@ -25,13 +22,6 @@ FILES = {
     "data/test-00000-of-00001.parquet": blob(1, 300_000),  # LFS: 302 to the CDN
     "data/train-00000-of-00001.parquet": blob(2, 50_000),
 }
-
-
-@pytest.fixture
-def hub() -> Iterator[HubServer]:
-    srv = HubServer().start()
-    yield srv
-    srv.stop()
 
 
 def run_hf(hub: HubServer, tmp_path: Path, code: str, token: str | None = None) -> object:

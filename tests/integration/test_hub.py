@@ -64,6 +64,7 @@ async def test_a_glob_makes_a_multi_file_dataset_under_its_folder(
     hub: HubServer, home: Path, catalog: CatalogFn, tmp_path: Path
 ) -> None:
     commit = hub.commit(REPO, FILES)
+    hub.page_size = 2  # the tree listing comes in pages linked by `Link: rel="next"`
     cat = catalog([entry("split", hf_url(REPO, commit, "data/test-*.parquet"), "sets/split")])
     settings, repo = setup(home, cat, **env_for(hub, tmp_path))
     run = await run_jobs(settings, repo, JobType.DOWNLOAD, "split")
@@ -81,8 +82,9 @@ async def test_a_glob_makes_a_multi_file_dataset_under_its_folder(
     assert [f.sha256 for f in listing] == [sha(FILES[p]) for p in wanted]
     assert ds.checksum == manifest_checksum(listing)
     assert not (home / "sets/split.part").exists()
-    # A pinned commit needs no revision call.
+    # A pinned commit needs no revision call; the listing was read page by page.
     assert not hub.requests(f"/api/datasets/{REPO}/revision/")
+    assert len(hub.requests(f"/api/datasets/{REPO}/tree/{commit}/data")) == 2
     # verify covers every file; a changed byte in one fails it, naming the file.
     assert (await run_jobs(settings, repo, JobType.VERIFY, "split")).job.status == (
         JobStatus.COMPLETED

@@ -111,6 +111,7 @@ class DatasetInfo:
     size: int | None  # of the copy on disk, once downloaded
     sha256: str | None  # of the copy on disk, once downloaded
     in_catalog: bool  # False: it left the catalogue; the row and file stay until deleted
+    commit: str | None = None  # a Hub source: the commit the copy on disk came from
 
 
 # -- plumbing ------------------------------------------------------------------------------
@@ -166,6 +167,7 @@ def _info(settings: Settings, ds: Dataset) -> DatasetInfo:
         size=ds.size,
         sha256=ds.checksum,
         in_catalog=ds.in_catalog,
+        commit=ds.source_commit,
     )
 
 

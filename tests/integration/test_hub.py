@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+import dsm
 from dsm.domain.events import EventKind
 from dsm.domain.hub import ManifestFile, manifest_checksum
 from dsm.domain.jobs import JobStatus, JobType
@@ -19,6 +20,7 @@ from dsm.engine.hubjob import refresh_upstream
 from tests.conftest import CatalogFn, blob, run_dsm, sha
 from tests.enginehelp import run_jobs, setup
 from tests.hubserver import TOKEN, HubServer, git_blob, hf_url
+from tests.system.test_api import ApiServer
 
 pytestmark = pytest.mark.anyio
 
@@ -259,6 +261,13 @@ def test_show_and_list_name_the_commit_and_the_move(
     assert got.returncode == 0, got.stderr
     shown = json.loads(run_dsm("show", "s", "--json", home=home, catalog_path=cat, env=env).stdout)
     assert shown["source_commit"] == old
+    api = ApiServer(home, cat, **env)
+    try:
+        assert api.client.get("/datasets/s").json()["source_commit"] == old
+    finally:
+        api.stop()
+    info = dsm.datasets(home=home, catalog=cat)
+    assert [(i.name, i.commit) for i in info] == [("s", old)]
     listed = run_dsm("list", home=home, catalog_path=cat, env=env).stdout
     assert "upstream" not in listed
     new = hub.commit(REPO, {**FILES, "README.md": b"# bench v2\n"})

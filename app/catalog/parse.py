@@ -46,13 +46,9 @@ def _entry_errors(
         errs.append(("original_url", "is required and must be a string"))
     elif is_hub(url):
         try:
-            ref = parse_hub_url(url)
+            parse_hub_url(url)
         except ValueError as exc:
             errs.append(("original_url", str(exc)))
-        else:
-            for key in ("expected_size", "expected_sha256"):
-                if ref.is_glob and raw.get(key) is not None:
-                    errs.append((key, "only for a single file, not a glob (the Hub lists each)"))
     else:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:

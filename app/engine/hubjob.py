@@ -138,6 +138,11 @@ class HubDownload:
         h, job = self.h, self.job
         staging = files.part_of(self.target)
         total = sum(f.size for f in listing)
+        # A catalogue's expected size and sha256 of a multi-file source are the total and the
+        # manifest checksum: both known from the listing, before a byte is fetched.
+        problem = files.integrity_problem(self.ds, total, manifest_checksum(listing))
+        if problem:
+            return JobStatus.FAILED, f"the files at the commit are not the catalogue's: {problem}"
         report = h.progress_fn(job)
         offset = 0
         for want in listing:

@@ -96,6 +96,23 @@ async def test_a_glob_makes_a_multi_file_dataset_under_its_folder(
     bad = await run_jobs(settings, repo, JobType.VERIFY, "split")
     assert bad.job.status == JobStatus.FAILED
     assert wanted[1] in (bad.job.error or "") and "checksum mismatch" in (bad.job.error or "")
+    # The catalogue may pin the whole set: its expected sha256 is the manifest checksum.
+    pinned = catalog(
+        [
+            entry(
+                "split",
+                hf_url(REPO, commit, "data/test-*.parquet"),
+                "sets/split",
+                expected_sha256="0" * 64,
+            )
+        ]
+    )
+    settings, repo = setup(home, pinned, **env_for(hub, tmp_path))
+    fetches = len(hub.requests("/cdn/"))
+    other = await run_jobs(settings, repo, JobType.DOWNLOAD, "split", force=True)
+    assert other.job.status == JobStatus.FAILED
+    assert f"expected sha256 {'0' * 64}, got {ds.checksum}" in (other.job.error or "")
+    assert len(hub.requests("/cdn/")) == fetches  # refused from the listing alone
     # delete removes the whole folder.
     gone = await run_jobs(settings, repo, JobType.DELETE, "split")
     assert gone.job.status == JobStatus.COMPLETED and not folder.exists()

@@ -147,7 +147,7 @@ def test_the_catalogue_names_every_bad_hf_entry(tmp_path: Path) -> None:
         {"name": "a", "original_url": "hf://datasets/x/y/z", "local_path": "a"},
         {
             "name": "b",
-            "original_url": "hf://datasets/x/y@main/*.csv",
+            "original_url": "hf://models/x/y@main/*.csv",
             "local_path": "b",
             "expected_sha256": "0" * 64,
         },
@@ -157,5 +157,5 @@ def test_the_catalogue_names_every_bad_hf_entry(tmp_path: Path) -> None:
         parse_catalog(json.dumps({"datasets": rows}), tmp_path / "c.json", tmp_path)
     message = str(err.value)
     assert "entry 0 ('a'): field 'original_url'" in message and "must name a revision" in message
-    assert "entry 1 ('b'): field 'expected_sha256': only for a single file" in message
+    assert "entry 1 ('b'): field 'original_url'" in message and "only dataset repos" in message
     assert "'c'" not in message

@@ -294,3 +294,25 @@ def test_show_and_list_name_the_commit_and_the_move(
     off = run_dsm("list", home=home, catalog_path=cat, env={**env, "DSM_OFFLINE": "1"}).stdout
     assert "upstream moved" in off  # the last answer is kept; offline asks nothing
     assert len(hub.requests(f"/api/datasets/{REPO}/revision/")) == revision_calls
+
+
+async def test_a_failed_multi_file_download_resumes_keeping_the_files_it_verified(
+    hub: HubServer, home: Path, catalog: CatalogFn, tmp_path: Path
+) -> None:
+    commit = hub.commit(REPO, FILES)
+    first, second = "data/test-00000-of-00002.parquet", "data/test-00001-of-00002.parquet"
+    hub.broken.add(second)
+    cat = catalog([entry("r", hf_url(REPO, commit, "data/test-*"), "sets/r")])
+    settings, repo = setup(home, cat, **env_for(hub, tmp_path))
+    bad = await run_jobs(settings, repo, JobType.DOWNLOAD, "r")
+    assert bad.job.status == JobStatus.FAILED and second in (bad.job.error or "")
+    assert (home / "sets/r.part" / first).read_bytes() == FILES[first]  # verified, kept
+    assert not (home / "sets/r").exists()
+    assert bad.dataset("r").status == Status.ERROR
+    hub.broken.clear()
+    before = len(hub.requests("/cdn/"))
+    good = await run_jobs(settings, repo, JobType.DOWNLOAD, "r")
+    assert good.job.status == JobStatus.COMPLETED, good.job.error
+    assert len(hub.requests("/cdn/")) == before + 1  # only the file that failed
+    assert (home / "sets/r" / second).read_bytes() == FILES[second]
+    assert not (home / "sets/r.part").exists()

@@ -87,6 +87,9 @@ class Dataset:
     def moved_upstream(self) -> bool:
         return bool(self.upstream_commit and self.upstream_commit != self.source_commit)
 
+    # Where the verified copy came from: "origin", a mirror's URL, or "team cache".
+    served_by: str | None = None
+
     def to_dict(self) -> dict[str, Any]:
         # Every field is a plain value: no deep copy (dataclasses.asdict) is needed.
         out = {name: getattr(self, name) for name in _FIELD_NAMES}

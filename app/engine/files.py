@@ -35,6 +35,7 @@ RESET_FIELDS: dict[str, Any] = {
     "source_commit": None,
     "upstream_commit": None,
     "manifest": None,
+    "served_by": None,
 }
 
 

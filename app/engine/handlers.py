@@ -25,6 +25,7 @@ from dsm.domain.hub import ManifestFile, is_hub
 from dsm.domain.jobs import Job, JobStatus, JobType
 from dsm.domain.model import Dataset, Status
 from dsm.engine import files
+from dsm.engine.cache import SERVED_BY_CACHE, SERVED_BY_ORIGIN, CacheSide
 from dsm.engine.hubjob import HubDownload
 from dsm.engine.ledger import Ledger
 from dsm.engine.outcome import Outcome
@@ -69,6 +70,7 @@ class Handlers:
         self.progress_fn = progress
         self.client: httpx.Client | None = None  # set while the engine runs
         self._slots = HostSlots(settings.host_connections)
+        self.cache = CacheSide(settings)
         self._policy = Policy(
             stall_timeout=settings.stall_timeout,
             segments=settings.segments,
@@ -121,8 +123,9 @@ class Handlers:
         listed: ManifestFile | None = None,
         **record: Any,
     ) -> Outcome:
-        """Fetch one file to `target`, check it against the catalogue (and the Hub's listing
-        when `listed`), move it into place and record it with `record`'s extra fields."""
+        """Fetch one file to `target` (from the team cache when it holds it, else `url`),
+        check it against the catalogue (and the Hub's listing when `listed`), move it into
+        place and record it with `record`'s extra fields."""
         # A copy a crashed run verified and moved into place, unknown to the store. When the
         # store knows a verified copy, such a leftover is stale: fetch as asked.
         installed = None
@@ -133,8 +136,16 @@ class Handlers:
                 abandon_on_cancel=True,  # it only reads
             )
         if installed is None or files.integrity_problem(ds, installed.size, installed.sha256):
-            size = listed.size if listed else ds.expected_size
-            fetched = await self.fetch(job, url, target, size, budget, git_blob=listed)
+            served_by = SERVED_BY_CACHE
+            fetched: Fetched | Outcome | None = None
+            if listed is None:  # a Hub file is checked by the Hub's hash: from the Hub only
+                fetched = await self.cache.fetch(
+                    ds, target, lambda url, size: self._transfer(job, url, target, size)
+                )
+            if fetched is None:
+                size = listed.size if listed else ds.expected_size
+                served_by = SERVED_BY_ORIGIN
+                fetched = await self.fetch(job, url, target, size, budget, git_blob=listed)
             if not isinstance(fetched, Fetched):
                 return fetched
             await self.set_status(job, Status.VERIFYING)
@@ -149,7 +160,16 @@ class Handlers:
                 installed = await anyio.to_thread.run_sync(
                     files.install, target, fetched.size, fetched.sha256
                 )
-                await self._record_install(job, installed, target, **record)
+                await self._record_install(job, installed, target, served_by=served_by, **record)
+            if served_by == SERVED_BY_ORIGIN and listed is None:  # share it with the team
+                await anyio.to_thread.run_sync(
+                    self.cache.publish,
+                    ds,
+                    target,
+                    fetched.sha256,
+                    fetched.size,
+                    abandon_on_cancel=True,  # create-only: an upload left running is harmless
+                )
         else:
             with anyio.CancelScope(shield=True):
                 await self._record_install(job, installed, target, **record)
@@ -192,26 +212,11 @@ class Handlers:
         progress: transfer.ProgressFn | None = None,
         git_blob: ManifestFile | None = None,
     ) -> Fetched | Outcome:
-        """One file's transfer; `git_blob`: a Hub file checked by its git blob id."""
-        assert self.client is not None
-        client = self.client
-        policy = self._policy
-        if git_blob is not None and not git_blob.sha256:
-            policy = dataclasses.replace(policy, git_blob=True)
+        """One file's transfer with the job's retry budget."""
         return await self.retrying(
             job,
             budget,
-            lambda: transfer.fetch(
-                client,
-                url,
-                target,
-                expected_size=expected_size,
-                host_headers=lambda u: host_headers(self.settings, u),
-                progress=progress or self.progress_fn(job),
-                policy=policy,
-                slots=self._slots,
-                budget=budget,
-            ),
+            lambda: self._transfer(job, url, target, expected_size, budget, progress, git_blob),
         )
 
     async def retrying(
@@ -227,6 +232,34 @@ class Handlers:
                     tries = f" (after {job.attempts} attempts)" if job.attempts > 1 else ""
                     return JobStatus.FAILED, f"{exc}{tries}"
                 await self._wait_retry(job, exc)
+
+    async def _transfer(
+        self,
+        job: Job,
+        url: str,
+        target: Path,
+        expected_size: int | None,
+        budget: RetryBudget | None = None,
+        progress: transfer.ProgressFn | None = None,
+        git_blob: ManifestFile | None = None,
+    ) -> Fetched:
+        """One transfer of `url` into `target`'s partial file (no retries without a budget);
+        `git_blob`: a Hub file checked by its git blob id, computed in the same pass."""
+        assert self.client is not None
+        policy = self._policy
+        if git_blob is not None and not git_blob.sha256:
+            policy = dataclasses.replace(policy, git_blob=True)
+        return await transfer.fetch(
+            self.client,
+            url,
+            target,
+            expected_size=expected_size,
+            host_headers=lambda u: host_headers(self.settings, u),
+            progress=progress or self.progress_fn(job),
+            policy=policy,
+            slots=self._slots,
+            budget=budget or RetryBudget(0),
+        )
 
     async def _wait_retry(self, job: Job, exc: TransferError) -> None:
         delay = retry_after(exc)

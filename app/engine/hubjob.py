@@ -27,6 +27,7 @@ from dsm.domain.hub import HubRef, ManifestFile, is_hub, manifest_checksum, pars
 from dsm.domain.jobs import Job, JobStatus, JobType
 from dsm.domain.model import Dataset, Status
 from dsm.engine import files
+from dsm.engine.cache import SERVED_BY_ORIGIN
 from dsm.engine.outcome import Outcome
 from dsm.errors import TransferError
 from dsm.repository import Repository
@@ -181,6 +182,7 @@ class HubDownload:
                 checksum=manifest_checksum(stamped),
                 manifest=[f.to_dict() for f in stamped],
                 file_mtime_ns=None,
+                served_by=SERVED_BY_ORIGIN,
                 **record,
             )
         return JobStatus.COMPLETED, None

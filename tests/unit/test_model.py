@@ -42,6 +42,7 @@ EXTRA_FIELDS = {
     "source_commit",
     "upstream_commit",
     "manifest",
+    "served_by",
 }
 
 

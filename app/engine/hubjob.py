@@ -22,14 +22,14 @@ from typing import Any, Protocol, TypeVar
 import anyio
 import httpx
 
-from dsm.config import CONNECT_TIMEOUT, Settings
+from dsm.config import Settings
 from dsm.domain.hub import HubRef, ManifestFile, is_hub, manifest_checksum, parse_hub_url
 from dsm.domain.jobs import Job, JobStatus, JobType
 from dsm.domain.model import Dataset, Status
 from dsm.engine import files
 from dsm.engine.cache import SERVED_BY_ORIGIN
 from dsm.engine.outcome import Outcome
-from dsm.errors import TransferError
+from dsm.errors import NetworkError, TransferError
 from dsm.repository import Repository
 from dsm.transfer.http import Fetched, RetryBudget
 from dsm.transfer.hub import Hub, auth_headers
@@ -76,6 +76,9 @@ class Handlers(Protocol):
     async def set_status(self, job: Job, status: Status | None, **fields: Any) -> Dataset: ...
 
     async def record_done(self, job: Job, **fields: Any) -> None: ...
+
+
+UPSTREAM_TIMEOUT = 5.0  # seconds: the upstream check is a hint shown by `dsm list`
 
 
 @dataclass(frozen=True)
@@ -213,20 +216,24 @@ def refresh_upstream(settings: Settings, repo: Repository) -> int:
     if settings.offline or not followed:
         return 0
     heads: dict[tuple[str, str], str | None] = {}
-    timeout = httpx.Timeout(CONNECT_TIMEOUT, read=settings.stall_timeout)
+    # A hint must not hold up `dsm list`: short timeouts, and an unreachable Hub is asked once.
+    timeout = httpx.Timeout(UPSTREAM_TIMEOUT)
     with httpx.Client(timeout=timeout, trust_env=True) as client:
         hub = hub_for(settings, client)
         for _, ref in followed:
             key = (ref.repo, ref.revision)
-            if key not in heads:
-                try:
-                    heads[key] = hub.commit(ref)
-                except TransferError:
-                    heads[key] = None
+            if key in heads:
+                continue
+            try:
+                heads[key] = hub.commit(ref)
+            except NetworkError:
+                break
+            except TransferError:  # this repo only (gated, gone): ask the others
+                heads[key] = None
     moved = 0
     with repo.transaction():
         for ds, ref in followed:
-            head = heads[(ref.repo, ref.revision)]
+            head = heads.get((ref.repo, ref.revision))
             if head is not None and head != ds.upstream_commit:
                 repo.change(ds.name, None, upstream_commit=head)
             moved += head is not None and head != ds.source_commit

@@ -316,3 +316,16 @@ async def test_a_failed_multi_file_download_resumes_keeping_the_files_it_verifie
     assert len(hub.requests("/cdn/")) == before + 1  # only the file that failed
     assert (home / "sets/r" / second).read_bytes() == FILES[second]
     assert not (home / "sets/r.part").exists()
+
+
+def test_an_unreachable_hub_leaves_the_upstream_hint_alone(
+    home: Path, catalog: CatalogFn, tmp_path: Path
+) -> None:
+    commit = "a" * 40
+    cat = catalog([entry("u", hf_url("acme/x", "main", "a.txt"), "data/u")])
+    settings, repo = setup(
+        home, cat, HF_ENDPOINT="http://127.0.0.1:9", HF_HOME=str(tmp_path / "hf")
+    )
+    repo.change("u", None, downloaded=True, source_commit=commit, upstream_commit=commit)
+    assert refresh_upstream(settings, repo) == 0  # the connection is refused: no answer
+    assert repo.dataset("u").upstream_commit == commit

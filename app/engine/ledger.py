@@ -110,30 +110,24 @@ class Ledger:
                 return ds
             return self.repo.change(ds.name, change.status, **change.fields)
 
-    def record_install(
-        self, job: Job, installed: files.Installed, served_by: str | None = None
-    ) -> Dataset:
-        """The row takes the installed copy, checked in the same transaction against the
-        expectations the job downloaded against: if another process registered a changed
-        catalogue meanwhile, the copy is kept but `outdated`, saying what changed."""
+    def record_done(self, job: Job, fields: dict[str, Any]) -> Dataset:
+        """The row takes the installed copy (`fields`: size, checksum, stamps, ...), checked
+        in the same transaction against the expectations the job downloaded against: if
+        another process registered a changed catalogue meanwhile, the copy is kept but
+        `outdated`, saying what changed."""
         with self.repo.transaction():
             drift = files.catalogue_drift(self.repo.dataset(job.dataset), job.expect)
-            return self.repo.change(
-                job.dataset,
-                Status.DOWNLOADED,
-                downloaded=True,
-                size=installed.size,
-                checksum=installed.sha256,
-                downloaded_at_ms=now_ms(),
-                file_mtime_ns=installed.mtime_ns,
-                download_progress=100.0,
-                outdated=drift is not None,
-                outdated_reason=drift,
-                confirmed=installed.unconfirmed is None,
-                unconfirmed_reason=installed.unconfirmed,
-                error=None,
-                **({"served_by": served_by} if served_by else {}),
-            )
+            done: dict[str, Any] = {
+                "downloaded": True,
+                "downloaded_at_ms": now_ms(),
+                "download_progress": 100.0,
+                "outdated": drift is not None,
+                "outdated_reason": drift,
+                "confirmed": True,
+                "unconfirmed_reason": None,
+                "error": None,
+            }
+            return self.repo.change(job.dataset, Status.DOWNLOADED, **(done | fields))
 
     def resting_status(self, ds: Dataset) -> Status:
         return resting_status(

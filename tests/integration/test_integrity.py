@@ -259,8 +259,8 @@ class ShortFile:
 def short_sink(monkeypatch: pytest.MonkeyPatch, limit: int) -> None:
     real_init = single._Sink.__init__
 
-    def init(self: single._Sink, part: Path, offset: int) -> None:
-        real_init(self, part, offset)
+    def init(self: single._Sink, part: Path, offset: int, blob_size: int | None) -> None:
+        real_init(self, part, offset, blob_size)
         self.fh = ShortFile(self.fh, limit)  # type: ignore[assignment]
 
     monkeypatch.setattr(single._Sink, "__init__", init)

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from dsm.domain.jobs import Job
 from dsm.domain.model import Dataset, Status
-from dsm.errors import BadInput
+from dsm.errors import BadInput, UnknownDataset
 from dsm.store import Store, StoreCorrupt, StoreError
 
 __all__ = [
@@ -39,10 +39,6 @@ _PROGRESS_FIELDS = ("progress", "bytes_done", "bytes_total", "rate")
 
 def now_ms() -> int:
     return int(time.time() * 1000)
-
-
-class UnknownDataset(LookupError):
-    pass
 
 
 class IdempotencyMismatch(BadInput):

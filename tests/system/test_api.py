@@ -259,6 +259,7 @@ def test_the_seeds_curl_examples_with_jq(api: ApiServer) -> None:
 
 
 # -- schemathesis ----------------------------------------------------------------------------
+@pytest.mark.slow
 def test_schemathesis_finds_no_server_error_and_no_schema_violation(
     api: ApiServer, tmp_path: Path
 ) -> None:

@@ -77,12 +77,23 @@ def host_names(bound: str, port: int, configured: Iterable[str]) -> frozenset[st
     return frozenset(out)
 
 
+def origins(hosts: Iterable[str]) -> frozenset[str]:
+    """The origins a page of this server has: over http, or https through a proxy."""
+    out = set()
+    for host in hosts:
+        out |= {f"http://{host}", f"https://{host}"}
+        name, _, port = host.rpartition(":")
+        if port in ("80", "443"):
+            out.add(f"{'https' if port == '443' else 'http'}://{name}")
+    return frozenset(out)
+
+
 class SameOrigin:
     """Host, Origin and Sec-Fetch-Site checks, before anything else runs."""
 
     def __init__(self, app: ASGIApp, hosts: frozenset[str]) -> None:
         self.app, self.hosts = app, hosts
-        self.origins = frozenset(f"http://{h}" for h in hosts)
+        self.origins = origins(hosts)
 
     def refusal(self, headers: Headers) -> Problem | None:
         host = headers.get("host")

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import random
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 import httpx
@@ -22,14 +24,14 @@ from dsm.config import Settings
 from dsm.domain.events import EventKind
 from dsm.domain.jobs import Job, JobStatus, JobType
 from dsm.domain.model import Dataset, Status
-from dsm.engine import files
+from dsm.engine import files, unpack
 from dsm.engine.cache import SERVED_BY_CACHE, SERVED_BY_ORIGIN, CacheSide
 from dsm.engine.ledger import Ledger
 from dsm.engine.outcome import Outcome
-from dsm.errors import TransferError, retry_after, retryable
+from dsm.errors import ArchiveError, TransferError, retry_after, retryable
 from dsm.repository import now_ms
 from dsm.transfer import single as transfer
-from dsm.transfer.http import Fetched, HostSlots, Policy, RetryBudget
+from dsm.transfer.http import Fetched, HostSlots, Policy, RetryBudget, public_url
 from dsm.transfer.partfile import discard_partial
 
 SKIP_MESSAGE = "already downloaded; use --force-download (force_download: true) to fetch again"
@@ -47,6 +49,19 @@ def host_headers(settings: Settings, url: str) -> dict[str, str]:
     if host == "huggingface.co" and settings.hf_token:
         out["Authorization"] = f"Bearer {settings.hf_token}"
     return out
+
+
+@dataclass(frozen=True)
+class Served:
+    by: str  # "origin" or the mirror's URL, redacted
+    fetched: Fetched
+
+
+def redacted(url: str) -> str:
+    """The URL as shown (served_by, errors): no query, no user or password."""
+    parts = urlsplit(public_url(url))
+    host = parts.hostname or ""
+    return parts._replace(netloc=f"{host}:{parts.port}" if parts.port else host).geturl()
 
 
 class Handlers:
@@ -103,13 +118,18 @@ class Handlers:
                 target,
                 abandon_on_cancel=True,  # it only reads
             )
+        if installed is None and ds.extract and not job.params["force_download"]:
+            installed = files.kept_archive(self.settings.home, ds)  # re-unpack, no download
         if installed is None or files.integrity_problem(ds, installed.size, installed.sha256):
             served_by = SERVED_BY_CACHE
             fetched: Fetched | Outcome | None = await self.cache.fetch(
                 ds, target, lambda url, size: self._transfer(job, url, target, size)
             )
             if fetched is None:
-                served_by, fetched = SERVED_BY_ORIGIN, await self._fetch(job, ds, target)
+                served = await self._fetch(job, ds, target)
+                if not isinstance(served, Served):
+                    return served
+                served_by, fetched = served.by, served.fetched
             if not isinstance(fetched, Fetched):
                 return fetched
             await self._set(job, Status.VERIFYING)
@@ -117,13 +137,16 @@ class Handlers:
             if problem:
                 await anyio.to_thread.run_sync(discard_partial, files.part_of(target))
                 return JobStatus.FAILED, problem
+            unpacked = await self._unpack(job, ds, files.part_of(target))
+            if isinstance(unpacked, tuple):
+                return unpacked
             # From the rename on, the store must hear of the new file: no cancel in between.
             with anyio.CancelScope(shield=True):
                 installed = await anyio.to_thread.run_sync(
                     files.install, target, fetched.size, fetched.sha256
                 )
-                await self._record_install(job, installed, target, served_by)
-            if served_by == SERVED_BY_ORIGIN:  # share it; the row already says downloaded
+                await self._record_install(job, ds, installed, target, unpacked, served_by)
+            if served_by != SERVED_BY_CACHE:  # share it; the row already says downloaded
                 await anyio.to_thread.run_sync(
                     self.cache.publish,
                     ds,
@@ -133,14 +156,49 @@ class Handlers:
                     abandon_on_cancel=True,  # create-only: an upload left running is harmless
                 )
         else:
+            unpacked = await self._unpack(job, ds, target)
+            if isinstance(unpacked, tuple):
+                return unpacked
             with anyio.CancelScope(shield=True):
-                await self._record_install(job, installed, target)
+                await self._record_install(job, ds, installed, target, unpacked)
         return JobStatus.COMPLETED, None
 
+    async def _unpack(
+        self, job: Job, ds: Dataset, archive: Path
+    ) -> list[unpack.Unpacked] | Outcome | None:
+        """Unpack a verified archive into the temporary path beside local_path (None for a
+        dataset that is not unpacked). A refused archive is dropped: its bytes are what the
+        catalogue describes, so fetching it again would not help (--force-download does)."""
+        if ds.extract is None:
+            return None
+        limits = unpack.Limits(self.settings.extract_max_bytes, self.settings.extract_max_members)
+        try:
+            return await anyio.to_thread.run_sync(
+                unpack.unpack,
+                archive,
+                ds.extract,
+                files.local(self.settings.home, ds),
+                limits,
+                anyio.from_thread.check_cancelled,  # a cancel stops it between members
+            )
+        except (ArchiveError, OSError) as exc:
+            return JobStatus.FAILED, f"cannot unpack the {ds.extract} archive: {exc}"
+
     async def _record_install(
-        self, job: Job, installed: files.Installed, target: Path, served_by: str | None = None
+        self,
+        job: Job,
+        ds: Dataset,
+        installed: files.Installed,
+        target: Path,
+        unpacked: list[unpack.Unpacked] | None,
+        served_by: str | None = None,
     ) -> None:
         job.progress, job.bytes_done = 100.0, installed.size
+        tree: dict[str, Any] = {}
+        if unpacked is not None:  # the file list first: a listed tree is checked, not trusted
+            await anyio.to_thread.run_sync(files.write_manifest, self.settings.home, ds, unpacked)
+            await anyio.to_thread.run_sync(unpack.place, files.local(self.settings.home, ds))
+            tree = {"file_count": len(unpacked), "unpacked_size": sum(u.size for u in unpacked)}
         await self._set(
             job,
             Status.DOWNLOADED,
@@ -153,21 +211,47 @@ class Handlers:
             outdated=False,
             error=None,
             **({"served_by": served_by} if served_by else {}),
+            **tree,
         )
         await anyio.to_thread.run_sync(files.forget_install, target)
 
-    async def _fetch(self, job: Job, ds: Dataset, target: Path) -> Fetched | Outcome:
-        """The transfer with the job's retry budget: only what can heal is tried again."""
-        # Attempts of an adopted job count: the budget is what the earlier process left.
-        budget = RetryBudget(self.settings.max_retries - job.attempts)
+    async def _fetch(self, job: Job, ds: Dataset, target: Path) -> Served | Outcome:
+        """The origin, then each mirror in order, until one serves the dataset's bytes. A
+        mirror must serve the same file: the catalogue's checksum, or without one the checksum
+        of the copy verified before."""
+        urls = [ds.original_url, *ds.mirrors]
+        failures: list[str] = []
+        same = replace(ds, expected_sha256=ds.expected_sha256 or ds.checksum)
+        for index, url in enumerate(urls):
+            got = await self._fetch_from(job, url, target, ds.expected_size, first=index == 0)
+            if isinstance(got, Fetched):
+                problem = files.integrity_problem(ds if index == 0 else same, got.size, got.sha256)
+                if problem is None:
+                    return Served(SERVED_BY_ORIGIN if index == 0 else redacted(url), got)
+                await anyio.to_thread.run_sync(discard_partial, files.part_of(target))
+                got = problem
+            failures.append(got)
+        if len(urls) == 1:
+            return JobStatus.FAILED, failures[0]
+        return JobStatus.FAILED, "; ".join(
+            f"{redacted(url)}: {why}" for url, why in zip(urls, failures, strict=True)
+        )
+
+    async def _fetch_from(
+        self, job: Job, url: str, target: Path, expected_size: int | None, first: bool
+    ) -> Fetched | str:
+        """One URL with its own retry budget (only what can heal is tried again); the
+        origin's budget is what an adopted job's earlier process left of it."""
+        budget = RetryBudget(self.settings.max_retries - (job.attempts if first else 0))
+        tries = 0
         while True:
             job.attempts += 1
+            tries += 1
             try:
-                return await self._transfer(job, ds.original_url, target, ds.expected_size, budget)
+                return await self._transfer(job, url, target, expected_size, budget)
             except TransferError as exc:
                 if not retryable(exc) or not budget.draw():
-                    tries = f" (after {job.attempts} attempts)" if job.attempts > 1 else ""
-                    return JobStatus.FAILED, f"{exc}{tries}"
+                    return f"{exc}" + (f" (after {tries} attempts)" if tries > 1 else "")
                 await self._wait_retry(job, exc)
 
     async def _transfer(
@@ -223,12 +307,12 @@ class Handlers:
 
     async def delete(self, job: Job, ds: Dataset, had_copy: bool) -> Outcome:
         try:
-            target = files.target(self.settings.home, ds)
+            files.target(self.settings.home, ds)
         except ValueError as exc:
             return JobStatus.FAILED, f"refusing to delete: {exc}"
         await self._set(job, Status.DELETING)
         with anyio.CancelScope(shield=True):  # a removed file is recorded as removed
-            await anyio.to_thread.run_sync(files.remove, target)
+            await anyio.to_thread.run_sync(files.remove, self.settings.home, ds)
             await self._set(job, Status.NOT_LOADED, **files.RESET_FIELDS)
         if not ds.in_catalog:
             await self.ledger.call(self.repo.remove_dataset, ds.name)

@@ -33,9 +33,16 @@ SEED_COLUMNS = {
     "downloaded",
     "download_job_id",
 }
-CATALOGUE_FIELDS = {"expected_size", "expected_sha256"}
+CATALOGUE_FIELDS = {"expected_size", "expected_sha256", "extract", "mirrors"}
 # dsm's own additions, documented in the README.
-EXTRA_FIELDS = {"file_mtime_ns", "outdated", "in_catalog"}
+EXTRA_FIELDS = {
+    "file_mtime_ns",
+    "outdated",
+    "in_catalog",
+    "served_by",
+    "file_count",
+    "unpacked_size",
+}
 
 
 def test_fields_are_the_seed_columns_plus_the_catalogue_ones() -> None:

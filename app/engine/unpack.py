@@ -45,7 +45,7 @@ class Limits:
     max_members: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, order=True)
 class Unpacked:
     """One file as written: its path inside the tree (posix), size and sha256."""
 
@@ -132,6 +132,7 @@ def _tar(archive: Path, mode: str, w: _Writer) -> None:
     with tarfile.open(archive, mode) as tf:  # type: ignore[call-overload]
         for member in tf:
             w.count(member.name)
+            _member_path(member.name)  # the filter would strip a leading "/": refuse it
             try:
                 safe = tarfile.data_filter(member, str(w.root))
             except tarfile.FilterError as exc:
@@ -156,9 +157,9 @@ def _zip(archive: Path, w: _Writer) -> None:
         for info in zf.infolist():
             w.count(info.filename)
             rel = _member_path(info.filename)
-            mode = info.external_attr >> 16
-            if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-                kind = "symbolic link" if stat.S_ISLNK(mode) else "special file"
+            kind_bits = stat.S_IFMT(info.external_attr >> 16)  # unix type bits, when set
+            if kind_bits not in (0, stat.S_IFREG, stat.S_IFDIR):
+                kind = "symbolic link" if kind_bits == stat.S_IFLNK else "special file"
                 raise ArchiveError(f"member {info.filename!r}: {kind}; only files are unpacked")
             if info.flag_bits & 0x1:
                 raise ArchiveError(f"member {info.filename!r}: encrypted")
@@ -203,7 +204,7 @@ def unpack(
         _remove(root)
         _remove(tmp)
         raise
-    return sorted(w.files, key=lambda f: f.path)
+    return sorted(w.files)
 
 
 def temp_of(dest: Path) -> Path:

@@ -11,6 +11,7 @@ import stat
 import tarfile
 import warnings
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,7 @@ def nothing() -> None:
     """The checkpoint of an unpack nobody cancels."""
 
 
-def tar_bytes(members: list[tuple[tarfile.TarInfo, bytes | None]], mode: str = "w") -> bytes:
+def tar_bytes(members: Sequence[tuple[tarfile.TarInfo, bytes | None]], mode: str = "w") -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode=mode) as tf:  # type: ignore[call-overload]
         for info, data in members:
@@ -41,7 +42,7 @@ def member(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile.
     return info
 
 
-def zip_bytes(members: list[tuple[zipfile.ZipInfo | str, bytes]]) -> bytes:
+def zip_bytes(members: Sequence[tuple[zipfile.ZipInfo | str, bytes]]) -> bytes:
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # zipfile warns about the duplicates we build on purpose
@@ -224,7 +225,7 @@ def test_too_many_members_is_refused(place: Path) -> None:
 
 
 def test_not_an_archive_is_a_clear_error(place: Path) -> None:
-    with pytest.raises(ArchiveError, match="not a valid tar.gz archive"):
+    with pytest.raises(ArchiveError, match=r"not a valid tar\.gz archive"):
         run(place, "x.tar.gz", b"plain text, not gzip", "tar.gz")
     assert not unpack.temp_of(place).exists()
 

@@ -121,17 +121,10 @@ class Handlers:
         if installed is None and ds.extract and not job.params["force_download"]:
             installed = files.kept_archive(self.settings.home, ds)  # re-unpack, no download
         if installed is None or files.integrity_problem(ds, installed.size, installed.sha256):
-            served_by = SERVED_BY_CACHE
-            fetched: Fetched | Outcome | None = await self.cache.fetch(
-                ds, target, lambda url, size: self._transfer(job, url, target, size)
-            )
-            if fetched is None:
-                served = await self._fetch(job, ds, target)
-                if not isinstance(served, Served):
-                    return served
-                served_by, fetched = served.by, served.fetched
-            if not isinstance(fetched, Fetched):
-                return fetched
+            served = await self._obtain(job, ds, target)
+            if not isinstance(served, Served):
+                return served
+            served_by, fetched = served.by, served.fetched
             await self._set(job, Status.VERIFYING)
             problem = files.integrity_problem(ds, fetched.size, fetched.sha256)
             if problem:
@@ -167,7 +160,7 @@ class Handlers:
         self, job: Job, ds: Dataset, archive: Path
     ) -> list[unpack.Unpacked] | Outcome | None:
         """Unpack a verified archive into the temporary path beside local_path (None for a
-        dataset that is not unpacked). A refused archive is dropped: its bytes are what the
+        dataset that is not unpacked). A refused archive is kept: its bytes are what the
         catalogue describes, so fetching it again would not help (--force-download does)."""
         if ds.extract is None:
             return None
@@ -215,13 +208,23 @@ class Handlers:
         )
         await anyio.to_thread.run_sync(files.forget_install, target)
 
+    async def _obtain(self, job: Job, ds: Dataset, target: Path) -> Served | Outcome:
+        """The team cache's copy, else the origin's or a mirror's."""
+        cached = await self.cache.fetch(
+            ds, target, lambda url, size: self._transfer(job, url, target, size)
+        )
+        if cached is None:
+            return await self._fetch(job, ds, target)
+        return Served(SERVED_BY_CACHE, cached) if isinstance(cached, Fetched) else cached
+
     async def _fetch(self, job: Job, ds: Dataset, target: Path) -> Served | Outcome:
         """The origin, then each mirror in order, until one serves the dataset's bytes. A
         mirror must serve the same file: the catalogue's checksum, or without one the checksum
         of the copy verified before."""
         urls = [ds.original_url, *ds.mirrors]
         failures: list[str] = []
-        same = replace(ds, expected_sha256=ds.expected_sha256 or ds.checksum)
+        verified_before = None if ds.outdated else ds.checksum  # outdated: another source
+        same = replace(ds, expected_sha256=ds.expected_sha256 or verified_before)
         for index, url in enumerate(urls):
             got = await self._fetch_from(job, url, target, ds.expected_size, first=index == 0)
             if isinstance(got, Fetched):

@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import lzma
 import os
 import shutil
 import stat
 import tarfile
 import zipfile
+import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Protocol
 
@@ -143,7 +145,10 @@ def _tar(archive: Path, mode: str, w: _Writer) -> None:
             if safe.isdir():
                 w.directory(rel)
             elif safe.isfile() or safe.islnk():  # a hard link inside: a copy of its target
-                source = tf.extractfile(safe)
+                try:
+                    source = tf.extractfile(safe)
+                except KeyError:  # a hard link to a member the archive does not hold
+                    source = None
                 if source is None:
                     raise ArchiveError(f"member {member.name!r}: cannot be read")
                 with source:
@@ -170,10 +175,24 @@ def _zip(archive: Path, w: _Writer) -> None:
                 w.file(rel, source)
 
 
-def _gz(archive: Path, dest: Path, w: _Writer) -> None:
-    w.count(dest.name)
+def _gz(archive: Path, tmp: Path, name: str, w: _Writer) -> None:
+    """The one file of a gz stream, written at `tmp` (the writer's root is its folder)."""
+    w.count(name)
     with gzip.open(archive, "rb") as source:
-        w.file(PurePosixPath(dest.name), source)
+        w.file(PurePosixPath(tmp.name), source)
+    w.files = [replace(f, path=name) for f in w.files]  # listed by its final name
+
+
+# What a corrupt archive raises from the stdlib's readers and decompressors.
+_CORRUPT = (
+    tarfile.TarError,
+    zipfile.BadZipFile,
+    EOFError,
+    gzip.BadGzipFile,
+    zlib.error,
+    lzma.LZMAError,
+    NotImplementedError,  # a zip compression method the stdlib does not know
+)
 
 
 def unpack(
@@ -184,27 +203,24 @@ def unpack(
     tmp = temp_of(dest)
     _remove(tmp)
     _remove(dest.with_name(dest.name + OLD_SUFFIX))  # left by a crash inside `place`
-    root = tmp if kind != "gz" else tmp.parent / (tmp.name + ".d")
-    root.mkdir(parents=True)
-    w = _Writer(root, limits, checkpoint)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    if kind != "gz":
+        tmp.mkdir()
+    writer = _Writer(tmp.parent if kind == "gz" else tmp, limits, checkpoint)
     try:
-        if kind == "zip":
-            _zip(archive, w)
-        elif kind == "gz":
-            _gz(archive, dest, w)
-            os.replace(root / dest.name, tmp)
-            root.rmdir()
+        if kind == "gz":
+            _gz(archive, tmp, dest.name, writer)
+        elif kind == "zip":
+            _zip(archive, writer)
         else:
-            _tar(archive, _TAR_MODES[kind], w)
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError, gzip.BadGzipFile) as exc:
-        _remove(root)
+            _tar(archive, _TAR_MODES[kind], writer)
+    except _CORRUPT as exc:
         _remove(tmp)
         raise ArchiveError(f"not a valid {kind} archive: {exc}") from None
     except BaseException:  # refused, canceled, disk full: nothing half-done stays
-        _remove(root)
         _remove(tmp)
         raise
-    return sorted(w.files)
+    return sorted(writer.files)
 
 
 def temp_of(dest: Path) -> Path:

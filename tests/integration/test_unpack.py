@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import re
 import stat
 import tarfile
 import warnings
@@ -250,3 +251,26 @@ def test_a_cancel_between_members_removes_the_temporary_copy(place: Path) -> Non
         unpack.unpack(archive, "zip", place, LIMITS, cancel_at_third)
     assert not unpack.temp_of(place).exists()
     assert everything_under(place) == {"old.txt"}
+
+
+@pytest.mark.parametrize("kind", ["gz", "tar.xz", "tar.bz2", "zip"])
+def test_a_corrupt_stream_is_a_clear_error(place: Path, kind: str) -> None:
+    data = bytes(range(256)) * 400
+    body = {
+        "gz": lambda: gzip.compress(data),
+        "tar.xz": lambda: tar_bytes([(member("a"), data)], "w:xz"),
+        "tar.bz2": lambda: tar_bytes([(member("a"), data)], "w:bz2"),
+        "zip": lambda: zip_bytes([(deflated("a"), data)]),
+    }[kind]()
+    mid = len(body) // 2
+    corrupt = body[:mid] + b"\x00\xff" * 8 + body[mid + 16 :]
+    with pytest.raises(ArchiveError, match=f"not a valid {re.escape(kind)} archive"):
+        run(place, f"x.{kind}", corrupt, kind)
+    assert not unpack.temp_of(place).exists()
+
+
+def test_a_dangling_hard_link_is_refused(place: Path) -> None:
+    dangling = tar_bytes([(member("hl", tarfile.LNKTYPE, "missing.txt"), None)])
+    with pytest.raises(ArchiveError, match="'hl': cannot be read"):
+        run(place, "x.tar", dangling, "tar")
+    assert not unpack.temp_of(place).exists()

@@ -118,7 +118,7 @@ class Handlers:
                 target,
                 abandon_on_cancel=True,  # it only reads
             )
-        if installed is None and ds.extract and not job.params["force_download"]:
+        if installed is None and ds.extract and not (job.params["force_download"] or ds.outdated):
             installed = files.kept_archive(self.settings.home, ds)  # re-unpack, no download
         if installed is None or files.integrity_problem(ds, installed.size, installed.sha256):
             served = await self._obtain(job, ds, target)

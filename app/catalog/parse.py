@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from dsm.catalog.paths import Resolver
+from dsm.domain.hub import is_hub, parse_hub_url
 from dsm.errors import CatalogError
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]*")
@@ -40,9 +41,7 @@ class CatalogEntry:
     mirrors: tuple[str, ...] = ()
 
 
-def _url_problem(url: object) -> str | None:
-    if not isinstance(url, str):
-        return "must be a string"
+def _http_problem(url: str) -> str | None:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return f"{url!r} must be an http or https URL with a host"
@@ -54,17 +53,20 @@ def _archive_errors(raw: dict[str, Any]) -> list[tuple[str, str]]:
     errs: list[tuple[str, str]] = []
     if "files" in raw:
         errs.append(("files", "several files per dataset are not supported yet"))
-    kind = raw.get("extract")
+    kind, mirrors = raw.get("extract"), raw.get("mirrors", [])
     if kind is not None and kind not in EXTRACT_KINDS:
         errs.append(("extract", f"{kind!r} must be one of {', '.join(EXTRACT_KINDS)}"))
-    mirrors = raw.get("mirrors", [])
     if not isinstance(mirrors, list):
         errs.append(("mirrors", "must be a list of http or https URLs"))
     else:
         for i, url in enumerate(mirrors):
-            problem = _url_problem(url)
+            problem = _http_problem(url) if isinstance(url, str) else "must be a string"
             if problem:
                 errs.append((f"mirrors[{i}]", problem))
+    url = raw.get("original_url")
+    for key in ("extract", "mirrors"):
+        if key in raw and isinstance(url, str) and is_hub(url):
+            errs.append((key, "is not supported for a Hugging Face (hf://) source"))
     return errs
 
 
@@ -84,8 +86,13 @@ def _entry_errors(
     url = raw.get("original_url")
     if not isinstance(url, str):
         errs.append(("original_url", "is required and must be a string"))
-    elif problem := _url_problem(url):
-        errs.append(("original_url", problem))
+    elif is_hub(url):
+        try:
+            parse_hub_url(url)
+        except ValueError as exc:
+            errs.append(("original_url", str(exc)))
+    elif _http_problem(url):
+        errs.append(("original_url", f"{url!r} must be an http or https URL with a host, or hf://"))
     local = raw.get("local_path")
     if not isinstance(local, str):
         errs.append(("local_path", "is required and must be a string"))

@@ -39,6 +39,9 @@ EXTRA_FIELDS = {
     "file_mtime_ns",
     "outdated",
     "in_catalog",
+    "source_commit",
+    "upstream_commit",
+    "manifest",
     "served_by",
     "file_count",
     "unpacked_size",
@@ -148,6 +151,10 @@ datasets = st.builds(
     file_mtime_ns=maybe_int,
     outdated=st.booleans(),
     in_catalog=st.booleans(),
+    source_commit=st.none() | st.from_regex(r"[0-9a-f]{40}", fullmatch=True),
+    upstream_commit=st.none() | st.from_regex(r"[0-9a-f]{40}", fullmatch=True),
+    manifest=st.none()
+    | st.lists(st.fixed_dictionaries({"path": json_text, "size": maybe_int}), max_size=3),
 )
 
 

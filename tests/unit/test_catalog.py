@@ -139,6 +139,12 @@ ENTRY_CASES: list[tuple[str, dict[str, Any], str, str]] = [
     ("files-not-yet", entry(files=[]), "files", "not supported yet"),
     ("path-archives", entry(local_path=".archives/x"), "local_path", "reserved for dsm's own"),
     ("path-part-old", entry(local_path="data/x.part.old"), "local_path", "must not end in"),
+    (
+        "extract-on-hub",
+        entry(original_url="hf://datasets/openai/gsm8k", extract="zip"),
+        "extract",
+        "not supported for a Hugging Face (hf://) source",
+    ),
 ]
 
 

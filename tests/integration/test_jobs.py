@@ -19,7 +19,7 @@ import pytest
 
 from dsm.domain.events import EventKind, JobEvent
 from dsm.domain.jobs import Job, JobStatus, JobType
-from dsm.domain.model import Dataset, Status
+from dsm.domain.model import Status
 from dsm.engine import files
 from dsm.engine.engine import Engine
 from dsm.engine.handlers import SKIP_MESSAGE
@@ -413,8 +413,8 @@ async def test_cancel_right_after_delete_records_the_removal(
     removed, cancel_requested = threading.Event(), threading.Event()
     real_remove = files.remove
 
-    def remove_then_hold(home: Path, ds: Dataset) -> None:
-        real_remove(home, ds)
+    def remove_then_hold(path: Path) -> None:
+        real_remove(path)
         removed.set()
         cancel_requested.wait(HOLD)
 

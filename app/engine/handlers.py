@@ -141,17 +141,7 @@ class Handlers:
         """Fetch one file to `target` (from the team cache when it holds it, else `url`),
         check it against the catalogue (and the Hub's listing when `listed`), move it into
         place and record it with `record`'s extra fields."""
-        # A copy a crashed run verified and moved into place, unknown to the store. When the
-        # store knows a verified copy, such a leftover is stale: fetch as asked.
-        installed = None
-        if not had_copy:
-            installed = await anyio.to_thread.run_sync(
-                files.installed_before_crash,
-                target,
-                abandon_on_cancel=True,  # it only reads
-            )
-        if installed is None and ds.extract and not (job.params["force_download"] or ds.outdated):
-            installed = files.kept_archive(self.settings.home, ds)  # re-unpack, no download
+        installed = await self._in_place(job, ds, target, had_copy)
         if installed is None or files.integrity_problem(ds, installed.size, installed.sha256):
             served_by = SERVED_BY_CACHE
             fetched: Fetched | Outcome | None = None
@@ -200,6 +190,24 @@ class Handlers:
                 record.update(await self._place(ds, unpacked))
                 await self._record_install(job, installed, target, **record)
         return JobStatus.COMPLETED, None
+
+    async def _in_place(
+        self, job: Job, ds: Dataset, target: Path, had_copy: bool
+    ) -> files.Installed | None:
+        """A verified file already in place: a copy a crashed run moved there, unknown to the
+        store (when the store knows a verified copy, such a leftover is stale: fetch as
+        asked), or an unpacked dataset's kept archive (a re-unpack needs no download)."""
+        if not had_copy:
+            installed = await anyio.to_thread.run_sync(
+                files.installed_before_crash,
+                target,
+                abandon_on_cancel=True,  # it only reads
+            )
+            if installed is not None:
+                return installed
+        if ds.extract and not (job.params["force_download"] or ds.outdated):
+            return files.kept_archive(self.settings.home, ds)
+        return None
 
     async def _fetch_any(
         self,

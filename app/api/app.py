@@ -8,7 +8,6 @@ progress is fresher than the store's (written once a second).
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -39,7 +38,6 @@ from dsm.errors import BadInput
 from dsm.repository import Repository, StoreError, UnknownDataset
 
 T = TypeVar("T")
-log = logging.getLogger(__name__)
 JOB_STATUSES = frozenset(s.value for s in JobStatus)
 SHUTDOWN_MESSAGE = "interrupted by shutdown; resumes at the next start"
 DEFS = {**SCHEMAS, "JobParams": PARAMS_SCHEMA}

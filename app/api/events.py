@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,7 +92,8 @@ class EventHub:
         for client in list(self._clients):
             try:
                 client.send_nowait(sse)
-            except anyio.WouldBlock:  # too slow: dropped; it reconnects with Last-Event-ID
+            except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                # Too slow (or gone): dropped; a client reconnects with Last-Event-ID.
                 client.close()
                 self._clients.discard(client)
 
@@ -113,7 +114,7 @@ class EventHub:
             return None
         return [e for e in self._ring if e.id > seen]
 
-    async def stream(self, last_event_id: str | None) -> AsyncIterator[bytes]:
+    async def stream(self, last_event_id: str | None) -> AsyncGenerator[bytes, None]:
         if self._closed:
             return
         send, recv = anyio.create_memory_object_stream[Sse](CLIENT_BUFFER)

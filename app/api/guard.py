@@ -31,7 +31,10 @@ BODY_TIMEOUT_S = 10.0
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 JSON_MEDIA = "application/json"
-CLOSE = {"Connection": "close"}  # the rest of a refused body is not read: end the connection
+# Too big or too slow: the rest of the body is not read, the connection ends. (Other
+# refusals leave the connection open: uvicorn reads and drops their bodies, which a client
+# still sending would otherwise meet as a reset instead of our answer.)
+CLOSE = {"Connection": "close"}
 
 
 def is_loopback(host: str) -> bool:
@@ -74,12 +77,23 @@ def host_names(bound: str, port: int, configured: Iterable[str]) -> frozenset[st
     return frozenset(out)
 
 
+def origins(hosts: Iterable[str]) -> frozenset[str]:
+    """The origins a page of this server has: over http, or https through a proxy."""
+    out = set()
+    for host in hosts:
+        out |= {f"http://{host}", f"https://{host}"}
+        name, _, port = host.rpartition(":")
+        if port in ("80", "443"):
+            out.add(f"{'https' if port == '443' else 'http'}://{name}")
+    return frozenset(out)
+
+
 class SameOrigin:
     """Host, Origin and Sec-Fetch-Site checks, before anything else runs."""
 
     def __init__(self, app: ASGIApp, hosts: frozenset[str]) -> None:
         self.app, self.hosts = app, hosts
-        self.origins = frozenset(f"http://{h}" for h in hosts)
+        self.origins = origins(hosts)
 
     def refusal(self, headers: Headers) -> Problem | None:
         host = headers.get("host")
@@ -112,11 +126,8 @@ class ClientGone(Exception):
     pass
 
 
-async def read_body(receive: Receive, headers: Headers) -> bytes:
+async def read_body(receive: Receive) -> bytes:
     """The whole body, at most MAX_BODY bytes, within BODY_TIMEOUT_S; Problem otherwise."""
-    length = headers.get("content-length")
-    if length is not None and int(length) > MAX_BODY:  # h11 has checked it is a number
-        raise Problem(413, f"the body is {length} bytes; the limit is {MAX_BODY}", CLOSE)
     chunks: list[bytes] = []
     size = 0
     with anyio.move_on_after(BODY_TIMEOUT_S):
@@ -152,13 +163,16 @@ class JsonBody:
             return
         headers = Headers(scope=scope)
         media = headers.get("content-type", "").partition(";")[0].strip().lower()
+        length = headers.get("content-length")
         try:
+            if length is not None and int(length) > MAX_BODY:  # h11 has checked the number
+                raise Problem(413, f"the body is {length} bytes; the limit is {MAX_BODY}", CLOSE)
             if media != JSON_MEDIA:
                 given = f"Content-Type {media!r}" if media else "no Content-Type"
                 raise Problem(
-                    415, f"{scope['method']} needs Content-Type: {JSON_MEDIA}; got {given}", CLOSE
+                    415, f"{scope['method']} needs Content-Type: {JSON_MEDIA}; got {given}"
                 )
-            body = await read_body(receive, headers)
+            body = await read_body(receive)
         except Problem as problem:
             await problem.response()(scope, receive, send)
             return

@@ -64,7 +64,12 @@ class GuardedH11Protocol(H11Protocol):
 
     def _headers_overdue(self) -> None:
         # IDLE: h11 has not got a whole request line and headers yet (else a request runs).
-        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+        # Or we have answered (a refusal) and the client is still sending the body.
+        late = self.conn.their_state is h11.IDLE or self.conn.our_state in (
+            h11.DONE,
+            h11.MUST_CLOSE,
+        )
+        if late and not self.transport.is_closing():
             self.logger.info(
                 "closing a connection that sent no request within %g s", HEADER_TIMEOUT_S
             )

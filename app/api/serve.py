@@ -129,6 +129,9 @@ def serve(
         timeout_keep_alive=KEEP_ALIVE_S,
         h11_max_incomplete_event_size=MAX_HEADER_BYTES,
         http=GuardedH11Protocol,
+        # Off: uvicorn trusts X-Forwarded-For from 127.0.0.1, which would let a local client
+        # pick the address its wrong tokens are counted against.
+        proxy_headers=False,
     )
     server = Server(config)
     redact_logs()  # after uvicorn's Config has set up its loggers

@@ -56,9 +56,10 @@ class Ledger:
     def record_queued(
         self, jobs: list[Job], key: str | None, request: dict[str, Any], others_twins: bool
     ) -> tuple[list[Job], dict[str, Dataset]]:
-        """Store the jobs that have no live twin, check and insert in one store transaction
-        (across processes); their datasets at rest become queued and point at their job.
-        Per job: the job stored, or its twin."""
+        """Store the jobs that have no live twin (repository.find_or_add_jobs: this engine's,
+        or with `others_twins` any live process's), check and insert in one store
+        transaction (across processes); their datasets at rest become queued and point at
+        their job. Per job: the job stored, or its twin."""
         queued: dict[str, Dataset] = {}
         alive: dict[str, bool] = {}
         with self.repo.transaction():

@@ -361,13 +361,15 @@ def test_guessing_tokens_is_rate_limited_per_client(home: Path, catalog_path: Pa
         good = {"Authorization": f"Bearer {TOKEN}"}
         statuses = []
         for guess in range(50):  # one more try per second is forgiven: 429 comes long before
-            response = srv.client.get("/datasets", headers={"Authorization": f"Bearer {guess}"})
+            headers = {"Authorization": f"Bearer {guess}", "X-Forwarded-For": f"10.0.0.{guess}"}
+            response = srv.client.get("/datasets", headers=headers)
             statuses.append(response.status_code)
             if response.status_code == 429:
                 break
         assert statuses[:5] == [401] * 5 and statuses[-1] == 429, statuses
         assert_problem(response, 429)
         assert int(response.headers["retry-after"]) >= 1
+        # Counted per connecting address: X-Forwarded-For does not make a new client.
         # While it waits, even the right token is not looked at (no oracle for guesses).
         assert_problem(srv.client.get("/datasets", headers=good), 429)
         wait_for(

@@ -18,6 +18,7 @@ from dsm.engine import files
 from tests.conftest import CatalogFn, make_settings, open_repo, run_dsm, wait_for
 from tests.httpserver import FileServer
 from tests.system.apiserver import JOB_TIMEOUT, ApiServer, assert_problem, post_job
+from tests.system.test_api_events import Listener, finished
 
 JSON_VALUES: dict[str, Any] = {
     "null": None,
@@ -128,9 +129,16 @@ def test_credentials_in_catalogue_urls_are_redacted_everywhere(
             server.url("missing.bin").replace("http://", "http://[redacted]@")
             + "?token=[redacted]&X-Amz-Signature=[redacted]&split=test"
         )
-        job = post_job(srv, "secret")
-        srv.wait_job(job["id"], "failed")
+        listener = Listener(srv)
+        try:
+            job = post_job(srv, "secret")
+            events = listener.until(finished(job["id"]))
+        finally:
+            listener.close()
+        assert events[-1].data["job"]["status"] == "failed"
+        assert any("[redacted]" in json.dumps(e.data) for e in events)
         answers = [
+            *(json.dumps(e.data) for e in events),
             srv.client.get("/datasets").text,
             srv.client.get("/jobs").text,
             srv.client.get(f"/jobs/{job['id']}").text,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dsm.api.auth import FAILURES_ALLOWED, FailureBuckets
-from dsm.api.guard import host_names
+from dsm.api.guard import host_names, origins
 
 
 def test_loopback_names_with_the_port() -> None:
@@ -35,3 +35,13 @@ def test_failures_spend_a_bucket_that_refills() -> None:
     assert buckets.wait_s("a") == 1
     now[0] = 100.0
     assert buckets.wait_s("a") == 0
+
+
+def test_origins_of_our_names() -> None:
+    assert origins(["localhost:8080", "proxy.example:443"]) == {
+        "http://localhost:8080",
+        "https://localhost:8080",
+        "http://proxy.example:443",
+        "https://proxy.example:443",
+        "https://proxy.example",
+    }

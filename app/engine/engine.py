@@ -26,7 +26,7 @@ from filelock import FileLock, Timeout
 
 from dsm.config import CONNECT_TIMEOUT, Settings
 from dsm.domain.events import EventKind, JobEvent, Listener
-from dsm.domain.jobs import Job, JobStatus, JobType, parse_params
+from dsm.domain.jobs import PAUSED_MESSAGE, Job, JobStatus, JobType, parse_params
 from dsm.domain.model import ACTIVE, AT_REST, Dataset, Status
 from dsm.engine import files
 from dsm.errors import BadInput
@@ -68,6 +68,8 @@ class Engine:
         self._ds_locks: dict[str, anyio.Lock] = {}
         self._dirty: dict[str, Job] = {}
         self._picked: set[str] = set()  # jobs a worker has taken from a queue
+        self._held: dict[str, str] = {}  # job id -> why it waits instead of being canceled
+        self._paused: dict[str, Job] = {}  # stopped by `pause`, waiting for `resume`
         self._suspending = False
         # A UI sets this: quitting then suspends running jobs instead of canceling them.
         self.suspend_on_exit = False
@@ -227,22 +229,37 @@ class Engine:
 
     async def cancel(self, job_id: str) -> bool:
         """Cancel a job of this engine; a running one stops within a second."""
-        job = self._active.get(job_id)
-        if job is None:
-            return False
-        self._scopes[job_id].cancel()
-        if job_id not in self._picked:
-            # Not picked up yet: finish it now rather than when a worker frees up.
-            self._active.pop(job.id)
+        paused = self._paused.pop(job_id, None)
+        if paused is not None:
             with anyio.CancelScope(shield=True):
-                await self._finish(job, (JobStatus.CANCELED, STOPPED_MESSAGE), had_copy=None)
-        return True
+                await self._finish_many([paused], (JobStatus.CANCELED, STOPPED_MESSAGE), None)
+            return True
+        return bool(await self._stop([job_id]))
+
+    async def _stop(self, job_ids: Iterable[str], hold: str | None = None) -> int:
+        """Cancel these jobs, or with `hold` leave them waiting with that message (partial
+        files kept). Jobs no worker picked yet end at once, all in ONE store write (quitting
+        with 10,000 queued jobs); running ones end within a second."""
+        jobs = [self._active[i] for i in job_ids if i in self._active]
+        for job in jobs:
+            self._scopes[job.id].cancel()
+            if hold is not None:
+                self._held[job.id] = hold
+        waiting = [j for j in jobs if j.id not in self._picked]
+        for job in waiting:
+            self._active.pop(job.id)
+        if waiting:
+            with anyio.CancelScope(shield=True):
+                await self._finish_many(waiting, (JobStatus.CANCELED, STOPPED_MESSAGE), None)
+        return len(jobs)
 
     async def cancel_dataset(self, name: str) -> bool:
         """Cancel the dataset's unfinished jobs: this engine's at once, another live
         process's by a request in the store that its engine acts on within a second."""
         found = False
-        for job in [j for j in self._active.values() if j.dataset == name]:
+        for job in [
+            j for j in [*self._active.values(), *self._paused.values()] if j.dataset == name
+        ]:
             found = await self.cancel(job.id) or found
         return found or await self._db(self._request_cancel, name)
 
@@ -261,14 +278,36 @@ class Engine:
         return bool(wanted)
 
     async def cancel_all(self) -> None:
-        for job_id in list(self._active):
+        """Cancel every job of this engine, paused ones too."""
+        await self._stop(list(self._active))
+        for job_id in list(self._paused):
             await self.cancel(job_id)
 
     async def suspend_all(self) -> None:
         """Stop every job but leave it waiting, partial files kept: the next engine on this
         home adopts and resumes it (a dashboard that quits mid-download)."""
         self._suspending = True
-        await self.cancel_all()
+        await self._stop(list(self._active), SUSPENDED_MESSAGE)
+
+    async def pause(self, job_ids: Iterable[str]) -> int:
+        """Stop these jobs, keep them waiting with their partial files until `resume` (or the
+        next start, which adopts them); returns how many were stopped."""
+        return await self._stop(job_ids, PAUSED_MESSAGE)
+
+    async def resume(self, job_ids: Iterable[str]) -> list[Job]:
+        """Queue paused jobs again, in one store write; they continue from their partials."""
+        jobs = [self._paused.pop(i) for i in job_ids if i in self._paused]
+        for job in jobs:
+            job.error = None
+        if jobs:
+            await self._db(self.repo.save_jobs, jobs)
+        for job in jobs:
+            self._enqueue(job, None)
+        return jobs
+
+    def paused(self) -> list[Job]:
+        """Copies of this engine's paused jobs."""
+        return [dataclasses.replace(j) for j in self._paused.values()]
 
     # -- crash recovery ----------------------------------------------------------------
     async def recover(self) -> None:
@@ -335,7 +374,8 @@ class Engine:
         async with recv:
             async for job_id in recv:
                 job = self._active.get(job_id)
-                if job is not None:
+                # A resumed job is queued again; its first id may still be in the queue.
+                if job is not None and job_id not in self._picked:
                     self._picked.add(job_id)
                     try:
                         await self._execute(job)
@@ -407,25 +447,38 @@ class Engine:
         }[job_type]
 
     async def _finish(self, job: Job, outcome: Outcome, had_copy: bool | None) -> None:
-        job.status, error = outcome
-        job.error = None if job.status == JobStatus.COMPLETED else error
-        job.finished_ms = now_ms()
-        if job.status == JobStatus.CANCELED and self._suspending:
-            job.status, job.error = JobStatus.WAITING, SUSPENDED_MESSAGE
-            job.started_ms = job.finished_ms = None
-        self._dirty.pop(job.id, None)
+        await self._finish_many([job], outcome, had_copy)
+
+    async def _finish_many(self, jobs: list[Job], outcome: Outcome, had_copy: bool | None) -> None:
+        """Record the end of jobs in one store write; held ones (paused, suspended) wait."""
+        for job in jobs:
+            job.status, error = outcome
+            job.error = None if job.status == JobStatus.COMPLETED else error
+            job.finished_ms = now_ms()
+            held = self._held.pop(job.id, SUSPENDED_MESSAGE if self._suspending else None)
+            if job.status == JobStatus.CANCELED and held is not None:
+                job.status, job.error = JobStatus.WAITING, held
+                job.started_ms = job.finished_ms = None
+                if held == PAUSED_MESSAGE:
+                    self._paused[job.id] = job
+            self._dirty.pop(job.id, None)
         try:
-            ds = await self._db(self._record_finished, job, had_copy)
-        except StoreError as exc:  # e.g. the disk is full: the job still ends, loudly
-            log.error("job %s: cannot record its end: %s", job.id, exc)
-            job.error = f"{job.error or job.status.value}; not recorded in the store: {exc}"
-            ds = None
-        self._active.pop(job.id, None)
-        self._scopes.pop(job.id, None)
-        self._emit(
-            EventKind.QUEUED if job.status == JobStatus.WAITING else EventKind.FINISHED, job, ds
-        )
+            rows = await self._db(self._record_many, jobs, had_copy)
+        except StoreError as exc:  # e.g. the disk is full: the jobs still end, loudly
+            log.error("jobs %s: cannot record their end: %s", [j.id for j in jobs], exc)
+            for job in jobs:
+                job.error = f"{job.error or job.status.value}; not recorded in the store: {exc}"
+            rows = [None] * len(jobs)
+        for job, ds in zip(jobs, rows, strict=True):
+            self._active.pop(job.id, None)
+            self._scopes.pop(job.id, None)
+            kind = EventKind.QUEUED if job.status == JobStatus.WAITING else EventKind.FINISHED
+            self._emit(kind, job, ds)
         self._touch()
+
+    def _record_many(self, jobs: list[Job], had_copy: bool | None) -> list[Dataset | None]:
+        with self.repo.transaction():
+            return [self._record_finished(job, had_copy) for job in jobs]
 
     def _record_finished(self, job: Job, had_copy: bool | None) -> Dataset | None:
         """Store the job's end; put its dataset at rest if this job still owns it."""
@@ -438,8 +491,10 @@ class Engine:
                 return None
             if ds.download_job_id != job.id or ds.status in AT_REST:
                 return ds
-            if job.status == JobStatus.WAITING:  # suspended: queued for the next start
-                return self.repo.change(ds.name, Status.QUEUED)
+            if job.status == JobStatus.WAITING:  # held: queued for resume or the next start
+                return (
+                    ds if ds.status == Status.QUEUED else self.repo.change(ds.name, Status.QUEUED)
+                )
             if had_copy is None:
                 had_copy = files.still_verified(self.settings.home, ds)
             if had_copy:  # an update that did not finish: the old copy is whole
@@ -577,12 +632,12 @@ class Engine:
             delay = exc.retry_after
         else:  # jitter spreads the retries of many jobs hit by one outage
             delay = self.settings.retry_delay * random.uniform(0.8, 1.2)
-        job.status = JobStatus.RETRYING
+        job.status, job.retry_at_ms = JobStatus.RETRYING, now_ms() + round(delay * 1000)
         job.error = f"attempt {job.attempts} failed: {exc}; retrying in {delay:.1f} s"
         await self._db(self.repo.save_job, job)
         self._emit(EventKind.RETRYING, job)
         await anyio.sleep(delay)
-        job.status = JobStatus.RUNNING
+        job.status, job.retry_at_ms = JobStatus.RUNNING, None
         await self._db(self.repo.save_job, job)
 
     async def _verify(self, job: Job, ds: Dataset, had_copy: bool) -> Outcome:

@@ -66,6 +66,15 @@ class EngineThread:
     def cancel_all(self) -> None:
         self._call(self.engine.cancel_all)
 
+    def pause(self, job_ids: list[str]) -> int:
+        """Stop these jobs, keeping them waiting with their partial files; how many stopped."""
+        return int(self._call(self.engine.pause, job_ids))
+
+    def resume(self, job_ids: list[str]) -> list[Job]:
+        """Queue paused jobs again."""
+        jobs: list[Job] = self._call(self.engine.resume, job_ids)
+        return jobs
+
     def active_jobs(self) -> list[Job]:
         """Unfinished jobs of this process (copies)."""
         jobs: list[Job] = self._call(self.engine.snapshot)

@@ -18,6 +18,8 @@ from dsm.domain.jobs import Job
 from dsm.domain.model import Dataset
 from dsm.repository import Repository
 
+COALESCED = (EventKind.PROGRESS, EventKind.QUEUED)
+
 
 class JobChanged(Message):
     """A job was queued, started, retried or finished, or its dataset's row changed."""
@@ -37,7 +39,8 @@ class StoreRead(Message):
 
 
 class EngineFeed:
-    """The engine listener: coalesces progress ticks, posts the rest."""
+    """The engine listener: coalesces progress ticks and requeues (10,000 jobs suspended or
+    queued at once), posts the rest."""
 
     def __init__(self, post: Callable[[Message], object]) -> None:
         self._post = post
@@ -47,7 +50,7 @@ class EngineFeed:
     def __call__(self, event: JobEvent) -> None:
         job = event.job
         with self._lock:
-            if event.kind == EventKind.PROGRESS and event.dataset is None:
+            if event.kind in COALESCED and event.dataset is None:
                 self._progress[job.id] = job
                 return
             if job.status.finished:

@@ -13,7 +13,7 @@ from textual.binding import Binding, BindingType
 from textual.containers import Vertical, VerticalScroll
 from textual.geometry import Size
 from textual.message import Message
-from textual.screen import ModalScreen
+from textual.screen import ModalScreen, Screen
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 from textual.widgets import Input, Static
@@ -119,6 +119,9 @@ class JobLog(ScrollView, can_focus=True):
         self.virtual_size = Size(self.scrollable_content_region.width, len(jobs) + 1)
         self.refresh()
 
+    def on_resize(self) -> None:
+        self.show(self.jobs)
+
     def line_text(self, index: int) -> Text:
         """The job at `index` as one line (index -1: the header)."""
         if index < 0:
@@ -144,18 +147,18 @@ class JobLog(ScrollView, can_focus=True):
         return Strip(segments).crop_extend(0, width, self.rich_style)
 
 
-class JobLogScreen(_Closable):
-    """All jobs, newest first; the app hands it the jobs again as they change."""
+class JobLogScreen(Screen[None]):
+    """All jobs, newest first; the app hands it the jobs again as they change. A full
+    screen, not a modal: nothing of the dashboard has to be drawn (dimmed) beneath it."""
 
     DEFAULT_CSS = """
-    JobLogScreen { align: center middle; }
-    JobLogScreen > Vertical {
-        width: 95%; height: 90%; border: thick $accent; background: $surface; padding: 0 1;
-    }
-    JobLogScreen #log-title { height: 1; text-style: bold; }
+    JobLogScreen > Vertical { background: $surface; padding: 0 1; }
+    JobLogScreen #log-title { height: 1; text-style: bold; background: $boost; }
     JobLogScreen JobLog { height: 1fr; }
     """
-    BINDINGS: ClassVar[list[BindingType]] = [Binding("l", "close", "Close", show=False)]
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape,q,l", "close", "Close"),
+    ]
 
     def __init__(self, jobs: Sequence[Job], max_attempts: int) -> None:
         super().__init__()
@@ -171,6 +174,9 @@ class JobLogScreen(_Closable):
     def on_mount(self) -> None:
         self.show(self._jobs)
         self.log_view.focus()
+
+    def action_close(self) -> None:
+        self.dismiss(None)
 
     def show(self, jobs: Sequence[Job]) -> None:
         """The jobs, newest first."""

@@ -13,9 +13,9 @@ from textual.app import App, ComposeResult
 from textual.message import Message
 from textual.strip import Strip
 
-from dsm.domain.model import Dataset, Status
 from dsm.domain.display import RowView, retry_text, short_cause
 from dsm.domain.jobs import Job, JobStatus, JobType
+from dsm.domain.model import Dataset, Status
 from dsm.widgets.dataset_table import (
     BAR_DONE,
     BAR_LEFT,

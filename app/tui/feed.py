@@ -53,9 +53,9 @@ class EngineFeed:
             if event.kind in COALESCED and event.dataset is None:
                 self._progress[job.id] = job
                 return
-            if job.status.finished:
-                # A tick still waiting here would redraw a finished job as running.
-                self._progress.pop(job.id, None)
+            # A tick still waiting here is older than this event: drained after it, it would
+            # redraw a finished or paused job as running.
+            self._progress.pop(job.id, None)
         self._post(JobChanged(event))
 
     def drain(self) -> list[Job]:

@@ -43,7 +43,7 @@ BAR_DONE, BAR_LEFT = "█", "░"  # done and remaining differ by glyph, not onl
 COLOUR: dict[str, str] = {
     "mark": "bold magenta",
     "marked-name": "bold underline",
-    "error": "bold red",
+    "error-text": "bold red",
     "info": "yellow",
     "bar-done": "cyan",
     "bar-full": "green",
@@ -63,7 +63,7 @@ MONO: dict[str, str] = {
     **{key: "" for key in COLOUR},
     "mark": "bold",
     "marked-name": "bold underline",
-    "error": "bold",
+    "error-text": "bold",
     "info": "italic",
     Status.DOWNLOADING: "bold",
     Status.VERIFYING: "bold",
@@ -173,7 +173,8 @@ def row_cells(row: RowView, palette: dict[str, str]) -> dict[str, Text]:
         total = job.bytes_total
     left = job.bytes_total - job.bytes_done if job is not None and job.bytes_total else None
     seconds = eta(left, row.rate) if running else None
-    info_style = palette["error"] if ds.status == Status.ERROR and row.info else palette["info"]
+    failed = ds.status == Status.ERROR and row.info
+    info_style = palette["error-text" if failed else "info"]
     return {
         "mark": Text("●" if row.marked else " ", style=palette["mark"]),
         "name": Text(ds.name, style=palette["marked-name"] if row.marked else ""),

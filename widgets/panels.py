@@ -32,7 +32,7 @@ def summary_parts(t: Totals) -> list[list[Part]]:
             (t.queued, "queued", "queued"),
             (t.retrying, "retrying", "retrying"),
             (t.paused, "paused", "paused"),
-            (t.failed, "failed", "error"),
+            (t.failed, "failed", "error-text"),
         )
         if n
     ]
@@ -40,7 +40,7 @@ def summary_parts(t: Totals) -> list[list[Part]]:
         counts = [
             (1, f"{t.datasets} datasets", ""),
             (2, f"{t.downloaded} downloaded", "downloaded"),
-            *[p for p in counts if p[2] == "error"],
+            *[p for p in counts if p[2] == "error-text"],
             (2, f"{humanize.size(t.bytes_on_disk)} on disk", ""),
         ]
     groups = [counts]

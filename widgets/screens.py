@@ -99,6 +99,7 @@ class JobLog(ScrollView, can_focus=True):
     jobs open as fast as ten. `show` swaps the list (the log is live)."""
 
     COLUMNS = (("type", 8), ("dataset", 24), ("status", 9), ("tries", 5), ("when", 16))
+    DATASET_MIN = 7
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("up,k", "scroll_up", "Up", show=False),
         Binding("down,j", "scroll_down", "Down", show=False),
@@ -113,9 +114,13 @@ class JobLog(ScrollView, can_focus=True):
         super().__init__()
         self.max_attempts = max_attempts
         self.jobs: Sequence[Job] = ()
+        self._dataset_width = self.COLUMNS[1][1]
 
     def show(self, jobs: Sequence[Job]) -> None:
         self.jobs = jobs
+        # The dataset column fits the longest name (up to 24): the failure cause gets the rest.
+        widest = max((len(j.dataset) for j in jobs), default=0)
+        self._dataset_width = max(self.DATASET_MIN, min(self.COLUMNS[1][1], widest))
         self.virtual_size = Size(self.scrollable_content_region.width, len(jobs) + 1)
         self.refresh()
 
@@ -130,8 +135,8 @@ class JobLog(ScrollView, can_focus=True):
         else:
             cells = job_cells(self.jobs[index], self.max_attempts, with_dataset=True)
         line = Text(no_wrap=True, end="")
-        for cell, (_, width) in zip(cells, self.COLUMNS, strict=False):
-            line.append_text(fit(cell, width))
+        for cell, (label, width) in zip(cells, self.COLUMNS, strict=False):
+            line.append_text(fit(cell, self._dataset_width if label == "dataset" else width))
             line.append(" ")
         line.append_text(cells[-1])
         return line

@@ -251,7 +251,7 @@ def test_bar_is_full_only_at_100_and_differs_by_glyph() -> None:
 
 
 def test_no_color_keeps_status_error_and_mark_readable() -> None:
-    for role in (Status.ERROR, "error", "mark", "retrying", "paused", "info"):
+    for role in (Status.ERROR, "error-text", "mark", "retrying", "paused", "info"):
         style = MONO[role]
         assert any(word in style for word in ("bold", "reverse", "italic")), role
         assert not any(c in style for c in ("red", "cyan", "yellow", "magenta")), role

@@ -8,8 +8,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from dsm import humanize
-from dsm.catalog.sync import sync_catalog
+from dsm import completion, humanize
+from dsm.catalog import sync
+from dsm.completion import SHELLS
 from dsm.config import Settings, load_settings
 from dsm.domain.jobs import PARAMS_SCHEMA, JobType, parse_params
 from dsm.domain.model import Dataset
@@ -54,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     lst = sub.add_parser("list", help="list datasets")
     lst.add_argument("--page-size", type=int, default=50, help="rows per page (1-1000)")
     lst.add_argument("--page", type=int, default=1, help="page number, from 1")
+    # Hidden: every dataset name, one a line, for the shell completion scripts.
+    lst.add_argument("--names", action="store_true", help=argparse.SUPPRESS)
     show = sub.add_parser("show", help="show one dataset")
     show.add_argument("name")
     sub.add_parser("job-params", help="print the JSON Schema of job parameters")
@@ -62,12 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--port", type=int, default=8080, help="TCP port (0: any free port)")
     for p in (lst, show, sub.choices["job-params"], srv):
         _global_options(p, defaults=False)
+    comp = sub.add_parser("completion", help="print the shell completion script")
+    comp.add_argument("shell", choices=SHELLS, help="bash, zsh or fish")
     return parser
 
 
 def open_home(args: argparse.Namespace) -> tuple[Settings, Repository]:
-    """Resolve settings, check the store, validate and register the catalogue (in that order:
-    nothing is written unless the catalogue and the store are both sound)."""
+    """Resolve settings from the flags and the environment, then open the home."""
     settings = load_settings(
         home=args.home,
         catalog=args.catalog,
@@ -77,15 +81,7 @@ def open_home(args: argparse.Namespace) -> tuple[Settings, Repository]:
         stall_timeout=args.stall_timeout,
         workers=args.workers,
     )
-    try:
-        settings.home.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise BadInput(f"data home {settings.home} is not a directory") from None
-    except OSError as exc:
-        raise DsmError(f"cannot create data home {settings.home}: {exc.strerror or exc}") from None
-    repo = Repository.open(settings.db_path)
-    sync_catalog(repo, settings.catalog, settings.home)
-    return settings, repo
+    return settings, sync.open_home(settings)
 
 
 def _print_json(value: Any) -> None:
@@ -97,6 +93,11 @@ def cmd_list(args: argparse.Namespace, repo: Repository) -> int:
         raise BadInput(f"--page-size must be between 1 and {MAX_PAGE_SIZE}, got {args.page_size}")
     if args.page < 1:
         raise BadInput(f"--page must be at least 1, got {args.page}")
+    if args.names:
+        if args.json:
+            raise BadInput("list: --names prints plain names; it does not take --json")
+        print("\n".join(sorted(repo.dataset_names())))
+        return 0
     rows = repo.datasets()
     page = page_of(rows, args.page, args.page_size)
     if args.json:
@@ -182,6 +183,9 @@ def run(argv: Sequence[str] | None) -> int:
     check_combination(args)
     if args.command == "job-params":
         _print_json(PARAMS_SCHEMA)
+        return 0
+    if args.command == "completion":
+        print(completion.script(args.shell, build_parser()), end="")
         return 0
     settings, repo = open_home(args)
     if args.command == "list":

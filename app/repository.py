@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from dsm.domain.jobs import Job
 from dsm.domain.model import Dataset, Status
+from dsm.errors import UnknownDataset
 from dsm.store import Store, StoreCorrupt, StoreError
 
 __all__ = ["Repository", "StoreCorrupt", "StoreError", "UnknownDataset", "now_ms"]
@@ -31,10 +32,6 @@ _WAITING_FIELDS = ("error", "started_ms", "finished_ms")
 
 def now_ms() -> int:
     return int(time.time() * 1000)
-
-
-class UnknownDataset(LookupError):
-    pass
 
 
 class Repository:

@@ -93,9 +93,6 @@ class AtomicJSONStorage(Storage):
         self._txn = data
         self._dirty = True
 
-    def changed_since(self, ident: tuple[int, int, int] | None) -> bool:
-        return self._identity() != ident
-
     @property
     def identity(self) -> tuple[int, int, int] | None:
         return self._identity()

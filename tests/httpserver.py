@@ -47,6 +47,7 @@ class Fault:
     rate: float | None = None  # bytes per second
     no_length: bool = False  # no Content-Length: the body ends when the connection closes
     for_ranges: tuple[int, int] | None = None  # only for a Range starting in [lo, hi)
+    gate: threading.Event | None = None  # answer only once the test sets this event
 
 
 @dataclass
@@ -184,6 +185,8 @@ def _handler_for(server: FileServer) -> type[BaseHTTPRequestHandler]:
             seen.sent += len(body)
 
         def _serve(self, seen: Seen, fault: Fault) -> None:
+            if fault.gate is not None:
+                fault.gate.wait(60)
             if fault.redirect_to:
                 target = fault.redirect_to
                 if not target.startswith(("http://", "https://", "ftp://", "file:")):

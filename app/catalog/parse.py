@@ -10,15 +10,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from dsm.catalog.paths import Resolver
-from dsm.errors import BadInput
+from dsm.errors import CatalogError
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]*")
 SHA256_RE = re.compile(r"[0-9a-f]{64}")  # matched against the lower-cased value
 FIELDS = {"name", "description", "original_url", "local_path", "expected_size", "expected_sha256"}
-
-
-class CatalogError(BadInput):
-    """A catalogue that cannot be used; the message lists every problem found."""
 
 
 @dataclass(frozen=True)

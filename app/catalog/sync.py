@@ -6,7 +6,9 @@ import hashlib
 from pathlib import Path
 
 from dsm.catalog.parse import CatalogEntry, parse_catalog, read_catalog
+from dsm.config import Settings
 from dsm.domain.model import Dataset
+from dsm.errors import BadInput, DsmError
 from dsm.repository import Repository
 from dsm.version import __version__
 
@@ -93,3 +95,18 @@ def sync_catalog(repo: Repository, path: Path, home: Path) -> int:
         changed = register(repo, entries)
         repo.set_catalog_stamp(stamp)
     return changed
+
+
+def open_home(settings: Settings) -> Repository:
+    """Create the data home, check the store, validate and register the catalogue (in that
+    order: nothing is written unless the catalogue and the store are both sound). Shared by
+    the command line and the Python API."""
+    try:
+        settings.home.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise BadInput(f"data home {settings.home} is not a directory") from None
+    except OSError as exc:
+        raise DsmError(f"cannot create data home {settings.home}: {exc.strerror or exc}") from None
+    repo = Repository.open(settings.db_path)
+    sync_catalog(repo, settings.catalog, settings.home)
+    return repo

@@ -8,6 +8,8 @@ from dataclasses import dataclass, fields
 from enum import StrEnum
 from typing import Any
 
+from dsm.errors import InvalidTransition
+
 
 class Status(StrEnum):
     NOT_LOADED = "not_loaded"
@@ -39,10 +41,6 @@ TRANSITIONS: dict[Status, frozenset[Status]] = {
     Status.VERIFYING: AT_REST | {Status.QUEUED},
     Status.DELETING: AT_REST | {Status.QUEUED},
 }
-
-
-class InvalidTransition(RuntimeError):
-    """A bug: code asked for a status change the lifecycle does not allow."""
 
 
 def check_transition(name: str, old: Status, new: Status) -> None:

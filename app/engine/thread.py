@@ -50,11 +50,6 @@ class EngineThread:
             raise RuntimeError("engine thread is not running")
         return self._portal.call(fn, *args)
 
-    def submit(self, job_type: JobType, params: dict[str, Any]) -> Job:
-        """Queue a job; raises BadInput for bad params."""
-        job: Job = self._call(self.engine.submit, job_type, params)
-        return job
-
     def submit_many(self, job_type: JobType, many: list[dict[str, Any]]) -> list[Job]:
         """Queue several jobs with one store write; raises BadInput when any params are bad."""
         jobs: list[Job] = self._call(self.engine.submit_many, job_type, many)
@@ -64,6 +59,7 @@ class EngineThread:
         return bool(self._call(self.engine.cancel_dataset, name))
 
     def cancel_all(self) -> None:
+        """Cancel every job of this engine (its queued ones in one store write)."""
         self._call(self.engine.cancel_all)
 
     def pause(self, job_ids: list[str]) -> int:
@@ -73,9 +69,4 @@ class EngineThread:
     def resume(self, job_ids: list[str]) -> list[Job]:
         """Queue paused jobs again."""
         jobs: list[Job] = self._call(self.engine.resume, job_ids)
-        return jobs
-
-    def active_jobs(self) -> list[Job]:
-        """Unfinished jobs of this process (copies)."""
-        jobs: list[Job] = self._call(self.engine.snapshot)
         return jobs

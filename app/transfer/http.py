@@ -1,6 +1,6 @@
-"""HTTP plumbing shared by the single-stream and segmented transfers: requests, errors and
-their classification, the stop/progress channel between the event loop and transfer threads,
-and the per-host connection cap."""
+"""HTTP plumbing shared by the single-stream and segmented transfers: requests, the typed
+errors (dsm.errors) built from responses and exceptions, the stop/progress channel between
+the event loop and transfer threads, the per-host connection cap and the job's retry budget."""
 
 from __future__ import annotations
 
@@ -18,6 +18,15 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 
+from dsm.errors import (
+    BadResponse,
+    DiskError,
+    DiskFull,
+    HttpStatusError,
+    NetworkError,
+    Stalled,
+    TransferError,
+)
 from dsm.version import __version__
 
 MAX_REDIRECTS = 10
@@ -26,20 +35,10 @@ USER_AGENT = f"dsm/{__version__}"
 HTML_SUFFIXES = (".html", ".htm")
 
 
-class TransferError(Exception):
-    """A failed transfer; `retryable` says whether trying again can heal it."""
-
-    def __init__(self, message: str, *, retryable: bool, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retryable = retryable
-        self.retry_after = retry_after
-
-
 @dataclass(frozen=True)
 class Fetched:
     size: int
     sha256: str
-    resumed_from: int
 
 
 HeadersFn = Callable[[str], dict[str, str]]
@@ -52,13 +51,31 @@ def base_headers() -> dict[str, str]:
 
 @dataclass(frozen=True)
 class Policy:
-    """How a transfer behaves: stall detection, segmenting, retries of one segment."""
+    """How a transfer behaves: stall detection, segmenting, the pause before a segment's retry."""
 
     stall_timeout: float
     segments: int = 1
     segment_min: int = 64 << 20
-    max_retries: int = 0
     retry_delay: float = 0.0
+
+
+class RetryBudget:
+    """The retries one job may still spend. There is one per job: the engine draws from it
+    before it tries the whole transfer again, and every segment of a segmented transfer draws
+    from the same one (from its own thread), so a job never retries more than `max_retries`
+    times in all."""
+
+    def __init__(self, retries: int) -> None:
+        self.left = max(0, retries)
+        self._lock = threading.Lock()
+
+    def draw(self) -> bool:
+        """Take one retry; False when none is left."""
+        with self._lock:
+            if self.left <= 0:
+                return False
+            self.left -= 1
+            return True
 
 
 class Slot:
@@ -114,26 +131,38 @@ def public_url(url: str) -> str:
     return parts._replace(query="", fragment="").geturl()
 
 
-def http_error(resp: httpx.Response, url: str) -> TransferError:
-    """Classify an unwanted status: 408, 429 and 5xx can heal, other statuses cannot."""
-    code = resp.status_code
-    retryable = code in (408, 429) or code >= 500
-    return TransferError(
-        f"HTTP {code} {resp.reason_phrase} from {public_url(url)}",
-        retryable=retryable,
-        retry_after=retry_after(resp.headers.get("retry-after")) if retryable else None,
+@dataclass(frozen=True)
+class Answer:
+    """What a response said, as the resume planner needs it: no body, no connection."""
+
+    status: int
+    headers: httpx.Headers
+    url: str  # where the redirects led
+    reason: str = ""
+
+    @classmethod
+    def of(cls, resp: httpx.Response, url: str) -> Answer:
+        return cls(resp.status_code, resp.headers, url, resp.reason_phrase)
+
+
+def http_error(answer: Answer) -> HttpStatusError:
+    """An unwanted status; the type's `transient` says whether it can heal."""
+    return HttpStatusError(
+        f"HTTP {answer.status} {answer.reason} from {public_url(answer.url)}",
+        answer.status,
+        retry_after(answer.headers.get("retry-after")),
     )
 
 
 def network_error(exc: httpx.HTTPError, url: str, stall_timeout: float) -> TransferError:
     url = public_url(url)
     if isinstance(exc, httpx.ReadTimeout):
-        msg = f"stalled: no data for {stall_timeout:g} s from {url}"
-    elif isinstance(exc, httpx.ConnectTimeout):
-        msg = f"connect timeout to {url}"
-    else:
-        msg = f"{type(exc).__name__}: {exc or 'connection failed'} ({url})"
-    return TransferError(msg, retryable=isinstance(exc, httpx.TransportError))
+        return Stalled(f"stalled: no data for {stall_timeout:g} s from {url}")
+    if isinstance(exc, httpx.ConnectTimeout):
+        return NetworkError(f"connect timeout to {url}")
+    msg = f"{type(exc).__name__}: {exc or 'connection failed'} ({url})"
+    # A transport error (a dropped connection) can heal; a decoding error cannot.
+    return NetworkError(msg) if isinstance(exc, httpx.TransportError) else BadResponse(msg)
 
 
 @dataclass(frozen=True)
@@ -145,6 +174,7 @@ class Env:
     policy: Policy
     slots: HostSlots
     ctl: Control
+    budget: RetryBudget
 
 
 class Stopped(BaseException):
@@ -215,7 +245,7 @@ def open_stream(
     for _ in range(MAX_REDIRECTS + 1):
         scheme = urlsplit(url).scheme
         if scheme not in ("http", "https"):
-            raise TransferError(f"refusing to follow a redirect to {url}", retryable=False)
+            raise BadResponse(f"refusing to follow a redirect to {url}")
         request = client.build_request("GET", url, headers={**headers, **host_headers(url)})
         resp = client.send(request, stream=True)
         location = resp.headers.get("location")
@@ -228,7 +258,7 @@ def open_stream(
         finally:
             resp.close()
         return
-    raise TransferError(f"more than {MAX_REDIRECTS} redirects from {url}", retryable=False)
+    raise BadResponse(f"more than {MAX_REDIRECTS} redirects from {url}")
 
 
 def parse_content_range(value: str | None) -> tuple[int, int | None] | None:
@@ -244,14 +274,15 @@ def parse_unsatisfied(value: str | None) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def looks_like_html(resp: httpx.Response, target: Path) -> bool:
-    ctype = resp.headers.get("content-type", "").split(";")[0].strip().lower()
+def looks_like_html(headers: httpx.Headers, target: Path) -> bool:
+    """An HTML page (a login or error page) where the target is not itself HTML."""
+    ctype = headers.get("content-type", "").split(";")[0].strip().lower()
     return ctype in ("text/html", "application/xhtml+xml") and not target.name.lower().endswith(
         HTML_SUFFIXES
     )
 
 
-def disk_error(exc: OSError, part: Path) -> TransferError:
+def disk_error(exc: OSError, part: Path) -> DiskError:
     if exc.errno == errno.ENOSPC:
-        return TransferError(f"disk full while writing {part}", retryable=False)
-    return TransferError(f"cannot write {part}: {exc.strerror or exc}", retryable=False)
+        return DiskFull(f"disk full while writing {part}")
+    return DiskError(f"cannot write {part}: {exc.strerror or exc}")

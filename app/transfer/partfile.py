@@ -11,8 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dsm.transfer.http import TransferError
-
 _target_locks: dict[Path, threading.Lock] = {}
 _target_locks_guard = threading.Lock()
 
@@ -68,13 +66,3 @@ class Partial:
     @property
     def validator(self) -> str | None:
         return validator(self.meta.get("etag"), self.meta.get("last_modified"))
-
-
-class Restart(TransferError):
-    """The partial cannot be continued (another version, a bad range): it was dropped and the
-    next attempt starts from zero at once."""
-
-
-def restart(p: Partial, why: str) -> Restart:
-    discard_partial(p.part)
-    return Restart(f"{why}; restarting from zero", retryable=True, retry_after=0.0)

@@ -13,39 +13,29 @@ byte: still one logical pass.
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import os
 import shutil
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import httpx
 
+from dsm.errors import DiskFull, Restart, TransferError, Truncated, retry_after, retryable
+from dsm.transfer import resume
 from dsm.transfer.http import (
+    Answer,
     Env,
     Fetched,
-    Policy,
     Slot,
     Stopped,
-    TransferError,
     base_headers,
     disk_error,
-    http_error,
     network_error,
     open_stream,
-    parse_content_range,
 )
-from dsm.transfer.partfile import (
-    Partial,
-    Restart,
-    discard_partial,
-    restart,
-    validator,
-    write_sidecar,
-)
+from dsm.transfer.partfile import Partial, discard_partial, write_sidecar
 
 HASH_BLOCK = 4 << 20
 WRITE_BATCH = 1 << 20
@@ -80,16 +70,6 @@ def plan(start: int, total: int, count: int) -> list[Segment]:
     return [Segment(s, min(s + step, total)) for s in range(start, total, step)]
 
 
-def worth_it(policy: Policy, total: int | None, meta: dict[str, Any]) -> bool:
-    """Split only big files, and only when a validator can pin every range to one version."""
-    return (
-        policy.segments > 1
-        and total is not None
-        and total >= policy.segment_min
-        and validator(meta.get("etag"), meta.get("last_modified")) is not None
-    )
-
-
 class SegmentedDownload:
     def __init__(self, env: Env, p: Partial, total: int, segments: list[Segment]) -> None:
         self.env, self.ctl, self.policy = env, env.ctl, env.policy
@@ -114,17 +94,15 @@ class SegmentedDownload:
         slot: Slot,
         p: Partial,
         total: int,
-        meta: dict[str, Any],
     ) -> Fetched:
-        """A fresh download whose first response (`bytes=0-`) becomes segment 0."""
+        """A fresh download whose first response (`bytes=0-`) becomes segment 0; `p.meta`
+        holds that response's validators."""
         p.part.parent.mkdir(parents=True, exist_ok=True)
         free = shutil.disk_usage(p.part.parent).free
         if total > free:
-            raise TransferError(
-                f"not enough disk space in {p.part.parent}: need {total} bytes, {free} free",
-                retryable=False,
+            raise DiskFull(
+                f"not enough disk space in {p.part.parent}: need {total} bytes, {free} free"
             )
-        p.meta = meta
         return cls(env, p, total, [Segment(0, total)]).run(first, slot)
 
     @classmethod
@@ -135,7 +113,6 @@ class SegmentedDownload:
 
     # -- the run -----------------------------------------------------------------------
     def run(self, first: httpx.Response | None, slot: Slot | None) -> Fetched:
-        resumed_from = sum(s.done for s in self.segments)
         try:
             self.p.part.parent.mkdir(parents=True, exist_ok=True)
             self.fd = os.open(self.p.part, os.O_RDWR | os.O_CREAT, 0o644)
@@ -156,7 +133,7 @@ class SegmentedDownload:
             for t in threads:
                 t.start()
             self._supervise(threads)
-            return self._finish(resumed_from)
+            return self._finish()
         finally:
             os.close(self.fd)
 
@@ -197,23 +174,21 @@ class SegmentedDownload:
             t.start()
         return threads
 
-    def _finish(self, resumed_from: int) -> Fetched:
+    def _finish(self) -> Fetched:
         if self.error is not None:
-            if isinstance(self.error, Restart) or self._out_of_space():
+            # Every thread has stopped: drop a set that cannot go on (another version of the
+            # file), or that filled the disk (the store needs the room to record the failure).
+            if isinstance(self.error, Restart | DiskFull):
                 discard_partial(self.p.part)
             raise self.error
         self.ctl.check()
         if self.hashed != self.total:
-            raise TransferError(f"hashed {self.hashed} of {self.total} bytes", retryable=True)
+            raise Truncated(f"hashed {self.hashed} of {self.total} bytes")
         try:
             os.fsync(self.fd)
         except OSError as exc:
             raise disk_error(exc, self.p.part) from exc
-        return Fetched(size=self.total, sha256=self.sha.hexdigest(), resumed_from=resumed_from)
-
-    def _out_of_space(self) -> bool:
-        cause = self.error.__cause__ if self.error is not None else None
-        return isinstance(cause, OSError) and cause.errno == errno.ENOSPC
+        return Fetched(size=self.total, sha256=self.sha.hexdigest())
 
     def _save(self) -> None:
         if self.error is not None:  # a failed set may have dropped its files: never revive them
@@ -231,7 +206,7 @@ class SegmentedDownload:
 
     # -- one segment -------------------------------------------------------------------
     def _segment(self, seg: Segment, first: httpx.Response | None, slot: Slot | None) -> None:
-        failures = 0
+        """Bring one segment to its end; a retry draws from the job's one budget."""
         try:
             if first is not None and slot is not None:
                 try:
@@ -247,19 +222,18 @@ class SegmentedDownload:
                 except Restart as exc:
                     self._fail(exc)
                 except TransferError as exc:
-                    failures += 1
                     if self.error is not None:
                         break  # interrupted because a sibling failed the set
-                    if not exc.retryable or failures > self.policy.max_retries:
+                    if not retryable(exc) or not self.env.budget.draw():
                         self._fail(exc)
                     else:
-                        delay = exc.retry_after
+                        delay = retry_after(exc)
                         self.ctl.pause(self.policy.retry_delay if delay is None else delay)
         except Stopped:
             with self.cond:
                 self.cond.notify_all()
         except Exception as exc:  # a bug must fail the set, not leave the hasher waiting
-            self._fail(TransferError(f"internal error in a segment: {exc!r}", retryable=False))
+            self._fail(TransferError(f"internal error in a segment: {exc!r}"))
 
     def _request(self, seg: Segment) -> None:
         url = self.p.source
@@ -273,24 +247,18 @@ class SegmentedDownload:
                     resp,
                     final,
                 ):
-                    if resp.status_code == 200:
-                        raise restart(self.p, "the file changed on the server")
-                    if resp.status_code != 206:
-                        raise http_error(resp, final)
-                    rng = parse_content_range(resp.headers.get("content-range"))
-                    got = validator(resp.headers.get("etag"), resp.headers.get("last-modified"))
-                    if rng is None or rng[0] != seg.pos or rng[1] != self.total:
-                        raise restart(self.p, f"server sent a range that is not {seg.pos}-")
-                    if got not in (None, self.if_range):
-                        raise restart(self.p, "the file changed on the server")
+                    answer = Answer.of(resp, final)
+                    verdict = resume.segment(seg.pos, self.total, self.if_range, answer)
+                    if isinstance(verdict, resume.Reject):
+                        raise verdict.error
+                    if isinstance(verdict, resume.Restart):  # _finish drops the set's files
+                        raise Restart(f"{verdict.reason}; restarting from zero")
                     self._stream(seg, resp)
             except httpx.HTTPError as exc:
                 self.ctl.check()
                 raise network_error(exc, url, self.policy.stall_timeout) from exc
         if not seg.complete:
-            raise TransferError(
-                f"connection ended at byte {seg.pos} of {self.total}", retryable=True
-            )
+            raise Truncated(f"connection ended at byte {seg.pos} of {self.total}")
 
     def _stream(self, seg: Segment, resp: httpx.Response) -> None:
         """Write the body at the segment's offset, in batches (fewer syscalls)."""
@@ -319,9 +287,7 @@ class SegmentedDownload:
             try:
                 os.pwrite(self.fd, data, seg.pos)
             except OSError as exc:
-                error = disk_error(exc, self.p.part)
-                error.__cause__ = exc  # _out_of_space reads the errno from here
-                self._fail(error)
+                self._fail(disk_error(exc, self.p.part))
                 return False
             seg.done += len(data)
             self.cond.notify_all()

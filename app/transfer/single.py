@@ -3,7 +3,7 @@
 The partial file is only ever extended when the server proves it is sending the same file:
 `Range` goes with `If-Range` (a strong ETag or Last-Modified recorded in a sidecar), and only
 a 206 whose Content-Range starts exactly at our offset is appended. Anything else restarts
-from zero.
+from zero. That decision is resume.py's (pure); this module does the I/O the plan asks for.
 
 The transfer itself runs off the event loop: one thread reads the body with httpx's sync
 client and a second hashes and writes it, fed by a small bounded queue. Measured on a 2-core
@@ -15,7 +15,6 @@ ends at once.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import queue
@@ -29,36 +28,27 @@ from typing import Any, BinaryIO
 import anyio
 import httpx
 
+from dsm.errors import DiskFull, Restart, Truncated
+from dsm.transfer import resume
 from dsm.transfer.http import (
+    Answer,
     Control,
     Env,
     Fetched,
     HeadersFn,
     HostSlots,
     Policy,
+    RetryBudget,
     Slot,
     Stopped,
-    TransferError,
     base_headers,
     disk_error,
-    http_error,
-    looks_like_html,
     network_error,
     open_stream,
-    parse_content_range,
-    parse_unsatisfied,
-    public_url,
 )
-from dsm.transfer.partfile import (
-    Partial,
-    discard_partial,
-    read_sidecar,
-    restart,
-    target_lock,
-    validator,
-    write_sidecar,
-)
-from dsm.transfer.segmented import SegmentedDownload, worth_it
+from dsm.transfer.partfile import Partial, discard_partial, read_sidecar, target_lock, write_sidecar
+from dsm.transfer.resume import OnDisk
+from dsm.transfer.segmented import SegmentedDownload
 
 BATCH = 1 << 20  # bytes handed to the writer thread at a time
 QUEUE_DEPTH = 8  # batches in flight between the network and the disk
@@ -113,10 +103,7 @@ def _prepare(part: Path, have: int, total: int | None, meta: dict[str, Any]) -> 
     need = (total or 0) - have
     free = shutil.disk_usage(part.parent).free
     if need > free:
-        raise TransferError(
-            f"not enough disk space in {part.parent}: need {need} bytes, {free} free",
-            retryable=False,
-        )
+        raise DiskFull(f"not enough disk space in {part.parent}: need {need} bytes, {free} free")
     sink = _Sink(part, have)  # truncates a fresh start before the sidecar names the new file
     if have == 0:
         try:
@@ -190,14 +177,16 @@ async def fetch(
     progress: ProgressFn,
     policy: Policy,
     slots: HostSlots,
+    budget: RetryBudget,
 ) -> Fetched:
     """Bring `<target>.part` to the complete file; returns its size and SHA-256.
 
     The caller verifies and renames. On any error or cancel the partial file and its sidecar
-    are left consistent, so the next call resumes.
+    are left consistent, so the next call resumes. Segments that retry draw from `budget`,
+    the job's one retry budget.
     """
     ctl = Control()
-    env = Env(client, host_headers, policy, slots, ctl)
+    env = Env(client, host_headers, policy, slots, ctl, budget)
     blocking = partial(_fetch_blocking, env, url, target, expected_size)
     async with anyio.create_task_group() as tg:
 
@@ -244,107 +233,81 @@ def _fetch_blocking(env: Env, url: str, target: Path, expected_size: int | None)
 
 
 def _fetch_locked(
-    env: Env, url: str, target: Path, part: Path, expected_size: int | None, confirm: bool = True
+    env: Env, url: str, target: Path, part: Path, expected_size: int | None
 ) -> Fetched:
-    p = Partial(url, target, part, part.stat().st_size if part.exists() else 0, read_sidecar(part))
-    if p.meta.get("url") != url or not p.validator:
-        p.have, p.meta = 0, {}  # cannot prove the partial is the same file: start clean
-    ctl, policy = env.ctl, env.policy
-    if p.meta.get("segments") and p.have != p.meta.get("total"):
-        p.have, p.meta = 0, {}  # a segmented .part always has the full size: this is not it
-    if p.meta.get("segments"):
-        ctl.total = p.meta.get("total")
-        return SegmentedDownload.resume(env, p)
-    total = p.meta.get("total")
-    if p.have and isinstance(total, int) and p.have >= total:
-        # Complete before a crash: no request needed, only the hash.
-        ctl.done = ctl.total = total
-        return _finish(_Sink(part, total), part, total)
-    headers = base_headers()
-    if p.have:
-        headers |= {"Range": f"bytes={p.have}-", "If-Range": str(p.validator)}
-    elif policy.segments > 1 and (expected_size or policy.segment_min) >= policy.segment_min:
-        headers["Range"] = "bytes=0-"  # a 206 tells the size and that ranges work: no probe
-    with env.slots.slot(url, ctl) as slot:
+    """Act on the resume plan; a body ended by a close is confirmed by one more request."""
+    confirming = False
+    while True:
+        disk = OnDisk(part.stat().st_size if part.exists() else 0, read_sidecar(part))
+        step = resume.start(url, disk, env.policy, expected_size, confirming)
+        if isinstance(step, resume.Complete):
+            env.ctl.done = env.ctl.total = step.size
+            return _complete(part, step.size, {"url": url})
+        p = Partial(
+            url, target, part, step.offset if isinstance(step, resume.Ask) else 0, step.meta
+        )
+        if isinstance(step, resume.ResumeSegments):
+            env.ctl.total = step.meta.get("total")
+            return SegmentedDownload.resume(env, p)
+        fetched, confirm = _ask(env, step, p, expected_size)
+        if not confirm:
+            return fetched
+        # The body had no length: it ended when the connection closed, and a dropped
+        # connection looks the same. Ask once for the bytes after it: a 416 proves the end,
+        # anything more is appended (the sidecar's validator guards it).
+        confirming = True
+
+
+def _ask(env: Env, step: resume.Ask, p: Partial, expected_size: int | None) -> tuple[Fetched, bool]:
+    """Send the planned request and act on the plan for its response: (result, confirm)."""
+    headers = base_headers() | step.headers
+    with env.slots.slot(p.source, env.ctl) as slot:
         try:
             with (
-                open_stream(env.client, url, headers, env.host_headers) as (resp, final_url),
-                ctl.watching(resp),
+                open_stream(env.client, p.source, headers, env.host_headers) as (resp, final),
+                env.ctl.watching(resp),
             ):
-                fetched = _receive(env, resp, final_url, p, expected_size, slot)
-                unconfirmed = _ended_by_close(resp)
+                answer = Answer.of(resp, final)
+                plan = resume.respond(step, answer, p.source, p.target, expected_size, env.policy)
+                confirm = isinstance(plan, resume.Write) and plan.confirm
+                return _act(env, plan, resp, slot, p), confirm
         except httpx.HTTPError as exc:
-            ctl.check()  # a read broken by our own stop is a cancel, not a network error
-            raise network_error(exc, url, policy.stall_timeout) from exc
-    if unconfirmed and confirm:
-        # The body had no length: it ended when the connection closed, and a dropped
-        # connection looks the same. Ask for the bytes after it: a 416 proves the end,
-        # anything more is appended (the sidecar's validator guards it).
-        return _fetch_locked(env, url, target, part, expected_size, confirm=False)
-    return fetched
+            env.ctl.check()  # a read broken by our own stop is a cancel, not a network error
+            raise network_error(exc, p.source, env.policy.stall_timeout) from exc
 
 
-def _ended_by_close(resp: httpx.Response) -> bool:
-    """A body without Content-Length or chunked framing, resumable by its validators."""
-    return (
-        resp.status_code in (200, 206)
-        and "content-length" not in resp.headers
-        and "chunked" not in resp.headers.get("transfer-encoding", "").lower()
-        and validator(resp.headers.get("etag"), resp.headers.get("last-modified")) is not None
-    )
-
-
-def _receive(
-    env: Env, resp: httpx.Response, url: str, p: Partial, expected_size: int | None, slot: Slot
-) -> Fetched:
-    etag, modified = resp.headers.get("etag"), resp.headers.get("last-modified")
-    if resp.status_code == 416 and p.have:
-        if parse_unsatisfied(resp.headers.get("content-range")) == p.have:
-            return _finish(_Sink(p.part, p.have), p.part, p.have)  # we have it all already
-        raise restart(p, f"HTTP 416 for a resume from byte {p.have}")
-    if resp.status_code == 416 and parse_unsatisfied(resp.headers.get("content-range")) == 0:
-        # `bytes=0-` of an empty file: nothing is satisfiable, and nothing is missing.
-        sink = _prepare(p.part, 0, 0, {"url": p.source})
-        return _finish(sink, p.part, 0)
-    if resp.status_code == 206:
-        rng = parse_content_range(resp.headers.get("content-range"))
-        if rng is None or rng[0] != p.have:
-            raise restart(p, f"server sent a range that does not start at byte {p.have}")
-        if p.have and validator(etag, modified) not in (None, p.validator):
-            raise restart(p, "the file changed on the server")
-        total = rng[1]
-    elif resp.status_code == 200:
-        p.have = 0  # a full body: never appended to a partial file
-        length = resp.headers.get("content-length")
-        total = int(length) if length and length.isdigit() else None
-    else:
-        raise http_error(resp, url)
-    if looks_like_html(resp, p.target):
-        raise TransferError(
-            f"server sent an HTML page instead of data ({public_url(url)})", retryable=False
-        )
-    if expected_size is not None and total is not None and total != expected_size:
-        raise TransferError(
-            f"size mismatch: expected {expected_size} bytes, server announces {total} "
-            f"({public_url(url)})",
-            retryable=False,
-        )
-    meta = {"url": p.source, "etag": etag, "last_modified": modified, "total": total}
-    env.ctl.done, env.ctl.total = p.have, total
-    if resp.status_code == 206 and p.have == 0 and worth_it(env.policy, total, meta):
-        assert total is not None
-        return SegmentedDownload.fresh(env, resp, slot, p, total, meta)
+def _act(env: Env, plan: resume.Plan, resp: httpx.Response, slot: Slot, p: Partial) -> Fetched:
+    """Do what the plan says with the response: the I/O half of the resume decision."""
+    if isinstance(plan, resume.Reject):
+        raise plan.error
+    if isinstance(plan, resume.Restart):
+        discard_partial(p.part)
+        raise Restart(f"{plan.reason}; restarting from zero")
+    if isinstance(plan, resume.Complete):
+        return _complete(p.part, plan.size, {"url": p.source})
+    env.ctl.done, env.ctl.total = plan.offset if isinstance(plan, resume.Write) else 0, plan.total
+    if isinstance(plan, resume.Split):
+        p.meta = plan.meta
+        return SegmentedDownload.fresh(env, resp, slot, p, plan.total)
     try:
-        sink = _prepare(p.part, p.have, total, meta)
+        sink = _prepare(p.part, plan.offset, plan.total, plan.meta)
     except OSError as exc:
         raise disk_error(exc, p.part) from exc
-    return _finish(sink, p.part, p.have, resp, env.ctl, total)
+    return _finish(sink, p.part, resp, env.ctl, plan.total)
+
+
+def _complete(part: Path, size: int, meta: dict[str, Any]) -> Fetched:
+    """The partial already holds all `size` bytes (or the file is empty): only hash it."""
+    try:
+        sink = _prepare(part, size, size, meta)
+    except OSError as exc:
+        raise disk_error(exc, part) from exc
+    return _finish(sink, part)
 
 
 def _finish(
     sink: _Sink,
     part: Path,
-    resumed_from: int,
     resp: httpx.Response | None = None,
     ctl: Control | None = None,
     total: int | None = None,
@@ -355,11 +318,12 @@ def _finish(
         sink.finish()
     except OSError as exc:
         sink.close()
-        if exc.errno == errno.ENOSPC:
+        error = disk_error(exc, part)
+        if isinstance(error, DiskFull):
             discard_partial(part)  # frees the room the store needs to record the failure
-        raise disk_error(exc, part) from exc
+        raise error from exc
     finally:
         sink.close()
     if total is not None and sink.size != total:
-        raise TransferError(f"connection ended at byte {sink.size} of {total}", retryable=True)
-    return Fetched(size=sink.size, sha256=sink.sha.hexdigest(), resumed_from=resumed_from)
+        raise Truncated(f"connection ended at byte {sink.size} of {total}")
+    return Fetched(size=sink.size, sha256=sink.sha.hexdigest())

@@ -60,6 +60,7 @@ def check_home(home: Path, cat: Path, files: dict[str, bytes]) -> None:
     assert sorted(p.name for p in (home / "data").iterdir()) == sorted(files)
 
 
+@pytest.mark.slow
 def test_kill_9_soak(server: FileServer, tmp_path: Path, catalog: CatalogFn) -> None:
     rng = random.Random(20261126)
     files = {f"f{i}": blob(i, 3_000_000 + i * 100_000) for i in range(3)}

@@ -7,14 +7,18 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
 from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
 
-from dsm.domain.jobs import JobStatus
-from dsm.domain.model import Status
+from dsm import headless
+from dsm.domain.jobs import Job, JobStatus, JobType
+from dsm.domain.model import Dataset, Status
+from dsm.engine.engine import Engine
+from dsm.engine.ledger import Ledger
 from tests.conftest import (
     CatalogFn,
     blob,
@@ -25,6 +29,7 @@ from tests.conftest import (
     run_dsm,
     wait_for,
 )
+from tests.enginehelp import setup
 from tests.httpserver import FileServer
 
 HUMANEVAL_SHA = "b796127e635a67f93fb35c04f4cb03cf06f38c8072ee7cee8833d7bee06979ef"
@@ -193,8 +198,6 @@ async def test_a_job_of_another_process_is_canceled_on_request(
     server: FileServer, home: Path, catalog: CatalogFn
 ) -> None:
     """`c` in a dashboard on a row that a --run-job downloads: that process cancels it."""
-    from dsm.engine.engine import Engine
-
     cat = catalog(a=server.add("a.bin", blob(6, 6_000_000)))
     server.always("a.bin", rate=500_000)
     proc = start_dsm("--run-job", "download", "--dataset", "a", home=home, catalog_path=cat)
@@ -208,3 +211,46 @@ async def test_a_job_of_another_process_is_canceled_on_request(
     assert job.status == JobStatus.CANCELED
     assert repo.dataset("a").status == Status.CANCELED and part_size(home, "a") > 0
     assert server.bytes_sent("a.bin") < 6_000_000
+
+
+HOLD = 5.0  # how long a patched step waits for the signal; only reached when broken
+
+
+@pytest.mark.anyio
+async def test_signal_while_jobs_are_recorded_cancels_them(
+    server: FileServer, home: Path, catalog: CatalogFn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A SIGTERM that arrives while submit_many records the jobs cancels them, exit 143."""
+    settings, repo = setup(
+        home,
+        catalog(a=server.add("a.bin", blob(15, 2_000_000))),
+        DSM_STALL_TIMEOUT="8",
+        DSM_MAX_RETRIES="0",
+    )
+    server.always("a.bin", stall_after=1000)  # only a cancel ends this job before 8 s
+    signal_handled = threading.Event()
+    real_cancel_all = Engine.cancel_all
+    real_record = Ledger.record_queued
+
+    async def cancel_all(self: Engine) -> None:
+        signal_handled.set()
+        await real_cancel_all(self)
+
+    def record_with_signal(self: Ledger, jobs: list[Job]) -> dict[str, Dataset]:
+        # In the store thread: the event loop is free to take the signal meanwhile.
+        deadline = time.monotonic() + HOLD
+        while signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+            assert time.monotonic() < deadline, "headless installed no SIGTERM handler"
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert signal_handled.wait(HOLD), "SIGTERM was not handled"
+        return real_record(self, jobs)
+
+    monkeypatch.setattr(Engine, "cancel_all", cancel_all)
+    monkeypatch.setattr(Ledger, "record_queued", record_with_signal)
+    t0 = time.monotonic()
+    code = await headless.run_jobs(settings, repo, JobType.DOWNLOAD, [{"dataset": "a"}], True)
+    took = time.monotonic() - t0
+    assert code == 143
+    assert [j.status for j in repo.jobs()] == [JobStatus.CANCELED]
+    assert took < 4, f"exit after {took:.1f} s: the job was not canceled"

@@ -3,18 +3,26 @@ delete, verify, per-dataset serialisation and crash recovery of the store's rows
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 import re
+import socket
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 
+from dsm.domain.events import EventKind, JobEvent
 from dsm.domain.jobs import Job, JobStatus, JobType
 from dsm.domain.model import Status
-from dsm.engine.engine import SKIP_MESSAGE, Engine
+from dsm.engine import files
+from dsm.engine.engine import Engine
+from dsm.engine.handlers import SKIP_MESSAGE
 from dsm.errors import BadInput
 from tests.conftest import CatalogFn, blob, sha
 from tests.enginehelp import run_jobs, setup, until
@@ -329,3 +337,152 @@ async def test_a_run_for_some_datasets_leaves_other_orphans_waiting(
     assert left is not None and left.status == JobStatus.WAITING  # not run, not canceled
     assert repo.dataset("a").status == Status.QUEUED
     assert repo.dataset("b").status == Status.DOWNLOADED
+
+
+# How long a monkeypatched step waits for the test to act; only reached when something broke.
+HOLD = 5.0
+
+
+class SilentServer:
+    """Accepts connections on 127.0.0.1 and reads the request, but never answers it."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/a.bin"
+        self.request_read = threading.Event()
+        self.conns: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(conn)
+            received = b""
+            while b"\r\n\r\n" not in received:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    break
+                received += chunk
+            else:
+                self.request_read.set()
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.conns:
+            conn.close()
+
+
+@pytest.fixture
+def silent() -> Iterator[SilentServer]:
+    srv = SilentServer()
+    yield srv
+    srv.close()
+
+
+async def test_cancel_before_response_headers_is_prompt(
+    silent: SilentServer, home: Path, catalog: CatalogFn
+) -> None:
+    """A cancel while the server has not sent response headers yet stops the job at once."""
+    settings, repo = setup(home, catalog(a=silent.url), DSM_STALL_TIMEOUT="8")
+    took: list[float] = []
+
+    async def during(engine: Engine, jobs: list[Job]) -> None:
+        await until(silent.request_read.is_set)
+        t0 = time.monotonic()
+        await engine.cancel(jobs[0].id)
+        await engine.wait_idle()
+        took.append(time.monotonic() - t0)
+
+    run = await run_jobs(settings, repo, JobType.DOWNLOAD, "a", during=during)
+    assert run.job.status == JobStatus.CANCELED
+    assert took[0] < 2, f"cancel took {took[0]:.1f} s with a stall timeout of 8 s"
+
+
+async def test_cancel_right_after_delete_records_the_removal(
+    server: FileServer, home: Path, catalog: CatalogFn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cancel landing after a delete removed the file still records it as not loaded."""
+    settings, repo = setup(home, catalog(a=server.add("a.bin", blob(12))))
+    first = await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
+    assert first.job.status == JobStatus.COMPLETED
+    removed, cancel_requested = threading.Event(), threading.Event()
+    real_remove = files.remove
+
+    def remove_then_hold(path: Path) -> None:
+        real_remove(path)
+        removed.set()
+        cancel_requested.wait(HOLD)
+
+    monkeypatch.setattr(files, "remove", remove_then_hold)
+
+    async def during(engine: Engine, jobs: list[Job]) -> None:
+        await until(removed.is_set)
+        await engine.cancel(jobs[0].id)
+        cancel_requested.set()
+
+    await run_jobs(settings, repo, JobType.DELETE, "a", during=during)
+    ds = repo.dataset("a")
+    assert not (home / "data" / "a").exists()
+    assert not ds.downloaded, f"row says {ds.status}, downloaded, yet the file is gone"
+    assert ds.status == Status.NOT_LOADED
+
+
+async def test_cancel_right_after_update_install_records_the_new_file(
+    server: FileServer, home: Path, catalog: CatalogFn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cancel landing after an update installed the new file records the new checksum."""
+    old, new = blob(13), blob(14)
+    settings, repo = setup(home, catalog(a=server.add("a.bin", old)))
+    first = await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
+    assert first.job.status == JobStatus.COMPLETED
+    server.add("a.bin", new)
+    installed, cancel_requested = threading.Event(), threading.Event()
+    real_install = files.install
+
+    def install_then_hold(path: Path, size: int, sha256: str) -> files.Installed:
+        out = real_install(path, size, sha256)
+        installed.set()
+        cancel_requested.wait(HOLD)
+        return out
+
+    monkeypatch.setattr(files, "install", install_then_hold)
+
+    async def during(engine: Engine, jobs: list[Job]) -> None:
+        await until(installed.is_set)
+        await engine.cancel(jobs[0].id)
+        cancel_requested.set()
+
+    await run_jobs(settings, repo, JobType.UPDATE, "a", during=during)
+    ds = repo.dataset("a")
+    assert (home / "data" / "a").read_bytes() == new
+    assert ds.status == Status.DOWNLOADED
+    assert (ds.checksum, ds.size) == (sha(new), len(new)), "row describes the old file"
+
+
+async def test_listener_error_on_finish_does_not_kill_engine(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    """A listener raising on FINISHED (a broken pipe) neither fails the job nor stops the engine."""
+    settings, repo = setup(home, catalog(a=server.add("a.bin", blob(17))))
+    finished: list[JobEvent] = []
+
+    def listener(event: JobEvent) -> None:
+        if event.kind == EventKind.FINISHED:
+            finished.append(event)
+            if len(finished) == 1:
+                raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+
+    async with Engine(settings, repo, [listener]).running() as engine:
+        first = await engine.submit(JobType.DOWNLOAD, {"dataset": "a"})
+        await engine.wait_idle()
+        second = await engine.submit(JobType.DOWNLOAD, {"dataset": "a", "force_download": True})
+        await engine.wait_idle()
+    assert [e.job.id for e in finished] == [first.id, second.id]
+    for job in (first, second):
+        stored = repo.job(job.id)
+        assert stored is not None and stored.status == JobStatus.COMPLETED, stored

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import json
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -10,7 +13,7 @@ import pytest
 
 from dsm.domain.jobs import Job, JobStatus, JobType
 from dsm.engine.engine import Engine
-from dsm.transfer.partfile import read_sidecar
+from dsm.transfer.partfile import read_sidecar, sidecar_path
 from tests.conftest import (
     CatalogFn,
     blob,
@@ -179,3 +182,104 @@ async def test_connections_per_host_are_capped(
         level += step
         peak = max(peak, level)
     assert peak == 3
+
+
+async def test_segment_sidecar_without_its_part_starts_over(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    """A segmented sidecar whose .part is gone is not resumed as if the bytes were on disk."""
+    data = blob(7, SIZE)
+    url = server.add("a.bin", data)
+    settings, repo = setup(home, catalog(a=url), **SEGMENT_ENV)
+    res = server.resources["/a.bin"]
+    part = home / "data" / "a.part"
+    part.parent.mkdir(parents=True)
+    meta = {
+        "url": url,
+        "etag": res.etag,
+        "last_modified": res.last_modified,
+        "total": SIZE,
+        "segments": [[0, 2_000_000, 2_000_000], [2_000_000, SIZE, 0]],
+    }
+    sidecar_path(part).write_text(json.dumps(meta))
+    run = await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
+    assert run.job.status == JobStatus.COMPLETED, run.job.error
+    assert (home / "data" / "a").read_bytes() == data
+    assert repo.dataset("a").checksum == sha(data)
+
+
+async def test_segmented_disk_full_discards_part(
+    server: FileServer, home: Path, catalog: CatalogFn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A segmented download that hits ENOSPC frees its .part, like the single stream does."""
+    settings, repo = setup(home, catalog(a=server.add("a.bin", blob(9, SIZE))), **SEGMENT_ENV)
+    real_pwrite = os.pwrite
+    writes: list[int] = []
+
+    def full(fd: int, data: bytes, offset: int) -> int:
+        writes.append(len(data))
+        if len(writes) >= 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", full)
+    run = await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
+    assert run.job.status == JobStatus.FAILED
+    assert "disk full" in (run.job.error or ""), run.job.error
+    assert not (home / "data" / "a.part").exists()
+
+
+async def test_permanent_segment_failure_ends_the_job_promptly(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    """A segment failing for good wakes its siblings blocked in a read: no stall timeout."""
+    env = {**SEGMENT_ENV, "DSM_STALL_TIMEOUT": "8"}
+    settings, repo = setup(home, catalog(a=server.add("a.bin", blob(11, SIZE))), **env)
+    server.fault("a.bin", rate=1_000_000)
+    server.fault("a.bin", stall_after=1000, for_ranges=(2_000_000, 4_000_000))
+    server.fault("a.bin", status=404, for_ranges=(4_000_000, 6_000_000))
+    t0 = time.monotonic()
+    run = await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
+    took = time.monotonic() - t0
+    assert run.job.status == JobStatus.FAILED
+    assert "404" in (run.job.error or ""), run.job.error
+    assert took < 4, f"job ended after {took:.1f} s with a stall timeout of 8 s"
+
+
+async def test_segment_restart_drops_the_whole_set(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    """A segment that meets another version drops the .part and its sidecar together (never a
+    sidecar left without its .part); the next attempt starts clean and completes."""
+    data = blob(8, SIZE)
+    url = server.add("a.bin", data)
+    settings, repo = setup(home, catalog(a=url), DSM_MAX_RETRIES="0", **SEGMENT_ENV)
+    server.fault("a.bin", rate=1_000_000)  # a slow first connection: the download splits
+    server.fault("a.bin", ignore_range=True, for_ranges=(4_000_000, 6_000_000))  # file changed
+    part = home / "data" / "a.part"
+    run = await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
+    assert run.job.status == JobStatus.FAILED, run.job.error
+    assert "the file changed on the server; restarting from zero" in (run.job.error or "")
+    assert not part.exists() and not sidecar_path(part).exists()
+    again = await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
+    assert again.job.status == JobStatus.COMPLETED, again.job.error
+    assert (home / "data" / "a").read_bytes() == data
+
+
+@pytest.mark.parametrize(("retries", "status"), [(1, JobStatus.FAILED), (2, JobStatus.COMPLETED)])
+async def test_segments_draw_from_the_jobs_one_retry_budget(
+    retries: int, status: JobStatus, server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    """Two segments dropped once each need two retries: a job allowed one fails (segments
+    have no budget of their own), a job allowed two completes."""
+    data = blob(16, SIZE)
+    env = {**SEGMENT_ENV, "DSM_MAX_RETRIES": str(retries), "DSM_RETRY_DELAY": "0"}
+    settings, repo = setup(home, catalog(a=server.add("a.bin", data)), **env)
+    server.always("a.bin", rate=2_000_000)  # slow enough per connection to be split
+    server.fault("a.bin", drop_after=100_000, for_ranges=(2_000_000, 4_000_000))
+    server.fault("a.bin", drop_after=100_000, for_ranges=(4_000_000, 6_000_000))
+    run = await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
+    assert run.job.status == status, run.job.error
+    assert run.job.attempts == 1  # the engine never retried the whole: the segments spent it
+    if status == JobStatus.FAILED:
+        assert "peer closed connection" in (run.job.error or ""), run.job.error

@@ -12,6 +12,7 @@ import pytest
 from dsm.domain.jobs import Job, JobStatus, JobType
 from dsm.domain.model import Status
 from dsm.engine.engine import Engine
+from dsm.engine.handlers import host_headers
 from dsm.transfer.http import open_stream
 from tests.conftest import CatalogFn, blob, sha
 from tests.enginehelp import run_jobs, setup, until
@@ -312,17 +313,16 @@ def test_headers_are_chosen_per_hop_and_never_follow_to_another_host(
 async def test_credentials_only_for_their_host_and_only_over_https(
     home: Path, catalog: CatalogFn
 ) -> None:
-    settings, repo = setup(
+    settings, _ = setup(
         home,
         catalog(a="http://127.0.0.1:9/x"),
         HF_TOKEN="hf_abc",
         DSM_HEADERS="data.example.org=X-Key: k1",
     )
-    engine = Engine(settings, repo)
-    assert engine._host_headers("https://huggingface.co/datasets/x") == {
+    assert host_headers(settings, "https://huggingface.co/datasets/x") == {
         "Authorization": "Bearer hf_abc"
     }
-    assert engine._host_headers("https://data.example.org/f") == {"X-Key": "k1"}
+    assert host_headers(settings, "https://data.example.org/f") == {"X-Key": "k1"}
     for url in (
         "https://cdn-lfs.huggingface.co/x",  # another host, even a sibling
         "https://evil.example/huggingface.co",
@@ -330,7 +330,7 @@ async def test_credentials_only_for_their_host_and_only_over_https(
         "http://data.example.org/f",
         "http://127.0.0.1/",
     ):
-        assert engine._host_headers(url) == {}, url
+        assert host_headers(settings, url) == {}, url
 
 
 async def test_not_enough_disk_space_fails_at_once(
@@ -403,3 +403,13 @@ async def test_a_whole_body_without_length_is_confirmed_by_a_416(
     assert run.job.status == JobStatus.COMPLETED and run.job.attempts == 1
     assert [r.status for r in server.requests("a.bin")] == [200, 416]
     assert target(home).read_bytes() == data
+
+
+async def test_empty_file_downloads(server: FileServer, home: Path, catalog: CatalogFn) -> None:
+    """A zero-byte file (416 to `Range: bytes=0-`) downloads instead of failing."""
+    settings, repo = setup(home, catalog(a=server.add("a.bin", b"")))
+    run = await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
+    assert run.job.status == JobStatus.COMPLETED, run.job.error
+    assert (home / "data" / "a").read_bytes() == b""
+    ds = repo.dataset("a")
+    assert ds.status == Status.DOWNLOADED and ds.checksum == sha(b"")

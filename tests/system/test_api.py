@@ -367,6 +367,7 @@ def test_the_seeds_curl_examples_with_jq(api: ApiServer) -> None:
 
 
 # -- schemathesis ----------------------------------------------------------------------------
+@pytest.mark.slow
 def test_schemathesis_finds_no_server_error_and_no_schema_violation(
     api: ApiServer, tmp_path: Path
 ) -> None:
@@ -454,7 +455,7 @@ def test_a_token_is_checked_on_every_request_even_on_loopback(
 
 def test_the_api_imports_no_textual() -> None:
     code = (
-        "import sys, app.api_serve; "
+        "import sys, dsm.api.serve; "
         "bad = sorted(m for m in sys.modules if m.split('.')[0] == 'textual'); "
         "sys.exit(str(bad) if bad else 0)"
     )

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+import dsm
 from tests.conftest import TEST_ENV, CatalogFn
 from tests.httpserver import FileServer
 
@@ -112,3 +113,28 @@ def test_the_probe_sees_textual_when_it_is_loaded(home: Path, catalog: CatalogFn
         timeout=60,
     )
     assert json.loads(result.stderr.strip().splitlines()[-1])["textual"] != []
+
+
+def test_python_api_loads_no_textual() -> None:
+    """`import dsm` is light (the API loads on first use) and the API never loads Textual."""
+    code = textwrap.dedent(
+        """
+        import json, sys
+        import dsm
+        light = not any(m in sys.modules for m in ("dsm.library", "httpx", "textual"))
+        api = dsm.ensure, dsm.aensure, dsm.DatasetError, dsm.datasets
+        from dsm import *
+        bad = sorted(m for m in sys.modules if m == "textual" or m.startswith("textual."))
+        print(json.dumps({"light": light, "textual": bad, "loaded": "dsm.library" in sys.modules,
+                          "star": sorted(n for n in dsm.__all__ if n in globals())}))
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["light"] is True
+    assert report["loaded"] is True
+    assert report["textual"] == []
+    assert report["star"] == sorted(dsm.__all__)

@@ -20,18 +20,18 @@ from dsm.catalog.parse import (
     FIELDS,
     NAME_RE,
     CatalogEntry,
-    CatalogError,
     load_catalog,
     parse_catalog,
 )
 from dsm.catalog.paths import resolve_inside
-from dsm.catalog.sync import register
+from dsm.catalog.sync import register, sync_catalog
 from dsm.cli import main
 from dsm.config import bundled_catalog
 from dsm.domain.model import Status
+from dsm.errors import CatalogError
 from dsm.repository import Repository
 from dsm.store import Store
-from tests.conftest import TEST_ENV, make_settings, open_repo, run_dsm
+from tests.conftest import TEST_ENV, CatalogFn, make_settings, open_repo, run_dsm
 
 GOOD = {
     "name": "good",
@@ -535,3 +535,38 @@ def test_rows_that_leave_the_catalogue_are_kept(home: Path, tmp_path: Path) -> N
     back = run_dsm("show", "second", "--json", home=home, catalog_path=cat(tmp_path, GOOD, second))
     row = json.loads(back.stdout)
     assert row["in_catalog"] is True and row["downloaded"] is True
+
+
+# -- start-up registration is skipped when the very same catalogue was registered last
+
+
+def test_unchanged_catalogue_is_not_parsed_again(home: Path, catalog: CatalogFn) -> None:
+    cat = catalog(a="http://127.0.0.1:9/a", b="http://127.0.0.1:9/b")
+    repo = Repository(Store(home / "db.json"))
+    assert sync_catalog(repo, cat, home) == 2
+    before = (home / "db.json").stat().st_mtime_ns
+    assert sync_catalog(repo, cat, home) == 0
+    assert (home / "db.json").stat().st_mtime_ns == before  # nothing written
+
+    # Proof that the second call skipped registration: a row edited behind its back stays.
+    repo.change("a", description="edited")
+    assert sync_catalog(repo, cat, home) == 0
+    assert repo.dataset("a").description == "edited"
+
+    # Any change to the text (even whitespace) registers again, and heals the row.
+    cat.write_text(cat.read_text() + "\n")
+    assert sync_catalog(repo, cat, home) == 1
+    assert repo.dataset("a").description == "test a"
+
+
+def test_another_catalogue_file_registers(home: Path, tmp_path: Path, catalog: CatalogFn) -> None:
+    cat = catalog(a="http://127.0.0.1:9/a")
+    repo = Repository(Store(home / "db.json"))
+    sync_catalog(repo, cat, home)
+    other = tmp_path / "other.json"
+    other.write_text(cat.read_text())
+    repo.change("a", description="edited")
+    sync_catalog(repo, other, home)  # same text, other path: registered again
+    assert repo.dataset("a").description == "test a"
+    stamp = json.loads((home / "db.json").read_text())["meta"]["catalog"]
+    assert stamp["path"] == str(other)

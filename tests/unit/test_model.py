@@ -11,7 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dsm.domain.model import ACTIVE, AT_REST, TRANSITIONS, Dataset, InvalidTransition, Status
+from dsm.domain.model import ACTIVE, AT_REST, TRANSITIONS, Dataset, Status
+from dsm.errors import InvalidTransition
 from dsm.repository import Repository
 from dsm.store import Store, StoreCorrupt
 from tests.conftest import CatalogFn, make_settings, open_repo

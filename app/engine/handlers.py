@@ -1,0 +1,205 @@
+"""What each job type does: download (and update), verify, delete.
+
+Retries: one budget per job. A download that fails with an error that can heal (its type
+says so: `dsm.errors.retryable`) is tried again, at most `max_retries` times in all for the
+job; the segments of a segmented transfer draw their retries from the same budget
+(`RetryBudget`, passed down), so a job never retries more than that. The pause between tries
+is `retry_delay` with jitter, the server's Retry-After when it sent one, none after a restart
+from zero (the partial file was dropped: nothing to wait for).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+
+from dsm.config import Settings
+from dsm.domain.events import EventKind
+from dsm.domain.jobs import Job, JobStatus, JobType
+from dsm.domain.model import Dataset, Status
+from dsm.engine import files
+from dsm.engine.ledger import Ledger
+from dsm.engine.outcome import Outcome
+from dsm.errors import TransferError, retry_after, retryable
+from dsm.repository import now_ms
+from dsm.transfer import single as transfer
+from dsm.transfer.http import Fetched, HostSlots, Policy, RetryBudget
+from dsm.transfer.partfile import discard_partial
+
+SKIP_MESSAGE = "already downloaded; use --force-download (force_download: true) to fetch again"
+Emit = Callable[[EventKind, Job, Dataset | None], None]
+Handler = Callable[[Job, Dataset, bool], Awaitable[Outcome]]
+
+
+def host_headers(settings: Settings, url: str) -> dict[str, str]:
+    """Headers configured for the URL's host (tokens); only ever sent over https."""
+    parsed = httpx.URL(url)
+    if parsed.scheme != "https":  # credentials never travel in clear text
+        return {}
+    host = (parsed.host or "").lower()
+    out = {n: v for h, n, v in settings.host_headers if h == host}
+    if host == "huggingface.co" and settings.hf_token:
+        out["Authorization"] = f"Bearer {settings.hf_token}"
+    return out
+
+
+class Handlers:
+    def __init__(
+        self,
+        settings: Settings,
+        ledger: Ledger,
+        emit: Emit,
+        progress: Callable[[Job], transfer.ProgressFn],
+    ) -> None:
+        self.settings = settings
+        self.ledger = ledger
+        self.repo = ledger.repo
+        self._emit = emit
+        self._progress = progress
+        self.client: httpx.Client | None = None  # set while the engine runs
+        self._slots = HostSlots(settings.host_connections)
+        self._policy = Policy(
+            stall_timeout=settings.stall_timeout,
+            segments=settings.segments,
+            segment_min=settings.segment_min,
+            retry_delay=settings.retry_delay,
+        )
+
+    def for_type(self, job_type: JobType) -> Handler:
+        return {
+            JobType.DOWNLOAD: self.download,
+            JobType.UPDATE: self.download,
+            JobType.VERIFY: self.verify,
+            JobType.DELETE: self.delete,
+        }[job_type]
+
+    async def _set(self, job: Job, status: Status | None, **fields: Any) -> Dataset:
+        ds = await self.ledger.call(self.repo.change, job.dataset, status, **fields)
+        self._emit(EventKind.PROGRESS, job, ds)
+        return ds
+
+    # -- download and update -----------------------------------------------------------
+    async def download(self, job: Job, ds: Dataset, had_copy: bool) -> Outcome:
+        if not job.params["force_download"] and had_copy and not ds.outdated:
+            return JobStatus.SKIPPED, SKIP_MESSAGE
+        try:
+            target = files.target(self.settings.home, ds)
+        except ValueError as exc:
+            return JobStatus.FAILED, str(exc)
+        await self._set(job, Status.DOWNLOADING, error=None)
+        # A copy a crashed run verified and moved into place, unknown to the store. When the
+        # store knows a verified copy, such a leftover is stale: fetch as asked.
+        installed = None
+        if not had_copy:
+            installed = await anyio.to_thread.run_sync(
+                files.installed_before_crash,
+                target,
+                abandon_on_cancel=True,  # it only reads
+            )
+        if installed is None or files.integrity_problem(ds, installed.size, installed.sha256):
+            fetched = await self._fetch(job, ds, target)
+            if not isinstance(fetched, Fetched):
+                return fetched
+            await self._set(job, Status.VERIFYING)
+            problem = files.integrity_problem(ds, fetched.size, fetched.sha256)
+            if problem:
+                await anyio.to_thread.run_sync(discard_partial, files.part_of(target))
+                return JobStatus.FAILED, problem
+            # From the rename on, the store must hear of the new file: no cancel in between.
+            with anyio.CancelScope(shield=True):
+                installed = await anyio.to_thread.run_sync(
+                    files.install, target, fetched.size, fetched.sha256
+                )
+                await self._record_install(job, installed, target)
+        else:
+            with anyio.CancelScope(shield=True):
+                await self._record_install(job, installed, target)
+        return JobStatus.COMPLETED, None
+
+    async def _record_install(self, job: Job, installed: files.Installed, target: Path) -> None:
+        job.progress, job.bytes_done = 100.0, installed.size
+        await self._set(
+            job,
+            Status.DOWNLOADED,
+            downloaded=True,
+            size=installed.size,
+            checksum=installed.sha256,
+            downloaded_at_ms=now_ms(),
+            file_mtime_ns=installed.mtime_ns,
+            download_progress=100.0,
+            outdated=False,
+            error=None,
+        )
+        await anyio.to_thread.run_sync(files.forget_install, target)
+
+    async def _fetch(self, job: Job, ds: Dataset, target: Path) -> Fetched | Outcome:
+        """The transfer with the job's retry budget: only what can heal is tried again."""
+        assert self.client is not None
+        # Attempts of an adopted job count: the budget is what the earlier process left.
+        budget = RetryBudget(self.settings.max_retries - job.attempts)
+        while True:
+            job.attempts += 1
+            try:
+                return await transfer.fetch(
+                    self.client,
+                    ds.original_url,
+                    target,
+                    expected_size=ds.expected_size,
+                    host_headers=lambda url: host_headers(self.settings, url),
+                    progress=self._progress(job),
+                    policy=self._policy,
+                    slots=self._slots,
+                    budget=budget,
+                )
+            except TransferError as exc:
+                if not retryable(exc) or not budget.draw():
+                    tries = f" (after {job.attempts} attempts)" if job.attempts > 1 else ""
+                    return JobStatus.FAILED, f"{exc}{tries}"
+                await self._wait_retry(job, exc)
+
+    async def _wait_retry(self, job: Job, exc: TransferError) -> None:
+        delay = retry_after(exc)
+        if delay is None:  # jitter spreads the retries of many jobs hit by one outage
+            delay = self.settings.retry_delay * random.uniform(0.8, 1.2)
+        job.status, job.retry_at_ms = JobStatus.RETRYING, now_ms() + round(delay * 1000)
+        job.error = f"attempt {job.attempts} failed: {exc}; retrying in {delay:.1f} s"
+        await self.ledger.call(self.repo.save_job, job)
+        self._emit(EventKind.RETRYING, job, None)
+        await anyio.sleep(delay)
+        job.status, job.retry_at_ms = JobStatus.RUNNING, None
+        await self.ledger.call(self.repo.save_job, job)
+
+    # -- verify and delete -------------------------------------------------------------
+    async def verify(self, job: Job, ds: Dataset, had_copy: bool) -> Outcome:
+        if not ds.downloaded:
+            return JobStatus.SKIPPED, "not downloaded: nothing to verify"
+        await self._set(job, Status.VERIFYING)
+        problem, mtime_ns = await anyio.to_thread.run_sync(
+            files.rehash,
+            self.settings.home,
+            ds,
+            abandon_on_cancel=True,  # it only reads
+        )
+        if problem:
+            await self._set(job, Status.ERROR, error=problem, downloaded=False)
+            return JobStatus.FAILED, problem
+        await self._set(job, Status.DOWNLOADED, file_mtime_ns=mtime_ns, error=None)
+        return JobStatus.COMPLETED, None
+
+    async def delete(self, job: Job, ds: Dataset, had_copy: bool) -> Outcome:
+        try:
+            target = files.target(self.settings.home, ds)
+        except ValueError as exc:
+            return JobStatus.FAILED, f"refusing to delete: {exc}"
+        await self._set(job, Status.DELETING)
+        with anyio.CancelScope(shield=True):  # a removed file is recorded as removed
+            await anyio.to_thread.run_sync(files.remove, target)
+            await self._set(job, Status.NOT_LOADED, **files.RESET_FIELDS)
+        if not ds.in_catalog:
+            await self.ledger.call(self.repo.remove_dataset, ds.name)
+        return JobStatus.COMPLETED, None

@@ -252,7 +252,7 @@ async def test_quit_with_a_running_job_keeps_the_partial_and_resumes(
     # Over 1 MiB: the transfer writes the partial file in batches of 1 MiB.
     big = os.urandom(1_600_000)
     catalog_path = catalog(alpha=server.add("alpha.bin", big))
-    server.always("alpha.bin", rate=1_000_000)
+    server.always("alpha.bin", rate=300_000)  # seconds of transfer: quit lands mid-way
     part = home / "data" / "alpha.part"
     app = make_app(home, catalog_path)
     async with app.run_test(size=SIZE, notifications=True) as pilot:

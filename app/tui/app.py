@@ -179,6 +179,11 @@ class DashboardApp(EngineCalls, App[int]):
             self.screen.show(self.state.log_jobs())
         self._changed.clear()
 
+    @property
+    def settled(self) -> bool:
+        """Every change so far has reached the table, summary and panes (tests wait on it)."""
+        return not self._changed and not self.feed.pending
+
     def _tick(self) -> None:
         self.state.tick()
         self._changed.add("")

@@ -58,6 +58,11 @@ class EngineFeed:
             self._progress.pop(job.id, None)
         self._post(JobChanged(event))
 
+    @property
+    def pending(self) -> bool:
+        """Progress is waiting for the next drain."""
+        return bool(self._progress)
+
     def drain(self) -> list[Job]:
         """The latest progress of every job that moved since the last drain."""
         with self._lock:

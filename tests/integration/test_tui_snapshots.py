@@ -92,6 +92,7 @@ def after(
         await pilot.press(*keys)
         if screen:
             await until(pilot, lambda: type(app.screen).__name__ == screen)
+        await until(pilot, lambda: app.settled)  # the summary shows the marks
         await pilot.pause()
 
     return run_before

@@ -119,6 +119,13 @@ class Repository:
         self._store.remove(_DATASETS, name)
 
     # -- jobs --------------------------------------------------------------------------
+    def job_documents(self) -> list[dict[str, Any]]:
+        """The stored job rows as plain dicts (to rebuild only the jobs that changed)."""
+        return self._store.all(_JOBS)
+
+    def parse_job(self, raw: dict[str, Any]) -> Job:
+        return self._parse(Job.from_dict, raw, "job")
+
     def jobs(self) -> list[Job]:
         rows = (self._parse(Job.from_dict, d, "job") for d in self._store.all(_JOBS))
         return sorted(rows, key=lambda j: j.created_ms)

@@ -13,7 +13,7 @@ from textual.command import CommandList
 
 from dsm.domain.jobs import Job, JobStatus, JobType
 from dsm.domain.model import Dataset, Status
-from dsm.tui.feed import DatasetReader
+from dsm.tui.feed import DatasetReader, JobReader
 from dsm.tui.state import DashboardState
 from tests.conftest import CatalogFn, make_settings, open_repo, run_dsm
 from tests.httpserver import FileServer
@@ -353,3 +353,19 @@ def test_headless_modules_never_import_textual() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_job_reader_rebuilds_only_changed_jobs(home: Path, catalog: CatalogFn) -> None:
+    repo = open_repo(make_settings(home, catalog(alpha="http://127.0.0.1:9/a")))
+    old, new = (
+        Job(JobType.DOWNLOAD, "alpha", {}, id=i, created_ms=n) for n, i in ((2, "j2"), (1, "j1"))
+    )
+    repo.save_jobs([old, new])
+    reader = JobReader(repo)
+    first = reader.read()
+    assert [j.id for j in first] == ["j1", "j2"]  # oldest first, as Repository.jobs
+    old.status = JobStatus.FAILED
+    repo.save_job(old)
+    second = reader.read()
+    assert second[0] is first[0] and second[1] is not first[1]
+    assert second == repo.jobs()

@@ -58,6 +58,7 @@ RATE = "1m"  # nginx limit_rate per connection: a 64 MiB file takes about a minu
 RATE_LABEL = "1 MiB/s"
 ENV = {"DSM_SEGMENTS": "1", "TEXTUAL_ANIMATIONS": "none"}  # one connection per download
 TICK = os.sysconf("SC_CLK_TCK")
+TIMES = 5  # the job log is opened and closed this many times
 TARGETS = {
     "first paint": "< 1.5 s",
     "key to repaint p95": "< 100 ms",
@@ -341,18 +342,27 @@ async def job_log_in_process(settings: Settings, rows: int) -> dict[str, float]:
         while len(app.state.log_jobs()) < rows:
             await pilot.pause(0.1)
         await pilot.pause(1)
-        start = time.perf_counter()
-        await pilot.press("l")
-        while not (isinstance(app.screen, JobLogScreen) and frames[-1] > start):
-            await pilot.pause(0.001)
-        opened = frames[-1] - start
-        start = time.perf_counter()
-        await pilot.press("escape")
-        while isinstance(app.screen, JobLogScreen) or frames[-1] <= start:
-            await pilot.pause(0.001)
-        closed = frames[-1] - start
+        opened, closed = [], []
+        for _ in range(TIMES):
+            start = time.perf_counter()
+            await pilot.press("l")
+            while not (isinstance(app.screen, JobLogScreen) and frames[-1] > start):
+                await pilot.pause(0.001)
+            opened.append(frames[-1] - start)
+            await pilot.pause(0.5)
+            start = time.perf_counter()
+            await pilot.press("escape")
+            while isinstance(app.screen, JobLogScreen) or frames[-1] <= start:
+                await pilot.pause(0.001)
+            closed.append(frames[-1] - start)
+            await pilot.pause(0.5)
         app.exit(0)
-    return {"open": opened, "close": closed, "jobs": float(len(app.state.log_jobs()))}
+    return {
+        "open": statistics.median(opened),
+        "open max": max(opened),
+        "close": statistics.median(closed),
+        "jobs": float(len(app.state.log_jobs())),
+    }
 
 
 def quit_and_log(rows: int) -> str:
@@ -373,10 +383,11 @@ def quit_and_log(rows: int) -> str:
             "|---|---|---|",
             f"| quit with {rows} queued jobs: `y` to process exit (tmux) | {quit['quit']:.2f} s"
             f"{', stopping message shown' if quit['stopping shown'] else ''} | < 2 s |",
-            f"| open job log at {int(log['jobs'])} jobs: `l` to its first frame | "
-            f"{log['open'] * 1000:.0f} ms | < 200 ms |",
-            f"| close job log: escape to the dashboard's frame | {log['close'] * 1000:.0f} ms"
-            " | - |",
+            f"| open job log at {int(log['jobs'])} jobs: `l` to its first frame, median"
+            f" (max) of {TIMES} | {log['open'] * 1000:.0f} ms ({log['open max'] * 1000:.0f} ms)"
+            " | < 200 ms |",
+            f"| close job log: escape to the dashboard's frame, median |"
+            f" {log['close'] * 1000:.0f} ms | - |",
         ]
     )
 

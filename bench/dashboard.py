@@ -342,7 +342,8 @@ async def job_log_in_process(settings: Settings, rows: int) -> dict[str, float]:
         while len(app.state.log_jobs()) < rows:
             await pilot.pause(0.1)
         await pilot.pause(1)
-        opened, closed = [], []
+        opened: list[float] = []
+        closed: list[float] = []
         for _ in range(TIMES):
             start = time.perf_counter()
             await pilot.press("l")

@@ -127,7 +127,7 @@ def job_cells(job: Job, max_attempts: int, with_dataset: bool) -> list[Text]:
         *cells,
         Text(job.status.value, style=style),
         # A running job is on its first attempt at least (the count moves when it fetches).
-        Text(str(max(job.attempts, job.status == JobStatus.RUNNING)), justify="right"),
+        Text(str(max(job.attempts, int(job.status == JobStatus.RUNNING))), justify="right"),
         Text(humanize.when(job.finished_ms or job.started_ms or job.created_ms)),
         Text(cause, style="red" if job.status.finished and not job.status.ok else ""),
     ]

@@ -160,7 +160,10 @@ def status_cell(row: RowView, palette: dict[str, str]) -> Text:
         return Text("retrying", style=palette["retrying"])
     if is_paused(job):
         return Text("paused", style=palette["paused"])
-    return Text(row.ds.status.label, style=palette[row.ds.status])
+    status = Text(row.ds.status.label, style=palette[row.ds.status])
+    if row.ds.moved_upstream:  # its Hub branch has a newer commit: `update` fetches it
+        status.append(" ↑", style=palette["info"])
+    return status
 
 
 def row_cells(row: RowView, palette: dict[str, str]) -> dict[str, Text]:

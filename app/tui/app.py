@@ -80,6 +80,8 @@ class DashboardApp(EngineCalls, App[int]):
         yield Footer()
 
     def on_mount(self) -> None:
+        if self.settings.offline:
+            self.sub_title = "OFFLINE (DSM_OFFLINE / HF_HUB_OFFLINE): no network requests"
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGHUP):
             # Quit as `q` does, so the terminal is restored: the default handler kills the
@@ -87,6 +89,7 @@ class DashboardApp(EngineCalls, App[int]):
             loop.add_signal_handler(sig, self.quit_now)
         self._start_engine()
         self._poll_store()
+        self._check_upstream()
         self.set_interval(FLUSH_INTERVAL, self._flush_updates)
         self.set_interval(1.0, self._tick)
 

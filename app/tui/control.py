@@ -10,9 +10,12 @@ from rich.text import Text
 from textual import work
 from textual.notifications import SeverityLevel
 
+from dsm.config import Settings
 from dsm.domain.jobs import JobType
+from dsm.engine.hubjob import refresh_upstream
 from dsm.engine.thread import EngineThread
 from dsm.errors import DsmError
+from dsm.repository import Repository
 from dsm.tui.state import DashboardState
 from dsm.widgets.panels import Summary
 
@@ -29,6 +32,8 @@ else:
 class EngineCalls(_Base):
     """Mixed into the dashboard app: starting, stopping and driving the engine."""
 
+    settings: Settings
+    repo: Repository
     engine: EngineThread
     state: DashboardState
     summary: Summary
@@ -45,6 +50,11 @@ class EngineCalls(_Base):
             if not self._stopping.is_set():
                 self.engine.start()
                 self._engine_ready.set()
+
+    @work(thread=True, group="upstream", exit_on_error=False)
+    def _check_upstream(self) -> None:
+        """Once per run: which Hub branches moved on (never offline); the store poll shows it."""
+        refresh_upstream(self.settings, self.repo)
 
     def _stop_engine(self) -> None:
         """Suspend our jobs (partial files stay; the next start resumes them), end the thread."""

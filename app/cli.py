@@ -16,6 +16,7 @@ from dsm.config import Settings, load_settings, network_filesystem
 from dsm.domain.jobs import PARAMS_SCHEMA, JobType, parse_params
 from dsm.domain.model import Dataset
 from dsm.domain.paging import MAX_PAGE_SIZE, page_of
+from dsm.domain.redact import redact_doc
 from dsm.errors import EXIT_BAD_INPUT, EXIT_FAILED, BadInput, DsmError
 from dsm.repository import Repository, StoreCorrupt, StoreError, UnknownDataset
 from dsm.version import __version__
@@ -65,6 +66,20 @@ def build_parser() -> argparse.ArgumentParser:
     srv = sub.add_parser("serve", help="run the engine behind the HTTP API")
     srv.add_argument("--host", default="127.0.0.1", help="beyond loopback needs DSM_API_TOKEN")
     srv.add_argument("--port", type=int, default=8080, help="TCP port (0: any free port)")
+    srv.add_argument(
+        "--allowed-host",
+        metavar="NAME",
+        action="append",
+        default=[],
+        help="a name clients use for this server (Host header; repeatable); loopback names "
+        "are allowed when bound to loopback",
+    )
+    srv.add_argument(
+        "--print-token",
+        action="store_true",
+        help="print the API token, creating it (mode 0600, in the data home) if needed; "
+        "the server then requires it",
+    )
     cache = sub.add_parser("cache", help="the team cache on S3-compatible storage")
     cache_sub = cache.add_subparsers(dest="cache_command", metavar="ACTION", required=True)
     status = cache_sub.add_parser("status", help="bucket, reachability, datasets it holds")
@@ -122,7 +137,7 @@ def cmd_list(args: argparse.Namespace, repo: Repository) -> int:
                 "page_size": args.page_size,
                 "page_number": args.page,
                 "total": len(rows),
-                "datasets": [d.to_dict() for d in page],
+                "datasets": [redact_doc(d.to_dict()) for d in page],
             }
         )
         return 0
@@ -146,10 +161,11 @@ def cmd_show(args: argparse.Namespace, repo: Repository) -> int:
         ds: Dataset = repo.dataset(args.name)
     except UnknownDataset:
         raise BadInput(f"dataset not found: {args.name}") from None
+    shown = redact_doc(ds.to_dict())  # a catalogue URL may carry credentials
     if args.json:
-        _print_json(ds.to_dict())
+        _print_json(shown)
         return 0
-    for key, value in ds.to_dict().items():
+    for key, value in shown.items():
         print(f"{key:<18} {'-' if value is None else value}")
     return 0
 
@@ -255,7 +271,7 @@ def run(argv: Sequence[str] | None) -> int:
     if args.command == "serve":
         from dsm.api.serve import serve  # Starlette and uvicorn load for this command only
 
-        return serve(settings, repo, args.host, args.port)
+        return serve(settings, repo, args.host, args.port, args.allowed_host, args.print_token)
     if args.run_job:
         import anyio
 

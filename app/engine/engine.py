@@ -14,6 +14,7 @@ what a dataset row becomes when its job ends to `end_state` (outcome.py).
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 import uuid
@@ -47,6 +48,19 @@ STOPPED_MESSAGE = "stopped on request"
 SUSPENDED_MESSAGE = "interrupted when dsm quit; resumes at the next start"
 
 
+class Submitted(list[Job]):
+    """The jobs of a submission in the order asked; `created` holds the ids of those this
+    call queued (the others are unfinished twins, or the job an idempotency key names)."""
+
+    def __init__(self, jobs: Iterable[Job], created: frozenset[str]) -> None:
+        super().__init__(jobs)
+        self.created = created
+
+
+# How a batch of ended jobs reaches the store (None: Ledger.record_many).
+Recorder = Callable[[list[Job], bool | None], list[Dataset | None]] | None
+
+
 class Engine:
     def __init__(
         self,
@@ -73,6 +87,7 @@ class Engine:
         self._suspending = False
         # A UI sets this: quitting then suspends running jobs instead of canceling them.
         self.suspend_on_exit = False
+        self.suspend_message = SUSPENDED_MESSAGE  # what a suspended job's row says
         self._known: frozenset[str] = frozenset()  # dataset names, refreshed on a miss
         self._changed = anyio.Event()
         # The store bookkeeping of jobs, and what each job type does.
@@ -149,36 +164,56 @@ class Engine:
         (job,) = await self.submit_many(job_type, [params])
         return job
 
-    async def submit_many(self, job_type: JobType, many: list[dict[str, Any]]) -> list[Job]:
+    async def submit_many(
+        self,
+        job_type: JobType,
+        many: list[dict[str, Any]],
+        idempotency_key: str | None = None,
+        others_twins: bool = False,
+    ) -> Submitted:
         """Submit several jobs with one store write (`a` on 10,000 datasets, `--all`).
 
         Every params object is checked before anything is recorded: one bad entry queues none.
+        An unfinished twin (same type and params) of this engine is returned instead of a new
+        job, as is the job an `idempotency_key` (one params object) already names. With
+        `others_twins`, so is a twin of another live process on this home (the API, whose
+        clients poll any job; a `--run-job` must run its own jobs to wait for them).
         """
         if not all(isinstance(p, dict) and p.get("dataset") in self._known for p in many):
             self._known = await self.ledger.call(self.ledger.dataset_names)  # catalogue grew?
-        jobs: list[Job] = []
-        fresh: list[Job] = []
+        fresh: dict[str, Job] = {}  # one new job per distinct request
+        wanted: list[str] = []
+        request: dict[str, Any] = {}
         for params in many:
             p = parse_params(params, self._known)
             force = p.force_download or job_type == JobType.UPDATE
             clean = {"dataset": p.dataset, "force_download": force}
-            same = (
-                j
-                for j in [*self._active.values(), *fresh]
-                if j.dataset == p.dataset and j.type == job_type and j.params == clean
-            )
-            job = next(same, None)
-            if job is None:
-                job = Job(job_type, p.dataset, clean, owner=self.owner, created_ms=now_ms())
-                fresh.append(job)
-            jobs.append(job)
+            twin = json.dumps(clean, sort_keys=True)
+            if twin not in fresh:
+                fresh[twin] = Job(job_type, p.dataset, clean, owner=self.owner, created_ms=now_ms())
+            wanted.append(twin)
+            # What a key is compared on: the request as given (update+false != update+true).
+            request = {
+                "type": job_type.value,
+                "dataset": p.dataset,
+                "force_download": p.force_download,
+            }
         try:
-            queued = await self.ledger.call(self.ledger.record_queued, fresh)
+            found, queued = await self.ledger.call(
+                self.ledger.record_queued,
+                list(fresh.values()),
+                idempotency_key,
+                request,
+                others_twins,
+            )
         except UnknownDataset as exc:  # the row vanished since the check (another process)
             raise BadInput(f"job params: dataset not found: {exc}") from None
-        for job in fresh:
-            self._enqueue(job, queued.get(job.dataset))
-        return jobs
+        created = frozenset(j.id for j in fresh.values()) & {j.id for j in found}
+        for job in found:
+            if job.id in created:
+                self._enqueue(job, queued.get(job.dataset))
+        by_twin = dict(zip(fresh, found, strict=True))
+        return Submitted([self._active.get(by_twin[t].id, by_twin[t]) for t in wanted], created)
 
     def _enqueue(self, job: Job, ds: Dataset | None) -> Job:
         self._active[job.id] = job
@@ -189,31 +224,24 @@ class Engine:
 
     async def cancel(self, job_id: str) -> bool:
         """Cancel a job of this engine (paused ones too); a running one stops within a second."""
-        paused = self._paused.pop(job_id, None)
-        if paused is not None:
-            with anyio.CancelScope(shield=True):
-                await self._finish_many([paused], (JobStatus.CANCELED, STOPPED_MESSAGE), None)
-            return True
         return bool(await self._stop([job_id]))
 
     async def _stop(self, job_ids: Iterable[str], hold: str | None = None) -> int:
-        """Cancel these jobs, or with `hold` leave them waiting with that message (partial
-        files kept). Jobs no worker picked yet end at once, all in ONE store write (quitting
-        with 10,000 queued jobs); running ones end within a second. Returns how many."""
-        jobs = [self._active[i] for i in job_ids if i in self._active]
+        """Cancel these jobs (paused too), or with `hold` keep them waiting with that message;
+        queued ones end at once in ONE store write (10,000 at a quit), running ones in ~1 s."""
+        ids = list(job_ids)
+        jobs = [self._active[i] for i in ids if i in self._active]
         for job in jobs:
             self._scopes[job.id].cancel()
             if hold is not None:
                 self._held[job.id] = hold
-        waiting = [j for j in jobs if j.id not in self._picked]
-        for job in waiting:
-            self._active.pop(job.id)
-        record = self.ledger.record_held if hold is not None else self.ledger.record_many
-        if waiting:
-            with anyio.CancelScope(shield=True):
-                outcome = (JobStatus.CANCELED, STOPPED_MESSAGE)
-                await self._finish_many(waiting, outcome, None, record)
-        return len(jobs)
+        waiting = [self._active.pop(j.id) for j in jobs if j.id not in self._picked]
+        paused = [self._paused.pop(i) for i in ids if i in self._paused] if hold is None else []
+        record = self.ledger.record_held if hold is not None else None
+        with anyio.CancelScope(shield=True):
+            outcome = (JobStatus.CANCELED, STOPPED_MESSAGE)
+            await self._finish_many(waiting + paused, outcome, None, record)
+        return len(jobs) + len(paused)
 
     async def cancel_dataset(self, name: str) -> bool:
         """Cancel the dataset's unfinished jobs: this engine's at once, another live
@@ -226,15 +254,13 @@ class Engine:
 
     async def cancel_all(self) -> None:
         """Cancel every job of this engine, paused ones too."""
-        await self._stop(list(self._active))
-        for job_id in list(self._paused):
-            await self.cancel(job_id)
+        await self._stop([*self._active, *self._paused])
 
     async def suspend_all(self) -> None:
         """Stop every job but leave it waiting, partial files kept: the next engine on this
         home adopts and resumes it (a dashboard that quits mid-download)."""
         self._suspending = True
-        await self._stop(list(self._active), SUSPENDED_MESSAGE)
+        await self._stop(list(self._active), self.suspend_message)
 
     async def pause(self, job_ids: Iterable[str]) -> int:
         """Stop these jobs, keep them waiting with their partial files until `resume` (or the
@@ -246,11 +272,8 @@ class Engine:
         jobs = [self._paused.pop(i) for i in job_ids if i in self._paused]
         for job in jobs:
             job.error = None
-        if jobs:
-            await self.ledger.call(self.repo.save_jobs, jobs)
-        for job in jobs:
-            self._enqueue(job, None)
-        return jobs
+        await self.ledger.call(self.repo.save_jobs, jobs)
+        return [self._enqueue(job, None) for job in jobs]
 
     # -- crash recovery ----------------------------------------------------------------
     async def recover(self) -> None:
@@ -324,18 +347,14 @@ class Engine:
         await self._finish_many([job], outcome, had_copy)
 
     async def _finish_many(
-        self,
-        jobs: list[Job],
-        outcome: Outcome,
-        had_copy: bool | None,
-        record: Callable[[list[Job], bool | None], list[Dataset | None]] | None = None,
+        self, jobs: list[Job], outcome: Outcome, had_copy: bool | None, record: Recorder = None
     ) -> None:
         """Record the end of jobs in one store write; held ones (paused, suspended) wait."""
         for job in jobs:
             job.status, error = outcome
             job.error = None if job.status == JobStatus.COMPLETED else error
             job.finished_ms = now_ms()
-            held = self._held.pop(job.id, SUSPENDED_MESSAGE if self._suspending else None)
+            held = self._held.pop(job.id, self.suspend_message if self._suspending else None)
             if job.status == JobStatus.CANCELED and held is not None:
                 job.status, job.error = JobStatus.WAITING, held
                 job.started_ms = job.finished_ms = None

@@ -15,6 +15,7 @@ from dsm import humanize
 from dsm.domain.display import Totals, retry_text, short_cause, shown_progress, sparkline
 from dsm.domain.jobs import Job, JobStatus
 from dsm.domain.model import Dataset
+from dsm.domain.redact import redact_url
 from dsm.widgets.dataset_table import COLOUR, MONO
 
 DETAIL_JOBS = 5
@@ -178,13 +179,14 @@ class DetailPane(VerticalScroll):
             ("description", _value(ds.description)),
             ("status", status),
             ("progress", Text(f"{shown_progress(ds, live):.1f}%")),
-            ("URL", _value(ds.original_url)),
+            ("URL", _value(redact_url(ds.original_url))),
             ("local path", Text(path)),
             ("expected size", _value(ds.expected_size)),
             ("size", Text(humanize.size(ds.size) if ds.size is not None else "-")),
             ("expected SHA-256", _value(ds.expected_sha256)),
             ("SHA-256", _value(ds.checksum)),
             ("downloaded at", Text(humanize.when(ds.downloaded_at_ms))),
+            ("served by", _value(ds.served_by)),  # origin, a mirror, or the team cache
             ("job id", _value(ds.download_job_id)),
             ("error", Text(ds.error or "-", style="red" if ds.error else "")),
         ]
@@ -192,6 +194,9 @@ class DetailPane(VerticalScroll):
             rows.insert(5, ("commit", Text(ds.source_commit)))
         if ds.manifest is not None:
             rows.insert(6, ("files", Text(str(len(ds.manifest)))))
+        if ds.file_count is not None:  # an unpacked archive
+            unpacked = humanize.size(ds.unpacked_size) if ds.unpacked_size is not None else "-"
+            rows.insert(6, ("unpacked", Text(f"{ds.file_count} files, {unpacked}")))
         for label, value in rows:
             fields.add_row(label, value)
         recent = list(reversed(jobs[-DETAIL_JOBS:]))

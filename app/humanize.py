@@ -8,12 +8,17 @@ UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
 
 
 def size(n: float | None) -> str:
+    """Bytes in the largest unit that keeps the number under 1000: "1.0 MiB", not
+    "1006.6 KiB"; three significant digits at most ("312 MiB", "4.3 MiB")."""
     if n is None:
         return "-"
     value = float(n)
     for unit in UNITS:
-        if abs(value) < 1024 or unit == UNITS[-1]:
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        # 999.5 would print as "1000": the next unit is the one to use.
+        if abs(value) < 999.5 or unit == UNITS[-1]:
+            if unit == "B" or abs(value) >= 99.95:
+                return f"{value:.0f} {unit}"
+            return f"{value:.1f} {unit}"
         value /= 1024
     raise AssertionError("unreachable")
 

@@ -36,6 +36,7 @@ _CANCELS = "cancels"  # job id -> a cancel request from another process
 _CATALOG_STAMP = "catalog"
 _IDEMPOTENCY = "idempotency_keys"  # kept in the job's own document, pruned with it
 _PROGRESS_FIELDS = ("progress", "bytes_done", "bytes_total", "rate")
+_WAITING_FIELDS = ("error", "started_ms", "finished_ms")
 
 
 def now_ms() -> int:
@@ -141,6 +142,13 @@ class Repository:
         self._store.remove(_DATASETS, name)
 
     # -- jobs --------------------------------------------------------------------------
+    def job_documents(self) -> list[dict[str, Any]]:
+        """The stored job rows as plain dicts (to rebuild only the jobs that changed)."""
+        return self._store.all(_JOBS)
+
+    def parse_job(self, raw: dict[str, Any]) -> Job:
+        return self._parse(Job.from_dict, raw, "job")
+
     def jobs(self) -> list[Job]:
         rows = (self._parse(Job.from_dict, d, "job") for d in self._store.all(_JOBS))
         return sorted(rows, key=lambda j: j.created_ms)
@@ -176,6 +184,14 @@ class Repository:
                 ds = self._store.get(_DATASETS, job.dataset)
                 if ds is not None and ds.get("download_job_id") == job.id:
                     self._store.update(_DATASETS, job.dataset, {"download_progress": job.progress})
+
+    def mark_waiting(self, jobs: list[Job]) -> None:
+        """Record jobs as waiting again (suspended at quit, paused) in one write, touching
+        only the fields that change: serialising 10,000 whole jobs took ~0.7 s."""
+        with self._store.transaction():
+            for job in jobs:
+                fields = {k: getattr(job, k) for k in _WAITING_FIELDS}
+                self._store.update(_JOBS, job.id, {**fields, "status": job.status.value})
 
     # -- cancel requests between processes ---------------------------------------------
     def request_cancel(self, job_ids: Iterable[str]) -> None:

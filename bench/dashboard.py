@@ -1,6 +1,7 @@
 """bench/dashboard: the dashboard at 10,000 datasets against issue 4's targets.
 
     python -m bench.dashboard [--rows 10000] [--downloads 8] [--seconds 10] [--keys 60]
+    python -m bench.dashboard --quit-and-log [--rows 10000]
 
 Two runs, each on a fresh copy of one home (registered once, kept in /dev/shm):
 - the installed `dsm` in tmux (a real terminal, 120x40): first paint from process start (the
@@ -10,12 +11,19 @@ Two runs, each on a fresh copy of one home (registered once, kept in /dev/shm):
   key press to repaint while the downloads run, and CPU by `process_time` (every thread) and
   the UI thread's `thread_time`.
 The downloads come from nginx on 127.0.0.1 with `limit_rate`, so they last the whole window.
+
+`--quit-and-log` (no nginx needed) queues a job for every dataset against a local server that
+sends 64 KiB/s forever (so the workers' jobs are mid-transfer), then
+measures in tmux the time from `y` (quit anyway) to the process's exit, and in-process the
+time from `l` to the first frame of the job log with every job in it, and from escape back.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import http.server
 import json
 import os
 import shlex
@@ -23,6 +31,7 @@ import shutil
 import statistics
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,6 +49,7 @@ from dsm.catalog.sync import register, sync_catalog
 from dsm.config import Settings, load_settings
 from dsm.repository import Repository
 from dsm.tui.app import DashboardApp
+from dsm.widgets.screens import JobLogScreen
 
 SIZE = (120, 40)
 PLACEHOLDER = "http://127.0.0.1:1"  # the pristine home's base URL, swapped for nginx's per run
@@ -48,6 +58,7 @@ RATE = "1m"  # nginx limit_rate per connection: a 64 MiB file takes about a minu
 RATE_LABEL = "1 MiB/s"
 ENV = {"DSM_SEGMENTS": "1", "TEXTUAL_ANIMATIONS": "none"}  # one connection per download
 TICK = os.sysconf("SC_CLK_TCK")
+TIMES = 5  # the job log is opened and closed this many times
 TARGETS = {
     "first paint": "< 1.5 s",
     "key to repaint p95": "< 100 ms",
@@ -161,7 +172,7 @@ def in_tmux(
 
         idle = cpu_over(seconds, process, ui)
         term.run("send-keys", "-t", "dsm", *["Space"] * downloads, "d")
-        term.wait(lambda s: f"{downloads} active jobs" in s and "/s" in s, timeout=60)
+        term.wait(lambda s: f"{downloads} downloading" in s and "/s" in s, timeout=60)
         time.sleep(2)  # every transfer under way
         busy = cpu_over(seconds, process, ui)
         term.run("send-keys", "-t", "dsm", "q")
@@ -217,7 +228,7 @@ async def in_process(
         await asyncio.sleep(2)
         idle = await cpu_in_process(seconds)
         await pilot.press(*["space"] * downloads, "d")
-        await until(lambda: app.state.totals().active_jobs >= downloads)
+        await until(lambda: app.state.totals(0).active >= downloads)
         await asyncio.sleep(2)
         rendered = [0]
         render_line = app.table.render_line
@@ -265,6 +276,123 @@ async def cpu_in_process(seconds: float) -> Cpu:
     return Cpu(100 * (time.process_time() - p0) / wall, 100 * (time.thread_time() - u0) / wall)
 
 
+# -- quit and the job log with every dataset queued --------------------------------------
+class _Trickle(http.server.BaseHTTPRequestHandler):
+    """An endless download at 64 KiB/s: every worker's job stays mid-transfer."""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(1 << 30))
+        self.end_headers()
+        with contextlib.suppress(OSError):
+            while True:
+                self.wfile.write(b"x" * 16384)
+                time.sleep(0.25)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def trickle_server() -> tuple[http.server.ThreadingHTTPServer, str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Trickle)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def quit_in_tmux(home: Path, catalog: Path, rows: int) -> dict[str, float]:
+    """`a` on every dataset, then `q`, `y`: seconds from `y` to the process's exit."""
+    env = {**ENV, "DSM_HOME": str(home), "DSM_CATALOG": str(catalog)}
+    command = "env " + " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
+    term = Tmux(f"{command} {shlex.join(dsm_cmd())}; echo dsm exited $?; sleep 60")
+    try:
+        term.wait(lambda s: f"{rows} datasets" in s, timeout=300)
+        term.run("send-keys", "-t", "dsm", "a")
+        term.wait(lambda s: " queued" in s and "downloading" in s, timeout=120)
+        time.sleep(2)
+        term.run("send-keys", "-t", "dsm", "q")
+        term.wait(lambda s: "Quit anyway?" in s, timeout=10)
+        start = time.perf_counter()
+        term.run("send-keys", "-t", "dsm", "y")
+        stopping = False
+        while "dsm exited" not in (screen := term.screen()):
+            stopping = stopping or "stopping" in screen
+            if time.perf_counter() - start > 600:
+                raise SystemExit(f"bench: dsm did not exit:\n{screen}")
+            time.sleep(0.01)
+        quit_s = time.perf_counter() - start
+    finally:
+        term.close()
+    return {"quit": quit_s, "stopping shown": float(stopping)}
+
+
+async def job_log_in_process(settings: Settings, rows: int) -> dict[str, float]:
+    """Open and close the job log with `rows` jobs in the store (the suspended ones)."""
+    repo = Repository.open(settings.db_path)
+    app = DashboardApp(settings, repo)
+    frames: list[float] = []
+    show = app._display
+
+    def display(screen: Screen[Any], update: RenderableType | None) -> None:
+        show(screen, update)
+        frames.append(time.perf_counter())
+
+    app._display = display  # type: ignore[method-assign, assignment]
+    async with app.run_test(size=SIZE) as pilot:
+        while len(app.state.log_jobs()) < rows:
+            await pilot.pause(0.1)
+        await pilot.pause(1)
+        opened: list[float] = []
+        closed: list[float] = []
+        for _ in range(TIMES):
+            start = time.perf_counter()
+            await pilot.press("l")
+            while not (isinstance(app.screen, JobLogScreen) and frames[-1] > start):
+                await pilot.pause(0.001)
+            opened.append(frames[-1] - start)
+            await pilot.pause(0.5)
+            start = time.perf_counter()
+            await pilot.press("escape")
+            while isinstance(app.screen, JobLogScreen) or frames[-1] <= start:
+                await pilot.pause(0.001)
+            closed.append(frames[-1] - start)
+            await pilot.pause(0.5)
+        app.exit(0)
+    return {
+        "open": statistics.median(opened),
+        "open max": max(opened),
+        "close": statistics.median(closed),
+        "jobs": float(len(app.state.log_jobs())),
+    }
+
+
+def quit_and_log(rows: int) -> str:
+    root = pristine(rows)
+    server, base = trickle_server()
+    with tempfile.TemporaryDirectory(prefix="dsm-bench-") as tmp:
+        home, catalog = fresh_copy(root, Path(tmp), base)
+        quit = quit_in_tmux(home, catalog, rows)
+        settings = load_settings(home=str(home), catalog=str(catalog), env=ENV)
+        log = asyncio.run(job_log_in_process(settings, rows))
+    server.shutdown()
+    return "\n".join(
+        [
+            f"{rows} datasets, a job queued for each (the running ones mid-transfer at 64 KiB/s)"
+            f", {SIZE[0]}x{SIZE[1]}; {machine()}",
+            "",
+            "| measure | result | target |",
+            "|---|---|---|",
+            f"| quit with {rows} queued jobs: `y` to process exit (tmux) | {quit['quit']:.2f} s"
+            f"{', stopping message shown' if quit['stopping shown'] else ''} | < 2 s |",
+            f"| open job log at {int(log['jobs'])} jobs: `l` to its first frame, median"
+            f" (max) of {TIMES} | {log['open'] * 1000:.0f} ms ({log['open max'] * 1000:.0f} ms)"
+            " | < 200 ms |",
+            f"| close job log: escape to the dashboard's frame, median |"
+            f" {log['close'] * 1000:.0f} ms | - |",
+        ]
+    )
+
+
 # -- the report ---------------------------------------------------------------------------
 def report(tmux: dict[str, float], inproc: dict[str, Any], rows: int, downloads: int) -> str:
     def ms(v: float) -> str:
@@ -304,7 +432,11 @@ def main() -> None:
     ap.add_argument("--downloads", type=int, default=8)
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--keys", type=int, default=60)
+    ap.add_argument("--quit-and-log", action="store_true", help="only the quit and job log runs")
     args = ap.parse_args()
+    if args.quit_and_log:
+        print(quit_and_log(args.rows))
+        return
     root = pristine(args.rows)
     random_file("dash.bin", FILE_MIB << 20)
     with nginx(SHM, RATE) as base, tempfile.TemporaryDirectory(prefix="dsm-bench-") as tmp:

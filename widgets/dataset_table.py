@@ -25,20 +25,29 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
 from dsm import humanize
-from dsm.domain.jobs import Job, JobStatus
-from dsm.domain.model import Dataset, Status
+from dsm.domain.display import RowView, eta, is_paused, shown_progress
+from dsm.domain.jobs import JobStatus
+from dsm.domain.model import Status
 
-BAR_WIDTH = 10
-PROGRESS_WIDTH = BAR_WIDTH + 5  # the bar, a space and "100%"
-ERROR_WIDTH_MIN = 10
-NAME_WIDTH_MAX = 20
-CELL_PADDING = 1  # on each side of every cell
+PERCENT_WIDTH = 5  # a space and "100%"
+BAR_MIN, BAR_MAX = 5, 40
+GAP = 1  # spaces between cells
 HEADER_LINES = 1
 # Enough for a few screens of rows in each look; stale versions age out.
 STRIP_CACHE_SIZE = 2048
 LOOK_CLASS = {"cursor": "dataset-table--cursor", "even": "dataset-table--even-row"}
+BAR_DONE, BAR_LEFT = "█", "░"  # done and remaining differ by glyph, not only by colour
 
-STATUS_STYLE: dict[Status, str] = {
+# Styles by role. Colour carries meaning twice over: every role is also bold, reversed or a
+# glyph, so with NO_COLOR (MONO) a status, an error and a mark stay readable.
+COLOUR: dict[str, str] = {
+    "mark": "bold magenta",
+    "marked-name": "bold underline",
+    "error-text": "bold red",
+    "info": "yellow",
+    "bar-done": "cyan",
+    "bar-full": "green",
+    "bar-left": "dim",
     Status.NOT_LOADED: "dim",
     Status.QUEUED: "cyan",
     Status.DOWNLOADING: "bold cyan",
@@ -46,7 +55,21 @@ STATUS_STYLE: dict[Status, str] = {
     Status.DOWNLOADED: "green",
     Status.DELETING: "yellow",
     Status.CANCELED: "yellow",
-    Status.ERROR: "bold red",
+    Status.ERROR: "bold reverse red",
+    "retrying": "bold yellow",
+    "paused": "italic yellow",
+}
+MONO: dict[str, str] = {
+    **{key: "" for key in COLOUR},
+    "mark": "bold",
+    "marked-name": "bold underline",
+    "error-text": "bold",
+    "info": "italic",
+    Status.DOWNLOADING: "bold",
+    Status.VERIFYING: "bold",
+    Status.ERROR: "bold reverse",
+    "retrying": "bold",
+    "paused": "italic",
 }
 
 
@@ -54,65 +77,116 @@ STATUS_STYLE: dict[Status, str] = {
 class Column:
     key: str
     label: str
-    width: int | None  # None: computed (name: the widest name; error: the room left)
+    width: int  # the fixed width, or the least a flexible column gets
+    justify: Literal["left", "right"] = "left"
 
 
 COLUMNS = (
     Column("mark", " ", 1),
-    Column("name", "Name", None),
+    Column("name", "Name", 12),
     Column("status", "Status", 11),
-    Column("progress", "Progress", PROGRESS_WIDTH),
-    Column("size", "Size", 10),
-    Column("rate", "Rate · ETA", 17),
-    Column("downloaded", "Downloaded", 10),  # the date; the detail pane has the time
-    Column("error", "Error", None),
+    Column("progress", "Progress", BAR_MIN + PERCENT_WIDTH),
+    Column("size", "Size", 8, "right"),
+    Column("rate", "Rate", 10, "right"),
+    Column("eta", "ETA", 6, "right"),
+    Column("info", "Error / Info", 14),
 )
+# When the minimum widths do not fit, these go first (their values are in the detail pane).
+DROP_ORDER = ("size", "eta", "rate", "progress")
+# A blank rate and ETA (a failed, retrying or queued row) lend their room to the info cell.
+SPANNED = ("rate", "eta", "info")
 # Columns a header click may sort by (the others have no useful order).
-SORTABLE = ("name", "status", "size", "progress")
+SORTABLE = ("name", "status", "size", "progress", "rate")
+DESCENDING = ("size", "progress", "rate")  # sorted largest first unless reversed
+INFO_WANTED = 60  # an error of up to 60 characters is shown whole when the room is there
 
 
-def progress_cell(percent: float) -> Text:
-    """A fixed-width bar with the percent beside it."""
+def layout(width: int, widest_name: int) -> dict[str, int]:
+    """Column widths for a view `width` cells wide: no horizontal scrolling, ever. Low-value
+    columns drop out first; spare room goes in turns to the info cell, the name (never wider
+    than the widest name) and the bar."""
+    keys = [c.key for c in COLUMNS]
+    mins = {c.key: c.width for c in COLUMNS}
+    mins["name"] = max(len("Name ▲"), min(mins["name"], widest_name))
+
+    def used(ks: list[str]) -> int:
+        return sum(mins[k] for k in ks) + GAP * (len(ks) - 1)
+
+    for key in DROP_ORDER:
+        if used(keys) <= width:
+            break
+        keys.remove(key)
+    widths = {k: mins[k] for k in keys}
+    for key in ("info", "name"):  # still too narrow (40 columns): squeeze the flexible ones
+        widths[key] -= min(widths[key] - 4, max(0, used(keys) - width))
+        mins[key] = widths[key]
+    spare = max(0, width - used(keys))
+    # A failed row's error also takes the blank rate and ETA cells (see SPANNED).
+    lent = sum(widths[k] + GAP for k in SPANNED[:-1] if k in widths)
+    steps = (
+        ("info", 24),
+        ("name", min(widest_name, 24)),
+        ("info", INFO_WANTED - lent),
+        ("progress", 20),
+        ("name", widest_name),
+        ("info", INFO_WANTED),
+        ("progress", BAR_MAX + PERCENT_WIDTH),
+    )
+    for key, most in steps:
+        if key in widths:
+            grow = min(spare, max(0, most - widths[key]))
+            widths[key] += grow
+            spare -= grow
+    widths["info"] += spare  # the rest: long errors and retry texts
+    return widths
+
+
+def bar(percent: float, width: int, palette: dict[str, str]) -> Text:
+    """A bar `width` cells wide and the percent beside it; full only at 100 % (cells and
+    percent are rounded down)."""
     percent = min(100.0, max(0.0, percent))
-    done = round(BAR_WIDTH * percent / 100)
-    bar = Text("━" * done, style="green" if percent >= 100 else "cyan")
-    bar.append("━" * (BAR_WIDTH - done), style="grey30")
-    bar.append(f" {percent:3.0f}%")
-    return bar
+    cells = max(0, width - PERCENT_WIDTH)
+    done = int(cells * percent / 100)
+    full = percent >= 100
+    out = Text(BAR_DONE * done, style=palette["bar-full" if full else "bar-done"])
+    out.append(BAR_LEFT * (cells - done), style=palette["bar-left"])
+    out.append(f" {int(percent):3d}%")
+    return out
 
 
-def shown_progress(ds: Dataset, job: Job | None) -> float:
-    """The live job's progress while it transfers, else the stored one."""
-    if job is not None and job.status == JobStatus.RUNNING and job.bytes_total:
-        return job.progress
-    return 100.0 if ds.status == Status.DOWNLOADED else ds.download_progress
-
-
-def row_cells(ds: Dataset, job: Job | None, marked: bool) -> dict[str, Text]:
-    """Every cell of a dataset's row; user strings are Text so they are never parsed as markup."""
-    status = Text(ds.status.label, style=STATUS_STYLE[ds.status])
+def status_cell(row: RowView, palette: dict[str, str]) -> Text:
+    job = row.job
     if job is not None and job.status == JobStatus.RETRYING:
-        status = Text("retrying", style="bold yellow")
-    elif ds.moved_upstream:  # its Hub branch has a newer commit: `update` fetches it
-        status.append(" ↑", style="bold yellow")
-    speed = ""
-    if job is not None and job.status == JobStatus.RUNNING and job.rate > 0:
-        speed = humanize.rate(job.rate)
-        if job.bytes_total:
-            speed += " " + humanize.duration((job.bytes_total - job.bytes_done) / job.rate)
+        return Text("retrying", style=palette["retrying"])
+    if is_paused(job):
+        return Text("paused", style=palette["paused"])
+    status = Text(row.ds.status.label, style=palette[row.ds.status])
+    if row.ds.moved_upstream:  # its Hub branch has a newer commit: `update` fetches it
+        status.append(" ↑", style=palette["info"])
+    return status
+
+
+def row_cells(row: RowView, palette: dict[str, str]) -> dict[str, Text]:
+    """Every cell of a dataset's row but the bar (drawn at the column's width); user strings
+    are Text so they are never parsed as markup."""
+    ds, job = row.ds, row.job
+    running = job is not None and job.status == JobStatus.RUNNING
     total = ds.size if ds.size is not None else ds.expected_size
     if total is None and job is not None:
         total = job.bytes_total
-    error = (ds.error or "").splitlines()[0] if ds.error else ""
+    left = job.bytes_total - job.bytes_done if job is not None and job.bytes_total else None
+    seconds = eta(left, row.rate) if running else None
+    failed = ds.status == Status.ERROR and row.info
+    info_style = palette["error-text" if failed else "info"]
     return {
-        "mark": Text("●" if marked else " ", style="bold magenta"),
-        "name": Text(ds.name),
-        "status": status,
-        "progress": progress_cell(shown_progress(ds, job)),
+        "mark": Text("●" if row.marked else " ", style=palette["mark"]),
+        "name": Text(ds.name, style=palette["marked-name"] if row.marked else ""),
+        "status": status_cell(row, palette),
+        "progress": Text(f"{shown_progress(ds, job):.3f}"),
         "size": Text(humanize.size(total), justify="right"),
-        "rate": Text(speed, justify="right"),
-        "downloaded": Text(humanize.when(ds.downloaded_at_ms)[:10] if ds.downloaded_at_ms else ""),
-        "error": Text(error, style="red"),
+        "rate": Text(humanize.rate(row.rate) if running and row.rate else "", justify="right"),
+        "eta": Text(humanize.duration(seconds) if seconds is not None else "", justify="right"),
+        "info": Text(row.info, style=info_style),
     }
 
 
@@ -129,7 +203,6 @@ def fit(cell: Text, width: int) -> Text:
     return fitted
 
 
-Row = tuple[Dataset, Job | None, bool]
 Look = Literal["cursor", "even", "odd"]
 
 
@@ -141,12 +214,12 @@ class DatasetTable(ScrollView, can_focus=True):
     """
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("up", "cursor_up", "Up", show=False),
-        Binding("down", "cursor_down", "Down", show=False),
+        Binding("up,k", "cursor_up", "Up", show=False),
+        Binding("down,j", "cursor_down", "Down", show=False),
         Binding("pageup", "cursor_page_up", "Page up", show=False),
         Binding("pagedown", "cursor_page_down", "Page down", show=False),
-        Binding("home", "cursor_first", "First", show=False),
-        Binding("end", "cursor_last", "Last", show=False),
+        Binding("home,g", "cursor_first", "First", show=False),
+        Binding("end,G", "cursor_last", "Last", show=False),
         Binding("enter", "select_cursor", "Select", show=False),
     ]
     COMPONENT_CLASSES: ClassVar[set[str]] = {
@@ -161,6 +234,8 @@ class DatasetTable(ScrollView, can_focus=True):
         background: $surface;
         color: $foreground;
         scrollbar-gutter: stable;
+        scrollbar-size-vertical: 1;
+        overflow-x: hidden;
         &:focus {
             background-tint: $foreground 5%;
             & > .dataset-table--cursor {
@@ -229,10 +304,15 @@ class DatasetTable(ScrollView, can_focus=True):
         self._index: dict[str, int] = {}  # name -> position in _rows
         self._cursor = 0
         self._reported: str | None = None  # the last highlighted name told to the app
-        self._sorted_by = "name"
+        self._sorted_by = ("name", False)
         self._widths: dict[str, int] = {}
         self._strips: LRUCache[tuple[str, int, Look], Strip] = LRUCache(STRIP_CACHE_SIZE)
         self._header: Strip | None = None
+
+    @property
+    def palette(self) -> dict[str, str]:
+        """Colours, or with NO_COLOR bold, italic and reverse only."""
+        return MONO if self.app.no_color else COLOUR
 
     # -- reading -----------------------------------------------------------------------
     @property
@@ -244,70 +324,82 @@ class DatasetTable(ScrollView, can_focus=True):
     def row_count(self) -> int:
         return len(self._rows)
 
+    @property
+    def widths(self) -> dict[str, int]:
+        """The columns on display and their widths."""
+        return dict(self._widths)
+
     def shown(self) -> list[str]:
         """The names of the rows on display, in order."""
         return list(self._rows)
 
     def cell(self, name: str, column: str) -> Text:
-        """What a dataset's cell holds (shown or filtered out)."""
-        return self._cells[name][column]
+        """What a dataset's cell holds (shown or filtered out); the progress cell holds the
+        bar at the column's width."""
+        cells = self._cells[name]
+        if column == "progress":
+            return bar(
+                float(cells["progress"].plain), self._widths.get("progress", 10), self.palette
+            )
+        return cells[column]
 
     def column_at(self, x: int) -> str | None:
-        """The column under x (counted from the table's left edge, not the view's)."""
+        """The column under x (counted from the table's left edge)."""
         left = 0
-        for col in COLUMNS:
-            left += self._widths.get(col.key, 0) + 2 * CELL_PADDING
+        for key, width in self._widths.items():
+            left += width + GAP
             if x < left:
-                return col.key
+                return key
         return None
 
     # -- feeding -----------------------------------------------------------------------
-    def set_data(self, rows: Iterable[Row]) -> None:
+    def set_data(self, rows: Iterable[RowView]) -> None:
         """Replace every dataset's cells (nothing is redrawn until `show`)."""
-        self._cells = {ds.name: row_cells(ds, job, marked) for ds, job, marked in rows}
+        palette = self.palette
+        self._cells = {row.ds.name: row_cells(row, palette) for row in rows}
         self._layout()
 
-    def show(self, names: list[str], sorted_by: str) -> None:
+    def show(self, names: list[str], sorted_by: str, reverse: bool = False) -> None:
         """Show these rows in this order, keeping the cursor's dataset highlighted (or the
         first row when a filter hid it). A list swap: the view renders only what is on screen."""
         keep = self.highlighted
         self._rows = names
         self._index = {name: i for i, name in enumerate(names)}
-        if sorted_by != self._sorted_by:
-            self._sorted_by = sorted_by
+        if (sorted_by, reverse) != self._sorted_by:
+            self._sorted_by = (sorted_by, reverse)
             self._header = None
         self._set_virtual_size()
         self.refresh()
         self._move_cursor(self._index.get(keep, 0) if keep is not None else 0)
 
-    def show_row(self, ds: Dataset, job: Job | None, marked: bool) -> None:
-        """Take a dataset's cells; redraw its line if it is on screen and any cell changed."""
-        cells = row_cells(ds, job, marked)
-        if self._cells.get(ds.name) == cells:
-            return
-        self._cells[ds.name] = cells
-        self._versions[ds.name] = self._versions.get(ds.name, 0) + 1
-        index = self._index.get(ds.name)
+    def show_row(self, row: RowView) -> bool:
+        """Take a dataset's cells; redraw its line if it is on screen and any cell changed.
+        True when a cell changed."""
+        name = row.ds.name
+        cells = row_cells(row, self.palette)
+        if self._cells.get(name) == cells:
+            return False
+        self._cells[name] = cells
+        self._versions[name] = self._versions.get(name, 0) + 1
+        index = self._index.get(name)
         if index is not None:
             self._refresh_row(index)
+        return True
 
     # -- layout ------------------------------------------------------------------------
     def _layout(self) -> None:
-        """Column widths: the name column fits the longest name, the error column the rest."""
+        """Column widths for the view's width (see `layout`)."""
         widest = max((cell_len(name) for name in self._cells), default=0)
-        widths = {c.key: c.width for c in COLUMNS if c.width is not None}
-        widths["name"] = max(len("Name"), min(NAME_WIDTH_MAX, widest))
-        used = sum(widths.values()) + 2 * CELL_PADDING * len(COLUMNS)
-        # The error column takes the room left, so a wide terminal shows more of it.
-        widths["error"] = max(ERROR_WIDTH_MIN, self.scrollable_content_region.width - used)
+        widths = layout(self.scrollable_content_region.width, widest)
         if widths != self._widths:
             self._widths = widths
             self._forget_strips()
             self._set_virtual_size()
 
     def _set_virtual_size(self) -> None:
-        width = sum(self._widths.values()) + 2 * CELL_PADDING * len(COLUMNS)
-        self.virtual_size = Size(width, len(self._rows) + HEADER_LINES)
+        self.virtual_size = Size(
+            self.scrollable_content_region.width, len(self._rows) + HEADER_LINES
+        )
 
     def _forget_strips(self) -> None:
         self._strips.clear()
@@ -324,7 +416,7 @@ class DatasetTable(ScrollView, can_focus=True):
 
     # -- rendering ---------------------------------------------------------------------
     def render_line(self, y: int) -> Strip:
-        scroll_x, scroll_y = self.scroll_offset
+        scroll_y = self.scroll_offset.y
         width = self.scrollable_content_region.width
         if not self._widths:  # not laid out yet: the first resize does it and redraws
             return Strip.blank(width, self.rich_style)
@@ -335,16 +427,19 @@ class DatasetTable(ScrollView, can_focus=True):
             if index >= len(self._rows):
                 return Strip.blank(width, self.rich_style)
             strip = self._row_strip(index)
-        return strip.crop_extend(scroll_x, scroll_x + width, self.rich_style)
+        return strip.crop_extend(0, width, self.rich_style)
 
     def _header_strip(self) -> Strip:
         if self._header is None:
+            key, reverse = self._sorted_by
+            # Size, progress and rate sort largest first: their arrow points down.
+            arrow = " ▼" if reverse != (key in DESCENDING) else " ▲"
             labels = {
-                c.key: Text(f"{c.label} ▼" if c.key == self._sorted_by else c.label)
+                c.key: Text(c.label + (arrow if c.key == key else ""), justify=c.justify)
                 for c in COLUMNS
             }
             self._header = self._strip(
-                labels, self.get_component_rich_style("dataset-table--header")
+                labels, self.get_component_rich_style("dataset-table--header"), span=False
             )
         return self._header
 
@@ -357,18 +452,24 @@ class DatasetTable(ScrollView, can_focus=True):
             base = self.rich_style
             if look in LOOK_CLASS:
                 base += self.get_component_rich_style(LOOK_CLASS[look])
-            strip = self._strips[key] = self._strip(self._cells[name], base)
+            cells = dict(self._cells[name])
+            if "progress" in self._widths:
+                cells["progress"] = self.cell(name, "progress")
+            strip = self._strips[key] = self._strip(cells, base, span=True)
         return strip
 
-    def _strip(self, cells: dict[str, Text], style: Style) -> Strip:
+    def _strip(self, cells: dict[str, Text], style: Style, span: bool) -> Strip:
         """One line of cells over `style`; a cell's own colours win (the cursor row keeps the
-        progress bar's colours)."""
+        bar's colours). With `span`, blank rate and ETA cells lend their room to the info."""
         line = Text(end="", no_wrap=True)
-        pad = " " * CELL_PADDING
-        for col in COLUMNS:
-            line.append(pad)
-            line.append_text(fit(cells[col.key], self._widths[col.key]))
-            line.append(pad)
+        widths = dict(self._widths)
+        if span and not any(cells[k].plain for k in SPANNED[:-1] if k in widths):
+            lent = [k for k in SPANNED[:-1] if k in widths]
+            widths["info"] += sum(widths.pop(k) + GAP for k in lent)
+        for i, (key, width) in enumerate(widths.items()):
+            if i:
+                line.append(" " * GAP)
+            line.append_text(fit(cells[key], width))
         segments = Segment.apply_style(line.render(self.app.console), style)
         return Strip(segments, line.cell_len)
 
@@ -426,9 +527,9 @@ class DatasetTable(ScrollView, can_focus=True):
         offset = event.get_content_offset(self)
         if offset is None:
             return
-        scroll_x, scroll_y = self.scroll_offset
+        scroll_y = self.scroll_offset.y
         if offset.y < HEADER_LINES:
-            column = self.column_at(offset.x + scroll_x)
+            column = self.column_at(offset.x)
             if column is not None:
                 self.post_message(self.HeaderSelected(self, column))
             return

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from rich.console import Group
 from rich.table import Table
@@ -13,78 +12,136 @@ from textual.containers import VerticalScroll
 from textual.widgets import Static
 
 from dsm import humanize
-from dsm.domain.jobs import Job
+from dsm.domain.display import Totals, retry_text, short_cause, shown_progress, sparkline
+from dsm.domain.jobs import Job, JobStatus
 from dsm.domain.model import Dataset
-from dsm.widgets.dataset_table import STATUS_STYLE, shown_progress
+from dsm.domain.redact import redact_url
+from dsm.widgets.dataset_table import COLOUR, MONO
 
 DETAIL_JOBS = 5
+SPARK_WIDTH = 12  # the last minute, five seconds a cell
+Part = tuple[int, str, str]  # (priority: 1 is kept longest, text, style role)
 
 
-@dataclass(frozen=True)
-class Totals:
-    datasets: int
-    downloaded: int
-    failed: int
-    bytes_on_disk: int
-    active_jobs: int
-    rate: float
+def summary_parts(t: Totals) -> list[list[Part]]:
+    """The summary's groups of parts, each part with the priority it is kept by when the
+    line is too narrow."""
+    counts: list[Part] = [
+        (1, f"{n} {label}", role)
+        for n, label, role in (
+            (t.downloading, "downloading", "downloading"),
+            (t.queued, "queued", "queued"),
+            (t.retrying, "retrying", "retrying"),
+            (t.paused, "paused", "paused"),
+            (t.failed, "failed", "error-text"),
+        )
+        if n
+    ]
+    if not t.active and not t.paused:
+        counts = [
+            (1, f"{t.datasets} datasets", ""),
+            (2, f"{t.downloaded} downloaded", "downloaded"),
+            *[p for p in counts if p[2] == "error-text"],
+            (2, f"{humanize.size(t.bytes_on_disk)} on disk", ""),
+        ]
+    groups = [counts]
+    if t.active:
+        transfer: list[Part] = []
+        if t.bytes_total:
+            done, total = humanize.size(t.bytes_done), humanize.size(t.bytes_total)
+            transfer.append((2, f"{done} of {total}", ""))
+        transfer.append((1, humanize.rate(t.rate) if t.rate else "0 B/s", ""))
+        if t.eta_s is not None:
+            transfer.append((1, f"ETA {humanize.duration(t.eta_s)}", ""))
+        if any(t.history):
+            transfer.append((3, sparkline(t.history, SPARK_WIDTH), "downloading"))
+        groups.append(transfer)
+    view: list[Part] = []
+    if t.shown != t.datasets:
+        view.append((1, f"{t.shown} of {t.datasets} shown", ""))
+    if t.marked:
+        view.append((1, f"{t.marked} marked", "mark"))
+    if view:
+        groups.append(view)
+    return groups
+
+
+def summary_line(t: Totals, width: int, palette: dict[str, str]) -> Text:
+    """One line of at most `width` cells: parts of the lowest priority drop out first."""
+    groups = summary_parts(t)
+    for worst in (3, 2, 1):
+        line = Text()
+        for group in filter(None, ([p for p in g if p[0] <= worst] for g in groups)):
+            if line:
+                line.append(" | ", style="dim")
+            for i, (_, text, role) in enumerate(group):
+                if i:
+                    line.append(" · ", style="dim")
+                line.append(text, style=palette.get(role, ""))
+        if line.cell_len <= width or worst == 1:
+            return line
+    raise AssertionError("unreachable")
 
 
 class Summary(Static):
-    """One line: datasets, downloaded, failed, bytes on disk, active jobs, total rate."""
+    """One line: what the jobs do, how far and how fast they are, what the view shows."""
 
     DEFAULT_CSS = "Summary { height: 1; padding: 0 1; background: $boost; }"
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__("loading…", id=id)
-        self._shown: Totals | None = None
+        self._shown: tuple[Totals, int] | None = None
+        self.totals: Totals | None = None
 
     def show(self, t: Totals) -> None:
-        if t == self._shown:
+        self.totals = t
+        width = self.content_region.width or 78
+        if (t, width) == self._shown:
             return
-        self._shown = t
-        line = Text()
-        parts = (
-            (f"{t.datasets} datasets", ""),
-            (f"{t.downloaded} downloaded", "green"),
-            (f"{t.failed} failed", "bold red" if t.failed else ""),
-            (f"{humanize.size(t.bytes_on_disk)} on disk", ""),
-            (f"{t.active_jobs} active jobs", "bold cyan" if t.active_jobs else ""),
-            (humanize.rate(t.rate) if t.rate else "idle", ""),
-        )
-        for i, (text, style) in enumerate(parts):
-            if i:
-                line.append(" · ", style="dim")
-            line.append(text, style=style)
-        self.update(line)
+        self._shown = (t, width)
+        roles = {**(MONO if self.app.no_color else COLOUR)}
+        palette = {str(k): v for k, v in roles.items()}
+        self.update(summary_line(t, width, palette))
+
+    def on_resize(self) -> None:
+        if self.totals is not None:
+            self.show(self.totals)
 
 
 def _value(v: object) -> Text:
     return Text("-" if v is None or v == "" else str(v))
 
 
-def job_table(jobs: Sequence[Job], *, with_dataset: bool) -> Table:
-    """Jobs as rows: type, (dataset,) status, attempts, when, error; user strings as Text."""
-    table = Table(box=None, pad_edge=False, expand=True, header_style="bold")
-    table.add_column("type")
+def job_cells(job: Job, max_attempts: int, with_dataset: bool) -> list[Text]:
+    """A job as cells: type, (dataset,) status, attempts, when, and the cause of its last
+    failure (a retry's countdown while it waits); user strings as Text."""
+    style = "green" if job.status.ok else ("cyan" if not job.status.finished else "bold red")
+    cause = (
+        retry_text(job, max_attempts, None)
+        if job.status == JobStatus.RETRYING
+        else short_cause(job.error)
+    )
+    cells = [Text(job.type.value)]
     if with_dataset:
-        table.add_column("dataset", overflow="fold")
-    table.add_column("status")
-    table.add_column("tries", justify="right")
-    table.add_column("when")
-    table.add_column("error", overflow="fold", ratio=1)
+        cells.append(Text(job.dataset))
+    return [
+        *cells,
+        Text(job.status.value, style=style),
+        # A running job is on its first attempt at least (the count moves when it fetches).
+        Text(str(max(job.attempts, int(job.status == JobStatus.RUNNING))), justify="right"),
+        Text(humanize.when(job.finished_ms or job.started_ms or job.created_ms)),
+        Text(cause, style="red" if job.status.finished and not job.status.ok else ""),
+    ]
+
+
+def job_table(jobs: Sequence[Job], max_attempts: int) -> Table:
+    """A dataset's jobs as a table (the detail pane)."""
+    table = Table(box=None, pad_edge=False, expand=True, header_style="bold")
+    for label in ("type", "status", "tries", "when"):
+        table.add_column(label, justify="right" if label == "tries" else "left")
+    table.add_column("last failure", overflow="fold", ratio=1)
     for job in jobs:
-        cells = [Text(job.type.value)]
-        if with_dataset:
-            cells.append(Text(job.dataset))
-        style = "green" if job.status.ok else ("cyan" if not job.status.finished else "red")
-        cells += [
-            Text(job.status.value, style=style),
-            Text(str(job.attempts)),
-            Text(humanize.when(job.finished_ms or job.started_ms or job.created_ms)),
-            Text(job.error or "", style="red"),
-        ]
-        table.add_row(*cells)
+        table.add_row(*job_cells(job, max_attempts, with_dataset=False))
     return table
 
 
@@ -96,7 +153,9 @@ class DetailPane(VerticalScroll):
     def compose(self) -> ComposeResult:
         yield Static(id="detail-body")
 
-    def show(self, ds: Dataset | None, path: str, jobs: Sequence[Job], live: Job | None) -> None:
+    def show(
+        self, ds: Dataset | None, path: str, jobs: Sequence[Job], live: Job | None, tries: int
+    ) -> None:
         """Render `ds` (None: nothing highlighted); `path` is where its file lives."""
         body = self.query_one("#detail-body", Static)
         if ds is None:
@@ -105,7 +164,7 @@ class DetailPane(VerticalScroll):
         fields = Table.grid(padding=(0, 2))
         fields.add_column(style="bold", no_wrap=True)
         fields.add_column(overflow="fold")
-        status = Text(ds.status.label, style=STATUS_STYLE[ds.status])
+        status = Text(ds.status.label, style=COLOUR[ds.status])
         if ds.outdated:
             why = ds.outdated_reason or "the catalogue changed"
             status.append(f" (outdated: {why})", style="yellow")
@@ -123,13 +182,14 @@ class DetailPane(VerticalScroll):
             ("description", _value(ds.description)),
             ("status", status),
             ("progress", Text(f"{shown_progress(ds, live):.1f}%")),
-            ("URL", _value(ds.original_url)),
+            ("URL", _value(redact_url(ds.original_url))),
             ("local path", Text(path)),
             ("expected size", _value(ds.expected_size)),
-            ("size", _value(ds.size)),
+            ("size", Text(humanize.size(ds.size) if ds.size is not None else "-")),
             ("expected SHA-256", _value(ds.expected_sha256)),
             ("SHA-256", _value(ds.checksum)),
             ("downloaded at", Text(humanize.when(ds.downloaded_at_ms))),
+            ("served by", _value(ds.served_by)),  # origin, a mirror, or the team cache
             ("job id", _value(ds.download_job_id)),
             ("error", Text(ds.error or "-", style="red" if ds.error else "")),
         ]
@@ -137,8 +197,11 @@ class DetailPane(VerticalScroll):
             rows.insert(5, ("commit", Text(ds.source_commit)))
         if ds.manifest is not None:
             rows.insert(6, ("files", Text(str(len(ds.manifest)))))
+        if ds.file_count is not None:  # an unpacked archive
+            unpacked = humanize.size(ds.unpacked_size) if ds.unpacked_size is not None else "-"
+            rows.insert(6, ("unpacked", Text(f"{ds.file_count} files, {unpacked}")))
         for label, value in rows:
             fields.add_row(label, value)
         recent = list(reversed(jobs[-DETAIL_JOBS:]))
         title = Text(f"last jobs ({len(recent)} of {len(jobs)})", style="bold underline")
-        body.update(Group(fields, Text(), title, job_table(recent, with_dataset=False)))
+        body.update(Group(fields, Text(), title, job_table(recent, tries)))

@@ -9,6 +9,9 @@ from typing import Any
 
 from dsm.errors import BadInput
 
+# The error text of a job stopped by `pause`: it waits, partial kept, until resumed.
+PAUSED_MESSAGE = "paused"
+
 
 class JobType(StrEnum):
     DOWNLOAD = "download"
@@ -98,6 +101,7 @@ class Job:
     created_ms: int = 0
     started_ms: int | None = None
     finished_ms: int | None = None
+    retry_at_ms: int | None = None  # while retrying: when the next attempt starts
     # Which process runs it: a lock file that process holds while alive (crash recovery).
     owner: str | None = None
     # What a download fetches against, recorded when it starts (URL, expected size and

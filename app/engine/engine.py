@@ -18,7 +18,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from filelock import FileLock, Timeout
 
 from dsm.config import CONNECT_TIMEOUT, Settings
 from dsm.domain.events import EventKind, JobEvent, Listener
-from dsm.domain.jobs import Job, JobStatus, JobType, parse_params
+from dsm.domain.jobs import PAUSED_MESSAGE, Job, JobStatus, JobType, parse_params
 from dsm.domain.model import Dataset
 from dsm.engine import files
 from dsm.engine.handlers import Handlers
@@ -57,6 +57,10 @@ class Submitted(list[Job]):
         self.created = created
 
 
+# How a batch of ended jobs reaches the store (None: Ledger.record_many).
+Recorder = Callable[[list[Job], bool | None], list[Dataset | None]] | None
+
+
 class Engine:
     def __init__(
         self,
@@ -78,6 +82,8 @@ class Engine:
         self._ds_locks: dict[str, anyio.Lock] = {}
         self._dirty: dict[str, Job] = {}
         self._picked: set[str] = set()  # jobs a worker has taken from a queue
+        self._held: dict[str, str] = {}  # job id -> why it waits instead of being canceled
+        self._paused: dict[str, Job] = {}  # stopped by `pause`, waiting for `resume`
         self._suspending = False
         # A UI sets this: quitting then suspends running jobs instead of canceling them.
         self.suspend_on_exit = False
@@ -227,35 +233,57 @@ class Engine:
         return job
 
     async def cancel(self, job_id: str) -> bool:
-        """Cancel a job of this engine; a running one stops within a second."""
-        job = self._active.get(job_id)
-        if job is None:
-            return False
-        self._scopes[job_id].cancel()
-        if job_id not in self._picked:
-            # Not picked up yet: finish it now rather than when a worker frees up.
-            self._active.pop(job.id)
-            with anyio.CancelScope(shield=True):
-                await self._finish(job, (JobStatus.CANCELED, STOPPED_MESSAGE), had_copy=None)
-        return True
+        """Cancel a job of this engine (paused ones too); a running one stops within a second."""
+        return bool(await self._stop([job_id]))
+
+    async def _stop(self, job_ids: Iterable[str], hold: str | None = None) -> int:
+        """Cancel these jobs (paused too), or with `hold` keep them waiting with that message;
+        queued ones end at once in ONE store write (10,000 at a quit), running ones in ~1 s."""
+        ids = list(job_ids)
+        jobs = [self._active[i] for i in ids if i in self._active]
+        for job in jobs:
+            self._scopes[job.id].cancel()
+            if hold is not None:
+                self._held[job.id] = hold
+        waiting = [self._active.pop(j.id) for j in jobs if j.id not in self._picked]
+        paused = [self._paused.pop(i) for i in ids if i in self._paused] if hold is None else []
+        record = self.ledger.record_held if hold is not None else None
+        with anyio.CancelScope(shield=True):
+            outcome = (JobStatus.CANCELED, STOPPED_MESSAGE)
+            await self._finish_many(waiting + paused, outcome, None, record)
+        return len(jobs) + len(paused)
 
     async def cancel_dataset(self, name: str) -> bool:
         """Cancel the dataset's unfinished jobs: this engine's at once, another live
         process's by a request in the store that its engine acts on within a second."""
         found = False
-        for job in [j for j in self._active.values() if j.dataset == name]:
+        mine = [*self._active.values(), *self._paused.values()]
+        for job in [j for j in mine if j.dataset == name]:
             found = await self.cancel(job.id) or found
         return found or await self.ledger.call(self.ledger.request_cancel, name)
 
     async def cancel_all(self) -> None:
-        for job_id in list(self._active):
-            await self.cancel(job_id)
+        """Cancel every job of this engine, paused ones too."""
+        await self._stop([*self._active, *self._paused])
 
     async def suspend_all(self) -> None:
         """Stop every job but leave it waiting, partial files kept: the next engine on this
         home adopts and resumes it (a dashboard that quits mid-download)."""
         self._suspending = True
-        await self.cancel_all()
+        await self._stop(list(self._active), self.suspend_message)
+
+    async def pause(self, job_ids: Iterable[str]) -> int:
+        """Stop these jobs, keep them waiting with their partial files until `resume` (or the
+        next start, which adopts them); returns how many were stopped."""
+        return await self._stop(job_ids, PAUSED_MESSAGE)
+
+    async def resume(self, job_ids: Iterable[str]) -> list[Job]:
+        """Queue paused jobs again, in one store write; they continue from their partials."""
+        jobs = [self._paused.pop(i) for i in job_ids if i in self._paused]
+        for job in jobs:
+            job.error = None
+        await self.ledger.call(self.repo.save_jobs, jobs)
+        return [self._enqueue(job, None) for job in jobs]
 
     # -- crash recovery ----------------------------------------------------------------
     async def recover(self) -> None:
@@ -269,7 +297,8 @@ class Engine:
         async with recv:
             async for job_id in recv:
                 job = self._active.get(job_id)
-                if job is not None:
+                # A resumed job is queued again; its first id may still be in the queue.
+                if job is not None and job_id not in self._picked:
                     self._picked.add(job_id)
                     try:
                         await self._execute(job)
@@ -342,24 +371,35 @@ class Engine:
                         self._ds_locks[job.dataset].release()
 
     async def _finish(self, job: Job, outcome: Outcome, had_copy: bool | None) -> None:
-        job.status, error = outcome
-        job.error = None if job.status == JobStatus.COMPLETED else error
-        job.finished_ms = now_ms()
-        if job.status == JobStatus.CANCELED and self._suspending:
-            job.status, job.error = JobStatus.WAITING, self.suspend_message
-            job.started_ms = job.finished_ms = None
-        self._dirty.pop(job.id, None)
+        await self._finish_many([job], outcome, had_copy)
+
+    async def _finish_many(
+        self, jobs: list[Job], outcome: Outcome, had_copy: bool | None, record: Recorder = None
+    ) -> None:
+        """Record the end of jobs in one store write; held ones (paused, suspended) wait."""
+        for job in jobs:
+            job.status, error = outcome
+            job.error = None if job.status == JobStatus.COMPLETED else error
+            job.finished_ms = now_ms()
+            held = self._held.pop(job.id, self.suspend_message if self._suspending else None)
+            if job.status == JobStatus.CANCELED and held is not None:
+                job.status, job.error = JobStatus.WAITING, held
+                job.started_ms = job.finished_ms = None
+                if held == PAUSED_MESSAGE:
+                    self._paused[job.id] = job
+            self._dirty.pop(job.id, None)
         try:
-            ds = await self.ledger.call(self.ledger.record_finished, job, had_copy)
-        except StoreError as exc:  # e.g. the disk is full: the job still ends, loudly
-            log.error("job %s: cannot record its end: %s", job.id, exc)
-            job.error = f"{job.error or job.status.value}; not recorded in the store: {exc}"
-            ds = None
-        self._active.pop(job.id, None)
-        self._scopes.pop(job.id, None)
-        self._emit(
-            EventKind.QUEUED if job.status == JobStatus.WAITING else EventKind.FINISHED, job, ds
-        )
+            rows = await self.ledger.call(record or self.ledger.record_many, jobs, had_copy)
+        except StoreError as exc:  # e.g. the disk is full: the jobs still end, loudly
+            log.error("jobs %s: cannot record their end: %s", [j.id for j in jobs], exc)
+            for job in jobs:
+                job.error = f"{job.error or job.status.value}; not recorded in the store: {exc}"
+            rows = [None] * len(jobs)
+        for job, ds in zip(jobs, rows, strict=True):
+            self._active.pop(job.id, None)
+            self._scopes.pop(job.id, None)
+            kind = EventKind.QUEUED if job.status == JobStatus.WAITING else EventKind.FINISHED
+            self._emit(kind, job, ds)
         self._touch()
 
     # -- progress ----------------------------------------------------------------------

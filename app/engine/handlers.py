@@ -32,6 +32,7 @@ from dsm.engine.hubjob import HubDownload
 from dsm.engine.ledger import Ledger
 from dsm.engine.outcome import Outcome
 from dsm.errors import ArchiveError, TransferError, retry_after, retryable
+from dsm.repository import now_ms
 from dsm.transfer import single as transfer
 from dsm.transfer.http import Fetched, HostSlots, Policy, RetryBudget, public_url
 from dsm.transfer.hub import auth_headers
@@ -367,12 +368,12 @@ class Handlers:
         delay = retry_after(exc)
         if delay is None:  # jitter spreads the retries of many jobs hit by one outage
             delay = self.settings.retry_delay * random.uniform(0.8, 1.2)
-        job.status = JobStatus.RETRYING
+        job.status, job.retry_at_ms = JobStatus.RETRYING, now_ms() + round(delay * 1000)
         job.error = f"attempt {job.attempts} failed: {exc}; retrying in {delay:.1f} s"
         await self.ledger.call(self.repo.save_job, job)
         self._emit(EventKind.RETRYING, job, None)
         await anyio.sleep(delay)
-        job.status = JobStatus.RUNNING
+        job.status, job.retry_at_ms = JobStatus.RUNNING, None
         await self.ledger.call(self.repo.save_job, job)
 
     # -- verify and delete -------------------------------------------------------------

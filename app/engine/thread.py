@@ -57,3 +57,16 @@ class EngineThread:
 
     def cancel_dataset(self, name: str) -> bool:
         return bool(self._call(self.engine.cancel_dataset, name))
+
+    def cancel_all(self) -> None:
+        """Cancel every job of this engine (its queued ones in one store write)."""
+        self._call(self.engine.cancel_all)
+
+    def pause(self, job_ids: list[str]) -> int:
+        """Stop these jobs, keeping them waiting with their partial files; how many stopped."""
+        return int(self._call(self.engine.pause, job_ids))
+
+    def resume(self, job_ids: list[str]) -> list[Job]:
+        """Queue paused jobs again."""
+        jobs: list[Job] = self._call(self.engine.resume, job_ids)
+        return jobs

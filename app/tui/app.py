@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import threading
 from typing import ClassVar
 
@@ -14,14 +15,15 @@ from textual.timer import Timer
 from textual.widgets import Footer, Header
 
 from dsm.config import Settings
+from dsm.domain.display import is_paused, short_cause
 from dsm.domain.jobs import JobStatus, JobType
 from dsm.domain.model import Status
-from dsm.engine.hubjob import refresh_upstream
 from dsm.engine.thread import EngineThread
-from dsm.errors import DsmError
 from dsm.repository import Repository, StoreError
-from dsm.tui.commands import ActionCommands, KeyAction
-from dsm.tui.feed import DatasetReader, EngineFeed, JobChanged, StoreRead
+from dsm.tui.commands import ActionCommands
+from dsm.tui.control import EngineCalls
+from dsm.tui.feed import DatasetReader, EngineFeed, JobChanged, JobReader, StoreRead
+from dsm.tui.keys import ACTION_NAMES, KEY_ACTIONS, MOVES
 from dsm.tui.state import SORTS, DashboardState
 from dsm.widgets.dataset_table import SORTABLE, DatasetTable
 from dsm.widgets.panels import DetailPane, Summary
@@ -29,37 +31,21 @@ from dsm.widgets.screens import ConfirmScreen, FilterBar, HelpScreen, JobLogScre
 
 FLUSH_INTERVAL = 0.25  # progress reaches the table at most 4 times a second
 STORE_POLL_INTERVAL = 0.5  # other processes' writes show well within 2 s
-ENGINE_START_TIMEOUT = 30.0
 CONFIRM_NAMES = 5
 FILTER_DELAY = 0.15
-
-KEY_ACTIONS = (
-    KeyAction("d", "d", "download", "Download", "download the highlighted or marked datasets"),
-    KeyAction("f", "f", "force", "Force", "force a re-download (an update job)"),
-    KeyAction("x", "x", "delete", "Delete", "delete the local files, after confirming"),
-    KeyAction("c", "c", "cancel", "Cancel", "cancel the running or waiting job"),
-    KeyAction("a", "a", "download_all", "All", "download every dataset not downloaded"),
-    KeyAction("space", "space", "mark", "Mark", "mark or unmark a row; d f x c then act on marks"),
-    KeyAction("slash", "/", "filter", "Filter", "filter on name, description, status (esc clears)"),
-    KeyAction("s", "s", "sort", "Sort", "cycle the sort: name, status, size, progress"),
-    KeyAction("enter", "enter", "toggle_detail", "Detail", "show or hide the detail pane"),
-    KeyAction("l", "l", "job_log", "Log", "open the job log (all jobs, newest first)"),
-    KeyAction("question_mark", "?", "help", "Help", "show every key and what it does"),
-    KeyAction("q,ctrl+q", "q / ctrl+q", "quit_dashboard", "Quit", "quit (asks first if jobs run)"),
-)
-
-ACTION_NAMES = frozenset(k.action for k in KEY_ACTIONS)
+NOTIFY_SECONDS = 6
 
 
-class DashboardApp(App[int]):
+class DashboardApp(EngineCalls, App[int]):
     TITLE = "dsm"
     SUB_TITLE = "datasets for LLM evaluation"
     CSS_PATH = "dashboard.tcss"
     COMMANDS = App.COMMANDS | {ActionCommands}
     KEY_ACTIONS = KEY_ACTIONS
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding(k.key, k.action, k.label, show=k.footer, priority=k.key.startswith("q"))
-        for k in KEY_ACTIONS
+        *(Binding(k.key, k.action, k.label, show=k.footer) for k in KEY_ACTIONS),
+        # ctrl+c quits like q, even from the filter bar (Textual's own ctrl+c only hints).
+        Binding("ctrl+q,ctrl+c", "quit_dashboard", "Quit", show=False, priority=True),
     ]
 
     def __init__(self, settings: Settings, repo: Repository) -> None:
@@ -68,7 +54,7 @@ class DashboardApp(App[int]):
         self.repo = repo
         self.feed = EngineFeed(self.post_message)
         self.engine = EngineThread(settings, repo, [self.feed])
-        self.state = DashboardState(self.engine.engine.owner)
+        self.state = DashboardState(self.engine.engine.owner, settings.max_retries + 1)
         self._engine_lock = threading.Lock()
         self._engine_ready = threading.Event()
         self._stopping = threading.Event()
@@ -96,44 +82,35 @@ class DashboardApp(App[int]):
     def on_mount(self) -> None:
         if self.settings.offline:
             self.sub_title = "OFFLINE (DSM_OFFLINE / HF_HUB_OFFLINE): no network requests"
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            # Quit as `q` does, so the terminal is restored: the default handler kills the
+            # process in the alternate screen with the mouse reporting on.
+            loop.add_signal_handler(sig, self.quit_now)
         self._start_engine()
         self._poll_store()
         self._check_upstream()
         self.set_interval(FLUSH_INTERVAL, self._flush_updates)
+        self.set_interval(1.0, self._tick)
 
     async def on_unmount(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
         await asyncio.to_thread(self._stop_engine)
-
-    @work(thread=True, group="engine", exit_on_error=False)
-    def _start_engine(self) -> None:
-        with self._engine_lock:
-            if not self._stopping.is_set():
-                self.engine.start()
-                self._engine_ready.set()
-
-    @work(thread=True, group="upstream", exit_on_error=False)
-    def _check_upstream(self) -> None:
-        """Once per run: which Hub branches moved on (never offline); the store poll shows it."""
-        refresh_upstream(self.settings, self.repo)
-
-    def _stop_engine(self) -> None:
-        """Suspend our jobs (partial files stay; the next start resumes them), end the thread."""
-        self._stopping.set()
-        with self._engine_lock:
-            self.engine.stop()
 
     @work(thread=True, group="store-poll", exit_on_error=False)
     def _poll_store(self) -> None:
         """Re-read the store whenever any process rewrote it (a stat per poll otherwise)."""
         seen: object = None
         reported = ""
-        reader = DatasetReader(self.repo)
+        reader, jobs = DatasetReader(self.repo), JobReader(self.repo)
         while not self._stopping.is_set():
             try:
                 identity = self.repo.identity
                 if identity != seen or seen is None:
                     seen = identity
-                    self.post_message(StoreRead(reader.read(), self.repo.jobs()))
+                    self.post_message(StoreRead(reader.read(), jobs.read()))
             except StoreError as exc:
                 if str(exc) != reported:
                     reported = str(exc)
@@ -149,11 +126,12 @@ class DashboardApp(App[int]):
 
     def _arrange(self) -> None:
         """Apply the filter and the sort order."""
-        self.table.show(self.state.visible(), sorted_by=self.state.sort)
+        self.table.show(self.state.visible(), self.state.sort, self.state.reverse)
+        self._changed.add("")  # the summary's "shown" count
 
     def _show(self, name: str) -> None:
-        self._changed.add(name)
-        self.table.show_row(*self.state.row(name))
+        if self.table.show_row(self.state.row(name)):
+            self._changed.add(name)
 
     @on(StoreRead)
     def _store_read(self, message: StoreRead) -> None:
@@ -164,6 +142,7 @@ class DashboardApp(App[int]):
         else:
             for name in change.names:
                 self._show(name)
+        self._changed.add("")  # the job log
         if self.table.highlighted is not None:
             self._changed.add(self.table.highlighted)  # its job list may have grown
 
@@ -172,31 +151,45 @@ class DashboardApp(App[int]):
         job, ds = message.event.job, message.event.dataset
         if self.state.apply_job(job, ds):
             self._show(job.dataset)
+        self._changed.add("")
         if job.status in (JobStatus.FAILED, JobStatus.TIMEOUT):
             self.notify(
-                f"{job.type.value} {job.dataset} failed: {job.error}",
-                title="job failed",
+                f"{job.dataset} failed: {short_cause(job.error)}",
                 severity="error",
-                timeout=10,
+                timeout=NOTIFY_SECONDS,
                 markup=False,
             )
         elif job.status == JobStatus.SKIPPED:
-            self.notify(
-                f"{job.dataset}: skipped, already downloaded (f downloads it again)",
-                markup=False,
-            )
+            self.notify(f"{job.dataset}: already downloaded (f fetches again)", markup=False)
 
     def _flush_updates(self) -> None:
         """Apply the progress ticks gathered since the last flush, and redraw what changed."""
+        if self._stopping.is_set():  # "stopping N jobs…" stays up until the exit
+            return
         for job in self.feed.drain():
             if self.state.apply_job(job):
                 self._show(job.dataset)
+        for name in self.state.ticking():  # countdowns and warming rates
+            self._show(name)
         if not self._changed:
             return
-        self.summary.show(self.state.totals())
+        if self.state.needs_resort(self._changed):
+            self._arrange()
+        self.summary.show(self.state.totals(self.table.row_count))
         if self.table.highlighted in self._changed:
             self._show_detail()
         self._changed.clear()
+
+    @property
+    def settled(self) -> bool:
+        """Every change so far has reached the table, summary and panes (tests wait on it)."""
+        return not self._changed and not self.feed.pending
+
+    def _tick(self) -> None:
+        self.state.tick()
+        self._changed.add("")
+        if isinstance(self.screen, JobLogScreen):  # once a second: 10,000 jobs take ~20 ms
+            self.screen.show(self.state.log_jobs())
 
     def _show_detail(self) -> None:
         pane = self.detail
@@ -204,11 +197,12 @@ class DashboardApp(App[int]):
         if not pane.has_class("-open"):
             return
         if name is None or name not in self.state.datasets:
-            pane.show(None, "", [], None)
+            pane.show(None, "", [], None, self.state.max_attempts)
             return
         ds = self.state.datasets[name]
         path = str(self.settings.home / ds.local_path)
-        pane.show(ds, path, self.state.jobs_of(name), self.state.job_for(name))
+        jobs, live = self.state.jobs_of(name), self.state.job_for(name)
+        pane.show(ds, path, jobs, live, self.state.max_attempts)
 
     @on(DatasetTable.RowHighlighted, "#table")
     def _highlighted(self) -> None:
@@ -223,11 +217,15 @@ class DashboardApp(App[int]):
         if message.column in SORTABLE:
             self._sort_by(message.column)
 
-    # -- talking to the engine (blocking calls: always from a thread) ------------------
     def _tell(self, text: str, severity: SeverityLevel = "information") -> None:
         """Notify from a worker thread."""
-        self.call_from_thread(self.notify, text, severity=severity, markup=False)
+        self.call_from_thread(self.say, text, severity)
 
+    def say(self, text: str, severity: SeverityLevel = "information") -> None:
+        """A one-line notification; never markup."""
+        self.notify(text, severity=severity, timeout=NOTIFY_SECONDS, markup=False)
+
+    # -- actions on rows ---------------------------------------------------------------
     def _targets(self) -> list[str]:
         marked = sorted(self.state.marked)
         if marked:
@@ -235,35 +233,8 @@ class DashboardApp(App[int]):
         name = self.table.highlighted
         return [name] if name is not None else []
 
-    @work(thread=True, group="engine-calls", exit_on_error=False)
-    def _submit(self, job_type: JobType, names: list[str]) -> None:
-        if not self._engine_ready.wait(ENGINE_START_TIMEOUT):
-            self._tell("the engine did not start", "error")
-            return
-        force = job_type == JobType.UPDATE
-        try:  # one store write for all of them (`a` on 10,000 datasets)
-            self.engine.submit_many(
-                job_type, [{"dataset": name, "force_download": force} for name in names]
-            )
-        except DsmError as exc:
-            self._tell(str(exc), "error")
-
-    @work(thread=True, group="engine-calls", exit_on_error=False)
-    def _cancel(self, names: list[str]) -> None:
-        if not self._engine_ready.wait(ENGINE_START_TIMEOUT):
-            return
-        idle = [n for n in names if not self.engine.cancel_dataset(n)]
-        if idle:
-            self._tell(f"nothing to cancel: {', '.join(idle)}", "warning")
-
-    @work(thread=True, group="engine", exit_on_error=False)
-    def _quit_cleanly(self) -> None:
-        self._stop_engine()
-        self.call_from_thread(self.exit, 0)
-
-    # -- actions -----------------------------------------------------------------------
-    def _act(self, job_type: JobType) -> None:
-        names = self._targets()
+    def _act(self, job_type: JobType, names: list[str] | None = None) -> None:
+        names = self._targets() if names is None else names
         if names:
             self._submit(job_type, names)
             self._unmark(names)
@@ -273,6 +244,13 @@ class DashboardApp(App[int]):
             self.state.marked.discard(name)
             self._show(name)
 
+    def _ask(self, question: str, details: str, then: object) -> None:
+        def answered(yes: bool | None) -> None:
+            if yes and callable(then):
+                then()
+
+        self.push_screen(ConfirmScreen(question, details), answered)
+
     def action_download(self) -> None:
         self._act(JobType.DOWNLOAD)
 
@@ -281,28 +259,55 @@ class DashboardApp(App[int]):
 
     def action_delete(self) -> None:
         names = self._targets()
-        if not names:
-            return
-        shown = ", ".join(names[:CONFIRM_NAMES]) + (" …" if len(names) > CONFIRM_NAMES else "")
-        question = f"Delete the local files of {len(names)} dataset(s)?"
-
-        def answered(yes: bool | None) -> None:
-            if yes:
-                self._submit(JobType.DELETE, names)
-                self._unmark(names)
-
-        self.push_screen(ConfirmScreen(question, shown), answered)
+        if names:
+            shown = ", ".join(names[:CONFIRM_NAMES]) + (" …" if len(names) > CONFIRM_NAMES else "")
+            question = f"Delete the local files of {len(names)} dataset(s)?"
+            self._ask(question, shown, lambda: self._act(JobType.DELETE, names))
 
     def action_cancel(self) -> None:
         names = self._targets()
         if names:
+            self.state.ask(names, "cancel")
+            for name in names:
+                self._show(name)
             self._cancel(names)
             self._unmark(names)
+
+    def action_cancel_all(self) -> None:
+        count = self.state.own_active
+        if not count:
+            self.say("no job to cancel")
+            return
+        self._ask(f"Cancel all {count} job(s)?", "Partial files are kept.", self._cancel_all)
+
+    def action_pause(self) -> None:
+        jobs = [j for n in self._targets() for j in self.state.live.get(n, {}).values()]
+        paused = [j.id for j in jobs if is_paused(j)]
+        if paused:
+            self._resume(paused)
+        else:
+            self._pause([j.id for j in jobs])
+        if not jobs:
+            self.say("no job to pause or resume here", "warning")
+
+    def action_pause_all(self) -> None:
+        self._pause([j.id for j in self.state.own_jobs() if not is_paused(j)])
+
+    def action_resume_all(self) -> None:
+        self._resume([j.id for j in self.state.own_jobs() if is_paused(j)])
+
+    def action_retry_failed(self) -> None:
+        failed = sorted(n for n, ds in self.state.datasets.items() if ds.status == Status.ERROR)
+        if failed:
+            self._submit(JobType.DOWNLOAD, failed)
+            self.say(f"retrying {len(failed)} failed dataset(s)")
+        else:
+            self.say("no failed dataset")
 
     def action_download_all(self) -> None:
         names = [n for n, ds in self.state.datasets.items() if ds.status != Status.DOWNLOADED]
         if not names:
-            self.notify("every dataset is downloaded")
+            self.say("every dataset is downloaded")
             return
         self._submit(JobType.DOWNLOAD, sorted(names))
 
@@ -313,6 +318,18 @@ class DashboardApp(App[int]):
             self._show(name)
             self.table.action_cursor_down()
 
+    def action_clear_marks(self) -> None:
+        self._unmark(list(self.state.marked))
+
+    def action_copy_path(self) -> None:
+        name = self.table.highlighted
+        if name is None:
+            return
+        path = str(self.settings.home / self.state.datasets[name].local_path)
+        self.copy_to_clipboard(path)  # OSC 52: works over ssh and in tmux (set-clipboard on)
+        self.say(f"copied: {path}")
+
+    # -- filter, sort, panes -----------------------------------------------------------
     def action_filter(self) -> None:
         bar = self.query_one(FilterBar)
         bar.add_class("-open")
@@ -338,7 +355,12 @@ class DashboardApp(App[int]):
     def action_sort(self) -> None:
         self._sort_by(SORTS[(SORTS.index(self.state.sort) + 1) % len(SORTS)])
 
+    def action_reverse_sort(self) -> None:
+        self._sort_by(self.state.sort)
+
     def _sort_by(self, column: str) -> None:
+        """Sort by `column`; asked again for the same column, reverse the order."""
+        self.state.reverse = column == self.state.sort and not self.state.reverse
         self.state.sort = column
         self._arrange()
 
@@ -347,27 +369,20 @@ class DashboardApp(App[int]):
         self._show_detail()
 
     def action_job_log(self) -> None:
-        self.push_screen(JobLogScreen(self.state.jobs))
+        self.push_screen(JobLogScreen(self.state.log_jobs(), self.state.max_attempts))
 
     def action_help(self) -> None:
         keys = [(k.shown_key, k.help) for k in KEY_ACTIONS]
-        keys.append(("ctrl+p", "command palette: the same actions by name"))
-        self.push_screen(HelpScreen(keys))
+        self.push_screen(HelpScreen([*keys, *MOVES]))
 
     def action_quit_dashboard(self) -> None:
         running = self.state.own_active
         if not running:
-            self._quit_cleanly()
+            self.quit_now()
             return
         question = f"{running} job(s) are running or waiting. Quit anyway?"
         details = "They stop now, keep their partial files and resume when dsm starts again."
-
-        def answered(yes: bool | None) -> None:
-            if yes:
-                self.notify("stopping jobs…")
-                self._quit_cleanly()
-
-        self.push_screen(ConfirmScreen(question, details), answered)
+        self._ask(question, details, self.quit_now)
 
 
 def run_dashboard(settings: Settings, repo: Repository) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from textual.message import Message
 
@@ -17,6 +17,9 @@ from dsm.domain.events import EventKind, JobEvent
 from dsm.domain.jobs import Job
 from dsm.domain.model import Dataset
 from dsm.repository import Repository
+
+T = TypeVar("T")
+COALESCED = (EventKind.PROGRESS, EventKind.QUEUED)
 
 
 class JobChanged(Message):
@@ -37,7 +40,8 @@ class StoreRead(Message):
 
 
 class EngineFeed:
-    """The engine listener: coalesces progress ticks, posts the rest."""
+    """The engine listener: coalesces progress ticks and requeues (10,000 jobs suspended or
+    queued at once), posts the rest."""
 
     def __init__(self, post: Callable[[Message], object]) -> None:
         self._post = post
@@ -47,13 +51,18 @@ class EngineFeed:
     def __call__(self, event: JobEvent) -> None:
         job = event.job
         with self._lock:
-            if event.kind == EventKind.PROGRESS and event.dataset is None:
+            if event.kind in COALESCED and event.dataset is None:
                 self._progress[job.id] = job
                 return
-            if job.status.finished:
-                # A tick still waiting here would redraw a finished job as running.
-                self._progress.pop(job.id, None)
+            # A tick still waiting here is older than this event: drained after it, it would
+            # redraw a finished or paused job as running.
+            self._progress.pop(job.id, None)
         self._post(JobChanged(event))
+
+    @property
+    def pending(self) -> bool:
+        """Progress is waiting for the next drain."""
+        return bool(self._progress)
 
     def drain(self) -> list[Job]:
         """The latest progress of every job that moved since the last drain."""
@@ -62,24 +71,41 @@ class EngineFeed:
         return jobs
 
 
-class DatasetReader:
-    """Reads every dataset row, building a Dataset only for a row whose stored document changed
+class RowReader(Generic[T]):
+    """Reads every stored row, building an object only for a row whose stored document changed
     since the last read; the others are the very objects read before. While our own engine
-    downloads it rewrites the store every second, and rebuilding 10,000 rows each time cost
-    ~15 % of a core."""
+    downloads it rewrites the store every second, and rebuilding 10,000 datasets each time
+    cost ~15 % of a core; 10,000 jobs took ~0.5 s a read."""
+
+    def __init__(
+        self,
+        documents: Callable[[], list[dict[str, Any]]],
+        parse: Callable[[dict[str, Any]], T],
+        key: str,
+    ) -> None:
+        self._documents, self._parse, self._key = documents, parse, key
+        self._known: dict[str, tuple[dict[str, Any], T]] = {}
+
+    def read(self) -> list[T]:
+        known: dict[str, tuple[dict[str, Any], T]] = {}
+        for raw in self._documents():
+            key = str(raw.get(self._key, ""))
+            seen = self._known.get(key)
+            known[key] = seen if seen is not None and seen[0] == raw else (raw, self._parse(raw))
+        self._known = known
+        return [row for _, row in known.values()]
+
+
+class DatasetReader(RowReader[Dataset]):
+    def __init__(self, repo: Repository) -> None:
+        super().__init__(repo.dataset_documents, repo.parse_dataset, "name")
+
+
+class JobReader(RowReader[Job]):
+    """Every job, oldest first (as `Repository.jobs`)."""
 
     def __init__(self, repo: Repository) -> None:
-        self._repo = repo
-        self._known: dict[str, tuple[dict[str, Any], Dataset]] = {}
+        super().__init__(repo.job_documents, repo.parse_job, "id")
 
-    def read(self) -> list[Dataset]:
-        known: dict[str, tuple[dict[str, Any], Dataset]] = {}
-        for raw in self._repo.dataset_documents():
-            seen = self._known.get(raw.get("name", ""))
-            known[raw.get("name", "")] = (
-                seen
-                if seen is not None and seen[0] == raw
-                else (raw, self._repo.parse_dataset(raw))
-            )
-        self._known = known
-        return [ds for _, ds in known.values()]
+    def read(self) -> list[Job]:
+        return sorted(super().read(), key=lambda j: j.created_ms)

@@ -13,7 +13,7 @@ from textual.command import CommandList
 
 from dsm.domain.jobs import Job, JobStatus, JobType
 from dsm.domain.model import Dataset, Status
-from dsm.tui.feed import DatasetReader
+from dsm.tui.feed import DatasetReader, JobReader
 from dsm.tui.state import DashboardState
 from tests.conftest import CatalogFn, make_settings, open_repo, run_dsm
 from tests.httpserver import FileServer
@@ -46,7 +46,7 @@ async def test_d_downloads_the_highlighted_row(
         assert (home / "data" / "alpha").read_bytes() == BODY
         await until(pilot, lambda: "1 downloaded" in str(app.query_one("#summary").render()))
         await pilot.press("d")  # again: skipped, and the user is told why
-        await until(pilot, lambda: any("skipped" in m for m in messages(app)))
+        await until(pilot, lambda: any("already downloaded" in m for m in messages(app)))
     assert len(server.requests("alpha.bin")) == 1
 
 
@@ -155,7 +155,7 @@ async def test_failure_notifies_with_the_cause(
         await pilot.press("d")
         await until(pilot, lambda: cell(app, "broken", "status") == "error")
         await until(pilot, lambda: any("404" in m for m in messages(app)))
-        assert "404" in cell(app, "broken", "error")
+        assert "404" in cell(app, "broken", "info")
         await until(pilot, lambda: "1 failed" in str(app.query_one("#summary").render()))
 
 
@@ -177,11 +177,17 @@ async def test_s_and_header_clicks_sort(server: FileServer, home: Path, catalog:
         assert order()[0] == "gamma"
         await pilot.press("s")  # progress: gamma's 100% first
         assert app.state.sort == "progress" and order()[0] == "gamma"
-        await pilot.press("s")
+        await pilot.press("s", "s")  # rate, then back to name
         assert app.state.sort == "name" and order() == ["alpha", "beta", "gamma"]
+        await pilot.press("S")  # reverses, and the header says so
+        assert order() == ["gamma", "beta", "alpha"] and app.table.highlighted == "gamma"
+        assert "Name ▼" in app.table.render_line(0).text
         status_x = next(x for x in range(SIZE[0]) if app.table.column_at(x) == "status")
         await pilot.click("#table", offset=(status_x, 0))  # the Status header
-        assert app.state.sort == "status"
+        assert app.state.sort == "status" and not app.state.reverse
+        await pilot.click("#table", offset=(status_x, 0))  # again: reversed
+        assert app.state.reverse and order()[0] == "gamma"
+        assert "Status ▼" in app.table.render_line(0).text
 
 
 async def test_enter_l_and_help_screens(server: FileServer, home: Path, catalog: CatalogFn) -> None:
@@ -246,7 +252,7 @@ async def test_quit_with_a_running_job_keeps_the_partial_and_resumes(
     # Over 1 MiB: the transfer writes the partial file in batches of 1 MiB.
     big = os.urandom(1_600_000)
     catalog_path = catalog(alpha=server.add("alpha.bin", big))
-    server.always("alpha.bin", rate=1_000_000)
+    server.always("alpha.bin", rate=300_000)  # seconds of transfer: quit lands mid-way
     part = home / "data" / "alpha.part"
     app = make_app(home, catalog_path)
     async with app.run_test(size=SIZE, notifications=True) as pilot:
@@ -317,7 +323,7 @@ def test_state_totals_follow_every_change() -> None:
     state.apply_job(_job(JobStatus.COMPLETED), done("a", 2))
     state.apply_snapshot([state.datasets["a"], done("c", 3)], [])  # b is gone
     rows = state.datasets.values()
-    totals = state.totals()
+    totals = state.totals(shown=2)
     assert (totals.datasets, totals.downloaded, totals.failed, totals.bytes_on_disk) == (
         2,
         2,
@@ -347,3 +353,19 @@ def test_headless_modules_never_import_textual() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_job_reader_rebuilds_only_changed_jobs(home: Path, catalog: CatalogFn) -> None:
+    repo = open_repo(make_settings(home, catalog(alpha="http://127.0.0.1:9/a")))
+    old, new = (
+        Job(JobType.DOWNLOAD, "alpha", {}, id=i, created_ms=n) for n, i in ((2, "j2"), (1, "j1"))
+    )
+    repo.save_jobs([old, new])
+    reader = JobReader(repo)
+    first = reader.read()
+    assert [j.id for j in first] == ["j1", "j2"]  # oldest first, as Repository.jobs
+    old.status = JobStatus.FAILED
+    repo.save_job(old)
+    second = reader.read()
+    assert second[0] is first[0] and second[1] is not first[1]
+    assert second == repo.jobs()

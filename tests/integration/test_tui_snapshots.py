@@ -1,4 +1,5 @@
-"""Snapshots of the dashboard with fixed data: main screen, detail pane, confirm modal, help.
+"""Snapshots of the dashboard with fixed data: main screen (120x40, 80x24, 200x50, NO_COLOR,
+light theme), detail pane, confirm modal, help, job log, a filter with marks.
 
 No download runs and every time is fixed, so the screens are the same on every run. The
 home is a fixed path because the detail pane shows where files live.
@@ -71,15 +72,27 @@ def snap_app(monkeypatch: pytest.MonkeyPatch) -> Iterator[DashboardApp]:
     time.tzset()
 
 
-def after(*keys: str, screen: str | None = None) -> Callable[[Pilot[int]], Awaitable[None]]:
+@pytest.fixture
+def home_for_no_color(monkeypatch: pytest.MonkeyPatch, snap_app: DashboardApp) -> DashboardApp:
+    """The same home, in an app made with NO_COLOR set (Textual reads it at construction)."""
+    monkeypatch.setenv("NO_COLOR", "1")
+    return make_app(snap_app.settings.home, snap_app.settings.catalog)
+
+
+def after(
+    *keys: str, screen: str | None = None, theme: str | None = None
+) -> Callable[[Pilot[int]], Awaitable[None]]:
     """Load, press keys, and wait for the named screen (if any) before the snapshot."""
 
     async def run_before(pilot: Pilot[int]) -> None:
         app = await loaded(pilot)
         await until(pilot, lambda: "5 datasets" in str(app.query_one("#summary").render()))
+        if theme:
+            app.theme = theme
         await pilot.press(*keys)
         if screen:
             await until(pilot, lambda: type(app.screen).__name__ == screen)
+        await until(pilot, lambda: app.settled)  # the summary shows the marks
         await pilot.pause()
 
     return run_before
@@ -105,3 +118,26 @@ def test_help_screen(snap_compare: SnapCompare, snap_app: DashboardApp) -> None:
 
 def test_main_screen_small_terminal(snap_compare: SnapCompare, snap_app: DashboardApp) -> None:
     assert snap_compare(snap_app, terminal_size=(80, 24), run_before=after())
+
+
+def test_main_screen_wide_terminal(snap_compare: SnapCompare, snap_app: DashboardApp) -> None:
+    assert snap_compare(snap_app, terminal_size=(200, 30), run_before=after())
+
+
+def test_main_screen_no_color(snap_compare: SnapCompare, home_for_no_color: DashboardApp) -> None:
+    assert snap_compare(home_for_no_color, terminal_size=(80, 24), run_before=after("space"))
+
+
+def test_main_screen_light_theme(snap_compare: SnapCompare, snap_app: DashboardApp) -> None:
+    run_before = after("space", theme="textual-light")
+    assert snap_compare(snap_app, terminal_size=(80, 24), run_before=run_before)
+
+
+def test_filter_and_marks_in_the_summary(snap_compare: SnapCompare, snap_app: DashboardApp) -> None:
+    run_before = after("space", "space", "slash", "m", "enter")
+    assert snap_compare(snap_app, terminal_size=(80, 24), run_before=run_before)
+
+
+def test_job_log(snap_compare: SnapCompare, snap_app: DashboardApp) -> None:
+    run_before = after("l", screen="JobLogScreen")
+    assert snap_compare(snap_app, terminal_size=(80, 24), run_before=run_before)

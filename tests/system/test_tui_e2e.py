@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from dsm.domain.jobs import JobStatus
+from dsm.repository import Repository
 from tests.conftest import CatalogFn, dsm_command, dsm_env, wait_for
 from tests.httpserver import FileServer
 
@@ -20,10 +23,13 @@ pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is no
 class Terminal:
     """One tmux session on a private server socket, so no user session is touched."""
 
-    def __init__(self, socket: str, command: str, env: dict[str, str]) -> None:
+    def __init__(
+        self, socket: str, command: str, env: dict[str, str], size: tuple[int, int] = (120, 40)
+    ) -> None:
         self.base = ["tmux", "-L", socket]
         self.env = env
-        self._tmux("new-session", "-d", "-s", "dsm", "-x", "120", "-y", "40", command)
+        width, height = (str(n) for n in size)
+        self._tmux("new-session", "-d", "-s", "dsm", "-x", width, "-y", height, command)
 
     def _tmux(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -39,29 +45,62 @@ class Terminal:
     def keys(self, *keys: str) -> None:
         self._tmux("send-keys", "-t", "dsm", *keys)
 
+    def flags(self) -> dict[str, str]:
+        """The pane's terminal modes: alternate screen, cursor shown, mouse reporting."""
+        names = ("alternate_on", "cursor_flag", "mouse_any_flag", "mouse_button_flag")
+        shown = self._tmux(
+            "display-message", "-p", "-t", "dsm", " ".join(f"#{{{n}}}" for n in names)
+        )
+        return dict(zip(names, shown.stdout.split(), strict=True))
+
+    def dsm_pid(self) -> int:
+        """The dsm process: the child of the pane's shell."""
+        shell = self._tmux("list-panes", "-t", "dsm", "-F", "#{pane_pid}").stdout.strip()
+        children = subprocess.run(
+            ["ps", "-o", "pid=", "--ppid", shell], capture_output=True, text=True
+        ).stdout.split()
+        return int(children[0])
+
     def close(self) -> None:
         self._tmux("kill-server")
 
 
-@pytest.fixture
-def terminal(server: FileServer, home: Path, catalog: CatalogFn) -> Iterator[Terminal]:
+def open_terminal(
+    server: FileServer, home: Path, catalog: CatalogFn, size: tuple[int, int]
+) -> Iterator[Terminal]:
     body = os.urandom(200_000)
-    catalog_path = catalog(alpha=server.add("alpha.bin", body), beta=server.add("beta.bin", body))
-    env = dsm_env(home, catalog_path)
+    names = {
+        "alpha": server.add("alpha.bin", body),
+        "beta": server.add("beta.bin", body),
+        "a-dataset-with-a-long-name": server.add("long.bin", body),
+        "broken": server.url("missing.bin"),
+    }
+    server.always("long.bin", rate=20_000)  # still running when the test quits
+    env = dsm_env(home, catalog(**names))
     # The pane's shell gets the test home and catalogue explicitly: never the real ones.
     exported = " ".join(f"{k}={shlex.quote(env[k])}" for k in ("DSM_HOME", "DSM_CATALOG"))
     command = f"env {exported} {shlex.join(dsm_command())}; echo dsm exited $?; sleep 30"
-    term = Terminal(f"dsm-test-{os.getpid()}", command, env)
+    term = Terminal(f"dsm-test-{os.getpid()}", command, env, size)
     try:
         yield term
     finally:
         term.close()
 
 
+@pytest.fixture
+def terminal(server: FileServer, home: Path, catalog: CatalogFn) -> Iterator[Terminal]:
+    yield from open_terminal(server, home, catalog, (120, 40))
+
+
+@pytest.fixture
+def small_terminal(server: FileServer, home: Path, catalog: CatalogFn) -> Iterator[Terminal]:
+    yield from open_terminal(server, home, catalog, (80, 24))
+
+
 def test_dashboard_in_tmux(terminal: Terminal, home: Path) -> None:
-    wait_for(lambda: "2 datasets" in terminal.screen(), timeout=20)
+    wait_for(lambda: "4 datasets" in terminal.screen(), timeout=20)
     assert "not loaded" in terminal.line("alpha") and "not loaded" in terminal.line("beta")
-    terminal.keys("d")
+    terminal.keys("j", "d")  # alpha, under the long name
     wait_for(lambda: "downloaded" in terminal.line("alpha") and "100%" in terminal.line("alpha"))
     assert "not loaded" in terminal.line("beta")
     assert (home / "data" / "alpha").stat().st_size == 200_000
@@ -71,3 +110,30 @@ def test_dashboard_in_tmux(terminal: Terminal, home: Path) -> None:
     wait_for(lambda: "what it does" not in terminal.screen())
     terminal.keys("q")
     wait_for(lambda: "dsm exited 0" in terminal.screen(), timeout=10)
+
+
+def test_80x24_fits_and_sigterm_restores_the_terminal(small_terminal: Terminal, home: Path) -> None:
+    term = small_terminal
+    wait_for(lambda: "4 datasets" in term.screen(), timeout=20)
+    header = term.line("Name")
+    for label in ("Name", "Status", "Progress", "Size", "Rate", "ETA", "Error"):
+        assert label in header
+    assert all(len(line) <= 80 for line in term.screen().splitlines())
+    assert "? Help" in term.screen().splitlines()[-1]  # the footer starts with help
+    term.keys("G", "d")  # broken (sorted last): fails, and says why on its row
+    wait_for(lambda: "HTTP 404" in term.line("broken"))
+    term.keys("g", "d")  # the long-named one downloads slowly
+    wait_for(lambda: "downloading" in term.line("a-dataset"))
+    assert term.flags()["alternate_on"] == "1"
+    os.kill(term.dsm_pid(), signal.SIGTERM)
+    wait_for(lambda: "dsm exited 0" in term.screen(), timeout=10)
+    assert term.flags() == {
+        "alternate_on": "0",
+        "cursor_flag": "1",
+        "mouse_any_flag": "0",
+        "mouse_button_flag": "0",
+    }
+    assert "Terminated" not in term.screen()
+    repo = Repository.open(home / "db.json")
+    (job,) = [j for j in repo.jobs() if j.dataset == "a-dataset-with-a-long-name"]
+    assert job.status == JobStatus.WAITING  # suspended: it resumes at the next start

@@ -13,8 +13,21 @@ from textual.app import App, ComposeResult
 from textual.message import Message
 from textual.strip import Strip
 
+from dsm.domain.display import RowView, retry_text, short_cause
+from dsm.domain.jobs import Job, JobStatus, JobType
 from dsm.domain.model import Dataset, Status
-from dsm.widgets.dataset_table import COLUMNS, PROGRESS_WIDTH, DatasetTable, fit, progress_cell
+from dsm.widgets.dataset_table import (
+    BAR_DONE,
+    BAR_LEFT,
+    COLOUR,
+    COLUMNS,
+    MONO,
+    PERCENT_WIDTH,
+    DatasetTable,
+    bar,
+    fit,
+    layout,
+)
 
 pytestmark = pytest.mark.anyio
 ROWS = 10_000
@@ -39,7 +52,9 @@ class TableApp(App[None]):
         yield self.table
 
     def on_mount(self) -> None:
-        self.table.set_data((ds, None, False) for ds in self.datasets)
+        self.table.set_data(
+            RowView(ds, None, False, info=short_cause(ds.error)) for ds in self.datasets
+        )
         self.table.show([ds.name for ds in self.datasets], sorted_by="name")
 
     @on(DatasetTable.RowHighlighted)
@@ -87,13 +102,13 @@ async def test_a_progress_update_re_renders_only_that_row() -> None:
         table = app.table
         with rendered_rows(table) as seen:
             changed = Dataset(name(3), status=Status.DOWNLOADING, download_progress=40.0)
-            table.show_row(changed, None, False)
+            table.show_row(RowView(changed, None, False))
             await pilot.pause()
         assert seen == Counter({name(3): 1})
         assert "40%" in line_text(table, 1 + 3) and "downloading" in line_text(table, 1 + 3)
         with rendered_rows(table) as seen:
-            table.show_row(changed, None, False)  # the same cells: nothing to redraw
-            table.show_row(Dataset(name(5000), download_progress=1.0), None, False)  # off screen
+            table.show_row(RowView(changed, None, False))  # the same cells: nothing to redraw
+            table.show_row(RowView(Dataset(name(5000), download_progress=1.0), None, False))
             await pilot.pause()
         assert not seen
         assert table.cell(name(5000), "progress").plain.endswith("  1%")
@@ -150,7 +165,7 @@ async def test_sort_keeps_the_cursor_on_its_row_and_filter_falls_back_to_the_fir
         await pilot.pause()
         assert table.highlighted == name(2)
         assert table.shown()[0] == name(ROWS - 1)
-        assert "Status ▼" in line_text(table, 0) and "Name ▼" not in line_text(table, 0)
+        assert "Status ▲" in line_text(table, 0) and "Name ▲" not in line_text(table, 0)
         assert line_text(table, PAGE).lstrip().startswith(name(2))  # still in view
         table.show([name(7), name(9)], sorted_by="status")  # a filter that hides the cursor row
         await pilot.pause()
@@ -187,21 +202,79 @@ async def test_user_strings_are_never_markup() -> None:
             assert text in shown and f"bad {text}" in shown
 
 
-async def test_small_terminal_keeps_fixed_columns_and_scrolls_sideways() -> None:
+async def test_80_columns_fit_without_scrolling_and_name_stays() -> None:
     app = make_app(100)
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.pause()
         table = app.table
-        assert table.virtual_size.width > 80  # the error column is there, off to the right
-        assert "Progress" in line_text(table, 0)
-        await pilot.press(*["right"] * 30)  # one column a press
+        assert table.virtual_size.width <= 80 and table.scroll_x == 0
+        header = line_text(table, 0)
+        for label in ("Name", "Status", "Progress", "Size", "Rate", "ETA", "Error"):
+            assert label in header
+        await pilot.press(*["right"] * 10)  # nothing to scroll to: Name stays on the left
         await pilot.pause()
-        assert table.scroll_x > 0 and "Error" in line_text(table, 0)
+        assert table.scroll_x == 0 and line_text(table, 1).lstrip().startswith(name(0))
+
+
+def test_layout_drops_low_value_columns_and_gives_room_to_errors() -> None:
+    assert list(layout(40, 10)) == ["mark", "name", "status", "info"]
+    for width in (40, 60, 79, 119, 199):
+        widths = layout(width, 30)
+        assert sum(widths.values()) + len(widths) - 1 == width  # no scrolling, no gap
+    narrow = layout(79, 30)
+    assert set(narrow) == {c.key for c in COLUMNS}  # every column at 80x24
+    wide = layout(119, 23)
+    lent = wide["rate"] + wide["eta"] + 2
+    assert wide["info"] + lent >= 60  # a failed row's 60-character error, whole, at 120
+    widest = layout(199, 40)
+    assert widest["name"] == 40 and widest["progress"] > wide["progress"]
+
+
+async def test_a_failed_row_shows_its_error_whole_at_120_columns() -> None:
+    error = "checksum mismatch: expected sha256 9f9f9f9f…, got 0a0a0a0a…!"  # 60 characters
+    assert len(error) == 60
+    app = TableApp([Dataset("gsm8k", status=Status.ERROR, error=error)])
+    async with app.run_test(size=(120, 30)) as pilot:
+        await pilot.pause()
+        assert error in line_text(app.table, 1)
+
+
+def test_bar_is_full_only_at_100_and_differs_by_glyph() -> None:
+    for percent in (0.0, 7.5, 42.0, 99.9, 100.0, 130.0):
+        for width in (10, 25):
+            assert bar(percent, width, COLOUR).cell_len == width
+    almost = bar(99.9, 15, COLOUR).plain
+    assert BAR_LEFT in almost and almost.endswith(" 99%")
+    assert bar(100.0, 15, COLOUR).plain == BAR_DONE * 10 + " 100%"
+    assert bar(50.0, 15, MONO).plain == BAR_DONE * 5 + BAR_LEFT * 5 + "  50%"
+    assert PERCENT_WIDTH == 5
+
+
+def test_no_color_keeps_status_error_and_mark_readable() -> None:
+    for role in (Status.ERROR, "error-text", "mark", "retrying", "paused", "info"):
+        style = MONO[role]
+        assert any(word in style for word in ("bold", "reverse", "italic")), role
+        assert not any(c in style for c in ("red", "cyan", "yellow", "magenta")), role
+
+
+async def test_retrying_row_says_attempt_cause_and_countdown() -> None:
+    job = Job(JobType.DOWNLOAD, "flaky", {}, status=JobStatus.RETRYING, attempts=1)
+    job.error = "attempt 1 failed: HTTP 503 Service Unavailable from http://h/f; retrying in 4.0 s"
+    job.retry_at_ms = 10_000
+    info = retry_text(job, 5, 6_100)
+    assert info == "attempt 2/5 · 503 · next in 4 s"
+    app = TableApp([])
+    async with app.run_test(size=(80, 24)) as pilot:
+        app.table.set_data(
+            [RowView(Dataset("flaky", status=Status.DOWNLOADING), job, False, info=info)]
+        )
+        app.table.show(["flaky"], "name")
+        await pilot.pause()
+        line = line_text(app.table, 1)
+        assert "retrying" in line and info in line
 
 
 def test_cells_fit_their_width() -> None:
-    for percent in (0.0, 7.5, 42.0, 100.0, 130.0):
-        assert progress_cell(percent).cell_len == PROGRESS_WIDTH
     assert fit(Text("a-very-long-dataset-name"), 10).plain == "a-very-lo…"
     assert fit(Text("1 KiB", justify="right"), 8).plain == "   1 KiB"
     assert fit(Text("abc"), 5).plain == "abc  "

@@ -1,0 +1,119 @@
+"""The dashboard's calls into the engine. They block (the engine runs on its own thread), so
+each runs in a worker thread and reports back with a notification."""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING
+
+from rich.text import Text
+from textual import work
+from textual.notifications import SeverityLevel
+
+from dsm.config import Settings
+from dsm.domain.jobs import JobType
+from dsm.engine.hubjob import refresh_upstream
+from dsm.engine.thread import EngineThread
+from dsm.errors import DsmError
+from dsm.repository import Repository
+from dsm.tui.state import DashboardState
+from dsm.widgets.panels import Summary
+
+ENGINE_START_TIMEOUT = 30.0
+
+if TYPE_CHECKING:
+    from textual.app import App
+
+    _Base = App[int]
+else:
+    _Base = object
+
+
+class EngineCalls(_Base):
+    """Mixed into the dashboard app: starting, stopping and driving the engine."""
+
+    settings: Settings
+    repo: Repository
+    engine: EngineThread
+    state: DashboardState
+    summary: Summary
+    _engine_lock: threading.Lock
+    _engine_ready: threading.Event
+    _stopping: threading.Event
+
+    def _tell(self, text: str, severity: SeverityLevel = "information") -> None:
+        raise NotImplementedError
+
+    @work(thread=True, group="engine", exit_on_error=False)
+    def _start_engine(self) -> None:
+        with self._engine_lock:
+            if not self._stopping.is_set():
+                self.engine.start()
+                self._engine_ready.set()
+
+    @work(thread=True, group="upstream", exit_on_error=False)
+    def _check_upstream(self) -> None:
+        """Once per run: which Hub branches moved on (never offline); the store poll shows it."""
+        refresh_upstream(self.settings, self.repo)
+
+    def _stop_engine(self) -> None:
+        """Suspend our jobs (partial files stay; the next start resumes them), end the thread."""
+        self._stopping.set()
+        with self._engine_lock:
+            self.engine.stop()
+
+    def quit_now(self) -> None:
+        """Suspend every job in one store write and exit (q answered yes, SIGTERM, SIGHUP)."""
+        if self._stopping.is_set():
+            return
+        count = self.state.own_active
+        if count:
+            self.summary.update(Text(f"stopping {count} jobs…", style="bold"))
+        self._quit_cleanly()
+
+    @work(thread=True, group="quit", exit_on_error=False)
+    def _quit_cleanly(self) -> None:
+        self._stop_engine()
+        self.call_from_thread(self.exit, 0)
+
+    def _engine_up(self) -> bool:
+        if self._engine_ready.wait(ENGINE_START_TIMEOUT):
+            return True
+        self._tell("the engine did not start", "error")
+        return False
+
+    @work(thread=True, group="engine-calls", exit_on_error=False)
+    def _submit(self, job_type: JobType, names: list[str]) -> None:
+        if not self._engine_up():
+            return
+        force = job_type == JobType.UPDATE
+        try:  # one store write for all of them (`a` on 10,000 datasets)
+            self.engine.submit_many(
+                job_type, [{"dataset": name, "force_download": force} for name in names]
+            )
+        except DsmError as exc:
+            self._tell(str(exc), "error")
+
+    @work(thread=True, group="engine-calls", exit_on_error=False)
+    def _cancel(self, names: list[str]) -> None:
+        if not self._engine_up():
+            return
+        idle = [n for n in names if not self.engine.cancel_dataset(n)]
+        if idle:
+            self._tell(f"nothing to cancel: {', '.join(idle)}", "warning")
+
+    @work(thread=True, group="engine-calls", exit_on_error=False)
+    def _cancel_all(self) -> None:
+        if self._engine_up():
+            self.engine.cancel_all()
+
+    @work(thread=True, group="engine-calls", exit_on_error=False)
+    def _pause(self, job_ids: list[str]) -> None:
+        if self._engine_up() and job_ids:
+            count = self.engine.pause(job_ids)
+            self._tell(f"paused {count} job(s): p resumes, partial files kept")
+
+    @work(thread=True, group="engine-calls", exit_on_error=False)
+    def _resume(self, job_ids: list[str]) -> None:
+        if self._engine_up() and job_ids:
+            self._tell(f"resumed {len(self.engine.resume(job_ids))} job(s)")

@@ -1,0 +1,186 @@
+"""The dashboard's state and display rules without an app: rates, ETA, retry and pending
+texts, the summary line, sizes in the largest unit under 1000, re-sorting."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from dsm import humanize
+from dsm.domain.display import (
+    ETA_MAX,
+    RateMeter,
+    Totals,
+    eta,
+    retry_text,
+    short_cause,
+    sparkline,
+)
+from dsm.domain.jobs import PAUSED_MESSAGE, Job, JobStatus, JobType
+from dsm.domain.model import Dataset, Status
+from dsm.tui.state import DashboardState
+from dsm.widgets.dataset_table import COLOUR
+from dsm.widgets.panels import summary_line
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def job(name: str = "alpha", status: JobStatus = JobStatus.RUNNING, **kw: object) -> Job:
+    out = Job(JobType.DOWNLOAD, name, {}, id=f"j-{name}", status=status)
+    for key, value in kw.items():
+        setattr(out, key, value)
+    return out
+
+
+def test_state_module_never_imports_textual() -> None:
+    code = (
+        "import sys, dsm.tui.state, dsm.domain.display\n"
+        "assert 'textual' not in sys.modules, 'textual imported'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize(
+    ("n", "shown"),
+    [
+        (0, "0 B"),
+        (999, "999 B"),
+        (1000, "1.0 KiB"),  # 1000 B is not under 1000
+        (int(1006.6 * 1024), "1.0 MiB"),
+        (int(999.7 * 1024), "1.0 MiB"),  # would print as "1000 KiB"
+        (312 * 1024**2, "312 MiB"),
+        (int(4.3 * 1024**2), "4.3 MiB"),
+        (1024**3, "1.0 GiB"),
+    ],
+)
+def test_sizes_use_the_largest_unit_under_1000(n: int, shown: str) -> None:
+    assert humanize.size(n) == shown
+
+
+def test_rate_is_smoothed_and_counts_only_this_sessions_bytes() -> None:
+    resumed_at = 900 * 1024**2  # a resume: 900 MiB were on disk before this session
+    meter = RateMeter(resumed_at, now=0.0)
+    done, t = resumed_at, 0.0
+    for i in range(40):  # a steady 1 MiB/s delivered in uneven bursts, 4 samples a second
+        t += 0.25
+        done += (2 if i % 2 else 0) * 1024**2 // 8
+        meter.sample(done, t)
+    assert meter.known(t) == pytest.approx(1024**2 / 2, rel=0.25)
+    assert RateMeter(0, now=0.0).known(0.5) is None  # not yet a second of samples
+    assert eta(100 * 1024**2, meter.known(t)) == pytest.approx(200, rel=0.25)
+
+
+def test_eta_is_blank_when_unknown_and_never_absurd() -> None:
+    assert eta(None, 1000.0) is None
+    assert eta(1000, None) is None and eta(1000, 0.0) is None
+    assert eta(10**15, 1.0) is None  # 31 million years: not shown
+    assert eta(int(ETA_MAX) - 1, 1.0) is not None
+
+
+def test_retry_and_failure_texts() -> None:
+    retrying = job(status=JobStatus.RETRYING, attempts=1, retry_at_ms=10_000)
+    retrying.error = (
+        "attempt 1 failed: HTTP 503 Service Unavailable from http://h/x; retrying in 4.0 s"
+    )
+    assert retry_text(retrying, 5, now_ms=6_000) == "attempt 2/5 · 503 · next in 4 s"
+    assert retry_text(retrying, 5, now_ms=None) == "attempt 2/5 · 503"
+    retrying.error = "attempt 1 failed: connection refused; retrying in 1.0 s"
+    assert retry_text(retrying, 5, now_ms=9_500) == "attempt 2/5 · connection refused · next in 1 s"
+    sha = "ab" * 32
+    assert short_cause(f"checksum mismatch: expected sha256 {sha}, got {sha}") == (
+        "checksum mismatch: expected sha256 abababab…, got abababab…"
+    )
+    assert short_cause("HTTP 404 Not Found from http://127.0.0.1:9/x (after 4 attempts)") == (
+        "HTTP 404 Not Found (after 4 attempts)"
+    )
+
+
+def test_rows_say_pending_cancel_delete_pause_and_retry_at_once() -> None:
+    state = DashboardState(own_engine="me", max_attempts=4, wall_ms=lambda: 1_000)
+    state.apply_snapshot([Dataset("a"), Dataset("b"), Dataset("c"), Dataset("d")], [])
+    state.apply_job(job("a", JobStatus.WAITING))
+    state.ask(["a", "b"], "cancel")  # b has no job: nothing pending
+    assert state.row("a").info == "cancel pending" and state.row("b").info == ""
+    state.apply_job(job("a", JobStatus.CANCELED))
+    assert state.row("a").info == "" and "a" not in state.pending
+    state.apply_job(job("b", JobStatus.RUNNING), Dataset("b", status=Status.DOWNLOADING))
+    delete = Job(JobType.DELETE, "b", {}, id="del-b")
+    state.apply_job(delete)
+    assert state.row("b").job is not None and state.row("b").job.type == JobType.DOWNLOAD  # type: ignore[union-attr]
+    assert state.row("b").info == "delete pending"
+    state.apply_job(job("c", JobStatus.WAITING, error=PAUSED_MESSAGE))
+    assert state.row("c").info == "paused: p resumes"
+    retry = job("d", JobStatus.RETRYING, attempts=1, retry_at_ms=5_000)
+    retry.error = "attempt 1 failed: HTTP 503 Service Unavailable; retrying in 4.0 s"
+    state.apply_job(retry)
+    assert state.row("d").info == "attempt 2/4 · 503 · next in 4 s"
+    assert set(state.ticking()) == {"b", "d"}  # running and retrying rows tick; queued do not
+
+
+def test_a_sorted_field_that_changes_asks_for_a_resort() -> None:
+    state = DashboardState(own_engine="me")
+    state.apply_snapshot([Dataset("a"), Dataset("b")], [])
+    state.sort = "status"
+    assert state.visible() == ["a", "b"]
+    assert not state.needs_resort(["a"])
+    state.apply_job(job("a", JobStatus.COMPLETED), Dataset("a", status=Status.DOWNLOADED))
+    assert state.needs_resort(["a"])
+    assert state.visible() == ["b", "a"]
+    state.reverse = True
+    assert state.visible() == ["a", "b"]
+
+
+def test_totals_count_jobs_bytes_rate_and_view() -> None:
+    clock = Clock()
+    state = DashboardState(own_engine="me", clock=clock)
+    state.apply_snapshot([Dataset(n, expected_size=1000) for n in "abcd"], [])
+    state.apply_job(job("a", bytes_done=0, bytes_total=1000), Dataset("a", expected_size=1000))
+    state.apply_job(job("b", JobStatus.WAITING))
+    state.apply_job(job("c", JobStatus.WAITING, error=PAUSED_MESSAGE))
+    clock.now += 2
+    state.apply_job(job("a", bytes_done=400, bytes_total=1000))
+    state.marked = {"a", "b", "c"}
+    t = state.totals(shown=1)
+    assert (t.downloading, t.queued, t.paused, t.retrying) == (1, 1, 1, 0)
+    assert (t.bytes_done, t.bytes_total, t.rate) == (400, 3000, 200.0)
+    assert t.eta_s == pytest.approx(13, abs=0.1)
+    line = summary_line(t, 200, {str(k): v for k, v in COLOUR.items()}).plain
+    assert line == (
+        "1 downloading · 1 queued · 1 paused | 400 B of 2.9 KiB · 200 B/s · ETA 13s"
+        " | 1 of 4 shown · 3 marked"
+    )
+
+
+def test_summary_drops_low_priority_parts_to_fit() -> None:
+    t = Totals(
+        datasets=16, downloaded=3, failed=2, bytes_on_disk=0, downloading=4, queued=12,
+        retrying=1, bytes_done=312 * 1024**2, bytes_total=1024**3, rate=4.3 * 1024**2,
+        eta_s=160, shown=16, history=(1.0, 2.0, 4.0),
+    )  # fmt: skip
+    palette = {str(k): v for k, v in COLOUR.items()}
+    wide = summary_line(t, 200, palette).plain
+    assert wide.startswith(
+        "4 downloading · 12 queued · 1 retrying · 2 failed | 312 MiB of 1.0 GiB · 4.3 MiB/s"
+        " · ETA 2m40s · "
+    )
+    narrow = summary_line(t, 78, palette).plain
+    assert narrow == "4 downloading · 12 queued · 1 retrying · 2 failed | 4.3 MiB/s · ETA 2m40s"
+    idle = Totals(datasets=16, downloaded=3, failed=0, bytes_on_disk=2048, shown=16)
+    assert summary_line(idle, 78, palette).plain == "16 datasets · 3 downloaded · 2.0 KiB on disk"
+
+
+def test_sparkline_scales_to_the_peak() -> None:
+    assert sparkline([], 10) == ""
+    assert sparkline([0.0] * 60, 12) == "▁" * 12
+    line = sparkline([float(i) for i in range(60)], 12)
+    assert len(line) == 12 and line[0] == "▁" and line[-1] == "█"
+    assert list(line) == sorted(line)

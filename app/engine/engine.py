@@ -16,17 +16,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
-from filelock import FileLock, Timeout
+from filelock import FileLock
 
 from dsm.config import CONNECT_TIMEOUT, Settings
 from dsm.domain.events import EventKind, JobEvent, Listener
@@ -35,15 +33,15 @@ from dsm.domain.model import Dataset
 from dsm.engine import files
 from dsm.engine.handlers import Handlers
 from dsm.engine.ledger import Ledger, owner_lock_path
+from dsm.engine.locks import DatasetLocks
 from dsm.engine.outcome import Outcome
+from dsm.engine.progress import progress_meter
 from dsm.errors import BadInput, UnknownDataset
 from dsm.repository import Repository, StoreError, StoreFull, now_ms
 from dsm.transfer.single import ProgressFn
 
 log = logging.getLogger(__name__)
-PROGRESS_EVENT_INTERVAL = 0.1  # listeners hear progress at most 10 times a second
 STORE_FLUSH_INTERVAL = 1.0  # progress reaches the store at most once a second
-LOCK_POLL = 0.2
 STOPPED_MESSAGE = "stopped on request"
 SUSPENDED_MESSAGE = "interrupted when dsm quit; resumes at the next start"
 
@@ -79,7 +77,6 @@ class Engine:
         self._active: dict[str, Job] = {}
         self._scopes: dict[str, anyio.CancelScope] = {}
         self._queues: dict[str, MemoryObjectSendStream[str]] = {}
-        self._ds_locks: dict[str, anyio.Lock] = {}
         self._dirty: dict[str, Job] = {}
         self._picked: set[str] = set()  # jobs a worker has taken from a queue
         self._held: dict[str, str] = {}  # job id -> why it waits instead of being canceled
@@ -93,11 +90,9 @@ class Engine:
         # The store bookkeeping of jobs, and what each job type does.
         self.ledger = Ledger(settings, repo, self.owner, adopt_only)
         self.handlers = Handlers(settings, self.ledger, self._emit, self._progress_fn)
+        self._locks = DatasetLocks(settings.lock_dir, self.ledger)
 
     # -- plumbing ----------------------------------------------------------------------
-    def _lock_path(self, name: str) -> Path:
-        return self.settings.lock_dir / f"{name}.lock"
-
     def _emit(self, kind: EventKind, job: Job, ds: Dataset | None = None) -> None:
         event = JobEvent(kind, dataclasses.replace(job), ds and dataclasses.replace(ds))
         for listener in self.listeners:
@@ -305,28 +300,6 @@ class Engine:
                     finally:
                         self._picked.discard(job_id)
 
-    async def _lock_dataset(self, job: Job) -> FileLock:
-        """One job per dataset: in this process (anyio lock), and across processes (file lock).
-        A delete asks the other process that holds the dataset to cancel (as `c` in a
-        dashboard does), rather than wait out its download."""
-        name = job.dataset
-        await self._ds_locks.setdefault(name, anyio.Lock()).acquire()
-        lock = FileLock(self._lock_path(name), thread_local=False)
-        asked = job.type != JobType.DELETE
-        try:
-            while True:
-                try:
-                    lock.acquire(timeout=0)
-                    return lock
-                except Timeout:
-                    if not asked:
-                        asked = True
-                        await self.ledger.call(self.ledger.request_cancel, name)
-                    await anyio.sleep(LOCK_POLL)
-        except BaseException:
-            self._ds_locks[name].release()
-            raise
-
     async def _execute(self, job: Job) -> None:
         outcome: Outcome = (JobStatus.CANCELED, STOPPED_MESSAGE)
         had_copy: bool | None = None
@@ -334,7 +307,7 @@ class Engine:
         ds: Dataset | None = None
         try:
             with self._scopes[job.id]:
-                lock = await self._lock_dataset(job)
+                lock = await self._locks.acquire(job)
                 ds = await self.ledger.call(self.repo.dataset, job.dataset)
                 had_copy = files.still_verified(self.settings.home, ds)
                 job.status, job.started_ms, job.error = JobStatus.RUNNING, now_ms(), None
@@ -367,8 +340,7 @@ class Engine:
                         if ds is not None:  # a transfer abandoned on cancel may still write
                             home = self.settings.home
                             await anyio.to_thread.run_sync(files.writers_stopped, home, ds)
-                        lock.release()
-                        self._ds_locks[job.dataset].release()
+                        self._locks.release(job.dataset, lock)
 
     async def _finish(self, job: Job, outcome: Outcome, had_copy: bool | None) -> None:
         await self._finish_many([job], outcome, had_copy)
@@ -404,25 +376,11 @@ class Engine:
 
     # -- progress ----------------------------------------------------------------------
     def _progress_fn(self, job: Job) -> ProgressFn:
-        last = {"t": time.monotonic(), "bytes": -1}
+        return progress_meter(job, self._ticked)
 
-        def on_progress(done: int, total: int | None) -> None:
-            job.bytes_done, job.bytes_total = done, total
-            job.progress = 100.0 * done / total if total else 0.0
-            now = time.monotonic()
-            if last["bytes"] < 0:
-                last["t"], last["bytes"] = now, done
-                return
-            elapsed = now - last["t"]
-            if elapsed < PROGRESS_EVENT_INTERVAL and done != total:
-                return
-            instant = (done - last["bytes"]) / elapsed if elapsed > 0 else 0.0
-            job.rate = instant if job.rate == 0 else 0.3 * instant + 0.7 * job.rate
-            last["t"], last["bytes"] = now, done
-            self._dirty[job.id] = job
-            self._emit(EventKind.PROGRESS, job)
-
-        return on_progress
+    def _ticked(self, job: Job) -> None:
+        self._dirty[job.id] = job
+        self._emit(EventKind.PROGRESS, job)
 
     async def _flusher(self) -> None:
         while True:

@@ -31,12 +31,14 @@ from dsm.config import CONNECT_TIMEOUT, Settings
 from dsm.domain.events import EventKind, JobEvent, Listener
 from dsm.domain.jobs import Job, JobStatus, JobType, parse_params
 from dsm.domain.model import Dataset
+from dsm.domain.redact import redact_text
 from dsm.engine import files
 from dsm.engine.handlers import Handlers
 from dsm.engine.ledger import Ledger, owner_lock_path
 from dsm.engine.outcome import Outcome
 from dsm.errors import BadInput, UnknownDataset
 from dsm.repository import Repository, StoreError, now_ms
+from dsm.transfer.proxy import make_client
 from dsm.transfer.single import ProgressFn
 
 log = logging.getLogger(__name__)
@@ -100,7 +102,7 @@ class Engine:
         timeout = httpx.Timeout(CONNECT_TIMEOUT, read=self.settings.stall_timeout)
         try:
             # A sync client: transfers run in threads (see dsm/transfer/single.py for why).
-            with httpx.Client(timeout=timeout, limits=limits, trust_env=True) as client:
+            with make_client(timeout, limits) as client:
                 async with anyio.create_task_group() as tg:
                     self.handlers.client = client
                     for queue, count in (
@@ -285,7 +287,7 @@ class Engine:
 
     async def _finish(self, job: Job, outcome: Outcome, had_copy: bool | None) -> None:
         job.status, error = outcome
-        job.error = None if job.status == JobStatus.COMPLETED else error
+        job.error = None if job.status == JobStatus.COMPLETED or not error else redact_text(error)
         job.finished_ms = now_ms()
         if job.status == JobStatus.CANCELED and self._suspending:
             job.status, job.error = JobStatus.WAITING, SUSPENDED_MESSAGE

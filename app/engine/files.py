@@ -32,8 +32,14 @@ RESET_FIELDS: dict[str, Any] = {
 
 
 def target(home: Path, ds: Dataset) -> Path:
-    """The dataset's final path; ValueError when it would leave the home."""
-    return resolve_inside(home, ds.local_path)
+    """The dataset's final path; ValueError when it would leave the home or is a folder."""
+    path = resolve_inside(home, ds.local_path)
+    if path.is_dir():  # checked before a .part is written beside it
+        raise ValueError(
+            f"local_path {ds.local_path!r} is an existing folder ({path}): "
+            "move it away or give the dataset another local_path"
+        )
+    return path
 
 
 def part_of(path: Path) -> Path:

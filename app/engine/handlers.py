@@ -18,6 +18,7 @@ from typing import Any
 import anyio
 import httpx
 
+from dsm.catalog.secrets import source_url
 from dsm.config import Settings
 from dsm.domain.events import EventKind
 from dsm.domain.jobs import Job, JobStatus, JobType
@@ -25,10 +26,10 @@ from dsm.domain.model import Dataset, Status
 from dsm.engine import files
 from dsm.engine.ledger import Ledger
 from dsm.engine.outcome import Outcome
-from dsm.errors import TransferError, retry_after, retryable
+from dsm.errors import QUICK_RETRIES, TransferError, Unreachable, retry_after, retryable
 from dsm.repository import now_ms
 from dsm.transfer import single as transfer
-from dsm.transfer.http import Fetched, HostSlots, Policy, RetryBudget
+from dsm.transfer.http import Fetched, HostSlots, Policy, RetryBudget, secure_origin
 from dsm.transfer.partfile import discard_partial
 
 SKIP_MESSAGE = "already downloaded; use --force-download (force_download: true) to fetch again"
@@ -37,13 +38,18 @@ Handler = Callable[[Job, Dataset, bool], Awaitable[Outcome]]
 
 
 def host_headers(settings: Settings, url: str) -> dict[str, str]:
-    """Headers configured for the URL's host (tokens); only ever sent over https."""
+    """Headers configured for the URL's origin (scheme, host, port): tokens. Only ever sent
+    over https or to this machine, and a redirect to another origin gets that origin's."""
     parsed = httpx.URL(url)
-    if parsed.scheme != "https":  # credentials never travel in clear text
+    if not secure_origin(parsed):  # credentials never travel in clear text
         return {}
-    host = (parsed.host or "").lower()
-    out = {n: v for h, n, v in settings.host_headers if h == host}
-    if host == "huggingface.co" and settings.hf_token:
+    host, port, scheme = (parsed.host or "").lower(), parsed.port, parsed.scheme
+    shown = f"[{host}]" if ":" in host else host
+    keys = {f"{shown}:{port}", f"{scheme}://{shown}:{port}"}
+    if port is None:  # the scheme's own port: a bare host names it
+        keys |= {shown, f"{scheme}://{shown}"}
+    out = {n: v for k, n, v in settings.host_headers if k in keys}
+    if (scheme, host, port) == ("https", "huggingface.co", None) and settings.hf_token:
         out["Authorization"] = f"Bearer {settings.hf_token}"
     return out
 
@@ -68,6 +74,8 @@ class Handlers:
             segments=settings.segments,
             segment_min=settings.segment_min,
             retry_delay=settings.retry_delay,
+            low_speed_limit=settings.low_speed_limit,
+            low_speed_time=settings.low_speed_time,
         )
 
     def for_type(self, job_type: JobType) -> Handler:
@@ -140,14 +148,21 @@ class Handlers:
     async def _fetch(self, job: Job, ds: Dataset, target: Path) -> Fetched | Outcome:
         """The transfer with the job's retry budget: only what can heal is tried again."""
         assert self.client is not None
+        try:  # the row's URL, or the catalogue's when the row keeps it without credentials
+            url = await anyio.to_thread.run_sync(
+                source_url, self.settings.catalog, ds.name, ds.original_url
+            )
+        except ValueError as exc:
+            return JobStatus.FAILED, str(exc)
         # Attempts of an adopted job count: the budget is what the earlier process left.
         budget = RetryBudget(self.settings.max_retries - job.attempts)
+        quick = 0  # retries spent on an unreachable host
         while True:
             job.attempts += 1
             try:
                 return await transfer.fetch(
                     self.client,
-                    ds.original_url,
+                    url,
                     target,
                     expected_size=ds.expected_size,
                     host_headers=lambda url: host_headers(self.settings, url),
@@ -157,7 +172,8 @@ class Handlers:
                     budget=budget,
                 )
             except TransferError as exc:
-                if not retryable(exc) or not budget.draw():
+                quick += isinstance(exc, Unreachable)
+                if not retryable(exc) or quick > QUICK_RETRIES or not budget.draw():
                     tries = f" (after {job.attempts} attempts)" if job.attempts > 1 else ""
                     return JobStatus.FAILED, f"{exc}{tries}"
                 await self._wait_retry(job, exc)

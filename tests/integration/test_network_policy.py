@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from dsm.catalog.sync import sync_catalog
 from dsm.domain.jobs import JobStatus, JobType
 from dsm.errors import BadResponse
 from dsm.transfer.http import open_stream
@@ -198,3 +199,26 @@ async def test_no_proxy_cidr_bypasses_the_proxy(
     assert run.job.status == JobStatus.FAILED
     assert f"the proxy {proxy} failed" in (run.job.error or "")
     assert "offline" not in (run.job.error or "")
+
+
+async def test_a_store_from_before_loses_its_credentials_and_keeps_its_copy(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    """A row that an older dsm stored with the password: the next start stores it redacted,
+    and the copy it fetched from that very URL is still trusted (not outdated)."""
+    data = blob(8)
+    url = server.add("a.bin", data).replace("://", "://alice:pw@")
+    cat = catalog(a=url)
+    settings, repo = setup(home, cat)
+    assert (await run_jobs(settings, repo, JobType.DOWNLOAD, "a")).job.status.ok
+    doc = json.loads((home / "db.json").read_text())
+    row = next(iter(doc["datasets"].values()))
+    row["original_url"] = url  # as the older dsm kept it
+    doc["meta"] = {}  # and no stamp of this version's registration
+    (home / "db.json").write_text(json.dumps(doc))
+    _, repo = setup(home, cat)  # opening the home registers the catalogue again
+    sync_catalog(repo, cat, home)
+    ds = repo.dataset("a")
+    assert ds.original_url == url.replace("alice:pw", "[redacted]")
+    assert ds.downloaded and not ds.outdated
+    assert "alice:pw" not in (home / "db.json").read_text()

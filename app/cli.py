@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import sys
@@ -14,7 +15,7 @@ from typing import Any
 from dsm import completion, crashlog, humanize
 from dsm.catalog import sync
 from dsm.completion import SHELLS
-from dsm.config import Settings, load_settings
+from dsm.config import Settings, load_settings, network_filesystem
 from dsm.domain.jobs import PARAMS_SCHEMA, JobType, parse_params
 from dsm.domain.model import Dataset
 from dsm.domain.paging import MAX_PAGE_SIZE, page_of
@@ -45,6 +46,7 @@ def _global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
     add("--all", action="store_true", default=False, help="every dataset, for --run-job")
     add("--force-download", action="store_true", default=False, help="fetch even if verified")
     add("--params", metavar="JSON", help='job params, e.g. \'{"dataset": "gsm8k"}\'')
+    add("--cache-url", metavar="S3URL", help="team cache s3://BUCKET/PREFIX (env DSM_CACHE_URL)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,7 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     srv = sub.add_parser("serve", help="run the engine behind the HTTP API")
     srv.add_argument("--host", default="127.0.0.1", help="beyond loopback needs DSM_API_TOKEN")
     srv.add_argument("--port", type=int, default=8080, help="TCP port (0: any free port)")
-    for p in (lst, show, sub.choices["job-params"], srv):
+    cache = sub.add_parser("cache", help="the team cache on S3-compatible storage")
+    cache_sub = cache.add_subparsers(dest="cache_command", metavar="ACTION", required=True)
+    status = cache_sub.add_parser("status", help="bucket, reachability, datasets it holds")
+    push = cache_sub.add_parser("push", help="publish verified local copies")
+    push.add_argument("names", nargs="*", metavar="NAME", help="datasets to publish, or --all")
+    for p in (lst, show, sub.choices["job-params"], srv, cache, status, push):
         _global_options(p, defaults=False)
     comp = sub.add_parser("completion", help="print the shell completion script")
     comp.add_argument("shell", choices=SHELLS, help="bash, zsh or fish")
@@ -84,7 +91,16 @@ def open_home(args: argparse.Namespace) -> tuple[Settings, Repository]:
         job_timeout=args.job_timeout,
         stall_timeout=args.stall_timeout,
         workers=args.workers,
+        cache_url=args.cache_url,
     )
+    fs = network_filesystem(settings.home)
+    if fs is not None:
+        print(
+            f"dsm: warning: the data home {settings.home} is on {fs}: file locks are unreliable "
+            "there; keep the home on a local disk and share datasets with a team cache "
+            "(DSM_CACHE_URL)",
+            file=sys.stderr,
+        )
     return settings, sync.open_home(settings)
 
 
@@ -140,6 +156,37 @@ def cmd_show(args: argparse.Namespace, repo: Repository) -> int:
     return 0
 
 
+def cmd_cache(args: argparse.Namespace, settings: Settings, repo: Repository) -> int:
+    """`dsm cache status` and `dsm cache push`."""
+    from dsm.engine.cache import CacheSide  # obstore loads for this command only
+    from dsm.transfer.s3cache import CacheError
+
+    side = CacheSide(settings)
+    datasets = repo.datasets()
+    try:
+        if args.cache_command == "status":
+            report = side.report(datasets)
+            if args.json:
+                _print_json(dataclasses.asdict(report))
+            else:
+                state = "reachable" if report.reachable else f"NOT reachable: {report.error}"
+                print(f"team cache   {report.url} ({state})")
+                print(f"holds        {report.held} of {report.total} datasets")
+                print(f"checksum     known for {report.known} (the rest are found by source)")
+            return 0 if report.reachable else EXIT_FAILED
+        chosen = datasets if args.all else [repo.dataset(n) for n in args.names]
+        pushed, skipped = side.push(settings.home, chosen)
+    except UnknownDataset as exc:
+        raise BadInput(f"dataset not found: {exc}") from None
+    except CacheError as exc:
+        raise DsmError(str(exc)) from None
+    for name in pushed:
+        print(f"pushed       {name}")
+    for name in skipped:
+        print(f"not verified {name} (download it first)")
+    return 0
+
+
 def job_params(args: argparse.Namespace, repo: Repository) -> list[dict[str, Any]]:
     """The params of each job --run-job asked for, validated before anything starts."""
     names = {d.name for d in repo.datasets()}
@@ -173,6 +220,10 @@ def check_combination(args: argparse.Namespace) -> None:
     ]
     if args.run_job and args.command:
         raise BadInput(f"--run-job cannot be combined with the '{args.command}' command")
+    if args.command == "cache" and args.cache_command == "push":
+        if bool(args.names) == bool(args.all):
+            raise BadInput("dsm cache push takes dataset names or --all")
+        job_flags = [f for f in job_flags if f != "--all"]  # push's own --all
     if job_flags and not args.run_job:
         raise BadInput(f"{', '.join(job_flags)}: only with --run-job")
     if sum(bool(x) for x in (args.dataset, args.all, args.params)) > 1:
@@ -197,6 +248,8 @@ def run(argv: Sequence[str] | None) -> int:
         return cmd_list(args, repo)
     if args.command == "show":
         return cmd_show(args, repo)
+    if args.command == "cache":
+        return cmd_cache(args, settings, repo)
     if args.command == "serve":
         from dsm.api.serve import serve  # Starlette and uvicorn load for this command only
 

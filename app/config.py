@@ -60,6 +60,10 @@ class Settings:
     host_headers: tuple[tuple[str, str, str], ...] = ()
     # Sent as a Bearer token to huggingface.co only (gated datasets), never to another host.
     hf_token: str | None = None
+    # The team cache (s3://BUCKET/PREFIX, DSM_CACHE_URL), and whether verified downloads are
+    # published to it (DSM_CACHE_PUSH=0 for read-only credentials).
+    cache_url: str | None = None
+    cache_push: bool = True
 
     @property
     def db_path(self) -> Path:
@@ -147,6 +151,7 @@ def load_settings(
     job_timeout: str | None = None,
     stall_timeout: str | None = None,
     workers: str | None = None,
+    cache_url: str | None = None,
     env: Mapping[str, str] | None = None,
 ) -> Settings:
     """Resolve settings; a flag (given as its raw string) wins over the environment."""
@@ -201,4 +206,52 @@ def load_settings(
         ),
         host_headers=parse_host_headers(env.get("DSM_HEADERS", "")),
         hf_token=env.get("HF_TOKEN") or None,
+        cache_url=_cache_url(*pick(cache_url, "DSM_CACHE_URL")),
+        cache_push=_flag("DSM_CACHE_PUSH", env.get("DSM_CACHE_PUSH"), default=True),
     )
+
+
+def _cache_url(name: str, raw: str | None) -> str | None:
+    if not raw:
+        return None
+    scheme, sep, rest = raw.partition("://")
+    if scheme != "s3" or not sep or not rest.split("/")[0]:
+        raise BadInput(f"{name}={raw!r}: a team cache URL looks like s3://BUCKET/PREFIX")
+    return raw
+
+
+def _flag(name: str, raw: str | None, *, default: bool) -> bool:
+    if raw is None or raw == "":
+        return default
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise BadInput(f"{name}={raw!r}: use 1 or 0")
+
+
+# Filesystems on which file locks are unreliable or silently no-ops (huggingface_hub #2038,
+# #2399, #2543; datasets #6744): two hosts could write one partial file.
+NETWORK_FILESYSTEMS = frozenset(
+    {"nfs", "nfs4", "lustre", "gpfs", "cifs", "smb3", "smbfs", "ceph", "fuse.sshfs", "9p"}
+)
+
+
+def network_filesystem(path: Path, mounts: Path = Path("/proc/mounts")) -> str | None:
+    """The type of the network filesystem `path` lives on, or None (local, or unknown)."""
+    try:
+        lines = mounts.read_text().splitlines()
+    except OSError:
+        return None
+    best, kind = "", ""
+    target = str(path.absolute())
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = fields[1].replace("\\040", " ")
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) > len(best):
+            best, kind = point, fields[2]
+    return kind if kind in NETWORK_FILESYSTEMS else None

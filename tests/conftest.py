@@ -21,6 +21,7 @@ from dsm.config import Settings, load_settings
 from dsm.repository import Repository
 from dsm.store import Store
 from tests.httpserver import FileServer
+from tests.s3server import s3  # noqa: F401  (the fixture: a real S3 API server)
 
 # Fast retries and short stalls so fault tests finish in seconds; they are settings, not sleeps.
 TEST_ENV = {

@@ -76,6 +76,8 @@ class Dataset:
     outdated: bool = False
     # The entry left the catalogue; the row and any file are kept until deleted.
     in_catalog: bool = True
+    # Where the verified copy came from: "origin", a mirror's URL, or "team cache".
+    served_by: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         # Every field is a plain value: no deep copy (dataclasses.asdict) is needed.

@@ -28,6 +28,7 @@ RESET_FIELDS: dict[str, Any] = {
     "download_progress": 0.0,
     "outdated": False,
     "error": None,
+    "served_by": None,
 }
 
 

@@ -24,6 +24,7 @@ from dsm.domain.events import EventKind
 from dsm.domain.jobs import Job, JobStatus, JobType
 from dsm.domain.model import Dataset, Status
 from dsm.engine import files
+from dsm.engine.cache import SERVED_BY_CACHE, SERVED_BY_ORIGIN, CacheSide
 from dsm.engine.ledger import Ledger
 from dsm.engine.outcome import Outcome
 from dsm.errors import QUICK_RETRIES, TransferError, Unreachable, retry_after, retryable
@@ -69,6 +70,7 @@ class Handlers:
         self._progress = progress
         self.client: httpx.Client | None = None  # set while the engine runs
         self._slots = HostSlots(settings.host_connections)
+        self.cache = CacheSide(settings)
         self._policy = Policy(
             stall_timeout=settings.stall_timeout,
             segments=settings.segments,
@@ -110,7 +112,12 @@ class Handlers:
                 abandon_on_cancel=True,  # it only reads
             )
         if installed is None or files.integrity_problem(ds, installed.size, installed.sha256):
-            fetched = await self._fetch(job, ds, target)
+            served_by = SERVED_BY_CACHE
+            fetched: Fetched | Outcome | None = await self.cache.fetch(
+                ds, target, lambda url, size: self._transfer(job, url, target, size)
+            )
+            if fetched is None:
+                served_by, fetched = SERVED_BY_ORIGIN, await self._fetch(job, ds, target)
             if not isinstance(fetched, Fetched):
                 return fetched
             await self._set(job, Status.VERIFYING)
@@ -123,13 +130,24 @@ class Handlers:
                 installed = await anyio.to_thread.run_sync(
                     files.install, target, fetched.size, fetched.sha256
                 )
-                await self._record_install(job, installed, target)
+                await self._record_install(job, installed, target, served_by)
+            if served_by == SERVED_BY_ORIGIN:  # share it; the row already says downloaded
+                await anyio.to_thread.run_sync(
+                    self.cache.publish,
+                    ds,
+                    target,
+                    fetched.sha256,
+                    fetched.size,
+                    abandon_on_cancel=True,  # create-only: an upload left running is harmless
+                )
         else:
             with anyio.CancelScope(shield=True):
                 await self._record_install(job, installed, target)
         return JobStatus.COMPLETED, None
 
-    async def _record_install(self, job: Job, installed: files.Installed, target: Path) -> None:
+    async def _record_install(
+        self, job: Job, installed: files.Installed, target: Path, served_by: str | None = None
+    ) -> None:
         job.progress, job.bytes_done = 100.0, installed.size
         await self._set(
             job,
@@ -142,12 +160,12 @@ class Handlers:
             download_progress=100.0,
             outdated=False,
             error=None,
+            **({"served_by": served_by} if served_by else {}),
         )
         await anyio.to_thread.run_sync(files.forget_install, target)
 
     async def _fetch(self, job: Job, ds: Dataset, target: Path) -> Fetched | Outcome:
         """The transfer with the job's retry budget: only what can heal is tried again."""
-        assert self.client is not None
         try:  # the row's URL, or the catalogue's when the row keeps it without credentials
             url = await anyio.to_thread.run_sync(
                 source_url, self.settings.catalog, ds.name, ds.original_url
@@ -160,23 +178,35 @@ class Handlers:
         while True:
             job.attempts += 1
             try:
-                return await transfer.fetch(
-                    self.client,
-                    url,
-                    target,
-                    expected_size=ds.expected_size,
-                    host_headers=lambda url: host_headers(self.settings, url),
-                    progress=self._progress(job),
-                    policy=self._policy,
-                    slots=self._slots,
-                    budget=budget,
-                )
+                return await self._transfer(job, url, target, ds.expected_size, budget)
             except TransferError as exc:
                 quick += isinstance(exc, Unreachable)
                 if not retryable(exc) or quick > QUICK_RETRIES or not budget.draw():
                     tries = f" (after {job.attempts} attempts)" if job.attempts > 1 else ""
                     return JobStatus.FAILED, f"{exc}{tries}"
                 await self._wait_retry(job, exc)
+
+    async def _transfer(
+        self,
+        job: Job,
+        url: str,
+        target: Path,
+        expected_size: int | None,
+        budget: RetryBudget | None = None,
+    ) -> Fetched:
+        """One transfer of `url` into `target`'s partial file (no retries without a budget)."""
+        assert self.client is not None
+        return await transfer.fetch(
+            self.client,
+            url,
+            target,
+            expected_size=expected_size,
+            host_headers=lambda u: host_headers(self.settings, u),
+            progress=self._progress(job),
+            policy=self._policy,
+            slots=self._slots,
+            budget=budget or RetryBudget(0),
+        )
 
     async def _wait_retry(self, job: Job, exc: TransferError) -> None:
         delay = retry_after(exc)

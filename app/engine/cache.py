@@ -1,0 +1,140 @@
+"""The team cache as the engine uses it: look up before the origin, publish after a verified
+download, push and report on demand. Nothing here raises a cache failure at a job: each one
+becomes a single warning (per cause, per process) and the origin is used instead."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+
+from dsm.config import Settings
+from dsm.domain.model import Dataset
+from dsm.engine import files
+from dsm.errors import TransferError
+from dsm.transfer.http import Fetched
+from dsm.transfer.partfile import discard_partial
+from dsm.transfer.s3cache import CachedFile, CacheError, TeamCache
+
+log = logging.getLogger("dsm.cache")
+
+SERVED_BY_ORIGIN = "origin"
+SERVED_BY_CACHE = "team cache"
+# After a failure the cache is left alone for a while: with thousands of datasets, an outage
+# would otherwise cost every job a time-out and print a warning each.
+RESTING = 60.0
+
+
+@dataclass(frozen=True)
+class CacheReport:
+    url: str
+    reachable: bool
+    error: str | None
+    held: int  # datasets of the catalogue whose verified file the cache holds
+    known: int  # datasets whose checksum is known (catalogue or a verified copy)
+    total: int
+
+
+class CacheSide:
+    def __init__(self, settings: Settings) -> None:
+        self.cache = (
+            TeamCache(settings.cache_url, push=settings.cache_push) if settings.cache_url else None
+        )
+        self._resting_until = 0.0
+        self._warned = False
+        self._lock = threading.Lock()
+
+    @property
+    def enabled(self) -> bool:
+        return self.cache is not None and time.monotonic() >= self._resting_until
+
+    def failed(self, what: str, exc: BaseException | str) -> None:
+        """Rest the cache after a failure; warn once per process, not once per job."""
+        with self._lock:
+            self._resting_until = time.monotonic() + RESTING
+            if self._warned:
+                return
+            self._warned = True
+        log.warning("dsm: team cache: %s failed (%s); using the origin", what, exc)
+
+    def find(self, ds: Dataset) -> CachedFile | None:
+        """The cached copy of `ds`, by its expected checksum or its source's pointer."""
+        if self.cache is None or not self.enabled:
+            return None
+        try:
+            return self.cache.find(ds.expected_sha256, ds.original_url)
+        except CacheError as exc:
+            self.failed("the look-up", exc)
+            return None
+
+    async def fetch(
+        self, ds: Dataset, target: Path, transfer: Callable[[str, int], Awaitable[Fetched]]
+    ) -> Fetched | None:
+        """The file from the cache through `transfer(url, size)`, verified; None to go to the
+        origin instead (not held, the cache failed, or it held other bytes)."""
+        if not self.enabled:
+            return None
+        cached = await anyio.to_thread.run_sync(self.find, ds, abandon_on_cancel=True)
+        if cached is None:
+            return None
+        try:
+            fetched = await transfer(cached.url, cached.size)
+        except TransferError as exc:  # its message carries no presigned query
+            self.failed("the download", exc)
+            return None
+        if fetched.sha256 == cached.sha256 and not files.integrity_problem(
+            ds, fetched.size, fetched.sha256
+        ):
+            return fetched
+        await anyio.to_thread.run_sync(discard_partial, files.part_of(target))
+        log.warning(
+            "dsm: team cache: held a bad object for %s (sha256 %s); using the origin",
+            ds.name,
+            cached.sha256,
+        )
+        return None
+
+    def publish(self, ds: Dataset, path: Path, sha256: str, size: int) -> None:
+        """Share a verified file with the team, unless pushing is off."""
+        if self.cache is None or not self.cache.push or not self.enabled:
+            return
+        try:
+            self.cache.publish(path, sha256, size, ds.original_url)
+        except (CacheError, OSError) as exc:
+            self.failed("publishing", exc)
+
+    def push(self, home: Path, datasets: list[Dataset]) -> tuple[list[str], list[str]]:
+        """Publish every dataset whose local copy is still verified; (pushed, not pushed)."""
+        if self.cache is None:
+            raise CacheError("no team cache: set DSM_CACHE_URL or --cache-url")
+        pushed: list[str] = []
+        skipped: list[str] = []
+        for ds in datasets:
+            if not files.still_verified(home, ds) or ds.checksum is None or ds.size is None:
+                skipped.append(ds.name)
+                continue
+            self.cache.publish(files.target(home, ds), ds.checksum, ds.size, ds.original_url)
+            pushed.append(ds.name)
+        return pushed, skipped
+
+    def report(self, datasets: list[Dataset]) -> CacheReport:
+        """Where the cache is, whether it answers, and how much of the catalogue it holds."""
+        if self.cache is None:
+            raise CacheError("no team cache: set DSM_CACHE_URL or --cache-url")
+        url, held, known = self.cache.url, 0, 0
+        try:
+            self.cache.ping()
+            for ds in datasets:
+                sha = ds.expected_sha256 or (ds.checksum if ds.downloaded else None)
+                if sha is not None:
+                    known += 1
+                if self.cache.find(sha, ds.original_url) is not None:
+                    held += 1
+        except CacheError as exc:
+            return CacheReport(url, False, str(exc), held, known, len(datasets))
+        return CacheReport(url, True, None, held, known, len(datasets))

@@ -1,0 +1,228 @@
+"""A team cache on S3-compatible object storage: content-addressed, verified, create-only.
+
+Layout under `s3://BUCKET/PREFIX`:
+- `sha256/<first two hex>/<sha256>`: one immutable object per verified file;
+- `sources/<sha256 of the source id>.json`: a small pointer (source, sha256, size, validator,
+  verified_at) so a machine can find a file whose checksum it does not know yet.
+Both are written with create-only conditional puts: the first verified copy wins and nothing is
+ever overwritten. Reads go through presigned URLs, so the bytes travel through dsm's own
+transfer code (resume, progress, single-pass SHA-256) like any other URL.
+
+Every failure of the cache (network, credentials, throttling, a missing bucket) is a
+`CacheError`; the engine then falls back to the origin, so the cache can never fail a job.
+obstore is used (one small wheel, conditional puts and presigned URLs, the AWS settings read
+the way the AWS SDKs read them); the AWS profile files, which obstore does not read, are read
+here.
+"""
+
+from __future__ import annotations
+
+import configparser
+import contextlib
+import datetime
+import hashlib
+import json
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import obstore
+from obstore.exceptions import AlreadyExistsError, BaseError
+from obstore.store import S3Store
+
+PRESIGN_FOR = datetime.timedelta(hours=1)
+# A cache that does not answer must not hold a job up: short timeouts, one retry.
+CLIENT_OPTIONS = {"timeout": "30s", "connect_timeout": "3s"}
+RETRY = {"max_retries": 1, "retry_timeout": datetime.timedelta(seconds=10)}
+_ENV_KEYS = {  # obstore config key -> (environment variable, profile file key)
+    "access_key_id": ("AWS_ACCESS_KEY_ID", "aws_access_key_id"),
+    "secret_access_key": ("AWS_SECRET_ACCESS_KEY", "aws_secret_access_key"),
+    "session_token": ("AWS_SESSION_TOKEN", "aws_session_token"),
+    "region": ("AWS_REGION", "region"),
+    "endpoint": ("AWS_ENDPOINT_URL", "endpoint_url"),
+}
+
+
+class CacheError(Exception):
+    """The team cache could not be used; the caller falls back to the origin."""
+
+
+@dataclass(frozen=True)
+class CachedFile:
+    """A verified file the cache holds, and a presigned URL to read it."""
+
+    sha256: str
+    size: int
+    url: str
+
+
+def source_id(url: str) -> str:
+    """The normalised source a pointer is filed under: scheme and host in lower case, no
+    credentials, no fragment, no default port (a Hub source passes `hf://...@commit/path`)."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    default = {"http": 80, "https": 443}.get(parts.scheme.lower())
+    port = f":{parts.port}" if parts.port and parts.port != default else ""
+    query = f"?{parts.query}" if parts.query else ""
+    return f"{parts.scheme.lower()}://{host}{port}{parts.path or '/'}{query}"
+
+
+def object_key(sha256: str) -> str:
+    return f"sha256/{sha256[:2]}/{sha256}"
+
+
+def pointer_key(source: str) -> str:
+    return f"sources/{hashlib.sha256(source_id(source).encode()).hexdigest()}.json"
+
+
+def _profile(env: Mapping[str, str]) -> dict[str, str]:
+    """The AWS profile files' values for the active profile (`AWS_PROFILE`, else default)."""
+    name = env.get("AWS_PROFILE") or "default"
+    home = Path(env.get("HOME") or Path.home())
+    out: dict[str, str] = {}
+    files = (
+        (env.get("AWS_CONFIG_FILE") or home / ".aws" / "config", f"profile {name}"),
+        (env.get("AWS_SHARED_CREDENTIALS_FILE") or home / ".aws" / "credentials", name),
+    )
+    for path, section in files:
+        parser = configparser.ConfigParser()
+        try:
+            parser.read(path)
+        except configparser.Error as exc:
+            raise CacheError(f"cannot read AWS settings {path}: {exc}") from None
+        for sect in (section, name):  # the config file also accepts a bare [default]
+            if parser.has_section(sect):
+                out.update(parser.items(sect))
+    return out
+
+
+def s3_config(env: Mapping[str, str]) -> dict[str, str]:
+    """obstore's S3 settings: the environment first, then the AWS profile files."""
+    profile = _profile(env)
+    config: dict[str, str] = {}
+    for key, (var, file_key) in _ENV_KEYS.items():
+        value = env.get(var) or profile.get(file_key)
+        if value:
+            config[key] = value
+    if "region" not in config and env.get("AWS_DEFAULT_REGION"):
+        config["region"] = env["AWS_DEFAULT_REGION"]
+    return config
+
+
+def _short(exc: BaseException) -> str:
+    """obstore's messages carry the whole HTTP exchange; its cause is enough for a user."""
+    lines = str(exc).strip().splitlines()
+    first = lines[0] if lines else type(exc).__name__
+    _, cause_sep, cause = first.rpartition("source: ")
+    return (cause if cause_sep else first)[:160]
+
+
+class TeamCache:
+    """The cache at `url` (`s3://BUCKET/PREFIX`)."""
+
+    def __init__(self, url: str, *, push: bool = True, env: Mapping[str, str] | None = None):
+        parts = urlsplit(url)
+        if parts.scheme != "s3" or not parts.netloc:
+            raise ValueError(f"team cache URL must look like s3://BUCKET/PREFIX, got {url!r}")
+        self.url = url.rstrip("/")
+        self.push = push
+        self.bucket, self.prefix = parts.netloc, parts.path.strip("/")
+        self._env = os.environ if env is None else env
+        self._store: S3Store | None = None
+
+    def _s3(self) -> S3Store:
+        if self._store is None:
+            config = s3_config(self._env)
+            options: dict[str, Any] = dict(CLIENT_OPTIONS)
+            if config.get("endpoint", "").startswith("http://"):
+                options["allow_http"] = True
+            try:
+                self._store = S3Store(
+                    self.bucket,
+                    prefix=self.prefix or None,
+                    config=config,  # type: ignore[arg-type]
+                    client_options=options,  # type: ignore[arg-type]
+                    retry_config=RETRY,  # type: ignore[arg-type]
+                )
+            except (BaseError, ValueError) as exc:
+                raise CacheError(f"{self.url}: {_short(exc)}") from None
+        return self._store
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(self._s3(), *args, **kwargs)
+        except (FileNotFoundError, AlreadyExistsError):
+            raise
+        except (BaseError, OSError, ValueError, RuntimeError) as exc:
+            raise CacheError(f"{self.url}: {what}: {_short(exc)}") from None
+
+    # -- reading ---------------------------------------------------------------------
+    def size_of(self, sha256: str) -> int | None:
+        """The size of the object for `sha256`, or None when the cache does not hold it."""
+        try:
+            meta = self._call("look-up", obstore.head, object_key(sha256))
+        except FileNotFoundError:
+            return None
+        return int(meta["size"])
+
+    def pointer(self, source: str) -> dict[str, Any] | None:
+        """The pointer a machine left for `source`, or None."""
+        try:
+            raw = self._call("pointer", obstore.get, pointer_key(source)).bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            doc = json.loads(bytes(raw))
+        except ValueError:
+            return None  # not ours, or damaged: as if absent
+        ok = isinstance(doc, dict) and isinstance(doc.get("sha256"), str)
+        return doc if ok else None
+
+    def find(self, sha256: str | None, source: str) -> CachedFile | None:
+        """The cached file for a known checksum, or for the source's pointer when the
+        checksum is not known yet; None when the cache holds neither."""
+        if sha256 is None:
+            doc = self.pointer(source)
+            if doc is None:
+                return None
+            sha256 = str(doc["sha256"])
+        size = self.size_of(sha256)
+        if size is None:
+            return None
+        url = self._call("presign", obstore.sign, "GET", object_key(sha256), PRESIGN_FOR)
+        return CachedFile(sha256, size, str(url))
+
+    # -- writing ---------------------------------------------------------------------
+    def publish(
+        self, path: Path, sha256: str, size: int, source: str, validator: str | None = None
+    ) -> bool:
+        """Upload a verified file and its pointer, create-only; True when this call created
+        the object (False: another machine was first, which is just as good)."""
+        created = True
+        if self.size_of(sha256) is None:
+            try:
+                self._call("upload", obstore.put, object_key(sha256), path, mode="create")
+            except AlreadyExistsError:
+                created = False  # a race with another machine: the same bytes by definition
+        else:
+            created = False
+        pointer = {
+            "source": source_id(source),
+            "sha256": sha256,
+            "size": size,
+            "validator": validator,
+            "verified_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        body = json.dumps(pointer).encode()
+        with contextlib.suppress(AlreadyExistsError):  # the first verified copy's pointer stays
+            self._call("pointer", obstore.put, pointer_key(source), body, mode="create")
+        return created
+
+    def ping(self) -> None:
+        """Raise CacheError unless the bucket answers."""
+        # A listing, not a HEAD: a missing bucket and a missing object both answer 404 to HEAD.
+        self._call("reach", obstore.list_with_delimiter, "sources/")

@@ -13,7 +13,7 @@ import pytest
 from tests.conftest import CatalogFn, dsm_env, run_dsm
 
 NAMES = ["alpha", "beta", "gsm8k"]
-COMMANDS = ["list", "show", "job-params", "serve", "completion"]
+COMMANDS = ["list", "show", "job-params", "serve", "cache", "completion"]
 
 
 @pytest.fixture

@@ -35,7 +35,7 @@ SEED_COLUMNS = {
 }
 CATALOGUE_FIELDS = {"expected_size", "expected_sha256"}
 # dsm's own additions, documented in the README.
-EXTRA_FIELDS = {"file_mtime_ns", "outdated", "in_catalog"}
+EXTRA_FIELDS = {"file_mtime_ns", "outdated", "in_catalog", "served_by"}
 
 
 def test_fields_are_the_seed_columns_plus_the_catalogue_ones() -> None:

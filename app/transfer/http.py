@@ -181,7 +181,7 @@ def http_error(answer: Answer) -> HttpStatusError:
     )
 
 
-OFFLINE_HINT = "is this machine offline? (DSM_OFFLINE=1 skips the network)"
+OFFLINE = "this machine offline? (DSM_OFFLINE=1 skips the network)"
 
 
 def _unreachable(exc: httpx.HTTPError, url: str) -> Unreachable | None:
@@ -192,12 +192,10 @@ def _unreachable(exc: httpx.HTTPError, url: str) -> Unreachable | None:
     cause: BaseException | None = exc
     while cause is not None:
         if isinstance(cause, socket.gaierror):
-            return Unreachable(f"cannot resolve {parsed.host}: {OFFLINE_HINT}")
+            return Unreachable(f"cannot resolve {parsed.host}: is {OFFLINE}")
         if isinstance(cause, ConnectionRefusedError):
             where = f"{parsed.host}:{parsed.port or (443 if parsed.scheme == 'https' else 80)}"
-            return Unreachable(
-                f"connection refused by {where}: is the server down, or {OFFLINE_HINT[3:]}"
-            )
+            return Unreachable(f"connection refused by {where}: is the server down, or {OFFLINE}")
         cause = cause.__cause__ or cause.__context__
     return None
 
@@ -296,8 +294,9 @@ def secure_origin(url: httpx.URL) -> bool:
 def open_stream(
     client: httpx.Client, url: str, headers: dict[str, str], host_headers: HeadersFn
 ) -> Iterator[tuple[httpx.Response, str]]:
-    """GET with redirects followed by hand: only to http(s), each hop gets its own host's
-    headers, so a token never follows a redirect to another host."""
+    """GET with redirects followed by hand: only to http(s), each hop gets its own origin's
+    headers (scheme, host, port), so a token never follows a redirect to another origin; a
+    URL's `user:password@` goes over https or to this machine only."""
     for _ in range(MAX_REDIRECTS + 1):
         parsed = httpx.URL(url)
         if parsed.scheme not in ("http", "https"):

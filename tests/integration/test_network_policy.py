@@ -40,7 +40,7 @@ async def test_connection_refused_fails_after_two_quick_retries(
     assert run.job.status == JobStatus.FAILED
     assert run.job.attempts == 3
     assert f"connection refused by 127.0.0.1:{port}" in (run.job.error or "")
-    assert OFFLINE_HINT[3:] in (run.job.error or "")
+    assert "is the server down, or this machine offline? (DSM_OFFLINE=1" in (run.job.error or "")
 
 
 async def test_a_name_that_does_not_resolve_fails_fast(

@@ -134,6 +134,9 @@ def cmd_list(args: argparse.Namespace, repo: Repository) -> int:
     for ds in page:
         flag = "" if ds.in_catalog else "  (not in catalogue)"
         flag += "  (outdated)" if ds.outdated else ""
+        if ds.moved_upstream:
+            old, new = str(ds.source_commit)[:8], str(ds.upstream_commit)[:8]
+            flag += f"  (upstream moved: {old} -> {new})"
         print(
             f"{ds.name:<22} {ds.status.label:<12} {humanize.size(ds.size):>10} "
             f"{ds.download_progress:>7.1f}%  {humanize.when(ds.downloaded_at_ms)}{flag}"
@@ -245,6 +248,10 @@ def run(argv: Sequence[str] | None) -> int:
         return 0
     settings, repo = open_home(args)
     if args.command == "list":
+        if not args.names:  # one revision call per followed branch; none offline
+            from dsm.engine.hubjob import refresh_upstream
+
+            refresh_upstream(settings, repo)
         return cmd_list(args, repo)
     if args.command == "show":
         return cmd_show(args, repo)

@@ -15,6 +15,7 @@ from typing import TypeVar
 
 import platformdirs
 
+from dsm.domain.hub import DEFAULT_ENDPOINT
 from dsm.errors import BadInput
 
 log = logging.getLogger(__name__)
@@ -58,8 +59,12 @@ class Settings:
     low_speed_time: float = DEFAULT_LOW_SPEED_TIME
     # Extra request headers per host, from DSM_HEADERS ("host=Name: value; ...").
     host_headers: tuple[tuple[str, str, str], ...] = ()
-    # Sent as a Bearer token to huggingface.co only (gated datasets), never to another host.
+    # The Hub (HF_ENDPOINT, a mirror or proxy) and its token (HF_TOKEN, else the file `hf
+    # auth login` writes): sent to the endpoint's own origin only (dsm.transfer.hub).
+    hf_endpoint: str = DEFAULT_ENDPOINT
     hf_token: str | None = None
+    # DSM_OFFLINE=1 or HF_HUB_OFFLINE=1: no network request at all.
+    offline: bool = False
     # The team cache (s3://BUCKET/PREFIX, DSM_CACHE_URL), and whether verified downloads are
     # published to it (DSM_CACHE_PUSH=0 for read-only credentials).
     cache_url: str | None = None
@@ -122,6 +127,31 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def offline(env: Mapping[str, str]) -> bool:
+    """DSM_OFFLINE, or HF_HUB_OFFLINE which users already set on compute nodes."""
+    return any(_flag(n, env.get(n), default=False) for n in ("DSM_OFFLINE", "HF_HUB_OFFLINE"))
+
+
+def hf_endpoint(env: Mapping[str, str]) -> str:
+    raw = (env.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).strip().rstrip("/")
+    if not re.fullmatch(r"https?://[^/?#\s]+(/[^?#\s]*)?", raw):
+        raise BadInput(f"HF_ENDPOINT={raw!r} must be an http(s) URL such as {DEFAULT_ENDPOINT}")
+    return raw
+
+
+def hf_token(env: Mapping[str, str]) -> str | None:
+    """HF_TOKEN, else the file `hf auth login` writes (HF_TOKEN_PATH, $HF_HOME/token,
+    ~/.cache/huggingface/token), as huggingface_hub reads them."""
+    if env.get("HF_TOKEN", "").strip():
+        return env["HF_TOKEN"].strip()
+    hf_home = env.get("HF_HOME") or str(Path("~/.cache/huggingface").expanduser())
+    path = Path(env.get("HF_TOKEN_PATH") or Path(hf_home).expanduser() / "token")
+    try:
+        return path.read_text(encoding="utf-8").strip() or None
+    except (OSError, UnicodeDecodeError):  # no login: public repos still work
+        return None
 
 
 def parse_host_headers(raw: str) -> tuple[tuple[str, str, str], ...]:
@@ -205,7 +235,9 @@ def load_settings(
             0.001,
         ),
         host_headers=parse_host_headers(env.get("DSM_HEADERS", "")),
-        hf_token=env.get("HF_TOKEN") or None,
+        hf_endpoint=hf_endpoint(env),
+        hf_token=hf_token(env),
+        offline=offline(env),
         cache_url=_cache_url(*pick(cache_url, "DSM_CACHE_URL")),
         cache_push=_flag("DSM_CACHE_PUSH", env.get("DSM_CACHE_PUSH"), default=True),
     )

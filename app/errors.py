@@ -13,6 +13,7 @@
         ├── DiskError             the partial file cannot be written
         │   └── DiskFull          ENOSPC: the partial file is given up to free the room
         ├── IntegrityError        the server announces another file than the catalogue's
+        ├── AccessDenied          a gated or private Hub repo without a valid token
         └── BadResponse           a response that is not the file (HTML, bad redirects)
     UnknownDataset (LookupError)  a dataset name the store does not hold
     InvalidTransition             a bug: a status change the lifecycle forbids
@@ -107,6 +108,11 @@ class DiskFull(DiskError):
 
 class IntegrityError(TransferError):
     """The server announces another file than the catalogue describes."""
+
+
+class AccessDenied(TransferError):
+    """The Hub refused the repo (401/403): gated or private, and no valid token. No retry
+    heals it: the user must give a token."""
 
 
 class BadResponse(TransferError):

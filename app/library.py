@@ -24,6 +24,7 @@ from typing import ParamSpec, TypeVar
 
 import anyio
 
+from dsm import config
 from dsm.catalog.sync import open_home
 from dsm.config import Settings, load_settings
 from dsm.domain.events import EventKind, JobEvent, Listener
@@ -31,7 +32,8 @@ from dsm.domain.jobs import Job, JobStatus, JobType
 from dsm.domain.model import Dataset
 from dsm.engine import files
 from dsm.engine.engine import Engine
-from dsm.errors import EXIT_BAD_INPUT, DsmError
+from dsm.engine.handlers import OFFLINE_PREFIX
+from dsm.errors import EXIT_BAD_INPUT, BadInput, DsmError
 from dsm.headless import Reporter
 from dsm.repository import Repository, StoreError, UnknownDataset
 
@@ -57,8 +59,6 @@ __all__ = [
 P = ParamSpec("P")
 T = TypeVar("T")
 PathArg = str | os.PathLike[str] | None
-_OFF = frozenset({"", "0", "false", "no", "off"})
-_ON = frozenset({"1", "true", "yes", "on"})
 
 # How a failed job's message (the engine's words, see engine/files.py and transfer/http.py)
 # maps to an exception. A failed download not named here went wrong at the server or on the
@@ -111,14 +111,16 @@ class DatasetInfo:
     size: int | None  # of the copy on disk, once downloaded
     sha256: str | None  # of the copy on disk, once downloaded
     in_catalog: bool  # False: it left the catalogue; the row and file stay until deleted
+    commit: str | None = None  # a Hub source: the commit the copy on disk came from
 
 
 # -- plumbing ------------------------------------------------------------------------------
 def _offline() -> bool:
-    raw = os.environ.get("DSM_OFFLINE", "").strip().lower()
-    if raw in _OFF or raw in _ON:
-        return raw in _ON
-    raise DatasetError(f"DSM_OFFLINE={raw!r}: use 1 to forbid network requests, or 0")
+    """DSM_OFFLINE or HF_HUB_OFFLINE, read as the engine reads them."""
+    try:
+        return config.offline(os.environ)
+    except BadInput as exc:
+        raise DatasetError(str(exc)) from None
 
 
 def _open(home: PathArg, catalog: PathArg) -> tuple[Settings, Repository]:
@@ -165,6 +167,7 @@ def _info(settings: Settings, ds: Dataset) -> DatasetInfo:
         size=ds.size,
         sha256=ds.checksum,
         in_catalog=ds.in_catalog,
+        commit=ds.source_commit,
     )
 
 
@@ -175,6 +178,8 @@ def _failure(job: Job) -> DatasetError:
     kind: type[DatasetError] = DatasetError
     if job.status == JobStatus.TIMEOUT:
         kind = NetworkError
+    elif error.startswith(OFFLINE_PREFIX):
+        kind = OfflineError
     elif job.status == JobStatus.FAILED:
         if job.type == JobType.VERIFY or error.startswith(_INTEGRITY_PREFIXES):
             kind = IntegrityError

@@ -21,6 +21,7 @@ from dsm.config import Settings, load_settings
 from dsm.repository import Repository
 from dsm.store import Store
 from tests.httpserver import FileServer
+from tests.hubserver import HubServer
 from tests.s3server import s3  # noqa: F401  (the fixture: a real S3 API server)
 
 # Fast retries and short stalls so fault tests finish in seconds; they are settings, not sleeps.
@@ -29,6 +30,9 @@ TEST_ENV = {
     "DSM_STALL_TIMEOUT": "2",
     "DSM_MAX_RETRIES": "3",
     "TEXTUAL_ANIMATIONS": "none",
+    # Online unless a test says otherwise, whatever the developer's shell has set.
+    "DSM_OFFLINE": "0",
+    "HF_HUB_OFFLINE": "0",
 }
 
 
@@ -40,6 +44,14 @@ def anyio_backend() -> str:
 @pytest.fixture
 def server() -> Iterator[FileServer]:
     srv = FileServer().start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def hub() -> Iterator[HubServer]:
+    """A Hugging Face Hub stand-in on 127.0.0.1 (its CDN on localhost)."""
+    srv = HubServer().start()
     yield srv
     srv.stop()
 

@@ -93,6 +93,8 @@ def row_cells(ds: Dataset, job: Job | None, marked: bool) -> dict[str, Text]:
     status = Text(ds.status.label, style=STATUS_STYLE[ds.status])
     if job is not None and job.status == JobStatus.RETRYING:
         status = Text("retrying", style="bold yellow")
+    elif ds.moved_upstream:  # its Hub branch has a newer commit: `update` fetches it
+        status.append(" ↑", style="bold yellow")
     speed = ""
     if job is not None and job.status == JobStatus.RUNNING and job.rate > 0:
         speed = humanize.rate(job.rate)

@@ -110,6 +110,11 @@ class DetailPane(VerticalScroll):
             status.append(" (outdated: the catalogue changed)", style="yellow")
         if not ds.in_catalog:
             status.append(" (no longer in the catalogue)", style="yellow")
+        if ds.moved_upstream:
+            status.append(
+                f" (upstream moved to commit {ds.upstream_commit}: update fetches it)",
+                style="yellow",
+            )
         rows: list[tuple[str, Text]] = [
             ("name", Text(ds.name)),
             ("description", _value(ds.description)),
@@ -125,6 +130,10 @@ class DetailPane(VerticalScroll):
             ("job id", _value(ds.download_job_id)),
             ("error", Text(ds.error or "-", style="red" if ds.error else "")),
         ]
+        if ds.source_commit:  # a Hub source: the commit on disk, and its files
+            rows.insert(5, ("commit", Text(ds.source_commit)))
+        if ds.manifest is not None:
+            rows.insert(6, ("files", Text(str(len(ds.manifest)))))
         for label, value in rows:
             fields.add_row(label, value)
         recent = list(reversed(jobs[-DETAIL_JOBS:]))

@@ -31,6 +31,8 @@ def _type_schema(hint: Any) -> dict[str, Any]:
         return {"type": _SCALARS[hint]}
     if typing.get_origin(hint) is dict:
         return {"type": "object"}
+    if typing.get_origin(hint) is list:  # a multi-file dataset's manifest
+        return {"type": "array", "items": _type_schema(typing.get_args(hint)[0])}
     optional = [a for a in typing.get_args(hint) if a is not type(None)]
     if isinstance(hint, types.UnionType) and len(optional) == 1:
         return {"anyOf": [_type_schema(optional[0]), {"type": "null"}]}

@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from dsm.catalog.paths import Resolver
+from dsm.domain.hub import is_hub, parse_hub_url
 from dsm.errors import CatalogError
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]*")
@@ -43,10 +44,17 @@ def _entry_errors(
     url = raw.get("original_url")
     if not isinstance(url, str):
         errs.append(("original_url", "is required and must be a string"))
+    elif is_hub(url):
+        try:
+            parse_hub_url(url)
+        except ValueError as exc:
+            errs.append(("original_url", str(exc)))
     else:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            errs.append(("original_url", f"{url!r} must be an http or https URL with a host"))
+            errs.append(
+                ("original_url", f"{url!r} must be an http or https URL with a host, or hf://")
+            )
     local = raw.get("local_path")
     if not isinstance(local, str):
         errs.append(("local_path", "is required and must be a string"))

@@ -76,12 +76,25 @@ class Dataset:
     outdated: bool = False
     # The entry left the catalogue; the row and any file are kept until deleted.
     in_catalog: bool = True
+    # A Hub source: the commit the copy on disk came from, and the head of its branch when
+    # last asked (differs: the source moved on upstream; `update` fetches it).
+    source_commit: str | None = None
+    upstream_commit: str | None = None
+    # A multi-file dataset: its files (dsm.domain.hub.ManifestFile dicts); None for one file.
+    manifest: list[dict[str, Any]] | None = None
+
+    @property
+    def moved_upstream(self) -> bool:
+        return bool(self.upstream_commit and self.upstream_commit != self.source_commit)
+
     # Where the verified copy came from: "origin", a mirror's URL, or "team cache".
     served_by: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         # Every field is a plain value: no deep copy (dataclasses.asdict) is needed.
         out = {name: getattr(self, name) for name in _FIELD_NAMES}
+        if self.manifest is not None:  # the one nested value: a copy, not the row's own list
+            out["manifest"] = [dict(f) for f in self.manifest]
         out["status"] = self.status.value
         return out
 
@@ -122,7 +135,7 @@ def _allowed_types(hint: Any) -> tuple[type, ...]:
     parts = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
     out: list[type] = []
     for part in parts:
-        out.append(part)
+        out.append(typing.get_origin(part) or part)  # list[dict] is stored as a JSON list
         if part is float:
             out.append(int)  # JSON does not tell 1.0 from 1
     return tuple(out)
@@ -137,6 +150,7 @@ _JSON_NAMES: dict[type, str] = {
     int: "an integer",
     float: "a number",
     bool: "true or false",
+    list: "a list",
     type(None): "null",
 }
 

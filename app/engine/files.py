@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
+import shutil
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
-from dsm.catalog.paths import resolve_inside
+from dsm.catalog.paths import local_path_problem, reserved_problem, resolve_inside
+from dsm.domain.hub import ManifestFile
 from dsm.domain.model import Dataset
+from dsm.transfer.http import Digest, Fetched
 from dsm.transfer.partfile import (
     discard_partial,
     read_sidecar,
@@ -28,6 +32,9 @@ RESET_FIELDS: dict[str, Any] = {
     "download_progress": 0.0,
     "outdated": False,
     "error": None,
+    "source_commit": None,
+    "upstream_commit": None,
+    "manifest": None,
     "served_by": None,
 }
 
@@ -47,15 +54,34 @@ def part_of(path: Path) -> Path:
     return path.with_name(path.name + ".part")
 
 
+def manifest_of(ds: Dataset) -> list[ManifestFile] | None:
+    """The files of a multi-file dataset, or None for a one-file dataset."""
+    if ds.manifest is None:
+        return None
+    return [ManifestFile.from_dict(raw) for raw in ds.manifest]
+
+
+def _same_stat(path: Path, size: int, mtime_ns: int | None) -> bool:
+    try:
+        st = path.stat()
+    except OSError:
+        return False
+    return st.st_size == size and st.st_mtime_ns == mtime_ns
+
+
 def still_verified(home: Path, ds: Dataset) -> bool:
-    """Cheap check: the file verified earlier is there with the same size and mtime stamp."""
-    if not ds.downloaded or ds.size is None or ds.file_mtime_ns is None:
+    """Cheap check: the file (every file of a multi-file dataset) verified earlier is there
+    with the same size and mtime stamp."""
+    if not ds.downloaded or ds.size is None:
         return False
     try:
-        st = target(home, ds).stat()
-    except (OSError, ValueError):
+        path = target(home, ds)
+    except ValueError:
         return False
-    return st.st_size == ds.size and st.st_mtime_ns == ds.file_mtime_ns
+    listing = manifest_of(ds)
+    if listing is not None:
+        return all(_same_stat(path / f.path, f.size, f.mtime_ns) for f in listing)
+    return ds.file_mtime_ns is not None and _same_stat(path, ds.size, ds.file_mtime_ns)
 
 
 def has_partial(home: Path, ds: Dataset) -> bool:
@@ -72,6 +98,66 @@ def integrity_problem(ds: Dataset, size: int, sha256: str) -> str | None:
     if ds.expected_sha256 is not None and sha256 != ds.expected_sha256:
         return f"checksum mismatch: expected sha256 {ds.expected_sha256}, got {sha256}"
     return None
+
+
+def file_problem(want: ManifestFile, got: Fetched) -> str | None:
+    """Why fetched bytes are not the file the Hub listed (its size, LFS sha256 or git blob id)."""
+    if got.size != want.size:
+        return f"{want.path}: size mismatch: expected {want.size} bytes, got {got.size}"
+    if want.sha256 and got.sha256 != want.sha256:
+        return f"{want.path}: checksum mismatch: expected sha256 {want.sha256}, got {got.sha256}"
+    if not want.sha256 and got.git_blob != want.git_blob:
+        return (
+            f"{want.path}: checksum mismatch: expected git blob {want.git_blob}, got {got.git_blob}"
+        )
+    return None
+
+
+def hash_file(path: Path, git_blob: bool) -> Fetched:
+    """Size and hashes of a file on disk (the git blob id when asked for)."""
+    size = path.stat().st_size
+    digest = Digest(size if git_blob else None)
+    with path.open("rb") as fh:
+        while block := fh.read(HASH_BLOCK):
+            digest.update(block)
+    return digest.fetched(size)
+
+
+def member(folder: Path, relative: str) -> Path:
+    """A file of a multi-file dataset below its folder; ValueError for a path that would
+    leave it or take the name of a partial download."""
+    problem = local_path_problem(relative) or reserved_problem(PurePosixPath(relative))
+    if problem:
+        raise ValueError(f"file {relative!r} of the dataset {problem}")
+    return folder / relative
+
+
+def staged(dest: Path, want: ManifestFile) -> bool:
+    """A file of an unfinished multi-file download that is already complete and correct."""
+    try:
+        return dest.is_file() and file_problem(want, hash_file(dest, not want.sha256)) is None
+    except OSError:
+        return False
+
+
+def install_tree(path: Path, staging: Path, listing: list[ManifestFile]) -> list[ManifestFile]:
+    """Swap the verified staging folder into place; the old copy stays until then. Returns
+    the listing with each file's mtime stamp (what `still_verified` compares)."""
+    old = path.with_name(path.name + ".old.part")
+    shutil.rmtree(old, ignore_errors=True)
+    if path.exists() or path.is_symlink():
+        os.replace(path, old)
+    os.replace(staging, path)
+    _fsync_dir(path.parent)
+    _remove_any(old)
+    return [dataclasses.replace(f, mtime_ns=(path / f.path).stat().st_mtime_ns) for f in listing]
+
+
+def _remove_any(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -127,25 +213,49 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def rehash(home: Path, ds: Dataset) -> tuple[str | None, int | None]:
-    """Full verification on demand: (problem or None, the file's mtime stamp)."""
+def rehash(home: Path, ds: Dataset) -> tuple[str | None, dict[str, Any]]:
+    """Full verification on demand: (problem or None, the fields to record: new stamps)."""
+    listing = manifest_of(ds)
+    if listing is not None:
+        return _rehash_tree(home, ds, listing)
     try:
         path = target(home, ds)
         st = path.stat()
         actual = sha256_of(path)
     except (OSError, ValueError) as exc:
-        return f"cannot verify: {exc}", None
+        return f"cannot verify: {exc}", {}
     want = ds.expected_sha256 or ds.checksum
     if st.st_size != (ds.expected_size if ds.expected_size is not None else ds.size):
-        return f"size mismatch on disk: expected {ds.size} bytes, found {st.st_size}", None
+        return f"size mismatch on disk: expected {ds.size} bytes, found {st.st_size}", {}
     if want and actual != want:
-        return f"checksum mismatch on disk: expected sha256 {want}, got {actual}", None
-    return None, st.st_mtime_ns
+        return f"checksum mismatch on disk: expected sha256 {want}, got {actual}", {}
+    return None, {"file_mtime_ns": st.st_mtime_ns}
+
+
+def _rehash_tree(
+    home: Path, ds: Dataset, listing: list[ManifestFile]
+) -> tuple[str | None, dict[str, Any]]:
+    stamped: list[ManifestFile] = []
+    for want in listing:
+        try:
+            path = member(target(home, ds), want.path)
+            got = hash_file(path, not want.sha256)
+            mtime_ns = path.stat().st_mtime_ns
+        except (OSError, ValueError) as exc:
+            return f"cannot verify: {exc}", {}
+        problem = file_problem(want, got)
+        if problem:
+            return f"{problem} (on disk)", {}
+        stamped.append(dataclasses.replace(want, mtime_ns=mtime_ns))
+    return None, {"manifest": [f.to_dict() for f in stamped]}
 
 
 def remove(path: Path) -> None:
-    """Remove the file and any partial download of it (the path is already inside the home)."""
+    """Remove the file (or a multi-file dataset's folder) and any partial download of it (the
+    path is already inside the home)."""
     part = part_of(path)
     with target_lock(part):  # a canceled transfer may still be finishing its last write
-        path.unlink(missing_ok=True)
+        _remove_any(path)
+        if part.is_dir():  # the staging folder of a multi-file download
+            shutil.rmtree(part)
         discard_partial(part)

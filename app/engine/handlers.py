@@ -10,10 +10,11 @@ from zero (the partial file was dropped: nothing to wait for).
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import httpx
@@ -21,16 +22,19 @@ import httpx
 from dsm.catalog.secrets import source_url
 from dsm.config import Settings
 from dsm.domain.events import EventKind
+from dsm.domain.hub import ManifestFile, is_hub
 from dsm.domain.jobs import Job, JobStatus, JobType
 from dsm.domain.model import Dataset, Status
 from dsm.engine import files
 from dsm.engine.cache import SERVED_BY_CACHE, SERVED_BY_ORIGIN, CacheSide
+from dsm.engine.hubjob import HubDownload
 from dsm.engine.ledger import Ledger
 from dsm.engine.outcome import Outcome
 from dsm.errors import QUICK_RETRIES, TransferError, Unreachable, retry_after, retryable
 from dsm.repository import now_ms
 from dsm.transfer import single as transfer
 from dsm.transfer.http import Fetched, HostSlots, Policy, RetryBudget, secure_origin
+from dsm.transfer.hub import auth_headers
 from dsm.transfer.partfile import discard_partial
 
 SKIP_MESSAGE = "already downloaded; use --force-download (force_download: true) to fetch again"
@@ -38,9 +42,14 @@ Emit = Callable[[EventKind, Job, Dataset | None], None]
 Handler = Callable[[Job, Dataset, bool], Awaitable[Outcome]]
 
 
+OFFLINE_PREFIX = "offline"
+T = TypeVar("T")
+
+
 def host_headers(settings: Settings, url: str) -> dict[str, str]:
-    """Headers configured for the URL's origin (scheme, host, port): tokens. Only ever sent
-    over https or to this machine, and a redirect to another origin gets that origin's."""
+    """Headers configured for the URL's origin (scheme, host, port), only ever sent over
+    https or to this machine, so a redirect to another origin gets that origin's; and the Hub
+    token for the Hub endpoint's own origin (dsm.transfer.hub.auth_headers)."""
     parsed = httpx.URL(url)
     if not secure_origin(parsed):  # credentials never travel in clear text
         return {}
@@ -50,9 +59,7 @@ def host_headers(settings: Settings, url: str) -> dict[str, str]:
     if port is None:  # the scheme's own port: a bare host names it
         keys |= {shown, f"{scheme}://{shown}"}
     out = {n: v for k, n, v in settings.host_headers if k in keys}
-    if (scheme, host, port) == ("https", "huggingface.co", None) and settings.hf_token:
-        out["Authorization"] = f"Bearer {settings.hf_token}"
-    return out
+    return out | auth_headers(settings.hf_endpoint, settings.hf_token, url)
 
 
 class Handlers:
@@ -67,7 +74,7 @@ class Handlers:
         self.ledger = ledger
         self.repo = ledger.repo
         self._emit = emit
-        self._progress = progress
+        self.progress_fn = progress
         self.client: httpx.Client | None = None  # set while the engine runs
         self._slots = HostSlots(settings.host_connections)
         self.cache = CacheSide(settings)
@@ -88,20 +95,52 @@ class Handlers:
             JobType.DELETE: self.delete,
         }[job_type]
 
-    async def _set(self, job: Job, status: Status | None, **fields: Any) -> Dataset:
+    async def set_status(self, job: Job, status: Status | None, **fields: Any) -> Dataset:
         ds = await self.ledger.call(self.repo.change, job.dataset, status, **fields)
         self._emit(EventKind.PROGRESS, job, ds)
         return ds
 
     # -- download and update -----------------------------------------------------------
     async def download(self, job: Job, ds: Dataset, had_copy: bool) -> Outcome:
-        if not job.params["force_download"] and had_copy and not ds.outdated:
+        current = had_copy and not ds.outdated
+        if current and (self.settings.offline or not job.params["force_download"]):
             return JobStatus.SKIPPED, SKIP_MESSAGE
+        if self.settings.offline:
+            return JobStatus.FAILED, (
+                f"{OFFLINE_PREFIX}: no verified local copy of {ds.name}, and DSM_OFFLINE or "
+                "HF_HUB_OFFLINE forbids network requests"
+            )
         try:
             target = files.target(self.settings.home, ds)
         except ValueError as exc:
             return JobStatus.FAILED, str(exc)
-        await self._set(job, Status.DOWNLOADING, error=None)
+        try:  # the row's URL, or the catalogue's when the row keeps it without credentials
+            url = await anyio.to_thread.run_sync(
+                source_url, self.settings.catalog, ds.name, ds.original_url
+            )
+        except ValueError as exc:
+            return JobStatus.FAILED, str(exc)
+        await self.set_status(job, Status.DOWNLOADING, error=None)
+        # Attempts of an adopted job count: the budget is what the earlier process left.
+        budget = RetryBudget(self.settings.max_retries - job.attempts)
+        if is_hub(url):
+            return await HubDownload(self, job, ds, target, budget).run(had_copy)
+        return await self.install_file(job, ds, target, had_copy, url, budget)
+
+    async def install_file(
+        self,
+        job: Job,
+        ds: Dataset,
+        target: Path,
+        had_copy: bool,
+        url: str,
+        budget: RetryBudget,
+        listed: ManifestFile | None = None,
+        **record: Any,
+    ) -> Outcome:
+        """Fetch one file to `target` (from the team cache when it holds it, else `url`),
+        check it against the catalogue (and the Hub's listing when `listed`), move it into
+        place and record it with `record`'s extra fields."""
         # A copy a crashed run verified and moved into place, unknown to the store. When the
         # store knows a verified copy, such a leftover is stale: fetch as asked.
         installed = None
@@ -113,15 +152,21 @@ class Handlers:
             )
         if installed is None or files.integrity_problem(ds, installed.size, installed.sha256):
             served_by = SERVED_BY_CACHE
-            fetched: Fetched | Outcome | None = await self.cache.fetch(
-                ds, target, lambda url, size: self._transfer(job, url, target, size)
-            )
+            fetched: Fetched | Outcome | None = None
+            if listed is None:  # a Hub file is checked by the Hub's hash: from the Hub only
+                fetched = await self.cache.fetch(
+                    ds, target, lambda url, size: self._transfer(job, url, target, size)
+                )
             if fetched is None:
-                served_by, fetched = SERVED_BY_ORIGIN, await self._fetch(job, ds, target)
+                size = listed.size if listed else ds.expected_size
+                served_by = SERVED_BY_ORIGIN
+                fetched = await self.fetch(job, url, target, size, budget, git_blob=listed)
             if not isinstance(fetched, Fetched):
                 return fetched
-            await self._set(job, Status.VERIFYING)
+            await self.set_status(job, Status.VERIFYING)
             problem = files.integrity_problem(ds, fetched.size, fetched.sha256)
+            if listed is not None:
+                problem = problem or files.file_problem(listed, fetched)
             if problem:
                 await anyio.to_thread.run_sync(discard_partial, files.part_of(target))
                 return JobStatus.FAILED, problem
@@ -130,8 +175,8 @@ class Handlers:
                 installed = await anyio.to_thread.run_sync(
                     files.install, target, fetched.size, fetched.sha256
                 )
-                await self._record_install(job, installed, target, served_by)
-            if served_by == SERVED_BY_ORIGIN:  # share it; the row already says downloaded
+                await self._record_install(job, installed, target, served_by=served_by, **record)
+            if served_by == SERVED_BY_ORIGIN and listed is None:  # share it with the team
                 await anyio.to_thread.run_sync(
                     self.cache.publish,
                     ds,
@@ -142,43 +187,62 @@ class Handlers:
                 )
         else:
             with anyio.CancelScope(shield=True):
-                await self._record_install(job, installed, target)
+                await self._record_install(job, installed, target, **record)
         return JobStatus.COMPLETED, None
 
     async def _record_install(
-        self, job: Job, installed: files.Installed, target: Path, served_by: str | None = None
+        self, job: Job, installed: files.Installed, target: Path, **record: Any
     ) -> None:
-        job.progress, job.bytes_done = 100.0, installed.size
-        await self._set(
+        await self.record_done(
             job,
-            Status.DOWNLOADED,
-            downloaded=True,
             size=installed.size,
             checksum=installed.sha256,
-            downloaded_at_ms=now_ms(),
             file_mtime_ns=installed.mtime_ns,
-            download_progress=100.0,
-            outdated=False,
-            error=None,
-            **({"served_by": served_by} if served_by else {}),
+            manifest=None,
+            **record,
         )
         await anyio.to_thread.run_sync(files.forget_install, target)
 
-    async def _fetch(self, job: Job, ds: Dataset, target: Path) -> Fetched | Outcome:
-        """The transfer with the job's retry budget: only what can heal is tried again."""
-        try:  # the row's URL, or the catalogue's when the row keeps it without credentials
-            url = await anyio.to_thread.run_sync(
-                source_url, self.settings.catalog, ds.name, ds.original_url
-            )
-        except ValueError as exc:
-            return JobStatus.FAILED, str(exc)
-        # Attempts of an adopted job count: the budget is what the earlier process left.
-        budget = RetryBudget(self.settings.max_retries - job.attempts)
+    async def record_done(self, job: Job, **fields: Any) -> None:
+        """The dataset is installed and verified: say so in the store."""
+        job.progress, job.bytes_done = 100.0, fields["size"]
+        await self.set_status(
+            job,
+            Status.DOWNLOADED,
+            downloaded=True,
+            downloaded_at_ms=now_ms(),
+            download_progress=100.0,
+            outdated=False,
+            error=None,
+            **fields,
+        )
+
+    async def fetch(
+        self,
+        job: Job,
+        url: str,
+        target: Path,
+        expected_size: int | None,
+        budget: RetryBudget,
+        progress: transfer.ProgressFn | None = None,
+        git_blob: ManifestFile | None = None,
+    ) -> Fetched | Outcome:
+        """One file's transfer with the job's retry budget."""
+        return await self.retrying(
+            job,
+            budget,
+            lambda: self._transfer(job, url, target, expected_size, budget, progress, git_blob),
+        )
+
+    async def retrying(
+        self, job: Job, budget: RetryBudget, attempt: Callable[[], Awaitable[T]]
+    ) -> T | Outcome:
+        """Run `attempt` with the job's retry budget: only what can heal is tried again."""
         quick = 0  # retries spent on an unreachable host
         while True:
             job.attempts += 1
             try:
-                return await self._transfer(job, url, target, ds.expected_size, budget)
+                return await attempt()
             except TransferError as exc:
                 quick += isinstance(exc, Unreachable)
                 if not retryable(exc) or quick > QUICK_RETRIES or not budget.draw():
@@ -193,17 +257,23 @@ class Handlers:
         target: Path,
         expected_size: int | None,
         budget: RetryBudget | None = None,
+        progress: transfer.ProgressFn | None = None,
+        git_blob: ManifestFile | None = None,
     ) -> Fetched:
-        """One transfer of `url` into `target`'s partial file (no retries without a budget)."""
+        """One transfer of `url` into `target`'s partial file (no retries without a budget);
+        `git_blob`: a Hub file checked by its git blob id, computed in the same pass."""
         assert self.client is not None
+        policy = self._policy
+        if git_blob is not None and not git_blob.sha256:
+            policy = dataclasses.replace(policy, git_blob=True)
         return await transfer.fetch(
             self.client,
             url,
             target,
             expected_size=expected_size,
             host_headers=lambda u: host_headers(self.settings, u),
-            progress=self._progress(job),
-            policy=self._policy,
+            progress=progress or self.progress_fn(job),
+            policy=policy,
             slots=self._slots,
             budget=budget or RetryBudget(0),
         )
@@ -224,17 +294,17 @@ class Handlers:
     async def verify(self, job: Job, ds: Dataset, had_copy: bool) -> Outcome:
         if not ds.downloaded:
             return JobStatus.SKIPPED, "not downloaded: nothing to verify"
-        await self._set(job, Status.VERIFYING)
-        problem, mtime_ns = await anyio.to_thread.run_sync(
+        await self.set_status(job, Status.VERIFYING)
+        problem, stamps = await anyio.to_thread.run_sync(
             files.rehash,
             self.settings.home,
             ds,
             abandon_on_cancel=True,  # it only reads
         )
         if problem:
-            await self._set(job, Status.ERROR, error=problem, downloaded=False)
+            await self.set_status(job, Status.ERROR, error=problem, downloaded=False)
             return JobStatus.FAILED, problem
-        await self._set(job, Status.DOWNLOADED, file_mtime_ns=mtime_ns, error=None)
+        await self.set_status(job, Status.DOWNLOADED, error=None, **stamps)
         return JobStatus.COMPLETED, None
 
     async def delete(self, job: Job, ds: Dataset, had_copy: bool) -> Outcome:
@@ -242,10 +312,10 @@ class Handlers:
             target = files.target(self.settings.home, ds)
         except ValueError as exc:
             return JobStatus.FAILED, f"refusing to delete: {exc}"
-        await self._set(job, Status.DELETING)
+        await self.set_status(job, Status.DELETING)
         with anyio.CancelScope(shield=True):  # a removed file is recorded as removed
             await anyio.to_thread.run_sync(files.remove, target)
-            await self._set(job, Status.NOT_LOADED, **files.RESET_FIELDS)
+            await self.set_status(job, Status.NOT_LOADED, **files.RESET_FIELDS)
         if not ds.in_catalog:
             await self.ledger.call(self.repo.remove_dataset, ds.name)
         return JobStatus.COMPLETED, None

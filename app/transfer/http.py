@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import email.utils
 import errno
+import hashlib
 import re
 import socket
 import threading
@@ -19,6 +20,7 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 
 from dsm.config import is_loopback
+from dsm.domain.hub import git_blob_header
 from dsm.domain.redact import redact_text, redact_url
 from dsm.errors import (
     BadResponse,
@@ -42,6 +44,25 @@ HTML_SUFFIXES = (".html", ".htm")
 class Fetched:
     size: int
     sha256: str
+    git_blob: str | None = None  # when the policy asks for it (a small Hub file kept in git)
+
+
+class Digest:
+    """The hashes of one file, taken in the one pass over its bytes: SHA-256, and the git
+    blob id (sha1 of "blob {size}\\0" + bytes) when the size is known up front and asked for."""
+
+    def __init__(self, blob_size: int | None = None) -> None:
+        self.sha = hashlib.sha256()
+        self.blob = None if blob_size is None else hashlib.sha1(git_blob_header(blob_size))
+
+    def update(self, data: bytes) -> None:
+        self.sha.update(data)
+        if self.blob is not None:
+            self.blob.update(data)
+
+    def fetched(self, size: int) -> Fetched:
+        blob = self.blob.hexdigest() if self.blob is not None else None
+        return Fetched(size=size, sha256=self.sha.hexdigest(), git_blob=blob)
 
 
 HeadersFn = Callable[[str], dict[str, str]]
@@ -60,6 +81,7 @@ class Policy:
     segments: int = 1
     segment_min: int = 64 << 20
     retry_delay: float = 0.0
+    git_blob: bool = False  # also compute the git blob id of the file
     # curl's --speed-limit/--speed-time: a body slower than this many bytes/s for this many
     # seconds is Stalled (retried); a limit of 0 turns it off.
     low_speed_limit: int = 0

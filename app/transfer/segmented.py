@@ -13,7 +13,6 @@ byte: still one logical pass.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import shutil
 import threading
@@ -26,6 +25,7 @@ from dsm.errors import DiskFull, Restart, TransferError, Truncated, retry_after,
 from dsm.transfer import resume
 from dsm.transfer.http import (
     Answer,
+    Digest,
     Env,
     Fetched,
     Slot,
@@ -78,7 +78,7 @@ class SegmentedDownload:
         self.if_range = str(p.validator)
         self.cond = threading.Condition()
         self.error: TransferError | None = None
-        self.sha = hashlib.sha256()
+        self.sha = Digest(total if env.policy.git_blob else None)
         self.hashed = 0
         self.fd = -1
         # Where a lone segment would be split if it turns out slow (see SPLIT_BELOW).
@@ -189,7 +189,7 @@ class SegmentedDownload:
             os.fsync(self.fd)
         except OSError as exc:
             raise disk_error(exc, self.p.part) from exc
-        return Fetched(size=self.total, sha256=self.sha.hexdigest())
+        return self.sha.fetched(self.total)
 
     def _save(self) -> None:
         if self.error is not None:  # a failed set may have dropped its files: never revive them

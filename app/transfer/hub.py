@@ -1,0 +1,147 @@
+"""The Hugging Face Hub's HTTP API, as huggingface_hub speaks it, on the engine's client.
+
+A source `hf://datasets/{repo}@{revision}/{path}` is resolved in two calls: the revision
+(`/api/datasets/{repo}/revision/{rev}`) gives the commit, unless the revision already is
+one; the tree at that commit (`/api/datasets/{repo}/tree/{commit}/{folder}?recursive=true`,
+paged by `Link: rel="next"`) gives each file's size, LFS sha256 and git blob id. Files are
+then fetched from `/datasets/{repo}/resolve/{commit}/{path}`, always at the commit, never
+at a branch that can move while we read it. The resolve answer is a 302 to a CDN on another
+host; the token goes to the endpoint's origin only (`auth_headers`), so it never follows.
+
+Blocking calls: the engine runs them in a worker thread.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import httpx
+
+from dsm.domain.hub import HubRef, ManifestFile, is_commit, resolve_url, revision_url, tree_url
+from dsm.errors import AccessDenied, BadResponse, HttpStatusError
+from dsm.transfer.http import Answer, base_headers, http_error, network_error, open_stream
+
+LOGIN_HINT = "log in with `hf auth login` or set HF_TOKEN"
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+MAX_PAGES = 10_000  # a tree of ten million files: far past any dataset, short of a loop
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").lower(), parts.port or _DEFAULT_PORTS.get(scheme)
+
+
+def auth_headers(endpoint: str, token: str | None, url: str) -> dict[str, str]:
+    """The token for a request to `url`: only to the endpoint's own origin (never to the CDN
+    a resolve redirects to), and only over https unless the endpoint is on loopback."""
+    if not token or _origin(url) != _origin(endpoint):
+        return {}
+    scheme, host, _ = _origin(url)
+    if scheme != "https" and not _is_loopback(host):
+        return {}
+    return {"Authorization": f"Bearer {token}"}
+
+
+@dataclass(frozen=True)
+class Hub:
+    """One endpoint, its token, and the client and stall timeout of the engine."""
+
+    client: httpx.Client
+    endpoint: str
+    token: str | None
+    headers: Callable[[str], dict[str, str]]  # every header for a URL (token included)
+    stall_timeout: float
+
+    def get_json(self, url: str, ref: HubRef) -> tuple[Any, httpx.Headers]:
+        """GET an API URL; a 401/403 is AccessDenied at once, other errors typed as usual."""
+        headers = base_headers() | {"Accept": "application/json"}
+        try:
+            with open_stream(self.client, url, headers, self.headers) as (resp, final):
+                answer = Answer.of(resp, final)
+                if resp.status_code in (401, 403):
+                    raise AccessDenied(self._denied(ref, resp.status_code))
+                if resp.status_code == 404:
+                    raise HttpStatusError(
+                        f"not found on the Hub: dataset repo {ref.repo} at revision "
+                        f"{ref.revision!r} ({resp.headers.get('x-error-message', 'HTTP 404')}); "
+                        f"a private repo also answers so without a token: {LOGIN_HINT}",
+                        404,
+                    )
+                if resp.status_code != 200:
+                    raise http_error(answer)
+                body = resp.read()
+        except httpx.HTTPError as exc:
+            raise network_error(exc, url, self.stall_timeout) from exc
+        try:
+            return json.loads(body), resp.headers
+        except ValueError:
+            raise BadResponse(f"the Hub answered {url} with something that is not JSON") from None
+
+    def _denied(self, ref: HubRef, status: int) -> str:
+        why = "the token was refused" if self.token else "no token was given"
+        return (
+            f"dataset repo {ref.repo} is gated or private (HTTP {status} from {self.endpoint}: "
+            f"{why}); accept its terms on the Hub, then {LOGIN_HINT}"
+        )
+
+    def commit(self, ref: HubRef) -> str:
+        """The commit the revision names now (no request when it already is a commit)."""
+        if ref.pinned:
+            return ref.revision
+        data, _ = self.get_json(revision_url(self.endpoint, ref), ref)
+        sha = data.get("sha") if isinstance(data, dict) else None
+        if not isinstance(sha, str) or not is_commit(sha):
+            raise BadResponse(f"the Hub gave no commit for {ref.repo}@{ref.revision}")
+        return sha
+
+    def files(self, ref: HubRef, commit: str) -> list[ManifestFile]:
+        """The files the source selects at `commit`, each with its expected hash."""
+        url: str | None = tree_url(self.endpoint, ref, commit, ref.listing_root)
+        out: list[ManifestFile] = []
+        for _ in range(MAX_PAGES):
+            if url is None:
+                break
+            page, headers = self.get_json(url, ref)
+            if not isinstance(page, list):
+                raise BadResponse(f"the Hub's tree listing of {ref.repo} is not a list")
+            out += [f for e in page if (f := self._file(ref, commit, e)) is not None]
+            nxt = httpx.Response(200, headers=headers).links.get("next", {}).get("url")
+            url = urljoin(url, nxt) if nxt else None
+        if not out:
+            raise BadResponse(
+                f"{ref.path or '/'} matches no file in dataset repo {ref.repo} at commit {commit}"
+            )
+        return sorted(out, key=lambda f: f.path)
+
+    def _file(self, ref: HubRef, commit: str, entry: Any) -> ManifestFile | None:
+        if not isinstance(entry, dict) or entry.get("type") != "file":
+            return None
+        path, size, oid = entry.get("path"), entry.get("size"), entry.get("oid")
+        if not isinstance(path, str) or not ref.selects(path):
+            return None
+        lfs = entry.get("lfs")
+        sha256 = lfs.get("oid") if isinstance(lfs, dict) else None
+        if not isinstance(size, int) or not isinstance(sha256 or oid, str):
+            raise BadResponse(f"the Hub's tree entry for {ref.repo}/{path} lacks a size or hash")
+        return ManifestFile(
+            path=path,
+            url=resolve_url(self.endpoint, ref.repo, commit, path),
+            size=size,
+            sha256=sha256,
+            git_blob=None if sha256 else oid,
+        )

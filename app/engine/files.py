@@ -40,14 +40,19 @@ RESET_FIELDS: dict[str, Any] = {
 
 
 def target(home: Path, ds: Dataset) -> Path:
-    """The dataset's final path; ValueError when it would leave the home or is a folder."""
-    path = resolve_inside(home, ds.local_path)
-    if path.is_dir():  # checked before a .part is written beside it
-        raise ValueError(
-            f"local_path {ds.local_path!r} is an existing folder ({path}): "
-            "move it away or give the dataset another local_path"
-        )
-    return path
+    """The dataset's final path; ValueError when it would leave the home."""
+    return resolve_inside(home, ds.local_path)
+
+
+def folder_problem(path: Path, ds: Dataset) -> str | None:
+    """Why a one-file dataset cannot go to `path`: a folder is there (the user's, never
+    replaced); checked before a .part is written beside it."""
+    if not path.is_dir():
+        return None
+    return (
+        f"local_path {ds.local_path!r} is an existing folder ({path}): "
+        "move it away or give the dataset another local_path"
+    )
 
 
 def part_of(path: Path) -> Path:

@@ -120,6 +120,10 @@ class Handlers:
             )
         except ValueError as exc:
             return JobStatus.FAILED, str(exc)
+        # A Hub dataset of several files is a folder; any other dataset is one file.
+        problem = None if is_hub(url) else files.folder_problem(target, ds)
+        if problem:
+            return JobStatus.FAILED, problem
         await self.set_status(job, Status.DOWNLOADING, error=None)
         # Attempts of an adopted job count: the budget is what the earlier process left.
         budget = RetryBudget(self.settings.max_retries - job.attempts)
@@ -312,6 +316,9 @@ class Handlers:
             target = files.target(self.settings.home, ds)
         except ValueError as exc:
             return JobStatus.FAILED, f"refusing to delete: {exc}"
+        problem = None if is_hub(ds.original_url) else files.folder_problem(target, ds)
+        if problem:  # the user's folder where a one-file dataset would be: never removed
+            return JobStatus.FAILED, f"refusing to delete: {problem}"
         await self.set_status(job, Status.DELETING)
         with anyio.CancelScope(shield=True):  # a removed file is recorded as removed
             await anyio.to_thread.run_sync(files.remove, target)

@@ -143,6 +143,9 @@ def test_local_path_an_existing_folder(server: FileServer, home: Path, catalog: 
     assert sorted(p.name for p in (home / "data").iterdir()) == ["a"]  # no .part beside it
     assert (home / "data" / "a" / "mine.txt").read_text() == "the user's"
     assert server.requests("a.bin") == []
+    proc = run_dsm("--run-job", "delete", "--dataset", "a", home=home, catalog_path=cat)
+    assert proc.returncode == 1 and "refusing to delete: local_path 'data/a'" in proc.stderr
+    assert (home / "data" / "a" / "mine.txt").read_text() == "the user's"
 
 
 def test_an_unexpected_exception_goes_to_the_log(

@@ -21,6 +21,8 @@ async def test_an_engine_that_fails_to_start_is_reported_and_quit_is_offered(
     app = make_app(home, catalog(a="http://127.0.0.1:9/f"))
     async with app.run_test(size=SIZE, notifications=True) as pilot:
         await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        # The notification is a message of its own: it may land after the screen is pushed.
+        await until(pilot, lambda: any("engine failed to start" in m for m in messages(app)))
         (said,) = [m for m in messages(app) if "engine failed to start" in m]
         assert "the proxy ftp://127.0.0.1:9 cannot be used" in said
         await pilot.press("y")

@@ -69,6 +69,20 @@ def build_parser() -> argparse.ArgumentParser:
     srv = sub.add_parser("serve", help="run the engine behind the HTTP API")
     srv.add_argument("--host", default="127.0.0.1", help="beyond loopback needs DSM_API_TOKEN")
     srv.add_argument("--port", type=int, default=8080, help="TCP port (0: any free port)")
+    srv.add_argument(
+        "--allowed-host",
+        metavar="NAME",
+        action="append",
+        default=[],
+        help="a name clients use for this server (Host header; repeatable); loopback names "
+        "are allowed when bound to loopback",
+    )
+    srv.add_argument(
+        "--print-token",
+        action="store_true",
+        help="print the API token, creating it (mode 0600, in the data home) if needed; "
+        "the server then requires it",
+    )
     cache = sub.add_parser("cache", help="the team cache on S3-compatible storage")
     cache_sub = cache.add_subparsers(dest="cache_command", metavar="ACTION", required=True)
     status = cache_sub.add_parser("status", help="bucket, reachability, datasets it holds")
@@ -260,7 +274,7 @@ def run(argv: Sequence[str] | None) -> int:
     if args.command == "serve":
         from dsm.api.serve import serve  # Starlette and uvicorn load for this command only
 
-        return serve(settings, repo, args.host, args.port)
+        return serve(settings, repo, args.host, args.port, args.allowed_host, args.print_token)
     if args.run_job:
         import anyio
 

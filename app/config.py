@@ -31,6 +31,9 @@ DEFAULT_HOST_CONNECTIONS = 8
 DEFAULT_LOW_SPEED_LIMIT = 1024  # bytes/s ...
 DEFAULT_LOW_SPEED_TIME = 60.0  # ... for this many seconds: the transfer is stalled
 CONNECT_TIMEOUT = 30.0
+# Unpacking stops at these (a decompression bomb): DSM_EXTRACT_MAX_BYTES / _MAX_MEMBERS.
+DEFAULT_EXTRACT_MAX_BYTES = 64 << 30
+DEFAULT_EXTRACT_MAX_MEMBERS = 1_000_000
 
 
 def bundled_catalog() -> Path:
@@ -69,6 +72,8 @@ class Settings:
     # published to it (DSM_CACHE_PUSH=0 for read-only credentials).
     cache_url: str | None = None
     cache_push: bool = True
+    extract_max_bytes: int = DEFAULT_EXTRACT_MAX_BYTES
+    extract_max_members: int = DEFAULT_EXTRACT_MAX_MEMBERS
 
     @property
     def db_path(self) -> Path:
@@ -240,6 +245,20 @@ def load_settings(
         offline=offline(env),
         cache_url=_cache_url(*pick(cache_url, "DSM_CACHE_URL")),
         cache_push=_flag("DSM_CACHE_PUSH", env.get("DSM_CACHE_PUSH"), default=True),
+        extract_max_bytes=_number(
+            "DSM_EXTRACT_MAX_BYTES",
+            env.get("DSM_EXTRACT_MAX_BYTES"),
+            DEFAULT_EXTRACT_MAX_BYTES,
+            int,
+            0,
+        ),
+        extract_max_members=_number(
+            "DSM_EXTRACT_MAX_MEMBERS",
+            env.get("DSM_EXTRACT_MAX_MEMBERS"),
+            DEFAULT_EXTRACT_MAX_MEMBERS,
+            int,
+            1,
+        ),
     )
 
 

@@ -3,6 +3,7 @@
     DsmError                      a failure explained to the user (exit_code)
     ├── BadInput                  the user's input or file is wrong (exit 2)
     │   └── CatalogError          a catalogue that cannot be used
+    ├── ArchiveError              an archive refused or unreadable while unpacking
     └── TransferError             a download failed; `retryable(exc)` says if trying heals it
         ├── HttpStatusError       an unwanted HTTP status (408, 429, 5xx can heal)
         ├── NetworkError          the connection failed (heals)
@@ -42,6 +43,10 @@ class BadInput(DsmError):
 
 class CatalogError(BadInput):
     """A catalogue that cannot be used; the message lists every problem found."""
+
+
+class ArchiveError(DsmError):
+    """An archive that cannot be unpacked safely; the message names the member."""
 
 
 class UnknownDataset(LookupError):

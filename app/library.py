@@ -147,12 +147,12 @@ def _local(settings: Settings, ds: Dataset) -> Path | None:
     as verified); None when there is none."""
     if ds.outdated or not files.still_verified(settings.home, ds):
         return None
-    return files.target(settings.home, ds)
+    return files.local(settings.home, ds)
 
 
 def _info(settings: Settings, ds: Dataset) -> DatasetInfo:
     try:
-        where: Path | None = files.target(settings.home, ds)
+        where: Path | None = files.local(settings.home, ds)
     except ValueError:
         where = None
     return DatasetInfo(

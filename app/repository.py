@@ -6,6 +6,7 @@ domain object (a dataset or a job) is a corrupt store, reported as `StoreCorrupt
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -14,10 +15,17 @@ from typing import Any, TypeVar
 
 from dsm.domain.jobs import Job
 from dsm.domain.model import Dataset, Status
-from dsm.errors import UnknownDataset
+from dsm.errors import BadInput, UnknownDataset
 from dsm.store import Store, StoreCorrupt, StoreError
 
-__all__ = ["Repository", "StoreCorrupt", "StoreError", "UnknownDataset", "now_ms"]
+__all__ = [
+    "IdempotencyMismatch",
+    "Repository",
+    "StoreCorrupt",
+    "StoreError",
+    "UnknownDataset",
+    "now_ms",
+]
 
 T = TypeVar("T")
 _DATASETS = "datasets"
@@ -31,6 +39,20 @@ _PROGRESS_FIELDS = ("progress", "bytes_done", "bytes_total", "rate")
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+class IdempotencyMismatch(BadInput):
+    """An idempotency key sent again with a request that differs from its first one."""
+
+
+def _twin_key(job: Job) -> str:
+    return json.dumps([job.type.value, job.dataset, job.params], sort_keys=True)
+
+
+def _keys(doc: dict[str, Any]) -> dict[str, Any]:
+    """A job document's idempotency keys -> their requests (None: kept before requests were)."""
+    raw = doc.get(_IDEMPOTENCY) or {}
+    return dict(raw) if isinstance(raw, dict) else dict.fromkeys(raw)
 
 
 class Repository:
@@ -165,19 +187,57 @@ class Repository:
     def clear_cancel(self, job_id: str) -> None:
         self._store.remove(_CANCELS, job_id)
 
-    # -- idempotency keys of POST /jobs --------------------------------------------------
-    def job_by_idempotency_key(self, key: str) -> Job | None:
-        for doc in self._store.all(_JOBS):
-            if key in doc.get(_IDEMPOTENCY, ()):
-                return self._parse(Job.from_dict, doc, "job")
-        return None
+    # -- submitting: twins and idempotency keys ------------------------------------------
+    def find_or_add_jobs(
+        self,
+        jobs: list[Job],
+        reusable: Callable[[Job], bool] = lambda job: True,
+        key: str | None = None,
+        request: dict[str, Any] | None = None,
+    ) -> list[Job]:
+        """Store each job unless an unfinished twin (same type, dataset and params) that
+        `reusable` accepts is stored; per job, the twin or the job itself. One transaction:
+        two processes on one home cannot both add a twin.
 
-    def remember_idempotency_key(self, job_id: str, key: str) -> None:
-        """Keep `key` in the job's document (one job may carry several keys)."""
+        `key` (an idempotency key, for a single job) is stored with the job, or its twin, in
+        the same write, with the `request` it came with. A key already stored names its job;
+        a different request under it is `IdempotencyMismatch`.
+        """
+        if key is not None and len(jobs) != 1:
+            raise ValueError("an idempotency key names a single job")
         with self._store.transaction():
-            doc = self._store.get(_JOBS, job_id)
-            if doc is not None:
-                self._store.update(_JOBS, job_id, {_IDEMPOTENCY: [*doc.get(_IDEMPOTENCY, ()), key]})
+            if key is not None:
+                known = self._job_by_key(key, request)
+                if known is not None:
+                    return [known]
+            twins = {_twin_key(j): j for j in self.jobs() if not j.status.finished and reusable(j)}
+            out: list[Job] = []
+            for job in jobs:
+                found = twins.setdefault(_twin_key(job), job)
+                keys = {key: request} if key is not None else {}
+                if found is job:
+                    self._store.put(_JOBS, job.id, {**job.to_dict(), _IDEMPOTENCY: keys})
+                elif keys:
+                    stored = self._store.get(_JOBS, found.id) or {}
+                    self._store.update(_JOBS, found.id, {_IDEMPOTENCY: {**_keys(stored), **keys}})
+                out.append(found)
+            return out
+
+    def _job_by_key(self, key: str, request: dict[str, Any] | None) -> Job | None:
+        for doc in self._store.all(_JOBS):
+            keys = _keys(doc)
+            if key not in keys:
+                continue
+            job = self._parse(Job.from_dict, doc, "job")
+            # Keys stored before requests were kept with them: compare what the job says.
+            stored = keys[key] or {"type": job.type.value, "dataset": job.dataset}
+            if request is not None and any(request.get(k) != v for k, v in stored.items()):
+                raise IdempotencyMismatch(
+                    f"idempotency_key {key!r} was already used for another request: "
+                    f"{json.dumps(stored, sort_keys=True)}"
+                )
+            return job
+        return None
 
     # -- the registered catalogue --------------------------------------------------------
     def catalog_stamp(self) -> dict[str, Any] | None:

@@ -7,57 +7,40 @@ progress is fresher than the store's (written once a second).
 
 from __future__ import annotations
 
-import hmac
 import json
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from http import HTTPStatus
 from typing import Any, TypeVar
 
 import anyio
 from starlette.applications import Starlette
-from starlette.datastructures import Headers, QueryParams
+from starlette.datastructures import QueryParams
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
 
-from dsm.api.schema import (
-    IDEMPOTENCY_KEY_MAX,
-    PROBLEM_MEDIA,
-    SCHEMAS,
-    openapi,
-)
+from dsm.api.auth import BearerAuth
+from dsm.api.events import EventHub
+from dsm.api.guard import JsonBody, SameOrigin
+from dsm.api.problem import Problem
+from dsm.api.schema import CANCEL_REQUEST, IDEMPOTENCY_KEY_MAX, SCHEMAS, openapi
+from dsm.api.validate import check
 from dsm.config import Settings
-from dsm.domain.jobs import PARAMS_SCHEMA, Job, JobStatus, JobType, parse_params
+from dsm.domain.jobs import PARAMS_SCHEMA, Job, JobStatus, JobType
 from dsm.domain.model import Dataset
 from dsm.domain.paging import DEFAULT_PAGE_SIZE, MAX_PAGE, MAX_PAGE_SIZE, page_of
+from dsm.domain.redact import redact_doc
 from dsm.engine.engine import Engine
 from dsm.errors import BadInput
 from dsm.repository import Repository, StoreError, UnknownDataset
 
 T = TypeVar("T")
-REQUEST_FIELDS = frozenset(SCHEMAS["JobRequest"]["properties"])
-JOB_TYPES = frozenset(t.value for t in JobType)
 JOB_STATUSES = frozenset(s.value for s in JobStatus)
-
-
-class Problem(Exception):
-    def __init__(self, status: int, detail: str, headers: Mapping[str, str] | None = None) -> None:
-        super().__init__(detail)
-        self.status, self.detail, self.headers = status, detail, dict(headers or {})
-
-    def response(self) -> JSONResponse:
-        body = {
-            "type": "about:blank",
-            "title": HTTPStatus(self.status).phrase,
-            "status": self.status,
-            "detail": self.detail,
-        }
-        return JSONResponse(body, self.status, self.headers, media_type=PROBLEM_MEDIA)
+SHUTDOWN_MESSAGE = "interrupted by shutdown; resumes at the next start"
+DEFS = {**SCHEMAS, "JobParams": PARAMS_SCHEMA}
 
 
 def as_problem(exc: Exception) -> Problem:
@@ -65,14 +48,26 @@ def as_problem(exc: Exception) -> Problem:
         return exc
     if isinstance(exc, HTTPException):  # Starlette's own: no route (404), wrong method (405)
         return Problem(exc.status_code, exc.detail, exc.headers)
-    if isinstance(exc, BadInput):  # the engine's params check, naming the field
+    if isinstance(exc, BadInput):  # a field check, naming the field
         return Problem(422, str(exc))
-    assert isinstance(exc, StoreError), exc  # on_error is registered for these four only
-    return Problem(503, str(exc))
+    if isinstance(exc, StoreError):
+        return Problem(503, str(exc))
+    # A bug: the client gets a problem, the log the traceback (Starlette re-raises it).
+    return Problem(500, f"internal error: {type(exc).__name__}")
 
 
 async def on_error(request: Request, exc: Exception) -> Response:
     return as_problem(exc).response()
+
+
+def render_dataset(ds: Dataset) -> dict[str, Any]:
+    out: dict[str, Any] = redact_doc(ds.to_dict())
+    return out
+
+
+def render_job(job: Job) -> dict[str, Any]:
+    out: dict[str, Any] = redact_doc(job.to_dict())
+    return out
 
 
 # -- request parsing ------------------------------------------------------------------------
@@ -113,41 +108,44 @@ class Page:
         }
 
 
-async def json_body(request: Request) -> Any:
+async def json_body(request: Request, schema: dict[str, Any], required: bool = True) -> Any:
+    """The body, checked against `schema`; an optional body may be empty. Parsed on the
+    event loop: guard.MAX_BODY bounds it to a few ms, and in a thread json's C decoder
+    would hold the GIL all the same."""
+    raw = await request.body()
+    if not raw and not required:
+        return {}
+    if not raw:
+        raise Problem(400, "the request needs a JSON body")
     try:
-        return json.loads(await request.body())
+        body = json.loads(raw)
     except (ValueError, RecursionError) as exc:  # ValueError covers bad JSON and bad UTF-8
         raise Problem(400, f"request body is not valid JSON: {exc}") from None
+    check(schema, body, "body", DEFS)
+    return body
 
 
-def parse_job_request(body: Any) -> tuple[JobType, dict[str, Any], str | None]:
-    """Check the shape of a POST /jobs body; the params themselves are the engine's to check."""
-    if not isinstance(body, dict):
-        raise Problem(422, "request body must be a JSON object")
-    extra = sorted(set(body) - REQUEST_FIELDS)
-    if extra:
-        raise Problem(422, f"unknown field(s): {', '.join(extra)}")
-    kind = body.get("type")
-    if not isinstance(kind, str) or kind not in JOB_TYPES:
-        raise Problem(422, f"'type' must be one of: {', '.join(sorted(JOB_TYPES))}")
-    params = body.get("params")
-    if not isinstance(params, dict):
-        raise Problem(422, "'params' is required and must be a JSON object")
-    key = body.get("idempotency_key")
-    if "idempotency_key" in body and not (
-        isinstance(key, str) and 1 <= len(key) <= IDEMPOTENCY_KEY_MAX
-    ):
-        raise Problem(422, f"'idempotency_key' must be a string of 1 to {IDEMPOTENCY_KEY_MAX}")
-    return JobType(kind), params, key
+def idempotency_key(request: Request, body: dict[str, Any]) -> str | None:
+    """The key from the Idempotency-Key header or the body field (both: they must agree)."""
+    header = request.headers.get("idempotency-key")
+    if header is not None and not 1 <= len(header) <= IDEMPOTENCY_KEY_MAX:
+        raise Problem(422, f"Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX} characters")
+    field = body.get("idempotency_key")
+    if header is not None and field is not None and header != field:
+        raise Problem(422, "the Idempotency-Key header and idempotency_key field differ")
+    return header if header is not None else field
 
 
 # -- the routes -----------------------------------------------------------------------------
 class Api:
     def __init__(self, settings: Settings, repo: Repository) -> None:
         self.repo = repo
-        self.engine = Engine(settings, repo)
-        # Looking a key up, submitting and recording the key must not interleave.
-        self._keys = anyio.Lock()
+        self.hub = EventHub(self.snapshot)
+        self.engine = Engine(settings, repo, listeners=[self.hub.publish])
+        # Stopping the server (SIGTERM, SIGINT) suspends running jobs, as quitting the
+        # dashboard does: partial files kept, rows queued, resumed by the next start.
+        self.engine.suspend_on_exit = True
+        self.engine.suspend_message = SHUTDOWN_MESSAGE
 
     async def _store(self, fn: Callable[..., T], *args: Any) -> T:
         return await anyio.to_thread.run_sync(fn, *args)
@@ -162,17 +160,25 @@ class Api:
             raise Problem(404, "job not found")
         return (await self._fresh([stored]))[0]
 
+    async def snapshot(self) -> dict[str, Any]:
+        """What /events sends a client that missed too much: datasets and unfinished jobs."""
+        jobs = await self._fresh(await self._store(self.repo.jobs))
+        return {
+            "datasets": [d.to_dict() for d in await self._store(self.repo.datasets)],
+            "jobs": [j.to_dict() for j in jobs if not j.status.finished],
+        }
+
     async def list_datasets(self, request: Request) -> Response:
         page = Page.of(request.query_params)
         rows = await self._store(self.repo.datasets)
-        return JSONResponse(page.body("datasets", rows, Dataset.to_dict))
+        return JSONResponse(page.body("datasets", rows, render_dataset))
 
     async def get_dataset(self, request: Request) -> Response:
         try:
             ds = await self._store(self.repo.dataset, request.path_params["name"])
         except UnknownDataset:
             raise Problem(404, "dataset not found") from None
-        return JSONResponse(ds.to_dict())
+        return JSONResponse(render_dataset(ds))
 
     async def job_params(self, request: Request) -> Response:
         return JSONResponse(PARAMS_SCHEMA)
@@ -193,73 +199,47 @@ class Api:
             if status in (None, j.status) and dataset in (None, j.dataset)
         ]
         jobs.sort(key=lambda j: j.created_ms, reverse=True)
-        return JSONResponse(page.body("jobs", jobs, Job.to_dict))
+        return JSONResponse(page.body("jobs", jobs, render_job))
 
     async def get_job(self, request: Request) -> Response:
-        return JSONResponse((await self._job(request.path_params["id"])).to_dict())
+        return JSONResponse(render_job(await self._job(request.path_params["id"])))
 
     async def submit_job(self, request: Request) -> Response:
-        job_type, params, key = parse_job_request(await json_body(request))
-        if key is None:
-            job = await self.engine.submit(job_type, params)
-        else:
-            async with self._keys:
-                job = await self._submit_once(job_type, params, key)
-        return JSONResponse(job.to_dict(), 202)
-
-    async def _submit_once(self, job_type: JobType, params: dict[str, Any], key: str) -> Job:
-        known = await self._store(self.repo.job_by_idempotency_key, key)
-        if known is None:
-            job = await self.engine.submit(job_type, params)
-            await self._store(self.repo.remember_idempotency_key, job.id, key)
-            return job
-        names = await self._store(lambda: {d.name for d in self.repo.datasets()})
-        replayed = parse_params(params, names)  # a replay must be a valid request too
-        if (known.type, known.dataset) != (job_type, replayed.dataset):
-            raise Problem(
-                422, f"idempotency_key was already used for a {known.type} of {known.dataset}"
-            )
-        return (await self._fresh([known]))[0]
+        """202 with a new job; 200 with the unfinished twin, or the job the key names."""
+        body = await json_body(request, SCHEMAS["JobRequest"])
+        key = idempotency_key(request, body)
+        submitted = await self.engine.submit_many(
+            JobType(body["type"]), [body["params"]], key, others_twins=True
+        )
+        (job,) = submitted
+        return JSONResponse(render_job(job), 202 if job.id in submitted.created else 200)
 
     async def cancel_job(self, request: Request) -> Response:
+        await json_body(request, CANCEL_REQUEST, required=False)
         job_id = request.path_params["id"]
         await self._job(job_id)  # unknown: 404 before anything else
         if await self.engine.cancel(job_id):
-            return JSONResponse((await self._job(job_id)).to_dict(), 202)
+            return JSONResponse(render_job(await self._job(job_id)), 202)
         job = await self._job(job_id)
         if job.status.finished:
             raise Problem(409, f"job already finished: {job.status}")
         raise Problem(409, "another dsm process runs this job; cancel it there")
 
-
-class BearerAuth:
-    """Refuse every HTTP request without `Authorization: Bearer <token>`."""
-
-    def __init__(self, app: ASGIApp, token: str) -> None:
-        self.app, self.token = app, token.encode()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            scheme, _, given = Headers(scope=scope).get("authorization", "").partition(" ")
-            # compare_digest: the time taken must not tell how much of a guess was right
-            if scheme.lower() != "bearer" or not hmac.compare_digest(
-                given.strip().encode(), self.token
-            ):
-                problem = Problem(
-                    401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"}
-                )
-                await problem.response()(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+    async def events(self, request: Request) -> Response:
+        stream = self.hub.stream(request.headers.get("last-event-id"))
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
 
 
 def create_app(
     settings: Settings,
     repo: Repository,
     token: str | None,
-    on_ready: Callable[[], None] = lambda: None,
+    hosts: frozenset[str],
+    on_ready: Callable[[Api], None] = lambda api: None,
 ) -> Starlette:
-    """The ASGI app; its lifespan runs the engine (workers, adoption of orphaned jobs)."""
+    """The ASGI app; its lifespan runs the engine (workers, adoption of orphaned jobs).
+    `hosts`: the Host header values it answers to (guard.host_names)."""
     api = Api(settings, repo)
     document = openapi(token is not None, [d.name for d in repo.datasets()])
 
@@ -269,22 +249,31 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with api.engine.running():
-            on_ready()
-            yield
+            on_ready(api)
+            try:
+                yield
+            finally:
+                api.hub.close()
 
     routes = [
         Route("/datasets", api.list_datasets, methods=["GET"]),
         Route("/datasets/{name}", api.get_dataset, methods=["GET"]),
+        Route("/events", api.events, methods=["GET"]),
         Route("/job_params/dataset", api.job_params, methods=["GET"]),
         Route("/jobs", api.jobs, methods=["GET", "POST"]),
         Route("/jobs/{id}", api.get_job, methods=["GET"]),
         Route("/jobs/{id}/cancel", api.cancel_job, methods=["POST"]),
         Route("/openapi.json", get_openapi, methods=["GET"]),
     ]
-    handled = (Problem, HTTPException, BadInput, StoreError)
+    # Outermost first: a request from elsewhere is refused before its token is looked at,
+    # a wrong token before its body is read.
+    middleware = [Middleware(SameOrigin, hosts=hosts)]
+    middleware += [Middleware(BearerAuth, token=token)] if token else []
+    middleware += [Middleware(JsonBody, routes=routes)]
+    handled = (Problem, HTTPException, BadInput, StoreError, Exception)
     return Starlette(
         routes=routes,
         exception_handlers=dict.fromkeys(handled, on_error),
-        middleware=[Middleware(BearerAuth, token=token)] if token else [],
+        middleware=middleware,
         lifespan=lifespan,
     )

@@ -13,13 +13,21 @@ from collections.abc import Sequence
 from enum import Enum
 from typing import Any
 
+from dsm.api.events import DATASET, EVENT_NAMES, PROGRESS_INTERVAL_S, SNAPSHOT
+from dsm.api.guard import BODY_TIMEOUT_S, MAX_BODY
+from dsm.api.problem import PROBLEM_MEDIA
 from dsm.domain.jobs import PARAMS_SCHEMA, Job, JobStatus, JobType
 from dsm.domain.model import Dataset
 from dsm.domain.paging import DEFAULT_PAGE_SIZE, MAX_PAGE, MAX_PAGE_SIZE
 from dsm.version import __version__
 
 IDEMPOTENCY_KEY_MAX = 200
-PROBLEM_MEDIA = "application/problem+json"
+CANCEL_REQUEST: dict[str, Any] = {
+    "type": "object",
+    "description": "no fields; the body may be empty",
+    "properties": {},
+    "additionalProperties": False,
+}
 
 _SCALARS: dict[Any, str] = {str: "string", int: "integer", float: "number", bool: "boolean"}
 
@@ -127,7 +135,9 @@ SCHEMAS: dict[str, Any] = {
                 "type": "string",
                 "minLength": 1,
                 "maxLength": IDEMPOTENCY_KEY_MAX,
-                "description": "a retry with the same key returns the job of the first request",
+                "description": "a retry with the same key returns the job of the first request; "
+                "the same key with a different request is a 422 (also the Idempotency-Key "
+                "header)",
             },
         },
         "required": ["type", "params"],
@@ -145,6 +155,19 @@ SCHEMAS: dict[str, Any] = {
         "required": ["type", "title", "status", "detail"],
     },
 }
+JOB_LINKS = {
+    op: {"operationId": op, "parameters": {"id": "$response.body#/id"}}
+    for op in ("getJob", "cancelJob")
+}
+EVENTS_DESCRIPTION = f"""Server-Sent Events (text/event-stream) of this server's jobs and their
+datasets. Each event has an increasing `id`, an `event` (one of {", ".join(EVENT_NAMES)}) and
+JSON `data`: `{{"kind", "job", "dataset", "eta_s"}}` (`dataset` when it changed, else null).
+`{DATASET}`: the job's dataset changed state (downloading, verifying, ...). `progress` comes
+at most every {PROGRESS_INTERVAL_S:g} s per job; a job that fails ends with `finished`, its
+`status` and `error`. Reconnect with `Last-Event-ID` to get every event but `progress` that
+was missed; if they are no longer kept, a `{SNAPSHOT}` event comes first with
+`{{"datasets": [...], "jobs": [unfinished jobs]}}`. Comments (`: keepalive`) keep idle
+streams open. URLs have credentials redacted, as everywhere in this API."""
 PATHS: dict[str, Any] = {
     "/datasets": {
         "get": {
@@ -161,6 +184,28 @@ PATHS: dict[str, Any] = {
             "responses": {
                 "200": _json(_ref("Dataset"), "the dataset"),
                 "404": _problem("dataset not found"),
+            },
+        }
+    },
+    "/events": {
+        "get": {
+            "operationId": "streamEvents",
+            "summary": "a live stream of job and dataset events (Server-Sent Events)",
+            "description": EVENTS_DESCRIPTION,
+            "parameters": [
+                {
+                    "name": "Last-Event-ID",
+                    "in": "header",
+                    "required": False,
+                    "schema": {"type": "string"},
+                    "description": "the id of the last event received, to resume after it",
+                }
+            ],
+            "responses": {
+                "200": {
+                    "description": "the stream; it ends when the server stops",
+                    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                }
             },
         }
     },
@@ -188,20 +233,34 @@ PATHS: dict[str, Any] = {
         },
         "post": {
             "operationId": "submitJob",
+            "summary": "queue a job; an identical unfinished job is returned instead of a twin",
+            "parameters": [
+                {
+                    "name": "Idempotency-Key",
+                    "in": "header",
+                    "required": False,
+                    "schema": {"type": "string", "minLength": 1, "maxLength": IDEMPOTENCY_KEY_MAX},
+                    "description": "the same as the body field `idempotency_key`",
+                }
+            ],
             "requestBody": {
                 "required": True,
                 "content": {"application/json": {"schema": _ref("JobRequest")}},
             },
             "responses": {
-                "202": {
-                    **_json(_ref("Job"), "the job, queued (or the one an idempotency key names)"),
-                    "links": {
-                        op: {"operationId": op, "parameters": {"id": "$response.body#/id"}}
-                        for op in ("getJob", "cancelJob")
-                    },
+                "202": {**_json(_ref("Job"), "the job, queued now"), "links": JOB_LINKS},
+                "200": {
+                    **_json(
+                        _ref("Job"),
+                        "an unfinished job with the same type and params (of any dsm process "
+                        "on this data home), or the job the idempotency key names",
+                    ),
+                    "links": JOB_LINKS,
                 },
-                "400": _problem("the body is not JSON"),
-                "422": _problem("a field is invalid; `detail` names it"),
+                "422": _problem(
+                    "a field is invalid (`detail` names it), or the idempotency key was used "
+                    "for a different request"
+                ),
             },
         },
     },
@@ -216,7 +275,12 @@ PATHS: dict[str, Any] = {
         "post": {
             "operationId": "cancelJob",
             "parameters": [_path("id", "job id")],
+            "requestBody": {
+                "required": False,
+                "content": {"application/json": {"schema": CANCEL_REQUEST}},
+            },
             "responses": {
+                "422": _problem("the body has fields"),
                 "202": _json(_ref("Job"), "cancel requested; the job stops within a second"),
                 "404": _problem("job not found"),
                 "409": _problem("the job has finished, or another process runs it"),
@@ -232,6 +296,20 @@ PATHS: dict[str, Any] = {
 }
 
 
+# What the middleware (app/api/guard.py, auth.py) answers for every route.
+COMMON = {
+    "400": _problem("no Host header, or (POST) a body that is not JSON"),
+    "403": _problem("a cross-site request: Origin or Sec-Fetch-Site names another site"),
+    "421": _problem("the Host header is not a name of this server (DNS rebinding)"),
+    "503": _problem("the store is locked by another process too long or unwritable"),
+}
+POSTS = {
+    "408": _problem(f"the body did not arrive within {BODY_TIMEOUT_S:g} s"),
+    "413": _problem(f"the body is over {MAX_BODY} bytes"),
+    "415": _problem("the Content-Type is not application/json"),
+}
+
+
 def _job_params(datasets: Sequence[str]) -> dict[str, Any]:
     """PARAMS_SCHEMA, with the catalogue's names as examples of `dataset`."""
     schema = {k: v for k, v in PARAMS_SCHEMA.items() if k != "$schema"}
@@ -241,14 +319,19 @@ def _job_params(datasets: Sequence[str]) -> dict[str, Any]:
 
 def openapi(token_required: bool, datasets: Sequence[str]) -> dict[str, Any]:
     """The document; with a token, every operation also declares bearer auth and its 401."""
-    common = {"503": _problem("the store is locked by another process too long or unwritable")}
+    common = dict(COMMON)
     extra: dict[str, Any] = {}
     if token_required:
         common["401"] = _problem("missing or wrong bearer token")
+        common["429"] = _problem("too many wrong tokens from this address; see Retry-After")
         extra = {"security": [{"bearer": []}]}
     paths = {
         path: {
-            method: {**op, "responses": {**op["responses"], **common}} for method, op in ops.items()
+            method: {
+                **op,
+                "responses": {**op["responses"], **common, **(POSTS if method == "post" else {})},
+            }
+            for method, op in ops.items()
         }
         for path, ops in PATHS.items()
     }

@@ -15,7 +15,18 @@ from dsm.errors import CatalogError
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]*")
 SHA256_RE = re.compile(r"[0-9a-f]{64}")  # matched against the lower-cased value
-FIELDS = {"name", "description", "original_url", "local_path", "expected_size", "expected_sha256"}
+FIELDS = {
+    "name",
+    "description",
+    "original_url",
+    "local_path",
+    "expected_size",
+    "expected_sha256",
+    "extract",
+    "mirrors",
+}
+# The archive kinds dsm unpacks (dsm.engine.unpack.KINDS; the catalogue sits below the engine).
+EXTRACT_KINDS = ("zip", "tar", "tar.gz", "tar.bz2", "tar.xz", "gz")
 
 
 @dataclass(frozen=True)
@@ -26,6 +37,37 @@ class CatalogEntry:
     local_path: str
     expected_size: int | None = None
     expected_sha256: str | None = None
+    extract: str | None = None
+    mirrors: tuple[str, ...] = ()
+
+
+def _http_problem(url: str) -> str | None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"{url!r} must be an http or https URL with a host"
+    return None
+
+
+def _archive_errors(raw: dict[str, Any]) -> list[tuple[str, str]]:
+    """(field, problem) pairs for the fields of issue 15: extract and mirrors."""
+    errs: list[tuple[str, str]] = []
+    if "files" in raw:
+        errs.append(("files", "several files per dataset are not supported yet"))
+    kind, mirrors = raw.get("extract"), raw.get("mirrors", [])
+    if kind is not None and kind not in EXTRACT_KINDS:
+        errs.append(("extract", f"{kind!r} must be one of {', '.join(EXTRACT_KINDS)}"))
+    if not isinstance(mirrors, list):
+        errs.append(("mirrors", "must be a list of http or https URLs"))
+    else:
+        for i, url in enumerate(mirrors):
+            problem = _http_problem(url) if isinstance(url, str) else "must be a string"
+            if problem:
+                errs.append((f"mirrors[{i}]", problem))
+    url = raw.get("original_url")
+    for key in ("extract", "mirrors"):
+        if key in raw and isinstance(url, str) and is_hub(url):
+            errs.append((key, "is not supported for a Hugging Face (hf://) source"))
+    return errs
 
 
 def _entry_errors(
@@ -34,7 +76,7 @@ def _entry_errors(
     """(field, problem) pairs for one entry, and its resolved file when the path is sound."""
     errs: list[tuple[str, str]] = []
     target: Path | None = None
-    for key in sorted(set(raw) - FIELDS):
+    for key in sorted(set(raw) - FIELDS - {"files"}):
         errs.append((key, "unknown field"))
     name = raw.get("name")
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
@@ -49,12 +91,8 @@ def _entry_errors(
             parse_hub_url(url)
         except ValueError as exc:
             errs.append(("original_url", str(exc)))
-    else:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            errs.append(
-                ("original_url", f"{url!r} must be an http or https URL with a host, or hf://")
-            )
+    elif _http_problem(url):
+        errs.append(("original_url", f"{url!r} must be an http or https URL with a host, or hf://"))
     local = raw.get("local_path")
     if not isinstance(local, str):
         errs.append(("local_path", "is required and must be a string"))
@@ -69,6 +107,7 @@ def _entry_errors(
     sha = raw.get("expected_sha256")
     if sha is not None and (not isinstance(sha, str) or not SHA256_RE.fullmatch(sha.lower())):
         errs.append(("expected_sha256", f"{sha!r} must be 64 hex characters"))
+    errs.extend(_archive_errors(raw))
     return errs, target
 
 
@@ -132,6 +171,8 @@ def parse_catalog(text: str, source: Path, home: Path) -> list[CatalogEntry]:
                         if isinstance(raw.get("expected_sha256"), str)
                         else None
                     ),
+                    extract=raw.get("extract"),
+                    mirrors=tuple(raw.get("mirrors", ())),
                 )
             )
     if problems:

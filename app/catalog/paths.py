@@ -7,7 +7,10 @@ from pathlib import Path, PurePath, PurePosixPath
 # Names dsm itself keeps in the home: a dataset file must never take their place.
 STORE_FILES = frozenset({"db.json", "db.json.lock"})
 LOCK_DIR = ".locks"
-PART_SUFFIXES = (".part", ".part.json")
+ARCHIVES_DIR = ".archives"  # verified archives of unpacked datasets, and their file lists
+OWN_DIRS = (LOCK_DIR, ARCHIVES_DIR)
+# Partial downloads, their sidecars, and an unpacked copy on its way in or out.
+PART_SUFFIXES = (".part", ".part.json", ".part.old")
 # A file name may take 255 bytes on common file systems; the longest name dsm writes beside
 # a dataset file is its sidecar's temporary file, `<name>.part.json.tmp`.
 NAME_MAX = 255 - len(".part.json.tmp")
@@ -38,12 +41,12 @@ def local_path_problem(local_path: str) -> str | None:
 def reserved_problem(relative: PurePath) -> str | None:
     """Why a path (relative to the home) belongs to dsm itself, or None."""
     name = relative.name
-    if str(relative) in STORE_FILES or (relative.parts and relative.parts[0] == LOCK_DIR):
-        return "is reserved for dsm's own files (db.json, db.json.lock, .locks/)"
+    if str(relative) in STORE_FILES or (relative.parts and relative.parts[0] in OWN_DIRS):
+        return "is reserved for dsm's own files (db.json, db.json.lock, .locks/, .archives/)"
     if name.startswith(".db-") and name.endswith(".tmp"):
         return "is reserved for dsm's own temporary files (.db-*.tmp)"
     if name.endswith(PART_SUFFIXES):
-        return "must not end in .part or .part.json (names of partial downloads)"
+        return "must not end in .part, .part.json or .part.old (names of partial downloads)"
     return None
 
 

@@ -21,6 +21,8 @@ def _catalog_fields(ds: Dataset) -> tuple[object, ...]:
         ds.local_path,
         ds.expected_size,
         ds.expected_sha256,
+        ds.extract,
+        ds.mirrors,
         ds.outdated,
         ds.in_catalog,
     )
@@ -37,6 +39,7 @@ def _apply(ds: Dataset, entry: CatalogEntry) -> bool:
         or ds.local_path != entry.local_path
         or ds.expected_size != entry.expected_size
         or ds.expected_sha256 != entry.expected_sha256
+        or ds.extract != entry.extract
     )
     if ds.downloaded and source_changed:
         # A copy fetched from another URL, or that the new checksum contradicts, is not
@@ -46,6 +49,7 @@ def _apply(ds: Dataset, entry: CatalogEntry) -> bool:
             and ds.local_path == entry.local_path
             and entry.expected_sha256 in (None, ds.checksum)
             and entry.expected_size in (None, ds.size)
+            and ds.extract == entry.extract
         )
         ds.outdated = ds.outdated or not agrees
     ds.description = entry.description
@@ -53,6 +57,8 @@ def _apply(ds: Dataset, entry: CatalogEntry) -> bool:
     ds.local_path = entry.local_path
     ds.expected_size = entry.expected_size
     ds.expected_sha256 = entry.expected_sha256
+    ds.extract = entry.extract
+    ds.mirrors = list(entry.mirrors)
     ds.in_catalog = True
     return _catalog_fields(ds) != before
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import types
 import typing
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any
 
@@ -89,12 +89,20 @@ class Dataset:
 
     # Where the verified copy came from: "origin", a mirror's URL, or "team cache".
     served_by: str | None = None
+    # Tried in order when original_url fails for good (catalogue "mirrors").
+    mirrors: list[str] = field(default_factory=list)
+    # The archive kind to unpack into local_path (catalogue "extract"); None: kept as is.
+    extract: str | None = None
+    # An unpacked copy: how many files and bytes it holds (the list is under the home).
+    file_count: int | None = None
+    unpacked_size: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         # Every field is a plain value: no deep copy (dataclasses.asdict) is needed.
         out = {name: getattr(self, name) for name in _FIELD_NAMES}
         if self.manifest is not None:  # the one nested value: a copy, not the row's own list
             out["manifest"] = [dict(f) for f in self.manifest]
+        out["mirrors"] = list(self.mirrors)
         out["status"] = self.status.value
         return out
 
@@ -118,6 +126,8 @@ class Dataset:
             if not ok:
                 want = " or ".join(_JSON_NAMES[t] for t in allowed)
                 raise ValueError(f"dataset {name}: field {key!r} is {value!r}, expected {want}")
+            if key == "mirrors" and not all(isinstance(v, str) for v in value):
+                raise ValueError(f"dataset {name}: field 'mirrors' must list strings")
             kwargs[key] = value
         try:
             kwargs["status"] = Status(raw.get("status", Status.NOT_LOADED))

@@ -14,6 +14,7 @@ what a dataset row becomes when its job ends to `end_state` (outcome.py).
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 import uuid
@@ -49,6 +50,15 @@ STOPPED_MESSAGE = "stopped on request"
 SUSPENDED_MESSAGE = "interrupted when dsm quit; resumes at the next start"
 
 
+class Submitted(list[Job]):
+    """The jobs of a submission in the order asked; `created` holds the ids of those this
+    call queued (the others are unfinished twins, or the job an idempotency key names)."""
+
+    def __init__(self, jobs: Iterable[Job], created: frozenset[str]) -> None:
+        super().__init__(jobs)
+        self.created = created
+
+
 class Engine:
     def __init__(
         self,
@@ -73,6 +83,7 @@ class Engine:
         self._suspending = False
         # A UI sets this: quitting then suspends running jobs instead of canceling them.
         self.suspend_on_exit = False
+        self.suspend_message = SUSPENDED_MESSAGE  # what a suspended job's row says
         self._known: frozenset[str] = frozenset()  # dataset names, refreshed on a miss
         self._changed = anyio.Event()
         # The store bookkeeping of jobs, and what each job type does.
@@ -149,36 +160,56 @@ class Engine:
         (job,) = await self.submit_many(job_type, [params])
         return job
 
-    async def submit_many(self, job_type: JobType, many: list[dict[str, Any]]) -> list[Job]:
+    async def submit_many(
+        self,
+        job_type: JobType,
+        many: list[dict[str, Any]],
+        idempotency_key: str | None = None,
+        others_twins: bool = False,
+    ) -> Submitted:
         """Submit several jobs with one store write (`a` on 10,000 datasets, `--all`).
 
         Every params object is checked before anything is recorded: one bad entry queues none.
+        An unfinished twin (same type and params) of this engine is returned instead of a new
+        job, as is the job an `idempotency_key` (one params object) already names. With
+        `others_twins`, so is a twin of another live process on this home (the API, whose
+        clients poll any job; a `--run-job` must run its own jobs to wait for them).
         """
         if not all(isinstance(p, dict) and p.get("dataset") in self._known for p in many):
             self._known = await self.ledger.call(self.ledger.dataset_names)  # catalogue grew?
-        jobs: list[Job] = []
-        fresh: list[Job] = []
+        fresh: dict[str, Job] = {}  # one new job per distinct request
+        wanted: list[str] = []
+        request: dict[str, Any] = {}
         for params in many:
             p = parse_params(params, self._known)
             force = p.force_download or job_type == JobType.UPDATE
             clean = {"dataset": p.dataset, "force_download": force}
-            same = (
-                j
-                for j in [*self._active.values(), *fresh]
-                if j.dataset == p.dataset and j.type == job_type and j.params == clean
-            )
-            job = next(same, None)
-            if job is None:
-                job = Job(job_type, p.dataset, clean, owner=self.owner, created_ms=now_ms())
-                fresh.append(job)
-            jobs.append(job)
+            twin = json.dumps(clean, sort_keys=True)
+            if twin not in fresh:
+                fresh[twin] = Job(job_type, p.dataset, clean, owner=self.owner, created_ms=now_ms())
+            wanted.append(twin)
+            # What a key is compared on: the request as given (update+false != update+true).
+            request = {
+                "type": job_type.value,
+                "dataset": p.dataset,
+                "force_download": p.force_download,
+            }
         try:
-            queued = await self.ledger.call(self.ledger.record_queued, fresh)
+            found, queued = await self.ledger.call(
+                self.ledger.record_queued,
+                list(fresh.values()),
+                idempotency_key,
+                request,
+                others_twins,
+            )
         except UnknownDataset as exc:  # the row vanished since the check (another process)
             raise BadInput(f"job params: dataset not found: {exc}") from None
-        for job in fresh:
-            self._enqueue(job, queued.get(job.dataset))
-        return jobs
+        created = frozenset(j.id for j in fresh.values()) & {j.id for j in found}
+        for job in found:
+            if job.id in created:
+                self._enqueue(job, queued.get(job.dataset))
+        by_twin = dict(zip(fresh, found, strict=True))
+        return Submitted([self._active.get(by_twin[t].id, by_twin[t]) for t in wanted], created)
 
     def _enqueue(self, job: Job, ds: Dataset | None) -> Job:
         self._active[job.id] = job
@@ -290,7 +321,7 @@ class Engine:
         job.error = None if job.status == JobStatus.COMPLETED or not error else redact_text(error)
         job.finished_ms = now_ms()
         if job.status == JobStatus.CANCELED and self._suspending:
-            job.status, job.error = JobStatus.WAITING, SUSPENDED_MESSAGE
+            job.status, job.error = JobStatus.WAITING, self.suspend_message
             job.started_ms = job.finished_ms = None
         self._dirty.pop(job.id, None)
         try:

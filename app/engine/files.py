@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from dsm.catalog.paths import local_path_problem, reserved_problem, resolve_inside
+from dsm.catalog.paths import ARCHIVES_DIR, local_path_problem, reserved_problem, resolve_inside
 from dsm.domain.hub import ManifestFile
 from dsm.domain.model import Dataset
+from dsm.engine import unpack
 from dsm.transfer.http import Digest, Fetched
 from dsm.transfer.partfile import (
     discard_partial,
@@ -36,12 +38,30 @@ RESET_FIELDS: dict[str, Any] = {
     "upstream_commit": None,
     "manifest": None,
     "served_by": None,
+    "file_count": None,
+    "unpacked_size": None,
 }
+MANIFEST = "manifest.json"  # an unpacked dataset's file list, beside its archive
+
+
+def local(home: Path, ds: Dataset) -> Path:
+    """The dataset's path as the user sees it (for an unpacked dataset, the tree); ValueError
+    when it would leave the home."""
+    return resolve_inside(home, ds.local_path)
 
 
 def target(home: Path, ds: Dataset) -> Path:
-    """The dataset's final path; ValueError when it would leave the home."""
-    return resolve_inside(home, ds.local_path)
+    """Where the downloaded, verified bytes live: `local_path`, or for a dataset that is
+    unpacked, its archive under the home's .archives/ folder (outside the tree, so that a
+    re-unpack needs no download). ValueError when local_path would leave the home."""
+    path = local(home, ds)
+    if ds.extract is None:
+        return path
+    return archive_dir(home, ds) / f"archive.{ds.extract}"
+
+
+def archive_dir(home: Path, ds: Dataset) -> Path:
+    return home.resolve() / ARCHIVES_DIR / ds.name  # names match [a-z0-9][a-z0-9._-]*
 
 
 def folder_problem(path: Path, ds: Dataset) -> str | None:
@@ -86,7 +106,23 @@ def still_verified(home: Path, ds: Dataset) -> bool:
     listing = manifest_of(ds)
     if listing is not None:
         return all(_same_stat(path / f.path, f.size, f.mtime_ns) for f in listing)
-    return ds.file_mtime_ns is not None and _same_stat(path, ds.size, ds.file_mtime_ns)
+    if ds.file_mtime_ns is None or not _same_stat(path, ds.size, ds.file_mtime_ns):
+        return False
+    # An unpacked dataset: its archive as verified, and the tree and its file list in place.
+    return ds.extract is None or (local(home, ds).exists() and (path.parent / MANIFEST).exists())
+
+
+def kept_archive(home: Path, ds: Dataset) -> Installed | None:
+    """The verified file the row records, still there unchanged (size and mtime stamp); for
+    an unpacked dataset, the archive a re-unpack starts from."""
+    if ds.size is None or ds.file_mtime_ns is None or ds.checksum is None:
+        return None
+    try:
+        if not _same_stat(target(home, ds), ds.size, ds.file_mtime_ns):
+            return None
+    except ValueError:
+        return None
+    return Installed(ds.size, ds.checksum, ds.file_mtime_ns)
 
 
 def has_partial(home: Path, ds: Dataset) -> bool:
@@ -234,6 +270,9 @@ def rehash(home: Path, ds: Dataset) -> tuple[str | None, dict[str, Any]]:
         return f"size mismatch on disk: expected {ds.size} bytes, found {st.st_size}", {}
     if want and actual != want:
         return f"checksum mismatch on disk: expected sha256 {want}, got {actual}", {}
+    problem = _tree_problem(home, ds) if ds.extract is not None else None
+    if problem:
+        return problem, {}
     return None, {"file_mtime_ns": st.st_mtime_ns}
 
 
@@ -264,3 +303,45 @@ def remove(path: Path) -> None:
         if part.is_dir():  # the staging folder of a multi-file download
             shutil.rmtree(part)
         discard_partial(part)
+
+
+# -- unpacked datasets: the file list recorded at unpack time ---------------------------
+def write_manifest(home: Path, ds: Dataset, unpacked: list[unpack.Unpacked]) -> None:
+    """Record the unpacked files beside the archive. A file, not the row (as a Hub dataset's
+    few files are): an archive of 100,000 files would slow every write of the store."""
+    folder = archive_dir(home, ds)
+    tmp = folder / (MANIFEST + ".tmp")
+    doc = {"kind": ds.extract, "files": [dataclasses.asdict(u) for u in unpacked]}
+    tmp.write_text(json.dumps(doc), encoding="utf-8")
+    os.replace(tmp, folder / MANIFEST)
+
+
+def remove_unpacked(home: Path, ds: Dataset) -> None:
+    """An unpacked dataset's tree (and any copy on its way in or out), archive and list."""
+    unpack.remove_tree(local(home, ds))
+    shutil.rmtree(archive_dir(home, ds), ignore_errors=True)
+
+
+def _tree_problem(home: Path, ds: Dataset) -> str | None:
+    """Why the unpacked tree is not the one recorded at unpack time, or None."""
+    try:
+        doc = json.loads((archive_dir(home, ds) / MANIFEST).read_text(encoding="utf-8"))
+        recorded = [unpack.Unpacked(**u) for u in doc["files"]]
+        tree = local(home, ds)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"cannot verify the unpacked files: {exc}"
+    if len(recorded) != ds.file_count:
+        return f"unpacked file list holds {len(recorded)} files, expected {ds.file_count}"
+    for entry in recorded:
+        path = tree if ds.extract == "gz" else tree / entry.path
+        try:
+            if path.is_symlink() or not path.is_file():
+                return f"unpacked file {entry.path!r} is missing or not a regular file"
+            size = path.stat().st_size
+            if size != entry.size:
+                return f"unpacked file {entry.path!r}: expected {entry.size} bytes, found {size}"
+            if sha256_of(path) != entry.sha256:
+                return f"unpacked file {entry.path!r}: checksum mismatch"
+        except OSError as exc:
+            return f"unpacked file {entry.path!r}: {exc.strerror or exc}"
+    return None

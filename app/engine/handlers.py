@@ -13,8 +13,10 @@ from __future__ import annotations
 import dataclasses
 import random
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import anyio
 import httpx
@@ -25,15 +27,22 @@ from dsm.domain.events import EventKind
 from dsm.domain.hub import ManifestFile, is_hub
 from dsm.domain.jobs import Job, JobStatus, JobType
 from dsm.domain.model import Dataset, Status
-from dsm.engine import files
+from dsm.engine import files, unpack
 from dsm.engine.cache import SERVED_BY_CACHE, SERVED_BY_ORIGIN, CacheSide
 from dsm.engine.hubjob import HubDownload
 from dsm.engine.ledger import Ledger
 from dsm.engine.outcome import Outcome
-from dsm.errors import QUICK_RETRIES, TransferError, Unreachable, retry_after, retryable
+from dsm.errors import (
+    QUICK_RETRIES,
+    ArchiveError,
+    TransferError,
+    Unreachable,
+    retry_after,
+    retryable,
+)
 from dsm.repository import now_ms
 from dsm.transfer import single as transfer
-from dsm.transfer.http import Fetched, HostSlots, Policy, RetryBudget, secure_origin
+from dsm.transfer.http import Fetched, HostSlots, Policy, RetryBudget, public_url, secure_origin
 from dsm.transfer.hub import auth_headers
 from dsm.transfer.partfile import discard_partial
 
@@ -60,6 +69,19 @@ def host_headers(settings: Settings, url: str) -> dict[str, str]:
         keys |= {shown, f"{scheme}://{shown}"}
     out = {n: v for k, n, v in settings.host_headers if k in keys}
     return out | auth_headers(settings.hf_endpoint, settings.hf_token, url)
+
+
+@dataclass(frozen=True)
+class Served:
+    by: str  # "origin" or the mirror's URL, redacted
+    fetched: Fetched
+
+
+def redacted(url: str) -> str:
+    """The URL as shown (served_by, errors): no query, no user or password."""
+    parts = urlsplit(public_url(url))
+    host = parts.hostname or ""
+    return parts._replace(netloc=f"{host}:{parts.port}" if parts.port else host).geturl()
 
 
 class Handlers:
@@ -145,15 +167,7 @@ class Handlers:
         """Fetch one file to `target` (from the team cache when it holds it, else `url`),
         check it against the catalogue (and the Hub's listing when `listed`), move it into
         place and record it with `record`'s extra fields."""
-        # A copy a crashed run verified and moved into place, unknown to the store. When the
-        # store knows a verified copy, such a leftover is stale: fetch as asked.
-        installed = None
-        if not had_copy:
-            installed = await anyio.to_thread.run_sync(
-                files.installed_before_crash,
-                target,
-                abandon_on_cancel=True,  # it only reads
-            )
+        installed = await self._in_place(job, ds, target, had_copy)
         if installed is None or files.integrity_problem(ds, installed.size, installed.sha256):
             served_by = SERVED_BY_CACHE
             fetched: Fetched | Outcome | None = None
@@ -162,9 +176,10 @@ class Handlers:
                     ds, target, lambda url, size: self._transfer(job, url, target, size)
                 )
             if fetched is None:
-                size = listed.size if listed else ds.expected_size
-                served_by = SERVED_BY_ORIGIN
-                fetched = await self.fetch(job, url, target, size, budget, git_blob=listed)
+                served = await self._fetch_any(job, ds, url, target, budget, listed)
+                if not isinstance(served, Served):
+                    return served
+                served_by, fetched = served.by, served.fetched
             if not isinstance(fetched, Fetched):
                 return fetched
             await self.set_status(job, Status.VERIFYING)
@@ -174,13 +189,17 @@ class Handlers:
             if problem:
                 await anyio.to_thread.run_sync(discard_partial, files.part_of(target))
                 return JobStatus.FAILED, problem
+            unpacked = await self._unpack(ds, files.part_of(target))
+            if isinstance(unpacked, tuple):
+                return unpacked
             # From the rename on, the store must hear of the new file: no cancel in between.
             with anyio.CancelScope(shield=True):
                 installed = await anyio.to_thread.run_sync(
                     files.install, target, fetched.size, fetched.sha256
                 )
+                record.update(await self._place(ds, unpacked))
                 await self._record_install(job, installed, target, served_by=served_by, **record)
-            if served_by == SERVED_BY_ORIGIN and listed is None:  # share it with the team
+            if served_by != SERVED_BY_CACHE and listed is None:  # share it with the team
                 await anyio.to_thread.run_sync(
                     self.cache.publish,
                     ds,
@@ -190,9 +209,95 @@ class Handlers:
                     abandon_on_cancel=True,  # create-only: an upload left running is harmless
                 )
         else:
+            unpacked = await self._unpack(ds, target)
+            if isinstance(unpacked, tuple):
+                return unpacked
             with anyio.CancelScope(shield=True):
+                record.update(await self._place(ds, unpacked))
                 await self._record_install(job, installed, target, **record)
         return JobStatus.COMPLETED, None
+
+    async def _in_place(
+        self, job: Job, ds: Dataset, target: Path, had_copy: bool
+    ) -> files.Installed | None:
+        """A verified file already in place: a copy a crashed run moved there, unknown to the
+        store (when the store knows a verified copy, such a leftover is stale: fetch as
+        asked), or an unpacked dataset's kept archive (a re-unpack needs no download)."""
+        if not had_copy:
+            installed = await anyio.to_thread.run_sync(
+                files.installed_before_crash,
+                target,
+                abandon_on_cancel=True,  # it only reads
+            )
+            if installed is not None:
+                return installed
+        if ds.extract and not (job.params["force_download"] or ds.outdated):
+            return files.kept_archive(self.settings.home, ds)
+        return None
+
+    async def _fetch_any(
+        self,
+        job: Job,
+        ds: Dataset,
+        url: str,
+        target: Path,
+        budget: RetryBudget,
+        listed: ManifestFile | None,
+    ) -> Served | Outcome:
+        """`url`, then each mirror in order (each with its own retry budget) until one serves
+        the dataset's bytes. A mirror must serve the same file: the catalogue's checksum, or
+        without one the checksum of the copy verified before. A partial file is continued
+        only from the URL that started it (resume.start): another URL starts from zero."""
+        urls = [url, *ds.mirrors]
+        verified_before = None if ds.outdated else ds.checksum  # outdated: another source
+        same = dataclasses.replace(ds, expected_sha256=ds.expected_sha256 or verified_before)
+        failures: list[str] = []
+        for index, source in enumerate(urls):
+            size = listed.size if listed else ds.expected_size
+            if index:
+                budget = RetryBudget(self.settings.max_retries)
+            got = await self.fetch(job, source, target, size, budget, git_blob=listed)
+            if len(urls) == 1:  # checked by the caller, as every copy is
+                return Served(SERVED_BY_ORIGIN, got) if isinstance(got, Fetched) else got
+            if isinstance(got, Fetched):
+                problem = files.integrity_problem(same if index else ds, got.size, got.sha256)
+                if problem is None:
+                    return Served(SERVED_BY_ORIGIN if index == 0 else redacted(source), got)
+                await anyio.to_thread.run_sync(discard_partial, files.part_of(target))
+                failures.append(problem)
+            else:
+                failures.append(got[1] or "failed")
+        return JobStatus.FAILED, "; ".join(
+            f"{redacted(u)}: {why}" for u, why in zip(urls, failures, strict=True)
+        )
+
+    async def _unpack(self, ds: Dataset, archive: Path) -> list[unpack.Unpacked] | Outcome | None:
+        """Unpack a verified archive into the temporary path beside local_path (None for a
+        dataset that is not unpacked). A refused archive is kept: its bytes are what the
+        catalogue describes, so fetching it again would not help (--force-download does)."""
+        if ds.extract is None:
+            return None
+        limits = unpack.Limits(self.settings.extract_max_bytes, self.settings.extract_max_members)
+        try:
+            return await anyio.to_thread.run_sync(
+                unpack.unpack,
+                archive,
+                ds.extract,
+                files.local(self.settings.home, ds),
+                limits,
+                anyio.from_thread.check_cancelled,  # a cancel stops it between members
+            )
+        except (ArchiveError, OSError) as exc:
+            return JobStatus.FAILED, f"cannot unpack the {ds.extract} archive: {exc}"
+
+    async def _place(self, ds: Dataset, unpacked: list[unpack.Unpacked] | None) -> dict[str, Any]:
+        """Record the file list, then move the unpacked copy into place; the row's fields."""
+        if unpacked is None:
+            return {}
+        home = self.settings.home
+        await anyio.to_thread.run_sync(files.write_manifest, home, ds, unpacked)
+        await anyio.to_thread.run_sync(unpack.place, files.local(home, ds))
+        return {"file_count": len(unpacked), "unpacked_size": sum(u.size for u in unpacked)}
 
     async def _record_install(
         self, job: Job, installed: files.Installed, target: Path, **record: Any
@@ -322,6 +427,8 @@ class Handlers:
         await self.set_status(job, Status.DELETING)
         with anyio.CancelScope(shield=True):  # a removed file is recorded as removed
             await anyio.to_thread.run_sync(files.remove, target)
+            if ds.extract is not None:
+                await anyio.to_thread.run_sync(files.remove_unpacked, self.settings.home, ds)
             await self.set_status(job, Status.NOT_LOADED, **files.RESET_FIELDS)
         if not ds.in_catalog:
             await self.ledger.call(self.repo.remove_dataset, ds.name)

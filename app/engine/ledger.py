@@ -53,19 +53,32 @@ class Ledger:
     def dataset_names(self) -> frozenset[str]:
         return self.repo.dataset_names()
 
-    def record_queued(self, jobs: list[Job]) -> dict[str, Dataset]:
-        """Store the jobs; datasets at rest become queued and point at their job."""
+    def record_queued(
+        self, jobs: list[Job], key: str | None, request: dict[str, Any], others_twins: bool
+    ) -> tuple[list[Job], dict[str, Dataset]]:
+        """Store the jobs that have no live twin (repository.find_or_add_jobs: this engine's,
+        or with `others_twins` any live process's); their datasets at rest become queued and
+        point at their job. Per job: the job stored, or its twin."""
         queued: dict[str, Dataset] = {}
+        alive: dict[str, bool] = {}
         with self.repo.transaction():
-            self.repo.save_jobs(jobs)
-            for job in jobs:
+            found = self.repo.find_or_add_jobs(
+                jobs,
+                lambda j: (
+                    j.owner == self.owner or (others_twins and self.owner_alive(j.owner, alive))
+                ),
+                key,
+                request if key is not None else None,
+            )
+            new = {j.id for j in jobs}
+            for job in (j for j in found if j.id in new):
                 ds = self.repo.dataset(job.dataset)
                 if ds.status in AT_REST and job.dataset not in queued:
                     ds.set_status(Status.QUEUED)
                     ds.download_job_id = job.id
                     queued[job.dataset] = ds
             self.repo.save_many(list(queued.values()))
-        return queued
+        return found, queued
 
     def claim(self, job: Job) -> None:
         """A worker starts the job: store it running, and point its dataset at it."""

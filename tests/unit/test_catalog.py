@@ -131,6 +131,20 @@ ENTRY_CASES: list[tuple[str, dict[str, Any], str, str]] = [
     ("size-string", entry(expected_size="10"), "expected_size", "'10' must be a non-negative"),
     ("description-number", entry(description=3), "description", "must be a string"),
     ("unknown-field", entry(sha256="ab"), "sha256", "unknown field"),
+    ("extract-unknown", entry(extract="rar"), "extract", "'rar' must be one of zip, tar,"),
+    ("extract-number", entry(extract=1), "extract", "1 must be one of"),
+    ("mirrors-not-list", entry(mirrors="http://h/x"), "mirrors", "must be a list of http"),
+    ("mirror-ftp", entry(mirrors=["http://h/x", "ftp://h/x"]), "mirrors[1]", "http or https"),
+    ("mirror-not-string", entry(mirrors=[7]), "mirrors[0]", "must be a string"),
+    ("files-not-yet", entry(files=[]), "files", "not supported yet"),
+    ("path-archives", entry(local_path=".archives/x"), "local_path", "reserved for dsm's own"),
+    ("path-part-old", entry(local_path="data/x.part.old"), "local_path", "must not end in"),
+    (
+        "extract-on-hub",
+        entry(original_url="hf://datasets/openai/gsm8k", extract="zip"),
+        "extract",
+        "not supported for a Hugging Face (hf://) source",
+    ),
 ]
 
 
@@ -189,6 +203,16 @@ FILE_CASES: list[tuple[str, Any, str]] = [
         "file-over-a-folder",
         {"datasets": [GOOD, entry(name="outer", local_path="data")]},
         "entry 1 ('outer'): field 'local_path': a folder holding dataset 'good'",
+    ),
+    (
+        "tree-over-a-file",
+        {"datasets": [GOOD, entry(name="tree", local_path="data", extract="zip")]},
+        "entry 1 ('tree'): field 'local_path': a folder holding dataset 'good'",
+    ),
+    (
+        "file-inside-a-tree",
+        {"datasets": [entry(name="tree", local_path="data", extract="tar"), GOOD]},
+        "entry 1 ('good'): field 'local_path': inside the file of dataset 'tree'",
     ),
     ("entry-not-object", {"datasets": [GOOD, "humaneval"]}, "entry 1: must be an object"),
     ("top-level-list", [GOOD], 'must be an object with a "datasets" list'),
@@ -290,6 +314,27 @@ def test_every_error_at_once(home: Path, tmp_path: Path) -> None:
         prefix = f"{path}: {label}: field {field!r}: "
         assert any(line.startswith(prefix) and message in line for line in lines), prefix
     assert not (home / "db.json").exists()  # a bad catalogue on a new home writes nothing
+
+
+def test_extract_and_mirrors_are_registered_and_an_extract_change_outdates(
+    home: Path, tmp_path: Path
+) -> None:
+    mirrors = ["https://mirror.example/a.zip", "http://127.0.0.1:9/a.zip"]
+    good = entry(extract="zip", mirrors=mirrors, local_path="data/good")
+    path = write_catalog(tmp_path, {"datasets": [good]})
+    repo = open_repo(make_settings(home, path))
+    ds = repo.dataset("good")
+    assert (ds.extract, ds.mirrors) == ("zip", mirrors)
+    repo.change("good", None, downloaded=True, checksum="a" * 64, size=1)
+    register(
+        repo, load_catalog(write_catalog(tmp_path, {"datasets": [{**good, "mirrors": []}]}), home)
+    )
+    assert repo.dataset("good").mirrors == [] and not repo.dataset("good").outdated
+    register(
+        repo,
+        load_catalog(write_catalog(tmp_path, {"datasets": [{**good, "extract": "tar"}]}), home),
+    )
+    assert repo.dataset("good").outdated  # another kind of archive: the tree is not trusted
 
 
 def test_uppercase_checksum_is_accepted_and_stored_lowercase(home: Path, tmp_path: Path) -> None:

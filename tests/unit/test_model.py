@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from dsm.api.schema import SCHEMAS
 from dsm.domain.model import ACTIVE, AT_REST, TRANSITIONS, Dataset, Status
 from dsm.errors import InvalidTransition
 from dsm.repository import Repository
@@ -33,7 +34,7 @@ SEED_COLUMNS = {
     "downloaded",
     "download_job_id",
 }
-CATALOGUE_FIELDS = {"expected_size", "expected_sha256"}
+CATALOGUE_FIELDS = {"expected_size", "expected_sha256", "extract", "mirrors"}
 # dsm's own additions, documented in the README.
 EXTRA_FIELDS = {
     "file_mtime_ns",
@@ -43,6 +44,8 @@ EXTRA_FIELDS = {
     "upstream_commit",
     "manifest",
     "served_by",
+    "file_count",
+    "unpacked_size",
 }
 
 
@@ -243,3 +246,19 @@ def test_rows_from_an_older_dsm_take_defaults() -> None:
     assert ds.download_progress == 0.0
     # An integer progress is a JSON number like any other.
     assert Dataset.from_dict({"name": "p", "download_progress": 50}).download_progress == 50
+
+
+def test_the_api_describes_the_archive_and_mirror_fields() -> None:
+    props = SCHEMAS["Dataset"]["properties"]
+    assert props["mirrors"] == {"type": "array", "items": {"type": "string"}}
+    for name in ("file_count", "unpacked_size"):
+        assert props[name] == {"anyOf": [{"type": "integer"}, {"type": "null"}]}
+    assert props["extract"] == {"anyOf": [{"type": "string"}, {"type": "null"}]}
+
+
+def test_mirrors_are_copied_out_and_checked_in() -> None:
+    ds = Dataset(name="x", mirrors=["http://a/x"])
+    ds.to_dict()["mirrors"].append("http://b/x")
+    assert ds.mirrors == ["http://a/x"]
+    with pytest.raises(ValueError, match="field 'mirrors' must list strings"):
+        Dataset.from_dict({"name": "x", "mirrors": [1]})

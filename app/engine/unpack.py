@@ -1,0 +1,254 @@
+"""Unpacking a verified archive into a dataset's directory, safe against hostile archives.
+
+Everything is written into a temporary path beside `local_path` (`<local_path>.part`, a name
+the catalogue reserves) and moved into place only when the whole archive is out (`place`).
+Each member is checked before a byte is written: tar members through `tarfile`'s `data`
+filter (no absolute or `..` paths, no links leaving the tree, no devices or fifos), zip
+members by the same rules written out here. On top of both: no symbolic links at all (a
+tree without them cannot be written through or verified through a link), no member that
+takes another's place (a duplicate, a file where a folder is), and limits on the member
+count and on the bytes actually written (a decompression bomb stops at the limit).
+
+Files are written by this module, never by `extractall`, so every byte is counted and hashed
+on its way to disk: the list it returns (path, size, sha256) is what `verify` checks later.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import lzma
+import os
+import shutil
+import stat
+import tarfile
+import zipfile
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path, PurePosixPath
+from typing import Protocol
+
+from dsm.errors import ArchiveError
+
+KINDS = ("zip", "tar", "tar.gz", "tar.bz2", "tar.xz", "gz")
+_TAR_MODES = {"tar": "r:", "tar.gz": "r:gz", "tar.bz2": "r:bz2", "tar.xz": "r:xz"}
+BLOCK = 1 << 20
+OLD_SUFFIX = ".part.old"  # the previous copy, while the new one takes its place
+
+
+class Readable(Protocol):
+    def read(self, size: int = ..., /) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_bytes: int
+    max_members: int
+
+
+@dataclass(frozen=True, order=True)
+class Unpacked:
+    """One file as written: its path inside the tree (posix), size and sha256."""
+
+    path: str
+    size: int
+    sha256: str
+
+
+@dataclass
+class _Writer:
+    """Writes members under `root`, enforcing the limits and the no-overwrite rule."""
+
+    root: Path
+    limits: Limits
+    checkpoint: Callable[[], None]
+    files: list[Unpacked] = field(default_factory=list)
+    taken: set[str] = field(default_factory=set)  # the files' paths
+    dirs: set[str] = field(default_factory=set)
+    written: int = 0
+    members: int = 0
+
+    def count(self, name: str) -> None:
+        self.checkpoint()  # a cancel lands between members
+        self.members += 1
+        if self.members > self.limits.max_members:
+            raise ArchiveError(
+                f"member {name!r}: more than {self.limits.max_members} members "
+                "(DSM_EXTRACT_MAX_MEMBERS)"
+            )
+
+    def _claim(self, rel: PurePosixPath, as_dir: bool) -> None:
+        """Refuse a member whose place another member holds, in either role."""
+        key = str(rel)
+        for up in rel.parents:
+            if str(up) in self.taken:
+                raise ArchiveError(f"member {key!r}: would be written inside file {str(up)!r}")
+        # Every folder above a member is in `dirs`: a file there would take a folder's place.
+        if key in self.taken or (not as_dir and key in self.dirs):
+            raise ArchiveError(f"member {key!r}: would overwrite another member")
+        for up in (rel, *rel.parents) if as_dir else rel.parents:
+            self.dirs.add(str(up))
+        if not as_dir:
+            self.taken.add(key)
+
+    def directory(self, rel: PurePosixPath) -> None:
+        self._claim(rel, as_dir=True)
+        (self.root / rel).mkdir(parents=True, exist_ok=True)
+
+    def file(self, rel: PurePosixPath, source: Readable) -> None:
+        self._claim(rel, as_dir=False)
+        dest = self.root / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        digest, size = hashlib.sha256(), 0
+        # "x": never through an existing name (there are no links to follow anyway).
+        with dest.open("xb") as out:
+            while block := source.read(BLOCK):
+                size += len(block)
+                self.written += len(block)
+                if self.written > self.limits.max_bytes:
+                    raise ArchiveError(
+                        f"member {str(rel)!r}: unpacked size exceeds {self.limits.max_bytes} "
+                        "bytes (DSM_EXTRACT_MAX_BYTES)"
+                    )
+                digest.update(block)
+                out.write(block)
+        self.files.append(Unpacked(str(rel), size, digest.hexdigest()))
+
+
+def _member_path(name: str) -> PurePosixPath:
+    """The member's path inside the tree; ArchiveError for anything that could leave it."""
+    if "\\" in name or "\x00" in name:
+        raise ArchiveError(f"member {name!r}: backslash or NUL in its name")
+    rel = PurePosixPath(name)
+    if rel.is_absolute() or (rel.parts and ":" in rel.parts[0]):
+        raise ArchiveError(f"member {name!r}: absolute path")
+    if ".." in rel.parts:
+        raise ArchiveError(f"member {name!r}: path with '..'")
+    if not rel.parts or str(rel) == ".":
+        raise ArchiveError(f"member {name!r}: empty path")
+    return rel
+
+
+def _tar(archive: Path, mode: str, w: _Writer) -> None:
+    with tarfile.open(archive, mode) as tf:  # type: ignore[call-overload]
+        for member in tf:
+            w.count(member.name)
+            _member_path(member.name)  # the filter would strip a leading "/": refuse it
+            try:
+                safe = tarfile.data_filter(member, str(w.root))
+            except tarfile.FilterError as exc:
+                raise ArchiveError(f"member {member.name!r}: refused: {exc}") from None
+            if safe.issym():
+                raise ArchiveError(f"member {member.name!r}: symbolic links are not unpacked")
+            rel = _member_path(safe.name)
+            if safe.isdir():
+                w.directory(rel)
+            elif safe.isfile() or safe.islnk():  # a hard link inside: a copy of its target
+                try:
+                    source = tf.extractfile(safe)
+                except KeyError:  # a hard link to a member the archive does not hold
+                    source = None
+                if source is None:
+                    raise ArchiveError(f"member {member.name!r}: cannot be read")
+                with source:
+                    w.file(rel, source)
+            else:
+                raise ArchiveError(f"member {member.name!r}: not a file or folder")
+
+
+def _zip(archive: Path, w: _Writer) -> None:
+    with zipfile.ZipFile(archive) as zf:
+        for info in zf.infolist():
+            w.count(info.filename)
+            rel = _member_path(info.filename)
+            kind_bits = stat.S_IFMT(info.external_attr >> 16)  # unix type bits, when set
+            if kind_bits not in (0, stat.S_IFREG, stat.S_IFDIR):
+                kind = "symbolic link" if kind_bits == stat.S_IFLNK else "special file"
+                raise ArchiveError(f"member {info.filename!r}: {kind}; only files are unpacked")
+            if info.flag_bits & 0x1:
+                raise ArchiveError(f"member {info.filename!r}: encrypted")
+            if info.is_dir():
+                w.directory(rel)
+                continue
+            with zf.open(info) as source:
+                w.file(rel, source)
+
+
+def _gz(archive: Path, tmp: Path, name: str, w: _Writer) -> None:
+    """The one file of a gz stream, written at `tmp` (the writer's root is its folder)."""
+    w.count(name)
+    with gzip.open(archive, "rb") as source:
+        w.file(PurePosixPath(tmp.name), source)
+    w.files = [replace(f, path=name) for f in w.files]  # listed by its final name
+
+
+# What a corrupt archive raises from the stdlib's readers and decompressors.
+_CORRUPT = (
+    tarfile.TarError,
+    zipfile.BadZipFile,
+    EOFError,
+    gzip.BadGzipFile,
+    zlib.error,
+    lzma.LZMAError,
+    NotImplementedError,  # a zip compression method the stdlib does not know
+)
+
+
+def unpack(
+    archive: Path, kind: str, dest: Path, limits: Limits, checkpoint: Callable[[], None]
+) -> list[Unpacked]:
+    """Unpack `archive` into `dest`'s temporary path (a folder, for `gz` a file); returns the
+    files written. On any failure the temporary path is removed; `dest` is never touched."""
+    tmp = temp_of(dest)
+    _remove(tmp)
+    _remove(dest.with_name(dest.name + OLD_SUFFIX))  # left by a crash inside `place`
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    if kind != "gz":
+        tmp.mkdir()
+    writer = _Writer(tmp.parent if kind == "gz" else tmp, limits, checkpoint)
+    try:
+        if kind == "gz":
+            _gz(archive, tmp, dest.name, writer)
+        elif kind == "zip":
+            _zip(archive, writer)
+        else:
+            _tar(archive, _TAR_MODES[kind], writer)
+    except _CORRUPT as exc:
+        _remove(tmp)
+        raise ArchiveError(f"not a valid {kind} archive: {exc}") from None
+    except BaseException:  # refused, canceled, disk full: nothing half-done stays
+        _remove(tmp)
+        raise
+    return sorted(writer.files)
+
+
+def temp_of(dest: Path) -> Path:
+    return dest.with_name(dest.name + ".part")
+
+
+def place(dest: Path) -> None:
+    """Move the complete temporary copy into place; the previous copy goes only afterwards.
+
+    Two renames (the stdlib has no atomic exchange): a crash between them leaves the new copy
+    at its temporary path and the old one at `.part.old`, both removed by the next unpack.
+    """
+    old = dest.with_name(dest.name + OLD_SUFFIX)
+    _remove(old)
+    if dest.is_symlink() or dest.exists():
+        os.rename(dest, old)
+    os.rename(temp_of(dest), dest)
+    _remove(old)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def remove_tree(dest: Path) -> None:
+    """The unpacked copy and any temporary or previous one."""
+    for path in (dest, temp_of(dest), dest.with_name(dest.name + OLD_SUFFIX)):
+        _remove(path)

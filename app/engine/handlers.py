@@ -42,7 +42,7 @@ from dsm.errors import (
 )
 from dsm.repository import now_ms
 from dsm.transfer import single as transfer
-from dsm.transfer.http import Fetched, HostSlots, Policy, RetryBudget, public_url, secure_origin
+from dsm.transfer.http import Fetched, HostSlots, Policy, RetryBudget, secure_origin
 from dsm.transfer.hub import auth_headers
 from dsm.transfer.partfile import discard_partial
 
@@ -79,9 +79,10 @@ class Served:
 
 def redacted(url: str) -> str:
     """The URL as shown (served_by, errors): no query, no user or password."""
-    parts = urlsplit(public_url(url))
+    parts = urlsplit(url)
     host = parts.hostname or ""
-    return parts._replace(netloc=f"{host}:{parts.port}" if parts.port else host).geturl()
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return parts._replace(netloc=netloc, query="", fragment="").geturl()
 
 
 class Handlers:

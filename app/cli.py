@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-from dsm import completion, humanize
+from dsm import completion, crashlog, humanize
 from dsm.catalog import sync
 from dsm.completion import SHELLS
 from dsm.config import Settings, load_settings, network_filesystem
 from dsm.domain.jobs import PARAMS_SCHEMA, JobType, parse_params
 from dsm.domain.model import Dataset
 from dsm.domain.paging import MAX_PAGE_SIZE, page_of
-from dsm.domain.redact import redact_doc
+from dsm.domain.redact import redact_doc, redact_text
 from dsm.errors import EXIT_BAD_INPUT, EXIT_FAILED, BadInput, DsmError
 from dsm.repository import Repository, StoreCorrupt, StoreError, UnknownDataset
 from dsm.version import __version__
@@ -286,14 +289,49 @@ def run(argv: Sequence[str] | None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Every way the program ends, as one or two lines and an exit code: no traceback reaches
+    the user (an unexpected one goes to a log file, named in the message)."""
     try:
         return run(argv)
+    except BrokenPipeError:
+        return quiet_stdout()
     except (StoreError, DsmError) as exc:
         if isinstance(exc, DsmError):
             code = exc.exit_code
         else:  # a corrupt store is bad input; a store that cannot be written is a failure
             code = EXIT_BAD_INPUT if isinstance(exc, StoreCorrupt) else EXIT_FAILED
-        print(f"dsm: error: {exc}", file=sys.stderr)
+        _error(str(exc))
         return code
     except KeyboardInterrupt:
         return 130
+    except OSError as exc:  # the environment: a home we may not write, a path that is a folder
+        where = f" {exc.filename}" if exc.filename else ""
+        _error(f"cannot use{where}: {exc.strerror or exc}; check the data home and its permissions")
+        return EXIT_FAILED
+    except Exception as exc:
+        log = crashlog.write(_home_of(argv), argv)
+        where = f"the traceback is in {log}" if log else "no log file could be written"
+        _error(f"internal error: {type(exc).__name__}: {exc}\ndsm: {where}; please report it")
+        return EXIT_FAILED
+
+
+def _home_of(argv: Sequence[str] | None) -> Path | None:
+    """The data home the command line names, for the crash log; None if it cannot say."""
+    try:
+        args, _ = build_parser().parse_known_args(argv)
+        return load_settings(home=args.home).home
+    except (Exception, SystemExit):
+        return None
+
+
+def _error(message: str) -> None:
+    with contextlib.suppress(OSError):  # stderr itself gone: nothing left to tell
+        print(f"dsm: error: {redact_text(message)}", file=sys.stderr)
+
+
+def quiet_stdout() -> int:
+    """stdout's reader went away (`dsm list | head`): end quietly, as `ls | head` does.
+    As the Python docs advise, stdout is pointed at devnull so the flush at exit is quiet."""
+    with contextlib.suppress(OSError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 import math
 import os
 import re
@@ -16,6 +18,8 @@ import platformdirs
 from dsm.domain.hub import DEFAULT_ENDPOINT
 from dsm.errors import BadInput
 
+log = logging.getLogger(__name__)
+
 DEFAULT_RETRY_DELAY = 30.0
 DEFAULT_MAX_RETRIES = 5
 DEFAULT_JOB_TIMEOUT = 10 * 3600.0
@@ -24,6 +28,8 @@ DEFAULT_WORKERS = 4
 DEFAULT_SEGMENTS = 4
 DEFAULT_SEGMENT_MIN = 64 << 20
 DEFAULT_HOST_CONNECTIONS = 8
+DEFAULT_LOW_SPEED_LIMIT = 1024  # bytes/s ...
+DEFAULT_LOW_SPEED_TIME = 60.0  # ... for this many seconds: the transfer is stalled
 CONNECT_TIMEOUT = 30.0
 # Unpacking stops at these (a decompression bomb): DSM_EXTRACT_MAX_BYTES / _MAX_MEMBERS.
 DEFAULT_EXTRACT_MAX_BYTES = 64 << 30
@@ -51,6 +57,9 @@ class Settings:
     segment_min: int = DEFAULT_SEGMENT_MIN
     # Connections to one host across all jobs, segments included.
     host_connections: int = DEFAULT_HOST_CONNECTIONS
+    # Slower than low_speed_limit bytes/s for low_speed_time seconds: stalled (0: no limit).
+    low_speed_limit: int = DEFAULT_LOW_SPEED_LIMIT
+    low_speed_time: float = DEFAULT_LOW_SPEED_TIME
     # Extra request headers per host, from DSM_HEADERS ("host=Name: value; ...").
     host_headers: tuple[tuple[str, str, str], ...] = ()
     # The Hub (HF_ENDPOINT, a mirror or proxy) and its token (HF_TOKEN, else the file `hf
@@ -92,6 +101,39 @@ def _number(name: str, raw: str | None, default: T, convert: Callable[[str], T],
     return value
 
 
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an RFC 9110 token
+_ORIGIN_KEY = re.compile(r"(?:(https?)://)?([a-z0-9._-]+|\[[0-9a-f:.]+\])(?::(\d{1,5}))?")
+
+
+def header_key(raw: str) -> str:
+    """A DSM_HEADERS key as matched against URLs: `host`, `host:port` or `scheme://host[:port]`
+    (lower case); BadInput naming it otherwise."""
+    key = raw.strip().lower()
+    m = _ORIGIN_KEY.fullmatch(key)
+    if not m or (m.group(3) and not 0 < int(m.group(3)) < 65536):
+        raise BadInput(
+            f"DSM_HEADERS key {raw.strip()!r} is not a host, host:port or https://host[:port]"
+        )
+    if m.group(1) == "http" and not is_loopback(m.group(2)):
+        log.warning(
+            "dsm: warning: DSM_HEADERS headers for %s are never sent: credentials go over "
+            "https only (or to this machine)",
+            key,
+        )
+    return key
+
+
+def is_loopback(host: str) -> bool:
+    """localhost, 127.0.0.0/8 or ::1: where credentials may go over plain http."""
+    host = host.lower().strip("[]")
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def offline(env: Mapping[str, str]) -> bool:
     """DSM_OFFLINE, or HF_HUB_OFFLINE which users already set on compute nodes."""
     return any(_flag(n, env.get(n), default=False) for n in ("DSM_OFFLINE", "HF_HUB_OFFLINE"))
@@ -118,7 +160,8 @@ def hf_token(env: Mapping[str, str]) -> str | None:
 
 
 def parse_host_headers(raw: str) -> tuple[tuple[str, str, str], ...]:
-    """Parse DSM_HEADERS: entries `host=Name: value` separated by newlines or ';'."""
+    """Parse DSM_HEADERS: entries `host=Name: value` separated by newlines or ';'. The key
+    names an origin (see `header_key`); the header goes to that origin only."""
     out: list[tuple[str, str, str]] = []
     for entry in raw.replace("\n", ";").split(";"):
         entry = entry.strip()
@@ -128,7 +171,9 @@ def parse_host_headers(raw: str) -> tuple[tuple[str, str, str], ...]:
         name, colon, value = header.partition(":")
         if not sep or not colon or not host.strip() or not name.strip():
             raise BadInput(f"DSM_HEADERS entry {entry!r} is not of the form 'host=Name: value'")
-        out.append((host.strip().lower(), name.strip(), value.strip()))
+        if not _HEADER_NAME.fullmatch(name.strip()):
+            raise BadInput(f"DSM_HEADERS entry {entry!r}: {name.strip()!r} is no header name")
+        out.append((header_key(host), name.strip(), value.strip()))
     return tuple(out)
 
 
@@ -183,6 +228,16 @@ def load_settings(
             DEFAULT_HOST_CONNECTIONS,
             int,
             1,
+        ),
+        low_speed_limit=_number(
+            "DSM_LOW_SPEED_LIMIT", env.get("DSM_LOW_SPEED_LIMIT"), DEFAULT_LOW_SPEED_LIMIT, int, 0
+        ),
+        low_speed_time=_number(
+            "DSM_LOW_SPEED_TIME",
+            env.get("DSM_LOW_SPEED_TIME"),
+            DEFAULT_LOW_SPEED_TIME,
+            float,
+            0.001,
         ),
         host_headers=parse_host_headers(env.get("DSM_HEADERS", "")),
         hf_endpoint=hf_endpoint(env),

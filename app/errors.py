@@ -7,7 +7,8 @@
     └── TransferError             a download failed; `retryable(exc)` says if trying heals it
         ├── HttpStatusError       an unwanted HTTP status (408, 429, 5xx can heal)
         ├── NetworkError          the connection failed (heals)
-        │   ├── Stalled           no data for the stall timeout
+        │   ├── Unreachable       the name does not resolve, the port refuses (2 quick retries)
+        │   ├── Stalled           no data for the stall timeout, or too slow for too long
         │   └── Truncated         the body ended before its announced length
         ├── Restart               the partial file cannot be continued: start again from zero
         ├── DiskError             the partial file cannot be written
@@ -79,8 +80,18 @@ class NetworkError(TransferError):
     """The connection failed or broke: trying again can heal it."""
 
 
+class Unreachable(NetworkError):
+    """The host name does not resolve or the port refuses connections: most often the machine
+    is offline, and waiting the retry delay six times does not change that. Tried again
+    `QUICK_RETRIES` times after `QUICK_RETRY_DELAY`, then failed."""
+
+
+QUICK_RETRIES = 2
+QUICK_RETRY_DELAY = 1.0
+
+
 class Stalled(NetworkError):
-    """No data arrived for the stall timeout."""
+    """No data arrived for the stall timeout, or too little for the low-speed time."""
 
 
 class Truncated(NetworkError):
@@ -125,6 +136,8 @@ def retry_after(exc: TransferError) -> float | None:
     caller's own delay): a restart goes at once, a server may ask for a pause."""
     if isinstance(exc, Restart):
         return 0.0
+    if isinstance(exc, Unreachable):
+        return QUICK_RETRY_DELAY
     if isinstance(exc, HttpStatusError) and exc.transient:
         return exc.retry_after
     return None

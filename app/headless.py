@@ -21,7 +21,9 @@ from dsm.repository import Repository
 PLAIN_INTERVAL = 5.0  # seconds between progress lines when stderr is not a terminal
 JSON_PROGRESS_INTERVAL = 1.0
 REDRAW_INTERVAL = 0.1
-SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
+# A closed terminal (SIGHUP) and Ctrl-\ (SIGQUIT) stop the jobs as SIGTERM does, each with
+# the shell's code for it (128 + the signal's number).
+SIGNAL_EXIT = {signal.SIGHUP: 129, signal.SIGINT: 130, signal.SIGQUIT: 131, signal.SIGTERM: 143}
 FETCHES = (JobType.DOWNLOAD, JobType.UPDATE)
 
 

@@ -46,6 +46,18 @@ def _write_error(path: Path, exc: OSError) -> StoreError:
     return kind(f"{path}: cannot write: {exc.strerror or exc}")
 
 
+def current_umask() -> int:
+    """The process's umask. Linux shows it in /proc; elsewhere os.umask must set it to read
+    it (and at once set it back), which races other threads creating files."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _check_shape(path: Path, data: object) -> Data:
     if not isinstance(data, dict):
         raise StoreCorrupt(f"{path}: expected a JSON object of tables, found {type(data).__name__}")
@@ -59,6 +71,7 @@ class AtomicJSONStorage(Storage):
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = FileLock(str(path) + ".lock", timeout=LOCK_TIMEOUT)
+        self._umask = current_umask()
         self.mutex = threading.RLock()
         # Parsed content keyed by the file's identity: re-read only when another write happened.
         self._cache: tuple[tuple[int, int, int], Data] | None = None
@@ -161,6 +174,9 @@ class AtomicJSONStorage(Storage):
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=self.path.parent)
+            # mkstemp makes it 0600; db.json is as shareable as the user's umask says (a
+            # group-shared home with umask 002), like every other file dsm creates.
+            os.fchmod(fd, 0o666 & ~self._umask)
         except OSError as exc:
             raise _write_error(self.path, exc) from None
         try:

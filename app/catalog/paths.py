@@ -11,6 +11,9 @@ ARCHIVES_DIR = ".archives"  # verified archives of unpacked datasets, and their 
 OWN_DIRS = (LOCK_DIR, ARCHIVES_DIR)
 # Partial downloads, their sidecars, and an unpacked copy on its way in or out.
 PART_SUFFIXES = (".part", ".part.json", ".part.old")
+# A file name may take 255 bytes on common file systems; the longest name dsm writes beside
+# a dataset file is its sidecar's temporary file, `<name>.part.json.tmp`.
+NAME_MAX = 255 - len(".part.json.tmp")
 
 
 def local_path_problem(local_path: str) -> str | None:
@@ -26,6 +29,12 @@ def local_path_problem(local_path: str) -> str | None:
         return "must not contain '..'"
     if local_path.endswith("/") or pure.name in ("", "."):
         return "must name a file"
+    long = next((p for p in pure.parts if len(p.encode()) > NAME_MAX), None)
+    if long is not None:
+        return (
+            f"has a name of {len(long.encode())} bytes ({long[:20]}...); at most {NAME_MAX} "
+            "(file systems allow 255, and dsm adds .part.json.tmp beside the file)"
+        )
     return None
 
 

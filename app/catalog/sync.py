@@ -6,6 +6,7 @@ import hashlib
 from pathlib import Path
 
 from dsm.catalog.parse import CatalogEntry, parse_catalog, read_catalog
+from dsm.catalog.secrets import stored_url
 from dsm.config import Settings
 from dsm.domain.model import Dataset
 from dsm.errors import BadInput, DsmError
@@ -28,10 +29,13 @@ def _catalog_fields(ds: Dataset) -> tuple[object, ...]:
 
 
 def _apply(ds: Dataset, entry: CatalogEntry) -> bool:
-    """Bring a stored row's static fields in line with its entry; True when anything changed."""
+    """Bring a stored row's static fields in line with its entry; True when anything changed.
+    The row keeps the URL without its credentials (catalog/secrets.py)."""
     before = _catalog_fields(ds)
+    url = stored_url(entry.original_url)
+    was = stored_url(ds.original_url)  # a row stored before URLs were kept redacted
     source_changed = (
-        ds.original_url != entry.original_url
+        was != url
         or ds.local_path != entry.local_path
         or ds.expected_size != entry.expected_size
         or ds.expected_sha256 != entry.expected_sha256
@@ -41,7 +45,7 @@ def _apply(ds: Dataset, entry: CatalogEntry) -> bool:
         # A copy fetched from another URL, or that the new checksum contradicts, is not
         # trusted: the next download fetches again. A new checksum that agrees is fine.
         agrees = (
-            ds.original_url == entry.original_url
+            was == url
             and ds.local_path == entry.local_path
             and entry.expected_sha256 in (None, ds.checksum)
             and entry.expected_size in (None, ds.size)
@@ -51,7 +55,7 @@ def _apply(ds: Dataset, entry: CatalogEntry) -> bool:
             ds.outdated_reason = "the catalogue changed the source or checksum of this copy"
         ds.outdated = ds.outdated or not agrees
     ds.description = entry.description
-    ds.original_url = entry.original_url
+    ds.original_url = url
     ds.local_path = entry.local_path
     ds.expected_size = entry.expected_size
     ds.expected_sha256 = entry.expected_sha256
@@ -95,6 +99,7 @@ def sync_catalog(repo: Repository, path: Path, home: Path) -> int:
         "path": str(path),
         "sha256": hashlib.sha256(text.encode()).hexdigest(),
         "dsm": __version__,
+        "urls": "redacted",  # rows of older stores still hold credentials: register again
     }
     if repo.catalog_stamp() == stamp | {"rows": _rows_digest(repo)}:
         return 0

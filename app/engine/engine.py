@@ -30,6 +30,7 @@ from dsm.config import CONNECT_TIMEOUT, Settings
 from dsm.domain.events import EventKind, JobEvent, Listener
 from dsm.domain.jobs import PAUSED_MESSAGE, Job, JobStatus, JobType, parse_params
 from dsm.domain.model import Dataset
+from dsm.domain.redact import redact_text
 from dsm.engine import files
 from dsm.engine.handlers import Handlers
 from dsm.engine.ledger import Ledger, owner_lock_path
@@ -38,6 +39,7 @@ from dsm.engine.outcome import Outcome
 from dsm.engine.progress import progress_meter
 from dsm.errors import BadInput, UnknownDataset
 from dsm.repository import Repository, StoreError, StoreFull, now_ms
+from dsm.transfer.proxy import make_client
 from dsm.transfer.single import ProgressFn
 
 log = logging.getLogger(__name__)
@@ -113,7 +115,7 @@ class Engine:
         failure: StoreError | None = None
         try:
             # A sync client: transfers run in threads (see dsm/transfer/single.py for why).
-            with httpx.Client(timeout=timeout, limits=limits, trust_env=True) as client:
+            with make_client(timeout, limits) as client:
                 async with anyio.create_task_group() as tg:
                     self.handlers.client = client
                     for queue, count in (
@@ -351,7 +353,9 @@ class Engine:
         """Record the end of jobs in one store write; held ones (paused, suspended) wait."""
         for job in jobs:
             job.status, error = outcome
-            job.error = None if job.status == JobStatus.COMPLETED else error
+            job.error = (
+                None if job.status == JobStatus.COMPLETED or not error else redact_text(error)
+            )
             job.finished_ms = now_ms()
             held = self._held.pop(job.id, self.suspend_message if self._suspending else None)
             if job.status == JobStatus.CANCELED and held is not None:

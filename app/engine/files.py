@@ -67,6 +67,17 @@ def archive_dir(home: Path, ds: Dataset) -> Path:
     return home.resolve() / ARCHIVES_DIR / ds.name  # names match [a-z0-9][a-z0-9._-]*
 
 
+def folder_problem(path: Path, ds: Dataset) -> str | None:
+    """Why a one-file dataset cannot go to `path`: a folder is there (the user's, never
+    replaced); checked before a .part is written beside it."""
+    if not path.is_dir():
+        return None
+    return (
+        f"local_path {ds.local_path!r} is an existing folder ({path}): "
+        "move it away or give the dataset another local_path"
+    )
+
+
 def part_of(path: Path) -> Path:
     return path.with_name(path.name + ".part")
 

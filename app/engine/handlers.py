@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 import anyio
 import httpx
 
+from dsm.catalog.secrets import source_url
 from dsm.config import Settings
 from dsm.domain.events import EventKind
 from dsm.domain.hub import ManifestFile, is_hub
@@ -31,10 +32,17 @@ from dsm.engine.cache import SERVED_BY_CACHE, SERVED_BY_ORIGIN, CacheSide
 from dsm.engine.hubjob import HubDownload
 from dsm.engine.ledger import Ledger
 from dsm.engine.outcome import Outcome
-from dsm.errors import ArchiveError, TransferError, retry_after, retryable
+from dsm.errors import (
+    QUICK_RETRIES,
+    ArchiveError,
+    TransferError,
+    Unreachable,
+    retry_after,
+    retryable,
+)
 from dsm.repository import now_ms
 from dsm.transfer import single as transfer
-from dsm.transfer.http import Fetched, HostSlots, Policy, RetryBudget, public_url
+from dsm.transfer.http import Fetched, HostSlots, Policy, RetryBudget, secure_origin
 from dsm.transfer.hub import auth_headers
 from dsm.transfer.partfile import discard_partial
 
@@ -48,12 +56,18 @@ T = TypeVar("T")
 
 
 def host_headers(settings: Settings, url: str) -> dict[str, str]:
-    """Headers configured for the URL's host, only ever sent over https, and the Hub token
-    for the Hub endpoint's own origin (dsm.transfer.hub.auth_headers)."""
+    """Headers configured for the URL's origin (scheme, host, port), only ever sent over
+    https or to this machine, so a redirect to another origin gets that origin's; and the Hub
+    token for the Hub endpoint's own origin (dsm.transfer.hub.auth_headers)."""
     parsed = httpx.URL(url)
-    host = (parsed.host or "").lower()
-    # Credentials never travel in clear text.
-    out = {n: v for h, n, v in settings.host_headers if h == host and parsed.scheme == "https"}
+    if not secure_origin(parsed):  # credentials never travel in clear text
+        return {}
+    host, port, scheme = (parsed.host or "").lower(), parsed.port, parsed.scheme
+    shown = f"[{host}]" if ":" in host else host
+    keys = {f"{shown}:{port}", f"{scheme}://{shown}:{port}"}
+    if port is None:  # the scheme's own port: a bare host names it
+        keys |= {shown, f"{scheme}://{shown}"}
+    out = {n: v for k, n, v in settings.host_headers if k in keys}
     return out | auth_headers(settings.hf_endpoint, settings.hf_token, url)
 
 
@@ -65,9 +79,10 @@ class Served:
 
 def redacted(url: str) -> str:
     """The URL as shown (served_by, errors): no query, no user or password."""
-    parts = urlsplit(public_url(url))
+    parts = urlsplit(url)
     host = parts.hostname or ""
-    return parts._replace(netloc=f"{host}:{parts.port}" if parts.port else host).geturl()
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return parts._replace(netloc=netloc, query="", fragment="").geturl()
 
 
 class Handlers:
@@ -91,6 +106,8 @@ class Handlers:
             segments=settings.segments,
             segment_min=settings.segment_min,
             retry_delay=settings.retry_delay,
+            low_speed_limit=settings.low_speed_limit,
+            low_speed_time=settings.low_speed_time,
         )
 
     def for_type(self, job_type: JobType) -> Handler:
@@ -122,12 +139,22 @@ class Handlers:
             return JobStatus.FAILED, str(exc)
         job.expect = files.expectations(ds)  # what the end is recorded against (issue 12.4)
         await self.ledger.call(self.repo.save_job, job)
+        try:  # the row's URL, or the catalogue's when the row keeps it without credentials
+            url = await anyio.to_thread.run_sync(
+                source_url, self.settings.catalog, ds.name, ds.original_url
+            )
+        except ValueError as exc:
+            return JobStatus.FAILED, str(exc)
+        # A Hub dataset of several files is a folder; any other dataset is one file.
+        problem = None if is_hub(url) else files.folder_problem(target, ds)
+        if problem:
+            return JobStatus.FAILED, problem
         await self.set_status(job, Status.DOWNLOADING, error=None)
         # Attempts of an adopted job count: the budget is what the earlier process left.
         budget = RetryBudget(self.settings.max_retries - job.attempts)
-        if is_hub(ds.original_url):
+        if is_hub(url):
             return await HubDownload(self, job, ds, target, budget).run(had_copy)
-        return await self.install_file(job, ds, target, had_copy, ds.original_url, budget)
+        return await self.install_file(job, ds, target, had_copy, url, budget)
 
     async def install_file(
         self,
@@ -326,12 +353,14 @@ class Handlers:
         self, job: Job, budget: RetryBudget, attempt: Callable[[], Awaitable[T]]
     ) -> T | Outcome:
         """Run `attempt` with the job's retry budget: only what can heal is tried again."""
+        quick = 0  # retries spent on an unreachable host
         while True:
             job.attempts += 1
             try:
                 return await attempt()
             except TransferError as exc:
-                if not retryable(exc) or not budget.draw():
+                quick += isinstance(exc, Unreachable)
+                if not retryable(exc) or quick > QUICK_RETRIES or not budget.draw():
                     tries = f" (after {job.attempts} attempts)" if job.attempts > 1 else ""
                     return JobStatus.FAILED, f"{exc}{tries}"
                 await self._wait_retry(job, exc)
@@ -398,6 +427,9 @@ class Handlers:
             target = files.target(self.settings.home, ds)
         except ValueError as exc:
             return JobStatus.FAILED, f"refusing to delete: {exc}"
+        problem = None if is_hub(ds.original_url) else files.folder_problem(target, ds)
+        if problem:  # the user's folder where a one-file dataset would be: never removed
+            return JobStatus.FAILED, f"refusing to delete: {problem}"
         await self.set_status(job, Status.DELETING)
         with anyio.CancelScope(shield=True):  # a removed file is recorded as removed
             await anyio.to_thread.run_sync(files.remove, target)

@@ -33,8 +33,13 @@ class EngineThread:
         """Start the loop thread, the workers, and adopt orphaned jobs (blocks until ready)."""
         self._portal_cm = start_blocking_portal()
         self._portal = self._portal_cm.__enter__()
-        self._running = self._portal.wrap_async_context_manager(self.engine.running())
-        self._running.__enter__()
+        running = self._portal.wrap_async_context_manager(self.engine.running())
+        try:
+            running.__enter__()
+        except BaseException:  # it never started: end the loop thread, so stop() has nothing
+            self.stop()
+            raise
+        self._running = running
 
     def stop(self) -> None:
         """Cancel running jobs (partials are kept for resume), flush the store, end the thread."""

@@ -19,7 +19,9 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 
+from dsm.config import is_loopback
 from dsm.domain.hub import git_blob_header
+from dsm.domain.redact import redact_text, redact_url
 from dsm.errors import (
     BadResponse,
     DiskError,
@@ -28,6 +30,7 @@ from dsm.errors import (
     NetworkError,
     Stalled,
     TransferError,
+    Unreachable,
 )
 from dsm.version import __version__
 
@@ -82,6 +85,29 @@ class Policy:
     segment_min: int = 64 << 20
     retry_delay: float = 0.0
     git_blob: bool = False  # also compute the git blob id of the file
+    # curl's --speed-limit/--speed-time: a body slower than this many bytes/s for this many
+    # seconds is Stalled (retried); a limit of 0 turns it off.
+    low_speed_limit: int = 0
+    low_speed_time: float = 60.0
+
+
+def body(resp: httpx.Response, policy: Policy, url: str) -> Iterator[bytes]:
+    """The response's raw chunks, raising Stalled when the low-speed limit is crossed: the
+    average over each `low_speed_time` window is checked as chunks arrive (a read that gets
+    nothing at all ends at the stall timeout)."""
+    floor, window = policy.low_speed_limit, policy.low_speed_time
+    since, got = time.monotonic(), 0
+    for chunk in resp.iter_raw():
+        yield chunk
+        got += len(chunk)
+        now = time.monotonic()
+        if floor and now - since >= window:
+            if got < floor * (now - since):
+                raise Stalled(
+                    f"too slow: {got / (now - since):.0f} bytes/s for {now - since:.0f} s, "
+                    f"below the low-speed limit of {floor} bytes/s, from {public_url(url)}"
+                )
+            since, got = now, 0
 
 
 class RetryBudget:
@@ -151,9 +177,10 @@ def retry_after(value: str | None) -> float | None:
 
 
 def public_url(url: str) -> str:
-    """The URL without its query: a CDN's signed parameters must not land in errors or logs."""
+    """The URL without its query and credentials: a CDN's signed parameters and a catalogue's
+    `user:password@` must not land in errors or logs."""
     parts = urlsplit(url)
-    return parts._replace(query="", fragment="").geturl()
+    return redact_url(parts._replace(query="", fragment="").geturl())
 
 
 @dataclass(frozen=True)
@@ -179,13 +206,35 @@ def http_error(answer: Answer) -> HttpStatusError:
     )
 
 
+OFFLINE = "this machine offline? (DSM_OFFLINE=1 skips the network)"
+
+
+def _unreachable(exc: httpx.HTTPError, url: str) -> Unreachable | None:
+    """A name that does not resolve or a port that refuses: found in the exception's causes."""
+    if not isinstance(exc, httpx.ConnectError):  # a proxy's failure is a ProxyError
+        return None
+    parsed = httpx.URL(url)
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, socket.gaierror):
+            return Unreachable(f"cannot resolve {parsed.host}: is {OFFLINE}")
+        if isinstance(cause, ConnectionRefusedError):
+            where = f"{parsed.host}:{parsed.port or (443 if parsed.scheme == 'https' else 80)}"
+            return Unreachable(f"connection refused by {where}: is the server down, or {OFFLINE}")
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
 def network_error(exc: httpx.HTTPError, url: str, stall_timeout: float) -> TransferError:
+    unreachable = _unreachable(exc, url)
+    if unreachable is not None:
+        return unreachable
     url = public_url(url)
     if isinstance(exc, httpx.ReadTimeout):
         return Stalled(f"stalled: no data for {stall_timeout:g} s from {url}")
     if isinstance(exc, httpx.ConnectTimeout):
         return NetworkError(f"connect timeout to {url}")
-    msg = f"{type(exc).__name__}: {exc or 'connection failed'} ({url})"
+    msg = redact_text(f"{type(exc).__name__}: {exc or 'connection failed'} ({url})")
     # A transport error (a dropped connection) can heal; a decoding error cannot.
     return NetworkError(msg) if isinstance(exc, httpx.TransportError) else BadResponse(msg)
 
@@ -261,16 +310,27 @@ class Control:
         self.check()
 
 
+def secure_origin(url: httpx.URL) -> bool:
+    """Where credentials may go: https, or plain http to this machine."""
+    return url.scheme == "https" or is_loopback(url.host)
+
+
 @contextlib.contextmanager
 def open_stream(
     client: httpx.Client, url: str, headers: dict[str, str], host_headers: HeadersFn
 ) -> Iterator[tuple[httpx.Response, str]]:
-    """GET with redirects followed by hand: only to http(s), each hop gets its own host's
-    headers, so a token never follows a redirect to another host."""
+    """GET with redirects followed by hand: only to http(s), each hop gets its own origin's
+    headers (scheme, host, port), so a token never follows a redirect to another origin; a
+    URL's `user:password@` goes over https or to this machine only."""
     for _ in range(MAX_REDIRECTS + 1):
-        scheme = urlsplit(url).scheme
-        if scheme not in ("http", "https"):
-            raise BadResponse(f"refusing to follow a redirect to {url}")
+        parsed = httpx.URL(url)
+        if parsed.scheme not in ("http", "https"):
+            raise BadResponse(f"refusing to follow a redirect to {public_url(url)}")
+        if parsed.userinfo and not secure_origin(parsed):
+            raise BadResponse(
+                f"refusing to send the password in {redact_url(url)} over plain http: "
+                "use https (credentials travel over https only, or to this machine)"
+            )
         request = client.build_request("GET", url, headers={**headers, **host_headers(url)})
         resp = client.send(request, stream=True)
         location = resp.headers.get("location")

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from dsm.domain.redact import redact_url
+
 _target_locks: dict[Path, threading.Lock] = {}
 _target_locks_guard = threading.Lock()
 
@@ -64,8 +66,11 @@ def read_sidecar(part: Path) -> dict[str, Any]:
 
 
 def write_sidecar(part: Path, meta: dict[str, Any]) -> None:
+    """Write the sidecar atomically; its URL redacted (resume.start compares it redacted)."""
     side = sidecar_path(part)
     tmp = side.with_name(side.name + ".tmp")
+    if isinstance(meta.get("url"), str):
+        meta = {**meta, "url": redact_url(meta["url"])}
     tmp.write_text(json.dumps(meta))
     os.replace(tmp, side)
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dsm.domain.redact import redact_url
 from dsm.errors import BadResponse, IntegrityError, TransferError
 from dsm.transfer.http import (
     Answer,
@@ -117,7 +118,7 @@ def start(
     """What to do before any request, from what is on disk."""
     have, meta = disk.size, dict(disk.meta)
     proof = meta_validator(meta)
-    if meta.get("url") != url or not proof:
+    if meta.get("url") != redact_url(url) or not proof:  # sidecars keep no credentials
         have, meta = 0, {}  # cannot prove the partial is the same file: start clean
     if meta.get("segments") and have != meta.get("total"):
         have, meta = 0, {}  # a segmented .part always has the full size: this is not it

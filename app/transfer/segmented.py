@@ -31,6 +31,7 @@ from dsm.transfer.http import (
     Slot,
     Stopped,
     base_headers,
+    body,
     disk_error,
     network_error,
     open_stream,
@@ -115,7 +116,7 @@ class SegmentedDownload:
     def run(self, first: httpx.Response | None, slot: Slot | None) -> Fetched:
         try:
             self.p.part.parent.mkdir(parents=True, exist_ok=True)
-            self.fd = os.open(self.p.part, os.O_RDWR | os.O_CREAT, 0o644)
+            self.fd = os.open(self.p.part, os.O_RDWR | os.O_CREAT, 0o666)  # the umask decides
             os.ftruncate(self.fd, self.total)  # sparse; segments fill their own ranges
             self._save()
         except OSError as exc:
@@ -264,7 +265,7 @@ class SegmentedDownload:
         size = 0
         with self.ctl.watching(resp):
             try:
-                for chunk in resp.iter_raw():
+                for chunk in body(resp, self.policy, self.p.source):
                     self.ctl.check()
                     pending.append(chunk)
                     size += len(chunk)

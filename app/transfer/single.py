@@ -19,7 +19,7 @@ import os
 import queue
 import shutil
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -42,6 +42,7 @@ from dsm.transfer.http import (
     Slot,
     Stopped,
     base_headers,
+    body,
     disk_error,
     network_error,
     open_stream,
@@ -153,7 +154,7 @@ class _Writer(threading.Thread):
             raise self.error
 
 
-def _pump(resp: httpx.Response, sink: _Sink, ctl: Control) -> None:
+def _pump(chunks: Iterator[bytes], sink: _Sink, ctl: Control) -> None:
     """Read the body and hand it to the writer thread in batches; reading overlaps hashing
     and writing. Bytes that arrived before a network error are kept for the resume."""
     writer = _Writer(sink)
@@ -161,7 +162,7 @@ def _pump(resp: httpx.Response, sink: _Sink, ctl: Control) -> None:
     pending: list[bytes] = []
     size = 0
     try:
-        for chunk in resp.iter_raw():
+        for chunk in chunks:
             ctl.check()
             pending.append(chunk)
             size += len(chunk)
@@ -303,7 +304,7 @@ def _act(env: Env, plan: resume.Plan, resp: httpx.Response, slot: Slot, p: Parti
         sink = _prepare(p.part, plan.offset, plan.total, plan.meta, env.policy)
     except OSError as exc:
         raise disk_error(exc, p.part) from exc
-    return _finish(sink, p.part, resp, env.ctl, plan.total, plan.proven)
+    return _finish(sink, p.part, body(resp, env.policy, p.source), env.ctl, plan.total, plan.proven)
 
 
 def _complete(part: Path, size: int, meta: dict[str, Any], policy: Policy) -> Fetched:
@@ -318,14 +319,14 @@ def _complete(part: Path, size: int, meta: dict[str, Any], policy: Policy) -> Fe
 def _finish(
     sink: _Sink,
     part: Path,
-    resp: httpx.Response | None = None,
+    chunks: Iterator[bytes] | None = None,
     ctl: Control | None = None,
     total: int | None = None,
     proven: bool = True,
 ) -> Fetched:
     try:
-        if resp is not None and ctl is not None:
-            _pump(resp, sink, ctl)
+        if chunks is not None and ctl is not None:
+            _pump(chunks, sink, ctl)
         sink.finish()
     except OSError as exc:
         sink.close()

@@ -139,7 +139,7 @@ def test_unreachable_server_raises_network_error(home: Path, catalog: CatalogFn)
     cat = catalog(alpha=f"http://127.0.0.1:{closed_port()}/alpha.bin")
     result = call('dsm.ensure("alpha")', home, cat, DSM_MAX_RETRIES="1")
     assert result["error"] == "NetworkError"
-    assert "ConnectError" in result["message"]
+    assert "connection refused by 127.0.0.1" in result["message"]  # fails fast (issue 18)
     assert "after 2 attempts" in result["message"]
 
 

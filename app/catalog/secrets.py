@@ -1,0 +1,66 @@
+"""Credentials in catalogue URLs stay in the catalogue.
+
+A catalogue may give `https://user:password@host/f` or a signed `?token=...`. The store
+(db.json, read by every process and user of the home, shown by every command) keeps the URL
+redacted (`stored_url`); the transfer asks `source_url` for the URL to fetch, which returns a
+row's URL as it is, or, when it was stored redacted, reads the real one again from the
+catalogue by the dataset's name, provided it still redacts to what the row holds.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+from dsm.catalog.parse import read_catalog
+from dsm.domain.redact import REDACTED, redact_url
+from dsm.errors import DsmError
+
+_cache: dict[tuple[str, int, int], dict[str, str]] = {}
+_cache_lock = threading.Lock()
+
+
+def stored_url(url: str) -> str:
+    """What the store keeps of a catalogue URL."""
+    return redact_url(url)
+
+
+def _secret_urls(catalog: Path) -> dict[str, str]:
+    """name -> URL of the catalogue's entries whose URL carries a credential; read once per
+    version of the file (a catalogue of 10,000 entries takes a while to parse)."""
+    st = catalog.stat()
+    key = (str(catalog), st.st_mtime_ns, st.st_size)
+    with _cache_lock:
+        found = _cache.get(key)
+    if found is None:
+        doc = json.loads(read_catalog(catalog))
+        rows = doc.get("datasets", []) if isinstance(doc, dict) else []
+        found = {
+            r["name"]: r["original_url"]
+            for r in rows
+            if isinstance(r, dict)
+            and isinstance(r.get("name"), str)
+            and isinstance(r.get("original_url"), str)
+            and stored_url(r["original_url"]) != r["original_url"]
+        }
+        with _cache_lock:
+            _cache.clear()  # one catalogue per process: the old version is of no use
+            _cache[key] = found
+    return found
+
+
+def source_url(catalog: Path, name: str, stored: str) -> str:
+    """The URL to fetch for a row: ValueError when its credentials are not to be found."""
+    if REDACTED not in stored:
+        return stored
+    try:
+        url = _secret_urls(catalog).get(name)
+    except (OSError, ValueError, DsmError) as exc:  # gone, not JSON, unreadable
+        raise ValueError(f"cannot read the catalogue {catalog}: {exc}") from None
+    if url is None or stored_url(url) != stored:
+        raise ValueError(
+            f"the URL of {name} carries credentials, kept only in the catalogue it came from; "
+            f"{catalog} does not give that URL: run dsm with that catalogue"
+        )
+    return url

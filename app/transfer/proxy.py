@@ -1,0 +1,148 @@
+"""Proxies as curl reads them: `http_proxy`, `https_proxy`, `all_proxy` (either case) and a
+`no_proxy` that also takes CIDR ranges (`10.0.0.0/8`) and `*`.
+
+httpx's own environment handling matches `NO_PROXY` entries as host names only, so dsm builds
+the routing itself: one transport per proxy and a direct one, chosen per request by
+`ProxyRouter`. A failure to reach a proxy names the proxy, not the URL asked for.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from dsm.domain.redact import redact_url
+from dsm.errors import BadInput
+
+SOCKS_HINT = "pip install 'httpx[socks]' (or dsm[socks]) to use a SOCKS proxy"
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class NoProxy:
+    """The hosts `no_proxy` sends direct: names (and their subdomains), addresses, ranges."""
+
+    everything: bool = False
+    names: tuple[tuple[str, int | None], ...] = ()
+    networks: tuple[Network, ...] = ()
+
+    @classmethod
+    def parse(cls, raw: str) -> NoProxy:
+        names: list[tuple[str, int | None]] = []
+        networks: list[Network] = []
+        for entry in (e.strip().lower() for e in raw.split(",")):
+            if entry == "*":
+                return cls(everything=True)
+            if not entry:
+                continue
+            try:
+                networks.append(ipaddress.ip_network(entry.strip("[]"), strict=False))
+                continue
+            except ValueError:
+                pass
+            host, port = _split_port(entry)
+            names.append((host.lstrip(".").lstrip("*").lstrip("."), port))
+        return cls(False, tuple(names), tuple(networks))
+
+    def bypass(self, host: str, port: int | None) -> bool:
+        host = host.lower().strip("[]")
+        if self.everything:
+            return True
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            address = None
+        if address is not None and any(address in net for net in self.networks):
+            return True
+        return any(
+            (host == name or host.endswith("." + name)) and want in (None, port)
+            for name, want in self.names
+        )
+
+
+def _split_port(entry: str) -> tuple[str, int | None]:
+    host, colon, port = entry.rpartition(":")
+    if colon and port.isdigit() and "]" not in port:
+        return host, int(port)
+    return entry, None
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    """Which proxy each scheme goes through (None: direct), and who bypasses them."""
+
+    http: str | None = None
+    https: str | None = None
+    no_proxy: NoProxy = NoProxy()
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> ProxyConfig:
+        def var(name: str) -> str | None:
+            upper = name.upper()
+            if name == "http_proxy" and "REQUEST_METHOD" in env:
+                upper = name  # a CGI request sets HTTP_PROXY from a header (httpoxy), as curl
+            return (env.get(name) or env.get(upper) or "").strip() or None
+
+        every = var("all_proxy")
+        return cls(
+            _normal(var("http_proxy") or every),
+            _normal(var("https_proxy") or every),
+            NoProxy.parse(var("no_proxy") or ""),
+        )
+
+    def for_url(self, url: httpx.URL) -> str | None:
+        proxy = self.https if url.scheme == "https" else self.http
+        if proxy is None or self.no_proxy.bypass(url.host, url.port):
+            return None
+        return proxy
+
+
+def _normal(proxy: str | None) -> str | None:
+    """curl's default: a bare `host:port` is an HTTP proxy."""
+    return proxy if proxy is None or "://" in proxy else "http://" + proxy
+
+
+def _variable(proxy: str) -> str:
+    return f"the proxy {redact_url(proxy)}"
+
+
+class ProxyRouter(httpx.BaseTransport):
+    """Sends each request direct or through its proxy, as `ProxyConfig` says."""
+
+    def __init__(self, config: ProxyConfig, **transport: Any) -> None:
+        self.config = config
+        self.direct = httpx.HTTPTransport(**transport)
+        self.proxied: dict[str, httpx.HTTPTransport] = {}
+        for proxy in {p for p in (config.http, config.https) if p}:
+            try:
+                self.proxied[proxy] = httpx.HTTPTransport(proxy=proxy, **transport)
+            except ImportError:
+                raise BadInput(f"{_variable(proxy)} is a SOCKS proxy: {SOCKS_HINT}") from None
+            except ValueError as exc:
+                raise BadInput(f"{_variable(proxy)} cannot be used: {exc}") from None
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        proxy = self.config.for_url(request.url)
+        transport = self.direct if proxy is None else self.proxied[proxy]
+        try:
+            return transport.handle_request(request)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.ProxyError) as exc:
+            if proxy is None:
+                raise
+            raise httpx.ProxyError(f"{_variable(proxy)} failed: {exc}", request=request) from exc
+
+    def close(self) -> None:
+        for transport in (self.direct, *self.proxied.values()):
+            transport.close()
+
+
+def make_client(timeout: httpx.Timeout, limits: httpx.Limits) -> httpx.Client:
+    """The engine's HTTP client, with proxies routed by `ProxyRouter` (from the environment).
+    The environment's certificate settings (SSL_CERT_FILE, SSL_CERT_DIR) still apply."""
+    router = ProxyRouter(ProxyConfig.from_env(os.environ), limits=limits, trust_env=True)
+    return httpx.Client(timeout=timeout, transport=router, trust_env=False)

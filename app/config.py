@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import platformdirs
 
@@ -177,6 +177,35 @@ def parse_host_headers(raw: str) -> tuple[tuple[str, str, str], ...]:
     return tuple(out)
 
 
+# Numeric settings: field -> (environment variable, default, type, minimum). The CLI's flag of
+# the same name (`--max-retries`) wins over the variable where there is one.
+_NUMBERS: dict[str, tuple[str, Any, Callable[[str], Any], Any]] = {
+    "max_retries": ("DSM_MAX_RETRIES", DEFAULT_MAX_RETRIES, int, 0),
+    "retry_delay": ("DSM_RETRY_DELAY", DEFAULT_RETRY_DELAY, float, 0.0),
+    "job_timeout": ("DSM_JOB_TIMEOUT", DEFAULT_JOB_TIMEOUT, float, 0.001),
+    "stall_timeout": ("DSM_STALL_TIMEOUT", DEFAULT_STALL_TIMEOUT, float, 0.001),
+    "workers": ("DSM_WORKERS", DEFAULT_WORKERS, int, 1),
+    "segments": ("DSM_SEGMENTS", DEFAULT_SEGMENTS, int, 1),
+    "segment_min": ("DSM_SEGMENT_MIN", DEFAULT_SEGMENT_MIN, int, 1),
+    "host_connections": ("DSM_HOST_CONNECTIONS", DEFAULT_HOST_CONNECTIONS, int, 1),
+    "low_speed_limit": ("DSM_LOW_SPEED_LIMIT", DEFAULT_LOW_SPEED_LIMIT, int, 0),
+    "low_speed_time": ("DSM_LOW_SPEED_TIME", DEFAULT_LOW_SPEED_TIME, float, 0.001),
+    "extract_max_bytes": ("DSM_EXTRACT_MAX_BYTES", DEFAULT_EXTRACT_MAX_BYTES, int, 0),
+    "extract_max_members": ("DSM_EXTRACT_MAX_MEMBERS", DEFAULT_EXTRACT_MAX_MEMBERS, int, 1),
+}
+
+
+def _numbers(flags: Mapping[str, str | None], env: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for field, (var, default, convert, minimum) in _NUMBERS.items():
+        flag = flags.get(field)
+        name, raw = (
+            (f"--{field.replace('_', '-')}", flag) if flag is not None else (var, env.get(var))
+        )
+        out[field] = _number(name, raw, default, convert, minimum)
+    return out
+
+
 def load_settings(
     *,
     home: str | None = None,
@@ -191,74 +220,32 @@ def load_settings(
 ) -> Settings:
     """Resolve settings; a flag (given as its raw string) wins over the environment."""
     env = os.environ if env is None else env
-
-    def pick(flag: str | None, var: str) -> tuple[str, str | None]:
-        return (
-            (f"--{var[4:].lower().replace('_', '-')}", flag)
-            if flag is not None
-            else (
-                var,
-                env.get(var),
-            )
-        )
-
+    flags = {
+        "max_retries": max_retries,
+        "retry_delay": retry_delay,
+        "job_timeout": job_timeout,
+        "stall_timeout": stall_timeout,
+        "workers": workers,
+    }
     home_raw = home if home is not None else env.get("DSM_HOME")
     home_path = Path(home_raw or platformdirs.user_data_dir("dsm")).expanduser().absolute()
     catalog_raw = catalog if catalog is not None else env.get("DSM_CATALOG")
     catalog_path = Path(catalog_raw).expanduser().absolute() if catalog_raw else bundled_catalog()
+    cache_name, cache_raw = (
+        ("--cache-url", cache_url)
+        if cache_url is not None
+        else ("DSM_CACHE_URL", env.get("DSM_CACHE_URL"))
+    )
     return Settings(
         home=home_path,
         catalog=catalog_path,
-        max_retries=_number(*pick(max_retries, "DSM_MAX_RETRIES"), DEFAULT_MAX_RETRIES, int, 0),
-        retry_delay=_number(*pick(retry_delay, "DSM_RETRY_DELAY"), DEFAULT_RETRY_DELAY, float, 0.0),
-        job_timeout=_number(
-            *pick(job_timeout, "DSM_JOB_TIMEOUT"), DEFAULT_JOB_TIMEOUT, float, 0.001
-        ),
-        stall_timeout=_number(
-            *pick(stall_timeout, "DSM_STALL_TIMEOUT"), DEFAULT_STALL_TIMEOUT, float, 0.001
-        ),
-        workers=_number(*pick(workers, "DSM_WORKERS"), DEFAULT_WORKERS, int, 1),
-        segments=_number("DSM_SEGMENTS", env.get("DSM_SEGMENTS"), DEFAULT_SEGMENTS, int, 1),
-        segment_min=_number(
-            "DSM_SEGMENT_MIN", env.get("DSM_SEGMENT_MIN"), DEFAULT_SEGMENT_MIN, int, 1
-        ),
-        host_connections=_number(
-            "DSM_HOST_CONNECTIONS",
-            env.get("DSM_HOST_CONNECTIONS"),
-            DEFAULT_HOST_CONNECTIONS,
-            int,
-            1,
-        ),
-        low_speed_limit=_number(
-            "DSM_LOW_SPEED_LIMIT", env.get("DSM_LOW_SPEED_LIMIT"), DEFAULT_LOW_SPEED_LIMIT, int, 0
-        ),
-        low_speed_time=_number(
-            "DSM_LOW_SPEED_TIME",
-            env.get("DSM_LOW_SPEED_TIME"),
-            DEFAULT_LOW_SPEED_TIME,
-            float,
-            0.001,
-        ),
+        **_numbers(flags, env),
         host_headers=parse_host_headers(env.get("DSM_HEADERS", "")),
         hf_endpoint=hf_endpoint(env),
         hf_token=hf_token(env),
         offline=offline(env),
-        cache_url=_cache_url(*pick(cache_url, "DSM_CACHE_URL")),
+        cache_url=_cache_url(cache_name, cache_raw),
         cache_push=_flag("DSM_CACHE_PUSH", env.get("DSM_CACHE_PUSH"), default=True),
-        extract_max_bytes=_number(
-            "DSM_EXTRACT_MAX_BYTES",
-            env.get("DSM_EXTRACT_MAX_BYTES"),
-            DEFAULT_EXTRACT_MAX_BYTES,
-            int,
-            0,
-        ),
-        extract_max_members=_number(
-            "DSM_EXTRACT_MAX_MEMBERS",
-            env.get("DSM_EXTRACT_MAX_MEMBERS"),
-            DEFAULT_EXTRACT_MAX_MEMBERS,
-            int,
-            1,
-        ),
     )
 
 

@@ -111,6 +111,21 @@ def _entry_errors(
     return errs, target
 
 
+def _entry(raw: dict[str, Any]) -> CatalogEntry:
+    """A validated entry as the catalogue's value object (checksums stored lowercase)."""
+    sha = raw.get("expected_sha256")
+    return CatalogEntry(
+        name=raw["name"],
+        description=raw.get("description", ""),
+        original_url=raw["original_url"],
+        local_path=raw["local_path"],
+        expected_size=raw.get("expected_size"),
+        expected_sha256=sha.lower() if isinstance(sha, str) else None,
+        extract=raw.get("extract"),
+        mirrors=tuple(raw.get("mirrors", ())),
+    )
+
+
 def parse_catalog(text: str, source: Path, home: Path) -> list[CatalogEntry]:
     """Validate catalogue text; raises CatalogError listing every problem."""
     try:
@@ -159,22 +174,7 @@ def parse_catalog(text: str, source: Path, home: Path) -> list[CatalogEntry]:
                 folders.setdefault(parent, str(name))
         problems.extend(f"{source}: {label}: field {f!r}: {p}" for f, p in errs)
         if not errs:
-            entries.append(
-                CatalogEntry(
-                    name=raw["name"],
-                    description=raw.get("description", ""),
-                    original_url=raw["original_url"],
-                    local_path=raw["local_path"],
-                    expected_size=raw.get("expected_size"),
-                    expected_sha256=(
-                        raw["expected_sha256"].lower()
-                        if isinstance(raw.get("expected_sha256"), str)
-                        else None
-                    ),
-                    extract=raw.get("extract"),
-                    mirrors=tuple(raw.get("mirrors", ())),
-                )
-            )
+            entries.append(_entry(raw))
     if problems:
         raise CatalogError("bad catalogue:\n  " + "\n  ".join(problems))
     return entries

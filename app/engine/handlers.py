@@ -85,6 +85,40 @@ def redacted(url: str) -> str:
     return parts._replace(netloc=netloc, query="", fragment="").geturl()
 
 
+async def unpack_archive(
+    settings: Settings, ds: Dataset, archive: Path
+) -> list[unpack.Unpacked] | Outcome | None:
+    """Unpack a verified archive into the temporary path beside local_path (None for a
+    dataset that is not unpacked). A refused archive is kept: its bytes are what the
+    catalogue describes, so fetching it again would not help (--force-download does)."""
+    if ds.extract is None:
+        return None
+    limits = unpack.Limits(settings.extract_max_bytes, settings.extract_max_members)
+    try:
+        return await anyio.to_thread.run_sync(
+            unpack.unpack,
+            archive,
+            ds.extract,
+            files.local(settings.home, ds),
+            limits,
+            anyio.from_thread.check_cancelled,  # a cancel stops it between members
+        )
+    except (ArchiveError, OSError) as exc:
+        return JobStatus.FAILED, f"cannot unpack the {ds.extract} archive: {exc}"
+
+
+async def place_unpacked(
+    settings: Settings, ds: Dataset, unpacked: list[unpack.Unpacked] | None
+) -> dict[str, Any]:
+    """Record the file list, then move the unpacked copy into place; the row's fields."""
+    if unpacked is None:
+        return {}
+    home = settings.home
+    await anyio.to_thread.run_sync(files.write_manifest, home, ds, unpacked)
+    await anyio.to_thread.run_sync(unpack.place, files.local(home, ds))
+    return {"file_count": len(unpacked), "unpacked_size": sum(u.size for u in unpacked)}
+
+
 class Handlers:
     def __init__(
         self,
@@ -172,19 +206,10 @@ class Handlers:
         place and record it with `record`'s extra fields."""
         installed = await self._in_place(job, ds, target, had_copy)
         if installed is None or files.integrity_problem(ds, installed.size, installed.sha256):
-            served_by = SERVED_BY_CACHE
-            fetched: Fetched | Outcome | None = None
-            if listed is None:  # a Hub file is checked by the Hub's hash: from the Hub only
-                fetched = await self.cache.fetch(
-                    ds, target, lambda url, size: self._transfer(job, url, target, size)
-                )
-            if fetched is None:
-                served = await self._fetch_any(job, ds, url, target, budget, listed)
-                if not isinstance(served, Served):
-                    return served
-                served_by, fetched = served.by, served.fetched
-            if not isinstance(fetched, Fetched):
-                return fetched
+            served = await self._obtain(job, ds, url, target, budget, listed)
+            if not isinstance(served, Served):
+                return served
+            served_by, fetched = served.by, served.fetched
             await self.set_status(job, Status.VERIFYING)
             problem = files.integrity_problem(ds, fetched.size, fetched.sha256)
             if listed is not None:
@@ -198,7 +223,7 @@ class Handlers:
                 if listed is not None
                 else files.unconfirmed_reason(ds, fetched.unproven, fetched.sha256)
             )
-            unpacked = await self._unpack(ds, files.part_of(target))
+            unpacked = await unpack_archive(self.settings, ds, files.part_of(target))
             if isinstance(unpacked, tuple):
                 return unpacked
             # From the rename on, the store must hear of the new file: no cancel in between.
@@ -206,7 +231,7 @@ class Handlers:
                 installed = await anyio.to_thread.run_sync(
                     files.install, target, fetched.size, fetched.sha256, unconfirmed
                 )
-                record.update(await self._place(ds, unpacked))
+                record.update(await place_unpacked(self.settings, ds, unpacked))
                 await self._record_install(job, installed, target, served_by=served_by, **record)
             # Share a proven copy with the team; an unconfirmed one is not shared: the cache
             # would pass an unproven file off as verified.
@@ -220,13 +245,33 @@ class Handlers:
                     abandon_on_cancel=True,  # create-only: an upload left running is harmless
                 )
         else:
-            unpacked = await self._unpack(ds, target)
+            unpacked = await unpack_archive(self.settings, ds, target)
             if isinstance(unpacked, tuple):
                 return unpacked
             with anyio.CancelScope(shield=True):
-                record.update(await self._place(ds, unpacked))
+                record.update(await place_unpacked(self.settings, ds, unpacked))
                 await self._record_install(job, installed, target, **record)
         return JobStatus.COMPLETED, None
+
+    async def _obtain(
+        self,
+        job: Job,
+        ds: Dataset,
+        url: str,
+        target: Path,
+        budget: RetryBudget,
+        listed: ManifestFile | None,
+    ) -> Served | Outcome:
+        """The file's bytes in `target`'s partial: from the team cache when it holds them (a
+        Hub file is checked by the Hub's hash, so it comes from the Hub only), else from
+        `url` or a mirror."""
+        if listed is None:
+            cached = await self.cache.fetch(
+                ds, target, lambda u, size: self._transfer(job, u, target, size)
+            )
+            if cached is not None:
+                return Served(SERVED_BY_CACHE, cached)
+        return await self._fetch_any(job, ds, url, target, budget, listed)
 
     async def _in_place(
         self, job: Job, ds: Dataset, target: Path, had_copy: bool
@@ -281,34 +326,6 @@ class Handlers:
         return JobStatus.FAILED, "; ".join(
             f"{redacted(u)}: {why}" for u, why in zip(urls, failures, strict=True)
         )
-
-    async def _unpack(self, ds: Dataset, archive: Path) -> list[unpack.Unpacked] | Outcome | None:
-        """Unpack a verified archive into the temporary path beside local_path (None for a
-        dataset that is not unpacked). A refused archive is kept: its bytes are what the
-        catalogue describes, so fetching it again would not help (--force-download does)."""
-        if ds.extract is None:
-            return None
-        limits = unpack.Limits(self.settings.extract_max_bytes, self.settings.extract_max_members)
-        try:
-            return await anyio.to_thread.run_sync(
-                unpack.unpack,
-                archive,
-                ds.extract,
-                files.local(self.settings.home, ds),
-                limits,
-                anyio.from_thread.check_cancelled,  # a cancel stops it between members
-            )
-        except (ArchiveError, OSError) as exc:
-            return JobStatus.FAILED, f"cannot unpack the {ds.extract} archive: {exc}"
-
-    async def _place(self, ds: Dataset, unpacked: list[unpack.Unpacked] | None) -> dict[str, Any]:
-        """Record the file list, then move the unpacked copy into place; the row's fields."""
-        if unpacked is None:
-            return {}
-        home = self.settings.home
-        await anyio.to_thread.run_sync(files.write_manifest, home, ds, unpacked)
-        await anyio.to_thread.run_sync(unpack.place, files.local(home, ds))
-        return {"file_count": len(unpacked), "unpacked_size": sum(u.size for u in unpacked)}
 
     async def _record_install(
         self, job: Job, installed: files.Installed, target: Path, **record: Any

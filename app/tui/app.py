@@ -13,13 +13,11 @@ from textual.binding import Binding, BindingType
 from textual.notifications import SeverityLevel
 from textual.timer import Timer
 from textual.widgets import Footer, Header
-from textual.worker import Worker, WorkerState
 
 from dsm.config import Settings
 from dsm.domain.display import is_paused, short_cause
 from dsm.domain.jobs import JobStatus, JobType
 from dsm.domain.model import Status
-from dsm.domain.redact import redact_text
 from dsm.engine.thread import EngineThread
 from dsm.repository import Repository, StoreError
 from dsm.tui.commands import ActionCommands
@@ -134,22 +132,6 @@ class DashboardApp(EngineCalls, App[int]):
     def _show(self, name: str) -> None:
         if self.table.show_row(self.state.row(name)):
             self._changed.add(name)
-
-    @on(Worker.StateChanged)
-    def _engine_failed(self, event: Worker.StateChanged) -> None:
-        """An engine that cannot start (a proxy setting, a home it may not write) is said at
-        once, with its cause, and the user is offered to quit."""
-        if event.worker.name != "_start_engine" or event.state != WorkerState.ERROR:
-            return
-        cause = redact_text(str(event.worker.error))
-        self.notify(f"the job engine failed to start: {cause}", severity="error", markup=False)
-
-        def answered(yes: bool | None) -> None:
-            if yes:  # the cause stays on the terminal after the dashboard is gone
-                self.exit(return_code=1, message=f"dsm: error: the job engine failed: {cause}")
-
-        question = "The job engine failed to start: no job can run. Quit dsm?"
-        self.push_screen(ConfirmScreen(question, cause), answered)
 
     @on(StoreRead)
     def _store_read(self, message: StoreRead) -> None:

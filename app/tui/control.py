@@ -9,15 +9,18 @@ from typing import TYPE_CHECKING
 from rich.text import Text
 from textual import work
 from textual.notifications import SeverityLevel
+from textual.worker import Worker, WorkerState
 
 from dsm.config import Settings
 from dsm.domain.jobs import JobType
+from dsm.domain.redact import redact_text
 from dsm.engine.hubjob import refresh_upstream
 from dsm.engine.thread import EngineThread
 from dsm.errors import DsmError
 from dsm.repository import Repository
 from dsm.tui.state import DashboardState
 from dsm.widgets.panels import Summary
+from dsm.widgets.screens import ConfirmScreen
 
 ENGINE_START_TIMEOUT = 30.0
 
@@ -117,3 +120,18 @@ class EngineCalls(_Base):
     def _resume(self, job_ids: list[str]) -> None:
         if self._engine_up() and job_ids:
             self._tell(f"resumed {len(self.engine.resume(job_ids))} job(s)")
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """An engine that cannot start (a proxy setting, a home it may not write) is said at
+        once, with its cause, and the user is offered to quit."""
+        if event.worker.name != "_start_engine" or event.state != WorkerState.ERROR:
+            return
+        cause = redact_text(str(event.worker.error))
+        self.notify(f"the job engine failed to start: {cause}", severity="error", markup=False)
+
+        def answered(yes: bool | None) -> None:
+            if yes:  # the cause stays on the terminal after the dashboard is gone
+                self.exit(return_code=1, message=f"dsm: error: the job engine failed: {cause}")
+
+        question = "The job engine failed to start: no job can run. Quit dsm?"
+        self.push_screen(ConfirmScreen(question, cause), answered)

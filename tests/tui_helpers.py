@@ -37,7 +37,7 @@ async def loaded(pilot: Pilot[int]) -> DashboardApp:
     """Wait for the first store read and the engine; returns the app."""
     app = pilot.app
     assert isinstance(app, DashboardApp)
-    await until(pilot, lambda: app.table.row_count > 0 and app._engine_ready.is_set())
+    await until(pilot, lambda: app.table.row_count > 0 and app.engine_ready)
     return app
 
 
@@ -54,7 +54,7 @@ def text_of(app: DashboardApp, selector: str) -> str:
 
 def messages(app: DashboardApp) -> list[str]:
     """The notifications raised so far (Textual keeps no public list of them)."""
-    return [n.message for n in app._notifications]
+    return app.notices
 
 
 def put_row(repo: Repository, name: str, status: Status, **fields: object) -> None:

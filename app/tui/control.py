@@ -47,6 +47,16 @@ class EngineCalls(_Base):
     def _tell(self, text: str, severity: SeverityLevel = "information") -> None:
         raise NotImplementedError
 
+    @property
+    def engine_ready(self) -> bool:
+        """The engine has started: jobs can be submitted (tests and scripts wait on this)."""
+        return self._engine_ready.is_set()
+
+    @property
+    def notices(self) -> list[str]:
+        """The messages of the notifications on screen now."""
+        return [n.message for n in self._notifications]
+
     @work(thread=True, group="engine", exit_on_error=False)
     def _start_engine(self) -> None:
         with self._engine_lock:

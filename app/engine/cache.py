@@ -15,10 +15,11 @@ import anyio
 
 from dsm.config import Settings
 from dsm.domain.model import Dataset
+from dsm.domain.redact import redact_url
 from dsm.engine import files
 from dsm.errors import TransferError
-from dsm.transfer.http import Fetched
-from dsm.transfer.partfile import discard_partial
+from dsm.transfer.http import Fetched, public_url
+from dsm.transfer.partfile import discard_partial, read_sidecar, write_sidecar
 from dsm.transfer.s3cache import CachedFile, CacheError, TeamCache
 
 log = logging.getLogger("dsm.cache")
@@ -38,6 +39,16 @@ class CacheReport:
     held: int  # datasets of the catalogue whose verified file the cache holds
     known: int  # datasets whose checksum is known (catalogue or a verified copy)
     total: int
+
+
+def carry_partial(part: Path, url: str) -> None:
+    """Let a partial file fetched through an earlier presigned URL of the same object go on:
+    every presign is a new URL (its date and signature), but the object behind it is the same
+    immutable bytes, and the If-Range validator the sidecar keeps still has to match."""
+    meta = read_sidecar(part)
+    old = meta.get("url")
+    if isinstance(old, str) and old != redact_url(url) and public_url(old) == public_url(url):
+        write_sidecar(part, {**meta, "url": redact_url(url)})
 
 
 class CacheSide:
@@ -82,6 +93,7 @@ class CacheSide:
         cached = await anyio.to_thread.run_sync(self.find, ds, abandon_on_cancel=True)
         if cached is None:
             return None
+        await anyio.to_thread.run_sync(carry_partial, files.part_of(target), cached.url)
         try:
             fetched = await transfer(cached.url, cached.size)
         except TransferError as exc:  # its message carries no presigned query

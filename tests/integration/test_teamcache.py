@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -12,6 +14,8 @@ import anyio
 import pytest
 
 from dsm.domain.jobs import JobStatus, JobType
+from dsm.domain.redact import redact_url
+from dsm.transfer.partfile import write_sidecar
 from dsm.transfer.s3cache import (
     CacheError,
     TeamCache,
@@ -338,3 +342,44 @@ async def test_a_cache_that_fails_falls_back_to_the_origin_with_one_warning(
     assert (home / "data" / "gsm8k.jsonl").read_bytes() == data
     warnings = [r.getMessage() for r in caplog.records if r.name == "dsm.cache"]
     assert len(warnings) == 1 and "using the origin" in warnings[0], warnings
+
+
+@pytest.mark.anyio
+async def test_a_partial_from_an_earlier_presigned_url_is_resumed(
+    s3: S3,
+    server: FileServer,
+    tmp_path: Path,
+    catalog: CatalogFn,
+    caplog: pytest.LogCaptureFixture,
+    aws_env: Callable[[dict[str, str]], dict[str, str]],
+) -> None:
+    """A download from the cache cut by a restart goes on from its partial file: the new
+    presigned URL differs from the one the sidecar names, the object behind it does not."""
+    bucket = s3.new_bucket()
+    data = blob(17, 600_000)
+    path = tmp_path / "f.bin"
+    path.write_bytes(data)
+    env = aws_env(cache_env(s3, bucket))
+    cache = cache_for(s3, bucket)
+    cache.publish(path, sha(data), len(data), "http://elsewhere/f")
+    found = cache.find(sha(data), "http://elsewhere/f")
+    assert found is not None
+    head = s3.client().head_object(Bucket=bucket, Key=f"team/{object_key(sha(data))}")  # type: ignore[attr-defined]
+    home = tmp_path / "a"
+    part = home / "data" / "gsm8k.jsonl.part"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(data[:250_000])
+    earlier = redact_url(found.url).replace("X-Amz-Date=", "X-Amz-Date=1")  # another presign
+    write_sidecar(part, {"url": earlier, "etag": head["ETag"], "total": len(data)})
+    cat = catalog([entry(server.add("gsm8k.jsonl", data), data)])
+    server.stop()  # only the cache can serve
+
+    caplog.set_level(logging.INFO, logger="werkzeug")  # moto's request log: status per GET
+    settings, repo = setup(home, cat, **env)
+    run = await run_jobs(settings, repo, JobType.DOWNLOAD, "gsm8k")
+    assert run.job.status == JobStatus.COMPLETED, run.job.error
+    assert run.dataset("gsm8k").served_by == "team cache"
+    assert (home / "data" / "gsm8k.jsonl").read_bytes() == data
+    seen = [re.sub(r"\x1b\[[0-9;]*m", "", r.getMessage()) for r in caplog.records]
+    gets = [line for line in seen if "GET /" in line and object_key(sha(data)) in line]
+    assert gets and all('" 206 ' in line for line in gets), gets  # ranged: the partial went on

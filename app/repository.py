@@ -81,10 +81,21 @@ class Repository:
         return self._store.identity
 
     @contextmanager
-    def transaction(self) -> Iterator[Repository]:
-        """Group calls into one locked read-modify-write of the store, across processes."""
-        with self._store.transaction():
+    def transaction(self, defer: bool = False) -> Iterator[Repository]:
+        """Group calls into one locked read-modify-write of the store, across processes. With
+        `defer`, the changes reach the file later, with others (`flush`): the store stays
+        locked for other processes until then, so flush within a fraction of a second."""
+        with self._store.transaction(defer):
             yield self
+
+    def flush(self) -> None:
+        """Write the deferred changes in one write, and let other processes in."""
+        self._store.flush()
+
+    @property
+    def pending(self) -> bool:
+        """Deferred changes are waiting for `flush`."""
+        return self._store.pending
 
     def close(self) -> None:
         self._store.close()
@@ -163,16 +174,10 @@ class Repository:
     def save_jobs(self, jobs: Iterable[Job]) -> None:
         self._store.put_many(_JOBS, {j.id: j.to_dict() for j in jobs})
 
-    def prune_jobs(self, jobs: list[Job], keep_per_dataset: int) -> None:
-        """Remove all but the newest `keep_per_dataset` finished jobs of each dataset."""
-        finished: dict[str, list[Job]] = {}
-        for job in jobs:
-            if job.status.finished:
-                finished.setdefault(job.dataset, []).append(job)
+    def remove_jobs(self, job_ids: Iterable[str]) -> None:
         with self._store.transaction():
-            for old in finished.values():
-                for job in old[:-keep_per_dataset] if keep_per_dataset else old:
-                    self._store.remove(_JOBS, job.id)
+            for job_id in job_ids:
+                self._store.remove(_JOBS, job_id)
 
     def write_progress(self, jobs: list[Job]) -> None:
         """Record the progress of running jobs, and of their datasets' rows where the row

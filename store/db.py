@@ -42,10 +42,19 @@ class Store:
         }
 
     @contextmanager
-    def transaction(self) -> Iterator[Store]:
-        """Group writes into one locked read-modify-write of the file."""
-        with self._storage.transaction():
+    def transaction(self, defer: bool = False) -> Iterator[Store]:
+        """Group writes into one locked read-modify-write of the file; with `defer`, written
+        later by `flush` or the next transaction without it (AtomicJSONStorage.transaction)."""
+        with self._storage.transaction(defer):
             yield self
+
+    def flush(self) -> None:
+        """Write the deferred changes and release the lock."""
+        self._storage.flush()
+
+    @property
+    def pending(self) -> bool:
+        return self._storage.pending
 
     def check(self) -> None:
         """Parse the file now, so a corrupt store is reported before anything else happens."""

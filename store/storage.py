@@ -70,13 +70,16 @@ def _check_shape(path: Path, data: object) -> Data:
 class AtomicJSONStorage(Storage):
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._lock = FileLock(str(path) + ".lock", timeout=LOCK_TIMEOUT)
+        # Not thread-local: a deferred transaction's lock is released by `flush`, which may
+        # run in another thread of the process.
+        self._lock = FileLock(str(path) + ".lock", timeout=LOCK_TIMEOUT, thread_local=False)
         self._umask = current_umask()
         self.mutex = threading.RLock()
         # Parsed content keyed by the file's identity: re-read only when another write happened.
         self._cache: tuple[tuple[int, int, int], Data] | None = None
-        self._txn: Data | None = None
-        self._dirty = False
+        self._txn: Data | None = None  # the tables while the lock is held
+        self._depth = 0  # transactions open (nested ones count)
+        self._dirty = False  # the tables hold changes the file does not
         self._swept = False
 
     def _identity(self) -> tuple[int, int, int] | None:
@@ -112,7 +115,7 @@ class AtomicJSONStorage(Storage):
             return self._txn if self._txn is not None else self._load()
 
     def write(self, data: Data) -> None:
-        if self._txn is None:
+        if not self._depth:
             raise StoreError("write outside a transaction")
         self._txn = data
         self._dirty = True
@@ -121,37 +124,93 @@ class AtomicJSONStorage(Storage):
     def identity(self) -> tuple[int, int, int] | None:
         return self._identity()
 
+    @property
+    def pending(self) -> bool:
+        """Deferred changes wait for `flush` (the lock is held meanwhile)."""
+        return self._dirty and not self._depth
+
     @contextmanager
-    def transaction(self) -> Iterator[None]:
-        """Hold the lock, start from the latest file, write once at the end if anything changed."""
+    def transaction(self, defer: bool = False) -> Iterator[None]:
+        """Hold the lock, start from the latest file, write once at the end if anything changed.
+
+        With `defer` the changes are not written yet: the lock stays held and the tables kept,
+        so the next transactions build on them, until `flush` or a transaction without `defer`
+        writes everything at once (many small changes, one file write). A transaction that
+        fails after changing the tables drops every change not yet written."""
         with self.mutex:
-            if self._txn is not None:  # nested: the outer transaction writes
-                yield
-                return
-            try:
-                self._lock.acquire()
-            except Timeout:
-                raise StoreError(f"{self.path}: another dsm process holds the lock") from None
-            except OSError as exc:
-                raise StoreError(f"{self.path}: cannot lock: {exc.strerror or exc}") from None
-            try:
-                if not self._swept:
-                    self._sweep_temp_files()
-                # The cached tables are reused only when the file's identity is the one we
-                # parsed or wrote; every writer stamps a unique mtime (see _commit).
-                self._txn = self._load()
-                self._dirty = False
+            if self._depth:  # nested: the outermost transaction writes
+                self._depth += 1
                 try:
                     yield
-                    if self._dirty:
-                        self._commit(self._txn)
-                except BaseException:
-                    # TinyDB mutates the cached tables in place: forget them.
-                    self._cache = None
-                    raise
-            finally:
-                self._txn = None
-                self._lock.release()
+                finally:
+                    self._depth -= 1
+                return
+            if self._txn is None:
+                self._begin()
+            earlier, self._dirty = self._dirty, False
+            self._depth = 1
+            try:
+                yield
+            except BaseException:
+                self._depth = 0
+                if self._dirty:  # the tables are changed in place: forget them
+                    self._abandon()
+                elif earlier:
+                    self._dirty = True  # the deferred changes are intact: still pending
+                else:
+                    self._end()
+                raise
+            self._depth = 0
+            self._dirty = self._dirty or earlier
+            if self._dirty and not defer:
+                self._write_out()
+            elif not self._dirty:
+                self._end()
+
+    def flush(self) -> None:
+        """Write the deferred changes, if any, and release the lock."""
+        with self.mutex:
+            if self._txn is not None and not self._depth:
+                if self._dirty:
+                    self._write_out()
+                else:
+                    self._end()
+
+    def _begin(self) -> None:
+        try:
+            self._lock.acquire()
+        except Timeout:
+            raise StoreError(f"{self.path}: another dsm process holds the lock") from None
+        except OSError as exc:
+            raise StoreError(f"{self.path}: cannot lock: {exc.strerror or exc}") from None
+        try:
+            if not self._swept:
+                self._sweep_temp_files()
+            # The cached tables are reused only when the file's identity is the one we
+            # parsed or wrote; every writer stamps a unique mtime (see _commit).
+            self._txn = self._load()
+        except BaseException:
+            self._lock.release()
+            raise
+        self._dirty = False
+
+    def _end(self) -> None:
+        self._txn = None
+        self._dirty = False
+        self._lock.release()
+
+    def _abandon(self) -> None:
+        self._cache = None  # TinyDB mutates the cached tables in place
+        self._end()
+
+    def _write_out(self) -> None:
+        assert self._txn is not None
+        try:
+            self._commit(self._txn)
+        except BaseException:
+            self._abandon()
+            raise
+        self._end()
 
     def _sweep_temp_files(self) -> None:
         """Remove temp files a killed writer left behind (only under the lock: no write is

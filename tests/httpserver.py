@@ -82,6 +82,7 @@ class FileServer:
         self.faults: dict[str, list[Fault]] = {}
         self.persistent: dict[str, Fault] = {}
         self.seen: list[Seen] = []
+        self.connections = 0  # TCP connections accepted so far (keep-alive reuse shows here)
         self.release = threading.Event()
         self.lock = threading.Lock()
         self._httpd = _QuietServer(("127.0.0.1", 0), _handler_for(self))
@@ -176,6 +177,11 @@ def _handler_for(server: FileServer) -> type[BaseHTTPRequestHandler]:
 
         def log_message(self, format: str, *args: Any) -> None:
             pass
+
+        def setup(self) -> None:  # once per connection, however many requests it serves
+            super().setup()
+            with server.lock:
+                server.connections += 1
 
         def date_time_string(self, timestamp: float | None = None) -> str:
             return self.fixed_date or super().date_time_string(timestamp)

@@ -128,6 +128,7 @@ class Engine:
                             tg.start_soon(self._worker, recv.clone())
                         recv.close()
                     tg.start_soon(self._flusher)
+                    tg.start_soon(self.ledger.committer)
                     try:
                         await self.recover()
                     except StoreError as exc:  # a full disk: said once, no ExceptionGroup
@@ -145,6 +146,7 @@ class Engine:
                                 )
                                 await self.wait_idle()
                                 await self._flush()
+                                await self.ledger.close()
                             tg.cancel_scope.cancel()
         finally:
             owner_lock.release()
@@ -313,7 +315,7 @@ class Engine:
                 ds = await self.ledger.call(self.repo.dataset, job.dataset)
                 had_copy = files.still_verified(self.settings.home, ds)
                 job.status, job.started_ms, job.error = JobStatus.RUNNING, now_ms(), None
-                await self.ledger.call(self.ledger.claim, job)
+                await self.ledger.defer(self.ledger.claim, job)
                 self._emit(EventKind.STARTED, job)
                 try:
                     with anyio.fail_after(self.settings.job_timeout):
@@ -365,7 +367,8 @@ class Engine:
                     self._paused[job.id] = job
             self._dirty.pop(job.id, None)
         try:
-            rows = await self.ledger.call(record or self.ledger.record_many, jobs, had_copy)
+            store = self.ledger.call if record else self.ledger.defer  # ends: see ledger.py
+            rows = await store(record or self.ledger.record_many, jobs, had_copy)
         except StoreError as exc:  # e.g. the disk is full: the jobs still end, loudly
             log.error("jobs %s: cannot record their end: %s", [j.id for j in jobs], exc)
             for job in jobs:
@@ -399,6 +402,6 @@ class Engine:
         if self._dirty:
             batch, self._dirty = self._dirty, {}
             try:
-                await self.ledger.call(self.repo.write_progress, list(batch.values()))
+                await self.ledger.defer(self.repo.write_progress, list(batch.values()))
             except StoreError as exc:  # progress is advisory: the next flush writes newer
                 log.warning("cannot write progress to the store: %s", exc)

@@ -282,8 +282,12 @@ def installed_before_crash(path: Path) -> Installed | None:
     return Installed(st.st_size, sha, st.st_mtime_ns, str(unconfirmed) if unconfirmed else None)
 
 
-def forget_install(path: Path) -> None:
-    sidecar_path(part_of(path)).unlink(missing_ok=True)
+def forget_install(path: Path, sha256: str | None = None) -> None:
+    """Drop the install record (with `sha256`: only if it still names that copy, not a newer
+    download's)."""
+    part = part_of(path)
+    if sha256 is None or read_sidecar(part).get("installed_sha256") == sha256:
+        sidecar_path(part).unlink(missing_ok=True)
 
 
 def sha256_of(path: Path) -> str:

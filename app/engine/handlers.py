@@ -14,6 +14,7 @@ import dataclasses
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -153,7 +154,11 @@ class Handlers:
         }[job_type]
 
     async def set_status(self, job: Job, status: Status | None, **fields: Any) -> Dataset:
-        ds = await self.ledger.call(self.repo.change, job.dataset, status, **fields)
+        """Deferred (ledger.py) but `verifying`, the step before a file is moved into place:
+        the store must show it still takes writes there (a full disk fails the job then)."""
+        ds = await self.ledger.defer(self.repo.change, job.dataset, status, **fields)
+        if status == Status.VERIFYING:
+            await self.ledger.sync()
         self._emit(EventKind.PROGRESS, job, ds)
         return ds
 
@@ -172,7 +177,7 @@ class Handlers:
         except ValueError as exc:
             return JobStatus.FAILED, str(exc)
         job.expect = files.expectations(ds)  # what the end is recorded against (issue 12.4)
-        await self.ledger.call(self.repo.save_job, job)
+        await self.ledger.defer(self.repo.save_job, job)
         try:  # the row's URL, or the catalogue's when the row keeps it without credentials
             url = await anyio.to_thread.run_sync(
                 source_url, self.settings.catalog, ds.name, ds.original_url
@@ -340,13 +345,14 @@ class Handlers:
             unconfirmed_reason=installed.unconfirmed,
             **record,
         )
-        await anyio.to_thread.run_sync(files.forget_install, target)
+        # The install record goes once the store has the copy: a crash before is re-hashed.
+        self.ledger.after_commit(partial(files.forget_install, target, installed.sha256))
 
     async def record_done(self, job: Job, **fields: Any) -> None:
         """The dataset is installed and verified: say so in the store, against the
         expectations the job started with (Ledger.record_done)."""
         job.progress, job.bytes_done = 100.0, fields["size"]
-        ds = await self.ledger.call(self.ledger.record_done, job, fields)
+        ds = await self.ledger.defer(self.ledger.record_done, job, fields)
         self._emit(EventKind.PROGRESS, job, ds)
 
     async def fetch(
@@ -416,11 +422,11 @@ class Handlers:
             delay = self.settings.retry_delay * random.uniform(0.8, 1.2)
         job.status, job.retry_at_ms = JobStatus.RETRYING, now_ms() + round(delay * 1000)
         job.error = f"attempt {job.attempts} failed: {exc}; retrying in {delay:.1f} s"
-        await self.ledger.call(self.repo.save_job, job)
+        await self.ledger.defer(self.repo.save_job, job)
         self._emit(EventKind.RETRYING, job, None)
         await anyio.sleep(delay)
         job.status, job.retry_at_ms = JobStatus.RUNNING, None
-        await self.ledger.call(self.repo.save_job, job)
+        await self.ledger.defer(self.repo.save_job, job)
 
     # -- verify and delete -------------------------------------------------------------
     async def verify(self, job: Job, ds: Dataset, had_copy: bool) -> Outcome:
@@ -454,5 +460,5 @@ class Handlers:
                 await anyio.to_thread.run_sync(files.remove_unpacked, self.settings.home, ds)
             await self.set_status(job, Status.NOT_LOADED, **files.RESET_FIELDS)
         if not ds.in_catalog:
-            await self.ledger.call(self.repo.remove_dataset, ds.name)
+            await self.ledger.defer(self.repo.remove_dataset, ds.name)
         return JobStatus.COMPLETED, None

@@ -1,13 +1,25 @@
 """The store bookkeeping of jobs: recording them, claiming and finishing them, adopting the
 jobs of dead processes, and cancel requests between processes.
 
-Every method here is blocking store work; the engine runs it with `call`, in one worker
-thread, one call at a time and in order, so the event loop never waits on disk.
+Every method here is blocking store work; the engine runs it with `call` or `defer`, in one
+worker thread, one call at a time and in order, so the event loop never waits on disk.
+
+Batching (issue 17): db.json is one JSON file rewritten whole on every write, so a write per
+job state change made 10,000 small downloads O(n^2). What a job records on its way (claimed,
+downloading, installed, ended, progress) is `defer`red instead: applied to the store's tables
+at once, so every later call sees it, and written to the file for all jobs together by the
+committer at most COMMIT_DELAY later, or by the next `call` that writes, or by `sync` for a
+caller that must know the store took it. A crash loses at most those last changes: the jobs
+are still unfinished in the file, so the next start adopts them; a file installed meanwhile is
+proven again by its hash (its install record is removed only after the commit: `after_commit`).
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,10 +33,35 @@ from dsm.domain.model import ACTIVE, AT_REST, Dataset, Status
 from dsm.engine import files
 from dsm.engine.outcome import Facts, end_state, resting_status
 from dsm.errors import UnknownDataset
-from dsm.repository import Repository, now_ms
+from dsm.repository import Repository, StoreError, now_ms
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
-JOBS_KEPT_PER_DATASET = 20
+COMMIT_DELAY = 0.2  # seconds deferred changes wait at most (other processes wait as long)
+COMMIT_SHARE = 4  # ... or this many times the last write took: the store thread stays mostly idle
+
+
+@dataclass
+class _Round:
+    """One write of the deferred changes, awaited by `sync` callers."""
+
+    done: anyio.Event
+    error: StoreError | None = None
+
+
+def jobs_to_prune(jobs: list[Job], owner: str | None = None) -> list[str]:
+    """Retention: per dataset its newest finished job, and its newest that did not end well
+    (failed, canceled, timed out) when that is an older one, so the store stays proportional
+    to the catalogue. The jobs of the engine `owner` are kept while it runs (its callers may
+    still read them); `jobs` in the order they were created."""
+    newest: dict[tuple[str, bool], str] = {}
+    for job in jobs:
+        if job.status.finished:
+            newest[job.dataset, True] = job.id
+            if not job.status.ok:
+                newest[job.dataset, False] = job.id
+    keep = set(newest.values())
+    return [j.id for j in jobs if j.status.finished and j.id not in keep and j.owner != owner]
 
 
 def owner_lock_path(settings: Settings, owner: str) -> Path:
@@ -45,10 +82,86 @@ class Ledger:
         self.owner = owner
         self.adopt_only = adopt_only
         self._limiter = anyio.CapacityLimiter(1)
+        self._wake: anyio.Event | None = None  # these two while the committer runs
+        self._round: _Round | None = None
+        self._after: list[Callable[[], None]] = []
+        self._delay = COMMIT_DELAY
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run a store call in the store thread, after every store call queued before it."""
+        """Run a store call in the store thread, after every store call queued before it; what
+        it writes is in the file when it returns (with everything deferred before it)."""
         return await anyio.to_thread.run_sync(partial(fn, *args, **kwargs), limiter=self._limiter)
+
+    async def defer(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """`call`, but what it writes reaches the file with the next commit (module doc)."""
+        return await self.call(self._deferred, partial(fn, *args, **kwargs))
+
+    def _deferred(self, fn: Callable[[], T]) -> T:
+        with self.repo.transaction(defer=True):
+            return fn()
+
+    def after_commit(self, fn: Callable[[], None]) -> None:
+        """Run `fn` in the store thread once what was deferred so far is in the file."""
+        self._after.append(fn)
+
+    async def sync(self) -> None:
+        """Return once what was deferred so far is in the file (one write serves every caller
+        waiting meanwhile); raises the StoreError that write met."""
+        waiting = self._round
+        if waiting is None or self._wake is None:  # no committer: write now
+            waiting = await self.commit()
+        else:
+            self._wake.set()
+            await waiting.done.wait()
+        if waiting.error is not None:
+            raise waiting.error
+
+    async def committer(self) -> None:
+        """Write the deferred changes every COMMIT_DELAY, or at once when `sync` asks."""
+        self._wake, self._round = anyio.Event(), _Round(anyio.Event())
+        try:
+            while True:
+                with anyio.move_on_after(self._delay):
+                    await self._wake.wait()
+                await self.commit()
+        finally:
+            self._wake = self._round = None
+
+    async def commit(self) -> _Round:
+        """Write the deferred changes now, then run the `after_commit` calls they allow.
+        A failed write is logged (and raised to `sync` callers): its changes are lost as in a
+        crash, and the jobs they concerned are adopted by the next start."""
+        current = self._round or _Round(anyio.Event())
+        if self._round is not None:
+            self._wake, self._round = anyio.Event(), _Round(anyio.Event())
+        after, self._after = self._after, []
+        started = time.monotonic()
+        try:
+            with anyio.CancelScope(shield=True):
+                await self.call(self._commit, after)
+        except StoreError as exc:
+            log.error("cannot write the store: %s", exc)
+            current.error = exc
+        self._delay = max(COMMIT_DELAY, COMMIT_SHARE * (time.monotonic() - started))
+        current.done.set()
+        return current
+
+    async def close(self) -> None:
+        """The engine stops: prune the jobs finished before its own (`jobs_to_prune`) and
+        write what is deferred."""
+        await self.defer(self._prune)
+        await self.commit()
+
+    def _prune(self) -> None:
+        self.repo.remove_jobs(jobs_to_prune(self.repo.jobs(), self.owner))
+
+    def _commit(self, after: list[Callable[[], None]]) -> None:
+        self.repo.flush()
+        for fn in after:
+            try:
+                fn()
+            except OSError as exc:  # a leftover record only costs a re-hash at the next start
+                log.warning("after the store write: %s", exc)
 
     def dataset_names(self) -> frozenset[str]:
         return self.repo.dataset_names()
@@ -84,8 +197,8 @@ class Ledger:
     def claim(self, job: Job) -> None:
         """A worker starts the job: store it running, and point its dataset at it."""
         with self.repo.transaction():
+            ds = self.repo.dataset(job.dataset)  # raises before anything changed
             self.repo.save_job(job)
-            ds = self.repo.dataset(job.dataset)
             if ds.download_job_id != job.id:
                 status = Status.QUEUED if ds.status in AT_REST else None
                 self.repo.change(job.dataset, status, download_job_id=job.id)
@@ -208,7 +321,7 @@ class Ledger:
                 self.repo.save_job(job)
                 adopted.append(job)
             self._reconcile(running, waiting)
-            self.repo.prune_jobs(jobs, JOBS_KEPT_PER_DATASET)
+            self.repo.remove_jobs(jobs_to_prune(jobs))
         return adopted
 
     def _reconcile(self, running: set[str], waiting: set[str]) -> None:

@@ -339,7 +339,8 @@ def test_other_processes_leave_a_running_download_alone(
     with subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True) as proc:
         try:
             wait_for(lambda: bool(server.requests("kilo.bin")), timeout=30)
-            assert stored_row(home, "kilo")["status"] == "downloading"
+            # The row's state reaches db.json with the next batch (ledger.COMMIT_DELAY).
+            wait_for(lambda: stored_row(home, "kilo")["status"] == "downloading")
             for args in (
                 ["list"],
                 ["show", "kilo"],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -12,10 +14,11 @@ import anyio
 from dsm.config import Settings
 from dsm.domain.events import EventKind, JobEvent
 from dsm.domain.jobs import Job, JobType
-from dsm.domain.model import Dataset
+from dsm.domain.model import ACTIVE, Dataset, Status
 from dsm.engine.engine import Engine
 from dsm.repository import Repository
 from tests.conftest import make_settings, open_repo
+from tests.httpserver import FileServer
 
 
 @dataclass
@@ -75,3 +78,31 @@ async def until(predicate: Callable[[], bool], limit: float = 10.0) -> None:
     with anyio.fail_after(limit):
         while not predicate():  # noqa: ASYNC110 - polling state another component owns
             await anyio.sleep(0.01)
+
+
+def entries(server: FileServer, files: dict[str, bytes], with_sha: bool) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for name, data in files.items():
+        e: dict[str, Any] = {
+            "name": name,
+            "description": name,
+            "original_url": server.add(f"{name}.bin", data),
+            "local_path": f"data/{name}",
+        }
+        if with_sha:
+            e["expected_sha256"] = hashlib.sha256(data).hexdigest()
+        out.append(e)
+    return out
+
+
+def check_home(home: Path, cat: Path, files: dict[str, bytes]) -> None:
+    """Every file verifies, the store parses, no row is left active."""
+    json.loads((home / "db.json").read_text())
+    repo = open_repo(make_settings(home, cat))
+    for name, data in files.items():
+        ds = repo.dataset(name)
+        assert ds.status == Status.DOWNLOADED and ds.status not in ACTIVE, (name, ds.status)
+        assert (home / "data" / name).read_bytes() == data
+        assert ds.checksum == hashlib.sha256(data).hexdigest()
+    left = sorted(p.name for p in (home / "data").iterdir())
+    assert left == sorted(files), sorted(set(left) ^ set(files))

@@ -166,6 +166,8 @@ class Handlers:
     async def download(self, job: Job, ds: Dataset, had_copy: bool) -> Outcome:
         current = had_copy and not ds.outdated and ds.confirmed  # unproven: fetch again
         if current and (self.settings.offline or not job.params["force_download"]):
+            # An install record a kill left after the store took this copy: done with.
+            files.forget_install(files.target(self.settings.home, ds), ds.checksum)
             return JobStatus.SKIPPED, SKIP_MESSAGE
         if self.settings.offline:
             return JobStatus.FAILED, (

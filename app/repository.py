@@ -97,6 +97,15 @@ class Repository:
         """Deferred changes are waiting for `flush`."""
         return self._store.pending
 
+    def check_room(self) -> None:
+        """Raise StoreFull unless there is room to write the store now (no write made)."""
+        self._store.check_room()
+
+    def before_write(self, key: object, fn: Callable[[], None]) -> None:
+        """Run `fn` before the next write of the store (once per key), e.g. syncing a folder
+        whose renamed file the pending changes record."""
+        self._store.before_write(key, fn)
+
     def close(self) -> None:
         self._store.close()
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
@@ -55,6 +55,13 @@ class Store:
     @property
     def pending(self) -> bool:
         return self._storage.pending
+
+    def check_room(self) -> None:
+        """StoreFull unless there is room to write the store now."""
+        self._storage.check_room()
+
+    def before_write(self, key: object, fn: Callable[[], None]) -> None:
+        self._storage.before_write(key, fn)
 
     def check(self) -> None:
         """Parse the file now, so a corrupt store is reported before anything else happens."""

@@ -15,7 +15,7 @@ import secrets
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -81,6 +81,7 @@ class AtomicJSONStorage(Storage):
         self._depth = 0  # transactions open (nested ones count)
         self._dirty = False  # the tables hold changes the file does not
         self._swept = False
+        self._before: dict[object, Callable[[], None]] = {}
 
     def _identity(self) -> tuple[int, int, int] | None:
         try:
@@ -201,6 +202,7 @@ class AtomicJSONStorage(Storage):
 
     def _abandon(self) -> None:
         self._cache = None  # TinyDB mutates the cached tables in place
+        self._before.clear()
         self._end()
 
     def _write_out(self) -> None:
@@ -211,6 +213,22 @@ class AtomicJSONStorage(Storage):
             self._abandon()
             raise
         self._end()
+
+    def check_room(self) -> None:
+        """Raise StoreFull unless the store's folder has room to write the store again now
+        (a statfs: creating a file to try costs a journal commit on some disks)."""
+        size = self.path.stat().st_size if self.path.exists() else 0
+        try:
+            st = os.statvfs(self.path.parent)
+        except OSError as exc:
+            raise StoreError(f"{self.path.parent}: cannot stat: {exc.strerror or exc}") from None
+        if st.f_bavail * st.f_frsize <= size:
+            raise _write_error(self.path, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+
+    def before_write(self, key: object, fn: Callable[[], None]) -> None:
+        """Run `fn` before the next write of the file (once per key): what the pending
+        changes claim must be durable first (a renamed file's folder, synced)."""
+        self._before[key] = fn
 
     def _sweep_temp_files(self) -> None:
         """Remove temp files a killed writer left behind (only under the lock: no write is
@@ -225,6 +243,12 @@ class AtomicJSONStorage(Storage):
                 tmp.unlink()
 
     def _commit(self, data: Data) -> None:
+        before, self._before = self._before, {}
+        try:
+            for fn in before.values():
+                fn()
+        except OSError as exc:
+            raise StoreError(f"{self.path}: cannot write: {exc}") from None
         # orjson: at 10,000 datasets (4 MB) the stdlib's dumps and loads took ~80 % of a write.
         try:
             payload = orjson.dumps(data)

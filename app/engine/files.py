@@ -226,7 +226,7 @@ def install_tree(path: Path, staging: Path, listing: list[ManifestFile]) -> list
     if path.exists() or path.is_symlink():
         os.replace(path, old)
     os.replace(staging, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     _remove_any(old)
     return [dataclasses.replace(f, mtime_ns=(path / f.path).stat().st_mtime_ns) for f in listing]
 
@@ -238,7 +238,7 @@ def _remove_any(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -254,17 +254,21 @@ class Installed:
     unconfirmed: str | None = None  # why nothing proved the copy whole (None: proven)
 
 
-def install(path: Path, size: int, sha256: str, unconfirmed: str | None) -> Installed:
+def install(
+    path: Path, size: int, sha256: str, unconfirmed: str | None, sync: bool = True
+) -> Installed:
     """Atomically move the verified `.part` into place.
 
     The sidecar keeps the verified hash (and whether it was proven) until the store has
     recorded the install (`forget_install`), so a crash in between is recovered without a
-    download.
+    download. Without `sync` the caller makes the rename durable (`fsync_dir`) before the
+    store records it (one folder sync for a batch of installs).
     """
     part = part_of(path)
     write_sidecar(part, {"installed_sha256": sha256, "size": size, "unconfirmed": unconfirmed})
     os.replace(part, path)
-    _fsync_dir(path.parent)
+    if sync:
+        fsync_dir(path.parent)
     return Installed(size, sha256, path.stat().st_mtime_ns, unconfirmed)
 
 

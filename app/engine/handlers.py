@@ -154,11 +154,11 @@ class Handlers:
         }[job_type]
 
     async def set_status(self, job: Job, status: Status | None, **fields: Any) -> Dataset:
-        """Deferred (ledger.py) but `verifying`, the step before a file is moved into place:
-        the store must show it still takes writes there (a full disk fails the job then)."""
+        """Deferred (ledger.py). At `verifying`, the step before a file is moved into place,
+        the store must have room to record it: a full disk fails the job there."""
         ds = await self.ledger.defer(self.repo.change, job.dataset, status, **fields)
         if status == Status.VERIFYING:
-            await self.ledger.sync()
+            await self.ledger.call(self.repo.check_room)
         self._emit(EventKind.PROGRESS, job, ds)
         return ds
 
@@ -236,7 +236,7 @@ class Handlers:
             # From the rename on, the store must hear of the new file: no cancel in between.
             with anyio.CancelScope(shield=True):
                 installed = await anyio.to_thread.run_sync(
-                    files.install, target, fetched.size, fetched.sha256, unconfirmed
+                    files.install, target, fetched.size, fetched.sha256, unconfirmed, False
                 )
                 record.update(await place_unpacked(self.settings, ds, unpacked))
                 await self._record_install(job, installed, target, served_by=served_by, **record)
@@ -337,6 +337,9 @@ class Handlers:
     async def _record_install(
         self, job: Job, installed: files.Installed, target: Path, **record: Any
     ) -> None:
+        # The rename is made durable once per batch, before the store records it.
+        sync = partial(files.fsync_dir, target.parent)
+        await self.ledger.call(self.repo.before_write, target.parent, sync)
         await self.record_done(
             job,
             size=installed.size,

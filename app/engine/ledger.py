@@ -8,10 +8,11 @@ Batching (issue 17): db.json is one JSON file rewritten whole on every write, so
 job state change made 10,000 small downloads O(n^2). What a job records on its way (claimed,
 downloading, installed, ended, progress) is `defer`red instead: applied to the store's tables
 at once, so every later call sees it, and written to the file for all jobs together by the
-committer at most COMMIT_DELAY later, or by the next `call` that writes, or by `sync` for a
-caller that must know the store took it. A crash loses at most those last changes: the jobs
-are still unfinished in the file, so the next start adopts them; a file installed meanwhile is
-proven again by its hash (its install record is removed only after the commit: `after_commit`).
+committer at most COMMIT_DELAY later (or by the next `call` that writes: a submission, a
+cancel request). Other processes see those changes that much later. A crash loses at most
+them: the jobs are still unfinished in the file, so the next start adopts them; a file
+installed meanwhile is proven again by its hash (its install record is removed only after the
+commit: `after_commit`), never taken on trust.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -39,14 +39,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 COMMIT_DELAY = 0.2  # seconds deferred changes wait at most (other processes wait as long)
 COMMIT_SHARE = 4  # ... or this many times the last write took: the store thread stays mostly idle
-
-
-@dataclass
-class _Round:
-    """One write of the deferred changes, awaited by `sync` callers."""
-
-    done: anyio.Event
-    error: StoreError | None = None
 
 
 def jobs_to_prune(jobs: list[Job], owner: str | None = None) -> list[str]:
@@ -82,8 +74,6 @@ class Ledger:
         self.owner = owner
         self.adopt_only = adopt_only
         self._limiter = anyio.CapacityLimiter(1)
-        self._wake: anyio.Event | None = None  # these two while the committer runs
-        self._round: _Round | None = None
         self._after: list[Callable[[], None]] = []
         self._delay = COMMIT_DELAY
 
@@ -104,36 +94,16 @@ class Ledger:
         """Run `fn` in the store thread once what was deferred so far is in the file."""
         self._after.append(fn)
 
-    async def sync(self) -> None:
-        """Return once what was deferred so far is in the file (one write serves every caller
-        waiting meanwhile); raises the StoreError that write met."""
-        waiting = self._round
-        if waiting is None or self._wake is None:  # no committer: write now
-            waiting = await self.commit()
-        else:
-            self._wake.set()
-            await waiting.done.wait()
-        if waiting.error is not None:
-            raise waiting.error
-
     async def committer(self) -> None:
-        """Write the deferred changes every COMMIT_DELAY, or at once when `sync` asks."""
-        self._wake, self._round = anyio.Event(), _Round(anyio.Event())
-        try:
-            while True:
-                with anyio.move_on_after(self._delay):
-                    await self._wake.wait()
-                await self.commit()
-        finally:
-            self._wake = self._round = None
+        """Write the deferred changes every COMMIT_DELAY (longer when writes are slow)."""
+        while True:
+            await anyio.sleep(self._delay)
+            await self.commit()
 
-    async def commit(self) -> _Round:
+    async def commit(self) -> None:
         """Write the deferred changes now, then run the `after_commit` calls they allow.
-        A failed write is logged (and raised to `sync` callers): its changes are lost as in a
-        crash, and the jobs they concerned are adopted by the next start."""
-        current = self._round or _Round(anyio.Event())
-        if self._round is not None:
-            self._wake, self._round = anyio.Event(), _Round(anyio.Event())
+        A failed write is logged: its changes are lost as in a crash, and the jobs they
+        concerned are adopted by the next start."""
         after, self._after = self._after, []
         started = time.monotonic()
         try:
@@ -141,10 +111,7 @@ class Ledger:
                 await self.call(self._commit, after)
         except StoreError as exc:
             log.error("cannot write the store: %s", exc)
-            current.error = exc
         self._delay = max(COMMIT_DELAY, COMMIT_SHARE * (time.monotonic() - started))
-        current.done.set()
-        return current
 
     async def close(self) -> None:
         """The engine stops: prune the jobs finished before its own (`jobs_to_prune`) and

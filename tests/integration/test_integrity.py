@@ -360,15 +360,21 @@ def test_other_processes_leave_a_running_download_alone(
 
 # -- 7. a store that cannot be written ------------------------------------------------------
 def disk_full_while(monkeypatch: pytest.MonkeyPatch, full: Callable[[], bool]) -> None:
-    """The store's writes fail with ENOSPC while `full()` holds (at the OS call it makes)."""
-    real = tempfile.mkstemp
+    """The store's writes fail with ENOSPC, and the disk shows no room left, while `full()`
+    holds (at the OS calls the store makes)."""
+    real, real_statvfs = tempfile.mkstemp, os.statvfs
 
     def mkstemp(*args: Any, **kw: Any) -> tuple[int, str]:
         if full():
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real(*args, **kw)
 
+    def statvfs(path: Any) -> os.statvfs_result:
+        st = real_statvfs(path)
+        return os.statvfs_result((*st[:3], 0, 0, *st[5:])) if full() else st
+
     monkeypatch.setattr(tempfile, "mkstemp", mkstemp)  # the store's temp file for a write
+    monkeypatch.setattr(os, "statvfs", statvfs)  # the room the store checks before an install
 
 
 async def test_disk_full_after_the_download_fails_the_job_and_frees_the_room(

@@ -312,14 +312,12 @@ class Engine:
         try:
             with self._scopes[job.id]:
                 lock = await self._locks.acquire(job)
-                ds = await self.ledger.call(self.repo.dataset, job.dataset)
-                had_copy = files.still_verified(self.settings.home, ds)
-                job.status, job.started_ms, job.error = JobStatus.RUNNING, now_ms(), None
-                await self.ledger.defer(self.ledger.claim, job)
+                row, copy = await self.ledger.defer(self.ledger.claim, job)
+                ds, had_copy = row, copy
                 self._emit(EventKind.STARTED, job)
                 try:
                     with anyio.fail_after(self.settings.job_timeout):
-                        outcome = await self.handlers.for_type(job.type)(job, ds, had_copy)
+                        outcome = await self.handlers.for_type(job.type)(job, row, copy)
                 except TimeoutError:
                     outcome = (
                         JobStatus.TIMEOUT,

@@ -28,6 +28,7 @@ from dsm.domain.events import EventKind
 from dsm.domain.hub import ManifestFile, is_hub
 from dsm.domain.jobs import Job, JobStatus, JobType
 from dsm.domain.model import Dataset, Status
+from dsm.domain.redact import REDACTED
 from dsm.engine import files, unpack
 from dsm.engine.cache import SERVED_BY_CACHE, SERVED_BY_ORIGIN, CacheSide
 from dsm.engine.hubjob import HubDownload
@@ -120,6 +121,14 @@ async def place_unpacked(
     return {"file_count": len(unpacked), "unpacked_size": sum(u.size for u in unpacked)}
 
 
+async def fetch_url(settings: Settings, ds: Dataset) -> str:
+    """The row's URL, or the catalogue's when the row keeps it without its credentials
+    (read in a thread: only then is there a file to read). ValueError: not to be found."""
+    if REDACTED not in ds.original_url:
+        return ds.original_url
+    return await anyio.to_thread.run_sync(source_url, settings.catalog, ds.name, ds.original_url)
+
+
 class Handlers:
     def __init__(
         self,
@@ -153,12 +162,11 @@ class Handlers:
             JobType.DELETE: self.delete,
         }[job_type]
 
-    async def set_status(self, job: Job, status: Status | None, **fields: Any) -> Dataset:
-        """Deferred (ledger.py). At `verifying`, the step before a file is moved into place,
-        the store must have room to record it: a full disk fails the job there."""
-        ds = await self.ledger.defer(self.repo.change, job.dataset, status, **fields)
-        if status == Status.VERIFYING:
-            await self.ledger.call(self.repo.check_room)
+    async def set_status(
+        self, job: Job, status: Status | None, save_job: bool = False, **fields: Any
+    ) -> Dataset:
+        """Deferred, as the job's other records (ledger.py); Ledger.set_status."""
+        ds = await self.ledger.defer(self.ledger.set_status, job, status, fields, save_job)
         self._emit(EventKind.PROGRESS, job, ds)
         return ds
 
@@ -178,19 +186,16 @@ class Handlers:
             target = files.target(self.settings.home, ds)
         except ValueError as exc:
             return JobStatus.FAILED, str(exc)
-        job.expect = files.expectations(ds)  # what the end is recorded against (issue 12.4)
-        await self.ledger.defer(self.repo.save_job, job)
-        try:  # the row's URL, or the catalogue's when the row keeps it without credentials
-            url = await anyio.to_thread.run_sync(
-                source_url, self.settings.catalog, ds.name, ds.original_url
-            )
+        try:
+            url = await fetch_url(self.settings, ds)
         except ValueError as exc:
             return JobStatus.FAILED, str(exc)
         # A Hub dataset of several files is a folder; any other dataset is one file.
         problem = None if is_hub(url) else files.folder_problem(target, ds)
         if problem:
             return JobStatus.FAILED, problem
-        await self.set_status(job, Status.DOWNLOADING, error=None)
+        job.expect = files.expectations(ds)  # what the end is recorded against (issue 12.4)
+        await self.set_status(job, Status.DOWNLOADING, save_job=True, error=None)
         # Attempts of an adopted job count: the budget is what the earlier process left.
         budget = RetryBudget(self.settings.max_retries - job.attempts)
         if is_hub(url):
@@ -337,11 +342,9 @@ class Handlers:
     async def _record_install(
         self, job: Job, installed: files.Installed, target: Path, **record: Any
     ) -> None:
-        # The rename is made durable once per batch, before the store records it.
-        sync = partial(files.fsync_dir, target.parent)
-        await self.ledger.call(self.repo.before_write, target.parent, sync)
         await self.record_done(
             job,
+            folder=target.parent,  # the rename is made durable once per batch
             size=installed.size,
             checksum=installed.sha256,
             file_mtime_ns=installed.mtime_ns,
@@ -353,11 +356,11 @@ class Handlers:
         # The install record goes once the store has the copy: a crash before is re-hashed.
         self.ledger.after_commit(partial(files.forget_install, target, installed.sha256))
 
-    async def record_done(self, job: Job, **fields: Any) -> None:
+    async def record_done(self, job: Job, folder: Path | None = None, **fields: Any) -> None:
         """The dataset is installed and verified: say so in the store, against the
         expectations the job started with (Ledger.record_done)."""
         job.progress, job.bytes_done = 100.0, fields["size"]
-        ds = await self.ledger.defer(self.ledger.record_done, job, fields)
+        ds = await self.ledger.defer(self.ledger.record_done, job, fields, folder)
         self._emit(EventKind.PROGRESS, job, ds)
 
     async def fetch(

@@ -161,14 +161,32 @@ class Ledger:
             self.repo.save_many(list(queued.values()))
         return found, queued
 
-    def claim(self, job: Job) -> None:
-        """A worker starts the job: store it running, and point its dataset at it."""
+    def claim(self, job: Job) -> tuple[Dataset, bool]:
+        """A worker starts the job: store it running, and point its dataset at it. Returns
+        the row, and whether its verified copy is still in place."""
         with self.repo.transaction():
             ds = self.repo.dataset(job.dataset)  # raises before anything changed
+            had_copy = files.still_verified(self.settings.home, ds)
+            job.status, job.started_ms, job.error = JobStatus.RUNNING, now_ms(), None
             self.repo.save_job(job)
             if ds.download_job_id != job.id:
                 status = Status.QUEUED if ds.status in AT_REST else None
                 self.repo.change(job.dataset, status, download_job_id=job.id)
+        return ds, had_copy
+
+    def set_status(
+        self, job: Job, status: Status | None, fields: dict[str, Any], save_job: bool = False
+    ) -> Dataset:
+        """The row of the job's dataset changes (and with `save_job` the job is stored too).
+        At `verifying`, the step before a file is moved into place, the store must have room
+        to record it: StoreFull fails the job there."""
+        with self.repo.transaction():
+            if save_job:
+                self.repo.save_job(job)
+            ds = self.repo.change(job.dataset, status, **fields)
+        if status == Status.VERIFYING:
+            self.repo.check_room()
+        return ds
 
     def record_finished(self, job: Job, had_copy: bool | None) -> Dataset | None:
         """Store the job's end; put its dataset at rest (outcome.end_state) if this job
@@ -191,12 +209,15 @@ class Ledger:
                 return ds
             return self.repo.change(ds.name, change.status, **change.fields)
 
-    def record_done(self, job: Job, fields: dict[str, Any]) -> Dataset:
+    def record_done(self, job: Job, fields: dict[str, Any], folder: Path | None = None) -> Dataset:
         """The row takes the installed copy (`fields`: size, checksum, stamps, ...), checked
         in the same transaction against the expectations the job downloaded against: if
         another process registered a changed catalogue meanwhile, the copy is kept but
-        `outdated`, saying what changed."""
+        `outdated`, saying what changed. `folder`: where the copy was renamed, synced before
+        the store records it (once for a batch)."""
         with self.repo.transaction():
+            if folder is not None:
+                self.repo.before_write(folder, partial(files.fsync_dir, folder))
             drift = files.catalogue_drift(self.repo.dataset(job.dataset), job.expect)
             done: dict[str, Any] = {
                 "downloaded": True,

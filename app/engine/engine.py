@@ -34,7 +34,7 @@ from dsm.domain.redact import redact_text
 from dsm.engine import files
 from dsm.engine.handlers import Handlers
 from dsm.engine.ledger import Ledger, owner_lock_path
-from dsm.engine.locks import DatasetLocks
+from dsm.engine.locks import DatasetLocks, HeldLock
 from dsm.engine.outcome import Outcome
 from dsm.engine.progress import progress_meter
 from dsm.errors import BadInput, UnknownDataset
@@ -307,7 +307,7 @@ class Engine:
     async def _execute(self, job: Job) -> None:
         outcome: Outcome = (JobStatus.CANCELED, STOPPED_MESSAGE)
         had_copy: bool | None = None
-        lock: FileLock | None = None
+        lock: HeldLock | None = None
         ds: Dataset | None = None
         try:
             with self._scopes[job.id]:

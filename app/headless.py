@@ -144,8 +144,9 @@ async def run_jobs(
         tg.cancel_scope.cancel()
     if exit_code:
         return exit_code
+    asked = {j.id for j in jobs}
     ended = [finished.get(j.id, j) for j in jobs] + [
-        j for j in finished.values() if j.id not in {x.id for x in jobs}
+        j for j in finished.values() if j.id not in asked
     ]
     unproven = _unconfirmed(repo, ended)
     return 0 if all(j.status.ok for j in ended) and not unproven else 1

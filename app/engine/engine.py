@@ -218,8 +218,10 @@ class Engine:
         except UnknownDataset as exc:  # the row vanished since the check (another process)
             raise BadInput(f"job params: dataset not found: {exc}") from None
         created = frozenset(j.id for j in fresh.values()) & {j.id for j in found}
-        for job in found:
-            if job.id in created:
+        for job in (j for j in found if j.id in created):
+            if job.status.finished:  # nothing to do (Ledger.record_queued)
+                self._emit(EventKind.FINISHED, job)
+            else:
                 self._enqueue(job, queued.get(job.dataset))
         by_twin = dict(zip(fresh, found, strict=True))
         return Submitted([self._active.get(by_twin[t].id, by_twin[t]) for t in wanted], created)

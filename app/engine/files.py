@@ -288,7 +288,7 @@ def installed_before_crash(path: Path) -> Installed | None:
 
 def forget_install(path: Path, sha256: str | None = None) -> None:
     """Drop the install record (with `sha256`: only if it still names that copy, not a newer
-    download's)."""
+    download's; such a record is left when a kill came after the store took the copy)."""
     part = part_of(path)
     if sha256 is None or read_sidecar(part).get("installed_sha256") == sha256:
         sidecar_path(part).unlink(missing_ok=True)

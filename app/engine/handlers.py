@@ -33,7 +33,7 @@ from dsm.engine import files, unpack
 from dsm.engine.cache import SERVED_BY_CACHE, SERVED_BY_ORIGIN, CacheSide
 from dsm.engine.hubjob import HubDownload
 from dsm.engine.ledger import Ledger
-from dsm.engine.outcome import Outcome
+from dsm.engine.outcome import Outcome, nothing_to_do
 from dsm.errors import (
     QUICK_RETRIES,
     ArchiveError,
@@ -48,7 +48,6 @@ from dsm.transfer.http import Fetched, HostSlots, Policy, RetryBudget, secure_or
 from dsm.transfer.hub import auth_headers
 from dsm.transfer.partfile import discard_partial
 
-SKIP_MESSAGE = "already downloaded; use --force-download (force_download: true) to fetch again"
 Emit = Callable[[EventKind, Job, Dataset | None], None]
 Handler = Callable[[Job, Dataset, bool], Awaitable[Outcome]]
 
@@ -172,11 +171,10 @@ class Handlers:
 
     # -- download and update -----------------------------------------------------------
     async def download(self, job: Job, ds: Dataset, had_copy: bool) -> Outcome:
-        current = had_copy and not ds.outdated and ds.confirmed  # unproven: fetch again
-        if current and (self.settings.offline or not job.params["force_download"]):
-            # An install record a kill left after the store took this copy: done with.
+        force, offline = job.params["force_download"], self.settings.offline
+        if skipped := nothing_to_do(force, ds, had_copy, offline):
             files.forget_install(files.target(self.settings.home, ds), ds.checksum)
-            return JobStatus.SKIPPED, SKIP_MESSAGE
+            return skipped
         if self.settings.offline:
             return JobStatus.FAILED, (
                 f"{OFFLINE_PREFIX}: no verified local copy of {ds.name}, and DSM_OFFLINE or "

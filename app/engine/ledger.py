@@ -28,10 +28,10 @@ import anyio
 from filelock import FileLock, Timeout
 
 from dsm.config import Settings
-from dsm.domain.jobs import Job, JobStatus
+from dsm.domain.jobs import Job, JobStatus, JobType
 from dsm.domain.model import ACTIVE, AT_REST, Dataset, Status
 from dsm.engine import files
-from dsm.engine.outcome import Facts, end_state, resting_status
+from dsm.engine.outcome import Facts, end_state, nothing_to_do, resting_status
 from dsm.errors import UnknownDataset
 from dsm.repository import Repository, StoreError, now_ms
 
@@ -139,7 +139,8 @@ class Ledger:
         """Store the jobs that have no live twin (repository.find_or_add_jobs: this engine's,
         or with `others_twins` any live process's), check and insert in one store
         transaction (across processes); their datasets at rest become queued and point at
-        their job. Per job: the job stored, or its twin."""
+        their job; a download with nothing to do ends at once, skipped (`_nothing_to_do`). Per
+        job: the job stored, or its twin."""
         queued: dict[str, Dataset] = {}
         alive: dict[str, bool] = {}
         with self.repo.transaction():
@@ -152,14 +153,32 @@ class Ledger:
                 request if key is not None else None,
             )
             new = {j.id for j in jobs}
+            done: list[Job] = []
             for job in (j for j in found if j.id in new):
                 ds = self.repo.dataset(job.dataset)
-                if ds.status in AT_REST and job.dataset not in queued:
+                if ds.status in AT_REST and self._nothing_to_do(job, ds):
+                    done.append(job)
+                elif ds.status in AT_REST and job.dataset not in queued:
                     ds.set_status(Status.QUEUED)
                     ds.download_job_id = job.id
                     queued[job.dataset] = ds
             self.repo.save_many(list(queued.values()))
+            self.repo.save_jobs(done)
         return found, queued
+
+    def _nothing_to_do(self, job: Job, ds: Dataset) -> bool:
+        """A download whose dataset is current ends here, skipped, and is never queued: a
+        second `--all` on 10,000 datasets costs one store write, not 10,000 jobs' work."""
+        if job.type != JobType.DOWNLOAD or not files.still_verified(self.settings.home, ds):
+            return False
+        home, offline = self.settings.home, self.settings.offline
+        end = nothing_to_do(job.params["force_download"], ds, True, offline)
+        if end is None:
+            return False
+        job.status, job.error = end
+        job.started_ms = job.finished_ms = now_ms()
+        files.forget_install(files.target(home, ds), ds.checksum)
+        return True
 
     def claim(self, job: Job) -> tuple[Dataset, bool]:
         """A worker starts the job: store it running, and point its dataset at it. Returns

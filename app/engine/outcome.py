@@ -10,10 +10,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from dsm.domain.jobs import JobStatus
-from dsm.domain.model import Status
+from dsm.domain.model import Dataset, Status
 
 # (status, error) a handler returns for its job
 Outcome = tuple[JobStatus, str | None]
+SKIP_MESSAGE = "already downloaded; use --force-download (force_download: true) to fetch again"
+
+
+def nothing_to_do(force: bool, ds: Dataset, had_copy: bool, offline: bool) -> Outcome | None:
+    """A download's outcome when its dataset's verified copy is current (an unproven or
+    outdated one is fetched again): skipped unless forced, and offline forced or not."""
+    current = had_copy and not ds.outdated and ds.confirmed
+    if current and (offline or not force):
+        return JobStatus.SKIPPED, SKIP_MESSAGE
+    return None
 
 
 @dataclass(frozen=True)

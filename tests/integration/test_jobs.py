@@ -22,7 +22,7 @@ from dsm.domain.jobs import Job, JobStatus, JobType
 from dsm.domain.model import Status
 from dsm.engine import files
 from dsm.engine.engine import Engine
-from dsm.engine.handlers import SKIP_MESSAGE
+from dsm.engine.outcome import SKIP_MESSAGE
 from dsm.errors import BadInput
 from tests.conftest import CatalogFn, blob, sha
 from tests.enginehelp import run_jobs, setup, until

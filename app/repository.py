@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from dsm.domain.jobs import Job
+from dsm.domain.jobs import Job, JobStatus
 from dsm.domain.model import Dataset, Status
 from dsm.errors import BadInput, UnknownDataset
 from dsm.store import Store, StoreCorrupt, StoreError, StoreFull
@@ -37,6 +37,7 @@ _CATALOG_STAMP = "catalog"
 _IDEMPOTENCY = "idempotency_keys"  # kept in the job's own document, pruned with it
 _PROGRESS_FIELDS = ("progress", "bytes_done", "bytes_total", "rate")
 _WAITING_FIELDS = ("error", "started_ms", "finished_ms")
+_UNFINISHED = frozenset(s.value for s in JobStatus if not s.finished)
 
 
 def now_ms() -> int:
@@ -173,6 +174,11 @@ class Repository:
         rows = (self._parse(Job.from_dict, d, "job") for d in self._store.all(_JOBS))
         return sorted(rows, key=lambda j: j.created_ms)
 
+    def unfinished_jobs(self) -> list[Job]:
+        """The jobs not ended yet (only those rows are parsed: most are finished)."""
+        docs = self._store.all(_JOBS)
+        return [self.parse_job(d) for d in docs if d.get("status") in _UNFINISHED]
+
     def job(self, job_id: str) -> Job | None:
         raw = self._store.get(_JOBS, job_id)
         return self._parse(Job.from_dict, raw, "job") if raw is not None else None
@@ -241,7 +247,7 @@ class Repository:
                 known = self._job_by_key(key, request)
                 if known is not None:
                     return [known]
-            twins = {_twin_key(j): j for j in self.jobs() if not j.status.finished and reusable(j)}
+            twins = {_twin_key(j): j for j in self.unfinished_jobs() if reusable(j)}
             out: list[Job] = []
             for job in jobs:
                 found = twins.setdefault(_twin_key(job), job)

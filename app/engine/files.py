@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from dsm.catalog.paths import ARCHIVES_DIR, local_path_problem, reserved_problem, resolve_inside
+from dsm.catalog.paths import ARCHIVES_DIR, Resolver, local_path_problem, reserved_problem
 from dsm.domain.hub import ManifestFile
 from dsm.domain.model import Dataset
 from dsm.engine import unpack
@@ -47,17 +47,17 @@ RESET_FIELDS: dict[str, Any] = {
 MANIFEST = "manifest.json"  # an unpacked dataset's file list, beside its archive
 
 
-def local(home: Path, ds: Dataset) -> Path:
+def local(home: Path, ds: Dataset, resolver: Resolver | None = None) -> Path:
     """The dataset's path as the user sees it (for an unpacked dataset, the tree); ValueError
-    when it would leave the home."""
-    return resolve_inside(home, ds.local_path)
+    when it would leave the home. `resolver`: one shared by a pass over many datasets."""
+    return (resolver or Resolver(home))(ds.local_path)
 
 
-def target(home: Path, ds: Dataset) -> Path:
+def target(home: Path, ds: Dataset, resolver: Resolver | None = None) -> Path:
     """Where the downloaded, verified bytes live: `local_path`, or for a dataset that is
     unpacked, its archive under the home's .archives/ folder (outside the tree, so that a
     re-unpack needs no download). ValueError when local_path would leave the home."""
-    path = local(home, ds)
+    path = local(home, ds, resolver)
     if ds.extract is None:
         return path
     return archive_dir(home, ds) / f"archive.{ds.extract}"
@@ -97,13 +97,13 @@ def _same_stat(path: Path, size: int, mtime_ns: int | None) -> bool:
     return st.st_size == size and st.st_mtime_ns == mtime_ns
 
 
-def still_verified(home: Path, ds: Dataset) -> bool:
+def still_verified(home: Path, ds: Dataset, resolver: Resolver | None = None) -> bool:
     """Cheap check: the file (every file of a multi-file dataset) verified earlier is there
     with the same size and mtime stamp."""
     if not ds.downloaded or ds.size is None:
         return False
     try:
-        path = target(home, ds)
+        path = target(home, ds, resolver)
     except ValueError:
         return False
     listing = manifest_of(ds)
@@ -112,7 +112,9 @@ def still_verified(home: Path, ds: Dataset) -> bool:
     if ds.file_mtime_ns is None or not _same_stat(path, ds.size, ds.file_mtime_ns):
         return False
     # An unpacked dataset: its archive as verified, and the tree and its file list in place.
-    return ds.extract is None or (local(home, ds).exists() and (path.parent / MANIFEST).exists())
+    if ds.extract is None:
+        return True
+    return local(home, ds, resolver).exists() and (path.parent / MANIFEST).exists()
 
 
 def kept_archive(home: Path, ds: Dataset) -> Installed | None:

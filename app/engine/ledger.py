@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 import anyio
 from filelock import FileLock, Timeout
 
+from dsm.catalog.paths import Resolver
 from dsm.config import Settings
 from dsm.domain.jobs import Job, JobStatus, JobType
 from dsm.domain.model import ACTIVE, AT_REST, Dataset, Status
@@ -143,7 +144,11 @@ class Ledger:
         job: the job stored, or its twin."""
         queued: dict[str, Dataset] = {}
         alive: dict[str, bool] = {}
+        resolver = Resolver(self.settings.home)  # one pass over the datasets
         with self.repo.transaction():
+            rows = {j.dataset: self.repo.dataset(j.dataset) for j in jobs}
+            for job in jobs:
+                self._nothing_to_do(job, rows[job.dataset], resolver)
             found = self.repo.find_or_add_jobs(
                 jobs,
                 lambda j: (
@@ -153,32 +158,28 @@ class Ledger:
                 request if key is not None else None,
             )
             new = {j.id for j in jobs}
-            done: list[Job] = []
-            for job in (j for j in found if j.id in new):
-                ds = self.repo.dataset(job.dataset)
-                if ds.status in AT_REST and self._nothing_to_do(job, ds):
-                    done.append(job)
-                elif ds.status in AT_REST and job.dataset not in queued:
+            for job in (j for j in found if j.id in new and not j.status.finished):
+                ds = rows[job.dataset]
+                if ds.status in AT_REST and job.dataset not in queued:
                     ds.set_status(Status.QUEUED)
                     ds.download_job_id = job.id
                     queued[job.dataset] = ds
             self.repo.save_many(list(queued.values()))
-            self.repo.save_jobs(done)
         return found, queued
 
-    def _nothing_to_do(self, job: Job, ds: Dataset) -> bool:
+    def _nothing_to_do(self, job: Job, ds: Dataset, resolver: Resolver) -> None:
         """A download whose dataset is current ends here, skipped, and is never queued: a
         second `--all` on 10,000 datasets costs one store write, not 10,000 jobs' work."""
-        if job.type != JobType.DOWNLOAD or not files.still_verified(self.settings.home, ds):
-            return False
         home, offline = self.settings.home, self.settings.offline
+        if job.type != JobType.DOWNLOAD or ds.status not in AT_REST:
+            return
+        if not files.still_verified(home, ds, resolver):
+            return
         end = nothing_to_do(job.params["force_download"], ds, True, offline)
-        if end is None:
-            return False
-        job.status, job.error = end
-        job.started_ms = job.finished_ms = now_ms()
-        files.forget_install(files.target(home, ds), ds.checksum)
-        return True
+        if end is not None:
+            job.status, job.error = end
+            job.started_ms = job.finished_ms = now_ms()
+            files.forget_install(files.target(home, ds, resolver), ds.checksum)
 
     def claim(self, job: Job) -> tuple[Dataset, bool]:
         """A worker starts the job: store it running, and point its dataset at it. Returns

@@ -116,13 +116,16 @@ class Sample:
 
 def timed(cmd: Sequence[str], env: dict[str, str] | None = None) -> Sample:
     """Run a command; wall time, CPU time (user+sys) and peak RSS of that one child."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        err = proc.stderr.read().decode() if proc.stderr else ""
-        sys.exit(f"bench: {cmd[0]} failed: {err[-2000:]}")
+    # stderr to a file, not a pipe: a child that says much (a line per job at 10,000 jobs)
+    # would block on a full pipe nobody reads until it exits.
+    with tempfile.TemporaryFile() as errors:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=errors)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        if os.waitstatus_to_exitcode(status) != 0:
+            errors.seek(0)
+            sys.exit(f"bench: {cmd[0]} failed: {errors.read().decode()[-2000:]}")
     return Sample(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024)
 
 

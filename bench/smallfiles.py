@@ -108,8 +108,7 @@ def per_file_ms(samples: list[Sample], count: int) -> float:
 
 
 def noop_rows(runs: int, home: Path, catalog: Path) -> list[str]:
-    """`--all` again on a home where every dataset is downloaded: time and db.json growth."""
-    fresh_dsm_run(home, catalog, "--all")
+    """`--all` again on the home the last dsm run downloaded: time and db.json growth."""
     db = home / "db.json"
     lines = []
     for _ in range(runs):

@@ -149,6 +149,7 @@ class Engine:
                                 await self.ledger.close()
                             tg.cancel_scope.cancel()
         finally:
+            self.ledger.abandon()
             owner_lock.release()
             owner_lock_path(self.settings, self.owner).unlink(missing_ok=True)
         if failure is not None:

@@ -121,6 +121,15 @@ class Ledger:
         await self.defer(self._prune)
         await self.commit()
 
+    def abandon(self) -> None:
+        """The engine is gone (normally after `close`): write what is still deferred, so no
+        change is left unwritten with the store's lock held (blocking: only at exit)."""
+        try:
+            self._commit(self._after)
+        except StoreError as exc:
+            log.error("cannot write the store: %s", exc)
+        self._after = []
+
     def _prune(self) -> None:
         self.repo.remove_jobs(jobs_to_prune(self.repo.job_documents(), self.owner))
 

@@ -29,8 +29,8 @@ from dsm.engine import files, unpack
 from dsm.engine.cache import SERVED_BY_CACHE, CacheSide
 from dsm.engine.hubjob import HubDownload
 from dsm.engine.ledger import Ledger
-from dsm.engine.mirrors import Served, fetch_any
 from dsm.engine.outcome import Outcome
+from dsm.engine.sources import Served, obtain
 from dsm.engine.tree import TreeDownload
 from dsm.errors import (
     QUICK_RETRIES,
@@ -196,7 +196,7 @@ class Handlers:
         place and record it with `record`'s extra fields."""
         installed = await self._in_place(job, ds, target, had_copy)
         if installed is None or files.integrity_problem(ds, installed.size, installed.sha256):
-            served = await self._obtain(job, ds, url, target, budget, listed)
+            served = await obtain(self, job, ds, url, target, budget, listed)
             if not isinstance(served, Served):
                 return served
             served_by, fetched = served.by, served.fetched
@@ -242,26 +242,6 @@ class Handlers:
                 record.update(await place_unpacked(self.settings, ds, unpacked))
                 await self._record_install(job, installed, target, **record)
         return JobStatus.COMPLETED, None
-
-    async def _obtain(
-        self,
-        job: Job,
-        ds: Dataset,
-        url: str,
-        target: Path,
-        budget: RetryBudget,
-        listed: ManifestFile | None,
-    ) -> Served | Outcome:
-        """The file's bytes in `target`'s partial: from the team cache when it holds them (a
-        Hub file is checked by the Hub's hash, so it comes from the Hub only), else from
-        `url` or a mirror."""
-        if listed is None:
-            cached = await self.cache.fetch(
-                ds, target, lambda u, size: self._transfer(job, u, target, size)
-            )
-            if cached is not None:
-                return Served(SERVED_BY_CACHE, cached)
-        return await fetch_any(self, job, ds, url, target, budget, listed)
 
     async def _in_place(
         self, job: Job, ds: Dataset, target: Path, had_copy: bool
@@ -317,7 +297,7 @@ class Handlers:
         return await self.retrying(
             job,
             budget,
-            lambda: self._transfer(job, url, target, expected_size, budget, progress, git_blob),
+            lambda: self.transfer(job, url, target, expected_size, budget, progress, git_blob),
         )
 
     async def retrying(
@@ -336,7 +316,7 @@ class Handlers:
                     return JobStatus.FAILED, f"{exc}{tries}"
                 await self._wait_retry(job, exc)
 
-    async def _transfer(
+    async def transfer(
         self,
         job: Job,
         url: str,

@@ -4,9 +4,9 @@ moved on upstream.
 A download resolves the source (dsm.transfer.hub) to a commit and its files, with the job's
 retry budget, then fetches at that commit. One file whose path the source names goes the
 way of any single file (`Handlers.install_file`), checked against the Hub's LFS sha256 or
-git blob id as well as the catalogue. A directory or glob is a dataset of several files, fetched
-by the code a catalogue's `files` list uses (dsm.engine.tree): an `update` keeps the old copy
-until the new commit is complete and verified. The row records the commit and the manifest
+git blob id as well as the catalogue. A directory or glob is a dataset of several files,
+fetched by the code a catalogue's `files` list uses (dsm.engine.tree): an `update` keeps the
+old copy until the new commit is complete and verified. The row records the commit and the manifest
 of files (dsm.domain.hub), whose hash is the dataset's checksum.
 """
 

@@ -11,7 +11,7 @@ verified), and the row records the manifest, whose hash is the dataset's checksu
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -23,29 +23,33 @@ from dsm.domain.hub import ManifestFile, manifest_checksum
 from dsm.domain.jobs import Job, JobStatus
 from dsm.domain.model import Dataset, Status
 from dsm.engine import files
-from dsm.engine.cache import SERVED_BY_ORIGIN
+from dsm.engine.cache import SERVED_BY_ORIGIN, CacheSide
 from dsm.engine.outcome import Outcome
 from dsm.transfer.http import Fetched, RetryBudget
 from dsm.transfer.partfile import discard_partial
 from dsm.transfer.single import ProgressFn
 
+# Handlers.fetch: one file's transfer with the job's retry budget (job, url, target, expected
+# size, budget, progress, the Hub's listing of the file for its git blob id).
+FetchFile = Callable[
+    [Job, str, Path, int | None, RetryBudget, ProgressFn | None, ManifestFile | None],
+    Awaitable[Fetched | Outcome],
+]
+
 
 class Handlers(Protocol):
-    """What a download of several files uses of dsm.engine.handlers.Handlers."""
+    """What a download of several files uses of dsm.engine.handlers.Handlers (which imports
+    this module)."""
 
     settings: Settings
     progress_fn: Callable[[Job], ProgressFn]
+    cache: CacheSide
 
-    async def fetch(
-        self,
-        job: Job,
-        url: str,
-        target: Path,
-        expected_size: int | None,
-        budget: RetryBudget,
-        progress: ProgressFn | None = None,
-        git_blob: ManifestFile | None = None,
-    ) -> Fetched | Outcome: ...
+    @property  # a method's signature, written once: the alias above
+    def fetch(self) -> FetchFile: ...
+
+    @property
+    def transfer(self) -> Callable[[Job, str, Path, int | None], Awaitable[Fetched]]: ...
 
     async def set_status(self, job: Job, status: Status | None, **fields: Any) -> Dataset: ...
 
@@ -110,7 +114,7 @@ class TreeDownload:
             url = await anyio.to_thread.run_sync(source_url, h.settings.catalog, ds.name, want.url)
         except ValueError as exc:
             return JobStatus.FAILED, str(exc)
-        got = await h.fetch(job, url, dest, want.size, self.budget, progress, git_blob=want)
+        got = await h.fetch(job, url, dest, want.size, self.budget, progress, want)
         if not isinstance(got, Fetched):
             return got[0], f"{want.path}: {got[1]}"
         problem = files.file_problem(want, got)

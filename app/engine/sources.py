@@ -1,4 +1,5 @@
-"""One file from its URL or, when that fails for good, from the catalogue's mirrors in order."""
+"""Where one file's bytes come from: the team cache when it holds them, else the file's URL,
+else (when that fails for good) the catalogue's mirrors in order."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from dsm.domain.hub import ManifestFile
 from dsm.domain.jobs import Job, JobStatus
 from dsm.domain.model import Dataset
 from dsm.engine import files
-from dsm.engine.cache import SERVED_BY_ORIGIN
+from dsm.engine.cache import SERVED_BY_CACHE, SERVED_BY_ORIGIN
 from dsm.engine.outcome import Outcome
 from dsm.engine.tree import Handlers
 from dsm.transfer.http import Fetched, RetryBudget
@@ -35,7 +36,7 @@ def redacted(url: str) -> str:
     return parts._replace(netloc=netloc, query="", fragment="").geturl()
 
 
-async def fetch_any(
+async def obtain(
     h: Handlers,
     job: Job,
     ds: Dataset,
@@ -44,11 +45,17 @@ async def fetch_any(
     budget: RetryBudget,
     listed: ManifestFile | None,
 ) -> Served | Outcome:
-    """`url`, then each mirror in order (each with its own retry budget) until one serves
+    """The file's bytes in `target`'s partial: from the team cache when it holds them (a Hub
+    file, `listed`, is checked by the Hub's hash, so it comes from the Hub only), else from
+    `url`, then each mirror in order (each with its own retry budget) until one serves
     the dataset's bytes. A mirror must serve the same file: the catalogue's checksum, or
     without one the checksum of the copy verified before. A partial file is continued
     only from the URL that started it (resume.start): another URL starts from zero. A
     mirror stored without its credentials is read again from the catalogue."""
+    if listed is None:
+        cached = await h.cache.fetch(ds, target, lambda u, size: h.transfer(job, u, target, size))
+        if cached is not None:
+            return Served(SERVED_BY_CACHE, cached)
     urls = [url, *ds.mirrors]
     verified_before = None if ds.outdated else ds.checksum  # outdated: another source
     same = dataclasses.replace(ds, expected_sha256=ds.expected_sha256 or verified_before)
@@ -64,7 +71,7 @@ async def fetch_any(
             except ValueError as exc:
                 failures.append(str(exc))
                 continue
-        got = await h.fetch(job, source, target, size, budget, git_blob=listed)
+        got = await h.fetch(job, source, target, size, budget, None, listed)
         if len(urls) == 1:  # checked by the caller, as every copy is
             return Served(SERVED_BY_ORIGIN, got) if isinstance(got, Fetched) else got
         if isinstance(got, Fetched):

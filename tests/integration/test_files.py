@@ -22,6 +22,7 @@ from tests.conftest import CatalogFn, blob, run_dsm, sha
 from tests.enginehelp import run_jobs, setup
 from tests.httpserver import FileServer
 from tests.integration.test_archives import zip_of
+from tests.tui_helpers import SIZE, loaded, make_app, text_of, until
 
 pytestmark = pytest.mark.anyio
 
@@ -191,6 +192,23 @@ async def test_show_and_list_name_the_file_count_and_the_urls_that_served_them(
     assert row["file_count"] == 3 and len(row["files"]) == 3
     for text in (shown.stdout, (home / "db.json").read_text()):
         assert "pw9" not in text and "tk9" not in text
+
+
+async def test_the_detail_pane_names_the_files_and_their_origin(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    cat = catalog([entry(served(server))])
+    settings, repo = setup(home, cat)
+    await run_jobs(settings, repo, JobType.DOWNLOAD, "set")
+    app = make_app(home, cat)
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot)
+        await pilot.press("enter")
+        await until(pilot, lambda: "origin" in text_of(app, "#detail-body"))
+        lines = [" ".join(line.split()) for line in text_of(app, "#detail-body").splitlines()]
+    assert f"URL 3 files from {server.base}" in lines
+    assert "files 3" in lines and "served by origin" in lines
+    assert not any(line.startswith("unpacked") for line in lines)
 
 
 # -- a catalogue entry that changes kind over a copy on disk ------------------------------

@@ -384,8 +384,8 @@ class Handlers:
         await self.set_status(job, Status.DELETING)
         with anyio.CancelScope(shield=True):  # a removed file is recorded as removed
             await anyio.to_thread.run_sync(files.remove, target)
-            if ds.extract is not None:
-                await anyio.to_thread.run_sync(files.remove_unpacked, self.settings.home, ds)
+            # An unpacked copy's tree and archive, also when the catalogue no longer unpacks it.
+            await anyio.to_thread.run_sync(files.remove_unpacked, self.settings.home, ds)
             await self.set_status(job, Status.NOT_LOADED, **files.RESET_FIELDS)
         if not ds.in_catalog:
             await self.ledger.call(self.repo.remove_dataset, ds.name)

@@ -236,6 +236,18 @@ async def test_dropping_extract_replaces_the_unpacked_tree_with_the_file(
     )
 
 
+async def test_delete_after_dropping_extract_removes_the_tree_and_the_archive(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    plain = {"name": "set", "original_url": server.add("set.zip", zip_of(BODIES))}
+    settings, repo = setup(home, catalog([{**plain, "local_path": "data/set", "extract": "zip"}]))
+    await run_jobs(settings, repo, JobType.DOWNLOAD, "set")
+    settings, repo = setup(home, catalog([{**plain, "local_path": "data/set"}]))
+    run = await run_jobs(settings, repo, JobType.DELETE, "set")
+    assert run.job.status == JobStatus.COMPLETED, run.job.error
+    assert not (home / "data" / "set").exists() and not (home / ".archives" / "set").exists()
+
+
 async def test_several_files_and_one_file_replace_each_other(
     server: FileServer, home: Path, catalog: CatalogFn
 ) -> None:

@@ -234,7 +234,8 @@ def stage(dest: Path, kept: Path | None, want: ManifestFile) -> bool:
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.link(kept, dest)
-    except OSError:  # another file system, or no hard links there
+        return True  # the very file just checked
+    except OSError:  # another file system, or no hard links there: a copy, checked again
         shutil.copy2(kept, dest)
     return staged(dest, want)
 

@@ -116,7 +116,7 @@ class TreeDownload:
             return JobStatus.FAILED, str(exc)
         got = await h.fetch(job, url, dest, want.size, self.budget, progress, want)
         if not isinstance(got, Fetched):
-            return got[0], f"{want.path}: {got[1]}"
+            return got[0], f"{want.path}: {got[1] or 'failed'}"
         problem = files.file_problem(want, got)
         if problem:
             await anyio.to_thread.run_sync(discard_partial, files.part_of(dest))

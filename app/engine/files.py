@@ -244,9 +244,25 @@ def install_tree(path: Path, listing: list[ManifestFile]) -> list[ManifestFile]:
     """Swap the verified staging folder (`part_of(path)`) into place; the old copy stays
     until then. Returns the listing with each file's mtime stamp (what `still_verified`
     compares)."""
+    _prune(part_of(path), {f.path for f in listing})
     unpack.place(path)
     _fsync_dir(path.parent)
     return [dataclasses.replace(f, mtime_ns=(path / f.path).stat().st_mtime_ns) for f in listing]
+
+
+def _prune(staging: Path, wanted: set[str]) -> None:
+    """Remove from the staging folder what the listing does not name: files of an earlier
+    attempt against another listing (the catalogue or the commit changed), their partials."""
+    for folder, dirs, names in os.walk(staging, topdown=False):
+        here = Path(folder)
+        for name in names:
+            if (here / name).relative_to(staging).as_posix() not in wanted:
+                (here / name).unlink()
+        for sub in (here / name for name in dirs):
+            if sub.is_symlink():  # never written by dsm: not followed, not kept
+                sub.unlink()
+            elif not any(sub.iterdir()):
+                sub.rmdir()
 
 
 def _fsync_dir(path: Path) -> None:

@@ -111,6 +111,25 @@ async def test_one_file_failing_keeps_the_others_and_a_rerun_fetches_only_it(
     assert good.dataset("set").checksum == hub_formula(BODIES)
 
 
+async def test_files_of_an_earlier_listing_never_reach_the_folder(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    listed = served(server)
+    settings, repo = setup(home, catalog([entry(listed)]))
+    server.always("splits-dev.jsonl", status=404)
+    server.fault("splits-test.jsonl", drop_after=10_000)  # a partial left behind
+    server.fault("splits-test.jsonl", status=404)
+    bad = await run_jobs(settings, repo, JobType.DOWNLOAD, "set")
+    assert bad.job.status == JobStatus.FAILED
+    staging = home / "data" / "set.part"
+    assert (staging / "train.jsonl").exists() and (staging / "splits" / "test.jsonl.part").exists()
+    del server.persistent["/splits-dev.jsonl"]
+    settings, repo = setup(home, catalog([entry([listed[2]])]))  # the catalogue changed
+    run = await run_jobs(settings, repo, JobType.DOWNLOAD, "set")
+    assert run.job.status == JobStatus.COMPLETED, run.job.error
+    assert on_disk(home / "data" / "set") == {"splits/dev.jsonl": BODIES["splits/dev.jsonl"]}
+
+
 async def test_a_wrong_sha256_on_one_file_fails_and_keeps_the_old_copy_whole(
     server: FileServer, home: Path, catalog: CatalogFn
 ) -> None:

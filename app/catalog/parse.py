@@ -59,10 +59,12 @@ class CatalogEntry:
 
 
 def _http_problem(url: str) -> str | None:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return f"{url!r} must be an http or https URL with a host"
-    return None
+    try:
+        parts = urlsplit(url)
+        sound = parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:  # a broken IPv6 literal ("http://[::1")
+        sound = False
+    return None if sound else f"{url!r} must be an http or https URL with a host"
 
 
 def _archive_errors(raw: dict[str, Any]) -> list[tuple[str, str]]:
@@ -113,10 +115,11 @@ def _file_errors(index: int, raw: Any) -> tuple[list[tuple[str, str]], PurePosix
         problem = check(raw.get(key)) if key in raw else "is required"
         if problem:
             errs.append((f"{place}.{key}", problem))
-    problem = member_problem(path) if isinstance(path, str) else "is required and must be a string"
+    if not isinstance(path, str):
+        return [*errs, (f"{place}.path", "is required and must be a string")], None
+    problem = member_problem(path)
     if problem:
-        errs.append((f"{place}.path", f"{path!r} {problem}"))
-        return errs, None
+        return [*errs, (f"{place}.path", f"{path!r} {problem}")], None
     return errs, PurePosixPath(str(path))
 
 

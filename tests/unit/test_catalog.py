@@ -166,6 +166,8 @@ ENTRY_CASES: list[tuple[str, dict[str, Any], str, str]] = [
     ("file-url-ftp", files_entry(one_file(url="ftp://h/x")), "files[0].url", "http or https"),
     ("file-url-missing", files_entry(one_file(url=...)), "files[0].url", "is required"),
     ("file-url-no-host", files_entry(one_file(url="https:///x")), "files[0].url", "with a host"),
+    ("file-url-bad-ipv6", files_entry(one_file(url="http://[::1/x")), "files[0].url", "http"),
+    ("mirror-bad-ipv6", entry(mirrors=["http://[::1/x"]), "mirrors[0]", "with a host"),
     ("file-path-missing", files_entry(one_file(...)), "files[0].path", "is required"),
     ("file-path-empty", files_entry(one_file("")), "files[0].path", "must not be empty"),
     ("file-path-absolute", files_entry(one_file("/etc/x")), "files[0].path", "dataset's folder"),

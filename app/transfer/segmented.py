@@ -23,6 +23,7 @@ import httpx
 
 from dsm.errors import DiskFull, Restart, TransferError, Truncated, retry_after, retryable
 from dsm.transfer import resume
+from dsm.transfer.bodyread import BodyReader
 from dsm.transfer.http import (
     Answer,
     Digest,
@@ -31,7 +32,6 @@ from dsm.transfer.http import (
     Slot,
     Stopped,
     base_headers,
-    body,
     disk_error,
     network_error,
     open_stream,
@@ -260,29 +260,22 @@ class SegmentedDownload:
             raise Truncated(f"connection ended at byte {seg.pos} of {self.total}")
 
     def _stream(self, seg: Segment, resp: httpx.Response) -> None:
-        """Write the body at the segment's offset, in batches (fewer syscalls)."""
-        pending: list[bytes] = []
-        size = 0
+        """Write the body at the segment's offset, one filled buffer at a time; bytes that
+        came before an error are written before it is raised (bodyread)."""
+        buf = memoryview(bytearray(WRITE_BATCH))  # one per stream, reused for every write
         with self.ctl.watching(resp):
-            try:
-                for chunk in body(resp, self.policy, self.p.source):
-                    self.ctl.check()
-                    pending.append(chunk)
-                    size += len(chunk)
-                    if size >= WRITE_BATCH or size >= seg.end - seg.pos:
-                        batch, pending, size = b"".join(pending), [], 0
-                        if not self._write(seg, batch):
-                            return
-            finally:
-                if pending and self.error is None:  # bytes that came before an error count
-                    self._write(seg, b"".join(pending))
+            reader = BodyReader(resp, self.policy, self.p.source)
+            while n := reader.fill(buf[: min(WRITE_BATCH, seg.end - seg.pos)]):
+                self.ctl.check()
+                if not self._write(seg, buf[:n]):
+                    return
 
-    def _write(self, seg: Segment, batch: bytes) -> bool:
+    def _write(self, seg: Segment, batch: memoryview) -> bool:
         """Write what belongs to the segment; False when it is complete or the set failed."""
         with self.cond:  # a split may move seg.end: cut, write and count under one lock
             if self.error is not None:
                 return False
-            data = memoryview(batch)[: seg.end - seg.pos]
+            data = batch[: seg.end - seg.pos]
             try:
                 pwrite_all(self.fd, data, seg.pos)
             except OSError as exc:
@@ -302,6 +295,7 @@ class SegmentedDownload:
         return end
 
     def _hash(self) -> None:
+        buf = memoryview(bytearray(HASH_BLOCK))  # read back into one buffer, never a new one
         while self.hashed < self.total:
             with self.cond:
                 while (
@@ -312,11 +306,12 @@ class SegmentedDownload:
             if self.error is not None or ready <= self.hashed:
                 return
             while self.hashed < ready:
-                block = os.pread(self.fd, min(HASH_BLOCK, ready - self.hashed), self.hashed)
-                if not block:
+                block = buf[: min(HASH_BLOCK, ready - self.hashed)]
+                got = os.preadv(self.fd, [block], self.hashed)
+                if not got:
                     return
-                self.sha.update(block)
-                self.hashed += len(block)
+                self.sha.update(block[:got])
+                self.hashed += got
 
     def _all_stopped(self) -> bool:
         try:

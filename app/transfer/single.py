@@ -5,21 +5,22 @@ The partial file is only ever extended when the server proves it is sending the 
 a 206 whose Content-Range starts exactly at our offset is appended. Anything else restarts
 from zero. That decision is resume.py's (pure); this module does the I/O the plan asks for.
 
-The transfer itself runs off the event loop: one thread reads the body with httpx's sync
-client and a second hashes and writes it, fed by a small bounded queue. Measured on a 2-core
-machine, httpx's async stream reached 354 MiB/s before any hashing (h11 parsing and anyio
-hops per 64 KiB), the sync stream 744 MiB/s; see bench/RESULTS.md. The event loop only polls
-progress and turns a cancel into a stop signal that also shuts the socket, so a stalled read
-ends at once.
+The transfer itself runs off the event loop, in a pipeline of threads (_Pipeline): one reads
+the body into preallocated buffers (bodyread: straight from the socket for a large plain
+body), one writes them, one hashes them. Measured on a 2-core machine, httpx's async stream
+reached 354 MiB/s before any hashing (h11 parsing and anyio hops per 64 KiB), the sync stream
+744 MiB/s, `recv_into` ~2.4 GB/s; see bench/RESULTS.md. The event loop only polls progress and
+turns a cancel into a stop signal that also shuts the socket, so a stalled read ends at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import shutil
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -29,6 +30,7 @@ import httpx
 
 from dsm.errors import DiskFull, Restart, Truncated
 from dsm.transfer import resume
+from dsm.transfer.bodyread import BodyReader
 from dsm.transfer.http import (
     Answer,
     Control,
@@ -42,7 +44,6 @@ from dsm.transfer.http import (
     Slot,
     Stopped,
     base_headers,
-    body,
     disk_error,
     network_error,
     open_stream,
@@ -58,8 +59,8 @@ from dsm.transfer.partfile import (
 from dsm.transfer.resume import OnDisk
 from dsm.transfer.segmented import SegmentedDownload
 
-BATCH = 1 << 20  # bytes handed to the writer thread at a time
-QUEUE_DEPTH = 8  # batches in flight between the network and the disk
+BUFFER = 1 << 20  # bytes read into one buffer before it goes to the writer
+BUFFERS = 8  # buffers in flight between the network, the disk and the hash
 PROGRESS_POLL = 0.1  # seconds between progress reports to the caller
 SYNC_EVERY = 64 << 20  # bytes written between two fdatasyncs
 
@@ -67,7 +68,7 @@ ProgressFn = Callable[[int, int | None], None]
 
 
 class _Sink:
-    """The writer thread's side: appends to the partial file and hashes what it writes."""
+    """The partial file and the hash of its bytes: written by one thread, hashed by another."""
 
     def __init__(self, part: Path, offset: int, blob_size: int | None) -> None:
         self.sha = Digest(blob_size)
@@ -77,7 +78,7 @@ class _Sink:
         if offset:
             # Hash the kept prefix once, then append: still one pass over every byte.
             while self.size < offset:
-                block = self.fh.read(min(BATCH * 4, offset - self.size))
+                block = self.fh.read(min(BUFFER * 4, offset - self.size))
                 if not block:
                     break
                 self.sha.update(block)
@@ -85,17 +86,15 @@ class _Sink:
             self.fh.truncate(self.size)
             self.fh.seek(self.size)
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: memoryview) -> bool:
+        """Append `data`; True when enough is unsynced that a flush should start."""
         write_all(self.fh, data, self.size)
-        self.sha.update(data)
         self.size += len(data)
         self.unsynced += len(data)
-        if self.unsynced >= SYNC_EVERY:
-            # Flush as we go (this is the writer thread): the fsync before the rename then
-            # has little left, instead of a whole file's worth of dirty pages at the end.
-            self.fh.flush()
-            os.fdatasync(self.fh.fileno())
-            self.unsynced = 0
+        if self.unsynced < SYNC_EVERY:
+            return False
+        self.unsynced = 0
+        return True
 
     def finish(self) -> None:
         self.fh.flush()
@@ -125,57 +124,87 @@ def _prepare(
     return sink
 
 
-class _Writer(threading.Thread):
-    """Drains batches into the sink; a disk error is kept and re-raised on the reader's side."""
+class _Pipeline:
+    """Three stages on three threads, so reading, writing and hashing overlap (on 2 cores
+    hashlib and file writes release the GIL): the caller's thread fills a buffer from the
+    body, a writer thread appends it to the partial file, a hasher thread hashes it and hands
+    the buffer back. A fourth thread fdatasyncs as the file grows, so the disk writes while
+    the body still arrives and the fsync before the rename has little left, without the
+    writer ever waiting for the disk. BUFFERS preallocated buffers circulate: nothing is
+    allocated per chunk. A disk error is kept and raised on the reader's side."""
 
     def __init__(self, sink: _Sink) -> None:
-        super().__init__(name="dsm-writer", daemon=True)
         self.sink = sink
-        self.batches: queue.Queue[bytes | None] = queue.Queue(QUEUE_DEPTH)
+        self.free: queue.Queue[memoryview] = queue.Queue()
+        for _ in range(BUFFERS):
+            self.free.put(memoryview(bytearray(BUFFER)))
+        self.to_write: queue.Queue[tuple[memoryview, int] | None] = queue.Queue()
+        self.to_hash: queue.Queue[tuple[memoryview, int] | None] = queue.Queue()
+        self.flush = threading.Event()
+        self.done = False
         self.error: OSError | None = None
+        self.threads = [
+            threading.Thread(target=target, name=f"dsm-{name}", daemon=True)
+            for name, target in (("writer", self._write), ("hasher", self._hash))
+        ] + [threading.Thread(target=self._sync, name="dsm-sync", daemon=True)]
 
-    def run(self) -> None:
-        while (batch := self.batches.get()) is not None:
+    def run(self, reader: BodyReader, ctl: Control) -> None:
+        """Read the body to its end. Bytes that arrived before a network error are written
+        (kept for the resume) before the error is raised."""
+        for t in self.threads:
+            t.start()
+        try:
+            while True:
+                buf = self._take(ctl)
+                n = reader.fill(buf)
+                if not n:
+                    self.free.put(buf)
+                    return
+                ctl.done += n
+                self.to_write.put((buf, n))
+        finally:
+            self.to_write.put(None)
+            self.threads[0].join()
+            self.threads[1].join()
+            self.done = True
+            self.flush.set()
+            self.threads[2].join()
+            if self.error is not None:
+                raise self.error
+
+    def _take(self, ctl: Control) -> memoryview:
+        """A free buffer; waits for the writer and the hasher, and wakes on a stop."""
+        while True:
+            ctl.check()
+            if self.error is not None:
+                raise self.error
+            try:
+                return self.free.get(timeout=0.1)
+            except queue.Empty:
+                continue
+
+    def _write(self) -> None:
+        while (item := self.to_write.get()) is not None:
             if self.error is None:
                 try:
-                    self.sink.write(batch)
+                    if self.sink.write(item[0][: item[1]]):
+                        self.flush.set()
                 except OSError as exc:
                     self.error = exc
+            self.to_hash.put(item)
+        self.to_hash.put(None)
 
-    def put(self, batch: bytes) -> None:
-        if self.error is not None:
-            raise self.error
-        self.batches.put(batch)
+    def _hash(self) -> None:
+        while (item := self.to_hash.get()) is not None:
+            buf, n = item
+            self.sink.sha.update(buf[:n])
+            self.free.put(buf)
 
-    def close(self) -> None:
-        self.batches.put(None)
-        self.join()
-        if self.error is not None:
-            raise self.error
-
-
-def _pump(chunks: Iterator[bytes], sink: _Sink, ctl: Control) -> None:
-    """Read the body and hand it to the writer thread in batches; reading overlaps hashing
-    and writing. Bytes that arrived before a network error are kept for the resume."""
-    writer = _Writer(sink)
-    writer.start()
-    pending: list[bytes] = []
-    size = 0
-    try:
-        for chunk in chunks:
-            ctl.check()
-            pending.append(chunk)
-            size += len(chunk)
-            ctl.done += len(chunk)
-            if size >= BATCH:
-                writer.put(b"".join(pending))
-                pending, size = [], 0
-    finally:
-        try:
-            if pending:
-                writer.put(b"".join(pending))
-        finally:
-            writer.close()
+    def _sync(self) -> None:
+        while self.flush.wait() and not self.done:
+            self.flush.clear()
+            with contextlib.suppress(OSError):  # a real disk error shows on the writes
+                os.fdatasync(self.sink.fh.fileno())
 
 
 async def fetch(
@@ -304,7 +333,8 @@ def _act(env: Env, plan: resume.Plan, resp: httpx.Response, slot: Slot, p: Parti
         sink = _prepare(p.part, plan.offset, plan.total, plan.meta, env.policy)
     except OSError as exc:
         raise disk_error(exc, p.part) from exc
-    return _finish(sink, p.part, body(resp, env.policy, p.source), env.ctl, plan.total, plan.proven)
+    reader = BodyReader(resp, env.policy, p.source)
+    return _finish(sink, p.part, reader, env.ctl, plan.total, plan.proven)
 
 
 def _complete(part: Path, size: int, meta: dict[str, Any], policy: Policy) -> Fetched:
@@ -319,14 +349,14 @@ def _complete(part: Path, size: int, meta: dict[str, Any], policy: Policy) -> Fe
 def _finish(
     sink: _Sink,
     part: Path,
-    chunks: Iterator[bytes] | None = None,
+    reader: BodyReader | None = None,
     ctl: Control | None = None,
     total: int | None = None,
     proven: bool = True,
 ) -> Fetched:
     try:
-        if chunks is not None and ctl is not None:
-            _pump(chunks, sink, ctl)
+        if reader is not None and ctl is not None:
+            _Pipeline(sink).run(reader, ctl)
         sink.finish()
     except OSError as exc:
         sink.close()

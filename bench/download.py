@@ -157,9 +157,7 @@ def main() -> None:
             "pooch": python_peer("pooch", POOCH, url, digest, str(out)),
             "huggingface_hub": python_peer("huggingface_hub", HF, url, digest, str(out)),
             "dsm": partial(fresh_dsm_run, home, catalog, "--all"),
-            "dsm single stream": partial(
-                fresh_dsm_run, home, catalog, "--all", DSM_SEGMENTS="1"
-            ),
+            "dsm single stream": partial(fresh_dsm_run, home, catalog, "--all", DSM_SEGMENTS="1"),
         }
         wanted = set(args.only.split(",")) if args.only else set(tools)
         wanted |= {"curl -o", "sha256 in memory"}

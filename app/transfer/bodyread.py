@@ -169,7 +169,10 @@ class BodyReader:
         assert self._sock is not None
         if isinstance(self._sock, ssl.SSLSocket):
             return self._sock.pending() > 0
+        # Non-blocking: a socket with a timeout would wait for it before peeking. The
+        # connection is closed after this body, so its mode need not be restored.
+        self._sock.setblocking(False)
         try:
-            return bool(self._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+            return bool(self._sock.recv(1, socket.MSG_PEEK))
         except OSError:  # nothing there (EAGAIN), or the peer is gone: no excess either way
             return False

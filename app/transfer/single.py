@@ -73,7 +73,6 @@ class _Sink:
     def __init__(self, part: Path, offset: int, blob_size: int | None) -> None:
         self.sha = Digest(blob_size)
         self.size = 0
-        self.unsynced = 0
         self.fh: BinaryIO = part.open("r+b" if offset else "wb")
         if offset:
             # Hash the kept prefix once, then append: still one pass over every byte.
@@ -86,15 +85,9 @@ class _Sink:
             self.fh.truncate(self.size)
             self.fh.seek(self.size)
 
-    def write(self, data: memoryview) -> bool:
-        """Append `data`; True when enough is unsynced that a flush should start."""
+    def write(self, data: bytes | memoryview) -> None:
         write_all(self.fh, data, self.size)
         self.size += len(data)
-        self.unsynced += len(data)
-        if self.unsynced < SYNC_EVERY:
-            return False
-        self.unsynced = 0
-        return True
 
     def finish(self) -> None:
         self.fh.flush()
@@ -184,13 +177,17 @@ class _Pipeline:
                 continue
 
     def _write(self) -> None:
+        unsynced = 0
         while (item := self.to_write.get()) is not None:
             if self.error is None:
                 try:
-                    if self.sink.write(item[0][: item[1]]):
-                        self.flush.set()
+                    self.sink.write(item[0][: item[1]])
                 except OSError as exc:
                     self.error = exc
+                unsynced += item[1]
+                if unsynced >= SYNC_EVERY:
+                    self.flush.set()
+                    unsynced = 0
             self.to_hash.put(item)
         self.to_hash.put(None)
 

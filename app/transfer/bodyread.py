@@ -23,10 +23,12 @@ the socket (Control.watching) ends a blocked read at once.
 
 from __future__ import annotations
 
+import queue
 import socket
 import ssl
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
 
@@ -176,3 +178,74 @@ class BodyReader:
             return bool(self._sock.recv(1, socket.MSG_PEEK))
         except OSError:  # nothing there (EAGAIN), or the peer is gone: no excess either way
             return False
+
+
+Stage = Callable[[memoryview], bool]  # one step for a filled buffer; False: want no more
+
+
+class Stages:
+    """Buffers filled on the caller's thread pass through `stages` in order, each stage on a
+    thread of its own, then come back to be filled again: reading, writing and hashing
+    overlap (on 2 cores hashlib and file writes release the GIL), and `count` preallocated
+    buffers circulate, nothing is allocated per chunk. A stage's exception is kept, the later
+    buffers skip the stages, and it is raised on the caller's side (take, or the exit)."""
+
+    def __init__(self, stages: list[Stage], count: int, size: int) -> None:
+        self.free: queue.Queue[memoryview] = queue.Queue()
+        for _ in range(count):
+            self.free.put(memoryview(bytearray(size)))
+        self.queues: list[queue.Queue[tuple[memoryview, int] | None]] = [
+            queue.Queue() for _ in stages
+        ]
+        self.error: Exception | None = None
+        self.wanted = True  # until a stage says it wants no more
+        self.threads = [
+            threading.Thread(target=self._run, args=(i, stage), name="dsm-stage", daemon=True)
+            for i, stage in enumerate(stages)
+        ]
+
+    def __enter__(self) -> Stages:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Let every stage finish what it was given, then raise a stage's error."""
+        self.queues[0].put(None)
+        for t in self.threads:
+            t.join()
+        if self.error is not None:
+            raise self.error
+
+    def take(self, check: Callable[[], None]) -> memoryview | None:
+        """A buffer to fill (None once a stage wants no more); `check` raises on a stop."""
+        while True:
+            check()
+            if self.error is not None:
+                raise self.error
+            if not self.wanted:
+                return None
+            try:
+                return self.free.get(timeout=0.1)
+            except queue.Empty:
+                continue
+
+    def put(self, buf: memoryview, n: int) -> None:
+        """Hand the first `n` bytes of a buffer from take() to the stages."""
+        self.queues[0].put((buf, n))
+
+    def _run(self, i: int, stage: Stage) -> None:
+        after = self.queues[i + 1] if i + 1 < len(self.queues) else None
+        while (item := self.queues[i].get()) is not None:
+            if self.error is None and self.wanted:
+                try:
+                    if not stage(item[0][: item[1]]):
+                        self.wanted = False
+                except Exception as exc:
+                    self.error = exc
+            if after is None:
+                self.free.put(item[0])
+            else:
+                after.put(item)
+        if after is not None:
+            after.put(None)

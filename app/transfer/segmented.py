@@ -18,12 +18,13 @@ import shutil
 import threading
 import time
 from dataclasses import dataclass
+from functools import partial
 
 import httpx
 
 from dsm.errors import DiskFull, Restart, TransferError, Truncated, retry_after, retryable
 from dsm.transfer import resume
-from dsm.transfer.bodyread import BodyReader
+from dsm.transfer.bodyread import BodyReader, Stages
 from dsm.transfer.http import (
     Answer,
     Digest,
@@ -40,6 +41,7 @@ from dsm.transfer.partfile import Partial, discard_partial, pwrite_all, write_si
 
 HASH_BLOCK = 4 << 20
 WRITE_BATCH = 1 << 20
+WRITE_BUFFERS = 4  # per segment, between its reader and its writer
 SAVE_INTERVAL = 1.0  # seconds between sidecar saves of the segments' progress
 TICK = 0.1
 # A download starts on one connection; after SPLIT_AFTER seconds, if that connection brings
@@ -260,15 +262,18 @@ class SegmentedDownload:
             raise Truncated(f"connection ended at byte {seg.pos} of {self.total}")
 
     def _stream(self, seg: Segment, resp: httpx.Response) -> None:
-        """Write the body at the segment's offset, one filled buffer at a time; bytes that
-        came before an error are written before it is raised (bodyread)."""
-        buf = memoryview(bytearray(WRITE_BATCH))  # one per stream, reused for every write
+        """Write the body at the segment's offset; a thread of its own writes each filled
+        buffer while the next one is read. Bytes that came before an error are written
+        before it is raised (bodyread)."""
         with self.ctl.watching(resp):
             reader = BodyReader(resp, self.policy, self.p.source)
-            while n := reader.fill(buf[: min(WRITE_BATCH, seg.end - seg.pos)]):
-                self.ctl.check()
-                if not self._write(seg, buf[:n]):
-                    return
+            read = seg.pos  # the writer thread moves seg.pos a buffer or two behind
+            with Stages([partial(self._write, seg)], WRITE_BUFFERS, WRITE_BATCH) as stages:
+                while (buf := stages.take(self.ctl.check)) is not None and (
+                    n := reader.fill(buf[: max(0, seg.end - read)])
+                ):
+                    read += n
+                    stages.put(buf, n)
 
     def _write(self, seg: Segment, batch: memoryview) -> bool:
         """Write what belongs to the segment; False when it is complete or the set failed."""

@@ -5,7 +5,7 @@ The partial file is only ever extended when the server proves it is sending the 
 a 206 whose Content-Range starts exactly at our offset is appended. Anything else restarts
 from zero. That decision is resume.py's (pure); this module does the I/O the plan asks for.
 
-The transfer itself runs off the event loop, in a pipeline of threads (_Pipeline): one reads
+The transfer itself runs off the event loop, in a pipeline of threads (_pump): one reads
 the body into preallocated buffers (bodyread: straight from the socket for a large plain
 body), one writes them, one hashes them. Measured on a 2-core machine, httpx's async stream
 reached 354 MiB/s before any hashing (h11 parsing and anyio hops per 64 KiB), the sync stream
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import queue
 import shutil
 import threading
 from collections.abc import Callable
@@ -30,7 +29,7 @@ import httpx
 
 from dsm.errors import DiskFull, Restart, Truncated
 from dsm.transfer import resume
-from dsm.transfer.bodyread import BodyReader
+from dsm.transfer.bodyread import BodyReader, Stages
 from dsm.transfer.http import (
     Answer,
     Control,
@@ -117,91 +116,54 @@ def _prepare(
     return sink
 
 
-class _Pipeline:
-    """Three stages on three threads, so reading, writing and hashing overlap (on 2 cores
-    hashlib and file writes release the GIL): the caller's thread fills a buffer from the
-    body, a writer thread appends it to the partial file, a hasher thread hashes it and hands
-    the buffer back. A fourth thread fdatasyncs as the file grows, so the disk writes while
-    the body still arrives and the fsync before the rename has little left, without the
-    writer ever waiting for the disk. BUFFERS preallocated buffers circulate: nothing is
-    allocated per chunk. A disk error is kept and raised on the reader's side."""
+class _Syncer:
+    """Appends to the sink and fdatasyncs it on a thread of its own as the file grows, so the
+    disk writes while the body still arrives and the fsync before the rename has little left,
+    without the writer ever waiting for the disk."""
 
     def __init__(self, sink: _Sink) -> None:
         self.sink = sink
-        self.free: queue.Queue[memoryview] = queue.Queue()
-        for _ in range(BUFFERS):
-            self.free.put(memoryview(bytearray(BUFFER)))
-        self.to_write: queue.Queue[tuple[memoryview, int] | None] = queue.Queue()
-        self.to_hash: queue.Queue[tuple[memoryview, int] | None] = queue.Queue()
-        self.flush = threading.Event()
+        self.unsynced = 0
+        self.wake = threading.Event()
         self.done = False
-        self.error: OSError | None = None
-        self.threads = [
-            threading.Thread(target=target, name=f"dsm-{name}", daemon=True)
-            for name, target in (("writer", self._write), ("hasher", self._hash))
-        ] + [threading.Thread(target=self._sync, name="dsm-sync", daemon=True)]
+        self.thread = threading.Thread(target=self._sync, name="dsm-sync", daemon=True)
 
-    def run(self, reader: BodyReader, ctl: Control) -> None:
-        """Read the body to its end. Bytes that arrived before a network error are written
-        (kept for the resume) before the error is raised."""
-        for t in self.threads:
-            t.start()
-        try:
-            while True:
-                buf = self._take(ctl)
-                n = reader.fill(buf)
-                if not n:
-                    self.free.put(buf)
-                    return
-                ctl.done += n
-                self.to_write.put((buf, n))
-        finally:
-            self.to_write.put(None)
-            self.threads[0].join()
-            self.threads[1].join()
-            self.done = True
-            self.flush.set()
-            self.threads[2].join()
-            if self.error is not None:
-                raise self.error
+    def __enter__(self) -> _Syncer:
+        self.thread.start()
+        return self
 
-    def _take(self, ctl: Control) -> memoryview:
-        """A free buffer; waits for the writer and the hasher, and wakes on a stop."""
-        while True:
-            ctl.check()
-            if self.error is not None:
-                raise self.error
-            try:
-                return self.free.get(timeout=0.1)
-            except queue.Empty:
-                continue
+    def __exit__(self, *exc: object) -> None:
+        self.done = True
+        self.wake.set()
+        self.thread.join()
 
-    def _write(self) -> None:
-        unsynced = 0
-        while (item := self.to_write.get()) is not None:
-            if self.error is None:
-                try:
-                    self.sink.write(item[0][: item[1]])
-                except OSError as exc:
-                    self.error = exc
-                unsynced += item[1]
-                if unsynced >= SYNC_EVERY:
-                    self.flush.set()
-                    unsynced = 0
-            self.to_hash.put(item)
-        self.to_hash.put(None)
-
-    def _hash(self) -> None:
-        while (item := self.to_hash.get()) is not None:
-            buf, n = item
-            self.sink.sha.update(buf[:n])
-            self.free.put(buf)
+    def write(self, data: memoryview) -> bool:
+        self.sink.write(data)
+        self.unsynced += len(data)
+        if self.unsynced >= SYNC_EVERY:
+            self.unsynced = 0
+            self.wake.set()
+        return True
 
     def _sync(self) -> None:
-        while self.flush.wait() and not self.done:
-            self.flush.clear()
+        while self.wake.wait() and not self.done:
+            self.wake.clear()
             with contextlib.suppress(OSError):  # a real disk error shows on the writes
                 os.fdatasync(self.sink.fh.fileno())
+
+
+def _pump(reader: BodyReader, sink: _Sink, ctl: Control) -> None:
+    """Read the body to its end; a thread writes each buffer, another hashes it. Bytes that
+    arrived before a network error are written (kept for the resume) before it is raised."""
+
+    def hash_(data: memoryview) -> bool:
+        sink.sha.update(data)
+        return True
+
+    with _Syncer(sink) as syncer, Stages([syncer.write, hash_], BUFFERS, BUFFER) as stages:
+        while (buf := stages.take(ctl.check)) is not None and (n := reader.fill(buf)):
+            ctl.done += n
+            stages.put(buf, n)
 
 
 async def fetch(
@@ -353,7 +315,7 @@ def _finish(
 ) -> Fetched:
     try:
         if reader is not None and ctl is not None:
-            _Pipeline(sink).run(reader, ctl)
+            _pump(reader, sink, ctl)
         sink.finish()
     except OSError as exc:
         sink.close()

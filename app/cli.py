@@ -170,7 +170,12 @@ def cmd_show(args: argparse.Namespace, repo: Repository) -> int:
         _print_json(shown)
         return 0
     for key, value in shown.items():
-        print(f"{key:<18} {'-' if value is None else value}")
+        if isinstance(value, list):  # mirrors, files, a manifest: one item a line, below
+            print(f"{key:<18} {len(value) if value else '-'}")
+            for item in value:
+                print(" " * 19 + (json.dumps(item) if isinstance(item, dict) else str(item)))
+        else:
+            print(f"{key:<18} {'-' if value is None else value}")
     return 0
 
 
@@ -276,6 +281,7 @@ def run(argv: Sequence[str] | None) -> int:
         from dsm.api.serve import serve  # Starlette and uvicorn load for this command only
 
         return serve(settings, repo, args.host, args.port, args.allowed_host, args.print_token)
+    crashlog.route_logs(settings.home)  # the engine's warnings: never on the user's screen
     if args.run_job:
         import anyio
 

@@ -89,7 +89,13 @@ def direct_socket(resp: httpx.Response) -> socket.socket | None:
 class BodyReader:
     """Fills buffers with the body of `resp` (opened with httpx's `stream=True`)."""
 
-    def __init__(self, resp: httpx.Response, policy: Policy, url: str) -> None:
+    def __init__(
+        self,
+        resp: httpx.Response,
+        policy: Policy,
+        url: str,
+        on_read: Callable[[int], None] | None = None,
+    ) -> None:
         self._chunks: Iterator[bytes] = resp.iter_raw()
         self._left = memoryview(b"")  # a chunk from httpx not yet copied out
         self._sock = direct_socket(resp)
@@ -98,6 +104,7 @@ class BodyReader:
         self._reading_socket = False
         self._floor = SpeedFloor(policy, url)
         self._url = url
+        self._on_read = on_read  # told of every read: progress moves with the bytes, not a buffer
         self._error: Exception | None = None  # raised at the next fill, after the bytes before it
         if self._sock is not None:
             timeouts = resp.request.extensions.get("timeout", {})
@@ -117,6 +124,8 @@ class BodyReader:
                 if not got:
                     break
                 n += got
+                if self._on_read is not None:
+                    self._on_read(got)
                 self._floor.count(got)
         except Exception as exc:  # httpx's errors, Stalled, the refused excess
             if not n:

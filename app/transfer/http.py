@@ -268,6 +268,10 @@ class Control:
                 with self._lock:
                     self._socks.discard(sock)
 
+    def add(self, n: int) -> None:
+        """Count `n` more bytes received (only the thread that reads calls it)."""
+        self.done += n
+
     def stop(self) -> None:
         self._stop.set()
         self.interrupt()

@@ -162,7 +162,6 @@ def _pump(reader: BodyReader, sink: _Sink, ctl: Control) -> None:
 
     with _Syncer(sink) as syncer, Stages([syncer.write, hash_], BUFFERS, BUFFER) as stages:
         while (buf := stages.take(ctl.check)) is not None and (n := reader.fill(buf)):
-            ctl.done += n
             stages.put(buf, n)
 
 
@@ -292,7 +291,7 @@ def _act(env: Env, plan: resume.Plan, resp: httpx.Response, slot: Slot, p: Parti
         sink = _prepare(p.part, plan.offset, plan.total, plan.meta, env.policy)
     except OSError as exc:
         raise disk_error(exc, p.part) from exc
-    reader = BodyReader(resp, env.policy, p.source)
+    reader = BodyReader(resp, env.policy, p.source, on_read=env.ctl.add)
     return _finish(sink, p.part, reader, env.ctl, plan.total, plan.proven)
 
 

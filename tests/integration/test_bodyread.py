@@ -33,8 +33,8 @@ def readers(monkeypatch: pytest.MonkeyPatch) -> list[BodyReader]:
     made: list[BodyReader] = []
 
     class Recording(BodyReader):
-        def __init__(self, *args: Any) -> None:
-            super().__init__(*args)
+        def __init__(self, *args: Any, **kw: Any) -> None:
+            super().__init__(*args, **kw)
             made.append(self)
 
     monkeypatch.setattr(single, "BodyReader", Recording)

@@ -83,8 +83,9 @@ class Views(_Base):
         opening = not self.log_open
         if opening:
             self.refresh_log(force=True)
-        self.table.display = not opening
-        self.detail.display = not opening  # the pane's CSS class still says if it is open
+        for widget in (self.table, self.detail):
+            # Closed: the stylesheet decides again (the detail pane shows if it was open).
+            widget.styles.display = "none" if opening else None
         self.job_log.display = opening
         (self.job_log.log_view if opening else self.table).focus()
 

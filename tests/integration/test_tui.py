@@ -209,9 +209,12 @@ async def test_enter_l_and_help_screens(server: FileServer, home: Path, catalog:
         await pilot.press("d", "x")  # dashboard keys are off over the log: no job, no question
         assert len(app.screen_stack) == 1
         await pilot.press("escape")
-        assert not app.log_open
-        await pilot.press("l", "l")  # l closes the log it opened
-        assert not app.log_open
+        assert not app.log_open and app.table.display and not detail.display  # as it was
+        await pilot.press("enter", "l")
+        assert not detail.display
+        await pilot.press("l")  # l closes the log it opened
+        assert not app.log_open and detail.display  # the open pane is back
+        await pilot.press("enter")
         await pilot.press("question_mark")
         await until(pilot, lambda: type(app.screen).__name__ == "HelpScreen")
         await pilot.press("question_mark")

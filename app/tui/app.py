@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 import threading
 from typing import ClassVar
 
@@ -43,6 +44,9 @@ STORE_POLL_INTERVAL = 0.5  # other processes' writes show well within 2 s
 CONFIRM_NAMES = 5
 FILTER_DELAY = 0.15
 NOTIFY_SECONDS = 6
+# How long a busy thread (the store poll, a transfer) keeps the GIL before the UI thread gets
+# it: every turn of the event loop waits up to this long for it (Python's default: 5 ms).
+UI_SWITCH_INTERVAL = 0.001
 
 
 class DashboardApp(EngineCalls, Views, App[int]):
@@ -71,6 +75,7 @@ class DashboardApp(EngineCalls, Views, App[int]):
         self._loaded = False
         self._filter_timer: Timer | None = None
         self._heap = HeapFreezer()
+        self._switch_interval = sys.getswitchinterval()
         # Held, not queried: messages still arriving while the app closes find them detached.
         self.table = DatasetTable(id="table")
         self.summary = Summary(id="summary")
@@ -102,6 +107,8 @@ class DashboardApp(EngineCalls, Views, App[int]):
             # Quit as `q` does, so the terminal is restored: the default handler kills the
             # process in the alternate screen with the mouse reporting on.
             loop.add_signal_handler(sig, self.quit_now)
+        self._switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(UI_SWITCH_INTERVAL)
         self._start_engine()
         self._poll_store()
         self._check_upstream()
@@ -113,6 +120,7 @@ class DashboardApp(EngineCalls, Views, App[int]):
         for sig in (signal.SIGTERM, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         await asyncio.to_thread(self._stop_engine)
+        sys.setswitchinterval(self._switch_interval)
 
     @work(thread=True, group="store-poll", exit_on_error=False)
     def _poll_store(self) -> None:

@@ -5,6 +5,7 @@ actions, the live job log, re-sorting, moving keys, marks, copying a path, ctrl+
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,7 +18,7 @@ from dsm.domain.jobs import PAUSED_MESSAGE, Job, JobStatus, JobType
 from dsm.domain.model import Status
 from dsm.engine.engine import SUSPENDED_MESSAGE
 from dsm.repository import Repository
-from dsm.tui.app import DashboardApp
+from dsm.tui.app import UI_SWITCH_INTERVAL, DashboardApp
 from dsm.widgets.joblog import JobLog
 from tests.conftest import CatalogFn, make_settings, open_repo
 from tests.httpserver import FileServer
@@ -187,8 +188,10 @@ async def test_c_says_cancel_pending_at_once(
 
 async def test_job_log_is_live(server: FileServer, home: Path, catalog: CatalogFn) -> None:
     app = make_app(home, serve(server, catalog, "alpha", rate=300_000))
+    before = sys.getswitchinterval()
     async with app.run_test(size=SIZE, notifications=True) as pilot:
         await loaded(pilot)
+        assert sys.getswitchinterval() == UI_SWITCH_INTERVAL  # the UI thread waits less
         await pilot.press("d")
         await until(pilot, lambda: cell(app, "alpha", "status") == "downloading")
         await pilot.press("l")
@@ -206,6 +209,7 @@ async def test_job_log_is_live(server: FileServer, home: Path, catalog: CatalogF
         assert "downloading" not in str(app.summary.render())  # the summary stays live too
         await pilot.press("escape")
         assert not app.log_open and app.table.display and app.table.has_focus
+    assert sys.getswitchinterval() == before
 
 
 async def test_job_log_builds_only_the_lines_on_screen(

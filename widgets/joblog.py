@@ -6,19 +6,17 @@ from __future__ import annotations
 from typing import ClassVar, Protocol
 
 from rich.segment import Segment
-from rich.style import Style
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical
-from textual.geometry import Region, Size
+from textual.geometry import Size
 from textual.message import Message
-from textual.scroll_view import ScrollView
 from textual.strip import Strip
 from textual.widgets import Static
 
 from dsm.domain.jobs import Job
-from dsm.widgets.dataset_table import fit
+from dsm.widgets.dataset_table import LineView, fit
 from dsm.widgets.panels import job_cells
 
 
@@ -31,7 +29,7 @@ class Jobs(Protocol):
     def __getitem__(self, index: int) -> Job: ...
 
 
-class JobLog(ScrollView, can_focus=True):
+class JobLog(LineView, can_focus=True):
     """Jobs, one a line, on the Line API: only the lines on screen are rendered, so 10,000
     jobs open as fast as ten. `show` swaps the jobs (the log is live)."""
 
@@ -52,7 +50,6 @@ class JobLog(ScrollView, can_focus=True):
         self.max_attempts = max_attempts
         self.jobs: Jobs = []
         self._dataset_width = self.COLUMNS[1][1]
-        self._style = Style()
 
     def show(self, jobs: Jobs, name_width: int) -> None:
         """Show `jobs`; the dataset column fits `name_width` (the longest name, up to 24),
@@ -82,14 +79,9 @@ class JobLog(ScrollView, can_focus=True):
         line.append_text(cells[-1])
         return line
 
-    def render_lines(self, crop: Region) -> list[Strip]:
-        # Once a frame, not once a line: it walks every ancestor's styles.
-        self._style = self.rich_style
-        return super().render_lines(crop)
-
     def render_line(self, y: int) -> Strip:
         width = self.scrollable_content_region.width
-        style = self._style
+        style = self.base_style
         index = -1 if y == 0 else self.scroll_offset.y + y - 1
         if index >= len(self.jobs):
             return Strip.blank(width, style)

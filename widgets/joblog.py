@@ -108,6 +108,7 @@ class JobLogPane(Vertical):
         super().__init__(id=id)
         self.log_view = JobLog(max_attempts)
         self.title_bar = Static(id="log-title")
+        self._title = ""
 
     def compose(self) -> ComposeResult:
         yield self.title_bar
@@ -115,7 +116,10 @@ class JobLogPane(Vertical):
 
     def show(self, jobs: Jobs, name_width: int) -> None:
         """The jobs, newest first."""
-        self.title_bar.update(Text(f"Job log: {len(jobs)} jobs, newest first (esc closes)"))
+        title = f"Job log: {len(jobs)} jobs, newest first (esc closes)"
+        if title != self._title:  # an update lays the pane out again: only when it changed
+            self._title = title
+            self.title_bar.update(Text(title))
         self.log_view.show(jobs, name_width)
 
     def action_close(self) -> None:

@@ -11,15 +11,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from rich.text import Text
 
 from dsm.domain.display import RowView
-from dsm.domain.jobs import PAUSED_MESSAGE, Job, JobStatus, JobType
+from dsm.domain.jobs import PAUSED_MESSAGE, Job, JobStatus
 from dsm.domain.model import Status
 from dsm.engine.engine import SUSPENDED_MESSAGE
 from dsm.repository import Repository
 from dsm.tui.app import UI_SWITCH_INTERVAL, DashboardApp
-from dsm.widgets.joblog import JobLog
 from tests.conftest import CatalogFn, make_settings, open_repo
 from tests.httpserver import FileServer
 from tests.tui_helpers import SIZE, cell, loaded, make_app, messages, until
@@ -210,43 +208,6 @@ async def test_job_log_is_live(server: FileServer, home: Path, catalog: CatalogF
         await pilot.press("escape")
         assert not app.log_open and app.table.display and app.table.has_focus
     assert sys.getswitchinterval() == before
-
-
-async def test_job_log_builds_only_the_lines_on_screen(
-    server: FileServer, home: Path, catalog: CatalogFn, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    app = make_app(home, serve(server, catalog, "alpha", "beta"))
-    failure = "HTTP 503 Service Unavailable (after 4 attempts)"
-    jobs = []
-    for i in range(3000):
-        old = Job(JobType.DOWNLOAD, "alpha" if i % 2 else "beta", {}, status=JobStatus.FAILED)
-        old.created_ms, old.attempts, old.error = 1_000 + i, 4, failure
-        jobs.append(old)
-    app.repo.save_jobs(jobs)
-    built: list[int] = []
-    line_text = JobLog.line_text
-
-    def counted(self: JobLog, index: int) -> Text:
-        built.append(index)
-        return line_text(self, index)
-
-    async with app.run_test(size=SIZE, notifications=True) as pilot:
-        await loaded(pilot)
-        await until(pilot, lambda: len(app.state.log_jobs()) == 3000)
-        monkeypatch.setattr(JobLog, "line_text", counted)
-        await pilot.press("l")
-        await pilot.pause()
-        first_screen = sorted(set(built))
-        log = app.job_log.log_view
-        log.scroll_end(animate=False)
-        await until(pilot, lambda: log.scroll_offset.y == log.max_scroll_y > 0)
-        await until(pilot, lambda: 2999 in built)  # the last line drawn: the oldest job
-        monkeypatch.undo()
-        assert first_screen == list(range(-1, log.size.height - 1))  # the header, the rows shown
-        assert len(set(built)) < 2 * log.size.height  # two screens of 3000 jobs built
-        newest = log.line_text(0).plain
-        assert newest.split()[:4] == ["download", "alpha", "failed", "4"]
-        assert newest.endswith(failure)  # the cause of its last failure, whole
 
 
 async def test_a_retrying_row_shows_the_bytes_it_has_on_disk(

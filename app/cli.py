@@ -276,6 +276,7 @@ def run(argv: Sequence[str] | None) -> int:
         from dsm.api.serve import serve  # Starlette and uvicorn load for this command only
 
         return serve(settings, repo, args.host, args.port, args.allowed_host, args.print_token)
+    crashlog.route_logs(settings.home)  # the engine's warnings: never on the user's screen
     if args.run_job:
         import anyio
 

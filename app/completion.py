@@ -61,10 +61,22 @@ def describe(parser: argparse.ArgumentParser) -> tuple[tuple[Arg, ...], tuple[Co
         if isinstance(action, argparse._SubParsersAction):
             helps = {c.dest: c.help or "" for c in action._choices_actions}
             for name, sub in action.choices.items():
-                own = [_arg(a) for a in _visible(sub)]
-                args = tuple(a for a in own if not set(a.flags) & known)
+                own = [*_nested(sub), *(_arg(a) for a in _visible(sub))]
+                args = tuple(a for a in dict.fromkeys(own) if not set(a.flags) & known)
                 commands.append(Command(name, helps.get(name, ""), args))
     return top, tuple(commands)
+
+
+def _nested(parser: argparse.ArgumentParser) -> list[Arg]:
+    """A command with actions of its own (`dsm cache status|push`): the action words are its
+    positional, and the actions' options are offered with the command's own."""
+    out: list[Arg] = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            out.append(Arg((), action.help or "", "words", tuple(action.choices)))
+            for sub in action.choices.values():
+                out += [_arg(a) for a in _visible(sub) if a.option_strings]
+    return out
 
 
 def script(shell: str, parser: argparse.ArgumentParser) -> str:

@@ -54,6 +54,8 @@ def bash_complete(words: list[str], env: dict[str, str]) -> list[str]:
         (["dsm", "list", "--page"], ["--page-size", "--page"]),
         (["dsm", "--hom"], ["--home"]),
         (["dsm", "completion", ""], ["bash", "zsh", "fish"]),
+        (["dsm", "cache", ""], ["status", "push"]),
+        (["dsm", "cache", "p"], ["push"]),
         (["dsm", "--workers", ""], []),
     ],
     ids=lambda v: " ".join(v) if isinstance(v, list) else None,
@@ -104,4 +106,5 @@ def test_fish_script_parses_and_completes(env: dict[str, str]) -> None:
     assert complete("dsm --dataset b") == ["beta"]
     assert set(COMMANDS) <= set(complete("dsm "))
     assert complete("dsm --run-job ") == ["delete", "download", "update", "verify"]
+    assert complete("dsm cache ") == ["push", "status"]
     assert shell(["fish", "-n", "-c", shell(["dsm", "completion", "fish"], env)], env) == ""

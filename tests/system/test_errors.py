@@ -291,3 +291,26 @@ def test_the_home_honours_the_umask(server: FileServer, home: Path, catalog: Cat
         timeout=60,
     )
     assert proc.returncode == 0 and stat.S_IMODE((shared / "db.json").stat().st_mode) == 0o664
+
+
+def test_a_job_that_hits_a_bug_keeps_its_traceback_off_the_screen(
+    tmp_path: Path, home: Path, catalog: CatalogFn
+) -> None:
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import dsm.engine.handlers\n"
+        "async def boom(*a, **k):\n"
+        "    raise RuntimeError('boom in verify')\n"
+        "dsm.engine.handlers.Handlers.verify = boom\n"
+    )
+    cat = catalog(a="http://127.0.0.1:9/f")
+    proc = run_dsm(
+        "--run-job", "verify", "--dataset", "a", home=home, catalog_path=cat, PYTHONPATH=str(hook)
+    )
+    log = home / "dsm-error.log"
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "internal error: RuntimeError: boom in verify" in proc.stderr
+    assert f"failed unexpectedly (the traceback is in {log})" in proc.stderr
+    text = log.read_text()
+    assert "Traceback" in text and "in boom" in text

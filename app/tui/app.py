@@ -211,7 +211,7 @@ class DashboardApp(EngineCalls, Views, App[int]):
 
     @on(JobLogPane.Closed)
     def _log_closed(self) -> None:
-        self.action_job_log()
+        self.show_log(False)
 
     @on(DatasetTable.RowHighlighted, "#table")
     def _highlighted(self) -> None:

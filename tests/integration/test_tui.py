@@ -214,6 +214,11 @@ async def test_enter_l_and_help_screens(server: FileServer, home: Path, catalog:
         assert not detail.display
         await pilot.press("l")  # l closes the log it opened
         assert not app.log_open and detail.display  # the open pane is back
+        await pilot.press("l")
+        app.job_log.action_close()
+        app.job_log.action_close()  # two close keys typed before the first was handled
+        await pilot.pause()
+        assert not app.log_open  # closed, not closed and opened again
         await pilot.press("enter")
         await pilot.press("question_mark")
         await until(pilot, lambda: type(app.screen).__name__ == "HelpScreen")

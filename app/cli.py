@@ -170,7 +170,12 @@ def cmd_show(args: argparse.Namespace, repo: Repository) -> int:
         _print_json(shown)
         return 0
     for key, value in shown.items():
-        print(f"{key:<18} {'-' if value is None else value}")
+        if isinstance(value, list):  # mirrors, files, a manifest: one item a line, below
+            print(f"{key:<18} {len(value) if value else '-'}")
+            for item in value:
+                print(" " * 19 + (json.dumps(item) if isinstance(item, dict) else str(item)))
+        else:
+            print(f"{key:<18} {'-' if value is None else value}")
     return 0
 
 

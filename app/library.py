@@ -27,6 +27,7 @@ import anyio
 from dsm import config
 from dsm.catalog.sync import open_home
 from dsm.config import Settings, load_settings
+from dsm.domain.display import source_text
 from dsm.domain.events import EventKind, JobEvent, Listener
 from dsm.domain.jobs import Job, JobStatus, JobType
 from dsm.domain.model import Dataset
@@ -112,6 +113,8 @@ class DatasetInfo:
     sha256: str | None  # of the copy on disk, once downloaded
     in_catalog: bool  # False: it left the catalogue; the row and file stay until deleted
     commit: str | None = None  # a Hub source: the commit the copy on disk came from
+    file_count: int | None = None  # a folder (several files, an unpacked archive): its files
+    served_by: str | None = None  # "origin", a mirror's URL or "team cache"
 
 
 # -- plumbing ------------------------------------------------------------------------------
@@ -158,7 +161,7 @@ def _info(settings: Settings, ds: Dataset) -> DatasetInfo:
     return DatasetInfo(
         name=ds.name,
         description=ds.description,
-        url=ds.original_url,
+        url=source_text(ds),  # a dataset of several files: "3 files from http://host"
         path=where,
         status=ds.status.value,
         verified=_local(settings, ds) is not None,
@@ -168,6 +171,8 @@ def _info(settings: Settings, ds: Dataset) -> DatasetInfo:
         sha256=ds.checksum,
         in_catalog=ds.in_catalog,
         commit=ds.source_commit,
+        file_count=ds.file_count,
+        served_by=ds.served_by,
     )
 
 

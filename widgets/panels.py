@@ -12,10 +12,16 @@ from textual.containers import VerticalScroll
 from textual.widgets import Static
 
 from dsm import humanize
-from dsm.domain.display import Totals, retry_text, short_cause, shown_progress, sparkline
+from dsm.domain.display import (
+    Totals,
+    retry_text,
+    short_cause,
+    shown_progress,
+    source_text,
+    sparkline,
+)
 from dsm.domain.jobs import Job, JobStatus
 from dsm.domain.model import Dataset
-from dsm.domain.redact import redact_url
 from dsm.widgets.dataset_table import COLOUR, MONO
 
 DETAIL_JOBS = 5
@@ -182,7 +188,7 @@ class DetailPane(VerticalScroll):
             ("description", _value(ds.description)),
             ("status", status),
             ("progress", Text(f"{shown_progress(ds, live):.1f}%")),
-            ("URL", _value(redact_url(ds.original_url))),
+            ("URL", _value(source_text(ds))),  # or how many files, from where
             ("local path", Text(path)),
             ("expected size", _value(ds.expected_size)),
             ("size", Text(humanize.size(ds.size) if ds.size is not None else "-")),
@@ -195,9 +201,9 @@ class DetailPane(VerticalScroll):
         ]
         if ds.source_commit:  # a Hub source: the commit on disk, and its files
             rows.insert(5, ("commit", Text(ds.source_commit)))
-        if ds.manifest is not None:
+        if ds.manifest is not None:  # several files (a `files` list, a Hub folder)
             rows.insert(6, ("files", Text(str(len(ds.manifest)))))
-        if ds.file_count is not None:  # an unpacked archive
+        elif ds.file_count is not None:  # an unpacked archive
             unpacked = humanize.size(ds.unpacked_size) if ds.unpacked_size is not None else "-"
             rows.insert(6, ("unpacked", Text(f"{ds.file_count} files, {unpacked}")))
         for label, value in rows:

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
-from dsm.catalog.paths import Resolver
-from dsm.domain.hub import is_hub, parse_hub_url
+from dsm.catalog.paths import Resolver, member_problem
+from dsm.domain.hub import catalogue_listing, is_hub, manifest_checksum, parse_hub_url
 from dsm.errors import CatalogError
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]*")
@@ -24,35 +25,51 @@ FIELDS = {
     "expected_sha256",
     "extract",
     "mirrors",
+    "files",
 }
+FILE_FIELDS = ("url", "path", "expected_size", "expected_sha256")
 # The archive kinds dsm unpacks (dsm.engine.unpack.KINDS; the catalogue sits below the engine).
 EXTRACT_KINDS = ("zip", "tar", "tar.gz", "tar.bz2", "tar.xz", "gz")
+
+
+@dataclass(frozen=True)
+class CatalogFile:
+    """One file of a dataset of several files (the entry's `files` list)."""
+
+    url: str
+    path: str  # below the dataset's folder (local_path), normalised ("a//b" is "a/b")
+    expected_size: int
+    expected_sha256: str  # lowercase
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)
 class CatalogEntry:
     name: str
     description: str
-    original_url: str
+    original_url: str  # "" for a dataset of several files
     local_path: str
     expected_size: int | None = None
     expected_sha256: str | None = None
     extract: str | None = None
     mirrors: tuple[str, ...] = ()
+    files: tuple[CatalogFile, ...] = ()
 
 
 def _http_problem(url: str) -> str | None:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return f"{url!r} must be an http or https URL with a host"
-    return None
+    try:
+        parts = urlsplit(url)
+        sound = parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:  # a broken IPv6 literal ("http://[::1")
+        sound = False
+    return None if sound else f"{url!r} must be an http or https URL with a host"
 
 
 def _archive_errors(raw: dict[str, Any]) -> list[tuple[str, str]]:
     """(field, problem) pairs for the fields of issue 15: extract and mirrors."""
     errs: list[tuple[str, str]] = []
-    if "files" in raw:
-        errs.append(("files", "several files per dataset are not supported yet"))
     kind, mirrors = raw.get("extract"), raw.get("mirrors", [])
     if kind is not None and kind not in EXTRACT_KINDS:
         errs.append(("extract", f"{kind!r} must be one of {', '.join(EXTRACT_KINDS)}"))
@@ -70,13 +87,96 @@ def _archive_errors(raw: dict[str, Any]) -> list[tuple[str, str]]:
     return errs
 
 
+def _size_problem(size: Any) -> str | None:
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        return f"{size!r} must be a non-negative integer"
+    return None
+
+
+def _sha_problem(sha: Any) -> str | None:
+    if not isinstance(sha, str) or not SHA256_RE.fullmatch(sha.lower()):
+        return f"{sha!r} must be 64 hex characters"
+    return None
+
+
+def _file_errors(index: int, raw: Any) -> tuple[list[tuple[str, str]], PurePosixPath | None]:
+    """(field, problem) pairs for files[index], and its normalised path when that is sound."""
+    place = f"files[{index}]"
+    if not isinstance(raw, dict):
+        return [(place, f"must be an object with {', '.join(FILE_FIELDS)}")], None
+    errs = [(f"{place}.{k}", "unknown field") for k in sorted(set(raw) - set(FILE_FIELDS))]
+    url, path = raw.get("url"), raw.get("path")
+    problem = _http_problem(url) if isinstance(url, str) else "is required and must be a string"
+    if problem:
+        errs.append((f"{place}.url", problem))
+    # Both required: the manifest (and so the dataset's checksum) is known before a byte is
+    # fetched, and no file is called verified without its own size and hash.
+    for key, check in (("expected_size", _size_problem), ("expected_sha256", _sha_problem)):
+        problem = check(raw.get(key)) if key in raw else "is required"
+        if problem:
+            errs.append((f"{place}.{key}", problem))
+    if not isinstance(path, str):
+        return [*errs, (f"{place}.path", "is required and must be a string")], None
+    problem = member_problem(path)
+    if problem:
+        return [*errs, (f"{place}.path", f"{path!r} {problem}")], None
+    return errs, PurePosixPath(str(path))
+
+
+def _files_errors(raw: dict[str, Any]) -> list[tuple[str, str]]:
+    """(field, problem) pairs for a `files` list: each file, paths that clash, the fields it
+    excludes, and the entry's expected size and sha256 (the total and the manifest hash)."""
+    listed = raw["files"]
+    if not isinstance(listed, list) or not listed:
+        return [("files", f"must be a non-empty list of objects with {', '.join(FILE_FIELDS)}")]
+    errs: list[tuple[str, str]] = [
+        (key, "cannot be combined with files (a dataset of several files has no one URL)")
+        for key in ("original_url", "mirrors", "extract")
+        if key in raw
+    ]
+    paths: dict[PurePosixPath, int] = {}  # a file's path -> its index
+    folders: dict[PurePosixPath, int] = {}  # every folder above a file -> the first file below
+    for index, item in enumerate(listed):
+        file_errs, rel = _file_errors(index, item)
+        errs.extend(file_errs)
+        if rel is None:
+            continue
+        above = next((paths[up] for up in rel.parents if up in paths), None)
+        if rel in paths:
+            errs.append((f"files[{index}].path", f"duplicate of files[{paths[rel]}]"))
+        elif above is not None:
+            errs.append((f"files[{index}].path", f"inside files[{above}], which is a file"))
+        elif rel in folders:
+            errs.append((f"files[{index}].path", f"a folder holding files[{folders[rel]}]"))
+        paths.setdefault(rel, index)
+        for up in rel.parents:
+            folders.setdefault(up, index)
+    if not errs:
+        errs.extend(_totals_errors(raw, [_file(f).to_dict() for f in listed]))
+    return errs
+
+
+def _totals_errors(raw: dict[str, Any], listed: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """An entry's own expected size and sha256 of several files are their total and the
+    manifest checksum (as for a Hub folder): a catalogue that says otherwise is wrong."""
+    listing = catalogue_listing(listed)
+    total, digest = sum(f.size for f in listing), manifest_checksum(listing)
+    size, sha = raw.get("expected_size"), raw.get("expected_sha256")
+    errs: list[tuple[str, str]] = []
+    if isinstance(size, int) and size != total:
+        errs.append(("expected_size", f"{size!r} is not the files' total size {total}"))
+    if isinstance(sha, str) and sha.lower() != digest:
+        errs.append(("expected_sha256", f"{sha!r} is not the files' manifest hash {digest}"))
+    return errs
+
+
 def _entry_errors(
     raw: dict[str, Any], resolve: Resolver
 ) -> tuple[list[tuple[str, str]], Path | None]:
     """(field, problem) pairs for one entry, and its resolved file when the path is sound."""
     errs: list[tuple[str, str]] = []
     target: Path | None = None
-    for key in sorted(set(raw) - FIELDS - {"files"}):
+    for key in sorted(set(raw) - FIELDS):
         errs.append((key, "unknown field"))
     name = raw.get("name")
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
@@ -84,8 +184,10 @@ def _entry_errors(
     if not isinstance(raw.get("description", ""), str):
         errs.append(("description", "must be a string"))
     url = raw.get("original_url")
-    if not isinstance(url, str):
-        errs.append(("original_url", "is required and must be a string"))
+    if "files" in raw:
+        errs.extend(_files_errors(raw))
+    elif not isinstance(url, str):
+        errs.append(("original_url", "is required (or files) and must be a string"))
     elif is_hub(url):
         try:
             parse_hub_url(url)
@@ -101,14 +203,21 @@ def _entry_errors(
             target = resolve(local)
         except ValueError as exc:
             errs.append(("local_path", str(exc)))
-    size = raw.get("expected_size")
-    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
-        errs.append(("expected_size", f"{size!r} must be a non-negative integer"))
-    sha = raw.get("expected_sha256")
-    if sha is not None and (not isinstance(sha, str) or not SHA256_RE.fullmatch(sha.lower())):
-        errs.append(("expected_sha256", f"{sha!r} must be 64 hex characters"))
+    for key, check in (("expected_size", _size_problem), ("expected_sha256", _sha_problem)):
+        problem = check(raw[key]) if raw.get(key) is not None else None
+        if problem:
+            errs.append((key, problem))
     errs.extend(_archive_errors(raw))
     return errs, target
+
+
+def _file(raw: dict[str, Any]) -> CatalogFile:
+    return CatalogFile(
+        url=raw["url"],
+        path=str(PurePosixPath(raw["path"])),
+        expected_size=raw["expected_size"],
+        expected_sha256=raw["expected_sha256"].lower(),
+    )
 
 
 def _entry(raw: dict[str, Any]) -> CatalogEntry:
@@ -117,12 +226,13 @@ def _entry(raw: dict[str, Any]) -> CatalogEntry:
     return CatalogEntry(
         name=raw["name"],
         description=raw.get("description", ""),
-        original_url=raw["original_url"],
+        original_url=raw.get("original_url", ""),
         local_path=raw["local_path"],
         expected_size=raw.get("expected_size"),
         expected_sha256=sha.lower() if isinstance(sha, str) else None,
         extract=raw.get("extract"),
         mirrors=tuple(raw.get("mirrors", ())),
+        files=tuple(_file(f) for f in raw.get("files", ())),
     )
 
 

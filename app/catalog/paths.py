@@ -16,15 +16,15 @@ PART_SUFFIXES = (".part", ".part.json", ".part.old")
 NAME_MAX = 255 - len(".part.json.tmp")
 
 
-def local_path_problem(local_path: str) -> str | None:
-    """Why `local_path` may not be used as a path under the home, or None when it is fine."""
+def local_path_problem(local_path: str, base: str = "the data home") -> str | None:
+    """Why `local_path` may not be used as a path under `base`, or None when it is fine."""
     if not local_path or not local_path.strip():
         return "must not be empty"
     pure = PurePosixPath(local_path.replace("\\", "/"))
     if not pure.parts:  # "." and "./" name the home itself
         return "must name a file"
     if pure.is_absolute() or local_path.startswith("~") or ":" in pure.parts[0]:
-        return "must be relative to the data home"
+        return f"must be relative to {base}"
     if ".." in pure.parts:
         return "must not contain '..'"
     if local_path.endswith("/") or pure.name in ("", "."):
@@ -48,6 +48,14 @@ def reserved_problem(relative: PurePath) -> str | None:
     if name.endswith(PART_SUFFIXES):
         return "must not end in .part, .part.json or .part.old (names of partial downloads)"
     return None
+
+
+def member_problem(relative: str) -> str | None:
+    """Why a file of a dataset of several files (a catalogue `files` path, a Hub repo path)
+    may not go to `relative` below the dataset's folder, or None."""
+    return local_path_problem(relative, "the dataset's folder") or reserved_problem(
+        PurePosixPath(relative)
+    )
 
 
 class Resolver:

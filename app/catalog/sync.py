@@ -23,6 +23,7 @@ def _catalog_fields(ds: Dataset) -> tuple[object, ...]:
         ds.expected_sha256,
         ds.extract,
         ds.mirrors,
+        ds.files,
         ds.outdated,
         ds.in_catalog,
     )
@@ -34,8 +35,10 @@ def _apply(ds: Dataset, entry: CatalogEntry) -> bool:
     before = _catalog_fields(ds)
     url = stored_url(entry.original_url)
     was = stored_url(ds.original_url)  # a row stored before URLs were kept redacted
+    listed = [f.to_dict() | {"url": stored_url(f.url)} for f in entry.files]
     source_changed = (
         was != url
+        or ds.files != listed
         or ds.local_path != entry.local_path
         or ds.expected_size != entry.expected_size
         or ds.expected_sha256 != entry.expected_sha256
@@ -46,6 +49,7 @@ def _apply(ds: Dataset, entry: CatalogEntry) -> bool:
         # trusted: the next download fetches again. A new checksum that agrees is fine.
         agrees = (
             was == url
+            and ds.files == listed
             and ds.local_path == entry.local_path
             and entry.expected_sha256 in (None, ds.checksum)
             and entry.expected_size in (None, ds.size)
@@ -60,7 +64,8 @@ def _apply(ds: Dataset, entry: CatalogEntry) -> bool:
     ds.expected_size = entry.expected_size
     ds.expected_sha256 = entry.expected_sha256
     ds.extract = entry.extract
-    ds.mirrors = list(entry.mirrors)
+    ds.mirrors = [stored_url(m) for m in entry.mirrors]
+    ds.files = listed
     ds.in_catalog = True
     return _catalog_fields(ds) != before
 
@@ -99,7 +104,8 @@ def sync_catalog(repo: Repository, path: Path, home: Path) -> int:
         "path": str(path),
         "sha256": hashlib.sha256(text.encode()).hexdigest(),
         "dsm": __version__,
-        "urls": "redacted",  # rows of older stores still hold credentials: register again
+        # Rows of older stores still hold credentials (in any URL, mirrors too): register again.
+        "urls": "redacted: original_url, mirrors, files",
     }
     if repo.catalog_stamp() == stamp | {"rows": _rows_digest(repo)}:
         return 0

@@ -10,9 +10,11 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from dsm.domain.jobs import PAUSED_MESSAGE, Job, JobStatus, JobType
 from dsm.domain.model import Dataset, Status
+from dsm.domain.redact import redact_url
 
 RATE_HALF_LIFE = 2.0  # seconds: the smoothed rate follows a change of speed within ~5 s
 RATE_WARMUP = 1.0  # seconds of samples before a rate (and so an ETA) is shown
@@ -45,6 +47,26 @@ def shown_progress(ds: Dataset, job: Job | None) -> float:
     if job is not None and moving and not job.status.finished and job.bytes_total:
         return min(100.0, 100.0 * job.bytes_done / job.bytes_total)
     return 100.0 if ds.status == Status.DOWNLOADED else ds.download_progress
+
+
+def source_text(ds: Dataset) -> str:
+    """Where a dataset comes from, as the detail pane shows it: its URL (redacted), or for a
+    dataset of several files how many and from which origins (each file's URL is in the
+    manifest that `show --json` prints)."""
+    if not ds.files:
+        return redact_url(ds.original_url)
+    origins = sorted({_origin(str(f.get("url", ""))) for f in ds.files})
+    return f"{len(ds.files)} files from {', '.join(origins)}"
+
+
+def _origin(url: str) -> str:
+    """scheme://host[:port], without any user or password."""
+    try:
+        parts = urlsplit(url)
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:  # a broken port or IPv6 literal: shown as it is, redacted
+        return redact_url(url)
+    return f"{parts.scheme}://{parts.hostname or ''}{port}"
 
 
 def is_paused(job: Job | None) -> bool:

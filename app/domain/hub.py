@@ -4,8 +4,9 @@ which paths a glob selects, and the manifest of a multi-file dataset.
 A manifest lists every file of a dataset as {path, url, size, sha256 | git_blob, mtime_ns}:
 `path` is relative to the dataset's folder, `url` where the bytes come from (for the Hub,
 the resolve URL at the commit), and the expected hash is the Hub's LFS sha256 or, for a small
-file kept in git itself, its git blob id. It is stored on the dataset row, so a catalogue
-entry with a `files` list can reuse it; the dataset's checksum is one hash over it.
+file kept in git itself, its git blob id. It is stored on the dataset row; a catalogue entry
+with a `files` list (`catalogue_listing`) is the same kind of dataset, fetched, verified and
+deleted by the same code; the dataset's checksum is one hash over it.
 """
 
 from __future__ import annotations
@@ -146,6 +147,15 @@ class ManifestFile:
             git_blob=raw.get("git_blob"),
             mtime_ns=raw.get("mtime_ns"),
         )
+
+
+def catalogue_listing(entries: list[dict[str, Any]]) -> list[ManifestFile]:
+    """A catalogue `files` list ({url, path, expected_size, expected_sha256}, validated) as
+    the manifest it is fetched against: a dataset of several files, like a Hub folder."""
+    return [
+        ManifestFile(str(e["path"]), str(e["url"]), int(e["expected_size"]), e["expected_sha256"])
+        for e in entries
+    ]
 
 
 def manifest_checksum(files: list[ManifestFile]) -> str:

@@ -97,6 +97,9 @@ class Dataset:
     served_by: str | None = None
     # Tried in order when original_url fails for good (catalogue "mirrors").
     mirrors: list[str] = field(default_factory=list)
+    # A dataset of several files (catalogue "files"): {url, path, expected_size,
+    # expected_sha256} each, the URLs kept redacted; empty for a dataset of one original_url.
+    files: list[dict[str, Any]] = field(default_factory=list)
     # The archive kind to unpack into local_path (catalogue "extract"); None: kept as is.
     extract: str | None = None
     # An unpacked copy: how many files and bytes it holds (the list is under the home).
@@ -109,6 +112,7 @@ class Dataset:
         if self.manifest is not None:  # the one nested value: a copy, not the row's own list
             out["manifest"] = [dict(f) for f in self.manifest]
         out["mirrors"] = list(self.mirrors)
+        out["files"] = [dict(f) for f in self.files]
         out["status"] = self.status.value
         return out
 
@@ -134,6 +138,8 @@ class Dataset:
                 raise ValueError(f"dataset {name}: field {key!r} is {value!r}, expected {want}")
             if key == "mirrors" and not all(isinstance(v, str) for v in value):
                 raise ValueError(f"dataset {name}: field 'mirrors' must list strings")
+            if key == "files" and not all(isinstance(v, dict) for v in value):
+                raise ValueError(f"dataset {name}: field 'files' must list objects")
             kwargs[key] = value
         try:
             kwargs["status"] = Status(raw.get("status", Status.NOT_LOADED))

@@ -127,7 +127,9 @@ class CacheSide:
         pushed: list[str] = []
         skipped: list[str] = []
         for ds in datasets:
-            if not files.still_verified(home, ds) or ds.checksum is None or ds.size is None:
+            # A dataset of several files is a folder: the cache holds single files only.
+            whole = files.still_verified(home, ds) and ds.manifest is None
+            if not whole or ds.checksum is None or ds.size is None:
                 skipped.append(ds.name)
                 continue
             self.cache.publish(files.target(home, ds), ds.checksum, ds.size, ds.original_url)

@@ -8,10 +8,10 @@ import json
 import os
 import shutil
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
-from dsm.catalog.paths import ARCHIVES_DIR, local_path_problem, reserved_problem, resolve_inside
+from dsm.catalog.paths import ARCHIVES_DIR, member_problem, resolve_inside
 from dsm.domain.hub import ManifestFile
 from dsm.domain.model import Dataset
 from dsm.engine import unpack
@@ -67,10 +67,12 @@ def archive_dir(home: Path, ds: Dataset) -> Path:
     return home.resolve() / ARCHIVES_DIR / ds.name  # names match [a-z0-9][a-z0-9._-]*
 
 
-def folder_problem(path: Path, ds: Dataset) -> str | None:
+def folder_problem(home: Path, path: Path, ds: Dataset) -> str | None:
     """Why a one-file dataset cannot go to `path`: a folder is there (the user's, never
-    replaced); checked before a .part is written beside it."""
-    if not path.is_dir():
+    replaced); checked before a .part is written beside it. dsm's own earlier copy is no
+    problem (several files, or an unpacked archive, before the catalogue said otherwise):
+    the new file replaces it once verified."""
+    if not path.is_dir() or ds.manifest is not None or (archive_dir(home, ds) / MANIFEST).exists():
         return None
     return (
         f"local_path {ds.local_path!r} is an existing folder ({path}): "
@@ -145,12 +147,14 @@ def integrity_problem(ds: Dataset, size: int, sha256: str) -> str | None:
 
 
 def expectations(ds: Dataset) -> dict[str, Any]:
-    """What a download of `ds` is fetched against, as its job records it."""
-    return {
+    """What a download of `ds` is fetched against, as its job records it (the files of a
+    dataset of several: only then, so a job recorded before they existed still agrees)."""
+    expect = {
         "url": ds.original_url,
         "expected_size": ds.expected_size,
         "expected_sha256": ds.expected_sha256,
     }
+    return expect | ({"files": ds.files} if ds.files else {})
 
 
 def catalogue_drift(ds: Dataset, expect: dict[str, Any] | None) -> str | None:
@@ -204,7 +208,7 @@ def hash_file(path: Path, git_blob: bool) -> Fetched:
 def member(folder: Path, relative: str) -> Path:
     """A file of a multi-file dataset below its folder; ValueError for a path that would
     leave it or take the name of a partial download."""
-    problem = local_path_problem(relative) or reserved_problem(PurePosixPath(relative))
+    problem = member_problem(relative)
     if problem:
         raise ValueError(f"file {relative!r} of the dataset {problem}")
     return folder / relative
@@ -218,24 +222,47 @@ def staged(dest: Path, want: ManifestFile) -> bool:
         return False
 
 
-def install_tree(path: Path, staging: Path, listing: list[ManifestFile]) -> list[ManifestFile]:
-    """Swap the verified staging folder into place; the old copy stays until then. Returns
-    the listing with each file's mtime stamp (what `still_verified` compares)."""
-    old = path.with_name(path.name + ".old.part")
-    shutil.rmtree(old, ignore_errors=True)
-    if path.exists() or path.is_symlink():
-        os.replace(path, old)
-    os.replace(staging, path)
+def stage(dest: Path, kept: Path | None, want: ManifestFile) -> bool:
+    """Whether `want` is in the staging folder at `dest`, complete and correct: already (an
+    earlier run fetched it), or now, linked (else copied) from `kept`, the copy in place,
+    when that is still correct."""
+    if staged(dest, want):
+        return True
+    if kept is None or kept.is_symlink() or not staged(kept, want):
+        return False
+    dest.unlink(missing_ok=True)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(kept, dest)
+        return True  # the very file just checked
+    except OSError:  # another file system, or no hard links there: a copy, checked again
+        shutil.copy2(kept, dest)
+    return staged(dest, want)
+
+
+def install_tree(path: Path, listing: list[ManifestFile]) -> list[ManifestFile]:
+    """Swap the verified staging folder (`part_of(path)`) into place; the old copy stays
+    until then. Returns the listing with each file's mtime stamp (what `still_verified`
+    compares)."""
+    _prune(part_of(path), {f.path for f in listing})
+    unpack.place(path)
     _fsync_dir(path.parent)
-    _remove_any(old)
     return [dataclasses.replace(f, mtime_ns=(path / f.path).stat().st_mtime_ns) for f in listing]
 
 
-def _remove_any(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    else:
-        path.unlink(missing_ok=True)
+def _prune(staging: Path, wanted: set[str]) -> None:
+    """Remove from the staging folder what the listing does not name: files of an earlier
+    attempt against another listing (the catalogue or the commit changed), their partials."""
+    for folder, dirs, names in os.walk(staging, topdown=False):
+        here = Path(folder)
+        for name in names:
+            if (here / name).relative_to(staging).as_posix() not in wanted:
+                (here / name).unlink()
+        for sub in (here / name for name in dirs):
+            if sub.is_symlink():  # never written by dsm: not followed, not kept
+                sub.unlink()
+            elif not any(sub.iterdir()):
+                sub.rmdir()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -263,7 +290,10 @@ def install(path: Path, size: int, sha256: str, unconfirmed: str | None) -> Inst
     """
     part = part_of(path)
     write_sidecar(part, {"installed_sha256": sha256, "size": size, "unconfirmed": unconfirmed})
-    os.replace(part, path)
+    if path.is_dir() and not path.is_symlink():  # dsm's earlier tree (see folder_problem)
+        unpack.place(path)
+    else:
+        os.replace(part, path)
     _fsync_dir(path.parent)
     return Installed(size, sha256, path.stat().st_mtime_ns, unconfirmed)
 
@@ -376,9 +406,7 @@ def remove(path: Path) -> None:
     path is already inside the home)."""
     part = part_of(path)
     with target_lock(part):  # a canceled transfer may still be finishing its last write
-        _remove_any(path)
-        if part.is_dir():  # the staging folder of a multi-file download
-            shutil.rmtree(part)
+        unpack.remove_tree(path)  # and a staging folder, a copy on its way out
         discard_partial(part)
 
 
@@ -391,6 +419,13 @@ def write_manifest(home: Path, ds: Dataset, unpacked: list[unpack.Unpacked]) -> 
     doc = {"kind": ds.extract, "files": [dataclasses.asdict(u) for u in unpacked]}
     tmp.write_text(json.dumps(doc), encoding="utf-8")
     os.replace(tmp, folder / MANIFEST)
+
+
+def drop_archive(home: Path, ds: Dataset) -> None:
+    """The archive and file list of an earlier unpacked copy, once the dataset is no longer
+    unpacked (the catalogue dropped `extract`) and its new copy is in place."""
+    if ds.extract is None:
+        shutil.rmtree(archive_dir(home, ds), ignore_errors=True)
 
 
 def remove_unpacked(home: Path, ds: Dataset) -> None:

@@ -13,10 +13,8 @@ from __future__ import annotations
 import dataclasses
 import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 import anyio
 import httpx
@@ -24,14 +22,16 @@ import httpx
 from dsm.catalog.secrets import source_url
 from dsm.config import Settings
 from dsm.domain.events import EventKind
-from dsm.domain.hub import ManifestFile, is_hub
+from dsm.domain.hub import ManifestFile, catalogue_listing, is_hub
 from dsm.domain.jobs import Job, JobStatus, JobType
 from dsm.domain.model import Dataset, Status
 from dsm.engine import files, unpack
-from dsm.engine.cache import SERVED_BY_CACHE, SERVED_BY_ORIGIN, CacheSide
+from dsm.engine.cache import SERVED_BY_CACHE, CacheSide
 from dsm.engine.hubjob import HubDownload
 from dsm.engine.ledger import Ledger
 from dsm.engine.outcome import Outcome
+from dsm.engine.sources import Served, obtain
+from dsm.engine.tree import TreeDownload
 from dsm.errors import (
     QUICK_RETRIES,
     ArchiveError,
@@ -71,20 +71,6 @@ def host_headers(settings: Settings, url: str) -> dict[str, str]:
     return out | auth_headers(settings.hf_endpoint, settings.hf_token, url)
 
 
-@dataclass(frozen=True)
-class Served:
-    by: str  # "origin" or the mirror's URL, redacted
-    fetched: Fetched
-
-
-def redacted(url: str) -> str:
-    """The URL as shown (served_by, errors): no query, no user or password."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return parts._replace(netloc=netloc, query="", fragment="").geturl()
-
-
 async def unpack_archive(
     settings: Settings, ds: Dataset, archive: Path
 ) -> list[unpack.Unpacked] | Outcome | None:
@@ -111,9 +97,10 @@ async def place_unpacked(
     settings: Settings, ds: Dataset, unpacked: list[unpack.Unpacked] | None
 ) -> dict[str, Any]:
     """Record the file list, then move the unpacked copy into place; the row's fields."""
-    if unpacked is None:
-        return {}
     home = settings.home
+    if unpacked is None:  # a file in place of any earlier unpacked copy: its archive goes
+        await anyio.to_thread.run_sync(files.drop_archive, home, ds)
+        return {"file_count": None, "unpacked_size": None}
     await anyio.to_thread.run_sync(files.write_manifest, home, ds, unpacked)
     await anyio.to_thread.run_sync(unpack.place, files.local(home, ds))
     return {"file_count": len(unpacked), "unpacked_size": sum(u.size for u in unpacked)}
@@ -179,15 +166,18 @@ class Handlers:
             )
         except ValueError as exc:
             return JobStatus.FAILED, str(exc)
-        # A Hub dataset of several files is a folder; any other dataset is one file.
-        problem = None if is_hub(url) else files.folder_problem(target, ds)
-        if problem:
+        # A Hub dataset or a `files` list of several files is a folder; any other is one file.
+        problem = files.folder_problem(self.settings.home, target, ds)
+        if problem and not (is_hub(url) or ds.files):
             return JobStatus.FAILED, problem
         await self.set_status(job, Status.DOWNLOADING, error=None)
         # Attempts of an adopted job count: the budget is what the earlier process left.
         budget = RetryBudget(self.settings.max_retries - job.attempts)
         if is_hub(url):
             return await HubDownload(self, job, ds, target, budget).run(had_copy)
+        if ds.files:
+            listing = catalogue_listing(ds.files)
+            return await TreeDownload(self, job, ds, target, budget).run(listing)
         return await self.install_file(job, ds, target, had_copy, url, budget)
 
     async def install_file(
@@ -206,7 +196,7 @@ class Handlers:
         place and record it with `record`'s extra fields."""
         installed = await self._in_place(job, ds, target, had_copy)
         if installed is None or files.integrity_problem(ds, installed.size, installed.sha256):
-            served = await self._obtain(job, ds, url, target, budget, listed)
+            served = await obtain(self, job, ds, url, target, budget, listed)
             if not isinstance(served, Served):
                 return served
             served_by, fetched = served.by, served.fetched
@@ -253,26 +243,6 @@ class Handlers:
                 await self._record_install(job, installed, target, **record)
         return JobStatus.COMPLETED, None
 
-    async def _obtain(
-        self,
-        job: Job,
-        ds: Dataset,
-        url: str,
-        target: Path,
-        budget: RetryBudget,
-        listed: ManifestFile | None,
-    ) -> Served | Outcome:
-        """The file's bytes in `target`'s partial: from the team cache when it holds them (a
-        Hub file is checked by the Hub's hash, so it comes from the Hub only), else from
-        `url` or a mirror."""
-        if listed is None:
-            cached = await self.cache.fetch(
-                ds, target, lambda u, size: self._transfer(job, u, target, size)
-            )
-            if cached is not None:
-                return Served(SERVED_BY_CACHE, cached)
-        return await self._fetch_any(job, ds, url, target, budget, listed)
-
     async def _in_place(
         self, job: Job, ds: Dataset, target: Path, had_copy: bool
     ) -> files.Installed | None:
@@ -290,42 +260,6 @@ class Handlers:
         if ds.extract and not (job.params["force_download"] or ds.outdated):
             return files.kept_archive(self.settings.home, ds)
         return None
-
-    async def _fetch_any(
-        self,
-        job: Job,
-        ds: Dataset,
-        url: str,
-        target: Path,
-        budget: RetryBudget,
-        listed: ManifestFile | None,
-    ) -> Served | Outcome:
-        """`url`, then each mirror in order (each with its own retry budget) until one serves
-        the dataset's bytes. A mirror must serve the same file: the catalogue's checksum, or
-        without one the checksum of the copy verified before. A partial file is continued
-        only from the URL that started it (resume.start): another URL starts from zero."""
-        urls = [url, *ds.mirrors]
-        verified_before = None if ds.outdated else ds.checksum  # outdated: another source
-        same = dataclasses.replace(ds, expected_sha256=ds.expected_sha256 or verified_before)
-        failures: list[str] = []
-        for index, source in enumerate(urls):
-            size = listed.size if listed else ds.expected_size
-            if index:
-                budget = RetryBudget(self.settings.max_retries)
-            got = await self.fetch(job, source, target, size, budget, git_blob=listed)
-            if len(urls) == 1:  # checked by the caller, as every copy is
-                return Served(SERVED_BY_ORIGIN, got) if isinstance(got, Fetched) else got
-            if isinstance(got, Fetched):
-                problem = files.integrity_problem(same if index else ds, got.size, got.sha256)
-                if problem is None:
-                    return Served(SERVED_BY_ORIGIN if index == 0 else redacted(source), got)
-                await anyio.to_thread.run_sync(discard_partial, files.part_of(target))
-                failures.append(problem)
-            else:
-                failures.append(got[1] or "failed")
-        return JobStatus.FAILED, "; ".join(
-            f"{redacted(u)}: {why}" for u, why in zip(urls, failures, strict=True)
-        )
 
     async def _record_install(
         self, job: Job, installed: files.Installed, target: Path, **record: Any
@@ -363,7 +297,7 @@ class Handlers:
         return await self.retrying(
             job,
             budget,
-            lambda: self._transfer(job, url, target, expected_size, budget, progress, git_blob),
+            lambda: self.transfer(job, url, target, expected_size, budget, progress, git_blob),
         )
 
     async def retrying(
@@ -382,7 +316,7 @@ class Handlers:
                     return JobStatus.FAILED, f"{exc}{tries}"
                 await self._wait_retry(job, exc)
 
-    async def _transfer(
+    async def transfer(
         self,
         job: Job,
         url: str,
@@ -444,14 +378,14 @@ class Handlers:
             target = files.target(self.settings.home, ds)
         except ValueError as exc:
             return JobStatus.FAILED, f"refusing to delete: {exc}"
-        problem = None if is_hub(ds.original_url) else files.folder_problem(target, ds)
-        if problem:  # the user's folder where a one-file dataset would be: never removed
+        problem = files.folder_problem(self.settings.home, target, ds)
+        if problem and not (is_hub(ds.original_url) or ds.files):  # the user's: never removed
             return JobStatus.FAILED, f"refusing to delete: {problem}"
         await self.set_status(job, Status.DELETING)
         with anyio.CancelScope(shield=True):  # a removed file is recorded as removed
             await anyio.to_thread.run_sync(files.remove, target)
-            if ds.extract is not None:
-                await anyio.to_thread.run_sync(files.remove_unpacked, self.settings.home, ds)
+            # An unpacked copy's tree and archive, also when the catalogue no longer unpacks it.
+            await anyio.to_thread.run_sync(files.remove_unpacked, self.settings.home, ds)
             await self.set_status(job, Status.NOT_LOADED, **files.RESET_FIELDS)
         if not ds.in_catalog:
             await self.ledger.call(self.repo.remove_dataset, ds.name)

@@ -4,11 +4,10 @@ moved on upstream.
 A download resolves the source (dsm.transfer.hub) to a commit and its files, with the job's
 retry budget, then fetches at that commit. One file whose path the source names goes the
 way of any single file (`Handlers.install_file`), checked against the Hub's LFS sha256 or
-git blob id as well as the catalogue. A directory or glob is a multi-file dataset: each file
-is fetched (resumably) into the staging folder `<local_path>.part/` under its repo path and
-checked as it lands; once all are there the folder is swapped into place, so an `update`
-keeps the old copy until the new commit is complete and verified. The row records the
-commit and the manifest of files (dsm.domain.hub), whose hash is the dataset's checksum.
+git blob id as well as the catalogue. A directory or glob is a dataset of several files,
+fetched by the code a catalogue's `files` list uses (dsm.engine.tree): an `update` keeps the
+old copy until the new commit is complete and verified. The row records the commit and the manifest
+of files (dsm.domain.hub), whose hash is the dataset's checksum.
 """
 
 from __future__ import annotations
@@ -23,28 +22,24 @@ import anyio
 import httpx
 
 from dsm.config import Settings
-from dsm.domain.hub import HubRef, ManifestFile, is_hub, manifest_checksum, parse_hub_url
+from dsm.domain.hub import HubRef, ManifestFile, is_hub, parse_hub_url
 from dsm.domain.jobs import Job, JobStatus, JobType
-from dsm.domain.model import Dataset, Status
-from dsm.engine import files
-from dsm.engine.cache import SERVED_BY_ORIGIN
+from dsm.domain.model import Dataset
+from dsm.engine import tree
 from dsm.engine.outcome import Outcome
+from dsm.engine.tree import TreeDownload
 from dsm.errors import NetworkError, TransferError
 from dsm.repository import Repository
-from dsm.transfer.http import Fetched, RetryBudget
+from dsm.transfer.http import RetryBudget
 from dsm.transfer.hub import Hub, auth_headers
-from dsm.transfer.partfile import discard_partial
-from dsm.transfer.single import ProgressFn
 
 T = TypeVar("T")
 
 
-class Handlers(Protocol):
+class Handlers(tree.Handlers, Protocol):
     """What a Hub download uses of dsm.engine.handlers.Handlers (which imports this module)."""
 
-    settings: Settings
     client: httpx.Client | None
-    progress_fn: Callable[[Job], ProgressFn]
 
     async def retrying(
         self, job: Job, budget: RetryBudget, attempt: Callable[[], Awaitable[T]]
@@ -61,21 +56,6 @@ class Handlers(Protocol):
         listed: ManifestFile | None = None,
         **record: Any,
     ) -> Outcome: ...
-
-    async def fetch(
-        self,
-        job: Job,
-        url: str,
-        target: Path,
-        expected_size: int | None,
-        budget: RetryBudget,
-        progress: ProgressFn | None = None,
-        git_blob: ManifestFile | None = None,
-    ) -> Fetched | Outcome: ...
-
-    async def set_status(self, job: Job, status: Status | None, **fields: Any) -> Dataset: ...
-
-    async def record_done(self, job: Job, **fields: Any) -> None: ...
 
 
 UPSTREAM_TIMEOUT = 5.0  # seconds: the upstream check is a hint shown by `dsm list`
@@ -135,71 +115,7 @@ class HubDownload:
             return await h.install_file(
                 job, ds, self.target, had_copy, one.url, self.budget, one, **record
             )
-        return await self._tree(listing, record)
-
-    async def _tree(self, listing: list[ManifestFile], record: dict[str, Any]) -> Outcome:
-        """Fetch every file into the staging folder, then swap it into place."""
-        h, job = self.h, self.job
-        staging = files.part_of(self.target)
-        total = sum(f.size for f in listing)
-        # A catalogue's expected size and sha256 of a multi-file source are the total and the
-        # manifest checksum: both known from the listing, before a byte is fetched.
-        problem = files.integrity_problem(self.ds, total, manifest_checksum(listing))
-        if problem:
-            return JobStatus.FAILED, f"the files at the commit are not the catalogue's: {problem}"
-        report = h.progress_fn(job)
-        offset = 0
-        for want in listing:
-            try:
-                dest = files.member(staging, want.path)
-            except ValueError as exc:
-                return JobStatus.FAILED, str(exc)
-            if not await anyio.to_thread.run_sync(files.staged, dest, want):
-                fetched = await h.fetch(
-                    job,
-                    want.url,
-                    dest,
-                    want.size,
-                    self.budget,
-                    progress=_shifted(report, offset, total),
-                    git_blob=want,
-                )
-                if not isinstance(fetched, Fetched):
-                    return fetched
-                problem = files.file_problem(want, fetched)
-                if problem:
-                    await anyio.to_thread.run_sync(discard_partial, files.part_of(dest))
-                    return JobStatus.FAILED, problem
-                await anyio.to_thread.run_sync(
-                    files.install,
-                    dest,
-                    fetched.size,
-                    fetched.sha256,
-                    None,  # the Hub proves it
-                )
-                await anyio.to_thread.run_sync(files.forget_install, dest)
-            offset += want.size
-            report(offset, total)
-        await h.set_status(job, Status.VERIFYING)
-        with anyio.CancelScope(shield=True):  # a swapped folder is recorded as installed
-            stamped = await anyio.to_thread.run_sync(
-                files.install_tree, self.target, staging, listing
-            )
-            await h.record_done(
-                job,
-                size=total,
-                checksum=manifest_checksum(stamped),
-                manifest=[f.to_dict() for f in stamped],
-                file_mtime_ns=None,
-                served_by=SERVED_BY_ORIGIN,
-                **record,
-            )
-        return JobStatus.COMPLETED, None
-
-
-def _shifted(report: ProgressFn, before: int, total: int) -> ProgressFn:
-    """One file's progress as the whole dataset's: the files before it are done."""
-    return lambda done, _size: report(before + done, total)
+        return await TreeDownload(h, job, ds, self.target, self.budget).run(listing, **record)
 
 
 # -- a branch that moved on -------------------------------------------------------------------

@@ -195,6 +195,7 @@ async def test_a_mirror_serves_when_the_origin_is_gone(
     assert (home / "data" / "m.bin").read_bytes() == body
     assert len(server.requests("origin.bin")) == 1  # a 404 is not retried
     assert repo.dataset("m").served_by == server.url("mirror.bin")  # no password, no query
+    assert "secret" not in (home / "db.json").read_text()  # the store keeps mirrors redacted
 
 
 async def test_mirrors_after_the_origin_retry_budget_and_only_with_the_same_bytes(

@@ -24,10 +24,11 @@ from dsm.catalog.parse import (
     parse_catalog,
 )
 from dsm.catalog.paths import resolve_inside
+from dsm.catalog.secrets import source_url
 from dsm.catalog.sync import register, sync_catalog
 from dsm.cli import main
 from dsm.config import bundled_catalog
-from dsm.domain.hub import is_hub, parse_hub_url
+from dsm.domain.hub import catalogue_listing, is_hub, manifest_checksum, parse_hub_url
 from dsm.domain.model import Status
 from dsm.errors import CatalogError
 from dsm.repository import Repository
@@ -97,6 +98,23 @@ def write_catalog(tmp_path: Path, doc: Any) -> Path:
     return path
 
 
+def one_file(path: Any = "train.jsonl", **changes: Any) -> dict[str, Any]:
+    """A sound item of a `files` list, with fields changed (... removes one)."""
+    out = {
+        "url": "http://127.0.0.1:9/train.jsonl",
+        "path": path,
+        "expected_size": 3,
+        "expected_sha256": "a" * 64,
+        **changes,
+    }
+    return {k: v for k, v in out.items() if v is not ...}
+
+
+def files_entry(*listed: Any, **changes: Any) -> dict[str, Any]:
+    """GOOD as a dataset of several files (no original_url)."""
+    return entry(original_url=..., local_path="data/set", files=list(listed), **changes)
+
+
 # (entry, field, message) for one bad entry placed second, after a good one.
 ENTRY_CASES: list[tuple[str, dict[str, Any], str, str]] = [
     ("name-missing", entry(name=...), "name", "None must match [a-z0-9][a-z0-9._-]*"),
@@ -136,9 +154,66 @@ ENTRY_CASES: list[tuple[str, dict[str, Any], str, str]] = [
     ("mirrors-not-list", entry(mirrors="http://h/x"), "mirrors", "must be a list of http"),
     ("mirror-ftp", entry(mirrors=["http://h/x", "ftp://h/x"]), "mirrors[1]", "http or https"),
     ("mirror-not-string", entry(mirrors=[7]), "mirrors[0]", "must be a string"),
-    ("files-not-yet", entry(files=[]), "files", "not supported yet"),
     ("path-archives", entry(local_path=".archives/x"), "local_path", "reserved for dsm's own"),
     ("path-part-old", entry(local_path="data/x.part.old"), "local_path", "must not end in"),
+    ("files-empty", files_entry(), "files", "must be a non-empty list of objects with url"),
+    ("files-not-list", entry(original_url=..., files="x"), "files", "must be a non-empty list"),
+    ("files-and-url", entry(files=[one_file()]), "original_url", "cannot be combined with files"),
+    ("files-and-mirrors", files_entry(one_file(), mirrors=[]), "mirrors", "cannot be combined"),
+    ("files-and-extract", files_entry(one_file(), extract="zip"), "extract", "cannot be combined"),
+    ("file-not-object", files_entry(5), "files[0]", "must be an object with url, path"),
+    ("file-unknown", files_entry(one_file(sha="x")), "files[0].sha", "unknown field"),
+    ("file-url-ftp", files_entry(one_file(url="ftp://h/x")), "files[0].url", "http or https"),
+    ("file-url-missing", files_entry(one_file(url=...)), "files[0].url", "is required"),
+    ("file-url-no-host", files_entry(one_file(url="https:///x")), "files[0].url", "with a host"),
+    ("file-url-bad-ipv6", files_entry(one_file(url="http://[::1/x")), "files[0].url", "http"),
+    ("mirror-bad-ipv6", entry(mirrors=["http://[::1/x"]), "mirrors[0]", "with a host"),
+    ("file-path-missing", files_entry(one_file(...)), "files[0].path", "is required"),
+    ("file-path-empty", files_entry(one_file("")), "files[0].path", "must not be empty"),
+    ("file-path-absolute", files_entry(one_file("/etc/x")), "files[0].path", "dataset's folder"),
+    ("file-path-dotdot", files_entry(one_file("a/../../x")), "files[0].path", "must not contain"),
+    ("file-path-folder", files_entry(one_file("sub/")), "files[0].path", "must name a file"),
+    ("file-path-part", files_entry(one_file("x.part")), "files[0].path", "must not end in .part"),
+    ("file-size-none", files_entry(one_file(expected_size=...)), "files[0].expected_size", "is"),
+    ("file-size-bad", files_entry(one_file(expected_size=-1)), "files[0].expected_size", "-1"),
+    ("file-sha-none", files_entry(one_file(expected_sha256=...)), "files[0].expected_sha256", "is"),
+    ("file-sha-bad", files_entry(one_file(expected_sha256="x")), "files[0].expected_sha256", "64"),
+    (
+        "file-duplicate",
+        files_entry(one_file("a"), one_file("b"), one_file("a")),
+        "files[2].path",
+        "duplicate of files[0]",
+    ),
+    (
+        "file-duplicate-spelt-differently",
+        files_entry(one_file("a/b"), one_file("a//b")),
+        "files[1].path",
+        "duplicate of files[0]",
+    ),
+    (
+        "file-inside-a-file",
+        files_entry(one_file("a"), one_file("a/b")),
+        "files[1].path",
+        "inside files[0], which is a file",
+    ),
+    (
+        "file-a-folder-of-another",
+        files_entry(one_file("a/b/c"), one_file("a/b")),
+        "files[1].path",
+        "a folder holding files[0]",
+    ),
+    (
+        "files-total-size",
+        files_entry(one_file("a"), one_file("b"), expected_size=5),
+        "expected_size",
+        "5 is not the files' total size 6",
+    ),
+    (
+        "files-manifest-hash",
+        files_entry(one_file(), expected_sha256="b" * 64),
+        "expected_sha256",
+        "is not the files' manifest hash",
+    ),
     (
         "extract-on-hub",
         entry(original_url="hf://datasets/openai/gsm8k", extract="zip"),
@@ -335,6 +410,43 @@ def test_extract_and_mirrors_are_registered_and_an_extract_change_outdates(
         load_catalog(write_catalog(tmp_path, {"datasets": [{**good, "extract": "tar"}]}), home),
     )
     assert repo.dataset("good").outdated  # another kind of archive: the tree is not trusted
+
+
+def test_a_files_entry_is_registered_with_every_url_redacted(home: Path, tmp_path: Path) -> None:
+    """Point 4 and the credential gap: a `files` list is stored on the row (paths normalised,
+    checksums lowercase), and no URL of an entry (files, mirrors) keeps its credentials in
+    db.json; the transfer gets each real URL back from the catalogue."""
+    secret_file = "https://user:pw1@127.0.0.1:9/test.jsonl?token=tok1"
+    secret_mirror = "https://127.0.0.1:9/mirror.jsonl?X-Amz-Signature=sig2"
+    listed = [one_file("splits//train.jsonl", expected_sha256="A" * 64), one_file(url=secret_file)]
+    manifest = manifest_checksum(catalogue_listing([one_file("splits/train.jsonl"), one_file()]))
+    good = files_entry(*listed, expected_size=6, expected_sha256=manifest.upper())
+    plain = entry(name="plain", local_path="data/plain", mirrors=[secret_mirror])
+    path = write_catalog(tmp_path, {"datasets": [good, plain]})
+    repo = open_repo(make_settings(home, path))
+    ds = repo.dataset("good")
+    assert [f["path"] for f in ds.files] == ["splits/train.jsonl", "train.jsonl"]
+    assert ds.files[0]["expected_sha256"] == "a" * 64
+    assert (ds.original_url, ds.expected_size, ds.expected_sha256) == ("", 6, manifest)
+    stored = (home / "db.json").read_text()
+    for secret in ("pw1", "tok1", "sig2"):
+        assert secret not in stored
+    assert source_url(path, "good", ds.files[1]["url"]) == secret_file
+    assert source_url(path, "plain", repo.dataset("plain").mirrors[0]) == secret_mirror
+    with pytest.raises(ValueError, match="carries credentials"):
+        source_url(path, "plain", ds.files[1]["url"])  # another dataset's URL is not given
+
+
+def test_a_changed_files_list_outdates_a_downloaded_copy(home: Path, tmp_path: Path) -> None:
+    good = files_entry(one_file("a"), one_file("b"))
+    path = write_catalog(tmp_path, {"datasets": [good]})
+    repo = open_repo(make_settings(home, path))
+    repo.change("good", None, downloaded=True, checksum="a" * 64, size=6)
+    same = write_catalog(tmp_path, {"datasets": [good]})
+    assert register(repo, load_catalog(same, home)) == 0
+    moved = files_entry(one_file("a"), one_file("b", url="http://127.0.0.1:9/moved"))
+    register(repo, load_catalog(write_catalog(tmp_path, {"datasets": [moved]}), home))
+    assert repo.dataset("good").outdated
 
 
 def test_uppercase_checksum_is_accepted_and_stored_lowercase(home: Path, tmp_path: Path) -> None:

@@ -34,7 +34,7 @@ SEED_COLUMNS = {
     "downloaded",
     "download_job_id",
 }
-CATALOGUE_FIELDS = {"expected_size", "expected_sha256", "extract", "mirrors"}
+CATALOGUE_FIELDS = {"expected_size", "expected_sha256", "extract", "mirrors", "files"}
 # dsm's own additions, documented in the README.
 EXTRA_FIELDS = {
     "file_mtime_ns",
@@ -257,6 +257,7 @@ def test_the_api_describes_the_archive_and_mirror_fields() -> None:
     for name in ("file_count", "unpacked_size"):
         assert props[name] == {"anyOf": [{"type": "integer"}, {"type": "null"}]}
     assert props["extract"] == {"anyOf": [{"type": "string"}, {"type": "null"}]}
+    assert props["files"] == {"type": "array", "items": {"type": "object"}}
 
 
 def test_mirrors_are_copied_out_and_checked_in() -> None:
@@ -265,3 +266,11 @@ def test_mirrors_are_copied_out_and_checked_in() -> None:
     assert ds.mirrors == ["http://a/x"]
     with pytest.raises(ValueError, match="field 'mirrors' must list strings"):
         Dataset.from_dict({"name": "x", "mirrors": [1]})
+
+
+def test_files_are_copied_out_and_checked_in() -> None:
+    ds = Dataset(name="x", files=[{"path": "a", "url": "http://a/a"}])
+    ds.to_dict()["files"][0]["path"] = "b"
+    assert ds.files[0]["path"] == "a"
+    with pytest.raises(ValueError, match="field 'files' must list objects"):
+        Dataset.from_dict({"name": "x", "files": ["a"]})

@@ -213,9 +213,12 @@ async def fetch(
             failure = exc
         finally:
             tg.cancel_scope.cancel()
+    if failure is None or ctl.done:
+        # After a failure too: the bytes kept for the resume are the job's progress while it
+        # waits to retry (a transfer can fail before the first poll reported anything).
+        progress(ctl.done, ctl.total)
     if failure is not None:
         raise failure
-    progress(ctl.done, ctl.total)
     return fetched
 
 

@@ -311,7 +311,10 @@ class DashboardState:
             count = dict.fromkeys(("running", "waiting", "retrying", "paused"), 0)
             done = total = 0
             resting = (j for j in self.own_jobs() if j.id not in self._moving)
-            for job in [*resting, *self.foreign.values()]:
+            # A job we adopted is still another process's in the last store read: count
+            # it once, as ours (the row shows ours too).
+            theirs = (j for n, j in self.foreign.items() if not self.live.get(n))
+            for job in [*resting, *theirs]:
                 count["paused" if is_paused(job) else job.status.value] += 1
                 size = self._job_size(job)
                 if size:

@@ -257,3 +257,13 @@ def test_the_heap_is_frozen_after_a_read_of_many_new_rows() -> None:
         assert gc.get_freeze_count() == frozen
     finally:
         gc.unfreeze()
+
+
+def test_a_job_we_adopted_counts_once_before_the_store_says_it_is_ours() -> None:
+    state = DashboardState(own_engine="me", clock=Clock())
+    orphans = [job(n, JobStatus.WAITING, owner="gone") for n in "ab"]
+    state.apply_snapshot([Dataset(n) for n in "abc"], orphans)
+    assert state.totals(shown=3).queued == 2
+    state.apply_job(job("a", JobStatus.WAITING, owner="me"))  # adopted, not yet re-read
+    state.apply_job(job("c", JobStatus.WAITING, owner="me"))
+    assert state.totals(shown=3).queued == 3

@@ -37,7 +37,8 @@ def describe(job: Job, eta: float | None = None) -> str:
     elif job.bytes_done:
         head += f" {humanize.size(job.bytes_done)}"
     if job.rate:
-        head += f" at {humanize.rate(job.rate)}, eta {humanize.duration(eta)}"
+        head += f" at {humanize.rate(job.rate)}"
+        head += f", eta {humanize.duration(eta)}" if eta is not None else ""
     if job.status.value == "retrying" and job.error:
         head += f" ({job.error})"
     return head

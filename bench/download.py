@@ -1,13 +1,22 @@
-"""bench/download: one large file, dsm against curl, wget and aria2c, alternated runs.
+"""bench/download: one large file, dsm against curl, wget, aria2c and the Python peers pooch and
+huggingface_hub, alternated runs.
 
-    python -m bench.download [--size-mib 1024] [--runs 5]
+    python -m bench.download [--size-mib 1024] [--runs 5] [--only dsm,curl -o,...]
 
-dsm's run includes the SHA-256 check against `expected_sha256` and the atomic rename.
+dsm's run includes the SHA-256 check against `expected_sha256`, fsync and the atomic rename.
+The bound (issue 17) is the slower of `curl -o` (the disk) and `sha256 in memory` (the hash
+alone, in a fresh interpreter): dsm should take at most 1.15x that.
+
+pooch and huggingface_hub are optional (`pip install -e '.[bench]'`); a peer that is not
+installed is skipped with a message.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import statistics
+import sys
 import tempfile
 from collections.abc import Callable
 from functools import partial
@@ -26,65 +35,139 @@ from bench.common import (
     write_catalog,
 )
 
+BOUND_TARGET = 1.15
+
+# The hash alone: SHA-256 over `size` bytes already in memory, 4 MiB at a time.
+SHA_IN_MEMORY = """
+import hashlib, sys
+size, block = int(sys.argv[1]), bytes(4 << 20)
+h = hashlib.sha256()
+for _ in range(size // len(block)):
+    h.update(block)
+h.update(block[: size % len(block)])
+"""
+
+# pooch's documented way to fetch a file and check its hash.
+POOCH = """
+import pathlib, sys, pooch
+url, digest, out = sys.argv[1:4]
+out = pathlib.Path(out)
+pooch.retrieve(url, known_hash="sha256:" + digest, fname=out.name, path=out.parent,
+               progressbar=False)
+"""
+
+# huggingface_hub's streaming download of a plain URL into a temporary file, then what a
+# caller does to trust it: hash it, fsync, rename (hf_hub_download's own steps for a file).
+HF = """
+import hashlib, os, sys, tempfile
+from huggingface_hub.file_download import http_get
+url, digest, out = sys.argv[1:4]
+with tempfile.NamedTemporaryFile(dir=os.path.dirname(out), delete=False) as fh:
+    http_get(url, fh)
+    fh.flush()
+    os.fsync(fh.fileno())
+h = hashlib.sha256()
+with open(fh.name, "rb") as f:
+    while block := f.read(4 << 20):
+        h.update(block)
+if h.hexdigest() != digest:
+    sys.exit("hash mismatch")
+os.replace(fh.name, out)
+"""
+
+
+def python_peer(module: str | None, script: str, *args: str) -> Callable[[], Sample] | None:
+    """A peer run as `python -c script args` in a fresh interpreter; None (with a message)
+    when the module it needs is not installed."""
+    if module is not None and importlib.util.find_spec(module) is None:
+        print(
+            f"bench: {module} is not installed, skipping its row "
+            "(pip install -e '.[bench]' adds the optional peers)",
+            file=sys.stderr,
+        )
+        return None
+    return partial(timed, [sys.executable, "-c", script, *args])
+
+
+def bound_line(results: dict[str, list[Sample]]) -> str:
+    """dsm's time against the slower of the disk (curl -o) and the hash (sha256 in memory)."""
+
+    def median(name: str) -> float:
+        return statistics.median(s.wall for s in results[name])
+
+    bound = max(median("curl -o"), median("sha256 in memory"))
+    lines = [f"bound: the slower of curl -o and sha256 in memory = {bound:.2f} s"]
+    for name in ("dsm", "dsm single stream"):
+        if name in results:
+            ratio = median(name) / bound
+            verdict = "met" if ratio <= BOUND_TARGET else "missed"
+            lines.append(f"{name}: {ratio:.2f}x the bound (target {BOUND_TARGET}x: {verdict})")
+    return "\n".join(lines)
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--size-mib", type=int, default=1024)
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--only", help="comma-separated rows to run (curl -o and sha256 always run)")
     args = ap.parse_args()
     curl, wget, aria2c = need("curl", "curl"), need("wget", "wget"), need("aria2c", "aria2")
-    src, digest = random_file(f"single-{args.size_mib}m.bin", args.size_mib << 20)
+    size = args.size_mib << 20
+    src, digest = random_file(f"single-{args.size_mib}m.bin", size)
     with nginx(src.parent) as base, tempfile.TemporaryDirectory(dir="/var/tmp") as work:
         url = f"{base}/{src.name}"
         out = Path(work) / "out.bin"
-        catalog = write_catalog(
-            Path(work) / "catalog.json",
-            [
-                {
-                    "name": "big",
-                    "description": "bench",
-                    "original_url": url,
-                    "local_path": "big.bin",
-                    "expected_size": args.size_mib << 20,
-                    "expected_sha256": digest,
-                }
-            ],
-        )
+        entry = {
+            "name": "big",
+            "description": "bench",
+            "original_url": url,
+            "local_path": "big.bin",
+            "expected_size": size,
+            "expected_sha256": digest,
+        }
+        catalog = write_catalog(Path(work) / "catalog.json", [entry])
 
-        def fetch_with(cmd: list[str]) -> Callable[[], Sample]:
-            def run() -> Sample:
-                out.unlink(missing_ok=True)
-                return timed(cmd)
+        def fresh(run: Callable[[], Sample]) -> Callable[[], Sample]:
+            def go() -> Sample:
+                out.unlink(missing_ok=True)  # every tool writes the whole file every time
+                return run()
 
-            return run
+            return go
 
-        results = alternate(
-            args.runs,
-            {
-                "curl -o": fetch_with([curl, "-s", "-o", str(out), url]),
-                "wget -O": fetch_with([wget, "-q", "-O", str(out), url]),
-                "aria2c": fetch_with(
-                    [
-                        aria2c,
-                        "-q",
-                        "--allow-overwrite=true",
-                        "--file-allocation=none",
-                        f"--checksum=sha-256={digest}",
-                        "-d",
-                        work,
-                        "-o",
-                        "out.bin",
-                        url,
-                    ]
-                ),
-                "dsm": partial(fresh_dsm_run, Path(work) / "home", catalog, "--all"),
-                "dsm single stream": partial(
-                    fresh_dsm_run, Path(work) / "home", catalog, "--all", DSM_SEGMENTS="1"
-                ),
-            },
-        )
+        home = Path(work) / "home"
+        tools: dict[str, Callable[[], Sample] | None] = {
+            "curl -o": partial(timed, [curl, "-s", "-o", str(out), url]),
+            "sha256 in memory": python_peer(None, SHA_IN_MEMORY, str(size)),
+            "wget -O": partial(timed, [wget, "-q", "-O", str(out), url]),
+            "aria2c": partial(
+                timed,
+                [
+                    aria2c,
+                    "-q",
+                    "--allow-overwrite=true",
+                    "--file-allocation=none",
+                    f"--checksum=sha-256={digest}",
+                    "-d",
+                    work,
+                    "-o",
+                    "out.bin",
+                    url,
+                ],
+            ),
+            "pooch": python_peer("pooch", POOCH, url, digest, str(out)),
+            "huggingface_hub": python_peer("huggingface_hub", HF, url, digest, str(out)),
+            "dsm": partial(fresh_dsm_run, home, catalog, "--all"),
+            "dsm single stream": partial(fresh_dsm_run, home, catalog, "--all", DSM_SEGMENTS="1"),
+        }
+        wanted = set(args.only.split(",")) if args.only else set(tools)
+        wanted |= {"curl -o", "sha256 in memory"}
+        runnable = {
+            name: fresh(run) for name, run in tools.items() if run is not None and name in wanted
+        }
+        results = alternate(args.runs, runnable)
     print(f"1 file of {args.size_mib} MiB from nginx on 127.0.0.1 to disk; {machine()}")
     print(table(results, "curl -o"))
+    print(bound_line(results))
 
 
 if __name__ == "__main__":

@@ -40,9 +40,12 @@ class RowView:
 
 
 def shown_progress(ds: Dataset, job: Job | None) -> float:
-    """The live job's progress while it transfers, else the stored one."""
-    if job is not None and job.status == JobStatus.RUNNING and job.bytes_total:
-        return job.progress
+    """The live job's progress while it transfers, and while it waits to try again or to
+    resume with bytes already on disk (its last progress: the partial file), else the
+    stored one."""
+    moving = job is not None and (job.status == JobStatus.RUNNING or job.bytes_done > 0)
+    if job is not None and moving and not job.status.finished and job.bytes_total:
+        return min(100.0, 100.0 * job.bytes_done / job.bytes_total)
     return 100.0 if ds.status == Status.DOWNLOADED else ds.download_progress
 
 

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
+from dsm.domain.display import eta
 from dsm.domain.jobs import Job
 from dsm.domain.model import Dataset
 
@@ -28,10 +29,9 @@ class JobEvent:
 
     @property
     def eta_s(self) -> float | None:
+        """Seconds left at the job's rate; None when unknown or absurd (a near-stalled stream)."""
         job = self.job
-        if job.bytes_total is None or job.rate <= 0:
-            return None
-        return max(0.0, (job.bytes_total - job.bytes_done) / job.rate)
+        return eta(None if job.bytes_total is None else job.bytes_total - job.bytes_done, job.rate)
 
 
 Listener = Callable[[JobEvent], None]

@@ -58,7 +58,7 @@ class Digest:
         self.sha = hashlib.sha256()
         self.blob = None if blob_size is None else hashlib.sha1(git_blob_header(blob_size))
 
-    def update(self, data: bytes) -> None:
+    def update(self, data: bytes | memoryview) -> None:
         self.sha.update(data)
         if self.blob is not None:
             self.blob.update(data)
@@ -89,25 +89,6 @@ class Policy:
     # seconds is Stalled (retried); a limit of 0 turns it off.
     low_speed_limit: int = 0
     low_speed_time: float = 60.0
-
-
-def body(resp: httpx.Response, policy: Policy, url: str) -> Iterator[bytes]:
-    """The response's raw chunks, raising Stalled when the low-speed limit is crossed: the
-    average over each `low_speed_time` window is checked as chunks arrive (a read that gets
-    nothing at all ends at the stall timeout)."""
-    floor, window = policy.low_speed_limit, policy.low_speed_time
-    since, got = time.monotonic(), 0
-    for chunk in resp.iter_raw():
-        yield chunk
-        got += len(chunk)
-        now = time.monotonic()
-        if floor and now - since >= window:
-            if got < floor * (now - since):
-                raise Stalled(
-                    f"too slow: {got / (now - since):.0f} bytes/s for {now - since:.0f} s, "
-                    f"below the low-speed limit of {floor} bytes/s, from {public_url(url)}"
-                )
-            since, got = now, 0
 
 
 class RetryBudget:
@@ -286,6 +267,10 @@ class Control:
             if sock is not None:
                 with self._lock:
                     self._socks.discard(sock)
+
+    def add(self, n: int) -> None:
+        """Count `n` more bytes received (only the thread that reads calls it)."""
+        self.done += n
 
     def stop(self) -> None:
         self._stop.set()

@@ -18,11 +18,13 @@ import shutil
 import threading
 import time
 from dataclasses import dataclass
+from functools import partial
 
 import httpx
 
 from dsm.errors import DiskFull, Restart, TransferError, Truncated, retry_after, retryable
 from dsm.transfer import resume
+from dsm.transfer.bodyread import BodyReader, Stages
 from dsm.transfer.http import (
     Answer,
     Digest,
@@ -31,7 +33,6 @@ from dsm.transfer.http import (
     Slot,
     Stopped,
     base_headers,
-    body,
     disk_error,
     network_error,
     open_stream,
@@ -40,6 +41,7 @@ from dsm.transfer.partfile import Partial, discard_partial, pwrite_all, write_si
 
 HASH_BLOCK = 4 << 20
 WRITE_BATCH = 1 << 20
+WRITE_BUFFERS = 4  # per segment, between its reader and its writer
 SAVE_INTERVAL = 1.0  # seconds between sidecar saves of the segments' progress
 TICK = 0.1
 # A download starts on one connection; after SPLIT_AFTER seconds, if that connection brings
@@ -260,29 +262,25 @@ class SegmentedDownload:
             raise Truncated(f"connection ended at byte {seg.pos} of {self.total}")
 
     def _stream(self, seg: Segment, resp: httpx.Response) -> None:
-        """Write the body at the segment's offset, in batches (fewer syscalls)."""
-        pending: list[bytes] = []
-        size = 0
+        """Write the body at the segment's offset; a thread of its own writes each filled
+        buffer while the next one is read. Bytes that came before an error are written
+        before it is raised (bodyread)."""
         with self.ctl.watching(resp):
-            try:
-                for chunk in body(resp, self.policy, self.p.source):
-                    self.ctl.check()
-                    pending.append(chunk)
-                    size += len(chunk)
-                    if size >= WRITE_BATCH or size >= seg.end - seg.pos:
-                        batch, pending, size = b"".join(pending), [], 0
-                        if not self._write(seg, batch):
-                            return
-            finally:
-                if pending and self.error is None:  # bytes that came before an error count
-                    self._write(seg, b"".join(pending))
+            reader = BodyReader(resp, self.policy, self.p.source)
+            read = seg.pos  # the writer thread moves seg.pos a buffer or two behind
+            with Stages([partial(self._write, seg)], WRITE_BUFFERS, WRITE_BATCH) as stages:
+                while (buf := stages.take(self.ctl.check)) is not None and (
+                    n := reader.fill(buf[: max(0, seg.end - read)])
+                ):
+                    read += n
+                    stages.put(buf, n)
 
-    def _write(self, seg: Segment, batch: bytes) -> bool:
+    def _write(self, seg: Segment, batch: memoryview) -> bool:
         """Write what belongs to the segment; False when it is complete or the set failed."""
         with self.cond:  # a split may move seg.end: cut, write and count under one lock
             if self.error is not None:
                 return False
-            data = memoryview(batch)[: seg.end - seg.pos]
+            data = batch[: seg.end - seg.pos]
             try:
                 pwrite_all(self.fd, data, seg.pos)
             except OSError as exc:
@@ -302,6 +300,7 @@ class SegmentedDownload:
         return end
 
     def _hash(self) -> None:
+        buf = memoryview(bytearray(HASH_BLOCK))  # read back into one buffer, never a new one
         while self.hashed < self.total:
             with self.cond:
                 while (
@@ -312,11 +311,12 @@ class SegmentedDownload:
             if self.error is not None or ready <= self.hashed:
                 return
             while self.hashed < ready:
-                block = os.pread(self.fd, min(HASH_BLOCK, ready - self.hashed), self.hashed)
-                if not block:
+                block = buf[: min(HASH_BLOCK, ready - self.hashed)]
+                got = os.preadv(self.fd, [block], self.hashed)
+                if not got:
                     return
-                self.sha.update(block)
-                self.hashed += len(block)
+                self.sha.update(block[:got])
+                self.hashed += got
 
     def _all_stopped(self) -> bool:
         try:

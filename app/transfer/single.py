@@ -5,21 +5,21 @@ The partial file is only ever extended when the server proves it is sending the 
 a 206 whose Content-Range starts exactly at our offset is appended. Anything else restarts
 from zero. That decision is resume.py's (pure); this module does the I/O the plan asks for.
 
-The transfer itself runs off the event loop: one thread reads the body with httpx's sync
-client and a second hashes and writes it, fed by a small bounded queue. Measured on a 2-core
-machine, httpx's async stream reached 354 MiB/s before any hashing (h11 parsing and anyio
-hops per 64 KiB), the sync stream 744 MiB/s; see bench/RESULTS.md. The event loop only polls
-progress and turns a cancel into a stop signal that also shuts the socket, so a stalled read
-ends at once.
+The transfer itself runs off the event loop, in a pipeline of threads (_pump): one reads
+the body into preallocated buffers (bodyread: straight from the socket for a large plain
+body), one writes them, one hashes them. Measured on a 2-core machine, httpx's async stream
+reached 354 MiB/s before any hashing (h11 parsing and anyio hops per 64 KiB), the sync stream
+744 MiB/s, `recv_into` ~2.4 GB/s; see bench/RESULTS.md. The event loop only polls progress and
+turns a cancel into a stop signal that also shuts the socket, so a stalled read ends at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-import queue
 import shutil
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -29,6 +29,7 @@ import httpx
 
 from dsm.errors import DiskFull, Restart, Truncated
 from dsm.transfer import resume
+from dsm.transfer.bodyread import BodyReader, Stages
 from dsm.transfer.http import (
     Answer,
     Control,
@@ -42,7 +43,6 @@ from dsm.transfer.http import (
     Slot,
     Stopped,
     base_headers,
-    body,
     disk_error,
     network_error,
     open_stream,
@@ -58,8 +58,8 @@ from dsm.transfer.partfile import (
 from dsm.transfer.resume import OnDisk
 from dsm.transfer.segmented import SegmentedDownload
 
-BATCH = 1 << 20  # bytes handed to the writer thread at a time
-QUEUE_DEPTH = 8  # batches in flight between the network and the disk
+BUFFER = 1 << 20  # bytes read into one buffer before it goes to the writer
+BUFFERS = 8  # buffers in flight between the network, the disk and the hash
 PROGRESS_POLL = 0.1  # seconds between progress reports to the caller
 SYNC_EVERY = 64 << 20  # bytes written between two fdatasyncs
 
@@ -67,17 +67,16 @@ ProgressFn = Callable[[int, int | None], None]
 
 
 class _Sink:
-    """The writer thread's side: appends to the partial file and hashes what it writes."""
+    """The partial file and the hash of its bytes: written by one thread, hashed by another."""
 
     def __init__(self, part: Path, offset: int, blob_size: int | None) -> None:
         self.sha = Digest(blob_size)
         self.size = 0
-        self.unsynced = 0
         self.fh: BinaryIO = part.open("r+b" if offset else "wb")
         if offset:
             # Hash the kept prefix once, then append: still one pass over every byte.
             while self.size < offset:
-                block = self.fh.read(min(BATCH * 4, offset - self.size))
+                block = self.fh.read(min(BUFFER * 4, offset - self.size))
                 if not block:
                     break
                 self.sha.update(block)
@@ -85,17 +84,9 @@ class _Sink:
             self.fh.truncate(self.size)
             self.fh.seek(self.size)
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         write_all(self.fh, data, self.size)
-        self.sha.update(data)
         self.size += len(data)
-        self.unsynced += len(data)
-        if self.unsynced >= SYNC_EVERY:
-            # Flush as we go (this is the writer thread): the fsync before the rename then
-            # has little left, instead of a whole file's worth of dirty pages at the end.
-            self.fh.flush()
-            os.fdatasync(self.fh.fileno())
-            self.unsynced = 0
 
     def finish(self) -> None:
         self.fh.flush()
@@ -125,57 +116,53 @@ def _prepare(
     return sink
 
 
-class _Writer(threading.Thread):
-    """Drains batches into the sink; a disk error is kept and re-raised on the reader's side."""
+class _Syncer:
+    """Appends to the sink and fdatasyncs it on a thread of its own as the file grows, so the
+    disk writes while the body still arrives and the fsync before the rename has little left,
+    without the writer ever waiting for the disk."""
 
     def __init__(self, sink: _Sink) -> None:
-        super().__init__(name="dsm-writer", daemon=True)
         self.sink = sink
-        self.batches: queue.Queue[bytes | None] = queue.Queue(QUEUE_DEPTH)
-        self.error: OSError | None = None
+        self.unsynced = 0
+        self.wake = threading.Event()
+        self.done = False
+        self.thread = threading.Thread(target=self._sync, name="dsm-sync", daemon=True)
 
-    def run(self) -> None:
-        while (batch := self.batches.get()) is not None:
-            if self.error is None:
-                try:
-                    self.sink.write(batch)
-                except OSError as exc:
-                    self.error = exc
+    def __enter__(self) -> _Syncer:
+        self.thread.start()
+        return self
 
-    def put(self, batch: bytes) -> None:
-        if self.error is not None:
-            raise self.error
-        self.batches.put(batch)
+    def __exit__(self, *exc: object) -> None:
+        self.done = True
+        self.wake.set()
+        self.thread.join()
 
-    def close(self) -> None:
-        self.batches.put(None)
-        self.join()
-        if self.error is not None:
-            raise self.error
+    def write(self, data: memoryview) -> bool:
+        self.sink.write(data)
+        self.unsynced += len(data)
+        if self.unsynced >= SYNC_EVERY:
+            self.unsynced = 0
+            self.wake.set()
+        return True
+
+    def _sync(self) -> None:
+        while self.wake.wait() and not self.done:
+            self.wake.clear()
+            with contextlib.suppress(OSError):  # a real disk error shows on the writes
+                os.fdatasync(self.sink.fh.fileno())
 
 
-def _pump(chunks: Iterator[bytes], sink: _Sink, ctl: Control) -> None:
-    """Read the body and hand it to the writer thread in batches; reading overlaps hashing
-    and writing. Bytes that arrived before a network error are kept for the resume."""
-    writer = _Writer(sink)
-    writer.start()
-    pending: list[bytes] = []
-    size = 0
-    try:
-        for chunk in chunks:
-            ctl.check()
-            pending.append(chunk)
-            size += len(chunk)
-            ctl.done += len(chunk)
-            if size >= BATCH:
-                writer.put(b"".join(pending))
-                pending, size = [], 0
-    finally:
-        try:
-            if pending:
-                writer.put(b"".join(pending))
-        finally:
-            writer.close()
+def _pump(reader: BodyReader, sink: _Sink, ctl: Control) -> None:
+    """Read the body to its end; a thread writes each buffer, another hashes it. Bytes that
+    arrived before a network error are written (kept for the resume) before it is raised."""
+
+    def hash_(data: memoryview) -> bool:
+        sink.sha.update(data)
+        return True
+
+    with _Syncer(sink) as syncer, Stages([syncer.write, hash_], BUFFERS, BUFFER) as stages:
+        while (buf := stages.take(ctl.check)) is not None and (n := reader.fill(buf)):
+            stages.put(buf, n)
 
 
 async def fetch(
@@ -226,9 +213,12 @@ async def fetch(
             failure = exc
         finally:
             tg.cancel_scope.cancel()
+    if failure is None or ctl.done:
+        # After a failure too: the bytes kept for the resume are the job's progress while it
+        # waits to retry (a transfer can fail before the first poll reported anything).
+        progress(ctl.done, ctl.total)
     if failure is not None:
         raise failure
-    progress(ctl.done, ctl.total)
     return fetched
 
 
@@ -304,7 +294,8 @@ def _act(env: Env, plan: resume.Plan, resp: httpx.Response, slot: Slot, p: Parti
         sink = _prepare(p.part, plan.offset, plan.total, plan.meta, env.policy)
     except OSError as exc:
         raise disk_error(exc, p.part) from exc
-    return _finish(sink, p.part, body(resp, env.policy, p.source), env.ctl, plan.total, plan.proven)
+    reader = BodyReader(resp, env.policy, p.source, on_read=env.ctl.add)
+    return _finish(sink, p.part, reader, env.ctl, plan.total, plan.proven)
 
 
 def _complete(part: Path, size: int, meta: dict[str, Any], policy: Policy) -> Fetched:
@@ -319,14 +310,14 @@ def _complete(part: Path, size: int, meta: dict[str, Any], policy: Policy) -> Fe
 def _finish(
     sink: _Sink,
     part: Path,
-    chunks: Iterator[bytes] | None = None,
+    reader: BodyReader | None = None,
     ctl: Control | None = None,
     total: int | None = None,
     proven: bool = True,
 ) -> Fetched:
     try:
-        if chunks is not None and ctl is not None:
-            _pump(chunks, sink, ctl)
+        if reader is not None and ctl is not None:
+            _pump(reader, sink, ctl)
         sink.finish()
     except OSError as exc:
         sink.close()

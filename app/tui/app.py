@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 import threading
 from typing import ClassVar
 
@@ -22,21 +23,33 @@ from dsm.engine.thread import EngineThread
 from dsm.repository import Repository, StoreError
 from dsm.tui.commands import ActionCommands
 from dsm.tui.control import EngineCalls
-from dsm.tui.feed import DatasetReader, EngineFeed, JobChanged, JobReader, StoreRead
-from dsm.tui.keys import ACTION_NAMES, KEY_ACTIONS, MOVES
-from dsm.tui.state import SORTS, DashboardState
+from dsm.tui.feed import (
+    DatasetReader,
+    EngineFeed,
+    HeapFreezer,
+    JobChanged,
+    JobReader,
+    StoreRead,
+)
+from dsm.tui.keys import ACTION_NAMES, KEY_ACTIONS, OVER_LOG
+from dsm.tui.state import DashboardState
+from dsm.tui.views import Views
 from dsm.widgets.dataset_table import SORTABLE, DatasetTable
+from dsm.widgets.joblog import JobLogPane
 from dsm.widgets.panels import DetailPane, Summary
-from dsm.widgets.screens import ConfirmScreen, FilterBar, HelpScreen, JobLogScreen
+from dsm.widgets.screens import ConfirmScreen, FilterBar
 
 FLUSH_INTERVAL = 0.25  # progress reaches the table at most 4 times a second
 STORE_POLL_INTERVAL = 0.5  # other processes' writes show well within 2 s
 CONFIRM_NAMES = 5
 FILTER_DELAY = 0.15
 NOTIFY_SECONDS = 6
+# How long a busy thread (the store poll, a transfer) keeps the GIL before the UI thread gets
+# it: every turn of the event loop waits up to this long for it (Python's default: 5 ms).
+UI_SWITCH_INTERVAL = 0.001
 
 
-class DashboardApp(EngineCalls, App[int]):
+class DashboardApp(EngineCalls, Views, App[int]):
     TITLE = "dsm"
     SUB_TITLE = "datasets for LLM evaluation"
     CSS_PATH = "dashboard.tcss"
@@ -61,21 +74,28 @@ class DashboardApp(EngineCalls, App[int]):
         self._changed: set[str] = set()
         self._loaded = False
         self._filter_timer: Timer | None = None
+        self._heap = HeapFreezer()
+        self._switch_interval = sys.getswitchinterval()
         # Held, not queried: messages still arriving while the app closes find them detached.
         self.table = DatasetTable(id="table")
         self.summary = Summary(id="summary")
         self.detail = DetailPane(id="detail")
+        self.job_log = JobLogPane(self.state.max_attempts, id="joblog")
 
     # -- layout and lifecycle ----------------------------------------------------------
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        """Dashboard keys act on the main screen only, not under a modal."""
-        return not (action in ACTION_NAMES and len(self.screen_stack) > 1)
+        """Dashboard keys act on the table: none under a modal; over the job log only those
+        that open a screen, close the log or quit."""
+        if action not in ACTION_NAMES:
+            return True
+        return len(self.screen_stack) == 1 and (not self.log_open or action in OVER_LOG)
 
     def compose(self) -> ComposeResult:
         yield Header()
         yield self.summary
         yield self.table
         yield self.detail
+        yield self.job_log
         yield FilterBar(id="filter")
         yield Footer()
 
@@ -87,6 +107,8 @@ class DashboardApp(EngineCalls, App[int]):
             # Quit as `q` does, so the terminal is restored: the default handler kills the
             # process in the alternate screen with the mouse reporting on.
             loop.add_signal_handler(sig, self.quit_now)
+        self._switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(UI_SWITCH_INTERVAL)
         self._start_engine()
         self._poll_store()
         self._check_upstream()
@@ -98,6 +120,7 @@ class DashboardApp(EngineCalls, App[int]):
         for sig in (signal.SIGTERM, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         await asyncio.to_thread(self._stop_engine)
+        sys.setswitchinterval(self._switch_interval)
 
     @work(thread=True, group="store-poll", exit_on_error=False)
     def _poll_store(self) -> None:
@@ -124,11 +147,6 @@ class DashboardApp(EngineCalls, App[int]):
         self._arrange()
         self._changed.update(self.state.datasets)
 
-    def _arrange(self) -> None:
-        """Apply the filter and the sort order."""
-        self.table.show(self.state.visible(), self.state.sort, self.state.reverse)
-        self._changed.add("")  # the summary's "shown" count
-
     def _show(self, name: str) -> None:
         if self.table.show_row(self.state.row(name)):
             self._changed.add(name)
@@ -145,6 +163,7 @@ class DashboardApp(EngineCalls, App[int]):
         self._changed.add("")  # the job log
         if self.table.highlighted is not None:
             self._changed.add(self.table.highlighted)  # its job list may have grown
+        self._heap.after_read(len(message.datasets) + len(message.jobs))
 
     @on(JobChanged)
     def _job_changed(self, message: JobChanged) -> None:
@@ -188,21 +207,11 @@ class DashboardApp(EngineCalls, App[int]):
     def _tick(self) -> None:
         self.state.tick()
         self._changed.add("")
-        if isinstance(self.screen, JobLogScreen):  # once a second: 10,000 jobs take ~20 ms
-            self.screen.show(self.state.log_jobs())
+        self.refresh_log()  # once a second: a screen of lines (~10 ms), whatever the jobs
 
-    def _show_detail(self) -> None:
-        pane = self.detail
-        name = self.table.highlighted
-        if not pane.has_class("-open"):
-            return
-        if name is None or name not in self.state.datasets:
-            pane.show(None, "", [], None, self.state.max_attempts)
-            return
-        ds = self.state.datasets[name]
-        path = str(self.settings.home / ds.local_path)
-        jobs, live = self.state.jobs_of(name), self.state.job_for(name)
-        pane.show(ds, path, jobs, live, self.state.max_attempts)
+    @on(JobLogPane.Closed)
+    def _log_closed(self) -> None:
+        self.show_log(False)
 
     @on(DatasetTable.RowHighlighted, "#table")
     def _highlighted(self) -> None:
@@ -330,11 +339,6 @@ class DashboardApp(EngineCalls, App[int]):
         self.say(f"copied: {path}")
 
     # -- filter, sort, panes -----------------------------------------------------------
-    def action_filter(self) -> None:
-        bar = self.query_one(FilterBar)
-        bar.add_class("-open")
-        bar.focus()
-
     @on(FilterBar.Changed, "#filter")
     def _filter_changed(self, message: FilterBar.Changed) -> None:
         self.state.filter = message.value
@@ -351,29 +355,6 @@ class DashboardApp(EngineCalls, App[int]):
     def _filter_cleared(self) -> None:
         self.query_one(FilterBar).remove_class("-open")
         self.table.focus()
-
-    def action_sort(self) -> None:
-        self._sort_by(SORTS[(SORTS.index(self.state.sort) + 1) % len(SORTS)])
-
-    def action_reverse_sort(self) -> None:
-        self._sort_by(self.state.sort)
-
-    def _sort_by(self, column: str) -> None:
-        """Sort by `column`; asked again for the same column, reverse the order."""
-        self.state.reverse = column == self.state.sort and not self.state.reverse
-        self.state.sort = column
-        self._arrange()
-
-    def action_toggle_detail(self) -> None:
-        self.detail.toggle_class("-open")
-        self._show_detail()
-
-    def action_job_log(self) -> None:
-        self.push_screen(JobLogScreen(self.state.log_jobs(), self.state.max_attempts))
-
-    def action_help(self) -> None:
-        keys = [(k.shown_key, k.help) for k in KEY_ACTIONS]
-        self.push_screen(HelpScreen([*keys, *MOVES]))
 
     def action_quit_dashboard(self) -> None:
         running = self.state.own_active

@@ -7,6 +7,7 @@ posted as a message at once.
 
 from __future__ import annotations
 
+import gc
 import threading
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
@@ -19,6 +20,7 @@ from dsm.domain.model import Dataset
 from dsm.repository import Repository
 
 T = TypeVar("T")
+FREEZE_ROWS = 1000  # rows (datasets and jobs) that came or went since the last freeze
 COALESCED = (EventKind.PROGRESS, EventKind.QUEUED)
 
 
@@ -109,3 +111,21 @@ class JobReader(RowReader[Job]):
 
     def read(self) -> list[Job]:
         return sorted(super().read(), key=lambda j: j.created_ms)
+
+
+class HeapFreezer:
+    """Takes the long-lived rows out of the cyclic garbage collector's scans (`gc.freeze`)
+    once they are read and drawn. At 10,000 datasets and 10,000 jobs a full collection
+    walked ~0.5 M objects (rows, their cells) and held the GIL ~0.3 s every few seconds: a
+    key or the job log froze that long. Frozen only at start and after a change of a
+    thousand rows or more: anything frozen that turns into cyclic garbage is never
+    collected, and the rows are not cyclic."""
+
+    def __init__(self) -> None:
+        self._rows = 0
+
+    def after_read(self, rows: int) -> None:
+        """Freeze if the store now holds FREEZE_ROWS rows more or fewer than at the last."""
+        if abs(rows - self._rows) >= FREEZE_ROWS:
+            self._rows = rows
+            gc.freeze()

@@ -41,3 +41,4 @@ MOVES = (
     ("ctrl+p", "command palette: every action by name"),
 )
 ACTION_NAMES = frozenset(k.action for k in KEY_ACTIONS)
+OVER_LOG = frozenset({"help", "job_log", "quit_dashboard"})  # the keys still on over the log

@@ -205,10 +205,21 @@ async def test_enter_l_and_help_screens(server: FileServer, home: Path, catalog:
         await pilot.press("enter")
         assert not detail.has_class("-open")
         await pilot.press("l")
-        await until(pilot, lambda: type(app.screen).__name__ == "JobLogScreen")
-        await pilot.press("d")  # dashboard keys are off under a modal
+        assert app.log_open
+        await pilot.press("d", "x")  # dashboard keys are off over the log: no job, no question
+        assert len(app.screen_stack) == 1
         await pilot.press("escape")
-        await until(pilot, lambda: len(app.screen_stack) == 1)
+        assert not app.log_open and app.table.display and not detail.display  # as it was
+        await pilot.press("enter", "l")
+        assert not detail.display
+        await pilot.press("l")  # l closes the log it opened
+        assert not app.log_open and detail.display  # the open pane is back
+        await pilot.press("l")
+        app.job_log.action_close()
+        app.job_log.action_close()  # two close keys typed before the first was handled
+        await pilot.pause()
+        assert not app.log_open  # closed, not closed and opened again
+        await pilot.press("enter")
         await pilot.press("question_mark")
         await until(pilot, lambda: type(app.screen).__name__ == "HelpScreen")
         await pilot.press("question_mark")

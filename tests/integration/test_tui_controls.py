@@ -5,6 +5,7 @@ actions, the live job log, re-sorting, moving keys, marks, copying a path, ctrl+
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,8 +17,7 @@ from dsm.domain.jobs import PAUSED_MESSAGE, Job, JobStatus
 from dsm.domain.model import Status
 from dsm.engine.engine import SUSPENDED_MESSAGE
 from dsm.repository import Repository
-from dsm.tui.app import DashboardApp
-from dsm.widgets.screens import JobLogScreen
+from dsm.tui.app import UI_SWITCH_INTERVAL, DashboardApp
 from tests.conftest import CatalogFn, make_settings, open_repo
 from tests.httpserver import FileServer
 from tests.tui_helpers import SIZE, cell, loaded, make_app, messages, until
@@ -186,24 +186,45 @@ async def test_c_says_cancel_pending_at_once(
 
 async def test_job_log_is_live(server: FileServer, home: Path, catalog: CatalogFn) -> None:
     app = make_app(home, serve(server, catalog, "alpha", rate=300_000))
+    before = sys.getswitchinterval()
     async with app.run_test(size=SIZE, notifications=True) as pilot:
         await loaded(pilot)
+        assert sys.getswitchinterval() == UI_SWITCH_INTERVAL  # the UI thread waits less
         await pilot.press("d")
         await until(pilot, lambda: cell(app, "alpha", "status") == "downloading")
         await pilot.press("l")
-        await until(pilot, lambda: isinstance(app.screen, JobLogScreen))
-        screen = app.screen
-        assert isinstance(screen, JobLogScreen)
+        assert app.log_open and not app.table.display  # in the table's place, at once
+        assert app.job_log.log_view.has_focus
+        log = app.job_log.log_view
 
         def line() -> str:
-            return screen.log_view.line_text(0).plain
+            return log.line_text(0).plain
 
         await until(pilot, lambda: "running" in line())
         assert line().split()[:2] == ["download", "alpha"]
         assert line().split()[3] == "1"  # attempts, while it runs
         await until(pilot, lambda: "completed" in line(), within=20)
+        assert "downloading" not in str(app.summary.render())  # the summary stays live too
         await pilot.press("escape")
-        await until(pilot, lambda: len(app.screen_stack) == 1)
+        assert not app.log_open and app.table.display and app.table.has_focus
+    assert sys.getswitchinterval() == before
+
+
+async def test_a_retrying_row_shows_the_bytes_it_has_on_disk(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    app = make_app(home, serve(server, catalog, "flaky"))
+    server.fault("flaky.bin", times=1, drop_after=1_200_000)  # a partial file, then
+    server.fault("flaky.bin", times=1, status=503, headers={"Retry-After": "3"})
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
+        await loaded(pilot)
+        await pilot.press("d")
+        await until(pilot, lambda: cell(app, "flaky", "status") == "retrying")
+        job = app.state.job_for("flaky")
+        assert job is not None and job.bytes_done >= 1 << 20  # the batches already written
+        percent = int(100 * job.bytes_done / len(BIG))
+        assert cell(app, "flaky", "progress").endswith(f" {percent:3d}%") and percent > 60
+        await until(pilot, lambda: cell(app, "flaky", "status") == "downloaded", within=20)
 
 
 async def test_rows_resort_when_their_sorted_field_changes(

@@ -139,5 +139,5 @@ def test_filter_and_marks_in_the_summary(snap_compare: SnapCompare, snap_app: Da
 
 
 def test_job_log(snap_compare: SnapCompare, snap_app: DashboardApp) -> None:
-    run_before = after("l", screen="JobLogScreen")
+    run_before = after("l")
     assert snap_compare(snap_app, terminal_size=(80, 24), run_before=run_before)

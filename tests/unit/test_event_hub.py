@@ -9,7 +9,8 @@ import pytest
 
 from dsm.api.events import RING_SIZE, EventHub
 from dsm.domain.events import EventKind, JobEvent
-from dsm.domain.jobs import Job, JobType
+from dsm.domain.jobs import Job, JobStatus, JobType
+from dsm.headless import describe
 
 pytestmark = pytest.mark.anyio
 
@@ -62,3 +63,21 @@ async def test_progress_is_thinned_and_not_kept() -> None:
     assert hub.last_id == start + 1  # one progress event within the interval
     hub.publish(event(EventKind.FINISHED))
     assert await first_events(hub, str(start), 1) == [(hub.last_id, "finished")]
+
+
+@pytest.mark.parametrize(
+    ("done", "rate", "eta", "line"),
+    [
+        (0, 0.0, None, "download a: running 0.0% of 1.0 MiB"),
+        (524_288, 262_144.0, 2.0, "download a: running  50.0% of 1.0 MiB at 256 KiB/s, eta 2s"),
+        (0, 0.001, None, "download a: running   0.0% of 1.0 MiB at 0 B/s"),  # near-stalled
+    ],
+)
+def test_an_eta_is_given_only_when_it_means_something(
+    done: int, rate: float, eta: float | None, line: str
+) -> None:
+    job = Job(JobType.DOWNLOAD, "a", {}, status=JobStatus.RUNNING, bytes_total=1 << 20)
+    job.bytes_done, job.rate, job.progress = done, rate, 100 * done / (1 << 20)
+    event = JobEvent(EventKind.PROGRESS, job)
+    assert event.eta_s == eta
+    assert describe(job, event.eta_s).split() == line.split()

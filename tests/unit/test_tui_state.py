@@ -1,8 +1,10 @@
 """The dashboard's state and display rules without an app: rates, ETA, retry and pending
-texts, the summary line, sizes in the largest unit under 1000, re-sorting."""
+texts, the summary line, sizes in the largest unit under 1000, re-sorting, the progress of a
+retrying job, the job log's order."""
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 
@@ -16,10 +18,12 @@ from dsm.domain.display import (
     eta,
     retry_text,
     short_cause,
+    shown_progress,
     sparkline,
 )
 from dsm.domain.jobs import PAUSED_MESSAGE, Job, JobStatus, JobType
 from dsm.domain.model import Dataset, Status
+from dsm.tui.feed import FREEZE_ROWS, HeapFreezer
 from dsm.tui.state import DashboardState
 from dsm.widgets.dataset_table import COLOUR
 from dsm.widgets.panels import summary_line
@@ -184,3 +188,82 @@ def test_sparkline_scales_to_the_peak() -> None:
     line = sparkline([float(i) for i in range(60)], 12)
     assert len(line) == 12 and line[0] == "▁" and line[-1] == "█"
     assert list(line) == sorted(line)
+
+
+def test_a_retrying_or_waiting_row_shows_the_bytes_it_already_has() -> None:
+    """The bar follows the job's last progress (its partial file) while it waits to try
+    again, or waits to resume, not the stored 0 %."""
+    ds = Dataset("d", status=Status.DOWNLOADING)
+    running = job("d", JobStatus.RUNNING, bytes_done=300, bytes_total=1000)
+    assert shown_progress(ds, running) == 30.0
+    retrying = job("d", JobStatus.RETRYING, bytes_done=300, bytes_total=1000)
+    assert shown_progress(ds, retrying) == 30.0
+    paused = job("d", JobStatus.WAITING, bytes_done=750, bytes_total=1000, error=PAUSED_MESSAGE)
+    assert shown_progress(ds, paused) == 75.0
+    assert shown_progress(ds, job("d", JobStatus.RETRYING, bytes_total=1000)) == 0.0  # none yet
+    done = Dataset("d", status=Status.DOWNLOADED)  # an update waiting with nothing fetched yet
+    assert shown_progress(done, job("d", JobStatus.WAITING, bytes_total=1000)) == 100.0
+    failed = job("d", JobStatus.FAILED, bytes_done=300, bytes_total=1000)
+    assert shown_progress(Dataset("d", download_progress=5.0), failed) == 5.0  # the stored one
+    state = DashboardState(own_engine="me", max_attempts=4)
+    state.apply_snapshot([ds], [])
+    state.apply_job(retrying)
+    row = state.row("d")
+    assert shown_progress(row.ds, row.job) == 30.0
+
+
+def stored(name: str, created: int, status: JobStatus = JobStatus.WAITING) -> Job:
+    out = job(name, status, created_ms=created)
+    out.id = f"j-{name}-{created}"
+    return out
+
+
+def test_the_job_log_reads_jobs_newest_first_with_our_live_copies() -> None:
+    state = DashboardState(own_engine="me", max_attempts=4)
+    old, mid = stored("a", 1), stored("b", 2)
+    state.apply_snapshot([Dataset("a"), Dataset("b"), Dataset("c")], [old, mid])
+    live = stored("b", 2, JobStatus.RUNNING)
+    live.attempts = 1
+    state.apply_job(live, Dataset("b", status=Status.DOWNLOADING))  # ahead of the store
+    fresh = stored("c", 3)  # queued since the last store read
+    state.apply_job(fresh)
+    log = state.log_jobs()
+    assert len(log) == 3
+    assert [log[i] for i in range(3)] == [fresh, live, old]
+    assert log[1].attempts == 1
+    with pytest.raises(IndexError):
+        log[3]
+    state.apply_snapshot([Dataset("a"), Dataset("b"), Dataset("c")], [old, mid, fresh])
+    log = state.log_jobs()
+    assert len(log) == 3 and log[0] is fresh  # now read from the store, once only
+    finished = stored("b", 2, JobStatus.COMPLETED)
+    state.apply_job(finished)  # ours no longer: the stored copy until the next read
+    assert state.log_jobs()[1] is mid
+    assert state.log_name_width == 1
+    state.apply_job(stored("a-long-name", 4))
+    assert state.log_name_width == len("a-long-name")  # a job not read yet counts too
+
+
+def test_the_heap_is_frozen_after_a_read_of_many_new_rows() -> None:
+    heap = HeapFreezer()
+    gc.unfreeze()  # whatever an app earlier in this process froze
+    try:
+        heap.after_read(FREEZE_ROWS - 1)  # a small store: nothing to gain
+        assert gc.get_freeze_count() == 0
+        heap.after_read(FREEZE_ROWS)
+        frozen = gc.get_freeze_count()
+        assert frozen > 0
+        heap.after_read(FREEZE_ROWS + 10)  # a few more rows: not again
+        assert gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()
+
+
+def test_a_job_we_adopted_counts_once_before_the_store_says_it_is_ours() -> None:
+    state = DashboardState(own_engine="me", clock=Clock())
+    orphans = [job(n, JobStatus.WAITING, owner="gone") for n in "ab"]
+    state.apply_snapshot([Dataset(n) for n in "abc"], orphans)
+    assert state.totals(shown=3).queued == 2
+    state.apply_job(job("a", JobStatus.WAITING, owner="me"))  # adopted, not yet re-read
+    state.apply_job(job("c", JobStatus.WAITING, owner="me"))
+    assert state.totals(shown=3).queued == 3

@@ -241,6 +241,24 @@ async def test_command_palette_runs_actions(
         assert cell(app, "alpha", "status") == "downloaded"
 
 
+async def test_the_palette_runs_no_row_action_over_the_job_log(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    app = make_app(home, serve(server, catalog, "alpha", "beta"))
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
+        await loaded(pilot)
+        await pilot.press("l")
+        assert app.log_open
+        await pilot.press("ctrl+p", *"every dataset")
+        await until(pilot, lambda: app.screen.query_one(CommandList).option_count > 0)
+        await pilot.pause(0.3)  # let the list settle on the best match
+        await pilot.press("enter")
+        await until(pilot, lambda: len(app.screen_stack) == 1)
+        await pilot.pause()
+        assert app.log_open and app.repo.jobs() == []
+        assert server.requests("alpha.bin") == [] and server.requests("beta.bin") == []
+
+
 async def test_another_process_shows_within_two_seconds(
     server: FileServer, home: Path, catalog: CatalogFn
 ) -> None:

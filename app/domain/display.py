@@ -21,7 +21,7 @@ RATE_WARMUP = 1.0  # seconds of samples before a rate (and so an ETA) is shown
 ETA_MAX = 100 * 3600.0  # an ETA beyond this is noise from a near-stalled stream: not shown
 SPARK = "▁▂▃▄▅▆▇█"
 _HTTP_CODE = re.compile(r"\bHTTP (\d{3})\b")
-_URL_TAIL = re.compile(r" (?:from|for) https?://\S+")
+_URL_TAIL = re.compile(r" (?:(?:from|for) https?://\S+|\(https?://[^)\s]*\))")
 _HEX = re.compile(r"\b([0-9a-f]{8})[0-9a-f]{24,}\b")
 _RETRY = re.compile(r"^attempt \d+ failed: (.*); retrying in [\d.]+ s$", re.DOTALL)
 

@@ -106,6 +106,9 @@ def test_retry_and_failure_texts() -> None:
     assert short_cause("HTTP 404 Not Found from http://127.0.0.1:9/x (after 4 attempts)") == (
         "HTTP 404 Not Found (after 4 attempts)"
     )
+    assert short_cause("size mismatch: expected 9 bytes, server announces 6 (http://h:1/a)") == (
+        "size mismatch: expected 9 bytes, server announces 6"
+    )
 
 
 def test_rows_say_pending_cancel_delete_pause_and_retry_at_once() -> None:

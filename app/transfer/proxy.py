@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import ssl
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -112,23 +114,33 @@ def _variable(proxy: str) -> str:
 
 
 class ProxyRouter(httpx.BaseTransport):
-    """Sends each request direct or through its proxy, as `ProxyConfig` says."""
+    """Sends each request direct or through its proxy, as `ProxyConfig` says.
+
+    TLS is set up on the first https request of each route, not at start: httpx builds an SSL
+    context and loads the CA bundle (~0.2 s) for every transport it makes, which a catalogue
+    served over plain http never needs. Plain http goes through transports whose SSL context
+    trusts no certificate at all, so a TLS handshake can never pass through one unverified."""
 
     def __init__(self, config: ProxyConfig, **transport: Any) -> None:
         self.config = config
-        self.direct = httpx.HTTPTransport(**transport)
-        self.proxied: dict[str, httpx.HTTPTransport] = {}
-        for proxy in {p for p in (config.http, config.https) if p}:
-            try:
-                self.proxied[proxy] = httpx.HTTPTransport(proxy=proxy, **transport)
-            except ImportError:
-                raise BadInput(f"{_variable(proxy)} is a SOCKS proxy: {SOCKS_HINT}") from None
-            except ValueError as exc:
-                raise BadInput(f"{_variable(proxy)} cannot be used: {exc}") from None
+        self._options = transport
+        self._routes: dict[tuple[str | None, bool], httpx.HTTPTransport] = {}
+        self._lock = threading.Lock()  # transfers run in several threads
+        # The plain transports now: a proxy that cannot be used is refused at start.
+        for proxy in (None, *sorted({p for p in (config.http, config.https) if p})):
+            self._transport(proxy, tls=False)
+
+    def _transport(self, proxy: str | None, tls: bool) -> httpx.HTTPTransport:
+        with self._lock:
+            found = self._routes.get((proxy, tls))
+            if found is None:
+                options = self._options if tls else {**self._options, "verify": _trusts_nothing()}
+                found = self._routes[proxy, tls] = _build(proxy, options)
+            return found
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         proxy = self.config.for_url(request.url)
-        transport = self.direct if proxy is None else self.proxied[proxy]
+        transport = self._transport(proxy, tls=request.url.scheme == "https")
         try:
             return transport.handle_request(request)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.ProxyError) as exc:
@@ -137,8 +149,26 @@ class ProxyRouter(httpx.BaseTransport):
             raise httpx.ProxyError(f"{_variable(proxy)} failed: {exc}", request=request) from exc
 
     def close(self) -> None:
-        for transport in (self.direct, *self.proxied.values()):
+        with self._lock:
+            transports = list(self._routes.values())
+        for transport in transports:
             transport.close()
+
+
+def _trusts_nothing() -> ssl.SSLContext:
+    """An SSL context with verification on and no CA loaded (cheap: no bundle is read)."""
+    return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+
+
+def _build(proxy: str | None, options: dict[str, Any]) -> httpx.HTTPTransport:
+    if proxy is None:
+        return httpx.HTTPTransport(**options)
+    try:
+        return httpx.HTTPTransport(proxy=proxy, **options)
+    except ImportError:
+        raise BadInput(f"{_variable(proxy)} is a SOCKS proxy: {SOCKS_HINT}") from None
+    except ValueError as exc:
+        raise BadInput(f"{_variable(proxy)} cannot be used: {exc}") from None
 
 
 def make_client(timeout: httpx.Timeout, limits: httpx.Limits) -> httpx.Client:

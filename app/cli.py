@@ -212,7 +212,7 @@ def cmd_cache(args: argparse.Namespace, settings: Settings, repo: Repository) ->
 
 def job_params(args: argparse.Namespace, repo: Repository) -> list[dict[str, Any]]:
     """The params of each job --run-job asked for, validated before anything starts."""
-    names = {d.name for d in repo.datasets()}
+    names = repo.dataset_names()
     given: list[dict[str, Any]] = []
     if args.params:
         try:

@@ -129,7 +129,13 @@ class Repository:
         return self._parse(Dataset.from_dict, raw, "dataset")
 
     def dataset_names(self) -> frozenset[str]:
-        return frozenset(d["name"] for d in self._store.all(_DATASETS))
+        return frozenset(self._store.keys(_DATASETS))  # rows are stored under their name
+
+    def datasets_in(self, statuses: Iterable[Status]) -> list[Dataset]:
+        """The rows in one of `statuses` (only those are parsed)."""
+        wanted = frozenset(s.value for s in statuses)
+        docs = self._store.where(_DATASETS, "status", wanted)
+        return sorted((self.parse_dataset(d) for d in docs), key=lambda d: d.name)
 
     def dataset(self, name: str) -> Dataset:
         raw = self._store.get(_DATASETS, name)
@@ -176,8 +182,7 @@ class Repository:
 
     def unfinished_jobs(self) -> list[Job]:
         """The jobs not ended yet (only those rows are parsed: most are finished)."""
-        docs = self._store.all(_JOBS)
-        return [self.parse_job(d) for d in docs if d.get("status") in _UNFINISHED]
+        return [self.parse_job(d) for d in self._store.where(_JOBS, "status", _UNFINISHED)]
 
     def job(self, job_id: str) -> Job | None:
         raw = self._store.get(_JOBS, job_id)

@@ -81,6 +81,17 @@ class Store:
         with self._storage.mutex:
             return [dict(d) for d in self._storage.read().get(table, {}).values()]
 
+    def keys(self, table: str) -> list[str]:
+        with self._storage.mutex:
+            return list(self._storage.read().get(table, {}))
+
+    def where(self, table: str, field: str, values: frozenset[Any]) -> list[Doc]:
+        """Copies of the documents whose `field` is one of `values` (the others are not
+        copied: most jobs are finished, most rows at rest)."""
+        with self._storage.mutex:
+            rows = self._storage.read().get(table, {}).values()
+            return [dict(d) for d in rows if d.get(field) in values]
+
     def get(self, table: str, key: str) -> Doc | None:
         with self._storage.mutex:
             doc = self._tables[table].get(doc_id=_id(key))

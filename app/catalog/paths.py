@@ -61,13 +61,15 @@ def member_problem(relative: str) -> str | None:
 class Resolver:
     """Resolves `local_path`s under one home, following symlinks, refusing escapes.
 
-    The home and each folder are resolved once per instance (a catalogue of 10,000 entries
-    shares a few folders); make a new one for each pass, since symlinks can change later.
+    The home, each folder and each path are resolved once per instance (a catalogue of
+    10,000 entries shares a few folders; a pass may ask for one path twice); make a new one
+    for each pass, since symlinks can change later.
     """
 
     def __init__(self, home: Path) -> None:
         self.root = home.resolve()
-        self._folders: dict[str, Path] = {}
+        self._folders: dict[str, tuple[Path, PurePath | None]] = {}
+        self._done: dict[str, Path] = {}
 
     def __call__(self, local_path: str) -> Path:
         """The absolute path of `local_path` under the home, after following symlinks.
@@ -75,23 +77,37 @@ class Resolver:
         Raises ValueError when it is not a plain relative path, resolves outside the home or
         would take the place of one of dsm's own files.
         """
+        done = self._done.get(local_path)
+        if done is not None:
+            return done
         problem = local_path_problem(local_path)
         if problem:
             raise ValueError(f"local_path {local_path!r} {problem}")
         rel = PurePosixPath(local_path)
-        folder = self._folders.get(str(rel.parent))
-        if folder is None:
-            folder = self._folders[str(rel.parent)] = (self.root / rel.parent).resolve()
+        folder, inside = self._folder(str(rel.parent))
         target = folder / rel.name
+        root = self.root
         if target.is_symlink():
             target = target.resolve()
-        root = self.root
-        if not target.is_relative_to(root) or target == root:
+            inside = target.relative_to(root) if target.is_relative_to(root) else None
+        elif inside is not None:  # a plain name in a resolved folder: no pathlib walk again
+            inside = inside / rel.name
+        if inside is None or target == root:
             raise ValueError(f"local_path {local_path!r} resolves outside the data home {root}")
-        reserved = reserved_problem(target.relative_to(root))
+        reserved = reserved_problem(inside)
         if reserved:
             raise ValueError(f"local_path {local_path!r} {reserved}")
+        self._done[local_path] = target
         return target
+
+    def _folder(self, parent: str) -> tuple[Path, PurePath | None]:
+        """A folder resolved, and its path relative to the home (None: outside it)."""
+        found = self._folders.get(parent)
+        if found is None:
+            folder = (self.root / parent).resolve()
+            inside = folder.relative_to(self.root) if folder.is_relative_to(self.root) else None
+            found = self._folders[parent] = (folder, inside)
+        return found
 
 
 def resolve_inside(home: Path, local_path: str) -> Path:

@@ -322,8 +322,11 @@ def forget_install(path: Path, sha256: str | None = None) -> None:
     """Drop the install record (with `sha256`: only if it still names that copy, not a newer
     download's; such a record is left when a kill came after the store took the copy)."""
     part = part_of(path)
+    side = sidecar_path(part)
+    if not os.path.lexists(side):  # the common case, asked per dataset by a no-op `--all`
+        return
     if sha256 is None or read_sidecar(part).get("installed_sha256") == sha256:
-        sidecar_path(part).unlink(missing_ok=True)
+        side.unlink(missing_ok=True)
 
 
 def sha256_of(path: Path) -> str:

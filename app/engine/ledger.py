@@ -343,8 +343,8 @@ class Ledger:
     def _reconcile(self, running: set[str], waiting: set[str]) -> None:
         """Active rows: untouched while a live process's job owns them (it may be
         downloading: issue 12.5), queued when their job waits, else at rest."""
-        for ds in self.repo.datasets():
-            if ds.status not in ACTIVE or ds.download_job_id in running:
+        for ds in self.repo.datasets_in(ACTIVE):
+            if ds.download_job_id in running:
                 continue
             if ds.download_job_id in waiting:
                 if ds.status != Status.QUEUED:

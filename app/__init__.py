@@ -15,7 +15,9 @@ NetworkError.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import sys
+import types
+from typing import TYPE_CHECKING, Any
 
 from dsm.version import __version__
 
@@ -74,3 +76,36 @@ def __getattr__(name: str) -> object:
 
 def __dir__() -> list[str]:
     return sorted({*globals(), *__all__})
+
+
+def _defer_httpx_command_line() -> None:
+    """Put a stand-in for `httpx._main` until something uses it.
+
+    `import httpx` imports its command line (`httpx._main`), which imports click, rich and
+    pygments whenever they are installed (Textual brings rich): ~0.1 s of every dsm start,
+    for a command dsm never runs. The first use of any of its names loads the real module.
+    """
+    if "httpx" in sys.modules:  # loaded already, command line and all
+        return
+    stub = types.ModuleType("httpx._main", _defer_httpx_command_line.__doc__)
+
+    def real() -> types.ModuleType:
+        import importlib
+
+        if sys.modules.get(stub.__name__) is stub:
+            del sys.modules[stub.__name__]
+        return importlib.import_module(stub.__name__)
+
+    def main(*args: Any, **kwargs: Any) -> Any:
+        return real().main(*args, **kwargs)
+
+    def __getattr__(name: str) -> Any:
+        if name.startswith("__"):  # the import system asks for __path__ and the like
+            raise AttributeError(name)
+        return getattr(real(), name)
+
+    vars(stub).update(main=main, __getattr__=__getattr__)
+    sys.modules[stub.__name__] = stub
+
+
+_defer_httpx_command_line()

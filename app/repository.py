@@ -37,6 +37,7 @@ _CATALOG_STAMP = "catalog"
 _IDEMPOTENCY = "idempotency_keys"  # kept in the job's own document, pruned with it
 _PROGRESS_FIELDS = ("progress", "bytes_done", "bytes_total", "rate")
 _WAITING_FIELDS = ("error", "started_ms", "finished_ms")
+_SUMMARY_FIELDS = ("id", "dataset", "status", "created_ms", "owner")
 _UNFINISHED = frozenset(s.value for s in JobStatus if not s.finished)
 
 
@@ -68,8 +69,9 @@ class Repository:
         before anything is written."""
         repo = cls(Store(path))
         repo._store.check()
-        repo.datasets()
-        repo.jobs()
+        # Row by row, nothing kept: 10,000 parsed rows at once cost ~30 MB of peak memory.
+        repo._store.check_each(_DATASETS, repo.parse_dataset)
+        repo._store.check_each(_JOBS, repo.parse_job)
         return repo
 
     @property
@@ -195,9 +197,14 @@ class Repository:
         self._store.put_many(_JOBS, {j.id: j.to_dict() for j in jobs})
 
     def remove_jobs(self, job_ids: Iterable[str]) -> None:
-        with self._store.transaction():
-            for job_id in job_ids:
-                self._store.remove(_JOBS, job_id)
+        self._store.remove_many(_JOBS, job_ids)
+
+    def job_summaries(self, datasets: frozenset[str] | None = None) -> list[dict[str, Any]]:
+        """What retention looks at (id, dataset, status, created_ms, owner) of every job, or
+        of the jobs of `datasets`: a fraction of the cost of copying whole documents."""
+        if datasets is None:
+            return self._store.project(_JOBS, _SUMMARY_FIELDS)
+        return self._store.where(_JOBS, "dataset", datasets, _SUMMARY_FIELDS)
 
     def write_progress(self, jobs: list[Job]) -> None:
         """Record the progress of running jobs, and of their datasets' rows where the row

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
@@ -13,11 +13,6 @@ from tinydb.table import Table
 from dsm.store.storage import AtomicJSONStorage
 
 Doc = dict[str, Any]
-
-
-def _id(key: str) -> int:
-    """KeyedTable's ids are strings; TinyDB's annotations only know int ids."""
-    return cast(int, key)
 
 
 class KeyedTable(Table):
@@ -37,9 +32,6 @@ class Store:
         self.path = path
         self._db = _TinyDB(path, storage=AtomicJSONStorage)
         self._storage = cast(AtomicJSONStorage, self._db.storage)
-        self._tables = {
-            n: self._db.table(n, cache_size=0) for n in ("datasets", "jobs", "meta", "cancels")
-        }
 
     @contextmanager
     def transaction(self, defer: bool = False) -> Iterator[Store]:
@@ -81,20 +73,42 @@ class Store:
         with self._storage.mutex:
             return [dict(d) for d in self._storage.read().get(table, {}).values()]
 
+    def check_each(self, table: str, check: Callable[[Doc], object]) -> None:
+        """Call `check` on every document in place (no copies: it must not change them)."""
+        with self._storage.mutex:
+            for doc in self._storage.read().get(table, {}).values():
+                check(doc)
+
     def keys(self, table: str) -> list[str]:
         with self._storage.mutex:
             return list(self._storage.read().get(table, {}))
 
-    def where(self, table: str, field: str, values: frozenset[Any]) -> list[Doc]:
+    def where(
+        self,
+        table: str,
+        field: str,
+        values: frozenset[Any],
+        only: tuple[str, ...] | None = None,
+    ) -> list[Doc]:
         """Copies of the documents whose `field` is one of `values` (the others are not
-        copied: most jobs are finished, most rows at rest)."""
+        copied: most jobs are finished, most rows at rest); with `only`, of those fields."""
         with self._storage.mutex:
             rows = self._storage.read().get(table, {}).values()
-            return [dict(d) for d in rows if d.get(field) in values]
+            if only is None:
+                return [dict(d) for d in rows if d.get(field) in values]
+            return [{k: d.get(k) for k in only} for d in rows if d.get(field) in values]
+
+    def project(self, table: str, only: tuple[str, ...]) -> list[Doc]:
+        """These fields of every document (cheaper than copying them whole)."""
+        with self._storage.mutex:
+            return [
+                {k: d.get(k) for k in only} for d in self._storage.read().get(table, {}).values()
+            ]
 
     def get(self, table: str, key: str) -> Doc | None:
+        # The table's dict directly, as `all`: TinyDB's Table.get copies into a Document.
         with self._storage.mutex:
-            doc = self._tables[table].get(doc_id=_id(key))
+            doc = self._storage.read().get(table, {}).get(key)
             return dict(doc) if doc is not None else None
 
     # -- writes ------------------------------------------------------------------------
@@ -127,9 +141,17 @@ class Store:
             return True
 
     def remove(self, table: str, key: str) -> None:
+        self.remove_many(table, [key])
+
+    def remove_many(self, table: str, keys: Iterable[str]) -> None:
+        """Remove the documents stored under `keys` (absent ones are no error), at once."""
         with self.transaction():
-            if self.get(table, key) is not None:
-                del self._rows(table)[key]
+            rows = self._storage.read().get(table, {})
+            gone = [k for k in keys if k in rows]
+            if gone:
+                rows = self._rows(table)
+                for key in gone:
+                    del rows[key]
 
     def close(self) -> None:
         self._db.close()

@@ -46,7 +46,8 @@ def jobs_to_prune(docs: list[dict[str, Any]], owner: str | None = None) -> list[
     """Retention: per dataset its newest finished job, and its newest that did not end well
     (failed, canceled, timed out) when that is an older one, so the store stays proportional
     to the catalogue. The jobs of the engine `owner` are kept while it runs (its callers may
-    still read them). `docs`: the stored job rows (not parsed: 10,000 Jobs cost ~1 s)."""
+    still read them). `docs`: the stored job rows or their summaries (not parsed: 10,000
+    Jobs cost ~1 s)."""
     newest: dict[tuple[str, bool], tuple[int, str]] = {}
     ended = [d for d in docs if JobStatus(d["status"]).finished]
     for doc in ended:
@@ -131,7 +132,7 @@ class Ledger:
         self._after = []
 
     def _prune(self) -> None:
-        self.repo.remove_jobs(jobs_to_prune(self.repo.job_documents(), self.owner))
+        self.repo.remove_jobs(jobs_to_prune(self.repo.job_summaries(), self.owner))
 
     def _commit(self, after: list[Callable[[], None]]) -> None:
         self.repo.flush()
@@ -156,9 +157,12 @@ class Ledger:
         alive: dict[str, bool] = {}
         resolver = Resolver(self.settings.home)  # one pass over the datasets
         with self.repo.transaction():
-            rows = {j.dataset: self.repo.dataset(j.dataset) for j in jobs}
+            rows: dict[str, Dataset] = {}
             for job in jobs:
-                self._nothing_to_do(job, rows[job.dataset], resolver)
+                ds = rows.get(job.dataset) or self.repo.dataset(job.dataset)
+                self._nothing_to_do(job, ds, resolver)
+                if not job.status.finished:  # kept for the jobs queued (a second --all: none)
+                    rows[job.dataset] = ds
             found = self.repo.find_or_add_jobs(
                 jobs,
                 lambda j: (
@@ -168,6 +172,9 @@ class Ledger:
                 request if key is not None else None,
             )
             new = {j.id for j in jobs}
+            ended = frozenset(j.dataset for j in found if j.id in new and j.status.finished)
+            if ended:  # the jobs these supersede go in this write, not in another at stop
+                self.repo.remove_jobs(jobs_to_prune(self.repo.job_summaries(ended), self.owner))
             for job in (j for j in found if j.id in new and not j.status.finished):
                 ds = rows[job.dataset]
                 if ds.status in AT_REST and job.dataset not in queued:
@@ -337,7 +344,7 @@ class Ledger:
                 self.repo.save_job(job)
                 adopted.append(job)
             self._reconcile(running, waiting)
-            self.repo.remove_jobs(jobs_to_prune(self.repo.job_documents()))
+            self.repo.remove_jobs(jobs_to_prune(self.repo.job_summaries()))
         return adopted
 
     def _reconcile(self, running: set[str], waiting: set[str]) -> None:

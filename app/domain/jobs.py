@@ -84,7 +84,7 @@ def parse_params(raw: object, known: set[str] | frozenset[str]) -> JobParams:
     return JobParams(dataset=name, force_download=force)
 
 
-@dataclass
+@dataclass(slots=True)  # ~5x smaller than a dict per instance: 10,000 of them at once
 class Job:
     type: JobType
     dataset: str

@@ -48,7 +48,7 @@ def check_transition(name: str, old: Status, new: Status) -> None:
         raise InvalidTransition(f"dataset {name}: {old.value} -> {new.value} is not allowed")
 
 
-@dataclass
+@dataclass(slots=True)  # ~5x smaller than a dict per instance: 10,000 of them at once
 class Dataset:
     """One dataset: static fields from the catalogue, runtime fields kept by the engine.
 

@@ -10,6 +10,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 
@@ -20,7 +21,9 @@ from dsm.engine import files
 from dsm.errors import TransferError
 from dsm.transfer.http import Fetched, public_url
 from dsm.transfer.partfile import discard_partial, read_sidecar, write_sidecar
-from dsm.transfer.s3cache import CachedFile, CacheError, TeamCache
+
+if TYPE_CHECKING:
+    from dsm.transfer.s3cache import CachedFile, TeamCache
 
 log = logging.getLogger("dsm.cache")
 
@@ -53,9 +56,11 @@ def carry_partial(part: Path, url: str) -> None:
 
 class CacheSide:
     def __init__(self, settings: Settings) -> None:
-        self.cache = (
-            TeamCache(settings.cache_url, push=settings.cache_push) if settings.cache_url else None
-        )
+        self.cache: TeamCache | None = None
+        if settings.cache_url:  # obstore loads only for a configured cache
+            from dsm.transfer.s3cache import TeamCache
+
+            self.cache = TeamCache(settings.cache_url, push=settings.cache_push)
         self._resting_until = 0.0
         self._warned = False
         self._lock = threading.Lock()
@@ -77,6 +82,8 @@ class CacheSide:
         """The cached copy of `ds`, by its expected checksum or its source's pointer."""
         if self.cache is None or not self.enabled:
             return None
+        from dsm.transfer.s3cache import CacheError
+
         try:
             return self.cache.find(ds.expected_sha256, ds.original_url)
         except CacheError as exc:
@@ -115,6 +122,8 @@ class CacheSide:
         """Share a verified file with the team, unless pushing is off."""
         if self.cache is None or not self.cache.push or not self.enabled:
             return
+        from dsm.transfer.s3cache import CacheError
+
         try:
             self.cache.publish(path, sha256, size, ds.original_url)
         except (CacheError, OSError) as exc:
@@ -122,6 +131,8 @@ class CacheSide:
 
     def push(self, home: Path, datasets: list[Dataset]) -> tuple[list[str], list[str]]:
         """Publish every dataset whose local copy is still verified; (pushed, not pushed)."""
+        from dsm.transfer.s3cache import CacheError
+
         if self.cache is None:
             raise CacheError("no team cache: set DSM_CACHE_URL or --cache-url")
         pushed: list[str] = []
@@ -138,6 +149,8 @@ class CacheSide:
 
     def report(self, datasets: list[Dataset]) -> CacheReport:
         """Where the cache is, whether it answers, and how much of the catalogue it holds."""
+        from dsm.transfer.s3cache import CacheError
+
         if self.cache is None:
             raise CacheError("no team cache: set DSM_CACHE_URL or --cache-url")
         url, held, known = self.cache.url, 0, 0

@@ -9,12 +9,11 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dsm.catalog.paths import ARCHIVES_DIR, Resolver, member_problem
 from dsm.domain.hub import ManifestFile
 from dsm.domain.model import Dataset
-from dsm.engine import unpack
 from dsm.transfer.http import Digest, Fetched
 from dsm.transfer.partfile import (
     discard_partial,
@@ -23,6 +22,9 @@ from dsm.transfer.partfile import (
     target_lock,
     write_sidecar,
 )
+
+if TYPE_CHECKING:
+    from dsm.engine.unpack import Unpacked
 
 HASH_BLOCK = 4 << 20
 RESET_FIELDS: dict[str, Any] = {
@@ -246,6 +248,8 @@ def install_tree(path: Path, listing: list[ManifestFile]) -> list[ManifestFile]:
     """Swap the verified staging folder (`part_of(path)`) into place; the old copy stays
     until then. Returns the listing with each file's mtime stamp (what `still_verified`
     compares)."""
+    from dsm.engine import unpack  # tarfile, zipfile, lzma: for archives only
+
     _prune(part_of(path), {f.path for f in listing})
     unpack.place(path)
     fsync_dir(path.parent)
@@ -296,6 +300,8 @@ def install(
     part = part_of(path)
     write_sidecar(part, {"installed_sha256": sha256, "size": size, "unconfirmed": unconfirmed})
     if path.is_dir() and not path.is_symlink():  # dsm's earlier tree (see folder_problem)
+        from dsm.engine import unpack  # tarfile, zipfile, lzma: for archives only
+
         unpack.place(path)
     else:
         os.replace(part, path)
@@ -417,6 +423,8 @@ def writers_stopped(home: Path, ds: Dataset) -> None:
 def remove(path: Path) -> None:
     """Remove the file (or a multi-file dataset's folder) and any partial download of it (the
     path is already inside the home)."""
+    from dsm.engine import unpack  # tarfile, zipfile, lzma: for archives only
+
     part = part_of(path)
     with target_lock(part):  # a canceled transfer may still be finishing its last write
         unpack.remove_tree(path)  # and a staging folder, a copy on its way out
@@ -424,7 +432,7 @@ def remove(path: Path) -> None:
 
 
 # -- unpacked datasets: the file list recorded at unpack time ---------------------------
-def write_manifest(home: Path, ds: Dataset, unpacked: list[unpack.Unpacked]) -> None:
+def write_manifest(home: Path, ds: Dataset, unpacked: list[Unpacked]) -> None:
     """Record the unpacked files beside the archive. A file, not the row (as a Hub dataset's
     few files are): an archive of 100,000 files would slow every write of the store."""
     folder = archive_dir(home, ds)
@@ -443,15 +451,19 @@ def drop_archive(home: Path, ds: Dataset) -> None:
 
 def remove_unpacked(home: Path, ds: Dataset) -> None:
     """An unpacked dataset's tree (and any copy on its way in or out), archive and list."""
+    from dsm.engine import unpack  # tarfile, zipfile, lzma: for archives only
+
     unpack.remove_tree(local(home, ds))
     shutil.rmtree(archive_dir(home, ds), ignore_errors=True)
 
 
 def _tree_problem(home: Path, ds: Dataset) -> str | None:
     """Why the unpacked tree is not the one recorded at unpack time, or None."""
+    from dsm.engine.unpack import Unpacked  # tarfile, zipfile, lzma: for archives only
+
     try:
         doc = json.loads((archive_dir(home, ds) / MANIFEST).read_text(encoding="utf-8"))
-        recorded = [unpack.Unpacked(**u) for u in doc["files"]]
+        recorded = [Unpacked(**u) for u in doc["files"]]
         tree = local(home, ds)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return f"cannot verify the unpacked files: {exc}"

@@ -15,7 +15,7 @@ import random
 from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import httpx
@@ -27,7 +27,7 @@ from dsm.domain.hub import ManifestFile, catalogue_listing, is_hub
 from dsm.domain.jobs import Job, JobStatus, JobType
 from dsm.domain.model import Dataset, Status
 from dsm.domain.redact import REDACTED
-from dsm.engine import files, unpack
+from dsm.engine import files
 from dsm.engine.cache import SERVED_BY_CACHE, CacheSide
 from dsm.engine.hubjob import HubDownload
 from dsm.engine.ledger import Ledger
@@ -47,6 +47,9 @@ from dsm.transfer import single as transfer
 from dsm.transfer.http import Fetched, HostSlots, Policy, RetryBudget, secure_origin
 from dsm.transfer.hub import auth_headers
 from dsm.transfer.partfile import discard_partial
+
+if TYPE_CHECKING:
+    from dsm.engine.unpack import Unpacked
 
 Emit = Callable[[EventKind, Job, Dataset | None], None]
 Handler = Callable[[Job, Dataset, bool], Awaitable[Outcome]]
@@ -74,12 +77,14 @@ def host_headers(settings: Settings, url: str) -> dict[str, str]:
 
 async def unpack_archive(
     settings: Settings, ds: Dataset, archive: Path
-) -> list[unpack.Unpacked] | Outcome | None:
+) -> list[Unpacked] | Outcome | None:
     """Unpack a verified archive into the temporary path beside local_path (None for a
     dataset that is not unpacked). A refused archive is kept: its bytes are what the
     catalogue describes, so fetching it again would not help (--force-download does)."""
     if ds.extract is None:
         return None
+    from dsm.engine import unpack  # tarfile, zipfile, lzma: for archives only
+
     limits = unpack.Limits(settings.extract_max_bytes, settings.extract_max_members)
     try:
         return await anyio.to_thread.run_sync(
@@ -95,7 +100,7 @@ async def unpack_archive(
 
 
 async def place_unpacked(
-    settings: Settings, ds: Dataset, unpacked: list[unpack.Unpacked] | None
+    settings: Settings, ds: Dataset, unpacked: list[Unpacked] | None
 ) -> dict[str, Any]:
     """Record the file list, then move the unpacked copy into place; the row's fields."""
     home = settings.home
@@ -103,6 +108,8 @@ async def place_unpacked(
         await anyio.to_thread.run_sync(files.drop_archive, home, ds)
         return {"file_count": None, "unpacked_size": None}
     await anyio.to_thread.run_sync(files.write_manifest, home, ds, unpacked)
+    from dsm.engine import unpack  # loaded by unpack_archive already
+
     await anyio.to_thread.run_sync(unpack.place, files.local(home, ds))
     return {"file_count": len(unpacked), "unpacked_size": sum(u.size for u in unpacked)}
 

@@ -25,7 +25,11 @@ PROBE = textwrap.dedent(
     code = main(json.loads(sys.argv[1]))
     loaded = sorted(m for m in sys.modules if m == "textual" or m.startswith("textual."))
     ui = sorted(m for m in sys.modules if m.startswith(("dsm.tui", "dsm.widgets")))
-    print(json.dumps({"code": code, "textual": loaded, "ui": ui}), file=sys.stderr)
+    # Loaded only when used: archives, the team cache, httpx's command line.
+    lazy = ("tarfile", "zipfile", "obstore", "click", "rich", "pygments", "dsm.engine.unpack")
+    heavy = sorted(m for m in lazy if m in sys.modules)
+    report = {"code": code, "textual": loaded, "ui": ui, "heavy": heavy}
+    print(json.dumps(report), file=sys.stderr)
     """
 )
 
@@ -75,6 +79,7 @@ def test_run_job_loads_no_textual(home: Path, catalog: CatalogFn, server: FileSe
     assert report["code"] == 0
     assert report["textual"] == []
     assert report["ui"] == []
+    assert report["heavy"] == []
     assert (home / "data" / "alpha").read_bytes() == body  # the job really ran
     assert len(server.requests("alpha.csv")) == 1
 
@@ -138,3 +143,22 @@ def test_python_api_loads_no_textual() -> None:
     assert report["loaded"] is True
     assert report["textual"] == []
     assert report["star"] == sorted(dsm.__all__)
+
+
+def test_httpx_command_line_loads_on_first_use() -> None:
+    """dsm defers httpx's command line (click, rich, pygments); using it still works."""
+    code = textwrap.dedent(
+        """
+        import sys
+        import dsm, httpx
+        assert "rich" not in sys.modules and "click" not in sys.modules, "loaded at import"
+        from httpx._main import print_response  # any name loads the real module
+        assert "click" in sys.modules
+        httpx.main(["--help"])
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert "A next generation HTTP client" in result.stdout

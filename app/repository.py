@@ -13,6 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+import orjson
+
 from dsm.domain.jobs import Job, JobStatus
 from dsm.domain.model import Dataset, Status
 from dsm.errors import BadInput, UnknownDataset
@@ -49,8 +51,9 @@ class IdempotencyMismatch(BadInput):
     """An idempotency key sent again with a request that differs from its first one."""
 
 
-def _twin_key(job: Job) -> str:
-    return json.dumps([job.type.value, job.dataset, job.params], sort_keys=True)
+def _twin_key(job: Job) -> bytes:
+    # orjson: the stdlib's sort_keys dumps took ~10 us a job (10,000 at an `--all`).
+    return orjson.dumps([job.type.value, job.dataset, job.params], option=orjson.OPT_SORT_KEYS)
 
 
 def _keys(doc: dict[str, Any]) -> dict[str, Any]:
@@ -261,15 +264,17 @@ class Repository:
                     return [known]
             twins = {_twin_key(j): j for j in self.unfinished_jobs() if reusable(j)}
             out: list[Job] = []
+            added: dict[str, dict[str, Any]] = {}
             for job in jobs:
                 found = twins.setdefault(_twin_key(job), job)
                 keys = {key: request} if key is not None else {}
                 if found is job:
-                    self._store.put(_JOBS, job.id, {**job.to_dict(), _IDEMPOTENCY: keys})
-                elif keys:
+                    added[job.id] = {**job.to_dict(), _IDEMPOTENCY: keys}
+                elif keys:  # one job, and its twin was stored before this call
                     stored = self._store.get(_JOBS, found.id) or {}
                     self._store.update(_JOBS, found.id, {_IDEMPOTENCY: {**_keys(stored), **keys}})
                 out.append(found)
+            self._store.put_many(_JOBS, added)
             return out
 
     def _job_by_key(self, key: str, request: dict[str, Any] | None) -> Job | None:

@@ -126,7 +126,9 @@ class Store:
         self.put_many(table, {key: doc})
 
     def put_many(self, table: str, docs: dict[str, Doc]) -> None:
-        """Insert or merge many documents in one transaction."""
+        """Insert or merge many documents in one transaction (none: no write)."""
+        if not docs:
+            return
         with self.transaction():
             rows = self._rows(table)
             for key, doc in docs.items():

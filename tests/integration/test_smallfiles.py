@@ -4,6 +4,7 @@ pruned so the store stays proportional to the catalogue."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -91,3 +92,25 @@ async def test_finished_jobs_are_pruned_to_the_newest_and_the_newest_failure(
     kept = {j.id for j in repo.jobs()}
     # The newest job of each dataset, plus bad's failure of the first run.
     assert kept == {j.id for j in third.jobs} | {first.jobs[-1].id}
+
+
+def test_a_second_all_with_nothing_to_do_keeps_the_store_the_same_size(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    """Each `--all` with nothing to do replaces every dataset's job by its skipped one in
+    the same write: one job per dataset, db.json the same size run after run."""
+    files = small_files(30)
+    cat = catalog(entries(server, files, with_sha=True))
+    assert run_dsm("--run-job", "download", "--all", home=home, catalog_path=cat).returncode == 0
+    db = home / "db.json"
+    sizes = []
+    for _ in range(3):
+        again = run_dsm("--run-job", "download", "--all", home=home, catalog_path=cat)
+        assert again.returncode == 0, again.stderr
+        assert again.stderr.count(": skipped: already downloaded") == len(files)
+        sizes.append(db.stat().st_size)
+        stored = json.loads(db.read_bytes())
+        assert len(stored["jobs"]) == len(files)
+        assert {j["status"] for j in stored["jobs"].values()} == {"skipped"}
+    assert sizes[1] == sizes[2], sizes
+    assert sum(len(server.requests(f"{n}.bin")) for n in files) == len(files)

@@ -216,6 +216,50 @@ def test_tables_and_keys_in_the_file(tmp_path: Path) -> None:
     assert Repository(Store(db)).job(job.id) == job
 
 
+def test_one_document_a_line(tmp_path: Path) -> None:
+    """The file is one JSON object (any JSON reader takes it whole), one document a line."""
+    db = tmp_path / "db.json"
+    store = Store(db)
+    rows = {f"d{i}": {"name": f"d{i}", "n": i, "url": "http://h/ä"} for i in range(2500)}
+    store.put_many("datasets", rows)
+    store.put("jobs", "j", {"id": "j"})
+    lines = db.read_bytes().splitlines()
+    assert len(lines) == 1 + 2500 + 2  # the first table's head, its rows, the second table
+    assert json.loads(db.read_bytes()) == {"datasets": rows, "jobs": {"j": {"id": "j"}}}
+    assert Store(db).all("datasets") == list(rows.values())
+
+
+def test_a_store_written_whole_on_one_line_is_read_and_rewritten(tmp_path: Path) -> None:
+    """db.json as dsm wrote it before (one line): read as it is, rewritten a line a
+    document at the next write, nothing lost."""
+    db = tmp_path / "db.json"
+    old = {
+        "datasets": {"a": {"name": "a", "size": 1}, "b": {"name": "b"}},
+        "jobs": {"j": {"id": "j", "type": "download", "dataset": "a", "params": {}}},
+        "meta": {"catalog": {"sha256": "x"}},
+    }
+    db.write_bytes(json.dumps(old, separators=(",", ":")).encode())
+    store = Store(db)
+    assert store.get("datasets", "a") == {"name": "a", "size": 1}
+    store.put("datasets", "c", {"name": "c"})
+    assert json.loads(db.read_bytes()) == {
+        **old,
+        "datasets": {**old["datasets"], "c": {"name": "c"}},
+    }
+    assert len(db.read_bytes().splitlines()) > 1
+
+
+def test_a_store_cut_short_is_corrupt(home: Path, catalog: CatalogFn) -> None:
+    """A file of the line layout that lost its end (copied short, a disk fault) is reported
+    as corrupt, not read as fewer rows."""
+    db = home / "db.json"
+    store = Store(db)
+    store.put_many("datasets", {f"d{i}": {"name": f"d{i}"} for i in range(50)})
+    content = db.read_bytes()
+    cut = content[: content.index(b"\n", len(content) // 2) + 1]  # ends on a whole row
+    check_corrupt(home, catalog, ["list", "--json"], cut, "not valid JSON")
+
+
 def test_leftover_temp_files_are_swept(tmp_path: Path) -> None:
     db = tmp_path / "db.json"
     stale = tmp_path / ".db-k1ll3d.tmp"

@@ -233,8 +233,9 @@ def test_a_store_written_whole_on_one_line_is_read_and_rewritten(tmp_path: Path)
     """db.json as dsm wrote it before (one line): read as it is, rewritten a line a
     document at the next write, nothing lost."""
     db = tmp_path / "db.json"
+    rows: dict[str, dict[str, object]] = {"a": {"name": "a", "size": 1}, "b": {"name": "b"}}
     old = {
-        "datasets": {"a": {"name": "a", "size": 1}, "b": {"name": "b"}},
+        "datasets": rows,
         "jobs": {"j": {"id": "j", "type": "download", "dataset": "a", "params": {}}},
         "meta": {"catalog": {"sha256": "x"}},
     }
@@ -244,7 +245,7 @@ def test_a_store_written_whole_on_one_line_is_read_and_rewritten(tmp_path: Path)
     store.put("datasets", "c", {"name": "c"})
     assert json.loads(db.read_bytes()) == {
         **old,
-        "datasets": {**old["datasets"], "c": {"name": "c"}},
+        "datasets": {**rows, "c": {"name": "c"}},
     }
     assert len(db.read_bytes().splitlines()) > 1
 

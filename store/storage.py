@@ -70,20 +70,19 @@ def _check_shape(path: Path, data: object) -> Data:
 
 
 def encode(data: Data) -> Iterator[bytes]:
-    """The tables as one JSON object, one document a line, in pieces of CHUNK_ROWS lines:
-    never the whole 14 MB of a 10,000-dataset store in memory at once as bytes. orjson: at
-    10,000 datasets the stdlib's dumps and loads took ~80 % of a write."""
+    """The tables as orjson writes them whole, in pieces of CHUNK_ROWS documents: never the
+    14 MB of a 10,000-dataset store in memory at once as bytes. orjson: at 10,000 datasets
+    the stdlib's dumps and loads took ~80 % of a write."""
     yield b"{"
     for number, (table, rows) in enumerate(data.items()):
-        yield (b",\n" if number else b"") + orjson.dumps(table) + b":{"
+        yield (b"," if number else b"") + orjson.dumps(table) + b":{"
         items = iter(rows.items())
         first = True
-        while batch := list(itertools.islice(items, CHUNK_ROWS)):
-            lines = [b"\n" + orjson.dumps(key) + b":" + orjson.dumps(doc) for key, doc in batch]
-            yield (b"" if first else b",") + b",".join(lines)
+        while batch := dict(itertools.islice(items, CHUNK_ROWS)):
+            yield (b"" if first else b",") + orjson.dumps(batch)[1:-1]  # without its braces
             first = False
         yield b"}"
-    yield b"}\n"
+    yield b"}"
 
 
 class AtomicJSONStorage(Storage):

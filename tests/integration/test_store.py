@@ -16,12 +16,14 @@ import uuid
 from multiprocessing.connection import Connection
 from pathlib import Path
 
+import orjson
 import pytest
 
 from dsm.domain.jobs import Job, JobType
 from dsm.domain.model import Dataset
 from dsm.repository import Repository
 from dsm.store import Store, StoreCorrupt, StoreError
+from dsm.store.storage import CHUNK_ROWS, encode
 from tests.conftest import CatalogFn, run_dsm
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -216,48 +218,36 @@ def test_tables_and_keys_in_the_file(tmp_path: Path) -> None:
     assert Repository(Store(db)).job(job.id) == job
 
 
-def test_one_document_a_line(tmp_path: Path) -> None:
-    """The file is one JSON object (any JSON reader takes it whole), one document a line."""
+@pytest.mark.parametrize("count", [0, 1, CHUNK_ROWS, 2 * CHUNK_ROWS + 1])
+def test_written_in_pieces_byte_for_byte_as_whole(tmp_path: Path, count: int) -> None:
+    """The file is written a piece at a time, and is exactly what one orjson.dumps of the
+    tables writes (the format of every earlier dsm: nothing to migrate)."""
     db = tmp_path / "db.json"
     store = Store(db)
-    rows = {f"d{i}": {"name": f"d{i}", "n": i, "url": "http://h/ä"} for i in range(2500)}
+    rows = {
+        f"d{i}": {"name": f"d{i}", "n": i, "url": "http://h/ä", "l": [1.5]} for i in range(count)
+    }
     store.put_many("datasets", rows)
-    store.put("jobs", "j", {"id": "j"})
-    lines = db.read_bytes().splitlines()
-    assert len(lines) == 1 + 2500 + 2  # the first table's head, its rows, the second table
-    assert json.loads(db.read_bytes()) == {"datasets": rows, "jobs": {"j": {"id": "j"}}}
+    store.put_many("jobs", {})  # an empty table
+    store.put("meta", "catalog", {"sha256": "x"})
+    data = (
+        {"datasets": rows, "meta": {"catalog": {"sha256": "x"}}}
+        if count
+        else {"meta": {"catalog": {"sha256": "x"}}}
+    )
+    assert db.read_bytes() == orjson.dumps(data)
+    assert b"".join(encode({"a": {}, "b": rows})) == orjson.dumps({"a": {}, "b": rows})
     assert Store(db).all("datasets") == list(rows.values())
 
 
-def test_a_store_written_whole_on_one_line_is_read_and_rewritten(tmp_path: Path) -> None:
-    """db.json as dsm wrote it before (one line): read as it is, rewritten a line a
-    document at the next write, nothing lost."""
-    db = tmp_path / "db.json"
-    rows: dict[str, dict[str, object]] = {"a": {"name": "a", "size": 1}, "b": {"name": "b"}}
-    old = {
-        "datasets": rows,
-        "jobs": {"j": {"id": "j", "type": "download", "dataset": "a", "params": {}}},
-        "meta": {"catalog": {"sha256": "x"}},
-    }
-    db.write_bytes(json.dumps(old, separators=(",", ":")).encode())
-    store = Store(db)
-    assert store.get("datasets", "a") == {"name": "a", "size": 1}
-    store.put("datasets", "c", {"name": "c"})
-    assert json.loads(db.read_bytes()) == {
-        **old,
-        "datasets": {**rows, "c": {"name": "c"}},
-    }
-    assert len(db.read_bytes().splitlines()) > 1
-
-
 def test_a_store_cut_short_is_corrupt(home: Path, catalog: CatalogFn) -> None:
-    """A file of the line layout that lost its end (copied short, a disk fault) is reported
-    as corrupt, not read as fewer rows."""
+    """A file that lost its end after a whole document (copied short, a disk fault) is
+    reported as corrupt, not read as fewer rows."""
     db = home / "db.json"
     store = Store(db)
     store.put_many("datasets", {f"d{i}": {"name": f"d{i}"} for i in range(50)})
     content = db.read_bytes()
-    cut = content[: content.index(b"\n", len(content) // 2) + 1]  # ends on a whole row
+    cut = content[: content.index(b"},", len(content) // 2) + 2]  # ends after a whole row
     check_corrupt(home, catalog, ["list", "--json"], cut, "not valid JSON")
 
 

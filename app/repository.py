@@ -10,6 +10,7 @@ import json
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -71,7 +72,7 @@ class Repository:
         repo = cls(Store(path))
         repo._store.check()
         # Row by row, nothing kept: 10,000 parsed rows at once cost ~30 MB of peak memory.
-        repo._store.check_each(_DATASETS, repo.parse_dataset)
+        repo._store.check_each(_DATASETS, partial(repo._parse, Dataset.check_dict, what="dataset"))
         repo._store.check_each(_JOBS, repo.parse_job)
         return repo
 

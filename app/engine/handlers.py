@@ -29,7 +29,6 @@ from dsm.domain.model import Dataset, Status
 from dsm.domain.redact import REDACTED
 from dsm.engine import files
 from dsm.engine.cache import SERVED_BY_CACHE, CacheSide
-from dsm.engine.hubjob import HubDownload
 from dsm.engine.ledger import Ledger
 from dsm.engine.outcome import Outcome, nothing_to_do
 from dsm.engine.sources import Served, obtain
@@ -191,6 +190,8 @@ class Handlers:
         # Attempts of an adopted job count: the budget is what the earlier process left.
         budget = RetryBudget(self.settings.max_retries - job.attempts)
         if is_hub(url):
+            from dsm.engine.hubjob import HubDownload  # for Hub datasets only
+
             return await HubDownload(self, job, ds, target, budget).run(had_copy)
         if ds.files:
             listing = catalogue_listing(ds.files)

@@ -62,6 +62,7 @@ BUFFER = 1 << 20  # bytes read into one buffer before it goes to the writer
 BUFFERS = 8  # buffers in flight between the network, the disk and the hash
 PROGRESS_POLL = 0.1  # seconds between progress reports to the caller
 SYNC_EVERY = 64 << 20  # bytes written between two fdatasyncs
+SMALL_BODY = 4 << 20  # a body this small is read, written and hashed on one thread
 
 ProgressFn = Callable[[int, int | None], None]
 
@@ -152,9 +153,12 @@ class _Syncer:
                 os.fdatasync(self.sink.fh.fileno())
 
 
-def _pump(reader: BodyReader, sink: _Sink, ctl: Control) -> None:
+def _pump(reader: BodyReader, sink: _Sink, ctl: Control, total: int | None) -> None:
     """Read the body to its end; a thread writes each buffer, another hashes it. Bytes that
     arrived before a network error are written (kept for the resume) before it is raised."""
+    if total is not None and total - sink.size <= SMALL_BODY:
+        _pump_small(reader, sink, ctl, total - sink.size)
+        return
 
     def hash_(data: memoryview) -> bool:
         sink.sha.update(data)
@@ -163,6 +167,16 @@ def _pump(reader: BodyReader, sink: _Sink, ctl: Control) -> None:
     with _Syncer(sink) as syncer, Stages([syncer.write, hash_], BUFFERS, BUFFER) as stages:
         while (buf := stages.take(ctl.check)) is not None and (n := reader.fill(buf)):
             stages.put(buf, n)
+
+
+def _pump_small(reader: BodyReader, sink: _Sink, ctl: Control, size: int) -> None:
+    """A small body on this thread alone, into one buffer of its size: starting threads and
+    allocating the pipeline's buffers cost more than the whole transfer (bench/RESULTS.md)."""
+    buf = memoryview(bytearray(max(size, 1)))
+    while n := reader.fill(buf):
+        ctl.check()
+        sink.write(buf[:n])
+        sink.sha.update(buf[:n])
 
 
 async def fetch(
@@ -317,7 +331,7 @@ def _finish(
 ) -> Fetched:
     try:
         if reader is not None and ctl is not None:
-            _pump(reader, sink, ctl)
+            _pump(reader, sink, ctl, total)
         sink.finish()
     except OSError as exc:
         sink.close()

@@ -208,12 +208,18 @@ class Repository:
     def remove_jobs(self, job_ids: Iterable[str]) -> None:
         self._store.remove_many(_JOBS, job_ids)
 
-    def job_summaries(self, datasets: frozenset[str] | None = None) -> list[dict[str, Any]]:
+    def job_summaries(
+        self, datasets: frozenset[str] | None = None, keyed: bool = True
+    ) -> list[dict[str, Any]]:
         """What retention looks at (id, dataset, status, created_ms, owner) of every job, or
-        of the jobs of `datasets`: a fraction of the cost of copying whole documents."""
+        of the jobs of `datasets`: a fraction of the cost of copying whole documents. Without
+        `keyed`, not of the jobs an idempotency key names."""
+        only = (*_SUMMARY_FIELDS, _IDEMPOTENCY)
         if datasets is None:
-            return self._store.project(_JOBS, _SUMMARY_FIELDS)
-        return self._store.where(_JOBS, "dataset", datasets, _SUMMARY_FIELDS)
+            docs = self._store.project(_JOBS, only)
+        else:
+            docs = self._store.where(_JOBS, "dataset", datasets, only)
+        return [d for d in docs if keyed or not d[_IDEMPOTENCY]]
 
     def write_progress(self, jobs: list[Job]) -> None:
         """Record the progress of running jobs, and of their datasets' rows where the row

@@ -42,6 +42,7 @@ def checkout(ref: str, into: Path) -> Path:
         check=True,
         capture_output=True,
     ).stdout
+    into.mkdir(parents=True)
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
     (into / "app").rename(into / "dsm")
     for sub in ("store", "widgets"):

@@ -182,8 +182,10 @@ class Ledger:
             )
             new = {j.id for j in jobs}
             ended = frozenset(j.dataset for j in found if j.id in new and j.status.finished)
-            if ended:  # the jobs these supersede go in this write, not in another at stop
-                self.repo.remove_jobs(jobs_to_prune(self.repo.job_summaries(ended), self.owner))
+            if ended:  # the jobs these supersede go in this write, not in another at stop;
+                # those an idempotency key names wait for the stop (a client may send it again)
+                stale = self.repo.job_summaries(ended, keyed=False)
+                self.repo.remove_jobs(jobs_to_prune(stale, self.owner))
             for job in (j for j in found if j.id in new and not j.status.finished):
                 ds = rows[job.dataset]
                 if ds.status in AT_REST and job.dataset not in queued:

@@ -228,7 +228,7 @@ def test_written_in_pieces_byte_for_byte_as_whole(tmp_path: Path, count: int) ->
         f"d{i}": {"name": f"d{i}", "n": i, "url": "http://h/ä", "l": [1.5]} for i in range(count)
     }
     store.put_many("datasets", rows)
-    store.put_many("jobs", {})  # an empty table
+    store.put_many("jobs", {})  # nothing to put: no write, no table
     store.put("meta", "catalog", {"sha256": "x"})
     data = (
         {"datasets": rows, "meta": {"catalog": {"sha256": "x"}}}

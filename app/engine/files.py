@@ -349,12 +349,13 @@ def installed_before_crash(
 def forget_install(path: Path, sha256: str | None = None) -> None:
     """Drop the install record (with `sha256`: only if it still names that copy, not a newer
     download's; such a record is left when a kill came after the store took the copy)."""
-    part = part_of(path)
-    side = sidecar_path(part)
-    if not os.path.lexists(side):  # the common case, asked per dataset by a no-op `--all`
+    # The common case, asked per dataset by a second `--all`: no record. The name is
+    # sidecar_path(part_of(path)), spelled as a string: pathlib took 3/4 of the probe.
+    if not os.path.lexists(f"{path}.part.json"):
         return
+    part = part_of(path)
     if sha256 is None or read_sidecar(part).get("installed_sha256") == sha256:
-        side.unlink(missing_ok=True)
+        sidecar_path(part).unlink(missing_ok=True)
 
 
 def sha256_of(path: Path) -> str:

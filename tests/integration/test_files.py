@@ -18,6 +18,7 @@ from dsm.domain.jobs import JobStatus, JobType
 from dsm.domain.model import Status
 from dsm.engine import files
 from dsm.repository import Repository
+from dsm.transfer.partfile import sidecar_path, write_sidecar
 from tests.conftest import CatalogFn, blob, run_dsm, sha
 from tests.enginehelp import run_jobs, setup
 from tests.httpserver import FileServer
@@ -284,3 +285,17 @@ async def test_several_files_and_one_file_replace_each_other(
     assert (home / "data" / "set").read_bytes() == one
     ds = back.dataset("set")
     assert (ds.manifest, ds.file_count, ds.checksum) == (None, None, sha(one))
+
+
+def test_forget_install_drops_only_the_record_of_that_copy(tmp_path: Path) -> None:
+    path = tmp_path / "data" / "a.bin"
+    path.parent.mkdir()
+    path.write_bytes(b"x")
+    record = sidecar_path(files.part_of(path))
+    files.forget_install(path, "abc")  # no record: nothing to do
+    write_sidecar(files.part_of(path), {"installed_sha256": "abc", "size": 1})
+    files.forget_install(path, "newer")  # names another copy: kept
+    assert record.exists()
+    files.forget_install(path, "abc")
+    assert not record.exists()
+    assert path.read_bytes() == b"x"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path, PurePath, PurePosixPath
 
 # Names dsm itself keeps in the home: a dataset file must never take their place.
@@ -16,6 +17,7 @@ PART_SUFFIXES = (".part", ".part.json", ".part.old")
 NAME_MAX = 255 - len(".part.json.tmp")
 
 
+@functools.lru_cache(maxsize=1 << 14)  # pure; asked again for every job of a dataset
 def local_path_problem(local_path: str, base: str = "the data home") -> str | None:
     """Why `local_path` may not be used as a path under `base`, or None when it is fine."""
     if not local_path or not local_path.strip():

@@ -344,7 +344,9 @@ class Engine:
                     await self._finish(job, outcome, had_copy)
                 finally:
                     if lock is not None:
-                        if ds is not None:  # a transfer abandoned on cancel may still write
+                        # A transfer abandoned on cancel may still write: wait for it (a
+                        # completed job's transfer has ended).
+                        if ds is not None and outcome[0] != JobStatus.COMPLETED:
                             home = self.settings.home
                             await anyio.to_thread.run_sync(files.writers_stopped, home, ds)
                         self._locks.release(job.dataset, lock)

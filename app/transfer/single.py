@@ -103,9 +103,12 @@ def _prepare(
     part: Path, have: int, total: int | None, meta: dict[str, Any], policy: Policy
 ) -> _Sink:
     """Check free space, record the sidecar of a fresh start, and open the partial file."""
-    part.parent.mkdir(parents=True, exist_ok=True)
     need = (total or 0) - have
-    free = shutil.disk_usage(part.parent).free
+    try:
+        free = shutil.disk_usage(part.parent).free
+    except FileNotFoundError:  # the folder is made only when missing: a mkdir costs a journal lock
+        part.parent.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(part.parent).free
     if need > free:
         raise DiskFull(f"not enough disk space in {part.parent}: need {need} bytes, {free} free")
     # Truncates a fresh start before the sidecar names the new file. A small body's sidecar

@@ -6,7 +6,6 @@ domain object (a dataset or a job) is a corrupt store, reported as `StoreCorrupt
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 from collections.abc import Callable, Iterable
@@ -15,7 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from dsm.domain.jobs import Job, JobStatus
-from dsm.domain.model import Dataset, Status
+from dsm.domain.model import Dataset, Status, snapshot
 from dsm.errors import BadInput, UnknownDataset
 from dsm.store import Store, StoreCorrupt, StoreError, StoreFull
 
@@ -137,7 +136,7 @@ class Repository:
 
     def dataset(self, name: str) -> Dataset:
         # A job reads its row several times: parsed once per version of the row.
-        ds = self._store.get_as(_DATASETS, name, self.parse_dataset, copy.copy)
+        ds = self._store.get_as(_DATASETS, name, self.parse_dataset, snapshot)
         if ds is None:
             raise UnknownDataset(name)
         return ds

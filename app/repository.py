@@ -148,7 +148,11 @@ class Repository:
         stamp = now_ms()
         for ds in datasets:
             ds.updated_at_ms = stamp
-        self._store.put_many(_DATASETS, {ds.name: ds.to_dict() for ds in datasets})
+        self._store.put_many(
+            _DATASETS,
+            {ds.name: ds.to_dict() for ds in datasets},
+            {ds.name: snapshot(ds) for ds in datasets},  # what the next read returns a copy of
+        )
 
     def change(self, name: str, status: Status | None = None, **fields: Any) -> Dataset:
         """Apply a status change and field updates to the latest stored row, atomically."""

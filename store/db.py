@@ -100,10 +100,13 @@ class Store:
             if hit is not None and hit[0] is doc:
                 return copy(cast(T, hit[1]))
             built = build(dict(doc))
-            if len(self._parsed) >= PARSED_ROWS:
-                self._parsed.clear()
-            self._parsed[table, key] = (doc, copy(built))
+            self._remember(table, key, doc, copy(built))
             return built
+
+    def _remember(self, table: str, key: str, doc: Doc, built: object) -> None:
+        if len(self._parsed) >= PARSED_ROWS:
+            self._parsed.clear()
+        self._parsed[table, key] = (doc, built)
 
     # -- writes ------------------------------------------------------------------------
     # Writes change the transaction's tables in place: TinyDB's Table.update/upsert rebuild
@@ -119,12 +122,17 @@ class Store:
         """Insert a document, or merge it into the one stored under `key`."""
         self.put_many(table, {key: doc})
 
-    def put_many(self, table: str, docs: dict[str, Doc]) -> None:
-        """Insert or merge many documents in one transaction."""
+    def put_many(
+        self, table: str, docs: dict[str, Doc], built: dict[str, Any] | None = None
+    ) -> None:
+        """Insert or merge many documents in one transaction; `built`: what `get_as` is to
+        return for some of them (the caller's object that `doc` was made from)."""
         with self.transaction():
             rows = self._rows(table)
             for key, doc in docs.items():
-                rows[key] = {**rows.get(key, {}), **doc}
+                rows[key] = merged = {**rows.get(key, {}), **doc}
+                if built is not None and key in built:
+                    self._remember(table, key, merged, built[key])
 
     def update(self, table: str, key: str, fields: Doc) -> bool:
         """Merge fields into an existing document; False when it does not exist."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import os
 from pathlib import Path, PurePath, PurePosixPath
 
 # Names dsm itself keeps in the home: a dataset file must never take their place.
@@ -16,15 +18,12 @@ PART_SUFFIXES = (".part", ".part.json", ".part.old")
 NAME_MAX = 255 - len(".part.json.tmp")
 
 
+@functools.lru_cache(maxsize=1 << 14)  # pure; asked again for every job of a dataset
 def local_path_problem(local_path: str, base: str = "the data home") -> str | None:
     """Why `local_path` may not be used as a path under `base`, or None when it is fine."""
-    return _path_problem(local_path, PurePosixPath(local_path.replace("\\", "/")), base)
-
-
-def _path_problem(local_path: str, pure: PurePosixPath, base: str) -> str | None:
-    """local_path_problem, given `local_path` parsed with backslashes as separators."""
     if not local_path or not local_path.strip():
         return "must not be empty"
+    pure = PurePosixPath(local_path.replace("\\", "/"))
     if not pure.parts:  # "." and "./" name the home itself
         return "must name a file"
     if pure.is_absolute() or local_path.startswith("~") or ":" in pure.parts[0]:
@@ -44,12 +43,8 @@ def _path_problem(local_path: str, pure: PurePosixPath, base: str) -> str | None
 
 def reserved_problem(relative: PurePath) -> str | None:
     """Why a path (relative to the home) belongs to dsm itself, or None."""
-    return _reserved(relative.parts)
-
-
-def _reserved(parts: tuple[str, ...]) -> str | None:
-    name = parts[-1] if parts else ""
-    if "/".join(parts) in STORE_FILES or (parts and parts[0] in OWN_DIRS):
+    name = relative.name
+    if str(relative) in STORE_FILES or (relative.parts and relative.parts[0] in OWN_DIRS):
         return "is reserved for dsm's own files (db.json, db.json.lock, .locks/, .archives/)"
     if name.startswith(".db-") and name.endswith(".tmp"):
         return "is reserved for dsm's own temporary files (.db-*.tmp)"
@@ -69,15 +64,16 @@ def member_problem(relative: str) -> str | None:
 class Resolver:
     """Resolves `local_path`s under one home, following symlinks, refusing escapes.
 
-    The home, each folder and each path are resolved once per instance (a catalogue of
-    10,000 entries shares a few folders; a pass may ask for one path twice); make a new one
-    for each pass, since symlinks can change later.
+    The home and each folder are resolved once per instance (a catalogue of 10,000 entries
+    shares a few folders); make a new one for each pass, since symlinks can change later.
+    Paths are handled as strings (os.path.realpath is what Path.resolve calls): this runs
+    for every job, and pathlib's objects cost more than the checks.
     """
 
     def __init__(self, home: Path) -> None:
         self.root = home.resolve()
-        self._folders: dict[str, tuple[Path, PurePath | None]] = {}
-        self._done: dict[str, Path] = {}
+        self._inside = os.path.join(str(self.root), "")  # the root and a separator
+        self._folders: dict[str, str] = {}
 
     def __call__(self, local_path: str) -> Path:
         """The absolute path of `local_path` under the home, after following symlinks.
@@ -85,42 +81,36 @@ class Resolver:
         Raises ValueError when it is not a plain relative path, resolves outside the home or
         would take the place of one of dsm's own files.
         """
-        done = self._done.get(local_path)
-        if done is not None:
-            return done
-        rel = PurePosixPath(local_path)
-        # Parsed once for both checks unless a backslash makes them differ (pathlib's
-        # parsing was most of the cost of a pass over 10,000 datasets).
-        pure = PurePosixPath(local_path.replace("\\", "/")) if "\\" in local_path else rel
-        problem = _path_problem(local_path, pure, "the data home")
+        problem = local_path_problem(local_path)
         if problem:
             raise ValueError(f"local_path {local_path!r} {problem}")
-        folder, inside = self._folder(str(rel.parent))
-        target = folder / rel.name
-        root = self.root
-        parts: tuple[str, ...] | None = None
-        if target.is_symlink():
-            target = target.resolve()
-            if target.is_relative_to(root) and target != root:
-                parts = target.relative_to(root).parts
-        elif inside is not None:  # a plain name in a resolved folder: no pathlib walk again
-            parts = (*inside.parts, rel.name)
-        if parts is None:
-            raise ValueError(f"local_path {local_path!r} resolves outside the data home {root}")
-        reserved = _reserved(parts)
+        parent, name = _split(local_path)
+        folder = self._folders.get(parent)
+        if folder is None:
+            folder = self._folders[parent] = os.path.realpath(os.path.join(self._inside, parent))
+        target = os.path.join(folder, name)
+        if os.path.islink(target):
+            target = os.path.realpath(target)
+        if not target.startswith(self._inside):  # outside, or the home itself
+            raise ValueError(
+                f"local_path {local_path!r} resolves outside the data home {self.root}"
+            )
+        reserved = _reserved(target[len(self._inside) :])
         if reserved:
             raise ValueError(f"local_path {local_path!r} {reserved}")
-        self._done[local_path] = target
-        return target
+        return Path(target)
 
-    def _folder(self, parent: str) -> tuple[Path, PurePath | None]:
-        """A folder resolved, and its path relative to the home (None: outside it)."""
-        found = self._folders.get(parent)
-        if found is None:
-            folder = (self.root / parent).resolve()
-            inside = folder.relative_to(self.root) if folder.is_relative_to(self.root) else None
-            found = self._folders[parent] = (folder, inside)
-        return found
+
+@functools.lru_cache(maxsize=1 << 14)
+def _split(local_path: str) -> tuple[str, str]:
+    """A local_path's folder and name, as PurePosixPath reads them (`a//b`, `./a`)."""
+    rel = PurePosixPath(local_path)
+    return str(rel.parent), rel.name
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _reserved(relative: str) -> str | None:
+    return reserved_problem(PurePosixPath(relative))
 
 
 def resolve_inside(home: Path, local_path: str) -> Path:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import operator
 import types
 import typing
@@ -20,13 +19,14 @@ def snapshot(obj: T) -> T:
     own field bindings. Taken several times per job: copy.copy costs ~5x more, and
     dataclasses.replace builds a dict of arguments first. Dataset and Job keep their fields
     in slots (no __dict__ to copy): their __init__, given every field at once, is as fast."""
-    cls = type(obj)
-    return cast(T, cls(*_fields_of(cls)(obj)))
+    cls: Any = type(obj)
+    getter = _GETTERS.get(cls)
+    if getter is None:
+        getter = _GETTERS[cls] = operator.attrgetter(*(f.name for f in fields(cls)))
+    return cast(T, cls(*getter(obj)))
 
 
-@functools.cache
-def _fields_of(cls: type) -> operator.attrgetter[tuple[Any, ...]]:
-    return operator.attrgetter(*(f.name for f in fields(cls)))
+_GETTERS: dict[type, operator.attrgetter[Any]] = {}  # a dataclass -> its fields, all at once
 
 
 class Status(StrEnum):

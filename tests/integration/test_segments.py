@@ -14,7 +14,7 @@ import pytest
 from dsm.domain.jobs import Job, JobStatus, JobType
 from dsm.engine.engine import Engine
 from dsm.transfer import segmented
-from dsm.transfer.partfile import read_sidecar, sidecar_path
+from dsm.transfer.partfile import read_sidecar, sidecar_path, write_sidecar
 from tests.conftest import (
     CatalogFn,
     blob,
@@ -119,7 +119,7 @@ async def test_a_lone_segment_is_flushed_as_it_grows(
     monkeypatch.setattr(segmented, "SAVE_INTERVAL", 1000.0)  # only the byte count saves
     monkeypatch.setattr(segmented, "SYNC_EVERY", 1_000_000)
     saved: list[list[list[int]]] = []
-    real = segmented.write_sidecar
+    real = write_sidecar
 
     def record(part: Path, meta: dict[str, object]) -> None:
         segs = meta["segments"]

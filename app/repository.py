@@ -89,6 +89,13 @@ class Repository:
         with self._store.transaction(defer):
             yield self
 
+    @contextmanager
+    def open_deferred(self) -> Iterator[bool]:
+        """True (holding the store for this thread) when a deferred transaction is open and
+        nobody else is in the store: a deferred change then needs no I/O of the store."""
+        with self._store.open_deferred() as ready:
+            yield ready
+
     def flush(self) -> None:
         """Write the deferred changes in one write, and let other processes in."""
         self._store.flush()

@@ -48,6 +48,12 @@ class Store:
         with self._storage.transaction(defer):
             yield self
 
+    @contextmanager
+    def open_deferred(self) -> Iterator[bool]:
+        """Whether a deferred change can be made now without I/O (AtomicJSONStorage)."""
+        with self._storage.open_deferred() as ready:
+            yield ready
+
     def flush(self) -> None:
         """Write the deferred changes and release the lock."""
         self._storage.flush()

@@ -168,6 +168,19 @@ class AtomicJSONStorage(Storage):
             elif not self._dirty:
                 self._end()
 
+    @contextmanager
+    def open_deferred(self) -> Iterator[bool]:
+        """True, holding the mutex, when a deferred transaction is open (the lock held, the
+        tables loaded) and no other thread is in the store: a deferred change then touches
+        only memory and may run on the caller's thread. False, holding nothing, otherwise."""
+        if not self.mutex.acquire(blocking=False):
+            yield False
+            return
+        try:
+            yield self._txn is not None and not self._depth
+        finally:
+            self.mutex.release()
+
     def flush(self) -> None:
         """Write the deferred changes, if any, and release the lock."""
         with self.mutex:

@@ -13,6 +13,7 @@ what a dataset row becomes when its job ends to `end_state` (outcome.py).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -96,7 +97,8 @@ class Engine:
 
     # -- plumbing ----------------------------------------------------------------------
     def _emit(self, kind: EventKind, job: Job, ds: Dataset | None = None) -> None:
-        event = JobEvent(kind, dataclasses.replace(job), ds and dataclasses.replace(ds))
+        # Snapshots, shallow (copy.copy: dataclasses.replace runs __init__ again, ~3x slower).
+        event = JobEvent(kind, copy.copy(job), ds and copy.copy(ds))
         for listener in self.listeners:
             try:
                 listener(event)

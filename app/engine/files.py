@@ -284,17 +284,26 @@ class Installed:
 
 
 def install(
-    path: Path, size: int, sha256: str, unconfirmed: str | None, sync: bool = True
+    path: Path,
+    size: int,
+    sha256: str,
+    unconfirmed: str | None,
+    sync: bool = True,
+    record: bool = True,
 ) -> Installed:
     """Atomically move the verified `.part` into place.
 
-    The sidecar keeps the verified hash (and whether it was proven) until the store has
-    recorded the install (`forget_install`), so a crash in between is recovered without a
-    download. Without `sync` the caller makes the rename durable (`fsync_dir`) before the
-    store records it (one folder sync for a batch of installs).
+    With `record`, the sidecar keeps the verified hash (and whether it was proven) until the
+    store has recorded the install (`forget_install`), so a crash in between is recovered
+    without a download; a dataset whose catalogue gives its SHA-256 needs no record
+    (`installed_before_crash` proves the copy by that hash). Without `sync` the caller makes
+    the rename durable (`fsync_dir`) before the store records it (one folder sync for a
+    batch of installs).
     """
     part = part_of(path)
-    write_sidecar(part, {"installed_sha256": sha256, "size": size, "unconfirmed": unconfirmed})
+    if record:
+        meta = {"installed_sha256": sha256, "size": size, "unconfirmed": unconfirmed}
+        write_sidecar(part, meta)
     if path.is_dir() and not path.is_symlink():  # dsm's earlier tree (see folder_problem)
         unpack.place(path)
     else:
@@ -304,15 +313,28 @@ def install(
     return Installed(size, sha256, path.stat().st_mtime_ns, unconfirmed)
 
 
-def installed_before_crash(path: Path) -> Installed | None:
-    """A copy that a run verified and moved into place, dying before the store heard of it."""
+def may_be_installed(path: Path, sha256: str | None) -> bool:
+    """Cheap (a stat or two): whether `installed_before_crash` could find a copy."""
+    if sha256 is not None and path.is_file():
+        return True
+    return sidecar_path(part_of(path)).exists()
+
+
+def installed_before_crash(
+    path: Path, sha256: str | None = None, size: int | None = None
+) -> Installed | None:
+    """A copy that a run verified and moved into place, dying before the store heard of it:
+    the one its install record names, else one with the `size` and `sha256` given (the
+    catalogue's: it proves the copy as the download would have)."""
     part = part_of(path)
     meta = read_sidecar(part)
     sha = meta.get("installed_sha256")
-    if not isinstance(sha, str) or part.exists() or not path.exists():
+    if not isinstance(sha, str):
+        sha, meta = sha256, {"size": size, "unconfirmed": None}
+    if sha is None or part.exists() or not path.is_file():
         return None
     st = path.stat()
-    if st.st_size != meta.get("size") or sha256_of(path) != sha:
+    if meta.get("size") not in (None, st.st_size) or sha256_of(path) != sha:
         return None
     unconfirmed = meta.get("unconfirmed")
     return Installed(st.st_size, sha, st.st_mtime_ns, str(unconfirmed) if unconfirmed else None)

@@ -94,16 +94,17 @@ async def unpack_archive(
         return JobStatus.FAILED, f"cannot unpack the {ds.extract} archive: {exc}"
 
 
-async def place_unpacked(
+def place_unpacked(
     settings: Settings, ds: Dataset, unpacked: list[unpack.Unpacked] | None
 ) -> dict[str, Any]:
-    """Record the file list, then move the unpacked copy into place; the row's fields."""
+    """Record the file list, then move the unpacked copy into place; the row's fields
+    (blocking: the caller runs it in a thread, with the install before it)."""
     home = settings.home
     if unpacked is None:  # a file in place of any earlier unpacked copy: its archive goes
-        await anyio.to_thread.run_sync(files.drop_archive, home, ds)
+        files.drop_archive(home, ds)
         return {"file_count": None, "unpacked_size": None}
-    await anyio.to_thread.run_sync(files.write_manifest, home, ds, unpacked)
-    await anyio.to_thread.run_sync(unpack.place, files.local(home, ds))
+    files.write_manifest(home, ds, unpacked)
+    unpack.place(files.local(home, ds))
     return {"file_count": len(unpacked), "unpacked_size": sum(u.size for u in unpacked)}
 
 
@@ -228,14 +229,15 @@ class Handlers:
                 return unpacked
             # From the rename on, the store must hear of the new file: no cancel in between.
             with anyio.CancelScope(shield=True):
-                installed = await anyio.to_thread.run_sync(
-                    files.install, target, fetched.size, fetched.sha256, unconfirmed, False
+                copy, placed = await anyio.to_thread.run_sync(
+                    self._install, ds, target, fetched, unconfirmed, unpacked
                 )
-                record.update(await place_unpacked(self.settings, ds, unpacked))
-                await self._record_install(job, installed, target, served_by=served_by, **record)
+                record.update(placed)
+                await self._record_install(job, copy, target, served_by=served_by, **record)
             # Share a proven copy with the team; an unconfirmed one is not shared: the cache
             # would pass an unproven file off as verified.
-            if served_by != SERVED_BY_CACHE and listed is None and unconfirmed is None:
+            shared = served_by != SERVED_BY_CACHE and listed is None and unconfirmed is None
+            if shared and self.cache.enabled:
                 await anyio.to_thread.run_sync(
                     self.cache.publish,
                     ds,
@@ -249,9 +251,25 @@ class Handlers:
             if isinstance(unpacked, tuple):
                 return unpacked
             with anyio.CancelScope(shield=True):
-                record.update(await place_unpacked(self.settings, ds, unpacked))
+                record.update(
+                    await anyio.to_thread.run_sync(place_unpacked, self.settings, ds, unpacked)
+                )
                 await self._record_install(job, installed, target, **record)
         return JobStatus.COMPLETED, None
+
+    def _install(
+        self,
+        ds: Dataset,
+        target: Path,
+        fetched: Fetched,
+        unconfirmed: str | None,
+        unpacked: list[unpack.Unpacked] | None,
+    ) -> tuple[files.Installed, dict[str, Any]]:
+        """Move the verified file into place, then its unpacked tree: one thread hop."""
+        installed = files.install(
+            target, fetched.size, fetched.sha256, unconfirmed, False, ds.expected_sha256 is None
+        )
+        return installed, place_unpacked(self.settings, ds, unpacked)
 
     async def _in_place(
         self, job: Job, ds: Dataset, target: Path, had_copy: bool
@@ -259,10 +277,14 @@ class Handlers:
         """A verified file already in place: a copy a crashed run moved there, unknown to the
         store (when the store knows a verified copy, such a leftover is stale: fetch as
         asked), or an unpacked dataset's kept archive (a re-unpack needs no download)."""
-        if not had_copy:
+        # An update (force) takes only a recorded copy, never one the catalogue's hash proves.
+        known = None if job.params["force_download"] else ds.expected_sha256
+        if not had_copy and files.may_be_installed(target, known):  # most jobs: no thread
             installed = await anyio.to_thread.run_sync(
                 files.installed_before_crash,
                 target,
+                known,
+                ds.expected_size,
                 abandon_on_cancel=True,  # it only reads
             )
             if installed is not None:

@@ -85,8 +85,17 @@ class Ledger:
         return await anyio.to_thread.run_sync(partial(fn, *args, **kwargs), limiter=self._limiter)
 
     async def defer(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """`call`, but what it writes reaches the file with the next commit (module doc)."""
-        return await self.call(self._deferred, partial(fn, *args, **kwargs))
+        """`call`, but what it writes reaches the file with the next commit (module doc).
+
+        While the store thread is idle and a deferred transaction is open, the change runs
+        here on the event loop: it only touches the tables in memory (and at most stats a
+        file), and a thread hop costs more than the change (~0.1-0.3 ms, several per job)."""
+        change = partial(fn, *args, **kwargs)
+        if not self._limiter.borrowed_tokens:
+            with self.repo.open_deferred() as ready:
+                if ready:
+                    return self._deferred(change)
+        return await self.call(self._deferred, change)
 
     def _deferred(self, fn: Callable[[], T]) -> T:
         with self.repo.transaction(defer=True):

@@ -441,9 +441,14 @@ async def test_cancel_right_after_update_install_records_the_new_file(
     real_install = files.install
 
     def install_then_hold(
-        path: Path, size: int, sha256: str, unconfirmed: str | None, sync: bool = True
+        path: Path,
+        size: int,
+        sha256: str,
+        unconfirmed: str | None,
+        sync: bool = True,
+        record: bool = True,
     ) -> files.Installed:
-        out = real_install(path, size, sha256, unconfirmed, sync)
+        out = real_install(path, size, sha256, unconfirmed, sync, record)
         installed.set()
         cancel_requested.wait(HOLD)
         return out

@@ -351,7 +351,8 @@ class SegmentedDownload:
                     and not self._all_stopped()
                 ):
                     self.cond.wait(TICK)
-                ready = self._prefix()
+                # Stopped while the lead hashes: never read back beside it.
+                ready = 0 if self.inline else self._prefix()
             if self.error is not None or ready <= self.hashed:
                 return
             while self.hashed < ready:

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, TypeVar
 
 from dsm.domain.jobs import Job, JobStatus
-from dsm.domain.model import Dataset, Status
+from dsm.domain.model import Dataset, Status, snapshot
 from dsm.errors import BadInput, UnknownDataset
 from dsm.store import Store, StoreCorrupt, StoreError, StoreFull
 
@@ -81,20 +81,16 @@ class Repository:
         """Changes whenever any process rewrites the store (for cheap change polling)."""
         return self._store.identity
 
-    @contextmanager
-    def transaction(self, defer: bool = False) -> Iterator[Repository]:
+    def transaction(self, defer: bool = False) -> AbstractContextManager[None]:
         """Group calls into one locked read-modify-write of the store, across processes. With
         `defer`, the changes reach the file later, with others (`flush`): the store stays
         locked for other processes until then, so flush within a fraction of a second."""
-        with self._store.transaction(defer):
-            yield self
+        return self._store.transaction(defer)
 
-    @contextmanager
-    def open_deferred(self) -> Iterator[bool]:
+    def open_deferred(self) -> AbstractContextManager[bool]:
         """True (holding the store for this thread) when a deferred transaction is open and
         nobody else is in the store: a deferred change then needs no I/O of the store."""
-        with self._store.open_deferred() as ready:
-            yield ready
+        return self._store.open_deferred()
 
     def flush(self) -> None:
         """Write the deferred changes in one write, and let other processes in."""
@@ -139,10 +135,11 @@ class Repository:
         return frozenset(d["name"] for d in self._store.all(_DATASETS))
 
     def dataset(self, name: str) -> Dataset:
-        raw = self._store.get(_DATASETS, name)
-        if raw is None:
+        # A job reads its row several times: parsed once per version of the row.
+        ds = self._store.get_as(_DATASETS, name, self.parse_dataset, snapshot)
+        if ds is None:
             raise UnknownDataset(name)
-        return self._parse(Dataset.from_dict, raw, "dataset")
+        return ds
 
     def save(self, ds: Dataset) -> None:
         self.save_many([ds])
@@ -151,7 +148,11 @@ class Repository:
         stamp = now_ms()
         for ds in datasets:
             ds.updated_at_ms = stamp
-        self._store.put_many(_DATASETS, {ds.name: ds.to_dict() for ds in datasets})
+        self._store.put_many(
+            _DATASETS,
+            {ds.name: ds.to_dict() for ds in datasets},
+            {ds.name: snapshot(ds) for ds in datasets},  # what the next read returns a copy of
+        )
 
     def change(self, name: str, status: Status | None = None, **fields: Any) -> Dataset:
         """Apply a status change and field updates to the latest stored row, atomically."""

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from tinydb import TinyDB
 from tinydb.table import Table
@@ -13,11 +13,8 @@ from tinydb.table import Table
 from dsm.store.storage import AtomicJSONStorage
 
 Doc = dict[str, Any]
-
-
-def _id(key: str) -> int:
-    """KeyedTable's ids are strings; TinyDB's annotations only know int ids."""
-    return cast(int, key)
+T = TypeVar("T")
+PARSED_ROWS = 256  # rows `get_as` keeps parsed
 
 
 class KeyedTable(Table):
@@ -37,22 +34,19 @@ class Store:
         self.path = path
         self._db = _TinyDB(path, storage=AtomicJSONStorage)
         self._storage = cast(AtomicJSONStorage, self._db.storage)
-        self._tables = {
-            n: self._db.table(n, cache_size=0) for n in ("datasets", "jobs", "meta", "cancels")
-        }
+        # Rows parsed by `get_as`, by the identity of the stored document: every write puts
+        # a new document object, so a changed row is never served from here. Bounded: a
+        # job reads its own row a few times in a row, nothing needs more.
+        self._parsed: dict[tuple[str, str], tuple[Doc, Any]] = {}
 
-    @contextmanager
-    def transaction(self, defer: bool = False) -> Iterator[Store]:
+    def transaction(self, defer: bool = False) -> AbstractContextManager[None]:
         """Group writes into one locked read-modify-write of the file; with `defer`, written
         later by `flush` or the next transaction without it (AtomicJSONStorage.transaction)."""
-        with self._storage.transaction(defer):
-            yield self
+        return self._storage.transaction(defer)
 
-    @contextmanager
-    def open_deferred(self) -> Iterator[bool]:
+    def open_deferred(self) -> AbstractContextManager[bool]:
         """Whether a deferred change can be made now without I/O (AtomicJSONStorage)."""
-        with self._storage.open_deferred() as ready:
-            yield ready
+        return self._storage.open_deferred()
 
     def flush(self) -> None:
         """Write the deferred changes and release the lock."""
@@ -88,9 +82,31 @@ class Store:
             return [dict(d) for d in self._storage.read().get(table, {}).values()]
 
     def get(self, table: str, key: str) -> Doc | None:
+        # The table's dict directly, as `all` (TinyDB's Table.get builds a Document first).
         with self._storage.mutex:
-            doc = self._tables[table].get(doc_id=_id(key))
+            doc = self._storage.read().get(table, {}).get(key)
             return dict(doc) if doc is not None else None
+
+    def get_as(
+        self, table: str, key: str, build: Callable[[Doc], T], copy: Callable[[T], T]
+    ) -> T | None:
+        """`build(get(table, key))`, reusing the last build of the same stored document:
+        `copy` of it (the caller may change what it gets)."""
+        with self._storage.mutex:
+            doc = self._storage.read().get(table, {}).get(key)
+            if doc is None:
+                return None
+            hit = self._parsed.get((table, key))
+            if hit is not None and hit[0] is doc:
+                return copy(cast(T, hit[1]))
+            built = build(dict(doc))
+            self._remember(table, key, doc, copy(built))
+            return built
+
+    def _remember(self, table: str, key: str, doc: Doc, built: object) -> None:
+        if len(self._parsed) >= PARSED_ROWS:
+            self._parsed.clear()
+        self._parsed[table, key] = (doc, built)
 
     # -- writes ------------------------------------------------------------------------
     # Writes change the transaction's tables in place: TinyDB's Table.update/upsert rebuild
@@ -106,19 +122,25 @@ class Store:
         """Insert a document, or merge it into the one stored under `key`."""
         self.put_many(table, {key: doc})
 
-    def put_many(self, table: str, docs: dict[str, Doc]) -> None:
-        """Insert or merge many documents in one transaction."""
+    def put_many(
+        self, table: str, docs: dict[str, Doc], built: dict[str, Any] | None = None
+    ) -> None:
+        """Insert or merge many documents in one transaction; `built`: what `get_as` is to
+        return for some of them (the caller's object that `doc` was made from)."""
         with self.transaction():
             rows = self._rows(table)
             for key, doc in docs.items():
-                rows[key] = {**rows.get(key, {}), **doc}
+                rows[key] = merged = {**rows.get(key, {}), **doc}
+                if built is not None and key in built:
+                    self._remember(table, key, merged, built[key])
 
     def update(self, table: str, key: str, fields: Doc) -> bool:
         """Merge fields into an existing document; False when it does not exist."""
         with self.transaction():
-            if self.get(table, key) is None:
+            old = self._storage.read().get(table, {}).get(key)
+            if old is None:
                 return False
-            self._rows(table)[key].update(fields)
+            self._rows(table)[key] = {**old, **fields}  # a new document: see get_as
             return True
 
     def remove(self, table: str, key: str) -> None:

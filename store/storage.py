@@ -130,43 +130,14 @@ class AtomicJSONStorage(Storage):
         """Deferred changes wait for `flush` (the lock is held meanwhile)."""
         return self._dirty and not self._depth
 
-    @contextmanager
-    def transaction(self, defer: bool = False) -> Iterator[None]:
+    def transaction(self, defer: bool = False) -> _Transaction:
         """Hold the lock, start from the latest file, write once at the end if anything changed.
 
         With `defer` the changes are not written yet: the lock stays held and the tables kept,
         so the next transactions build on them, until `flush` or a transaction without `defer`
         writes everything at once (many small changes, one file write). A transaction that
         fails after changing the tables drops every change not yet written."""
-        with self.mutex:
-            if self._depth:  # nested: the outermost transaction writes
-                self._depth += 1
-                try:
-                    yield
-                finally:
-                    self._depth -= 1
-                return
-            if self._txn is None:
-                self._begin()
-            earlier, self._dirty = self._dirty, False
-            self._depth = 1
-            try:
-                yield
-            except BaseException:
-                self._depth = 0
-                if self._dirty:  # the tables are changed in place: forget them
-                    self._abandon()
-                elif earlier:
-                    self._dirty = True  # the deferred changes are intact: still pending
-                else:
-                    self._end()
-                raise
-            self._depth = 0
-            self._dirty = self._dirty or earlier
-            if self._dirty and not defer:
-                self._write_out()
-            elif not self._dirty:
-                self._end()
+        return _Transaction(self, defer)
 
     @contextmanager
     def open_deferred(self) -> Iterator[bool]:
@@ -301,3 +272,53 @@ class AtomicJSONStorage(Storage):
 
     def close(self) -> None:
         pass
+
+
+class _Transaction:
+    """AtomicJSONStorage.transaction; a class, not a generator: it is entered dozens of
+    times per job (nested in every store call)."""
+
+    __slots__ = ("defer", "earlier", "nested", "storage")
+
+    def __init__(self, storage: AtomicJSONStorage, defer: bool) -> None:
+        self.storage, self.defer = storage, defer
+        self.earlier = self.nested = False
+
+    def __enter__(self) -> None:
+        st = self.storage
+        st.mutex.acquire()
+        try:
+            if st._depth:  # nested: the outermost transaction writes
+                st._depth += 1
+                self.nested = True
+                return
+            if st._txn is None:
+                st._begin()
+            self.earlier, st._dirty = st._dirty, False
+            st._depth = 1
+        except BaseException:
+            st.mutex.release()
+            raise
+
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
+        st = self.storage
+        try:
+            if self.nested:
+                st._depth -= 1
+                return
+            st._depth = 0
+            if kind is not None:
+                if st._dirty:  # the tables are changed in place: forget them
+                    st._abandon()
+                elif self.earlier:
+                    st._dirty = True  # the deferred changes are intact: still pending
+                else:
+                    st._end()
+                return
+            st._dirty = st._dirty or self.earlier
+            if st._dirty and not self.defer:
+                st._write_out()
+            elif not st._dirty:
+                st._end()
+        finally:
+            st.mutex.release()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import os
 from pathlib import Path, PurePath, PurePosixPath
 
 # Names dsm itself keeps in the home: a dataset file must never take their place.
@@ -16,6 +18,7 @@ PART_SUFFIXES = (".part", ".part.json", ".part.old")
 NAME_MAX = 255 - len(".part.json.tmp")
 
 
+@functools.lru_cache(maxsize=1 << 14)  # pure; asked again for every job of a dataset
 def local_path_problem(local_path: str, base: str = "the data home") -> str | None:
     """Why `local_path` may not be used as a path under `base`, or None when it is fine."""
     if not local_path or not local_path.strip():
@@ -63,11 +66,14 @@ class Resolver:
 
     The home and each folder are resolved once per instance (a catalogue of 10,000 entries
     shares a few folders); make a new one for each pass, since symlinks can change later.
+    Paths are handled as strings (os.path.realpath is what Path.resolve calls): this runs
+    for every job, and pathlib's objects cost more than the checks.
     """
 
     def __init__(self, home: Path) -> None:
         self.root = home.resolve()
-        self._folders: dict[str, Path] = {}
+        self._inside = os.path.join(str(self.root), "")  # the root and a separator
+        self._folders: dict[str, str] = {}
 
     def __call__(self, local_path: str) -> Path:
         """The absolute path of `local_path` under the home, after following symlinks.
@@ -78,20 +84,33 @@ class Resolver:
         problem = local_path_problem(local_path)
         if problem:
             raise ValueError(f"local_path {local_path!r} {problem}")
-        rel = PurePosixPath(local_path)
-        folder = self._folders.get(str(rel.parent))
+        parent, name = _split(local_path)
+        folder = self._folders.get(parent)
         if folder is None:
-            folder = self._folders[str(rel.parent)] = (self.root / rel.parent).resolve()
-        target = folder / rel.name
-        if target.is_symlink():
-            target = target.resolve()
-        root = self.root
-        if not target.is_relative_to(root) or target == root:
-            raise ValueError(f"local_path {local_path!r} resolves outside the data home {root}")
-        reserved = reserved_problem(target.relative_to(root))
+            folder = self._folders[parent] = os.path.realpath(os.path.join(self._inside, parent))
+        target = os.path.join(folder, name)
+        if os.path.islink(target):
+            target = os.path.realpath(target)
+        if not target.startswith(self._inside):  # outside, or the home itself
+            raise ValueError(
+                f"local_path {local_path!r} resolves outside the data home {self.root}"
+            )
+        reserved = _reserved(target[len(self._inside) :])
         if reserved:
             raise ValueError(f"local_path {local_path!r} {reserved}")
-        return target
+        return Path(target)
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _split(local_path: str) -> tuple[str, str]:
+    """A local_path's folder and name, as PurePosixPath reads them (`a//b`, `./a`)."""
+    rel = PurePosixPath(local_path)
+    return str(rel.parent), rel.name
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _reserved(relative: str) -> str | None:
+    return reserved_problem(PurePosixPath(relative))
 
 
 def resolve_inside(home: Path, local_path: str) -> Path:

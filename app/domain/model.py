@@ -6,9 +6,20 @@ import types
 import typing
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 from dsm.errors import InvalidTransition
+
+T = TypeVar("T")
+
+
+def snapshot(obj: T) -> T:
+    """A shallow copy of a plain dataclass (a Dataset, a Job): its field values shared, its
+    own field bindings. Taken several times per job: copy.copy costs ~5x more, and
+    dataclasses.replace runs __init__ again."""
+    out: T = object.__new__(type(obj))
+    out.__dict__.update(obj.__dict__)
+    return out
 
 
 class Status(StrEnum):

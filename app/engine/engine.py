@@ -13,7 +13,6 @@ what a dataset row becomes when its job ends to `end_state` (outcome.py).
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import logging
@@ -30,7 +29,7 @@ from filelock import FileLock
 from dsm.config import CONNECT_TIMEOUT, Settings
 from dsm.domain.events import EventKind, JobEvent, Listener
 from dsm.domain.jobs import PAUSED_MESSAGE, Job, JobStatus, JobType, parse_params
-from dsm.domain.model import Dataset
+from dsm.domain.model import Dataset, snapshot
 from dsm.domain.redact import redact_text
 from dsm.engine import files
 from dsm.engine.handlers import Handlers
@@ -97,8 +96,7 @@ class Engine:
 
     # -- plumbing ----------------------------------------------------------------------
     def _emit(self, kind: EventKind, job: Job, ds: Dataset | None = None) -> None:
-        # Snapshots, shallow (copy.copy: dataclasses.replace runs __init__ again, ~3x slower).
-        event = JobEvent(kind, copy.copy(job), ds and copy.copy(ds))
+        event = JobEvent(kind, snapshot(job), ds and snapshot(ds))
         for listener in self.listeners:
             try:
                 listener(event)
@@ -130,6 +128,7 @@ class Engine:
                             tg.start_soon(self._worker, recv.clone())
                         recv.close()
                     tg.start_soon(self._flusher)
+                    tg.start_soon(self.handlers.watch.run)
                     tg.start_soon(self.ledger.committer)
                     try:
                         await self.recover()
@@ -344,7 +343,9 @@ class Engine:
                     await self._finish(job, outcome, had_copy)
                 finally:
                     if lock is not None:
-                        if ds is not None:  # a transfer abandoned on cancel may still write
+                        # A transfer abandoned on cancel may still write: wait for it (a
+                        # completed job's transfer has ended).
+                        if ds is not None and outcome[0] != JobStatus.COMPLETED:
                             home = self.settings.home
                             await anyio.to_thread.run_sync(files.writers_stopped, home, ds)
                         self._locks.release(job.dataset, lock)

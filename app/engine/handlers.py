@@ -131,6 +131,7 @@ class Handlers:
         self.progress_fn = progress
         self.client: httpx.Client | None = None  # set while the engine runs
         self._slots = HostSlots(settings.host_connections)
+        self.watch = transfer.Watch()  # the engine runs it: progress of running transfers
         self.cache = CacheSide(settings)
         self._policy = Policy(
             stall_timeout=settings.stall_timeout,
@@ -373,6 +374,7 @@ class Handlers:
             expected_size=expected_size,
             host_headers=lambda u: host_headers(self.settings, u),
             progress=progress or self.progress_fn(job),
+            watch=self.watch,
             policy=policy,
             slots=self._slots,
             budget=budget or RetryBudget(0),

@@ -87,14 +87,15 @@ class Ledger:
     async def defer(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """`call`, but what it writes reaches the file with the next commit (module doc).
 
-        While the store thread is idle and a deferred transaction is open, the change runs
+        While a deferred transaction is open and no thread is in the store, the change runs
         here on the event loop: it only touches the tables in memory (and at most stats a
-        file), and a thread hop costs more than the change (~0.1-0.3 ms, several per job)."""
+        file), and a thread hop costs more than the change (~0.1-0.3 ms, several per job).
+        Changes of different jobs need no order between them; a task's own calls keep theirs
+        (it awaited the earlier ones)."""
         change = partial(fn, *args, **kwargs)
-        if not self._limiter.borrowed_tokens:
-            with self.repo.open_deferred() as ready:
-                if ready:
-                    return self._deferred(change)
+        with self.repo.open_deferred() as ready:
+            if ready:
+                return self._deferred(change)
         return await self.call(self._deferred, change)
 
     def _deferred(self, fn: Callable[[], T]) -> T:

@@ -16,10 +16,11 @@ turns a cancel into a stop signal that also shuts the socket, so a stalled read 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -66,6 +67,7 @@ SMALL_BODY = 4 << 20  # a body this small is read, written and hashed on one thr
 SMALL_CHUNK = 256 << 10  # ... in reads of at most this many bytes
 
 ProgressFn = Callable[[int, int | None], None]
+log = logging.getLogger(__name__)
 
 
 class _Sink:
@@ -103,9 +105,12 @@ def _prepare(
     part: Path, have: int, total: int | None, meta: dict[str, Any], policy: Policy
 ) -> _Sink:
     """Check free space, record the sidecar of a fresh start, and open the partial file."""
-    part.parent.mkdir(parents=True, exist_ok=True)
     need = (total or 0) - have
-    free = shutil.disk_usage(part.parent).free
+    try:
+        free = shutil.disk_usage(part.parent).free
+    except FileNotFoundError:  # the folder is made only when missing: a mkdir costs a journal lock
+        part.parent.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(part.parent).free
     if need > free:
         raise DiskFull(f"not enough disk space in {part.parent}: need {need} bytes, {free} free")
     # Truncates a fresh start before the sidecar names the new file. A small body's sidecar
@@ -186,6 +191,34 @@ def _pump_small(reader: BodyReader, sink: _Sink, ctl: Control, size: int) -> Non
         sink.sha.update(buf[:n])
 
 
+class Watch:
+    """Reports the progress of every running transfer each PROGRESS_POLL seconds, from one
+    task (`run`, started by the engine): a task per transfer cost more than the whole
+    transfer of a small file."""
+
+    def __init__(self) -> None:
+        self._running: dict[Control, ProgressFn] = {}
+
+    async def run(self) -> None:
+        while True:
+            await anyio.sleep(PROGRESS_POLL)
+            for ctl, progress in list(self._running.items()):
+                if ctl.done:
+                    try:
+                        progress(ctl.done, ctl.total)
+                    except Exception:  # one transfer's listener must not stop the others'
+                        log.exception("progress report failed")
+
+    @contextlib.contextmanager
+    def watching(self, ctl: Control, progress: ProgressFn) -> Iterator[None]:
+        self._running[ctl] = progress
+        try:
+            yield
+        finally:
+            del self._running[ctl]
+            ctl.stop()  # canceled (or done): the threads stop at their next step
+
+
 async def fetch(
     client: httpx.Client,
     url: str,
@@ -194,6 +227,7 @@ async def fetch(
     expected_size: int | None,
     host_headers: HeadersFn,
     progress: ProgressFn,
+    watch: Watch,
     policy: Policy,
     slots: HostSlots,
     budget: RetryBudget,
@@ -202,38 +236,25 @@ async def fetch(
 
     The caller verifies and renames. On any error or cancel the partial file and its sidecar
     are left consistent, so the next call resumes. Segments that retry draw from `budget`,
-    the job's one retry budget.
+    the job's one retry budget. `watch` reports `progress` while it runs.
     """
     ctl = Control()
     env = Env(client, host_headers, policy, slots, ctl, budget)
     blocking = partial(_fetch_blocking, env, url, target, expected_size)
-    async with anyio.create_task_group() as tg:
-
-        async def report() -> None:
-            try:
-                while True:
-                    await anyio.sleep(PROGRESS_POLL)
-                    if ctl.done:
-                        progress(ctl.done, ctl.total)
-            finally:
-                ctl.stop()  # canceled (or done): the threads stop at their next step
-
-        tg.start_soon(report)
-        failure: Exception | None = None
+    failure: Exception | None = None
+    with watch.watching(ctl, progress):
         try:
             # Abandoned on cancel, so a cancel is immediate even while a connect or the
-            # response headers hang. The threads stop at their next step (see report); until
-            # then they hold the file's target_lock, so no other writer can touch it.
+            # response headers hang. The threads stop at their next step (see watching);
+            # until then they hold the file's target_lock, so no other writer can touch it.
             fetched = await anyio.to_thread.run_sync(
                 blocking, abandon_on_cancel=True, limiter=anyio.CapacityLimiter(1)
             )
         except Stopped:
             await anyio.lowlevel.checkpoint()  # raises the cancellation that caused the stop
             raise
-        except Exception as exc:  # raised below, outside the task group, unwrapped
+        except Exception as exc:  # reported below, after the last progress
             failure = exc
-        finally:
-            tg.cancel_scope.cancel()
     if failure is None or ctl.done:
         # After a failure too: the bytes kept for the resume are the job's progress while it
         # waits to retry (a transfer can fail before the first poll reported anything).

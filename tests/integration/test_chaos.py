@@ -80,6 +80,60 @@ def test_crash_between_rename_and_store_update_needs_no_download(
     assert not part.exists()
 
 
+def test_a_copy_in_place_with_the_catalogue_hash_needs_no_download_but_update_fetches_it(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    """A small file with a catalogue SHA-256 gets no install record: a kill after its rename
+    leaves only the file, which the catalogue's hash proves (a wrong one is fetched again);
+    `update` takes no such shortcut."""
+    good, stale = blob(8, 40_000), blob(9, 40_000)
+    cat = catalog(entries(server, {"a": good, "b": good}, with_sha=True))
+    (home / "data").mkdir(parents=True)
+    (home / "data" / "a").write_bytes(good)  # as a killed run leaves it: no record beside
+    (home / "data" / "b").write_bytes(stale)
+    proc = run_dsm("--run-job", "download", "--all", home=home, catalog_path=cat)
+    assert proc.returncode == 0, proc.stderr
+    assert server.requests("a.bin") == [], "a copy the catalogue's hash proves was fetched"
+    assert len(server.requests("b.bin")) == 1
+    check_home(home, cat, {"a": good, "b": good})
+    (home / "data" / "a").touch()  # the store no longer vouches for it (its stamp changed)
+    proc = run_dsm("--run-job", "update", "--dataset", "a", home=home, catalog_path=cat)
+    assert proc.returncode == 0, proc.stderr
+    assert len(server.requests("a.bin")) == 1
+    assert not sidecar_path(home / "data" / "a.part").exists()
+
+
+def test_a_small_partial_without_its_sidecar_is_fetched_again_whole(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    """A small body's sidecar is written only when its transfer stops short; a partial a
+    kill -9 left without one proves nothing, so it is fetched from byte 0."""
+    data = blob(10, 300_000)
+    cat = catalog(entries(server, {"a": data}, with_sha=True))
+    (home / "data").mkdir(parents=True)
+    (home / "data" / "a.part").write_bytes(blob(11, 100_000))  # not even the same bytes
+    proc = run_dsm("--run-job", "download", "--all", home=home, catalog_path=cat)
+    assert proc.returncode == 0, proc.stderr
+    (req,) = server.requests("a.bin")
+    assert req.range_start in (None, 0) and "if-range" not in req.headers
+    check_home(home, cat, {"a": data})
+
+
+@pytest.mark.anyio
+async def test_a_small_transfer_cut_short_keeps_a_sidecar_and_resumes(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    data = blob(12, 300_000)
+    settings, repo = setup(home, catalog(entries(server, {"a": data}, with_sha=True)))
+    server.fault("a.bin", drop_after=120_000)
+    run = await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
+    assert run.job.status == JobStatus.COMPLETED and run.job.attempts == 2
+    first, second = server.requests("a.bin")
+    assert first.range_start in (None, 0) and "if-range" in second.headers
+    assert (second.range_start or 0) >= 100_000 and second.status == 206
+    assert (home / "data" / "a").read_bytes() == data
+
+
 @pytest.mark.anyio
 async def test_enospc_at_the_write_boundary(
     server: FileServer, home: Path, catalog: CatalogFn, monkeypatch: pytest.MonkeyPatch

@@ -173,6 +173,32 @@ def test_a_transaction_starts_from_the_latest_file(tmp_path: Path) -> None:
     assert sorted(d["name"] for d in first.all("datasets")) == ["a", "b", "c"]
 
 
+def test_a_parsed_row_is_reused_only_while_the_row_is_unchanged(tmp_path: Path) -> None:
+    """Repository.dataset parses a row once per version of it: every kind of write (in this
+    process, deferred, or by another process) is seen, and a caller's changes to what it got
+    never reach the next reader."""
+    db = tmp_path / "db.json"
+    repo, other = Repository(Store(db)), Repository(Store(db))
+    repo.save(Dataset(name="a", description="one", original_url="http://x/a", local_path="a"))
+    first = repo.dataset("a")
+    first.description = "changed by a caller, not saved"
+    assert repo.dataset("a").description == "one"
+    repo.change("a", description="two")
+    assert repo.dataset("a").description == "two"
+    with repo.transaction(defer=True):
+        repo.change("a", description="three")
+    assert repo.dataset("a").description == "three"
+    repo.flush()
+    other.change("a", description="four")
+    assert repo.dataset("a").description == "four"
+    job = Job(JobType.DOWNLOAD, "a", {"dataset": "a"})
+    repo.save_job(job)
+    repo.change("a", download_job_id=job.id)
+    job.progress = 42.0
+    repo.write_progress([job])  # an update in place of the row's fields
+    assert repo.dataset("a").download_progress == 42.0
+
+
 def test_writes_happen_once_per_transaction_and_only_when_something_changed(
     tmp_path: Path,
 ) -> None:

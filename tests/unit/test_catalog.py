@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from dsm.catalog.parse import (
     load_catalog,
     parse_catalog,
 )
-from dsm.catalog.paths import resolve_inside
+from dsm.catalog.paths import Resolver, resolve_inside
 from dsm.catalog.secrets import source_url
 from dsm.catalog.sync import register, sync_catalog
 from dsm.cli import main
@@ -373,6 +374,32 @@ def test_local_path_escaping_through_a_symlink(
     )
     assert "'alias'" not in result.stderr
     assert seeded() == before
+
+
+def test_resolver_follows_links_of_files_and_folders(tmp_path: Path) -> None:
+    """A file that is a link is judged by where it leads: out of the home, onto the home
+    itself or onto dsm's own files is refused; a link inside the home resolves there."""
+    home = tmp_path / "home"
+    (home / "inner").mkdir(parents=True)
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes(b"x")
+    (home / "out.bin").symlink_to(outside)
+    (home / "self").symlink_to(home)
+    (home / "store.bin").symlink_to(home / "db.json")
+    (home / "inner" / "real.bin").write_bytes(b"y")
+    (home / "in.bin").symlink_to(home / "inner" / "real.bin")
+    resolve = Resolver(home)
+    for local_path, why in (
+        ("out.bin", "resolves outside the data home"),
+        ("self", "resolves outside the data home"),
+        ("store.bin", "is reserved for dsm's own files"),
+        ("inner//../x", "must not contain '..'"),
+    ):
+        with pytest.raises(ValueError, match=re.escape(why)):
+            resolve(local_path)
+    assert resolve("in.bin") == (home / "inner" / "real.bin").resolve()
+    assert resolve("./inner//new.bin") == home.resolve() / "inner" / "new.bin"
+    assert resolve("inner/real.bin") == resolve("inner/real.bin")  # cached folders agree
 
 
 def test_every_error_at_once(home: Path, tmp_path: Path) -> None:

@@ -136,7 +136,8 @@ def main() -> None:
         root = Path(work)
         home = root / "home"
         results: dict[str, dict[str, list[Sample]]] = {}
-        for tag, files, runs in (("small", small, args.runs), ("big", big, args.big_runs)):
+        sets = [("small", small, args.runs)] + [("big", big, args.big_runs)] * bool(args.big_runs)
+        for tag, files, runs in sets:
             catalog, listing = catalogues(root, base, files, tag)
             results[tag] = alternate(
                 runs,
@@ -145,20 +146,25 @@ def main() -> None:
                     "dsm": partial(fresh_dsm_run, home, catalog, "--all"),
                 },
             )
-        noop = noop_rows(args.big_runs, home, root / "catalog-big.json")
+        noop = noop_rows(args.big_runs, home, root / "catalog-big.json") if args.big_runs else []
     load = Path("/proc/loadavg").read_text().split()[:3]
     print(f"nginx on 127.0.0.1, files from /dev/shm to /var/tmp; {machine()}; load {load}")
     print(f"\n{args.small} files of 40 KB\n")
     print(table(results["small"], ARIA))
-    print(f"\n{args.big} files of 1 KB\n")
-    print(table(results["big"], ARIA))
+    if args.big_runs:
+        print(f"\n{args.big} files of 1 KB\n")
+        print(table(results["big"], ARIA))
     print("\nper-file wall time (median wall / files), ms\n")
     print("| files | dsm | aria2c |\n|---|---|---|")
     for tag, count in (("small", args.small), ("big", args.big)):
+        if tag not in results:
+            continue
         res = results[tag]
         dsm_ms = per_file_ms(res["dsm"], count)
         aria_ms = per_file_ms(res[ARIA], count)
         print(f"| {count} | {dsm_ms:.2f} | {aria_ms:.2f} |")
+    if not noop:
+        return
     print(f"\n`--all` again on {args.big} downloaded datasets (nothing to do)\n")
     print("| wall s | CPU s | peak RSS MiB | db.json MB before | after |\n|---|---|---|---|---|")
     print("\n".join(noop))

@@ -440,15 +440,8 @@ async def test_cancel_right_after_update_install_records_the_new_file(
     installed, cancel_requested = threading.Event(), threading.Event()
     real_install = files.install
 
-    def install_then_hold(
-        path: Path,
-        size: int,
-        sha256: str,
-        unconfirmed: str | None,
-        sync: bool = True,
-        record: bool = True,
-    ) -> files.Installed:
-        out = real_install(path, size, sha256, unconfirmed, sync, record)
+    def install_then_hold(*args: Any, **kwargs: Any) -> files.Installed:
+        out = real_install(*args, **kwargs)
         installed.set()
         cancel_requested.wait(HOLD)
         return out

@@ -185,6 +185,17 @@ def fresh_dsm_run(home: Path, catalog: Path, *args: str, **extra: str) -> Sample
     return timed([*dsm_cmd(), "--run-job", "download", *args], dsm_env(home, catalog, **extra))
 
 
+def sources_copy(checkout: Path, dest: Path) -> Path:
+    """The package `dsm` of another checkout (say main's, for "before" rows), laid out as
+    pyproject's package-dir installs it, under `dest`: put `dest` on PYTHONPATH to run it."""
+    pkg = dest / "dsm"
+    shutil.rmtree(pkg, ignore_errors=True)
+    shutil.copytree(checkout / "app", pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    for sub in ("widgets", "store"):
+        shutil.copytree(checkout / sub, pkg / sub, ignore=shutil.ignore_patterns("__pycache__"))
+    return dest
+
+
 def dsm_cmd() -> list[str]:
     exe = Path(sys.executable).parent / "dsm"
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "dsm"]

@@ -18,7 +18,7 @@ PART_SUFFIXES = (".part", ".part.json", ".part.old")
 NAME_MAX = 255 - len(".part.json.tmp")
 
 
-@functools.lru_cache(maxsize=1 << 14)  # pure; asked again for every job of a dataset
+@functools.lru_cache(maxsize=1024)  # pure; asked again by each job, a few times in a row
 def local_path_problem(local_path: str, base: str = "the data home") -> str | None:
     """Why `local_path` may not be used as a path under `base`, or None when it is fine."""
     if not local_path or not local_path.strip():
@@ -101,14 +101,14 @@ class Resolver:
         return Path(target)
 
 
-@functools.lru_cache(maxsize=1 << 14)
+@functools.lru_cache(maxsize=1024)
 def _split(local_path: str) -> tuple[str, str]:
     """A local_path's folder and name, as PurePosixPath reads them (`a//b`, `./a`)."""
     rel = PurePosixPath(local_path)
     return str(rel.parent), rel.name
 
 
-@functools.lru_cache(maxsize=1 << 14)
+@functools.lru_cache(maxsize=1024)
 def _reserved(relative: str) -> str | None:
     return reserved_problem(PurePosixPath(relative))
 

@@ -196,14 +196,17 @@ class Stages:
     """Buffers filled on the caller's thread pass through `stages` in order, each stage on a
     thread of its own, then come back to be filled again: reading, writing and hashing
     overlap (on 2 cores hashlib and file writes release the GIL), and `count` preallocated
-    buffers circulate, nothing is allocated per chunk. A stage's exception is kept, the later
-    buffers skip the stages, and it is raised on the caller's side (take, or the exit)."""
+    buffers circulate, nothing is allocated per chunk. A stage that returns False wants no
+    buffer after this one (this one still goes through the later stages: a writer that took
+    the last bytes it wanted has them hashed). A stage's exception is kept, the later buffers
+    skip the stages, and it is raised on the caller's side (take, or the exit)."""
 
     def __init__(self, stages: list[Stage], count: int, size: int) -> None:
         self.free: queue.Queue[memoryview] = queue.Queue()
         for _ in range(count):
             self.free.put(memoryview(bytearray(size)))
-        self.queues: list[queue.Queue[tuple[memoryview, int] | None]] = [
+        # (buffer, bytes filled, whether the stages still act on it)
+        self.queues: list[queue.Queue[tuple[memoryview, int, bool] | None]] = [
             queue.Queue() for _ in stages
         ]
         self.error: Exception | None = None
@@ -241,20 +244,22 @@ class Stages:
 
     def put(self, buf: memoryview, n: int) -> None:
         """Hand the first `n` bytes of a buffer from take() to the stages."""
-        self.queues[0].put((buf, n))
+        self.queues[0].put((buf, n, True))
 
     def _run(self, i: int, stage: Stage) -> None:
         after = self.queues[i + 1] if i + 1 < len(self.queues) else None
         while (item := self.queues[i].get()) is not None:
-            if self.error is None and self.wanted:
+            buf, n, live = item
+            live = live and self.error is None and (i > 0 or self.wanted)
+            if live:
                 try:
-                    if not stage(item[0][: item[1]]):
+                    if not stage(buf[:n]):
                         self.wanted = False
                 except Exception as exc:
                     self.error = exc
             if after is None:
-                self.free.put(item[0])
+                self.free.put(buf)
             else:
-                after.put(item)
+                after.put((buf, n, live))
         if after is not None:
             after.put(None)

@@ -186,9 +186,9 @@ def _pump_small(reader: BodyReader, sink: _Sink, ctl: Control, size: int) -> Non
     cancel or a cut keeps what arrived."""
     buf = memoryview(bytearray(max(min(size, SMALL_CHUNK), 1)))
     while n := reader.fill(buf):
-        ctl.check()
-        sink.write(buf[:n])
+        sink.write(buf[:n])  # before the check: what arrived before a stop is kept
         sink.sha.update(buf[:n])
+        ctl.check()
 
 
 class Watch:

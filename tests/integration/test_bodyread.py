@@ -15,7 +15,7 @@ from dsm.domain.jobs import Job, JobStatus, JobType
 from dsm.domain.model import Status
 from dsm.engine.engine import Engine
 from dsm.transfer import segmented, single
-from dsm.transfer.bodyread import DIRECT_MIN, BodyReader
+from dsm.transfer.bodyread import DIRECT_MIN, BodyReader, Stages
 from dsm.transfer.http import Policy
 from tests.conftest import CatalogFn, blob, sha
 from tests.enginehelp import run_jobs, setup, until
@@ -195,3 +195,27 @@ async def test_a_segmented_download_reads_its_lead_directly(
     assert len(starts) == 4 and starts[0] == 0
     # The lead's body is the whole file (direct); the split ranges are below DIRECT_MIN.
     assert [r.direct for r in readers] == [True, False, False, False]
+
+
+def test_a_stage_that_wants_no_more_still_passes_its_last_buffer_on() -> None:
+    """A writer that took the last bytes it wanted (False) has that buffer hashed by the next
+    stage; the buffers after it skip every stage."""
+    written: list[bytes] = []
+    hashed: list[bytes] = []
+
+    def write(data: memoryview) -> bool:
+        written.append(bytes(data))
+        return len(written) < 2
+
+    def hash_(data: memoryview) -> bool:
+        hashed.append(bytes(data))
+        return True
+
+    with Stages([write, hash_], 4, 8) as stages:
+        for fill in (b"a", b"b", b"c"):
+            buf = stages.take(lambda: None)
+            if buf is None:
+                break
+            buf[:1] = fill
+            stages.put(buf, 1)
+    assert written == hashed == [b"a", b"b"]

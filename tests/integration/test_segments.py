@@ -13,7 +13,8 @@ import pytest
 
 from dsm.domain.jobs import Job, JobStatus, JobType
 from dsm.engine.engine import Engine
-from dsm.transfer.partfile import read_sidecar, sidecar_path
+from dsm.transfer import segmented
+from dsm.transfer.partfile import read_sidecar, sidecar_path, write_sidecar
 from tests.conftest import (
     CatalogFn,
     blob,
@@ -33,6 +34,105 @@ SEGMENT_ENV = {"DSM_SEGMENTS": "4", "DSM_SEGMENT_MIN": "1000000"}
 
 def starts(server: FileServer, path: str) -> list[int | None]:
     return [r.range_start for r in server.requests(path)]
+
+
+def read_back(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The offsets the hashing thread reads back from the .part (segmented's os.preadv)."""
+    offsets: list[int] = []
+    real = os.preadv
+
+    def preadv(fd: int, buffers: list[memoryview], offset: int) -> int:
+        offsets.append(offset)
+        return real(fd, buffers, offset)
+
+    monkeypatch.setattr(os, "preadv", preadv)
+    return offsets
+
+
+async def test_a_lead_that_is_not_split_is_hashed_as_written(
+    server: FileServer, home: Path, catalog: CatalogFn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fast first connection keeps the whole file: its bytes are hashed from its buffers,
+    none read back from the disk, and the hash is still of the bytes written."""
+    data = blob(21, SIZE)
+    settings, repo = setup(home, catalog(a=server.add("a.bin", data)), **SEGMENT_ENV)
+    monkeypatch.setattr(segmented, "SPLIT_BELOW", 0)  # however loaded the machine: no split
+    offsets = read_back(monkeypatch)
+    run = await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
+    assert run.job.status == JobStatus.COMPLETED, run.job.error
+    assert starts(server, "a.bin") == [0]
+    assert (home / "data" / "a").read_bytes() == data and repo.dataset("a").checksum == sha(data)
+    assert offsets == []
+
+
+async def test_a_split_lead_is_hashed_as_written_and_the_rest_read_back(
+    server: FileServer, home: Path, catalog: CatalogFn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = blob(22, SIZE)
+    settings, repo = setup(home, catalog(a=server.add("a.bin", data)), **SEGMENT_ENV)
+    server.always("a.bin", rate=2_000_000)  # slow enough per connection to be split
+    offsets = read_back(monkeypatch)
+    run = await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
+    assert run.job.status == JobStatus.COMPLETED, run.job.error
+    assert sorted(s or 0 for s in starts(server, "a.bin")) == [0, 2_000_000, 4_000_000, 6_000_000]
+    assert repo.dataset("a").checksum == sha(data)
+    assert offsets and min(offsets) == 2_000_000  # the lead's 2 MB never read back
+
+
+async def test_a_resumed_lead_is_read_back_from_the_start(
+    server: FileServer, home: Path, catalog: CatalogFn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A resumed lead has bytes from before that its stream never saw: they are read back
+    (and hashed) before anything after them."""
+    data = blob(23, SIZE)
+    url = server.add("a.bin", data)
+    settings, repo = setup(home, catalog(a=url), **SEGMENT_ENV)
+    res = server.resources["/a.bin"]
+    part = home / "data" / "a.part"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(data[:1_000_000] + bytes(SIZE - 1_000_000))
+    meta = {
+        "url": url,
+        "etag": res.etag,
+        "last_modified": res.last_modified,
+        "total": SIZE,
+        "segments": [[0, SIZE, 1_000_000]],
+    }
+    sidecar_path(part).write_text(json.dumps(meta))
+    offsets = read_back(monkeypatch)
+    run = await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
+    assert run.job.status == JobStatus.COMPLETED, run.job.error
+    assert starts(server, "a.bin") == [1_000_000]
+    assert repo.dataset("a").checksum == sha(data)
+    assert offsets[0] == 0
+
+
+async def test_a_lone_segment_is_flushed_as_it_grows(
+    server: FileServer, home: Path, catalog: CatalogFn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk writes while the body arrives (an fdatasync and a sidecar save every
+    SYNC_EVERY bytes), not only once a second, so the final fsync has little left."""
+    data = blob(24, SIZE)
+    settings, repo = setup(home, catalog(a=server.add("a.bin", data)), **SEGMENT_ENV)
+    server.always("a.bin", rate=4_000_000)
+    monkeypatch.setattr(segmented, "SPLIT_BELOW", 0)
+    monkeypatch.setattr(segmented, "SAVE_INTERVAL", 1000.0)  # only the byte count saves
+    monkeypatch.setattr(segmented, "SYNC_EVERY", 1_000_000)
+    saved: list[list[list[int]]] = []
+    real = write_sidecar
+
+    def record(part: Path, meta: dict[str, object]) -> None:
+        segs = meta["segments"]
+        assert isinstance(segs, list)
+        saved.append(segs)
+        real(part, meta)
+
+    monkeypatch.setattr(segmented, "write_sidecar", record)
+    run = await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
+    assert run.job.status == JobStatus.COMPLETED, run.job.error
+    progress = [segs[0][2] for segs in saved]
+    # Saves in between the first (nothing yet) and the last (all), each after a flush.
+    assert len([p for p in progress if 0 < p < SIZE]) >= 2, progress
 
 
 async def test_segmented_is_faster_than_one_stream_and_verifies(

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import os
-from pathlib import Path, PurePath, PurePosixPath
+import posixpath
+import re
+from pathlib import Path, PurePosixPath
 
 # Names dsm itself keeps in the home: a dataset file must never take their place.
 STORE_FILES = frozenset({"db.json", "db.json.lock"})
@@ -16,11 +18,15 @@ PART_SUFFIXES = (".part", ".part.json", ".part.old")
 # A file name may take 255 bytes on common file systems; the longest name dsm writes beside
 # a dataset file is its sidecar's temporary file, `<name>.part.json.tmp`.
 NAME_MAX = 255 - len(".part.json.tmp")
+# Relative paths of plain ASCII names, none led by a dot: the common case, checked at once.
+_PLAIN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*(?:/[A-Za-z0-9_][A-Za-z0-9._-]*)*")
 
 
 @functools.lru_cache(maxsize=1024)  # pure; asked again by each job, a few times in a row
 def local_path_problem(local_path: str, base: str = "the data home") -> str | None:
     """Why `local_path` may not be used as a path under `base`, or None when it is fine."""
+    if _PLAIN.fullmatch(local_path) and all(len(p) <= NAME_MAX for p in local_path.split("/")):
+        return None  # plain ASCII names break no rule below (each needs `.`, `~`, `:`, `/`...)
     if not local_path or not local_path.strip():
         return "must not be empty"
     pure = PurePosixPath(local_path.replace("\\", "/"))
@@ -41,10 +47,11 @@ def local_path_problem(local_path: str, base: str = "the data home") -> str | No
     return None
 
 
-def reserved_problem(relative: PurePath) -> str | None:
-    """Why a path (relative to the home) belongs to dsm itself, or None."""
-    name = relative.name
-    if str(relative) in STORE_FILES or (relative.parts and relative.parts[0] in OWN_DIRS):
+def reserved_problem(relative: str) -> str | None:
+    """Why a path (relative to the home, normalised: no `.`, `//` or trailing `/`) belongs
+    to dsm itself, or None."""
+    name = relative.rpartition("/")[2]
+    if relative in STORE_FILES or relative.partition("/")[0] in OWN_DIRS:
         return "is reserved for dsm's own files (db.json, db.json.lock, .locks/, .archives/)"
     if name.startswith(".db-") and name.endswith(".tmp"):
         return "is reserved for dsm's own temporary files (.db-*.tmp)"
@@ -57,15 +64,16 @@ def member_problem(relative: str) -> str | None:
     """Why a file of a dataset of several files (a catalogue `files` path, a Hub repo path)
     may not go to `relative` below the dataset's folder, or None."""
     return local_path_problem(relative, "the dataset's folder") or reserved_problem(
-        PurePosixPath(relative)
+        str(PurePosixPath(relative))
     )
 
 
 class Resolver:
     """Resolves `local_path`s under one home, following symlinks, refusing escapes.
 
-    The home and each folder are resolved once per instance (a catalogue of 10,000 entries
-    shares a few folders); make a new one for each pass, since symlinks can change later.
+    The home, each folder and each path are resolved once per instance (a catalogue of
+    10,000 entries shares a few folders, and a pass may ask for a path twice); make a new
+    one for each pass, since symlinks can change later.
     Paths are handled as strings (os.path.realpath is what Path.resolve calls): this runs
     for every job, and pathlib's objects cost more than the checks.
     """
@@ -74,6 +82,7 @@ class Resolver:
         self.root = home.resolve()
         self._inside = os.path.join(str(self.root), "")  # the root and a separator
         self._folders: dict[str, str] = {}
+        self._paths: dict[str, Path] = {}  # a pass asks for a path more than once
 
     def __call__(self, local_path: str) -> Path:
         """The absolute path of `local_path` under the home, after following symlinks.
@@ -81,10 +90,14 @@ class Resolver:
         Raises ValueError when it is not a plain relative path, resolves outside the home or
         would take the place of one of dsm's own files.
         """
+        known = self._paths.get(local_path)
+        if known is not None:
+            return known
         problem = local_path_problem(local_path)
         if problem:
             raise ValueError(f"local_path {local_path!r} {problem}")
-        parent, name = _split(local_path)
+        # As PurePosixPath reads it (`a//b`, `./a`, `a/.`): the name is never `.` or empty.
+        parent, _, name = posixpath.normpath(local_path).rpartition("/")
         folder = self._folders.get(parent)
         if folder is None:
             folder = self._folders[parent] = os.path.realpath(os.path.join(self._inside, parent))
@@ -95,22 +108,11 @@ class Resolver:
             raise ValueError(
                 f"local_path {local_path!r} resolves outside the data home {self.root}"
             )
-        reserved = _reserved(target[len(self._inside) :])
+        reserved = reserved_problem(target[len(self._inside) :])  # realpath: normalised
         if reserved:
             raise ValueError(f"local_path {local_path!r} {reserved}")
-        return Path(target)
-
-
-@functools.lru_cache(maxsize=1024)
-def _split(local_path: str) -> tuple[str, str]:
-    """A local_path's folder and name, as PurePosixPath reads them (`a//b`, `./a`)."""
-    rel = PurePosixPath(local_path)
-    return str(rel.parent), rel.name
-
-
-@functools.lru_cache(maxsize=1024)
-def _reserved(relative: str) -> str | None:
-    return reserved_problem(PurePosixPath(relative))
+        self._paths[local_path] = path = Path(target)
+        return path
 
 
 def resolve_inside(home: Path, local_path: str) -> Path:

@@ -24,7 +24,7 @@ from dsm.catalog.parse import (
     load_catalog,
     parse_catalog,
 )
-from dsm.catalog.paths import Resolver, resolve_inside
+from dsm.catalog.paths import Resolver, local_path_problem, resolve_inside
 from dsm.catalog.secrets import source_url
 from dsm.catalog.sync import register, sync_catalog
 from dsm.cli import main
@@ -389,8 +389,11 @@ def test_resolver_follows_links_of_files_and_folders(tmp_path: Path) -> None:
     (home / "inner" / "real.bin").write_bytes(b"y")
     (home / "in.bin").symlink_to(home / "inner" / "real.bin")
     resolve = Resolver(home)
+    (home / "outdir").symlink_to(tmp_path)
     for local_path, why in (
         ("out.bin", "resolves outside the data home"),
+        ("outdir/.", "resolves outside the data home"),  # the link itself, not its folder
+        ("./outdir//", "must name a file"),
         ("self", "resolves outside the data home"),
         ("store.bin", "is reserved for dsm's own files"),
         ("inner//../x", "must not contain '..'"),
@@ -782,3 +785,16 @@ def test_rows_removed_by_hand_are_registered_again(home: Path, catalog: CatalogF
     before = db.stat().st_mtime_ns
     assert run_dsm("list", home=home, catalog_path=cat).returncode == 0
     assert db.stat().st_mtime_ns == before
+
+
+@pytest.mark.parametrize(
+    "local_path",
+    ["a", "data/a.bin", "x_1/y-2/z.3", "a" * 241, "a/" + "b" * 241, "a..b/c", "_/a"],
+)
+def test_plain_local_paths_take_the_short_check_with_the_same_answer(local_path: str) -> None:
+    """The short check for plain names agrees with the full rules (no problem); a name one
+    byte too long, or a path the short check does not take, gets the full rules."""
+    assert local_path_problem(local_path) is None
+    assert local_path_problem("./" + local_path) is None  # the full rules allow `./`
+    assert local_path_problem(local_path + "/..") == "must not contain '..'"
+    assert (local_path_problem(local_path + "/" + "c" * 242) or "").startswith("has a name of 242")

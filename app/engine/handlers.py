@@ -62,6 +62,8 @@ def host_headers(settings: Settings, url: str) -> dict[str, str]:
     """Headers configured for the URL's origin (scheme, host, port), only ever sent over
     https or to this machine, so a redirect to another origin gets that origin's; and the Hub
     token for the Hub endpoint's own origin (dsm.transfer.hub.auth_headers)."""
+    if not settings.host_headers and not settings.hf_token:  # the usual case: nothing to add
+        return {}
     parsed = httpx.URL(url)
     if not secure_origin(parsed):  # credentials never travel in clear text
         return {}

@@ -32,6 +32,7 @@ from dsm.errors import (
     TransferError,
     Unreachable,
 )
+from dsm.transfer.proxy import RoutedClient
 from dsm.version import __version__
 
 MAX_REDIRECTS = 10
@@ -300,6 +301,12 @@ def secure_origin(url: httpx.URL) -> bool:
     return url.scheme == "https" or is_loopback(url.host)
 
 
+def _get(client: httpx.Client, url: httpx.URL, headers: dict[str, str]) -> httpx.Response:
+    if isinstance(client, RoutedClient):  # the engine's: the short way to the transport
+        return client.stream_get(url, headers)
+    return client.send(client.build_request("GET", url, headers=headers), stream=True)
+
+
 @contextlib.contextmanager
 def open_stream(
     client: httpx.Client, url: str, headers: dict[str, str], host_headers: HeadersFn
@@ -316,8 +323,7 @@ def open_stream(
                 f"refusing to send the password in {redact_url(url)} over plain http: "
                 "use https (credentials travel over https only, or to this machine)"
             )
-        request = client.build_request("GET", url, headers={**headers, **host_headers(url)})
-        resp = client.send(request, stream=True)
+        resp = _get(client, parsed, {**headers, **host_headers(url)})
         location = resp.headers.get("location")
         if resp.is_redirect and location:
             resp.close()

@@ -468,7 +468,8 @@ def write_manifest(home: Path, ds: Dataset, unpacked: list[Unpacked]) -> None:
 def drop_archive(home: Path, ds: Dataset) -> None:
     """The archive and file list of an earlier unpacked copy, once the dataset is no longer
     unpacked (the catalogue dropped `extract`) and its new copy is in place."""
-    if ds.extract is None:
+    # The lexists first: most datasets never had one, and resolving the home costs more.
+    if ds.extract is None and os.path.lexists(home / ARCHIVES_DIR / ds.name):
         shutil.rmtree(archive_dir(home, ds), ignore_errors=True)
 
 

@@ -55,7 +55,8 @@ class DatasetLocks:
         """Wait for the dataset of `job`. A delete asks the other process that holds the
         dataset to cancel (as `c` in a dashboard does), rather than wait out its download."""
         name = job.dataset
-        await self._local.setdefault(name, anyio.Lock()).acquire()
+        # fast_acquire: a free lock is taken without yielding (one event-loop round a job).
+        await self._local.setdefault(name, anyio.Lock(fast_acquire=True)).acquire()
         path = self.lock_dir / f"{name}.lock"
         asked = job.type != JobType.DELETE
         try:

@@ -119,6 +119,49 @@ def test_a_small_partial_without_its_sidecar_is_fetched_again_whole(
     check_home(home, cat, {"a": data})
 
 
+@pytest.mark.parametrize("size", [100_000, 1_000_000, 5_000_000])
+@pytest.mark.parametrize("with_sha", [True, False])
+def test_a_finished_download_leaves_only_its_file(
+    server: FileServer, home: Path, catalog: CatalogFn, size: int, with_sha: bool
+) -> None:
+    """One read, several reads, the big-body pipeline; with a catalogue hash (no install
+    record) or without: no sidecar is left beside the file."""
+    data = blob(14, size)
+    cat = catalog(entries(server, {"a": data}, with_sha=with_sha))
+    proc = run_dsm("--run-job", "download", "--all", home=home, catalog_path=cat)
+    assert proc.returncode == 0, proc.stderr
+    check_home(home, cat, {"a": data})
+
+
+def test_a_small_transfer_killed_after_its_first_read_resumes(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    """A small body longer than one read has its sidecar on disk from the end of that read
+    on: a kill -9 (no chance to write anything at exit) still leaves a resumable partial."""
+    data = blob(13, 1_000_000)
+    cat = catalog(entries(server, {"a": data}, with_sha=True))
+    server.fault("a.bin", stall_after=600_000)
+    proc = subprocess.Popen(
+        [*dsm_command(), "--run-job", "download", "--all"],
+        env=dsm_env(home, cat),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    part = home / "data" / "a.part"
+    try:
+        wait_for(lambda: sidecar_path(part).exists(), timeout=30)
+    finally:
+        proc.kill()
+        proc.wait()
+        server.release.set()
+    assert 0 < part.stat().st_size <= 600_000
+    again = run_dsm("--run-job", "download", "--all", home=home, catalog_path=cat)
+    assert again.returncode == 0, again.stderr
+    _, second = server.requests("a.bin")
+    assert "if-range" in second.headers and (second.range_start or 0) >= 262_144
+    check_home(home, cat, {"a": data})
+
+
 @pytest.mark.anyio
 async def test_a_small_transfer_cut_short_keeps_a_sidecar_and_resumes(
     server: FileServer, home: Path, catalog: CatalogFn

@@ -32,6 +32,16 @@ from tests.httpserver import FileServer
 SOAK_TRIALS = 20
 
 
+def start_download_all(home: Path, cat: Path) -> subprocess.Popen[bytes]:
+    """`dsm --run-job download --all` on `home`, in the background, silent."""
+    return subprocess.Popen(
+        [*dsm_command(), "--run-job", "download", "--all"],
+        env=dsm_env(home, cat),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 @pytest.mark.slow
 def test_kill_9_soak(server: FileServer, tmp_path: Path, catalog: CatalogFn) -> None:
     rng = random.Random(20261126)
@@ -44,12 +54,7 @@ def test_kill_9_soak(server: FileServer, tmp_path: Path, catalog: CatalogFn) -> 
         home = tmp_path / f"trial{trial}"
         home.mkdir()
         before = sum(server.bytes_sent(f"{n}.bin") for n in files)
-        proc = subprocess.Popen(
-            [*dsm_command(), "--run-job", "download", "--all"],
-            env=dsm_env(home, cat),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        proc = start_download_all(home, cat)
         time.sleep(rng.uniform(0.05, 0.6))  # the random kill instant, not a synchronisation
         proc.kill()
         proc.wait()
@@ -141,12 +146,7 @@ def test_a_small_transfer_killed_after_its_first_read_resumes(
     data = blob(13, 1_000_000)
     cat = catalog(entries(server, {"a": data}, with_sha=True))
     server.fault("a.bin", stall_after=600_000)
-    proc = subprocess.Popen(
-        [*dsm_command(), "--run-job", "download", "--all"],
-        env=dsm_env(home, cat),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = start_download_all(home, cat)
     part = home / "data" / "a.part"
     try:
         wait_for(lambda: sidecar_path(part).exists(), timeout=30)
@@ -269,12 +269,7 @@ def test_store_stays_consistent_while_another_process_downloads(
     files = {"big": blob(30, 4_000_000)}
     cat = catalog(entries(server, files, with_sha=True))
     server.always("big.bin", rate=3_000_000)
-    proc = subprocess.Popen(
-        [*dsm_command(), "--run-job", "download", "--all"],
-        env=dsm_env(home, cat),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = start_download_all(home, cat)
     seen: set[str] = set()
 
     def done() -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import gc
 import json
 import os
 import sys
@@ -267,6 +268,10 @@ def run(argv: Sequence[str] | None) -> int:
         print(completion.script(args.shell, build_parser()), end="")
         return 0
     settings, repo = open_home(args)
+    # The store's rows (two per dataset) now live as long as the process: the cycle collector
+    # need not walk them again. At 10,000 datasets each full collection cost ~0.1 s, a third
+    # of what a second `--all` with nothing to do spent beyond parsing the file.
+    gc.freeze()
     if args.command == "list":
         if not args.names:  # one revision call per followed branch; none offline
             from dsm.engine.hubjob import refresh_upstream

@@ -82,7 +82,8 @@ class Resolver:
         self.root = home.resolve()
         self._inside = os.path.join(str(self.root), "")  # the root and a separator
         self._folders: dict[str, str] = {}
-        self._paths: dict[str, Path] = {}  # a pass asks for a path more than once
+        self._texts: dict[str, str] = {}  # a pass asks for a path more than once
+        self._paths: dict[str, Path] = {}
 
     def __call__(self, local_path: str) -> Path:
         """The absolute path of `local_path` under the home, after following symlinks.
@@ -90,7 +91,15 @@ class Resolver:
         Raises ValueError when it is not a plain relative path, resolves outside the home or
         would take the place of one of dsm's own files.
         """
-        known = self._paths.get(local_path)
+        path = self._paths.get(local_path)
+        if path is None:
+            path = self._paths[local_path] = Path(self.text(local_path))
+        return path
+
+    def text(self, local_path: str) -> str:
+        """`self(local_path)` as a string: for a pass that only stats the file, building the
+        Path cost more than the check."""
+        known = self._texts.get(local_path)
         if known is not None:
             return known
         problem = local_path_problem(local_path)
@@ -111,8 +120,8 @@ class Resolver:
         reserved = reserved_problem(target[len(self._inside) :])  # realpath: normalised
         if reserved:
             raise ValueError(f"local_path {local_path!r} {reserved}")
-        self._paths[local_path] = path = Path(target)
-        return path
+        self._texts[local_path] = target
+        return target
 
 
 def resolve_inside(home: Path, local_path: str) -> Path:

@@ -66,11 +66,14 @@ class JobParams:
     force_download: bool = False
 
 
+_PARAM_NAMES = frozenset(PARAMS_SCHEMA["properties"])
+
+
 def parse_params(raw: object, known: set[str] | frozenset[str]) -> JobParams:
     """Check params against PARAMS_SCHEMA and the known dataset names; BadInput names the field."""
     if not isinstance(raw, dict):
         raise BadInput("job params must be a JSON object")
-    extra = sorted(set(raw) - set(PARAMS_SCHEMA["properties"]))
+    extra = sorted(raw.keys() - _PARAM_NAMES)
     if extra:
         raise BadInput(f"job params: unknown field(s): {', '.join(extra)}")
     name = raw.get("dataset")
@@ -123,11 +126,12 @@ class Job:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Job:
-        kwargs = {k: v for k, v in raw.items() if k in _JOB_FIELD_SET}
+        # The field names' own (interned) strings as keys: a call with keywords matches those
+        # by identity, and the stored row's keys by comparing text (~3x slower here).
+        kwargs = {k: raw[k] for k in _JOB_FIELDS if k in raw}
         kwargs["type"] = JobType(raw["type"])
         kwargs["status"] = JobStatus(raw["status"])
         return cls(**kwargs)
 
 
 _JOB_FIELDS = tuple(f.name for f in fields(Job))
-_JOB_FIELD_SET = frozenset(_JOB_FIELDS)

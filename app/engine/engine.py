@@ -14,7 +14,6 @@ what a dataset row becomes when its job ends to `end_state` (outcome.py).
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -192,14 +191,14 @@ class Engine:
         """
         if not all(isinstance(p, dict) and p.get("dataset") in self._known for p in many):
             self._known = await self.ledger.call(self.ledger.dataset_names)  # catalogue grew?
-        fresh: dict[str, Job] = {}  # one new job per distinct request
-        wanted: list[str] = []
+        fresh: dict[tuple[str, bool], Job] = {}  # one new job per distinct request
+        wanted: list[tuple[str, bool]] = []
         request: dict[str, Any] = {}
         for params in many:
             p = parse_params(params, self._known)
             force = p.force_download or job_type == JobType.UPDATE
             clean = {"dataset": p.dataset, "force_download": force}
-            twin = json.dumps(clean, sort_keys=True)
+            twin = (p.dataset, force)  # all that `clean` holds
             if twin not in fresh:
                 fresh[twin] = Job(job_type, p.dataset, clean, owner=self.owner, created_ms=now_ms())
             wanted.append(twin)

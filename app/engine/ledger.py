@@ -52,15 +52,21 @@ def jobs_to_prune(docs: list[dict[str, Any]], owner: str | None = None) -> list[
     to the catalogue. The jobs of the engine `owner` are kept while it runs (its callers may
     still read them). `docs`: the stored job rows or their summaries (not parsed: 10,000
     Jobs cost ~1 s)."""
-    newest: dict[tuple[str, bool], tuple[int, str]] = {}
+    newest: dict[str, tuple[int, str]] = {}  # per dataset: (created_ms, id) of its newest
+    newest_bad: dict[str, tuple[int, str]] = {}  # ... and of its newest that did not end well
     ended = [d for d in docs if d["status"] in _FINISHED]  # not JobStatus(): 40k enum calls
     for doc in ended:
         stamp = (doc.get("created_ms") or 0, doc["id"])
-        for ok in (True,) if doc["status"] in _OK else (True, False):
-            if newest.get((doc["dataset"], ok), (-1, "")) < stamp:
-                newest[doc["dataset"], ok] = stamp
-    keep = {job_id for _, job_id in newest.values()}
+        name = doc["dataset"]
+        if newest.get(name, _NO_STAMP) < stamp:
+            newest[name] = stamp
+        if doc["status"] not in _OK and newest_bad.get(name, _NO_STAMP) < stamp:
+            newest_bad[name] = stamp
+    keep = {job_id for _, job_id in newest.values()} | {job_id for _, job_id in newest_bad.values()}
     return [d["id"] for d in ended if d["id"] not in keep and d.get("owner") != owner]
+
+
+_NO_STAMP = (-1, "")
 
 
 def owner_lock_path(settings: Settings, owner: str) -> Path:
@@ -212,7 +218,7 @@ class Ledger:
         if end is not None:
             job.status, job.error = end
             job.started_ms = job.finished_ms = now_ms()
-            files.forget_install(files.target(home, ds, resolver), ds.checksum)
+            files.forget_install(files.target_text(home, ds, resolver), ds.checksum)
 
     def claim(self, job: Job) -> tuple[Dataset, bool]:
         """A worker starts the job: store it running, and point its dataset at it. Returns

@@ -74,9 +74,10 @@ class _Sink:
     """The partial file and the hash of its bytes: written by one thread, hashed by another."""
 
     def __init__(self, part: Path, offset: int, blob_size: int | None) -> None:
+        self.part = part
         self.sha = Digest(blob_size)
         self.size = 0
-        self.resume_meta: dict[str, Any] | None = None  # the sidecar still to write, if cut short
+        self.resume_meta: dict[str, Any] | None = None  # the sidecar not written yet
         self.fh: BinaryIO = part.open("r+b" if offset else "wb")
         if offset:
             # Hash the kept prefix once, then append: still one pass over every byte.
@@ -114,8 +115,9 @@ def _prepare(
     if need > free:
         raise DiskFull(f"not enough disk space in {part.parent}: need {need} bytes, {free} free")
     # Truncates a fresh start before the sidecar names the new file. A small body's sidecar
-    # is written only if its transfer stops short (_finish): two file operations fewer per
-    # file; a kill -9 then leaves a partial without one, which is fetched again (resume.start).
+    # waits until a read leaves more to come (_pump_small) or the transfer stops short
+    # (_finish): a body of one read needs none, two file operations fewer per file. A kill -9
+    # before it leaves a partial without one, which is fetched again (resume.start).
     sink = _Sink(part, have, total if policy.git_blob else None)
     if have == 0 and total is not None and total <= SMALL_BODY:
         sink.resume_meta = meta
@@ -185,9 +187,13 @@ def _pump_small(reader: BodyReader, sink: _Sink, ctl: Control, size: int) -> Non
     buffers cost more than the whole transfer (bench/RESULTS.md). Written as it comes, so a
     cancel or a cut keeps what arrived."""
     buf = memoryview(bytearray(max(min(size, SMALL_CHUNK), 1)))
+    end = sink.size + size
     while n := reader.fill(buf):
         sink.write(buf[:n])  # before the check: what arrived before a stop is kept
         sink.sha.update(buf[:n])
+        if sink.resume_meta is not None and sink.size < end:  # more to come: resumable now
+            write_sidecar(sink.part, sink.resume_meta)
+            sink.resume_meta = None
         ctl.check()
 
 

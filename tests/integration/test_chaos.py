@@ -32,6 +32,16 @@ from tests.httpserver import FileServer
 SOAK_TRIALS = 20
 
 
+def start_download_all(home: Path, cat: Path) -> subprocess.Popen[bytes]:
+    """`dsm --run-job download --all` on `home`, in the background, silent."""
+    return subprocess.Popen(
+        [*dsm_command(), "--run-job", "download", "--all"],
+        env=dsm_env(home, cat),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 @pytest.mark.slow
 def test_kill_9_soak(server: FileServer, tmp_path: Path, catalog: CatalogFn) -> None:
     rng = random.Random(20261126)
@@ -44,12 +54,7 @@ def test_kill_9_soak(server: FileServer, tmp_path: Path, catalog: CatalogFn) -> 
         home = tmp_path / f"trial{trial}"
         home.mkdir()
         before = sum(server.bytes_sent(f"{n}.bin") for n in files)
-        proc = subprocess.Popen(
-            [*dsm_command(), "--run-job", "download", "--all"],
-            env=dsm_env(home, cat),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        proc = start_download_all(home, cat)
         time.sleep(rng.uniform(0.05, 0.6))  # the random kill instant, not a synchronisation
         proc.kill()
         proc.wait()
@@ -116,6 +121,44 @@ def test_a_small_partial_without_its_sidecar_is_fetched_again_whole(
     assert proc.returncode == 0, proc.stderr
     (req,) = server.requests("a.bin")
     assert req.range_start in (None, 0) and "if-range" not in req.headers
+    check_home(home, cat, {"a": data})
+
+
+@pytest.mark.parametrize("size", [100_000, 1_000_000, 5_000_000])
+@pytest.mark.parametrize("with_sha", [True, False])
+def test_a_finished_download_leaves_only_its_file(
+    server: FileServer, home: Path, catalog: CatalogFn, size: int, with_sha: bool
+) -> None:
+    """One read, several reads, the big-body pipeline; with a catalogue hash (no install
+    record) or without: no sidecar is left beside the file."""
+    data = blob(14, size)
+    cat = catalog(entries(server, {"a": data}, with_sha=with_sha))
+    proc = run_dsm("--run-job", "download", "--all", home=home, catalog_path=cat)
+    assert proc.returncode == 0, proc.stderr
+    check_home(home, cat, {"a": data})
+
+
+def test_a_small_transfer_killed_after_its_first_read_resumes(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    """A small body longer than one read has its sidecar on disk from the end of that read
+    on: a kill -9 (no chance to write anything at exit) still leaves a resumable partial."""
+    data = blob(13, 1_000_000)
+    cat = catalog(entries(server, {"a": data}, with_sha=True))
+    server.fault("a.bin", stall_after=600_000)
+    proc = start_download_all(home, cat)
+    part = home / "data" / "a.part"
+    try:
+        wait_for(lambda: sidecar_path(part).exists(), timeout=30)
+    finally:
+        proc.kill()
+        proc.wait()
+        server.release.set()
+    assert 0 < part.stat().st_size <= 600_000
+    again = run_dsm("--run-job", "download", "--all", home=home, catalog_path=cat)
+    assert again.returncode == 0, again.stderr
+    _, second = server.requests("a.bin")
+    assert "if-range" in second.headers and (second.range_start or 0) >= 262_144
     check_home(home, cat, {"a": data})
 
 
@@ -226,12 +269,7 @@ def test_store_stays_consistent_while_another_process_downloads(
     files = {"big": blob(30, 4_000_000)}
     cat = catalog(entries(server, files, with_sha=True))
     server.always("big.bin", rate=3_000_000)
-    proc = subprocess.Popen(
-        [*dsm_command(), "--run-job", "download", "--all"],
-        env=dsm_env(home, cat),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = start_download_all(home, cat)
     seen: set[str] = set()
 
     def done() -> bool:

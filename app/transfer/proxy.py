@@ -175,10 +175,10 @@ class RoutedClient(httpx.Client):
     """The engine's client: `stream_get` hands a plain GET straight to the router.
 
     httpx's `Client.send` around the transport (merging URL and headers again, auth, the
-    redirect and event-hook machinery, the cookie jar, timing the body) cost ~0.6 ms of CPU
-    per request on the development machine, a tenth of a small file's whole job
-    (bench/RESULTS.md). The request that goes out is the same: the client's headers, then the
-    caller's in their order (httpx's merge), Host first, the client's timeouts."""
+    redirect and event-hook machinery, the cookie jar, timing the body) cost ~0.6 M
+    instructions per request, ~8% of a small file's whole job (bench/RESULTS.md). The request
+    that goes out is the same: Host, the client's headers, then the caller's in their order
+    (httpx's merge), the client's timeouts."""
 
     def __init__(self, router: ProxyRouter, timeout: httpx.Timeout) -> None:
         super().__init__(timeout=timeout, transport=router, trust_env=False)
@@ -191,9 +191,9 @@ class RoutedClient(httpx.Client):
             # hooks, refusing a closed client.
             return self.send(self.build_request("GET", url, headers=headers), stream=True)
         ours = [(k.encode("ascii"), v.encode("ascii")) for k, v in headers.items()]
-        mine = {k.lower() for k, _ in ours}
+        replaced = {k.lower() for k, _ in ours}
         fields = [(b"Host", url.netloc)]
-        fields += [(k, v) for k, v in self.headers.raw if k.lower() not in mine]
+        fields += [(k, v) for k, v in self.headers.raw if k.lower() not in replaced]
         request = httpx.Request(
             "GET",
             url,

@@ -62,6 +62,20 @@ def test_bad_header_name_is_named() -> None:
         parse_host_headers("example.org=X Key: 1")
 
 
+def test_headers_each_source_alone() -> None:
+    """Only DSM_HEADERS, only a Hub token, neither: each still reaches its origin alone."""
+    home = "/tmp/h"
+    only_headers = load_settings(home=home, env={"DSM_HEADERS": "a.example=K: 1", "HF_HOME": home})
+    only_token = load_settings(home=home, env={"HF_TOKEN": "hf_x"})
+    neither = load_settings(home=home, env={"HF_HOME": home})
+    assert only_headers.hf_token is None and neither.hf_token is None
+    assert host_headers(only_headers, "https://a.example/f") == {"K": "1"}
+    assert host_headers(only_token, "https://huggingface.co/x") == {"Authorization": "Bearer hf_x"}
+    assert host_headers(only_token, "https://a.example/f") == {}
+    assert host_headers(neither, "https://a.example/f") == {}
+    assert host_headers(neither, "https://huggingface.co/x") == {}
+
+
 def test_headers_go_to_their_origin_only() -> None:
     settings = load_settings(
         home="/tmp/h",

@@ -5,8 +5,10 @@ http URL redirected to https is verified the same way."""
 from __future__ import annotations
 
 import datetime
+import hashlib
 import http.server
 import ipaddress
+import socket
 import ssl
 import threading
 from collections.abc import Iterator
@@ -21,13 +23,17 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from dsm.domain.jobs import JobStatus, JobType
+from dsm.transfer import bodyread
+from dsm.transfer.bodyread import DIRECT_MIN
 from dsm.transfer.proxy import make_client
 from tests.conftest import CatalogFn, blob
 from tests.enginehelp import run_jobs, setup
 from tests.httpserver import FileServer
+from tests.proxyserver import ProxyServer
 
 pytestmark = pytest.mark.anyio
 BODY = blob(3)
+BIG = blob(4, DIRECT_MIN + 1_000_000)  # read straight from the TLS socket (bodyread)
 
 
 @dataclass
@@ -87,11 +93,15 @@ def tls_server(tmp_path: Path) -> Iterator[TlsServer]:
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
+            """/a.bin: BODY; /big.bin: BIG; /cut.bin: BIG's length announced, half of it
+            sent, then the connection closed (a server that lies)."""
             hits.append(self.path)
+            body = BODY if self.path == "/a.bin" else BIG
             self.send_response(200)
-            self.send_header("Content-Length", str(len(BODY)))
+            self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(BODY)
+            self.wfile.write(body[: len(body) // 2] if self.path == "/cut.bin" else body)
+            self.close_connection = self.path == "/cut.bin"
 
         def log_message(self, format: str, *args: object) -> None:
             pass
@@ -161,3 +171,89 @@ async def test_a_redirect_from_http_to_https_is_verified(
         assert "certificate" in (run.job.error or "").lower()
         assert tls_server.hits == []
         assert not (home / "data" / "a").exists()
+
+
+@pytest.fixture
+def proxy() -> Iterator[ProxyServer]:
+    srv = ProxyServer().start()
+    yield srv
+    srv.stop()
+
+
+def spy_direct(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Whether each body was read straight from its socket (and, over TLS, a decrypting
+    SSLSocket): bodyread.direct_socket's answers."""
+    direct: list[bool] = []
+    real = bodyread.direct_socket
+
+    def spy(resp: httpx.Response) -> socket.socket | None:
+        sock = real(resp)
+        tls = resp.url.scheme == "https"
+        direct.append(sock is not None and isinstance(sock, ssl.SSLSocket) == tls)
+        return sock
+
+    monkeypatch.setattr(bodyread, "direct_socket", spy)
+    return direct
+
+
+def big_entry(url: str) -> dict[str, str]:
+    return {
+        "name": "a",
+        "description": "a",
+        "original_url": url,
+        "local_path": "data/a",
+        "expected_sha256": hashlib.sha256(BIG).hexdigest(),
+    }
+
+
+@pytest.mark.parametrize("lying", [False, True], ids=["whole", "cut-short"])
+async def test_a_big_body_over_tls_is_read_from_the_socket_and_verified(
+    tls_server: TlsServer,
+    home: Path,
+    catalog: CatalogFn,
+    monkeypatch: pytest.MonkeyPatch,
+    lying: bool,
+) -> None:
+    """The direct body read works on a TLS socket (it decrypts what it reads); a server
+    that announces more than it sends is never taken as a whole file."""
+    monkeypatch.setenv("SSL_CERT_FILE", str(tls_server.ca_file))
+    direct = spy_direct(monkeypatch)
+    url = tls_server.url + ("/cut.bin" if lying else "/big.bin")
+    settings, repo = setup(home, catalog([big_entry(url)]), DSM_MAX_RETRIES="1")
+    run = await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
+    assert direct and all(direct), "the body was not read from the TLS socket"
+    if lying:
+        assert run.job.status == JobStatus.FAILED
+        assert "without sending complete message body" in (run.job.error or "")
+        assert not (home / "data" / "a").exists() and not repo.dataset("a").downloaded
+    else:
+        assert run.job.status == JobStatus.COMPLETED
+        assert (home / "data" / "a").read_bytes() == BIG
+        assert repo.dataset("a").checksum == hashlib.sha256(BIG).hexdigest()
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+async def test_a_big_body_through_a_proxy_is_read_from_the_socket_and_verified(
+    tls_server: TlsServer,
+    server: FileServer,
+    proxy: ProxyServer,
+    home: Path,
+    catalog: CatalogFn,
+    monkeypatch: pytest.MonkeyPatch,
+    scheme: str,
+) -> None:
+    """Through an HTTP proxy: a plain request forwarded by it, or TLS tunnelled with
+    CONNECT. Either way the body is read straight from the socket and verified."""
+    monkeypatch.setenv("SSL_CERT_FILE", str(tls_server.ca_file))
+    monkeypatch.setenv("ALL_PROXY", proxy.url)
+    monkeypatch.setenv("NO_PROXY", "example.org")
+    direct = spy_direct(monkeypatch)
+    url = f"{tls_server.url}/big.bin" if scheme == "https" else server.add("big.bin", BIG)
+    settings, repo = setup(home, catalog([big_entry(url)]))
+    run = await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
+    assert run.job.status == JobStatus.COMPLETED, run.job.error
+    assert direct and all(direct)
+    assert (home / "data" / "a").read_bytes() == BIG
+    netloc = url.split("/")[2]
+    asked = f"CONNECT {netloc} HTTP/1.1" if scheme == "https" else f"GET {url} HTTP/1.1"
+    assert asked in proxy.seen

@@ -219,7 +219,10 @@ class AtomicJSONStorage(Storage):
     def check_room(self) -> None:
         """Raise StoreFull unless the store's folder has room to write the store again now
         (a statfs: creating a file to try costs a journal commit on some disks)."""
-        size = self.path.stat().st_size if self.path.exists() else 0
+        try:  # one stat, not exists() then stat(): this runs on the event loop once a job
+            size = os.stat(self.path).st_size
+        except (FileNotFoundError, NotADirectoryError):
+            size = 0
         try:
             st = os.statvfs(self.path.parent)
         except OSError as exc:

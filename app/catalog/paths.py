@@ -68,20 +68,32 @@ def member_problem(relative: str) -> str | None:
     )
 
 
+def resolved_home(home: Path) -> Path:
+    """The home with its symlinks followed, once per process (a job asks for it on the event
+    loop, and it cost a few lstats each time): what a home points at is settled when dsm
+    starts using it. The folders and files under it are resolved on every pass."""
+    return _resolved(home.absolute())  # keyed by the absolute path: the cwd may change
+
+
+@functools.lru_cache(maxsize=16)
+def _resolved(home: Path) -> Path:
+    return home.resolve()
+
+
 class Resolver:
     """Resolves `local_path`s under one home, following symlinks, refusing escapes.
 
-    The home, each folder and each path are resolved once per instance (a catalogue of
-    10,000 entries shares a few folders, and a pass may ask for a path twice); make a new
-    one for each pass, since symlinks can change later.
+    Each folder and each path are resolved once per instance (a catalogue of 10,000 entries
+    shares a few folders, and a pass may ask for a path twice); make a new one for each
+    pass, since symlinks can change later (the home itself: `resolved_home`).
     Paths are handled as strings (os.path.realpath is what Path.resolve calls): this runs
     for every job, and pathlib's objects cost more than the checks.
     """
 
     def __init__(self, home: Path) -> None:
-        self.root = home.resolve()
+        self.root = resolved_home(home)
         self._inside = os.path.join(str(self.root), "")  # the root and a separator
-        self._folders: dict[str, str] = {}
+        self._folders: dict[str, str] = {"": str(self.root)}  # a path at the top: the root
         self._texts: dict[str, str] = {}  # a pass asks for a path more than once
         self._paths: dict[str, Path] = {}
 

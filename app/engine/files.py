@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dsm.catalog.paths import ARCHIVES_DIR, Resolver, member_problem
+from dsm.catalog.paths import ARCHIVES_DIR, Resolver, member_problem, resolved_home
 from dsm.domain.hub import ManifestFile
 from dsm.domain.model import Dataset
 from dsm.transfer.http import Digest, Fetched
@@ -75,7 +75,7 @@ def target_text(home: Path, ds: Dataset, resolver: Resolver | None = None) -> st
 
 
 def archive_dir(home: Path, ds: Dataset) -> Path:
-    return home.resolve() / ARCHIVES_DIR / ds.name  # names match [a-z0-9][a-z0-9._-]*
+    return resolved_home(home) / ARCHIVES_DIR / ds.name  # names match [a-z0-9][a-z0-9._-]*
 
 
 def folder_problem(home: Path, path: Path, ds: Dataset) -> str | None:

@@ -69,10 +69,14 @@ def member_problem(relative: str) -> str | None:
 
 
 def resolved_home(home: Path) -> Path:
-    """The home with its symlinks followed, once per process (a job asks for it on the event
-    loop, and it cost a few lstats each time): what a home points at is settled when dsm
-    starts using it. The folders and files under it are resolved on every pass."""
-    return _resolved(home.absolute())  # keyed by the absolute path: the cwd may change
+    """The home with its symlinks followed, once per process once it exists (a job asks for
+    it on the event loop, and it cost a few lstats each time): what a home points at is
+    settled when dsm starts using it. The folders and files under it are resolved on every
+    pass."""
+    absolute = home.absolute()  # the key: the cwd may change
+    if not os.path.isdir(absolute):  # not made yet (a catalogue checked first): not settled
+        return absolute.resolve()
+    return _resolved(absolute)
 
 
 @functools.lru_cache(maxsize=16)

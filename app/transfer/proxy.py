@@ -185,14 +185,18 @@ class RoutedClient(httpx.Client):
         self.router = router
 
     def stream_get(self, url: httpx.URL, headers: Mapping[str, str]) -> httpx.Response:
-        """GET `url` with `headers`, the body left to stream; not following redirects."""
+        """GET `url` with `headers`, the body left to stream; not following redirects. Unlike
+        Client.send: no `elapsed` on the response, no `request` on a transport error, and no
+        "HTTP Request" log line (dsm reads none of them)."""
         if url.userinfo or self.cookies or self.is_closed or any(self.event_hooks.values()):
             # What only Client.send does: basic auth from the URL, sending stored cookies,
             # hooks, refusing a closed client.
             return self.send(self.build_request("GET", url, headers=headers), stream=True)
         ours = [(k.encode("ascii"), v.encode("ascii")) for k, v in headers.items()]
         replaced = {k.lower() for k, _ in ours}
-        fields = [(b"Host", url.netloc)]
+        # A Host of the caller's (DSM_HEADERS: a virtual host behind an IP) replaces ours,
+        # as httpx adds one only when none is given: two are refused on the wire.
+        fields = [] if b"host" in replaced else [(b"Host", url.netloc)]
         fields += [(k, v) for k, v in self.headers.raw if k.lower() not in replaced]
         request = httpx.Request(
             "GET",

@@ -192,7 +192,8 @@ def _pump_small(reader: BodyReader, sink: _Sink, ctl: Control, size: int) -> Non
         sink.write(buf[:n])  # before the check: what arrived before a stop is kept
         sink.sha.update(buf[:n])
         if sink.resume_meta is not None and sink.size < end:  # more to come: resumable now
-            write_sidecar(sink.part, sink.resume_meta)
+            with contextlib.suppress(OSError):  # it only makes a resume possible (_finish)
+                write_sidecar(sink.part, sink.resume_meta)
             sink.resume_meta = None
         ctl.check()
 

@@ -47,6 +47,22 @@ def test_the_request_on_the_wire_is_the_one_httpx_sends(
     assert ours.headers["range"] == "bytes=10-"
 
 
+def test_a_host_header_of_the_callers_replaces_the_urls(
+    server: FileServer, client: RoutedClient
+) -> None:
+    """DSM_HEADERS may name a Host (a virtual host reached by IP): it goes alone, as httpx
+    sends it (two Host fields are refused by the HTTP/1.1 layer)."""
+    data = blob(5001)
+    url = server.add("f.bin", data)
+    headers = {**base_headers(), "Host": "vhost.example"}
+    with httpx.Client(timeout=5.0) as plain:
+        assert body_of(plain, url, headers) == data
+    assert body_of(client, url, headers) == data
+    by_httpx, ours = server.requests("f.bin")[-2:]
+    assert list(ours.headers.items()) == list(by_httpx.headers.items())
+    assert ours.headers["host"] == "vhost.example"
+
+
 def test_the_short_path_is_taken_and_reads_the_whole_body(
     server: FileServer, client: RoutedClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:

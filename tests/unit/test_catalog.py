@@ -405,6 +405,20 @@ def test_resolver_follows_links_of_files_and_folders(tmp_path: Path) -> None:
     assert resolve("inner/real.bin") == resolve("inner/real.bin")  # cached folders agree
 
 
+def test_a_home_made_after_its_paths_were_first_checked_resolves_where_it_leads(
+    tmp_path: Path,
+) -> None:
+    """A home is resolved once per process only once it exists: a catalogue checked before
+    the home was made (here, as a link to another folder) does not pin a stale root."""
+    home, real = tmp_path / "home", tmp_path.resolve() / "real"
+    assert Resolver(home)("sub/a.bin") == home.resolve() / "sub" / "a.bin"  # not there yet
+    (real / "sub").mkdir(parents=True)
+    home.symlink_to(real)
+    resolve = Resolver(home)
+    assert resolve("sub/a.bin") == real / "sub" / "a.bin"
+    assert resolve("top.bin") == real / "top.bin"
+
+
 def test_every_error_at_once(home: Path, tmp_path: Path) -> None:
     """One run reports all the problems, each with its entry and field; no db.json appears."""
     doc = {"datasets": [c[1] for c in ENTRY_CASES]}

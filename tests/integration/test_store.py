@@ -329,6 +329,16 @@ CORRUPT: list[tuple[str, bytes, str]] = [
         "malformed job row",
     ),
     (
+        "job-row-no-params",
+        b'{"jobs": {"j": {"type": "download", "status": "waiting", "dataset": "a"}}}',
+        "malformed job row",
+    ),
+    (
+        "job-row-bad-status",
+        b'{"jobs": {"j": {"type": "download", "status": "done", "dataset": "a", "params": {}}}}',
+        "malformed job row",
+    ),
+    (
         "bad-field-type",
         b'{"datasets": {"a": {"name": "a", "size": "12 MB"}}}',
         "dataset a: field 'size' is '12 MB', expected an integer or null",

@@ -79,26 +79,32 @@ async def test_a_split_lead_is_hashed_as_written_and_the_rest_read_back(
     assert offsets and min(offsets) == 2_000_000  # the lead's 2 MB never read back
 
 
+def segmented_partial(server: FileServer, home: Path, segments: list[list[int]]) -> Path:
+    """The sidecar a segmented download of the server's a.bin left (validators, total and
+    `segments` as [start, end, done]); returns the .part's path (not written)."""
+    res = server.resources["/a.bin"]
+    part = home / "data" / "a.part"
+    part.parent.mkdir(parents=True)
+    meta = {
+        "url": server.url("a.bin"),
+        "etag": res.etag,
+        "last_modified": res.last_modified,
+        "total": SIZE,
+        "segments": segments,
+    }
+    sidecar_path(part).write_text(json.dumps(meta))
+    return part
+
+
 async def test_a_resumed_lead_is_read_back_from_the_start(
     server: FileServer, home: Path, catalog: CatalogFn, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A resumed lead has bytes from before that its stream never saw: they are read back
     (and hashed) before anything after them."""
     data = blob(23, SIZE)
-    url = server.add("a.bin", data)
-    settings, repo = setup(home, catalog(a=url), **SEGMENT_ENV)
-    res = server.resources["/a.bin"]
-    part = home / "data" / "a.part"
-    part.parent.mkdir(parents=True)
+    settings, repo = setup(home, catalog(a=server.add("a.bin", data)), **SEGMENT_ENV)
+    part = segmented_partial(server, home, [[0, SIZE, 1_000_000]])
     part.write_bytes(data[:1_000_000] + bytes(SIZE - 1_000_000))
-    meta = {
-        "url": url,
-        "etag": res.etag,
-        "last_modified": res.last_modified,
-        "total": SIZE,
-        "segments": [[0, SIZE, 1_000_000]],
-    }
-    sidecar_path(part).write_text(json.dumps(meta))
     offsets = read_back(monkeypatch)
     run = await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
     assert run.job.status == JobStatus.COMPLETED, run.job.error
@@ -293,19 +299,8 @@ async def test_segment_sidecar_without_its_part_starts_over(
 ) -> None:
     """A segmented sidecar whose .part is gone is not resumed as if the bytes were on disk."""
     data = blob(7, SIZE)
-    url = server.add("a.bin", data)
-    settings, repo = setup(home, catalog(a=url), **SEGMENT_ENV)
-    res = server.resources["/a.bin"]
-    part = home / "data" / "a.part"
-    part.parent.mkdir(parents=True)
-    meta = {
-        "url": url,
-        "etag": res.etag,
-        "last_modified": res.last_modified,
-        "total": SIZE,
-        "segments": [[0, 2_000_000, 2_000_000], [2_000_000, SIZE, 0]],
-    }
-    sidecar_path(part).write_text(json.dumps(meta))
+    settings, repo = setup(home, catalog(a=server.add("a.bin", data)), **SEGMENT_ENV)
+    segmented_partial(server, home, [[0, 2_000_000, 2_000_000], [2_000_000, SIZE, 0]])
     run = await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
     assert run.job.status == JobStatus.COMPLETED, run.job.error
     assert (home / "data" / "a").read_bytes() == data

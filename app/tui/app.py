@@ -56,7 +56,10 @@ class DashboardApp(EngineCalls, Views, App[int]):
     COMMANDS = App.COMMANDS | {ActionCommands}
     KEY_ACTIONS = KEY_ACTIONS
     BINDINGS: ClassVar[list[BindingType]] = [
-        *(Binding(k.key, k.action, k.label, show=k.footer) for k in KEY_ACTIONS),
+        *(
+            Binding(k.key, k.action, k.label, show=k.footer, priority=k.priority)
+            for k in KEY_ACTIONS
+        ),
         # ctrl+c quits like q, even from the filter bar (Textual's own ctrl+c only hints).
         Binding("ctrl+q,ctrl+c", "quit_dashboard", "Quit", show=False, priority=True),
     ]

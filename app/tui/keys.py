@@ -12,7 +12,14 @@ KEY_ACTIONS = (
         "q,ctrl+q,ctrl+c", "q / ^q / ^c", "quit_dashboard", "Quit", "quit (asks if jobs run)"
     ),
     KeyAction("d", "d", "download", "Download", "download the highlighted or marked datasets"),
-    KeyAction("slash", "/", "filter", "Filter", "filter on name, description, status (esc clears)"),
+    KeyAction(
+        "slash",
+        "/",
+        "filter",
+        "Filter",
+        "filter on name, description, status (esc clears)",
+        priority=True,  # keys typed right after `/` are filter text, never dashboard actions
+    ),
     KeyAction("s", "s", "sort", "Sort", "sort by the next column: name, status, size, ..."),
     KeyAction("S", "S", "reverse_sort", "Reverse", "reverse the sort order", footer=False),
     KeyAction("l", "l", "job_log", "Log", "open the live job log (all jobs, newest first)"),

@@ -15,9 +15,9 @@ from dsm.domain.jobs import Job, JobStatus, JobType
 from dsm.domain.model import Dataset, Status
 from dsm.tui.feed import DatasetReader, JobReader
 from dsm.tui.state import DashboardState
+from dsm.widgets.screens import FilterBar
 from tests.conftest import CatalogFn, make_settings, open_repo, run_dsm
 from tests.httpserver import FileServer
-from dsm.widgets.screens import FilterBar
 from tests.tui_helpers import (
     SIZE,
     burst,

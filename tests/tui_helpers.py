@@ -43,13 +43,16 @@ async def loaded(pilot: Pilot[int]) -> DashboardApp:
     return app
 
 
+CONTROL_KEYS = {"\r": "enter", "\x1b": "escape"}
+
+
 async def burst(pilot: Pilot[int], text: str, paste: str = "") -> None:
     """Type `text` (then paste `paste`) as one terminal read delivers it: every key queued
     before the app handles the first. `Pilot.press` waits for the app to idle after each
     key, so it never shows what a paste, a script or a fast typist does."""
     app = pilot.app
     for char in text:
-        app.post_message(events.Key(_character_to_key(char), char))
+        app.post_message(events.Key(CONTROL_KEYS.get(char) or _character_to_key(char), char))
     if paste:
         app.post_message(events.Paste(paste))
     await pilot.pause()

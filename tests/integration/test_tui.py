@@ -131,7 +131,11 @@ async def test_slash_filters_as_you_type(
 
 
 @pytest.mark.parametrize(
-    ("typed", "pasted"), [("/pdf-xlsx-data", ""), ("/", "pdf-xlsx-data")], ids=["typed", "pasted"]
+    ("typed", "pasted"),
+    [("/pdf-xlsx-data", ""), ("/", "pdf-xlsx-data"), ("\r\x1b/pdf-xlsx-data", "")],
+    # The last: enter and esc typed for the table just before `/` never submit or close the
+    # filter they reach the app after.
+    ids=["typed", "pasted", "after-enter-esc"],
 )
 async def test_keys_right_after_slash_are_filter_text(
     server: FileServer, home: Path, catalog: CatalogFn, typed: str, pasted: str

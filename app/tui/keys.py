@@ -3,6 +3,8 @@ command palette, so they never disagree."""
 
 from __future__ import annotations
 
+from textual.binding import Binding, BindingType
+
 from dsm.tui.commands import KeyAction
 
 KEY_ACTIONS = (
@@ -47,5 +49,8 @@ MOVES = (
     ("click a header", "sort by it; again: reverse"),
     ("ctrl+p", "command palette: every action by name"),
 )
+KEY_BINDINGS: list[BindingType] = [
+    Binding(k.key, k.action, k.label, show=k.footer, priority=k.priority) for k in KEY_ACTIONS
+]
 ACTION_NAMES = frozenset(k.action for k in KEY_ACTIONS)
 OVER_LOG = frozenset({"help", "job_log", "quit_dashboard"})  # the keys still on over the log

@@ -112,15 +112,20 @@ def test_dashboard_in_tmux(terminal: Terminal, home: Path) -> None:
     wait_for(lambda: "dsm exited 0" in terminal.screen(), timeout=10)
 
 
+def filter_shows(term: Terminal, text: str) -> bool:
+    """The filter bar (docked over the footer) holds `text` and has the keys."""
+    *_, bar, footer = term.screen().splitlines()
+    return text in bar and "Clear filter" in footer
+
+
 def test_keys_sent_with_slash_are_filter_text(terminal: Terminal, home: Path) -> None:
     """`/` and letters in one send-keys (one write to the terminal, as a script or a paste
     does): the letters are the filter, none is a dashboard key (a downloads every dataset,
     l opens the log, p pauses)."""
     wait_for(lambda: "4 datasets" in terminal.screen(), timeout=20)
     terminal.keys("/", "a", "l", "p", "h", "a")
-    wait_for(lambda: "1 of 4 shown" in terminal.screen())
-    summary, *_, bar, footer = terminal.screen().splitlines()[1:]
-    assert "alpha" in bar and "Clear filter" in footer
+    wait_for(lambda: filter_shows(terminal, "alpha") and "1 of 4 shown" in terminal.screen())
+    summary = terminal.line("4 datasets")
     assert "downloading" not in summary and "queued" not in summary
     assert "not loaded" in terminal.line("alpha")
     terminal.keys("Enter")  # keeps the filter and hands the keys back to the table

@@ -163,6 +163,18 @@ async def test_keys_right_after_slash_are_filter_text(
         assert {app.repo.dataset(n).status for n in ("alpha", "beta")} == {Status.NOT_LOADED}
 
 
+async def test_slash_in_the_filter_is_text(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    """`/` opens the filter before the focused widget sees the key; in the filter it is text."""
+    app = make_app(home, serve(server, catalog, "alpha"))
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
+        await loaded(pilot)
+        await pilot.press("slash", "a", "slash", "b")
+        assert app.query_one(FilterBar).value == "a/b"
+        assert "filter" not in {b.binding.action for b in app.active_bindings.values()}
+
+
 async def test_space_marks_rows_for_d(server: FileServer, home: Path, catalog: CatalogFn) -> None:
     app = make_app(home, serve(server, catalog, "alpha", "beta", "gamma"))
     async with app.run_test(size=SIZE, notifications=True) as pilot:

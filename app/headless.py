@@ -21,6 +21,7 @@ from dsm.repository import Repository
 PLAIN_INTERVAL = 5.0  # seconds between progress lines when stderr is not a terminal
 JSON_PROGRESS_INTERVAL = 1.0
 REDRAW_INTERVAL = 0.1
+LINES_INTERVAL = 0.1  # event lines are written at most this late, many in one write
 # A closed terminal (SIGHUP) and Ctrl-\ (SIGQUIT) stop the jobs as SIGTERM does, each with
 # the shell's code for it (128 + the signal's number).
 SIGNAL_EXIT = {signal.SIGHUP: 129, signal.SIGINT: 130, signal.SIGQUIT: 131, signal.SIGTERM: 143}
@@ -47,13 +48,17 @@ def describe(job: Job, eta: float | None = None) -> str:
 class Reporter:
     """Listens to engine events; must stay cheap (it runs on the engine's event loop)."""
 
-    def __init__(self, err: TextIO, out: TextIO, as_json: bool) -> None:
+    def __init__(self, err: TextIO, out: TextIO, as_json: bool, batched: bool = False) -> None:
+        """`batched`: event lines wait for `flush` (`flush_every`), many in one write: a
+        write per line cost the event loop a system call per job state change (issue 17)."""
         self.err, self.out, self.as_json = err, out, as_json
         self.live = err.isatty() and not as_json
         self.lines: dict[str, str] = {}
         self.drawn = 0
         self.last: dict[str, float] = {}
-        self.muted = False  # stdout's reader went away
+        self.muted = False  # the report stream failed (its reader went away, a full disk)
+        self.batched = batched
+        self._pending: list[str] = []
 
     def __call__(self, event: JobEvent) -> None:
         if self.muted:
@@ -75,7 +80,31 @@ class Reporter:
             self.lines[job.id] = describe(job, event.eta_s)
             self._redraw()
         elif event.kind != EventKind.PROGRESS or event.dataset is None:
-            print(describe(job, event.eta_s), file=self.err, flush=True)
+            self._line(describe(job, event.eta_s))
+
+    def _line(self, line: str) -> None:
+        self._pending.append(line + "\n")
+        if not self.batched:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the lines waiting (to stdout with --json, else to stderr)."""
+        if not self._pending:
+            return
+        text, self._pending = "".join(self._pending), []
+        stream = self.out if self.as_json else self.err
+        try:
+            stream.write(text)
+            stream.flush()
+        except OSError:  # `dsm --run-job ... --json | head`, a full disk: the jobs still run
+            self.muted = True
+            # As the Python docs advise: point the stream at devnull so the flush at exit is quiet.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+
+    async def flush_every(self, interval: float) -> None:
+        while True:
+            await anyio.sleep(interval)
+            self.flush()
 
     def _json(self, event: JobEvent) -> None:
         job = event.job
@@ -93,12 +122,7 @@ class Reporter:
             "eta_s": event.eta_s,
             "error": job.error,
         }
-        try:
-            print(json.dumps(record), file=self.out, flush=True)
-        except BrokenPipeError:  # `dsm --run-job ... --json | head`: the jobs still run
-            self.muted = True
-            # As the Python docs advise: point stdout at devnull so the flush at exit is quiet.
-            os.dup2(os.open(os.devnull, os.O_WRONLY), self.out.fileno())
+        self._line(json.dumps(record))
 
     def _redraw(self) -> None:
         up = f"\x1b[{self.drawn}F" if self.drawn else ""
@@ -115,7 +139,26 @@ async def run_jobs(
     params: list[dict[str, Any]],
     as_json: bool,
 ) -> int:
-    reporter = Reporter(sys.stderr, sys.stdout, as_json)
+    reporter = Reporter(sys.stderr, sys.stdout, as_json, batched=True)
+    try:
+        exit_code, ended = await _run_reported(settings, repo, job_type, params, reporter)
+    finally:
+        reporter.flush()  # before the lines below, and on the way out of an error
+    if exit_code:
+        return exit_code
+    unproven = _unconfirmed(repo, ended)
+    return 0 if all(j.status.ok for j in ended) and not unproven else 1
+
+
+async def _run_reported(
+    settings: Settings,
+    repo: Repository,
+    job_type: JobType,
+    params: list[dict[str, Any]],
+    reporter: Reporter,
+) -> tuple[int, list[Job]]:
+    """The jobs run to the end: the exit code of a signal that stopped them (else 0), and
+    how each job asked for ended, then any other this engine ran."""
     exit_code = 0
     jobs: list[Job] = []
     finished: dict[str, Job] = {}
@@ -138,19 +181,17 @@ async def run_jobs(
                     await engine.cancel_all()
 
         tg.start_soon(on_signals)
+        tg.start_soon(reporter.flush_every, LINES_INTERVAL)
         jobs = await engine.submit_many(job_type, params)
         if exit_code:  # a signal came while the jobs were being recorded
             await engine.cancel_all()
         await engine.wait_idle()
         tg.cancel_scope.cancel()
-    if exit_code:
-        return exit_code
     asked = {j.id for j in jobs}
     ended = [finished.get(j.id, j) for j in jobs] + [
         j for j in finished.values() if j.id not in asked
     ]
-    unproven = _unconfirmed(repo, ended)
-    return 0 if all(j.status.ok for j in ended) and not unproven else 1
+    return exit_code, ended
 
 
 def _unconfirmed(repo: Repository, ended: list[Job]) -> bool:

@@ -150,6 +150,7 @@ class Engine:
                             tg.cancel_scope.cancel()
         finally:
             self.ledger.abandon()
+            self._locks.close()
             owner_lock.release()
             owner_lock_path(self.settings, self.owner).unlink(missing_ok=True)
         if failure is not None:

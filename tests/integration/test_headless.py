@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import signal
@@ -16,7 +17,8 @@ from typing import Any
 import pytest
 
 from dsm import headless
-from dsm.domain.jobs import JobStatus, JobType
+from dsm.domain.events import EventKind, JobEvent
+from dsm.domain.jobs import Job, JobStatus, JobType
 from dsm.domain.model import Status
 from dsm.engine.engine import Engine
 from dsm.engine.ledger import Ledger
@@ -99,6 +101,51 @@ def test_json_lines_and_exit_codes(server: FileServer, home: Path, catalog: Cata
     assert again.returncode == 0
     (skip,) = [json.loads(x) for x in again.stdout.splitlines() if '"finished"' in x]
     assert skip["status"] == "skipped" and "use --force-download" in skip["error"]
+
+
+@pytest.mark.parametrize("as_json", [True, False], ids=["json-stdout", "plain-stderr"])
+def test_a_report_pipe_closed_early_ends_the_report_not_the_jobs(
+    server: FileServer, home: Path, catalog: CatalogFn, as_json: bool
+) -> None:
+    """`dsm --run-job ... --json | head -1` (or stderr into `head`): the reader leaves after
+    one line, the jobs all run to the end, verified, and dsm exits 0 quietly."""
+    cat = catalog(**{f"f{i}": server.add(f"f{i}.bin", blob(i, 3000)) for i in range(20)})
+    args = ("--run-job", "download", "--all", *(["--json"] if as_json else []))
+    proc = start_dsm(*args, home=home, catalog_path=cat)
+    report, other = (proc.stdout, proc.stderr) if as_json else (proc.stderr, proc.stdout)
+    assert report is not None and other is not None
+    assert report.readline()
+    report.close()  # what head does after its first line
+    assert other.read() == "" and proc.wait(timeout=60) == 0
+    repo = open_repo(make_settings(home, cat))
+    assert all(repo.dataset(f"f{i}").status == Status.DOWNLOADED for i in range(20))
+
+
+def test_event_lines_wait_for_one_write(home: Path) -> None:
+    """Batched (`--run-job`), a report's lines are written together at `flush`: one write,
+    in order, and nothing before it."""
+
+    class Counted(io.StringIO):
+        writes = 0
+
+        def write(self, text: str) -> int:
+            self.writes += 1
+            return super().write(text)
+
+    err = Counted()
+    reporter = headless.Reporter(err, io.StringIO(), as_json=False, batched=True)
+    job = Job(JobType.DOWNLOAD, "gsm8k", {"dataset": "gsm8k", "force_download": False})
+    for status in (JobStatus.WAITING, JobStatus.RUNNING, JobStatus.COMPLETED):
+        job.status = status
+        reporter(JobEvent(EventKind.FINISHED if status.finished else EventKind.QUEUED, job))
+    assert err.writes == 0
+    reporter.flush()
+    assert err.writes == 1
+    assert err.getvalue().splitlines() == [
+        "download gsm8k: waiting",
+        "download gsm8k: running",
+        "download gsm8k: completed",
+    ]
 
 
 @pytest.mark.parametrize(

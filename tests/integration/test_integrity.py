@@ -17,7 +17,6 @@ from typing import Any
 
 import anyio
 import pytest
-from filelock import FileLock, Timeout
 
 from dsm.api.app import render_dataset
 from dsm.cli import main
@@ -25,6 +24,7 @@ from dsm.domain.events import EventKind
 from dsm.domain.jobs import Job, JobStatus, JobType
 from dsm.domain.model import Status
 from dsm.engine.engine import Engine
+from dsm.engine.locks import LockFile
 from dsm.transfer import single
 from tests.conftest import CatalogFn, blob, dsm_command, dsm_env, run_dsm, sha, wait_for
 from tests.enginehelp import Run, run_jobs, setup, until
@@ -496,15 +496,13 @@ async def test_the_dataset_lock_is_held_until_an_abandoned_writer_stops(
         real_write(self, data)
 
     monkeypatch.setattr(single._Sink, "write", slow_write)
-    lock_path = settings.lock_dir / "a.lock"
+    other = LockFile(settings.lock_dir)  # another holder, as another process would be
 
     def lock_is_free() -> bool:
-        other = FileLock(lock_path, thread_local=False)
-        try:
-            other.acquire(timeout=0)
-        except Timeout:
+        lock = other.try_lock("a")
+        if lock is None:
             return False
-        other.release()
+        lock.release()
         return True
 
     async with Engine(settings, repo, []).running() as engine:

@@ -193,7 +193,9 @@ class Ledger:
                 request if key is not None else None,
             )
             new = {j.id for j in jobs}
-            self._prune_superseded(frozenset(j.dataset for j in found if j.id in new), new)
+            if not others_twins:  # the API's clients may still poll the jobs it handed out
+                renewed = frozenset(j.dataset for j in found if j.id in new)
+                self._prune_superseded(renewed, new, alive)
             for job in (j for j in found if j.id in new and not j.status.finished):
                 ds = rows[job.dataset]
                 if ds.status in AT_REST and job.dataset not in queued:
@@ -203,20 +205,26 @@ class Ledger:
             self.repo.save_many(list(queued.values()))
         return found, queued
 
-    def _prune_superseded(self, renewed: frozenset[str], new: set[str]) -> None:
+    def _prune_superseded(
+        self, renewed: frozenset[str], new: set[str], alive: dict[str, bool]
+    ) -> None:
         """The jobs that the `new` jobs of `renewed` datasets supersede go in the submission's
         write, not at stop: an `update --all` on 10,000 datasets would otherwise hold 20,000
         jobs (the store's memory and every write doubled) until the end. A new job counts as
         ended, so what goes is what retention drops however it ends: the older ones, but the
-        newest that did not end well. The jobs an idempotency key names wait for the stop (a
-        client may send the key again)."""
+        newest that did not end well. Kept for the stop: the jobs of live processes (their
+        callers may still read them) and those an idempotency key names (a client may send
+        the key again). A new job that never ends (a crash) leaves its dataset without its
+        earlier finished job until it is adopted and ends."""
         if not renewed:
             return
         stale = self.repo.job_summaries(renewed, keyed=False)
         as_ended = [
             d | _AS_ENDED if d["id"] in new and d["status"] not in _FINISHED else d for d in stale
         ]
-        self.repo.remove_jobs(jobs_to_prune(as_ended, self.owner))
+        owners = {d["id"]: d.get("owner") for d in stale}
+        gone = jobs_to_prune(as_ended, self.owner)
+        self.repo.remove_jobs(j for j in gone if not self.owner_alive(owners[j], alive))
 
     def _nothing_to_do(self, job: Job, ds: Dataset, resolver: Resolver) -> None:
         """A download whose dataset is current ends here, skipped, and is never queued: a

@@ -6,14 +6,19 @@ with an open-file-description lock (Linux `F_OFD_SETLK`): two fcntl calls a job 
 loop. A lock file per dataset cost a file creation the first time (~0.4 ms on the event loop
 on a journaling disk, issue 17) and left a file per dataset behind. OFD locks belong to the
 open file, not the process, so two engines in one process exclude each other as two
-processes do. Without OFD locks (macOS) a `flock` on a file per dataset does the same."""
+processes do. Elsewhere (macOS, whose struct flock is laid out otherwise), and on a file
+system that refuses OFD locks (some NFS and FUSE mounts), a `flock` on a file per dataset
+does the same."""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import os
 import struct
+import sys
+import weakref
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -25,7 +30,11 @@ from dsm.engine.ledger import Ledger
 
 LOCK_POLL = 0.2
 SHARED_NAME = "datasets.lock"
-OFD_SETLK: int | None = getattr(fcntl, "F_OFD_SETLK", None)
+OFD_SETLK: int | None = (
+    getattr(fcntl, "F_OFD_SETLK", None) if sys.platform.startswith("linux") else None
+)
+# What a file system that cannot take OFD locks answers (then: a flock per dataset).
+_NO_OFD = frozenset({errno.EINVAL, errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS})
 # Linux's struct flock: type, whence, start, length, pid (0: OFD locks have no owning pid).
 _FLOCK = struct.Struct("hhqqi4x")
 
@@ -52,6 +61,8 @@ class LockFile:
         self.ofd = ofd
         self._fd: int | None = None  # the shared file, opened at the first lock
         self._held: dict[int, int] = {}  # byte -> holders in this holder (a hash collision)
+        self._opened = 0  # times the shared file was opened: a lock names the opening it took
+        _OPEN.add(self)
 
     def try_lock(self, name: str) -> HeldLock | None:
         """The dataset's lock if no other holder has it now, else None."""
@@ -59,14 +70,21 @@ class LockFile:
             return _try_flock(self.lock_dir / f"{name}.lock")
         if self._fd is None:
             self._fd = os.open(self.lock_dir / SHARED_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+            self._opened += 1
         byte = dataset_byte(name)
         if byte not in self._held:
             try:
                 self._set(fcntl.F_WRLCK, byte)
             except (BlockingIOError, PermissionError):  # EAGAIN, EACCES: another holder's
                 return None
+            except OSError as exc:  # a file system without OFD locks: flock from now on
+                if exc.errno not in _NO_OFD or self._held:
+                    raise
+                self.close()
+                self.ofd = False
+                return self.try_lock(name)
         self._held[byte] = self._held.get(byte, 0) + 1
-        return HeldLock(partial(self._unlock, byte))
+        return HeldLock(partial(self._unlock, self._opened, byte))
 
     def close(self) -> None:
         """Let go of the shared file (and so of any lock still held on it)."""
@@ -74,7 +92,9 @@ class LockFile:
             os.close(self._fd)
             self._fd, self._held = None, {}
 
-    def _unlock(self, byte: int) -> None:
+    def _unlock(self, opened: int, byte: int) -> None:
+        if opened != self._opened or self._fd is None:  # closed since: nothing held any more
+            return
         self._held[byte] -= 1
         if not self._held[byte]:
             del self._held[byte]
@@ -83,6 +103,20 @@ class LockFile:
     def _set(self, kind: int, byte: int) -> None:
         assert self._fd is not None and OFD_SETLK is not None
         fcntl.fcntl(self._fd, OFD_SETLK, _FLOCK.pack(kind, os.SEEK_SET, byte, 1, 0))
+
+
+_OPEN: weakref.WeakSet[LockFile] = weakref.WeakSet()
+
+
+def _close_in_child() -> None:
+    """A forked child closes its copies of the shared files: the parent's locks stay held
+    (its own descriptor still refers to the file), and those it takes later do not outlive
+    it in the child."""
+    for lock_file in list(_OPEN):
+        lock_file.close()
+
+
+os.register_at_fork(after_in_child=_close_in_child)
 
 
 def _try_flock(path: Path) -> HeldLock | None:
@@ -130,8 +164,10 @@ class DatasetLocks:
             raise
 
     def release(self, name: str, lock: HeldLock) -> None:
-        lock.release()
-        self._local[name].release()
+        try:
+            lock.release()
+        finally:  # the dataset must not stay taken in this process whatever happened
+            self._local[name].release()
 
     def close(self) -> None:
         self.file.close()

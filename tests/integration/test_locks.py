@@ -3,6 +3,10 @@ the OFD byte locks of one shared file, and the `flock` per file of platforms wit
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -78,9 +82,9 @@ def test_a_lock_held_by_another_process_ends_with_it(tmp_path: Path, ofd: bool) 
         text=True,
     )
     assert child.stdout is not None
+    here = LockFile(tmp_path, ofd)
     try:
         assert child.stdout.readline().strip() == "held"
-        here = LockFile(tmp_path, ofd)
         assert here.try_lock("gsm8k") is None
     finally:
         child.kill()
@@ -89,3 +93,74 @@ def test_a_lock_held_by_another_process_ends_with_it(tmp_path: Path, ofd: bool) 
     assert taken is not None
     taken.release()
     here.close()
+
+
+FORK_THEN_LOCK = """
+import os, sys, time
+from pathlib import Path
+from dsm.engine.locks import LockFile
+holder = LockFile(Path(sys.argv[1]))
+first = holder.try_lock("before")
+if os.fork() == 0:  # a child forked while the engine runs (a multiprocessing pool)
+    time.sleep(60)
+    os._exit(0)
+later = holder.try_lock("after")
+print("held" if first and later else "refused", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_forked_child_keeps_no_lock_alive_after_its_parent(tmp_path: Path) -> None:
+    """The parent dies (kill -9) while a child it forked lives on: the locks the parent took
+    before and after the fork are free; the child's copy of the shared file held none."""
+    parent = subprocess.Popen(
+        [sys.executable, "-c", FORK_THEN_LOCK, str(tmp_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # the child too is killed at the end, by its group
+    )
+    assert parent.stdout is not None
+    other = LockFile(tmp_path)
+    try:
+        assert parent.stdout.readline().strip() == "held"
+        assert other.try_lock("after") is None
+        parent.kill()
+        parent.wait(10)
+        for name in ("before", "after"):
+            assert other.try_lock(name) is not None, name
+    finally:
+        os.killpg(parent.pid, signal.SIGKILL)
+        other.close()
+
+
+def test_a_file_system_without_ofd_locks_falls_back_to_a_file_per_dataset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Some NFS and FUSE mounts refuse OFD locks (EINVAL, ENOLCK): the holder takes a flock
+    on the dataset's own file instead, which other holders there respect."""
+
+    def refused(fd: int, cmd: int, arg: bytes) -> bytes:
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "fcntl", refused)
+    holder = LockFile(tmp_path)
+    held = holder.try_lock("gsm8k")
+    assert held is not None and not holder.ofd
+    assert (tmp_path / "gsm8k.lock").exists()
+    assert LockFile(tmp_path, ofd=False).try_lock("gsm8k") is None
+    held.release()
+    assert LockFile(tmp_path, ofd=False).try_lock("gsm8k") is not None
+
+
+def test_a_lock_released_after_its_file_was_closed_frees_nothing_newer(tmp_path: Path) -> None:
+    holder, other = LockFile(tmp_path, ofd=True), LockFile(tmp_path, ofd=True)
+    stale = holder.try_lock("gsm8k")
+    assert stale is not None
+    holder.close()  # lets go of every lock
+    fresh = holder.try_lock("gsm8k")  # the file opened again, the byte locked again
+    assert fresh is not None
+    stale.release()  # names the earlier opening: no effect
+    assert other.try_lock("gsm8k") is None
+    fresh.release()
+    assert other.try_lock("gsm8k") is not None

@@ -117,6 +117,43 @@ async def test_the_jobs_a_submission_supersedes_go_at_once(
     assert seen == [{j.id for j in second.jobs} | {first.jobs[-1].id}]
 
 
+@pytest.mark.anyio
+async def test_a_submission_keeps_the_finished_jobs_of_live_processes(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    """Another live engine's finished job (an API's, whose clients poll it) stays while this
+    engine's new job for the same dataset replaces it (it goes at a later prune)."""
+    files = small_files(1)
+    settings, repo = setup(home, catalog(entries(server, files, with_sha=True)))
+    async with Engine(settings, repo, []).running() as live:
+        (theirs,) = await live.submit_many(JobType.DOWNLOAD, [{"dataset": "s000"}])
+        await live.wait_idle()
+        seen: list[set[str]] = []
+
+        async def look(engine: Engine, jobs: list[Job]) -> None:
+            seen.append({j.id for j in repo.jobs()})
+
+        ours = await run_jobs(settings, repo, JobType.UPDATE, "s000", during=look)
+        assert seen == [{theirs.id, ours.job.id}]
+    assert {j.id for j in repo.jobs()} == {ours.job.id}
+
+
+@pytest.mark.anyio
+async def test_an_api_submission_keeps_the_jobs_it_may_have_handed_out(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    """The API answers a request with another process's job (a twin); that process ends;
+    the API's next job for the dataset must not make the id its client polls vanish."""
+    files = small_files(1)
+    settings, repo = setup(home, catalog(entries(server, files, with_sha=True)))
+    earlier = await run_jobs(settings, repo, JobType.DOWNLOAD, "s000")  # its engine ended
+    async with Engine(settings, repo, []).running() as api:
+        update = [{"dataset": "s000"}]
+        (job,) = await api.submit_many(JobType.UPDATE, update, others_twins=True)
+        assert {j.id for j in repo.jobs()} == {earlier.job.id, job.id}
+        await api.wait_idle()
+
+
 def test_a_second_all_with_nothing_to_do_keeps_the_store_the_same_size(
     server: FileServer, home: Path, catalog: CatalogFn
 ) -> None:

@@ -83,6 +83,9 @@ class Write:
     meta: dict[str, Any]
     confirm: bool = False
     proven: bool = True
+    # A body without a length is cut off one byte past this (the catalogue's size): an
+    # endless body must not fill the disk before the size check fails it.
+    limit: int | None = None
 
 
 @dataclass(frozen=True)
@@ -191,7 +194,8 @@ def respond(
         return Split(total, meta)
     framed = total is not None or _chunked(answer)
     confirm = not framed and not asked.confirming and _resumable(answer)
-    return Write(have, total, meta, confirm=confirm, proven=framed)
+    limit = expected_size if total is None else None  # a total was checked against it above
+    return Write(have, total, meta, confirm=confirm, proven=framed, limit=limit)
 
 
 def contradiction(asked: Ask, status: int, content_range: str | None) -> str | None:

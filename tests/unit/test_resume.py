@@ -234,6 +234,20 @@ RESPOND_CASES = [
         Write(0, None, meta(total=None)),
     ),
     RespondCase(
+        "a body without a length may not outgrow the catalogue's size",
+        FRESH,
+        answer(200, transfer_encoding="chunked"),
+        Write(0, None, meta(total=None), limit=5000),
+        expected_size=5000,
+    ),
+    RespondCase(
+        "a length is checked against the catalogue's size before the body: no limit",
+        FRESH,
+        answer(200, content_length="5000"),
+        Write(0, 5000, meta(total=5000)),
+        expected_size=5000,
+    ),
+    RespondCase(
         "the confirming request itself is not confirmed again",
         Ask(1200, sidecar(total=None), RESUMING.headers, confirming=True),
         answer(206, content_range="bytes 1200-1300/*", etag=STRONG),

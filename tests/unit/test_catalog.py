@@ -308,6 +308,8 @@ FILE_CASES: list[tuple[str, Any, str]] = [
     ),
     ("json-truncated", '{"datasets": [\n', "line 2, column 1: invalid JSON"),
     ("empty-file", "", "line 1, column 1: invalid JSON"),
+    # Python refuses to read an integer of more than 4300 digits (CVE-2020-10735).
+    ("json-huge-number", '{"datasets": [], "x": ' + "9" * 5000 + "}", "invalid JSON: Exceeds"),
 ]
 
 

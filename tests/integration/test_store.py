@@ -313,6 +313,8 @@ CORRUPT: list[tuple[str, bytes, str]] = [
     ("table-a-list", b'{"datasets": []}', "table 'datasets' is not an object of documents"),
     ("row-not-object", b'{"datasets": {"a": 5}}', "table 'datasets' is not an object"),
     ("row-no-name", b'{"datasets": {"a": {"size": 1}}}', "dataset row without a string 'name'"),
+    # Rows are found by key and act by name: a row under another name is not that dataset.
+    ("row-other-name", b'{"datasets": {"a": {"name": "b"}}}', "dataset row 'a' is named 'b'"),
     (
         "bad-status",
         b'{"datasets": {"a": {"name": "a", "status": "done"}}}',

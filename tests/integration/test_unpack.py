@@ -129,7 +129,7 @@ def test_an_archive_of_a_folder_with_its_own_entry_unpacks(place: Path) -> None:
     assert [f.path for f in got] == ["a.txt"]
     assert (unpack.temp_of(place) / "a.txt").read_bytes() == b"alpha"
     # Only as a folder: a file named `.` would be the tree itself.
-    with pytest.raises(ArchiveError, match="member '.': empty path"):
+    with pytest.raises(ArchiveError, match=re.escape("member '.': empty path")):
         run(place, "y.tar", tar_bytes([(member("."), b"x")]), "tar")
 
 

@@ -832,4 +832,3 @@ def test_the_names_dsm_keeps_in_the_home_are_reserved() -> None:
     for name in (TOKEN_FILE, LOG_NAME, "db.json", "db.json.lock", ".locks/x", ".archives/x"):
         assert reserved_problem(name) is not None, name
     assert reserved_problem("data/api-token") is None  # only at the top of the home
-

@@ -123,7 +123,7 @@ def start(
     proof = meta_validator(meta)
     if meta.get("url") != redact_url(url) or not proof:  # sidecars keep no credentials
         have, meta = 0, {}  # cannot prove the partial is the same file: start clean
-    if meta.get("segments") and have != meta.get("total"):
+    if meta.get("segments") and (have != meta.get("total") or not _laid_out(meta)):
         have, meta = 0, {}  # a segmented .part always has the full size: this is not it
     if meta.get("segments"):
         return ResumeSegments(meta)
@@ -136,6 +136,22 @@ def start(
         # A 206 tells the size and that ranges work: no probe before splitting.
         return Ask(0, meta, {"Range": "bytes=0-"}, confirming)
     return Ask(0, meta, {}, confirming)
+
+
+def _laid_out(meta: Mapping[str, Any]) -> bool:
+    """The sidecar's segments, `[start, end, done]` each, tile [0, total) with `done` inside
+    its segment: else (another version's sidecar, a damaged one) no byte can be placed."""
+    segs, total = meta["segments"], meta.get("total")
+    if not isinstance(segs, list) or not all(
+        isinstance(s, list) and len(s) == 3 and all(type(v) is int for v in s) for s in segs
+    ):
+        return False
+    at = 0
+    for start, end, done in sorted(segs):
+        if start != at or not 0 <= done <= end - start:
+            return False
+        at = end
+    return at == total
 
 
 def worth_it(policy: Policy, total: int | None, meta: Mapping[str, Any]) -> bool:
@@ -156,7 +172,12 @@ def respond(
     have, headers = asked.offset, answer.headers
     etag, modified, date = headers.get("etag"), headers.get("last-modified"), headers.get("date")
     if answer.status == 416:
-        size = parse_unsatisfied(headers.get("content-range"))
+        size, recorded = parse_unsatisfied(headers.get("content-range")), asked.meta.get("total")
+        if have and size == have and isinstance(recorded, int) and recorded != size:
+            return Restart(
+                f"server says the file has {size} bytes (HTTP 416), the partial file's sidecar "
+                f"recorded {recorded}"
+            )
         if size == have:  # we have it all already; `bytes=0-` of an empty file says 0
             return Complete(have)
         if have:

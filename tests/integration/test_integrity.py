@@ -136,8 +136,14 @@ def test_a_body_without_length_stops_past_the_catalogue_size(
             f"server says the file has {SIZE + 5} bytes, the partial file's sidecar recorded "
             f"{SIZE}",
         ),
+        (
+            # "Nothing after your bytes": the partial would be called whole at 700,000.
+            {"status": 416, "headers": {"Content-Range": f"bytes */{CUT}"}},
+            f"server says the file has {CUT} bytes (HTTP 416), the partial file's sidecar "
+            f"recorded {SIZE}",
+        ),
     ],
-    ids=["200-with-tail", "206-short-end", "206-other-total"],
+    ids=["200-with-tail", "206-short-end", "206-other-total", "416-at-the-partial-end"],
 )
 async def test_a_resume_answer_that_contradicts_the_request_restarts(
     server: FileServer, home: Path, catalog: CatalogFn, fault: dict[str, Any], said: str

@@ -56,7 +56,7 @@ class Reporter:
         self.lines: dict[str, str] = {}
         self.drawn = 0
         self.last: dict[str, float] = {}
-        self.muted = False  # stdout's reader went away
+        self.muted = False  # the report stream failed (its reader went away, a full disk)
         self.batched = batched
         self._pending: list[str] = []
 

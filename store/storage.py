@@ -219,10 +219,14 @@ class AtomicJSONStorage(Storage):
     def check_room(self) -> None:
         """Raise StoreFull unless the store's folder has room to write the store again now
         (a statfs: creating a file to try costs a journal commit on some disks)."""
-        try:  # one stat, not exists() then stat(): this runs on the event loop once a job
-            size = os.stat(self.path).st_size
-        except (FileNotFoundError, NotADirectoryError):
-            size = 0
+        cached = self._cache
+        if self._txn is not None and cached is not None:  # locked: the file is the one cached
+            size = cached[0][1]  # no stat: this runs on the event loop once a job
+        else:
+            try:
+                size = os.stat(self.path).st_size
+            except (FileNotFoundError, NotADirectoryError):
+                size = 0
         try:
             st = os.statvfs(self.path.parent)
         except OSError as exc:

@@ -81,14 +81,16 @@ def resolved_home(home: Path) -> Path:
     settled when dsm starts using it. The folders and files under it are resolved on every
     pass."""
     absolute = home.absolute()  # the key: the cwd may change
-    if not os.path.isdir(absolute):  # not made yet (a catalogue checked first): not settled
-        return absolute.resolve()
-    return _resolved(absolute)
+    settled = _SETTLED.get(absolute)
+    if settled is None:
+        made = os.path.isdir(absolute)  # not made yet (a catalogue checked first): not settled
+        settled = absolute.resolve()
+        if made:
+            _SETTLED[absolute] = settled
+    return settled
 
 
-@functools.lru_cache(maxsize=16)
-def _resolved(home: Path) -> Path:
-    return home.resolve()
+_SETTLED: dict[Path, Path] = {}  # the homes of this process, resolved
 
 
 class Resolver:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from dsm.domain.events import EventKind, JobEvent
-from dsm.domain.jobs import JobStatus, JobType
+from dsm.domain.jobs import Job, JobStatus, JobType
 from dsm.engine.engine import Engine
 from tests.conftest import CatalogFn, blob, dsm_command, dsm_env, run_dsm, wait_for
 from tests.enginehelp import check_home, entries, run_jobs, setup
@@ -92,6 +92,29 @@ async def test_finished_jobs_are_pruned_to_the_newest_and_the_newest_failure(
     kept = {j.id for j in repo.jobs()}
     # The newest job of each dataset, plus bad's failure of the first run.
     assert kept == {j.id for j in third.jobs} | {first.jobs[-1].id}
+
+
+@pytest.mark.anyio
+async def test_the_jobs_a_submission_supersedes_go_at_once(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    """An update of every dataset: from its submission on, the store holds the new jobs and
+    each dataset's newest failure, not the finished jobs they replace (20,000 jobs for the
+    whole run of an `update --all` on 10,000 datasets)."""
+    files = small_files(5)
+    bad = {"name": "bad", "description": "bad", "original_url": server.url("bad.bin")}
+    cat = catalog([*entries(server, files, with_sha=True), {**bad, "local_path": "data/bad"}])
+    settings, repo = setup(home, cat)
+    names = [*files, "bad"]
+    first = await run_jobs(settings, repo, JobType.DOWNLOAD, *names)
+    assert first.jobs[-1].status == JobStatus.FAILED  # 404
+    seen: list[set[str]] = []
+
+    async def look(engine: Engine, jobs: list[Job]) -> None:
+        seen.append({j.id for j in repo.jobs()})
+
+    second = await run_jobs(settings, repo, JobType.UPDATE, *names, during=look)
+    assert seen == [{j.id for j in second.jobs} | {first.jobs[-1].id}]
 
 
 def test_a_second_all_with_nothing_to_do_keeps_the_store_the_same_size(

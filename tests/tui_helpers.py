@@ -8,6 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
+from textual import events
+from textual.keys import _character_to_key
 from textual.pilot import Pilot
 from textual.widgets import Static
 
@@ -39,6 +41,21 @@ async def loaded(pilot: Pilot[int]) -> DashboardApp:
     assert isinstance(app, DashboardApp)
     await until(pilot, lambda: app.table.row_count > 0 and app.engine_ready)
     return app
+
+
+CONTROL_KEYS = {"\r": "enter", "\x1b": "escape"}
+
+
+async def burst(pilot: Pilot[int], text: str, paste: str = "") -> None:
+    """Type `text` (then paste `paste`) as one terminal read delivers it: every key queued
+    before the app handles the first. `Pilot.press` waits for the app to idle after each
+    key, so it never shows what a paste, a script or a fast typist does."""
+    app = pilot.app
+    for char in text:
+        app.post_message(events.Key(CONTROL_KEYS.get(char) or _character_to_key(char), char))
+    if paste:
+        app.post_message(events.Paste(paste))
+    await pilot.pause()
 
 
 def cell(app: DashboardApp, name: str, column: str) -> str:

@@ -23,6 +23,7 @@ from textual.geometry import Size
 from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
+from textual.widgets import Input
 
 from dsm import humanize
 from dsm.domain.display import RowView, eta, is_paused, shown_progress
@@ -539,6 +540,14 @@ class DatasetTable(LineView, can_focus=True):
     def action_select_cursor(self) -> None:
         if self.highlighted is not None:
             self.post_message(self.RowSelected(self, self.highlighted))
+
+    def on_key(self, event: events.Key) -> None:
+        """Drop a key that was queued here before a text box took the focus (`/` moves it
+        the moment it arrives, so a key typed just before it in the same read may still be
+        waiting): left to bubble it would act on the text box (enter submits, esc clears)."""
+        if isinstance(self.screen.focused, Input):
+            event.prevent_default()
+            event.stop()
 
     def on_click(self, event: events.Click) -> None:
         """A header click sorts; a click on a row highlights it, a second click selects it."""

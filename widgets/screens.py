@@ -10,6 +10,7 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical, VerticalScroll
+from textual.keys import REPLACED_KEYS, key_to_character
 from textual.message import Message
 from textual.screen import ModalScreen
 from textual.widgets import Input, Static
@@ -105,6 +106,13 @@ class FilterBar(Input):
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(placeholder="filter: name, description or status", id=id)
+
+    def check_consume_key(self, key: str, character: str | None) -> bool:
+        """Keys the bar types are no one's bindings while it has the focus. Textual finds no
+        character for the keys it renames (slash for solidus, minus, at): the dashboard's
+        `/`, resolved before the bar sees it, would then open the filter again, never a `/`."""
+        character = character or key_to_character(REPLACED_KEYS.get(key, key))
+        return super().check_consume_key(key, character)
 
     def action_clear(self) -> None:
         self.value = ""

@@ -31,7 +31,7 @@ from dsm.tui.feed import (
     JobReader,
     StoreRead,
 )
-from dsm.tui.keys import ACTION_NAMES, KEY_ACTIONS, OVER_LOG
+from dsm.tui.keys import ACTION_NAMES, KEY_ACTIONS, KEY_BINDINGS, OVER_LOG
 from dsm.tui.state import DashboardState
 from dsm.tui.views import Views
 from dsm.widgets.dataset_table import SORTABLE, DatasetTable
@@ -56,7 +56,7 @@ class DashboardApp(EngineCalls, Views, App[int]):
     COMMANDS = App.COMMANDS | {ActionCommands}
     KEY_ACTIONS = KEY_ACTIONS
     BINDINGS: ClassVar[list[BindingType]] = [
-        *(Binding(k.key, k.action, k.label, show=k.footer) for k in KEY_ACTIONS),
+        *KEY_BINDINGS,
         # ctrl+c quits like q, even from the filter bar (Textual's own ctrl+c only hints).
         Binding("ctrl+q,ctrl+c", "quit_dashboard", "Quit", show=False, priority=True),
     ]

@@ -18,6 +18,9 @@ class KeyAction:
     label: str
     help: str
     footer: bool = True
+    # Resolved as the key arrives, before the focused widget sees it: keys queued behind it
+    # then go where the action sent the focus (`/`: the filter bar).
+    priority: bool = False
 
 
 class ActionCommands(Provider):

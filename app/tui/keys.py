@@ -3,6 +3,8 @@ command palette, so they never disagree."""
 
 from __future__ import annotations
 
+from textual.binding import Binding, BindingType
+
 from dsm.tui.commands import KeyAction
 
 KEY_ACTIONS = (
@@ -12,7 +14,14 @@ KEY_ACTIONS = (
         "q,ctrl+q,ctrl+c", "q / ^q / ^c", "quit_dashboard", "Quit", "quit (asks if jobs run)"
     ),
     KeyAction("d", "d", "download", "Download", "download the highlighted or marked datasets"),
-    KeyAction("slash", "/", "filter", "Filter", "filter on name, description, status (esc clears)"),
+    KeyAction(
+        "slash",
+        "/",
+        "filter",
+        "Filter",
+        "filter on name, description, status (esc clears)",
+        priority=True,  # keys typed right after `/` are filter text, never dashboard actions
+    ),
     KeyAction("s", "s", "sort", "Sort", "sort by the next column: name, status, size, ..."),
     KeyAction("S", "S", "reverse_sort", "Reverse", "reverse the sort order", footer=False),
     KeyAction("l", "l", "job_log", "Log", "open the live job log (all jobs, newest first)"),
@@ -40,5 +49,8 @@ MOVES = (
     ("click a header", "sort by it; again: reverse"),
     ("ctrl+p", "command palette: every action by name"),
 )
+KEY_BINDINGS: list[BindingType] = [
+    Binding(k.key, k.action, k.label, show=k.footer, priority=k.priority) for k in KEY_ACTIONS
+]
 ACTION_NAMES = frozenset(k.action for k in KEY_ACTIONS)
 OVER_LOG = frozenset({"help", "job_log", "quit_dashboard"})  # the keys still on over the log

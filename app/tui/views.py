@@ -38,9 +38,11 @@ class Views(_Base):
         self._changed.add("")  # the summary's "shown" count
 
     def action_filter(self) -> None:
+        """Open the filter bar and focus it now: `focus()` would only queue the change, and
+        keys already behind `/` would reach the table as actions (`d` downloads)."""
         bar = self.query_one(FilterBar)
         bar.add_class("-open")
-        bar.focus()
+        bar.screen.set_focus(bar)
 
     def action_sort(self) -> None:
         self._sort_by(SORTS[(SORTS.index(self.state.sort) + 1) % len(SORTS)])

@@ -15,9 +15,20 @@ from dsm.domain.jobs import Job, JobStatus, JobType
 from dsm.domain.model import Dataset, Status
 from dsm.tui.feed import DatasetReader, JobReader
 from dsm.tui.state import DashboardState
+from dsm.widgets.screens import FilterBar
 from tests.conftest import CatalogFn, make_settings, open_repo, run_dsm
 from tests.httpserver import FileServer
-from tests.tui_helpers import SIZE, cell, loaded, make_app, messages, put_row, text_of, until
+from tests.tui_helpers import (
+    SIZE,
+    burst,
+    cell,
+    loaded,
+    make_app,
+    messages,
+    put_row,
+    text_of,
+    until,
+)
 
 pytestmark = pytest.mark.anyio
 BODY = os.urandom(300_000)
@@ -117,6 +128,51 @@ async def test_slash_filters_as_you_type(
         await pilot.press("escape")
         await until(pilot, lambda: app.table.row_count == 3)
         assert app.focused is app.table
+
+
+@pytest.mark.parametrize(
+    ("typed", "pasted"),
+    [("/pdf-xlsx-data", ""), ("/", "pdf-xlsx-data"), ("\r\x1b/pdf-xlsx-data", "")],
+    # The last: enter and esc typed for the table just before `/` never submit or close the
+    # filter they reach the app after.
+    ids=["typed", "pasted", "after-enter-esc"],
+)
+async def test_keys_right_after_slash_are_filter_text(
+    server: FileServer, home: Path, catalog: CatalogFn, typed: str, pasted: str
+) -> None:
+    """`/` and what follows it in the same read (a script, a paste, a fast typist): all of it
+    is filter text, whatever reaches the app before the focus moves. Once, the keys behind
+    `/` reached the table: d, a and f started downloads, x asked to delete, s sorted."""
+    app = make_app(home, serve(server, catalog, "alpha", "beta", "pdf-xlsx-data"))
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
+        await loaded(pilot)
+        sort = (app.state.sort, app.state.reverse)
+        await burst(pilot, typed, pasted)
+        bar = app.query_one(FilterBar)
+        assert bar.value == "pdf-xlsx-data"
+        assert app.focused is bar
+        assert len(app.screen_stack) == 1 and not app.log_open  # no confirm (x), no log (l)
+        assert (app.state.sort, app.state.reverse) == sort and not app.state.marked
+        assert app.state.own_active == 0 and app.repo.jobs() == []
+        await until(pilot, lambda: app.table.row_count == 1)
+        await pilot.press("enter", "d")  # enter keeps the filter; d downloads the row shown
+        await until(pilot, lambda: cell(app, "pdf-xlsx-data", "status") == "downloaded")
+        # A job the burst had started would have been submitted before this one.
+        jobs = [(j.dataset, j.type) for j in app.repo.jobs()]
+        assert jobs == [("pdf-xlsx-data", JobType.DOWNLOAD)]
+        assert {app.repo.dataset(n).status for n in ("alpha", "beta")} == {Status.NOT_LOADED}
+
+
+async def test_slash_in_the_filter_is_text(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    """`/` opens the filter before the focused widget sees the key; in the filter it is text."""
+    app = make_app(home, serve(server, catalog, "alpha"))
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
+        await loaded(pilot)
+        await pilot.press("slash", "a", "slash", "b")
+        assert app.query_one(FilterBar).value == "a/b"
+        assert "filter" not in {b.binding.action for b in app.active_bindings.values()}
 
 
 async def test_space_marks_rows_for_d(server: FileServer, home: Path, catalog: CatalogFn) -> None:

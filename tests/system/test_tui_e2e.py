@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from dsm.domain.jobs import JobStatus
+from dsm.domain.jobs import JobStatus, JobType
 from dsm.repository import Repository
 from tests.conftest import CatalogFn, dsm_command, dsm_env, wait_for
 from tests.httpserver import FileServer
@@ -110,6 +110,36 @@ def test_dashboard_in_tmux(terminal: Terminal, home: Path) -> None:
     wait_for(lambda: "what it does" not in terminal.screen())
     terminal.keys("q")
     wait_for(lambda: "dsm exited 0" in terminal.screen(), timeout=10)
+
+
+def filter_shows(term: Terminal, text: str) -> bool:
+    """The filter bar (docked over the footer) holds `text` and has the keys."""
+    *_, bar, footer = term.screen().splitlines()
+    return text in bar and "Clear filter" in footer
+
+
+def test_keys_sent_with_slash_are_filter_text(terminal: Terminal, home: Path) -> None:
+    """`/` and letters in one send-keys (one write to the terminal, as a script or a paste
+    does): the letters are the filter, none is a dashboard key (a downloads every dataset,
+    l opens the log, p pauses)."""
+    wait_for(lambda: "4 datasets" in terminal.screen(), timeout=20)
+    terminal.keys("/", "a", "l", "p", "h", "a")
+    wait_for(lambda: filter_shows(terminal, "alpha") and "1 of 4 shown" in terminal.screen())
+    summary = terminal.line("4 datasets")
+    assert "downloading" not in summary and "queued" not in summary
+    assert "not loaded" in terminal.line("alpha")
+    terminal.keys("Enter")  # keeps the filter and hands the keys back to the table
+    wait_for(lambda: "d Download" in terminal.screen().splitlines()[-1])
+    terminal.keys("d")  # downloads the one row shown
+    wait_for(lambda: "downloaded" in terminal.line("alpha"))
+    terminal.keys("/", "Escape")  # every row again: none but alpha was started
+    wait_for(lambda: "4 datasets" in terminal.screen() and "shown" not in terminal.screen())
+    for name in ("beta", "a-dataset", "broken"):
+        assert "not loaded" in terminal.line(name)
+    terminal.keys("q")
+    wait_for(lambda: "dsm exited 0" in terminal.screen(), timeout=10)
+    jobs = Repository.open(home / "db.json").jobs()
+    assert [(j.dataset, j.type) for j in jobs] == [("alpha", JobType.DOWNLOAD)]
 
 
 def test_80x24_fits_and_sigterm_restores_the_terminal(small_terminal: Terminal, home: Path) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 from dsm import completion, crashlog, humanize
 from dsm.catalog import sync
+from dsm.catalog.parse import read_json
 from dsm.completion import SHELLS
 from dsm.config import Settings, load_settings, network_filesystem
 from dsm.domain.jobs import PARAMS_SCHEMA, JobType, parse_params
@@ -222,9 +223,11 @@ def job_params(args: argparse.Namespace, repo: Repository) -> list[dict[str, Any
     given: list[dict[str, Any]] = []
     if args.params:
         try:
-            raw = json.loads(args.params)
+            raw = read_json(args.params)
         except json.JSONDecodeError as exc:
             raise BadInput(f"--params: invalid JSON at column {exc.colno}: {exc.msg}") from None
+        except ValueError as exc:
+            raise BadInput(f"--params: invalid JSON: {exc}") from None
         given.append(raw)
     chosen = sorted(names) if args.all else (args.dataset or [])
     given += [{"dataset": n, "force_download": args.force_download} for n in chosen]

@@ -10,7 +10,6 @@ import json
 import time
 from collections.abc import Callable, Hashable, Iterable
 from contextlib import AbstractContextManager
-from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -77,9 +76,14 @@ class Repository:
         repo = cls(Store(path))
         repo._store.check()
         # Row by row, nothing kept: 10,000 parsed rows at once cost ~30 MB of peak memory.
-        repo._store.check_each(_DATASETS, partial(repo._parse, Dataset.check_dict, what="dataset"))
-        repo._store.check_each(_JOBS, repo.parse_job)
+        repo._store.check_each(_DATASETS, repo._check_dataset)
+        repo._store.check_each(_JOBS, lambda _, doc: repo.parse_job(doc))
         return repo
+
+    def _check_dataset(self, key: str, raw: dict[str, Any]) -> None:
+        self._parse(Dataset.check_dict, raw, "dataset")
+        if raw["name"] != key:  # rows are found by key and act by name
+            raise StoreCorrupt(f"{self.path}: dataset row {key!r} is named {raw['name']!r}")
 
     @property
     def path(self) -> Path:

@@ -81,11 +81,12 @@ class Store:
         with self._storage.mutex:
             return [dict(d) for d in self._storage.read().get(table, {}).values()]
 
-    def check_each(self, table: str, check: Callable[[Doc], object]) -> None:
-        """Call `check` on every document in place (no copies: it must not change them)."""
+    def check_each(self, table: str, check: Callable[[str, Doc], object]) -> None:
+        """Call `check` on every key and document in place (no copies: it must not change
+        them)."""
         with self._storage.mutex:
-            for doc in self._storage.read().get(table, {}).values():
-                check(doc)
+            for key, doc in self._storage.read().get(table, {}).items():
+                check(key, doc)
 
     def keys(self, table: str) -> list[str]:
         with self._storage.mutex:

@@ -122,13 +122,18 @@ class BearerAuth:
         await self.app(scope, receive, send)
 
     def refusal(self, scope: Scope) -> Problem | None:
+        authorization = Headers(scope=scope).get("authorization")
+        if authorization is None:
+            # No guess, so not counted: requests without a token (a probe, a page's <img>
+            # in a loop) must not make the token's holder on the same address wait.
+            return Problem(401, "missing bearer token", {"WWW-Authenticate": "Bearer"})
         client = (scope.get("client") or ("unknown",))[0]
         wait = self.failures.wait_s(client)
         if wait:
             return Problem(429, "too many wrong tokens; wait", {"Retry-After": str(wait)})
-        scheme, _, given = Headers(scope=scope).get("authorization", "").partition(" ")
+        scheme, _, given = authorization.partition(" ")
         # compare_digest: the time taken must not tell how much of a guess was right
         if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), self.token):
             return None
         self.failures.failed(client)
-        return Problem(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
+        return Problem(401, "wrong bearer token", {"WWW-Authenticate": "Bearer"})

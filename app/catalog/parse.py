@@ -236,16 +236,30 @@ def _entry(raw: dict[str, Any]) -> CatalogEntry:
     )
 
 
+def read_json(text: str) -> Any:
+    """json.loads whose every failure is a ValueError naming the problem: a JSONDecodeError
+    (with its position), or JSON Python will not hold (nested too deeply, an integer of more
+    than 4300 digits)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        raise
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    except ValueError as exc:  # the digit limit's advice (sys.set_int_max_str_digits) is not ours
+        raise ValueError(str(exc).partition(";")[0]) from None
+
+
 def parse_catalog(text: str, source: Path, home: Path) -> list[CatalogEntry]:
     """Validate catalogue text; raises CatalogError listing every problem."""
     try:
-        doc = json.loads(text)
+        doc = read_json(text)
     except json.JSONDecodeError as exc:
         raise CatalogError(
             f"{source}: line {exc.lineno}, column {exc.colno}: invalid JSON: {exc.msg}"
         ) from None
-    except RecursionError:
-        raise CatalogError(f"{source}: invalid JSON: nested too deeply") from None
+    except ValueError as exc:
+        raise CatalogError(f"{source}: invalid JSON: {exc}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("datasets"), list):
         raise CatalogError(f'{source}: must be an object with a "datasets" list')
     problems: list[str] = [

@@ -8,8 +8,11 @@ import posixpath
 import re
 from pathlib import Path, PurePosixPath
 
-# Names dsm itself keeps in the home: a dataset file must never take their place.
-STORE_FILES = frozenset({"db.json", "db.json.lock"})
+# Names dsm itself keeps in the home: a dataset file must never take their place (the API
+# token of dsm.api.auth, the crash log of dsm.crashlog too: a download there would give
+# `dsm serve` a token the server chose). Compared case-folded: on a case-insensitive file
+# system (macOS, Windows) `DB.json` is the store.
+STORE_FILES = frozenset({"db.json", "db.json.lock", "api-token", "dsm-error.log"})
 LOCK_DIR = ".locks"
 ARCHIVES_DIR = ".archives"  # verified archives of unpacked datasets, and their file lists
 OWN_DIRS = (LOCK_DIR, ARCHIVES_DIR)
@@ -50,9 +53,13 @@ def local_path_problem(local_path: str, base: str = "the data home") -> str | No
 def reserved_problem(relative: str) -> str | None:
     """Why a path (relative to the home, normalised: no `.`, `//` or trailing `/`) belongs
     to dsm itself, or None."""
+    relative = relative.casefold()
     name = relative.rpartition("/")[2]
     if relative in STORE_FILES or relative.partition("/")[0] in OWN_DIRS:
-        return "is reserved for dsm's own files (db.json, db.json.lock, .locks/, .archives/)"
+        return (
+            "is reserved for dsm's own files (db.json, db.json.lock, api-token, "
+            "dsm-error.log, .locks/, .archives/)"
+        )
     if name.startswith(".db-") and name.endswith(".tmp"):
         return "is reserved for dsm's own temporary files (.db-*.tmp)"
     if name.endswith(PART_SUFFIXES):

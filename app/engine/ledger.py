@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 COMMIT_DELAY = 0.2  # seconds deferred changes wait at most (other processes wait as long)
 COMMIT_SHARE = 4  # ... or this many times the last write took: the store thread stays mostly idle
+COMMIT_MAX = 5.0  # ... but never longer: other processes give up on the lock after 30 s
 
 
 _FINISHED = frozenset(s.value for s in JobStatus if s.finished)
@@ -129,13 +130,11 @@ class Ledger:
         A failed write is logged: its changes are lost as in a crash, and the jobs they
         concerned are adopted by the next start."""
         after, self._after = self._after, []
-        started = time.monotonic()
         try:
             with anyio.CancelScope(shield=True):
                 await self.call(self._commit, after)
         except StoreError as exc:
             log.error("cannot write the store: %s", exc)
-        self._delay = max(COMMIT_DELAY, COMMIT_SHARE * (time.monotonic() - started))
 
     async def close(self) -> None:
         """The engine stops: prune the jobs finished before its own (`jobs_to_prune`) and
@@ -156,7 +155,12 @@ class Ledger:
         self.repo.remove_jobs(jobs_to_prune(self.repo.job_summaries(), self.owner))
 
     def _commit(self, after: list[Callable[[], None]]) -> None:
+        # The write alone sets the next delay: timed from the queue, a commit behind a call
+        # that waited for another process's lock held the lock several times that long.
+        started = time.monotonic()
         self.repo.flush()
+        took = time.monotonic() - started
+        self._delay = min(COMMIT_MAX, max(COMMIT_DELAY, COMMIT_SHARE * took))
         for fn in after:
             try:
                 fn()

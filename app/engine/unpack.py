@@ -130,10 +130,17 @@ def _member_path(name: str) -> PurePosixPath:
     return rel
 
 
+def _is_root(name: str) -> bool:
+    """The folder entry of the tree itself (`./`, first in `tar -C dir -cf x.tar .`)."""
+    return not PurePosixPath(name).parts
+
+
 def _tar(archive: Path, mode: str, w: _Writer) -> None:
     with tarfile.open(archive, mode) as tf:  # type: ignore[call-overload]
         for member in tf:
             w.count(member.name)
+            if member.isdir() and _is_root(member.name):
+                continue  # nothing to write: the tree is made already
             _member_path(member.name)  # the filter would strip a leading "/": refuse it
             try:
                 safe = tarfile.data_filter(member, str(w.root))
@@ -161,6 +168,8 @@ def _zip(archive: Path, w: _Writer) -> None:
     with zipfile.ZipFile(archive) as zf:
         for info in zf.infolist():
             w.count(info.filename)
+            if info.is_dir() and _is_root(info.filename):
+                continue
             rel = _member_path(info.filename)
             kind_bits = stat.S_IFMT(info.external_attr >> 16)  # unix type bits, when set
             if kind_bits not in (0, stat.S_IFREG, stat.S_IFDIR):

@@ -29,6 +29,7 @@ from dsm.transfer.http import Answer, base_headers, http_error, network_error, o
 LOGIN_HINT = "log in with `hf auth login` or set HF_TOKEN"
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 MAX_PAGES = 10_000  # a tree of ten million files: far past any dataset, short of a loop
+MAX_JSON = 64 << 20  # bytes of one API answer
 
 
 def _is_loopback(host: str) -> bool:
@@ -84,12 +85,16 @@ class Hub:
                     )
                 if resp.status_code != 200:
                     raise http_error(answer)
-                body = resp.read()
+                body = bytearray()
+                for chunk in resp.iter_bytes():
+                    body += chunk
+                    if len(body) > MAX_JSON:  # held in memory whole: a real page is < 1 MiB
+                        raise BadResponse(f"the Hub answered {url} with more than 64 MiB")
         except httpx.HTTPError as exc:
             raise network_error(exc, url, self.stall_timeout) from exc
         try:
             return json.loads(body), resp.headers
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested too deeply
             raise BadResponse(f"the Hub answered {url} with something that is not JSON") from None
 
     def _denied(self, ref: HubRef, status: int) -> str:

@@ -83,6 +83,9 @@ class Write:
     meta: dict[str, Any]
     confirm: bool = False
     proven: bool = True
+    # A body without a length is cut off one byte past this (the catalogue's size): an
+    # endless body must not fill the disk before the size check fails it.
+    limit: int | None = None
 
 
 @dataclass(frozen=True)
@@ -120,7 +123,7 @@ def start(
     proof = meta_validator(meta)
     if meta.get("url") != redact_url(url) or not proof:  # sidecars keep no credentials
         have, meta = 0, {}  # cannot prove the partial is the same file: start clean
-    if meta.get("segments") and have != meta.get("total"):
+    if meta.get("segments") and (have != meta.get("total") or not _laid_out(meta)):
         have, meta = 0, {}  # a segmented .part always has the full size: this is not it
     if meta.get("segments"):
         return ResumeSegments(meta)
@@ -133,6 +136,22 @@ def start(
         # A 206 tells the size and that ranges work: no probe before splitting.
         return Ask(0, meta, {"Range": "bytes=0-"}, confirming)
     return Ask(0, meta, {}, confirming)
+
+
+def _laid_out(meta: Mapping[str, Any]) -> bool:
+    """The sidecar's segments, `[start, end, done]` each, tile [0, total) with `done` inside
+    its segment: else (another version's sidecar, a damaged one) no byte can be placed."""
+    segs, total = meta["segments"], meta.get("total")
+    if not isinstance(segs, list) or not all(
+        isinstance(s, list) and len(s) == 3 and all(type(v) is int for v in s) for s in segs
+    ):
+        return False
+    at = 0
+    for start, end, done in sorted(segs):
+        if start != at or not 0 <= done <= end - start:
+            return False
+        at = end
+    return at == total
 
 
 def worth_it(policy: Policy, total: int | None, meta: Mapping[str, Any]) -> bool:
@@ -153,7 +172,12 @@ def respond(
     have, headers = asked.offset, answer.headers
     etag, modified, date = headers.get("etag"), headers.get("last-modified"), headers.get("date")
     if answer.status == 416:
-        size = parse_unsatisfied(headers.get("content-range"))
+        size, recorded = parse_unsatisfied(headers.get("content-range")), asked.meta.get("total")
+        if have and size == have and isinstance(recorded, int) and recorded != size:
+            return Restart(
+                f"server says the file has {size} bytes (HTTP 416), the partial file's sidecar "
+                f"recorded {recorded}"
+            )
         if size == have:  # we have it all already; `bytes=0-` of an empty file says 0
             return Complete(have)
         if have:
@@ -191,7 +215,8 @@ def respond(
         return Split(total, meta)
     framed = total is not None or _chunked(answer)
     confirm = not framed and not asked.confirming and _resumable(answer)
-    return Write(have, total, meta, confirm=confirm, proven=framed)
+    limit = expected_size if total is None else None  # a total was checked against it above
+    return Write(have, total, meta, confirm=confirm, proven=framed, limit=limit)
 
 
 def contradiction(asked: Ask, status: int, content_range: str | None) -> str | None:

@@ -177,7 +177,7 @@ class TeamCache:
             return None
         try:
             doc = json.loads(bytes(raw))
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested too deeply
             return None  # not ours, or damaged: as if absent
         ok = isinstance(doc, dict) and isinstance(doc.get("sha256"), str)
         return doc if ok else None

@@ -28,7 +28,7 @@ from typing import Any, BinaryIO
 import anyio
 import httpx
 
-from dsm.errors import DiskFull, Restart, Truncated
+from dsm.errors import DiskFull, IntegrityError, Restart, Truncated
 from dsm.transfer import resume
 from dsm.transfer.bodyread import BodyReader, Stages
 from dsm.transfer.http import (
@@ -166,9 +166,12 @@ class _Syncer:
                 os.fdatasync(self.sink.fh.fileno())
 
 
-def _pump(reader: BodyReader, sink: _Sink, ctl: Control, total: int | None) -> None:
+def _pump(
+    reader: BodyReader, sink: _Sink, ctl: Control, total: int | None, limit: int | None = None
+) -> None:
     """Read the body to its end; a thread writes each buffer, another hashes it. Bytes that
-    arrived before a network error are written (kept for the resume) before it is raised."""
+    arrived before a network error are written (kept for the resume) before it is raised.
+    A body (without a length) that goes past `limit` bytes is IntegrityError."""
     if total is not None and total - sink.size <= SMALL_BODY:
         _pump_small(reader, sink, ctl, total - sink.size)
         return
@@ -177,8 +180,14 @@ def _pump(reader: BodyReader, sink: _Sink, ctl: Control, total: int | None) -> N
         sink.sha.update(data)
         return True
 
+    read = sink.size
     with _Syncer(sink) as syncer, Stages([syncer.write, hash_], BUFFERS, BUFFER) as stages:
         while (buf := stages.take(ctl.check)) is not None and (n := reader.fill(buf)):
+            read += n
+            if limit is not None and read > limit:
+                raise IntegrityError(
+                    f"size mismatch: the server sent more than the expected {limit} bytes"
+                )
             stages.put(buf, n)
 
 
@@ -344,7 +353,7 @@ def _act(env: Env, plan: resume.Plan, resp: httpx.Response, slot: Slot, p: Parti
     except OSError as exc:
         raise disk_error(exc, p.part) from exc
     reader = BodyReader(resp, env.policy, p.source, on_read=env.ctl.add)
-    return _finish(sink, p.part, reader, env.ctl, plan.total, plan.proven)
+    return _finish(sink, p.part, reader, env.ctl, plan.total, plan.proven, plan.limit)
 
 
 def _complete(part: Path, size: int, meta: dict[str, Any], policy: Policy) -> Fetched:
@@ -363,13 +372,18 @@ def _finish(
     ctl: Control | None = None,
     total: int | None = None,
     proven: bool = True,
+    limit: int | None = None,
 ) -> Fetched:
     try:
         if reader is not None and ctl is not None:
-            _pump(reader, sink, ctl, total)
+            _pump(reader, sink, ctl, total, limit)
         sink.finish()
         if total is not None and sink.size != total:
             raise Truncated(f"connection ended at byte {sink.size} of {total}")
+    except IntegrityError:
+        sink.close()
+        discard_partial(part)  # the bytes of another file than the catalogue's: no resume
+        raise
     except OSError as exc:
         sink.close()
         error = disk_error(exc, part)

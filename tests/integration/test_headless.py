@@ -154,6 +154,8 @@ def test_event_lines_wait_for_one_write(home: Path) -> None:
         (["--dataset", "nope"], "dataset not found: nope"),
         (["--params", '{"dataset": "ok", "color": "red"}'], "unknown field(s): color"),
         (["--params", "{nope"], "--params: invalid JSON"),
+        (["--params", '{"dataset": ' + "9" * 5000 + "}"], "--params: invalid JSON: Exceeds"),
+        (["--params", "[" * 100_000], "--params: invalid JSON: nested too deeply"),
         ([], "--run-job needs --dataset NAME, --all or --params JSON"),
     ],
 )

@@ -19,6 +19,7 @@ from dsm.engine import files
 from dsm.engine.hubjob import refresh_upstream
 from tests.conftest import CatalogFn, blob, run_dsm, sha
 from tests.enginehelp import run_jobs, setup
+from tests.httpserver import FileServer
 from tests.hubserver import TOKEN, HubServer, git_blob, hf_url
 from tests.system.apiserver import ApiServer
 
@@ -329,3 +330,25 @@ def test_an_unreachable_hub_leaves_the_upstream_hint_alone(
     repo.change("u", None, downloaded=True, source_commit=commit, upstream_commit=commit)
     assert refresh_upstream(settings, repo) == 0  # the connection is refused: no answer
     assert repo.dataset("u").upstream_commit == commit
+
+
+@pytest.mark.parametrize(
+    ("body", "said"),
+    [
+        (b"[" * 100_000, "that is not JSON"),  # json's recursion limit
+        (b"{" + b" " * (70 << 20) + b"}", "more than 64 MiB"),  # kept in memory whole
+    ],
+    ids=["nested-too-deeply", "too-large"],
+)
+def test_a_hub_answer_that_is_no_usable_json_fails_the_job_clearly(
+    server: FileServer, home: Path, catalog: CatalogFn, body: bytes, said: str
+) -> None:
+    """A Hub (or a proxy posing as one) answering its API with JSON Python cannot hold: the
+    job fails naming it, no internal error, no unbounded read into memory."""
+    server.add("api/datasets/org/set/revision/main", body, content_type="application/json")
+    cat = catalog([entry("set", hf_url("org/set", "main", "a.json"), "data/a.json")])
+    run = run_dsm(
+        "--run-job", "download", "--all", home=home, catalog_path=cat, HF_ENDPOINT=server.base
+    )
+    assert run.returncode == 1, run.stderr
+    assert said in run.stderr and "internal error" not in run.stderr

@@ -97,6 +97,27 @@ def test_catalogue_size_and_sha256_prove_a_body_without_length(
     assert (row["confirmed"], row["unconfirmed_reason"]) == (True, None)
 
 
+@pytest.mark.parametrize("validators", [False, True], ids=["no-validator", "strong-etag"])
+def test_a_body_without_length_stops_past_the_catalogue_size(
+    server: FileServer, home: Path, catalog: CatalogFn, validators: bool
+) -> None:
+    """A server that sends no length and more than the catalogue's `expected_size` (an endless
+    body fills the disk) is cut off one byte past it: the job fails without a retry, saying
+    so, and nothing of it is kept."""
+    size, sent = 300_000, blob(23, 24 << 20)
+    url = server.add("a.bin", sent, etag="auto" if validators else None, last_modified=False)
+    cat = catalog([{**entry("a", url), "expected_size": size}])
+    server.always("a.bin", no_length=True, ignore_range=True)
+    run = run_dsm("--run-job", "download", "--dataset", "a", home=home, catalog_path=cat)
+    assert run.returncode == 1, run.stderr
+    assert f"the server sent more than the expected {size} bytes" in run.stderr
+    assert len(server.requests("a.bin")) == 1  # no retry: the server sends another file
+    assert server.bytes_sent("a.bin") < len(sent)  # cut off, not read to its end
+    assert sorted(p.name for p in (home / "data").iterdir()) == []
+    row = json.loads(run_dsm("show", "a", "--json", home=home, catalog_path=cat).stdout)
+    assert (row["status"], row["downloaded"]) == ("error", False)
+
+
 # -- 2. a response that contradicts the request is never appended -------------------------
 @pytest.mark.parametrize(
     ("fault", "said"),
@@ -115,8 +136,14 @@ def test_catalogue_size_and_sha256_prove_a_body_without_length(
             f"server says the file has {SIZE + 5} bytes, the partial file's sidecar recorded "
             f"{SIZE}",
         ),
+        (
+            # "Nothing after your bytes": the partial would be called whole at 700,000.
+            {"status": 416, "headers": {"Content-Range": f"bytes */{CUT}"}},
+            f"server says the file has {CUT} bytes (HTTP 416), the partial file's sidecar "
+            f"recorded {SIZE}",
+        ),
     ],
-    ids=["200-with-tail", "206-short-end", "206-other-total"],
+    ids=["200-with-tail", "206-short-end", "206-other-total", "416-at-the-partial-end"],
 )
 async def test_a_resume_answer_that_contradicts_the_request_restarts(
     server: FileServer, home: Path, catalog: CatalogFn, fault: dict[str, Any], said: str

@@ -313,6 +313,8 @@ CORRUPT: list[tuple[str, bytes, str]] = [
     ("table-a-list", b'{"datasets": []}', "table 'datasets' is not an object of documents"),
     ("row-not-object", b'{"datasets": {"a": 5}}', "table 'datasets' is not an object"),
     ("row-no-name", b'{"datasets": {"a": {"size": 1}}}', "dataset row without a string 'name'"),
+    # Rows are found by key and act by name: a row under another name is not that dataset.
+    ("row-other-name", b'{"datasets": {"a": {"name": "b"}}}', "dataset row 'a' is named 'b'"),
     (
         "bad-status",
         b'{"datasets": {"a": {"name": "a", "status": "done"}}}',
@@ -481,3 +483,35 @@ def test_store_reads_are_safe_against_a_writer_thread(tmp_path: Path) -> None:
         sys.setswitchinterval(switch)
     assert not errors, f"reader failed: {errors[0]!r}"
     assert reads and set(reads) <= {3000, 3001}
+
+
+def test_a_commit_queued_behind_a_lock_wait_keeps_the_short_delay(
+    home: Path, catalog: CatalogFn
+) -> None:
+    """The deferred changes hold db.json.lock until the next commit, COMMIT_SHARE times the
+    last write later. Measured from the queue, a commit behind a store call that waited for
+    another process's lock made that hold several times the wait: under contention one
+    process then kept the lock past the others' 30 s timeout, failing their jobs. Only the
+    write itself counts."""
+    import anyio
+
+    from dsm.engine.ledger import COMMIT_DELAY, Ledger
+    from tests.enginehelp import setup
+
+    settings, repo = setup(home, catalog(a="http://127.0.0.1:9/a"))
+    ledger = Ledger(settings, repo, "owner")
+    waiting, released = threading.Event(), threading.Event()
+
+    def wait_for_the_lock() -> None:  # as a store call blocked on another process's lock
+        waiting.set()
+        released.wait(10)
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ledger.call, wait_for_the_lock)
+            await anyio.to_thread.run_sync(waiting.wait)
+            threading.Timer(1.0, released.set).start()
+            await ledger.commit()  # queued behind it for a second
+
+    anyio.run(main)
+    assert ledger._delay == COMMIT_DELAY

@@ -70,6 +70,19 @@ def test_find_by_checksum_or_by_source_pointer(s3: S3, tmp_path: Path) -> None:
     assert "X-Amz-Signature=" in by_source.url  # a presigned URL the transfer code can GET
 
 
+@pytest.mark.parametrize(
+    "pointer",
+    [b"not json", b"[" * 100_000, b'"a string"'],
+    ids=["not-json", "nested-too-deeply", "not-an-object"],
+)
+def test_a_damaged_pointer_is_as_if_absent(s3: S3, pointer: bytes) -> None:
+    """Anyone with write access to the bucket may leave any bytes there: the cache never
+    fails a job, so a pointer that is not ours (even JSON nested too deeply) is no pointer."""
+    bucket = s3.new_bucket()
+    s3.write(bucket, f"team/{pointer_key('http://h/f')}", pointer)
+    assert cache_for(s3, bucket).find(None, "http://h/f") is None
+
+
 def test_the_first_verified_pointer_wins_a_race(s3: S3, tmp_path: Path) -> None:
     """Two machines publish the same source at once: one object, one pointer, no failure."""
     bucket = s3.new_bucket()

@@ -118,6 +118,21 @@ def test_a_hard_link_inside_is_a_copy_of_its_target(place: Path) -> None:
     assert (unpack.temp_of(place) / "b.txt").read_bytes() == b"alpha"
 
 
+def test_an_archive_of_a_folder_with_its_own_entry_unpacks(place: Path) -> None:
+    """`tar -C dir -cf x.tar .` and zip tools put the folder itself first (`./`): the root
+    of the tree, nothing to refuse; its files are unpacked as usual."""
+    folder = member("./", tarfile.DIRTYPE)
+    files = [(member("./a.txt"), b"alpha"), (member("./sub/b.txt"), b"beta")]
+    got = run(place, "x.tar", tar_bytes([(folder, None), *files]), "tar")
+    assert [f.path for f in got] == ["a.txt", "sub/b.txt"]
+    got = run(place, "x.zip", zip_bytes([("./", b""), ("./a.txt", b"alpha")]), "zip")
+    assert [f.path for f in got] == ["a.txt"]
+    assert (unpack.temp_of(place) / "a.txt").read_bytes() == b"alpha"
+    # Only as a folder: a file named `.` would be the tree itself.
+    with pytest.raises(ArchiveError, match=re.escape("member '.': empty path")):
+        run(place, "y.tar", tar_bytes([(member("."), b"x")]), "tar")
+
+
 HOSTILE: list[tuple[str, str, bytes, str]] = [
     ("tar-dotdot", "tar", tar_bytes([(member("../outside.txt"), b"x")]), "'../outside.txt'"),
     ("tar-absolute", "tar", tar_bytes([(member("/tmp/abs.txt"), b"x")]), "'/tmp/abs.txt'"),

@@ -381,6 +381,22 @@ def test_guessing_tokens_is_rate_limited_per_client(home: Path, catalog_path: Pa
         srv.stop()
 
 
+def test_requests_without_a_token_do_not_lock_the_token_holder_out(
+    home: Path, catalog_path: Path
+) -> None:
+    """A request with no Authorization header guesses nothing: a health probe, a script that
+    forgot the token or a page loading `<img src=http://127.0.0.1:PORT/...>` in a loop must
+    not make the real client wait (all of them come from 127.0.0.1)."""
+    srv = ApiServer(home, catalog_path, DSM_API_TOKEN=TOKEN)
+    try:
+        for _ in range(20):
+            assert_problem(srv.client.get("/datasets"), 401, "token")
+        good = {"Authorization": f"Bearer {TOKEN}"}
+        assert srv.client.get("/datasets", headers=good).status_code == 200
+    finally:
+        srv.stop()
+
+
 def test_the_api_imports_no_textual() -> None:
     code = (
         "import sys, dsm.api.serve; "

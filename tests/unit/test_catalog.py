@@ -139,6 +139,13 @@ ENTRY_CASES: list[tuple[str, dict[str, Any], str, str]] = [
     ("path-dot", entry(local_path="."), "local_path", "must name a file"),
     ("path-store", entry(local_path="db.json"), "local_path", "reserved for dsm's own files"),
     ("path-locks", entry(local_path=".locks/x"), "local_path", "reserved for dsm's own files"),
+    # The API token and the crash log: a download there would hand `dsm serve` a token the
+    # server chose, or be overwritten by a crash report.
+    ("path-token", entry(local_path="api-token"), "local_path", "reserved for dsm's own files"),
+    ("path-log", entry(local_path="dsm-error.log"), "local_path", "reserved for dsm's own"),
+    # The same file as db.json on a case-insensitive file system (macOS, Windows).
+    ("path-store-case", entry(local_path="DB.Json"), "local_path", "reserved for dsm's own"),
+    ("path-part-case", entry(local_path="data/x.PART"), "local_path", "must not end in .part"),
     ("path-part", entry(local_path="data/x.part"), "local_path", "must not end in .part"),
     ("sha-short", entry(expected_sha256="abc"), "expected_sha256", "must be 64 hex"),
     ("sha-nonhex", entry(expected_sha256="g" * 64), "expected_sha256", "must be 64 hex"),
@@ -301,6 +308,8 @@ FILE_CASES: list[tuple[str, Any, str]] = [
     ),
     ("json-truncated", '{"datasets": [\n', "line 2, column 1: invalid JSON"),
     ("empty-file", "", "line 1, column 1: invalid JSON"),
+    # Python refuses to read an integer of more than 4300 digits (CVE-2020-10735).
+    ("json-huge-number", '{"datasets": [], "x": ' + "9" * 5000 + "}", "invalid JSON: Exceeds"),
 ]
 
 
@@ -812,3 +821,14 @@ def test_plain_local_paths_take_the_short_check_with_the_same_answer(local_path:
     assert local_path_problem("./" + local_path) is None  # the full rules allow `./`
     assert local_path_problem(local_path + "/..") == "must not contain '..'"
     assert (local_path_problem(local_path + "/" + "c" * 242) or "").startswith("has a name of 242")
+
+
+def test_the_names_dsm_keeps_in_the_home_are_reserved() -> None:
+    """Every file dsm itself writes at the top of the home, named where it is written."""
+    from dsm.api.auth import TOKEN_FILE
+    from dsm.catalog.paths import reserved_problem
+    from dsm.crashlog import LOG_NAME
+
+    for name in (TOKEN_FILE, LOG_NAME, "db.json", "db.json.lock", ".locks/x", ".archives/x"):
+        assert reserved_problem(name) is not None, name
+    assert reserved_problem("data/api-token") is None  # only at the top of the home

@@ -97,6 +97,18 @@ START_CASES = [
         OnDisk(0, sidecar(segments=[[0, 2500, 100], [2500, 5000, 0]])),
         Ask,
     ),
+    *(
+        # A sidecar that does not lay out [0, total) (another version's, damaged): its
+        # bytes cannot be placed, so they are not trusted.
+        StartCase(f"segmented sidecar with segments {segs!r}: start clean", OnDisk(5000, s), Ask)
+        for segs in ("xyz", [[0, 5000]], [[0, 2500, 0], [2600, 5000, 0]], [[0, 5000, 6000]])
+        for s in [sidecar(segments=segs)]
+    ),
+    StartCase(
+        "segmented sidecar with a total that is no number: start clean",
+        OnDisk(5000, sidecar(total="5000", segments=[[0, 5000, 0]])),
+        Ask,
+    ),
     StartCase(
         "fresh and segments allowed: `bytes=0-` asks for the size",
         OnDisk(0, {}),
@@ -179,12 +191,6 @@ RESPOND_CASES = [
         ),
     ),
     RespondCase(
-        "416 naming our size: we have it all",
-        RESUMING,
-        answer(416, content_range="bytes */1200"),
-        Complete(1200),
-    ),
-    RespondCase(
         "416 naming another size: restart",
         RESUMING,
         answer(416, content_range="bytes */9000"),
@@ -232,6 +238,20 @@ RESPOND_CASES = [
         FRESH,
         answer(200, transfer_encoding="chunked"),
         Write(0, None, meta(total=None)),
+    ),
+    RespondCase(
+        "a body without a length may not outgrow the catalogue's size",
+        FRESH,
+        answer(200, transfer_encoding="chunked"),
+        Write(0, None, meta(total=None), limit=5000),
+        expected_size=5000,
+    ),
+    RespondCase(
+        "a length is checked against the catalogue's size before the body: no limit",
+        FRESH,
+        answer(200, content_length="5000"),
+        Write(0, 5000, meta(total=5000)),
+        expected_size=5000,
     ),
     RespondCase(
         "the confirming request itself is not confirmed again",
@@ -290,6 +310,21 @@ RESPOND_CASES = [
         Ask(1200, sidecar(etag=None, last_modified=LAST_MOD, date=LATER), {"If-Range": LAST_MOD}),
         answer(206, content_range="bytes 1200-4999/5000", last_modified=LATER, date=LATER),
         Restart(CHANGED),
+    ),
+    RespondCase(
+        "416 saying the file ends at the partial's end, against the sidecar's total: restart",
+        RESUMING,
+        answer(416, content_range="bytes */1200"),
+        Restart(
+            "server says the file has 1200 bytes (HTTP 416), the partial file's sidecar "
+            "recorded 5000"
+        ),
+    ),
+    RespondCase(
+        "416 at the end of a body that had no length: it was whole",
+        Ask(1200, sidecar(total=None), RESUMING.headers, confirming=True),
+        answer(416, content_range="bytes */1200"),
+        Complete(1200),
     ),
     RespondCase("503: an HTTP error", RESUMING, answer(503), Reject),
     RespondCase(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -92,14 +93,12 @@ class Reporter:
         if not self._pending:
             return
         text, self._pending = "".join(self._pending), []
-        stream = self.out if self.as_json else self.err
-        try:
-            stream.write(text)
-            stream.flush()
-        except OSError:  # `dsm --run-job ... --json | head`, a full disk: the jobs still run
+        if not _write(self.out if self.as_json else self.err, text):
             self.muted = True
-            # As the Python docs advise: point the stream at devnull so the flush at exit is quiet.
-            os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+
+    def say(self, line: str) -> None:
+        """A line for the user on stderr, after the report (a verdict)."""
+        _write(self.err, line + "\n")
 
     async def flush_every(self, interval: float) -> None:
         while True:
@@ -127,9 +126,23 @@ class Reporter:
     def _redraw(self) -> None:
         up = f"\x1b[{self.drawn}F" if self.drawn else ""
         body = "".join(f"\x1b[2K{line}\n" for line in self.lines.values())
-        self.err.write(up + body)
-        self.err.flush()
+        if not _write(self.err, up + body):
+            self.muted = True
         self.drawn = len(self.lines)
+
+
+def _write(stream: TextIO, text: str) -> bool:
+    """Write and flush; False when the stream failed (`dsm --run-job ... | head`, a closed
+    terminal, a full disk): the jobs still run, the stream then points at devnull, as the
+    Python docs advise, so the flush at exit is quiet."""
+    try:
+        stream.write(text)
+        stream.flush()
+    except OSError:
+        with contextlib.suppress(OSError, ValueError):  # not a file, or already closed
+            os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+        return False
+    return True
 
 
 async def run_jobs(
@@ -146,7 +159,7 @@ async def run_jobs(
         reporter.flush()  # before the lines below, and on the way out of an error
     if exit_code:
         return exit_code
-    unproven = _unconfirmed(repo, ended)
+    unproven = _unconfirmed(repo, ended, reporter)
     return 0 if all(j.status.ok for j in ended) and not unproven else 1
 
 
@@ -194,7 +207,7 @@ async def _run_reported(
     return exit_code, ended
 
 
-def _unconfirmed(repo: Repository, ended: list[Job]) -> bool:
+def _unconfirmed(repo: Repository, ended: list[Job], reporter: Reporter) -> bool:
     """Say which downloads nothing proved whole (issue 12.1): the copy is kept, flagged
     `confirmed: false`, and the run does not end as a success."""
     fetched = {j.dataset for j in ended if j.type in FETCHES and j.status == JobStatus.COMPLETED}
@@ -202,8 +215,6 @@ def _unconfirmed(repo: Repository, ended: list[Job]) -> bool:
     for name in sorted(fetched):
         ds = repo.dataset(name)
         if ds.downloaded and not ds.confirmed:
-            print(
-                f"dsm: {name}: downloaded, not confirmed: {ds.unconfirmed_reason}", file=sys.stderr
-            )
+            reporter.say(f"dsm: {name}: downloaded, not confirmed: {ds.unconfirmed_reason}")
             found = True
     return found

@@ -103,22 +103,50 @@ def test_json_lines_and_exit_codes(server: FileServer, home: Path, catalog: Cata
     assert skip["status"] == "skipped" and "use --force-download" in skip["error"]
 
 
-@pytest.mark.parametrize("as_json", [True, False], ids=["json-stdout", "plain-stderr"])
+@pytest.mark.parametrize(
+    ("args", "merged", "proven", "code"),
+    [
+        (["--json"], False, True, 0),
+        ([], False, True, 0),
+        (["--json"], True, False, 1),
+    ],
+    ids=["json-stdout", "plain-stderr", "json-both-unproven"],
+)
 def test_a_report_pipe_closed_early_ends_the_report_not_the_jobs(
-    server: FileServer, home: Path, catalog: CatalogFn, as_json: bool
+    server: FileServer,
+    home: Path,
+    catalog: CatalogFn,
+    args: list[str],
+    merged: bool,
+    proven: bool,
+    code: int,
 ) -> None:
-    """`dsm --run-job ... --json | head -1` (or stderr into `head`): the reader leaves after
-    one line, the jobs all run to the end, verified, and dsm exits 0 quietly."""
-    cat = catalog(**{f"f{i}": server.add(f"f{i}.bin", blob(i, 3000)) for i in range(20)})
-    args = ("--run-job", "download", "--all", *(["--json"] if as_json else []))
-    proc = start_dsm(*args, home=home, catalog_path=cat)
-    report, other = (proc.stdout, proc.stderr) if as_json else (proc.stderr, proc.stdout)
-    assert report is not None and other is not None
+    """`dsm --run-job ... --json | head -1` (stderr into `head`, or both): the reader leaves
+    after one line, the jobs all run to the end, no listener fails, and the exit code is
+    still the run's: 1 when nothing proved the downloads whole."""
+    names = [f"f{i}" for i in range(20)]
+    for i, name in enumerate(names):
+        if proven:
+            server.add(f"{name}.bin", blob(i, 3000))
+        else:  # no length, no validator: nothing proves the body whole
+            server.add(f"{name}.bin", blob(i, 3000), etag=None, last_modified=False)
+            server.always(f"{name}.bin", no_length=True, ignore_range=True)
+    cat = catalog(**{name: server.url(f"{name}.bin") for name in names})
+    proc = subprocess.Popen(
+        [*dsm_command(), "--run-job", "download", "--all", *args],
+        env=dsm_env(home, cat),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT if merged else subprocess.PIPE,
+        text=True,
+    )
+    report, other = (proc.stdout, proc.stderr) if args or merged else (proc.stderr, proc.stdout)
+    assert report is not None
     assert report.readline()
     report.close()  # what head does after its first line
-    assert other.read() == "" and proc.wait(timeout=60) == 0
+    assert (other.read() if other else "") == "" and proc.wait(timeout=60) == code
     repo = open_repo(make_settings(home, cat))
-    assert all(repo.dataset(f"f{i}").status == Status.DOWNLOADED for i in range(20))
+    assert all(repo.dataset(name).status == Status.DOWNLOADED for name in names)
+    assert not (home / "dsm-error.log").exists()  # no listener failed on the closed stream
 
 
 def test_event_lines_wait_for_one_write(home: Path) -> None:

@@ -101,9 +101,12 @@ from pathlib import Path
 from dsm.engine.locks import LockFile
 holder = LockFile(Path(sys.argv[1]))
 first = holder.try_lock("before")
+ready, tell = os.pipe()
 if os.fork() == 0:  # a child forked while the engine runs (a multiprocessing pool)
+    os.write(tell, b"x")  # fork() has returned here: the at-fork close has run
     time.sleep(60)
     os._exit(0)
+os.read(ready, 1)
 later = holder.try_lock("after")
 print("held" if first and later else "refused", flush=True)
 sys.stdin.read()

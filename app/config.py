@@ -34,6 +34,9 @@ CONNECT_TIMEOUT = 30.0
 # Unpacking stops at these (a decompression bomb): DSM_EXTRACT_MAX_BYTES / _MAX_MEMBERS.
 DEFAULT_EXTRACT_MAX_BYTES = 64 << 30
 DEFAULT_EXTRACT_MAX_MEMBERS = 1_000_000
+# ... and at an xz or LZMA stream whose decoder would allocate more (its dictionary; xz -9
+# needs 65 MiB): DSM_EXTRACT_MAX_MEMORY.
+DEFAULT_EXTRACT_MAX_MEMORY = 256 << 20
 
 
 def bundled_catalog() -> Path:
@@ -74,6 +77,7 @@ class Settings:
     cache_push: bool = True
     extract_max_bytes: int = DEFAULT_EXTRACT_MAX_BYTES
     extract_max_members: int = DEFAULT_EXTRACT_MAX_MEMBERS
+    extract_max_memory: int = DEFAULT_EXTRACT_MAX_MEMORY
 
     @property
     def db_path(self) -> Path:
@@ -192,6 +196,7 @@ _NUMBERS: dict[str, tuple[str, Any, Callable[[str], Any], Any]] = {
     "low_speed_time": ("DSM_LOW_SPEED_TIME", DEFAULT_LOW_SPEED_TIME, float, 0.001),
     "extract_max_bytes": ("DSM_EXTRACT_MAX_BYTES", DEFAULT_EXTRACT_MAX_BYTES, int, 0),
     "extract_max_members": ("DSM_EXTRACT_MAX_MEMBERS", DEFAULT_EXTRACT_MAX_MEMBERS, int, 1),
+    "extract_max_memory": ("DSM_EXTRACT_MAX_MEMORY", DEFAULT_EXTRACT_MAX_MEMORY, int, 1 << 20),
 }
 
 

@@ -86,7 +86,9 @@ async def unpack_archive(
         return None
     from dsm.engine import unpack  # tarfile, zipfile, lzma: for archives only
 
-    limits = unpack.Limits(settings.extract_max_bytes, settings.extract_max_members)
+    limits = unpack.Limits(
+        settings.extract_max_bytes, settings.extract_max_members, settings.extract_max_memory
+    )
     try:
         return await anyio.to_thread.run_sync(
             unpack.unpack,

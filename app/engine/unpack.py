@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import lzma
 import os
 import shutil
@@ -25,10 +26,13 @@ import tarfile
 import zipfile
 import zlib
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
-from typing import Protocol
+from typing import Protocol, cast
 
+from dsm.config import DEFAULT_EXTRACT_MAX_MEMORY
+from dsm.engine import bounds
 from dsm.errors import ArchiveError
 
 KINDS = ("zip", "tar", "tar.gz", "tar.bz2", "tar.xz", "gz")
@@ -45,6 +49,7 @@ class Readable(Protocol):
 class Limits:
     max_bytes: int
     max_members: int
+    max_memory: int = DEFAULT_EXTRACT_MAX_MEMORY  # what a decoder may allocate (xz, LZMA)
 
 
 @dataclass(frozen=True, order=True)
@@ -96,6 +101,17 @@ class _Writer:
         self._claim(rel, as_dir=True)
         (self.root / rel).mkdir(parents=True, exist_ok=True)
 
+    def copy(self, rel: PurePosixPath, target: PurePosixPath) -> None:
+        """A hard link: a copy of the file an earlier member wrote (read back from the tree;
+        tarfile would load every member's header to find it, and rewind a compressed tar)."""
+        if str(target) not in self.taken:
+            raise ArchiveError(
+                f"member {str(rel)!r}: cannot be read: a hard link to {str(target)!r}, "
+                "which no member before it wrote"
+            )
+        with (self.root / target).open("rb") as source:
+            self.file(rel, source)
+
     def file(self, rel: PurePosixPath, source: Readable) -> None:
         self._claim(rel, as_dir=False)
         dest = self.root / rel
@@ -135,9 +151,22 @@ def _is_root(name: str) -> bool:
     return not PurePosixPath(name).parts
 
 
-def _tar(archive: Path, mode: str, w: _Writer) -> None:
-    with tarfile.open(archive, mode) as tf:  # type: ignore[call-overload]
-        for member in tf:
+def _open_tar(archive: Path, kind: str, limits: Limits, stack: ExitStack) -> tarfile.TarFile:
+    if kind == "tar.xz":  # under a memory limit: lzma.LZMAFile takes none
+        raw = stack.enter_context(bounds.XZReader(archive, limits.max_memory))
+        stream = stack.enter_context(io.BufferedReader(raw, BLOCK))
+        return stack.enter_context(tarfile.open(fileobj=stream, mode="r:"))
+    mode = _TAR_MODES[kind]
+    return cast(tarfile.TarFile, stack.enter_context(tarfile.open(archive, mode)))  # type: ignore[call-overload]
+
+
+def _tar(archive: Path, kind: str, w: _Writer) -> None:
+    with ExitStack() as stack:
+        tf = _open_tar(archive, kind, w.limits, stack)
+        # One header at a time, never the whole list (getmembers); tarfile keeps each it read
+        # (as many as the member limit, hundreds of MiB): dropped, the writer knows the names.
+        while (member := tf.next()) is not None:
+            tf.members.clear()
             w.count(member.name)
             if member.isdir() and _is_root(member.name):
                 continue  # nothing to write: the tree is made already
@@ -151,21 +180,18 @@ def _tar(archive: Path, mode: str, w: _Writer) -> None:
             rel = _member_path(safe.name)
             if safe.isdir():
                 w.directory(rel)
-            elif safe.isfile() or safe.islnk():  # a hard link inside: a copy of its target
-                try:
-                    source = tf.extractfile(safe)
-                except KeyError:  # a hard link to a member the archive does not hold
-                    source = None
-                if source is None:
-                    raise ArchiveError(f"member {member.name!r}: cannot be read")
-                with source:
+            elif safe.islnk():
+                w.copy(rel, _member_path(safe.linkname))
+            elif safe.isfile():
+                with tf.extractfile(safe) as source:  # type: ignore[union-attr]
                     w.file(rel, source)
             else:
                 raise ArchiveError(f"member {member.name!r}: not a file or folder")
 
 
 def _zip(archive: Path, w: _Writer) -> None:
-    with zipfile.ZipFile(archive) as zf:
+    bounds.check_zip_entries(archive, w.limits.max_members)
+    with zipfile.ZipFile(archive) as zf, archive.open("rb") as raw:
         for info in zf.infolist():
             w.count(info.filename)
             if info.is_dir() and _is_root(info.filename):
@@ -180,6 +206,7 @@ def _zip(archive: Path, w: _Writer) -> None:
             if info.is_dir():
                 w.directory(rel)
                 continue
+            bounds.check_zip_member(raw, info, w.limits.max_memory)
             with zf.open(info) as source:
                 w.file(rel, source)
 
@@ -222,7 +249,7 @@ def unpack(
         elif kind == "zip":
             _zip(archive, writer)
         else:
-            _tar(archive, _TAR_MODES[kind], writer)
+            _tar(archive, kind, writer)
     except _CORRUPT as exc:
         _remove(tmp)
         raise ArchiveError(f"not a valid {kind} archive: {exc}") from None

@@ -7,12 +7,16 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import lzma
 import re
 import stat
+import struct
 import tarfile
+import tracemalloc
 import warnings
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -232,12 +236,96 @@ def test_decompression_bomb_stops_at_the_byte_limit(place: Path, kind: str) -> N
 
 
 def test_too_many_members_is_refused(place: Path) -> None:
-    body = zip_bytes([(f"f{i}", b"x") for i in range(20)])
+    body = tar_bytes([(member(f"f{i}"), b"x") for i in range(20)])
     with pytest.raises(
         ArchiveError, match=r"'f10': more than 10 members \(DSM_EXTRACT_MAX_MEMBERS"
     ):
+        run(place, "x.tar", body, "tar", max_members=10)
+    assert not unpack.temp_of(place).exists()
+
+
+def with_end_record(body: bytes, entries: int, zip64: bool = False) -> bytes:
+    """The zip `body` (no comment) with its end record claiming `entries` entries; `zip64`:
+    through a ZIP64 end record and its locator, the classic record saying 0xFFFF."""
+    cd_size, cd_offset = struct.unpack_from("<2L", body, len(body) - 10)
+    head = body[:-22]
+    if not zip64:
+        return head + struct.pack(
+            "<4s4H2LH", b"PK\x05\x06", 0, 0, entries, entries, cd_size, cd_offset, 0
+        )
+    end64 = struct.pack(
+        "<4sQ2H2L4Q", b"PK\x06\x06", 44, 45, 45, 0, 0, entries, entries, cd_size, cd_offset
+    )
+    locator = struct.pack("<4sLQL", b"PK\x06\x07", 0, len(head), 1)
+    end = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, 0xFFFF, 0xFFFF, cd_size, cd_offset, 0)
+    return head + end64 + locator + end
+
+
+@pytest.mark.parametrize(
+    ("entries", "zip64", "said"),
+    [
+        (20, False, "lists 20 members, more than 10"),
+        (0xFFFF, False, "lists 65535 members, more than 10"),
+        (1 << 40, True, f"lists {1 << 40} members, more than 10"),
+        # The count lies low: the entries themselves are counted.
+        (
+            1,
+            False,
+            "holds more than 10 members (DSM_EXTRACT_MAX_MEMBERS), though its end record says 1",
+        ),
+        (
+            1,
+            True,
+            "holds more than 10 members (DSM_EXTRACT_MAX_MEMBERS), though its end record says 1",
+        ),
+    ],
+    ids=["true-count", "claims-65535", "zip64-claims-2**40", "count-lies-low", "zip64-lies-low"],
+)
+def test_a_zip_listing_too_many_members_is_refused_before_it_is_read(
+    place: Path, entries: int, zip64: bool, said: str
+) -> None:
+    """The member limit applies to the central directory before zipfile loads it whole (a
+    claim of millions of entries, or a count that lies), ZIP64 records too."""
+    body = with_end_record(zip_bytes([(f"f{i}", b"x") for i in range(20)]), entries, zip64)
+    with pytest.raises(ArchiveError, match=re.escape(said)):
         run(place, "x.zip", body, "zip", max_members=10)
     assert not unpack.temp_of(place).exists()
+    # The same records within the limit: zipfile reads them as we do, the zip unpacks.
+    body = with_end_record(zip_bytes([(f"f{i}", b"x") for i in range(3)]), 3, zip64)
+    assert [f.path for f in run(place, "y.zip", body, "zip", max_members=10)] == ["f0", "f1", "f2"]
+
+
+def peak_memory(unpacking: Callable[[], object]) -> tuple[int, str]:
+    """The most memory Python held while `unpacking` ran, and its ArchiveError ("": none)."""
+    tracemalloc.start()
+    try:
+        unpacking()
+        said = ""
+    except ArchiveError as exc:
+        said = str(exc)
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak, said
+
+
+def test_a_hard_link_does_not_load_every_member_of_a_tar(place: Path) -> None:
+    """A hard link early in a tar with 10,000 members more: refused at the member limit with
+    only a few members' headers in memory (tarfile's own lookup of a link's target read every
+    header first: 4.5 MiB here, GiBs for millions)."""
+    more = [(member(f"member-{i:06d}.txt"), b"") for i in range(10_000)]
+    link = member("hl", tarfile.LNKTYPE, "a.txt")
+    body = tar_bytes([(member("a.txt"), b"alpha"), (link, None), *more], "w:gz")
+    unpacking = partial(run, place, "x.tar.gz", body, "tar.gz", max_members=10)
+    peak, said = peak_memory(unpacking)
+    assert "more than 10 members" in said and peak < 2 << 20
+    # Below the limit: the headers read are not all kept either (tarfile keeps each one).
+    folders = [(member("d", tarfile.DIRTYPE), None)] * 6_000  # 2.6 MiB of headers kept
+    body = tar_bytes([(member("a.txt"), b"alpha"), *folders], "w:gz")
+    unpacking = partial(run, place, "y.tar.gz", body, "tar.gz", max_members=100_000)
+    peak, said = peak_memory(unpacking)
+    assert said == "" and peak < 2 << 20
+    assert (unpack.temp_of(place) / "d").is_dir()
 
 
 def test_not_an_archive_is_a_clear_error(place: Path) -> None:
@@ -284,8 +372,63 @@ def test_a_corrupt_stream_is_a_clear_error(place: Path, kind: str) -> None:
     assert not unpack.temp_of(place).exists()
 
 
-def test_a_dangling_hard_link_is_refused(place: Path) -> None:
-    dangling = tar_bytes([(member("hl", tarfile.LNKTYPE, "missing.txt"), None)])
+@pytest.mark.parametrize("order", ["missing", "later", "folder"])
+def test_a_dangling_hard_link_is_refused(place: Path, order: str) -> None:
+    """A hard link is a copy of a file written before it: not of a member after it, nor of
+    a folder."""
+    link: tuple[tarfile.TarInfo, bytes | None] = (member("hl", tarfile.LNKTYPE, "a.txt"), None)
+    members: list[tuple[tarfile.TarInfo, bytes | None]] = {
+        "missing": [link],
+        "later": [link, (member("a.txt"), b"alpha")],
+        "folder": [(member("a.txt", tarfile.DIRTYPE), None), link],
+    }[order]
     with pytest.raises(ArchiveError, match="'hl': cannot be read"):
-        run(place, "x.tar", dangling, "tar")
+        run(place, "x.tar", tar_bytes(members), "tar")
     assert not unpack.temp_of(place).exists()
+
+
+def xz_with_dictionary(data: bytes, dict_size: int) -> bytes:
+    filters = [{"id": lzma.FILTER_LZMA2, "dict_size": dict_size}]
+    return lzma.compress(data, format=lzma.FORMAT_XZ, filters=filters)
+
+
+def test_an_xz_stream_needing_too_much_memory_is_refused(place: Path) -> None:
+    """An 80-byte tar.xz whose header asks for a 1.5 GiB dictionary: the decoder would
+    allocate it (a MemoryError under a 1 GiB address-space limit); refused, naming the limit."""
+    tar = tar_bytes([(member("a.txt"), b"alpha")])
+    body = xz_with_dictionary(tar, 1536 << 20)
+    with pytest.raises(
+        ArchiveError,
+        match=r"needs more than 268435456 bytes of memory .*"
+        r"\(its LZMA dictionary; DSM_EXTRACT_MAX_MEMORY\)",
+    ):
+        run(place, "x.tar.xz", body, "tar.xz", max_memory=256 << 20)
+    assert not unpack.temp_of(place).exists()
+    # Within the limit it unpacks, a tar cut into two concatenated xz streams too (as `xz`
+    # and lzma.LZMAFile read them), and a hard link inside.
+    tar = tar_bytes(
+        [(member("a.txt"), b"alpha" * 5000), (member("b", tarfile.LNKTYPE, "a.txt"), None)]
+    )
+    body = xz_with_dictionary(tar[:10_000], 1 << 20) + xz_with_dictionary(tar[10_000:], 1 << 20)
+    got = run(place, "y.tar.xz", body, "tar.xz", max_memory=256 << 20)
+    assert [(f.path, f.size) for f in got] == [("a.txt", 25_000), ("b", 25_000)]
+
+
+def test_a_zip_lzma_member_needing_too_much_memory_is_refused(place: Path) -> None:
+    """A zip member compressed with LZMA whose properties ask for a 3 GiB dictionary: the
+    raw decoder takes no memory limit, so the size is read from the member's header."""
+    info = zipfile.ZipInfo("a.txt")
+    info.compress_type = zipfile.ZIP_LZMA
+    body = bytearray(zip_bytes([(info, b"alpha" * 100)]))
+    props = 30 + len("a.txt") + 4  # the local header, the name, version and properties' size
+    assert body[props] == 0x5D  # lc=3 lp=0 pb=2: the dictionary's size follows
+    ok = bytes(body)
+    body[props + 1 : props + 5] = struct.pack("<L", 3 << 30)
+    with pytest.raises(
+        ArchiveError,
+        match=r"'a.txt': refused: its LZMA dictionary of "
+        r"3221225472 bytes is more than 268435456 \(DSM_EXTRACT_MAX_MEMORY\)",
+    ):
+        run(place, "x.zip", bytes(body), "zip", max_memory=256 << 20)
+    assert not unpack.temp_of(place).exists()
+    assert [f.size for f in run(place, "y.zip", ok, "zip", max_memory=256 << 20)] == [500]

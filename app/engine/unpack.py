@@ -166,7 +166,7 @@ def _tar(archive: Path, kind: str, w: _Writer) -> None:
         # One header at a time, never the whole list (getmembers); tarfile keeps each it read
         # (as many as the member limit, hundreds of MiB): dropped, the writer knows the names.
         while (member := tf.next()) is not None:
-            tf.members.clear()
+            tf.members.clear()  # type: ignore[attr-defined]  # not in typeshed
             w.count(member.name)
             if member.isdir() and _is_root(member.name):
                 continue  # nothing to write: the tree is made already

@@ -31,6 +31,9 @@ DEFAULT_HOST_CONNECTIONS = 8
 DEFAULT_LOW_SPEED_LIMIT = 1024  # bytes/s ...
 DEFAULT_LOW_SPEED_TIME = 60.0  # ... for this many seconds: the transfer is stalled
 CONNECT_TIMEOUT = 30.0
+# The largest file taken without the catalogue's expected_size (DSM_DOWNLOAD_MAX_BYTES): a
+# body without a length is cut off past it instead of filling the disk.
+DEFAULT_DOWNLOAD_MAX_BYTES = 1 << 40
 # Unpacking stops at these (a decompression bomb): DSM_EXTRACT_MAX_BYTES / _MAX_MEMBERS.
 DEFAULT_EXTRACT_MAX_BYTES = 64 << 30
 DEFAULT_EXTRACT_MAX_MEMBERS = 1_000_000
@@ -75,6 +78,7 @@ class Settings:
     # published to it (DSM_CACHE_PUSH=0 for read-only credentials).
     cache_url: str | None = None
     cache_push: bool = True
+    download_max_bytes: int = DEFAULT_DOWNLOAD_MAX_BYTES
     extract_max_bytes: int = DEFAULT_EXTRACT_MAX_BYTES
     extract_max_members: int = DEFAULT_EXTRACT_MAX_MEMBERS
     extract_max_memory: int = DEFAULT_EXTRACT_MAX_MEMORY
@@ -194,6 +198,7 @@ _NUMBERS: dict[str, tuple[str, Any, Callable[[str], Any], Any]] = {
     "host_connections": ("DSM_HOST_CONNECTIONS", DEFAULT_HOST_CONNECTIONS, int, 1),
     "low_speed_limit": ("DSM_LOW_SPEED_LIMIT", DEFAULT_LOW_SPEED_LIMIT, int, 0),
     "low_speed_time": ("DSM_LOW_SPEED_TIME", DEFAULT_LOW_SPEED_TIME, float, 0.001),
+    "download_max_bytes": ("DSM_DOWNLOAD_MAX_BYTES", DEFAULT_DOWNLOAD_MAX_BYTES, int, 1),
     "extract_max_bytes": ("DSM_EXTRACT_MAX_BYTES", DEFAULT_EXTRACT_MAX_BYTES, int, 0),
     "extract_max_members": ("DSM_EXTRACT_MAX_MEMBERS", DEFAULT_EXTRACT_MAX_MEMBERS, int, 1),
     "extract_max_memory": ("DSM_EXTRACT_MAX_MEMORY", DEFAULT_EXTRACT_MAX_MEMORY, int, 1 << 20),

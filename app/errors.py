@@ -14,6 +14,7 @@
         ├── DiskError             the partial file cannot be written
         │   └── DiskFull          ENOSPC: the partial file is given up to free the room
         ├── IntegrityError        the server announces another file than the catalogue's
+        ├── TooLarge              past DSM_DOWNLOAD_MAX_BYTES without a catalogue size
         ├── AccessDenied          a gated or private Hub repo without a valid token
         └── BadResponse           a response that is not the file (HTML, bad redirects)
     UnknownDataset (LookupError)  a dataset name the store does not hold
@@ -113,6 +114,11 @@ class DiskFull(DiskError):
 
 class IntegrityError(TransferError):
     """The server announces another file than the catalogue describes."""
+
+
+class TooLarge(TransferError):
+    """A body larger than dsm takes from a server without the catalogue's `expected_size`
+    (DSM_DOWNLOAD_MAX_BYTES): announced so, or sent so without a length. No retry heals it."""
 
 
 class AccessDenied(TransferError):

@@ -47,6 +47,7 @@ class Fault:
     redirect_to: str | None = None  # 302 to this path or URL
     rate: float | None = None  # bytes per second
     no_length: bool = False  # no Content-Length: the body ends when the connection closes
+    chunked: bool = False  # no Content-Length: Transfer-Encoding: chunked
     for_ranges: tuple[int, int] | None = None  # only for a Range starting in [lo, hi)
     range_as_200: bool = False  # a broken proxy: the 206's Content-Range and bytes, status 200
     range_end_short: int | None = None  # a 206 that ends this many bytes before the end asked
@@ -258,6 +259,8 @@ def _handler_for(server: FileServer) -> type[BaseHTTPRequestHandler]:
             if fault.no_length:
                 self.send_header("Connection", "close")
                 self.close_connection = True
+            elif fault.chunked:
+                self.send_header("Transfer-Encoding", "chunked")
             else:
                 self.send_header("Content-Length", str(length))
             self.end_headers()
@@ -274,7 +277,8 @@ def _handler_for(server: FileServer) -> type[BaseHTTPRequestHandler]:
                 n = min(CHUNK, limit - pos)
                 if fault.rate:
                     n = min(n, max(1, int(fault.rate / 20)))
-                self.wfile.write(payload[pos : pos + n])
+                data = payload[pos : pos + n]
+                self.wfile.write(b"%x\r\n%s\r\n" % (n, data) if fault.chunked else data)
                 self.wfile.flush()
                 pos += n
                 seen.sent += n
@@ -282,6 +286,8 @@ def _handler_for(server: FileServer) -> type[BaseHTTPRequestHandler]:
                     ahead = pos / fault.rate - (time.monotonic() - started)
                     if ahead > 0 and server.release.wait(ahead):
                         break
+            if fault.chunked and pos == len(payload):
+                self.wfile.write(b"0\r\n\r\n")
             if fault.stall_after is not None and pos < len(payload):
                 server.release.wait(60)
             if pos < len(payload) or fault.content_length is not None:

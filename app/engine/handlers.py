@@ -150,6 +150,7 @@ class Handlers:
             retry_delay=settings.retry_delay,
             low_speed_limit=settings.low_speed_limit,
             low_speed_time=settings.low_speed_time,
+            max_size=settings.download_max_bytes,
         )
 
     def for_type(self, job_type: JobType) -> Handler:

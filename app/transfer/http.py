@@ -19,7 +19,7 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 
-from dsm.config import is_loopback
+from dsm.config import DEFAULT_DOWNLOAD_MAX_BYTES, is_loopback
 from dsm.domain.hub import git_blob_header
 from dsm.domain.redact import redact_text, redact_url
 from dsm.errors import (
@@ -90,6 +90,8 @@ class Policy:
     # seconds is Stalled (retried); a limit of 0 turns it off.
     low_speed_limit: int = 0
     low_speed_time: float = 60.0
+    # The largest body taken without the catalogue's size (DSM_DOWNLOAD_MAX_BYTES).
+    max_size: int = DEFAULT_DOWNLOAD_MAX_BYTES
 
 
 class RetryBudget:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from dsm.domain.redact import redact_url
-from dsm.errors import BadResponse, IntegrityError, TransferError
+from dsm.errors import BadResponse, IntegrityError, TooLarge, TransferError
 from dsm.transfer.http import (
     Answer,
     Policy,
@@ -72,6 +72,19 @@ class Ask:
 
 
 @dataclass(frozen=True)
+class Limit:
+    """Where a body without a length is cut off (an endless body must not fill the disk
+    before a size check fails it): one byte past `size`, failing with `error(message)`."""
+
+    size: int
+    error: type[TransferError]
+    message: str
+
+    def exceeded(self) -> TransferError:
+        return self.error(self.message)
+
+
+@dataclass(frozen=True)
 class Write:
     """Stream the body into the partial file from `offset` (0: from zero, never appended).
     `confirm`: the body has no length, so its end may be a dropped connection: afterwards ask
@@ -83,9 +96,8 @@ class Write:
     meta: dict[str, Any]
     confirm: bool = False
     proven: bool = True
-    # A body without a length is cut off one byte past this (the catalogue's size): an
-    # endless body must not fill the disk before the size check fails it.
-    limit: int | None = None
+    # A body without a length: the catalogue's size, else DSM_DOWNLOAD_MAX_BYTES.
+    limit: Limit | None = None
 
 
 @dataclass(frozen=True)
@@ -202,21 +214,53 @@ def respond(
         return Reject(
             BadResponse(f"server sent an HTML page instead of data ({public_url(answer.url)})")
         )
-    if expected_size is not None and total is not None and total != expected_size:
-        return Reject(
-            IntegrityError(
-                f"size mismatch: expected {expected_size} bytes, server announces {total} "
-                f"({public_url(answer.url)})"
-            )
-        )
+    if (refused := _announced(total, expected_size, policy, answer.url)) is not None:
+        return Reject(refused)
     meta = {"url": source, "etag": etag, "last_modified": modified, "date": date, "total": total}
     if answer.status == 206 and have == 0 and worth_it(policy, total, meta):
         assert total is not None  # worth_it checked it
         return Split(total, meta)
     framed = total is not None or _chunked(answer)
     confirm = not framed and not asked.confirming and _resumable(answer)
-    limit = expected_size if total is None else None  # a total was checked against it above
+    limit = body_limit(expected_size, policy) if total is None else None  # a total: checked above
     return Write(have, total, meta, confirm=confirm, proven=framed, limit=limit)
+
+
+def _announced(
+    total: int | None, expected_size: int | None, policy: Policy, url: str
+) -> TransferError | None:
+    """Why the announced size is refused before the body: not the catalogue's, or above the
+    largest file taken without one."""
+    if total is None:
+        return None
+    if expected_size is not None and total != expected_size:
+        return IntegrityError(
+            f"size mismatch: expected {expected_size} bytes, server announces {total} "
+            f"({public_url(url)})"
+        )
+    if expected_size is None and total > policy.max_size:
+        return TooLarge(
+            f"server announces {total} bytes ({public_url(url)}), more than the "
+            f"{policy.max_size} taken without the catalogue's expected_size "
+            "(DSM_DOWNLOAD_MAX_BYTES)"
+        )
+    return None
+
+
+def body_limit(expected_size: int | None, policy: Policy) -> Limit:
+    """Where a body without a length is cut off: the catalogue's size, else the cap."""
+    if expected_size is not None:
+        return Limit(
+            expected_size,
+            IntegrityError,
+            f"size mismatch: the server sent more than the expected {expected_size} bytes",
+        )
+    return Limit(
+        policy.max_size,
+        TooLarge,
+        f"stopped: the server sent more than {policy.max_size} bytes without a length, the "
+        "most taken without the catalogue's expected_size (DSM_DOWNLOAD_MAX_BYTES)",
+    )
 
 
 def contradiction(asked: Ask, status: int, content_range: str | None) -> str | None:

@@ -28,7 +28,7 @@ from typing import Any, BinaryIO
 import anyio
 import httpx
 
-from dsm.errors import DiskFull, IntegrityError, Restart, Truncated
+from dsm.errors import DiskFull, IntegrityError, Restart, TooLarge, Truncated
 from dsm.transfer import resume
 from dsm.transfer.bodyread import BodyReader, Stages
 from dsm.transfer.http import (
@@ -65,6 +65,7 @@ PROGRESS_POLL = 0.1  # seconds between progress reports to the caller
 SYNC_EVERY = 64 << 20  # bytes written between two fdatasyncs
 SMALL_BODY = 4 << 20  # a body this small is read, written and hashed on one thread
 SMALL_CHUNK = 256 << 10  # ... in reads of at most this many bytes
+DISK_RESERVE = 64 << 20  # left free by a body without a length (at most 5% of the disk)
 
 ProgressFn = Callable[[int, int | None], None]
 log = logging.getLogger(__name__)
@@ -166,12 +167,35 @@ class _Syncer:
                 os.fdatasync(self.sink.fh.fileno())
 
 
+class _Room:
+    """The free space of the partial's disk, checked as a body without a length arrives (the
+    check before it had no size to check): it stops while DISK_RESERVE is left, so the
+    store can still record the end, and other jobs are not failed by a full disk."""
+
+    def __init__(self, part: Path) -> None:
+        self.folder = part.parent
+        self.reserve = min(DISK_RESERVE, shutil.disk_usage(self.folder).total // 20)
+
+    def check(self, read: int, pending: int) -> None:
+        """`pending`: bytes read but not written yet."""
+        free = shutil.disk_usage(self.folder).free
+        if free - pending < self.reserve:
+            raise DiskFull(
+                f"stopped at byte {read}: the server sent no length and {self.folder} has "
+                f"{free} bytes free; {self.reserve} are kept free"
+            )
+
+
 def _pump(
-    reader: BodyReader, sink: _Sink, ctl: Control, total: int | None, limit: int | None = None
+    reader: BodyReader,
+    sink: _Sink,
+    ctl: Control,
+    total: int | None,
+    limit: resume.Limit | None = None,
 ) -> None:
     """Read the body to its end; a thread writes each buffer, another hashes it. Bytes that
     arrived before a network error are written (kept for the resume) before it is raised.
-    A body (without a length) that goes past `limit` bytes is IntegrityError."""
+    A body without a length stops past `limit` bytes, or when the disk is nearly full."""
     if total is not None and total - sink.size <= SMALL_BODY:
         _pump_small(reader, sink, ctl, total - sink.size)
         return
@@ -181,13 +205,14 @@ def _pump(
         return True
 
     read = sink.size
+    room = _Room(sink.part) if total is None else None
     with _Syncer(sink) as syncer, Stages([syncer.write, hash_], BUFFERS, BUFFER) as stages:
         while (buf := stages.take(ctl.check)) is not None and (n := reader.fill(buf)):
             read += n
-            if limit is not None and read > limit:
-                raise IntegrityError(
-                    f"size mismatch: the server sent more than the expected {limit} bytes"
-                )
+            if limit is not None and read > limit.size:
+                raise limit.exceeded()
+            if room is not None:
+                room.check(read, read - sink.size)
             stages.put(buf, n)
 
 
@@ -372,7 +397,7 @@ def _finish(
     ctl: Control | None = None,
     total: int | None = None,
     proven: bool = True,
-    limit: int | None = None,
+    limit: resume.Limit | None = None,
 ) -> Fetched:
     try:
         if reader is not None and ctl is not None:
@@ -380,9 +405,11 @@ def _finish(
         sink.finish()
         if total is not None and sink.size != total:
             raise Truncated(f"connection ended at byte {sink.size} of {total}")
-    except IntegrityError:
+    except (IntegrityError, TooLarge, DiskFull):
         sink.close()
-        discard_partial(part)  # the bytes of another file than the catalogue's: no resume
+        # Another file than the catalogue's, or one too large for the limit or the disk: no
+        # resume, and the room goes back (the store records the end there).
+        discard_partial(part)
         raise
     except OSError as exc:
         sink.close()

@@ -7,11 +7,13 @@ import email.utils
 import errno
 import json
 import os
+import re
+import shutil
 import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +118,87 @@ def test_a_body_without_length_stops_past_the_catalogue_size(
     assert sorted(p.name for p in (home / "data").iterdir()) == []
     row = json.loads(run_dsm("show", "a", "--json", home=home, catalog_path=cat).stdout)
     assert (row["status"], row["downloaded"]) == ("error", False)
+
+
+@pytest.mark.parametrize("framing", ["close", "chunked", "announced"])
+def test_a_body_without_a_catalogue_size_stops_at_the_download_cap(
+    server: FileServer, home: Path, catalog: CatalogFn, framing: str
+) -> None:
+    """No `expected_size` in the catalogue and a server that sends more than
+    DSM_DOWNLOAD_MAX_BYTES (no length: an endless body; or a length that says so): cut off
+    past the cap, or refused before the body; no retry, nothing kept, the store intact."""
+    sent = blob(24, 24 << 20)
+    url = server.add("a.bin", sent, last_modified=False)
+    cat = catalog(a=url)
+    fault = {
+        "close": {"no_length": True, "ignore_range": True},
+        "chunked": {"chunked": True, "ignore_range": True},
+        "announced": {},
+    }[framing]
+    server.always("a.bin", **fault)
+    run = run_dsm(
+        "--run-job",
+        "download",
+        "--dataset",
+        "a",
+        home=home,
+        catalog_path=cat,
+        DSM_DOWNLOAD_MAX_BYTES=str(1 << 20),
+    )
+    assert run.returncode == 1, run.stderr
+    said = (
+        f"server announces {len(sent)} bytes ({url}), more than the 1048576 taken without the "
+        "catalogue's expected_size (DSM_DOWNLOAD_MAX_BYTES)"
+        if framing == "announced"
+        else "stopped: the server sent more than 1048576 bytes without a length, the most "
+        "taken without the catalogue's expected_size (DSM_DOWNLOAD_MAX_BYTES)"
+    )
+    assert f"download a: failed: {said}" in run.stderr
+    assert len(server.requests("a.bin")) == 1  # no retry: the server sends the same again
+    assert server.bytes_sent("a.bin") < len(sent) // 2  # cut off, not read to its end
+    assert list((home / "data").glob("*")) == []
+    row = json.loads(run_dsm("show", "a", "--json", home=home, catalog_path=cat).stdout)
+    assert (row["status"], row["downloaded"], row["error"]) == ("error", False, said)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A file system of 16 MiB of its own (tmpfs: mounting one needs root, else skipped)."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    cmd = ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)]
+    mounted = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small file system: {mounted.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_a_body_without_length_stops_before_the_disk_is_full(
+    server: FileServer, small_disk: Path, catalog: CatalogFn
+) -> None:
+    """No length, no catalogue size, under the cap, on a 16 MiB disk: the free space is
+    re-checked as the body arrives and it stops while 5% is left (not at ENOSPC), naming the
+    room; the partial goes and the store, on the same disk, records the failure."""
+    home = small_disk / "home"
+    sent = blob(25, 32 << 20)
+    cat = catalog(a=server.add("a.bin", sent, last_modified=False))
+    server.always("a.bin", no_length=True, ignore_range=True)
+    run = run_dsm("--run-job", "download", "--dataset", "a", home=home, catalog_path=cat)
+    assert run.returncode == 1, run.stderr
+    reserve = shutil.disk_usage(small_disk).total // 20
+    assert re.search(
+        rf"download a: failed: stopped at byte \d+: the server sent no length and "
+        rf"{re.escape(str(home / 'data'))} has \d+ bytes free; {reserve} are kept free",
+        run.stderr,
+    ), run.stderr
+    assert len(server.requests("a.bin")) == 1
+    assert list((home / "data").glob("*")) == []
+    row = json.loads(run_dsm("show", "a", "--json", home=home, catalog_path=cat).stdout)
+    assert (row["status"], row["downloaded"]) == ("error", False)
+    assert row["error"].startswith("stopped at byte")
 
 
 # -- 2. a response that contradicts the request is never appended -------------------------

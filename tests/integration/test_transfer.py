@@ -336,7 +336,8 @@ async def test_credentials_only_for_their_host_and_only_over_https(
 async def test_not_enough_disk_space_fails_at_once(
     server: FileServer, home: Path, catalog: CatalogFn
 ) -> None:
-    settings, repo = setup(home, catalog(a=server.add("a.bin", b"x" * 10)))
+    url = server.add("a.bin", b"x" * 10)
+    settings, repo = setup(home, catalog(a=url), DSM_DOWNLOAD_MAX_BYTES=str(1 << 62))
     server.always("a.bin", content_length=1 << 60, ignore_range=True)
     run = await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
     assert run.job.status == JobStatus.FAILED

@@ -37,6 +37,18 @@ def test_cache_push_takes_a_clear_yes_or_no() -> None:
         settings_with(DSM_CACHE_PUSH="maybe")
 
 
+def test_the_size_limits_have_generous_defaults_and_refuse_nonsense() -> None:
+    s = load_settings(home="/tmp/h", catalog="/tmp/c.json", env={})
+    assert (s.download_max_bytes, s.extract_max_memory) == (1 << 40, 256 << 20)
+    env = {"DSM_DOWNLOAD_MAX_BYTES": "1048576", "DSM_EXTRACT_MAX_MEMORY": str(64 << 20)}
+    s = load_settings(home="/tmp/h", catalog="/tmp/c.json", env=env)
+    assert (s.download_max_bytes, s.extract_max_memory) == (1 << 20, 64 << 20)
+    with pytest.raises(BadInput, match="DSM_DOWNLOAD_MAX_BYTES='0' must be at least 1"):
+        load_settings(env={"DSM_DOWNLOAD_MAX_BYTES": "0"})
+    with pytest.raises(BadInput, match="DSM_EXTRACT_MAX_MEMORY='1000' must be at least 1048576"):
+        load_settings(env={"DSM_EXTRACT_MAX_MEMORY": "1000"})
+
+
 MOUNTS = """\
 /dev/sda1 / ext4 rw 0 0
 server:/export /mnt/team nfs4 rw 0 0

@@ -9,7 +9,8 @@ from typing import Any
 import httpx
 import pytest
 
-from dsm.errors import BadResponse, HttpStatusError, IntegrityError
+from dsm.config import DEFAULT_DOWNLOAD_MAX_BYTES
+from dsm.errors import BadResponse, HttpStatusError, IntegrityError, TooLarge, retryable
 from dsm.transfer import resume
 from dsm.transfer.http import Answer, Policy
 from dsm.transfer.partfile import validator
@@ -17,6 +18,7 @@ from dsm.transfer.resume import (
     CHANGED,
     Ask,
     Complete,
+    Limit,
     OnDisk,
     Reject,
     Restart,
@@ -32,6 +34,8 @@ LAST_MOD = "Tue, 01 Dec 2026 10:00:00 GMT"
 LATER = "Tue, 01 Dec 2026 10:00:01 GMT"  # a Date one second after LAST_MOD: LAST_MOD is strong
 ONE = Policy(stall_timeout=5)  # one stream
 SPLIT = Policy(stall_timeout=5, segments=4, segment_min=1000)
+SMALL_CAP = Policy(stall_timeout=5, max_size=4096)  # DSM_DOWNLOAD_MAX_BYTES=4096
+CAPPED = resume.body_limit(None, ONE)  # a body without a length, no catalogue size
 
 
 def meta(**over: Any) -> dict[str, Any]:
@@ -225,25 +229,72 @@ RESPOND_CASES = [
         "a body without a length ends by close: confirm it afterwards",
         FRESH,
         answer(200, etag=STRONG),
-        Write(0, None, meta(etag=STRONG, total=None), confirm=True, proven=False),
+        Write(0, None, meta(etag=STRONG, total=None), True, False, CAPPED),
     ),
     RespondCase(
         "no length and no strong validator: written, but not proven whole",
         FRESH,
         answer(200, last_modified=LAST_MOD, date=LAST_MOD),
-        Write(0, None, meta(last_modified=LAST_MOD, date=LAST_MOD, total=None), proven=False),
+        Write(
+            0,
+            None,
+            meta(last_modified=LAST_MOD, date=LAST_MOD, total=None),
+            proven=False,
+            limit=CAPPED,
+        ),
     ),
     RespondCase(
         "chunked framing proves the end",
         FRESH,
         answer(200, transfer_encoding="chunked"),
-        Write(0, None, meta(total=None)),
+        Write(0, None, meta(total=None), limit=CAPPED),
     ),
     RespondCase(
         "a body without a length may not outgrow the catalogue's size",
         FRESH,
         answer(200, transfer_encoding="chunked"),
-        Write(0, None, meta(total=None), limit=5000),
+        Write(
+            0,
+            None,
+            meta(total=None),
+            limit=Limit(
+                5000,
+                IntegrityError,
+                "size mismatch: the server sent more than the expected 5000 bytes",
+            ),
+        ),
+        expected_size=5000,
+    ),
+    RespondCase(
+        "without the catalogue's size, nor more than DSM_DOWNLOAD_MAX_BYTES",
+        FRESH,
+        answer(200, transfer_encoding="chunked"),
+        Write(
+            0,
+            None,
+            meta(total=None),
+            limit=Limit(
+                4096,
+                TooLarge,
+                "stopped: the server sent more than 4096 bytes without a length, the most "
+                "taken without the catalogue's expected_size (DSM_DOWNLOAD_MAX_BYTES)",
+            ),
+        ),
+        policy=SMALL_CAP,
+    ),
+    RespondCase(
+        "a length above DSM_DOWNLOAD_MAX_BYTES, no catalogue size: rejected before the body",
+        FRESH,
+        answer(200, content_length="5000"),
+        Reject,
+        policy=SMALL_CAP,
+    ),
+    RespondCase(
+        "a length above DSM_DOWNLOAD_MAX_BYTES the catalogue's size confirms: taken",
+        FRESH,
+        answer(200, content_length="5000"),
+        Write(0, 5000, meta(total=5000)),
+        policy=SMALL_CAP,
         expected_size=5000,
     ),
     RespondCase(
@@ -257,7 +308,7 @@ RESPOND_CASES = [
         "the confirming request itself is not confirmed again",
         Ask(1200, sidecar(total=None), RESUMING.headers, confirming=True),
         answer(206, content_range="bytes 1200-1300/*", etag=STRONG),
-        Write(1200, None, meta(etag=STRONG, total=None), proven=False),
+        Write(1200, None, meta(etag=STRONG, total=None), proven=False, limit=CAPPED),
     ),
     # Responses that contradict the request or the sidecar: never appended (issue 12.2).
     RespondCase(
@@ -368,6 +419,17 @@ def test_rejections_carry_typed_errors(ans: Answer, error: type, message: str) -
     plan = resume.respond(FRESH, ans, URL, TARGET, 11, ONE)
     assert isinstance(plan, Reject) and type(plan.error) is error
     assert message in str(plan.error)
+
+
+def test_a_length_above_the_cap_is_too_large_and_not_retried() -> None:
+    plan = resume.respond(FRESH, answer(200, content_length="5000"), URL, TARGET, None, SMALL_CAP)
+    assert isinstance(plan, Reject) and type(plan.error) is TooLarge
+    assert str(plan.error) == (
+        f"server announces 5000 bytes ({URL}), more than the 4096 taken without the "
+        "catalogue's expected_size (DSM_DOWNLOAD_MAX_BYTES)"
+    )
+    assert not retryable(plan.error)
+    assert CAPPED.size == DEFAULT_DOWNLOAD_MAX_BYTES == 1 << 40
 
 
 # -- one segment's response ------------------------------------------------------------------

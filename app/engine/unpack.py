@@ -34,6 +34,7 @@ from typing import Protocol, cast
 from dsm.config import DEFAULT_EXTRACT_MAX_MEMORY
 from dsm.engine import bounds
 from dsm.errors import ArchiveError
+from dsm.transfer.partfile import Room
 
 KINDS = ("zip", "tar", "tar.gz", "tar.bz2", "tar.xz", "gz")
 _TAR_MODES = {"tar": "r:", "tar.gz": "r:gz", "tar.bz2": "r:bz2", "tar.xz": "r:xz"}
@@ -73,6 +74,10 @@ class _Writer:
     dirs: set[str] = field(default_factory=set)
     written: int = 0
     members: int = 0
+    room: Room = field(init=False)  # the disk's free space, re-checked each BLOCK written
+
+    def __post_init__(self) -> None:
+        self.room = Room(self.root)
 
     def count(self, name: str) -> None:
         self.checkpoint()  # a cancel lands between members
@@ -127,9 +132,19 @@ class _Writer:
                         f"member {str(rel)!r}: unpacked size exceeds {self.limits.max_bytes} "
                         "bytes (DSM_EXTRACT_MAX_BYTES)"
                     )
+                if self.written // BLOCK != (self.written - len(block)) // BLOCK:
+                    self._room(rel, len(block))
                 digest.update(block)
                 out.write(block)
         self.files.append(Unpacked(str(rel), size, digest.hexdigest()))
+
+    def _room(self, rel: PurePosixPath, pending: int) -> None:
+        """Stop while the disk keeps its reserve (the byte limit is no disk's size)."""
+        if lacking := self.room.lacking(pending):
+            raise ArchiveError(
+                f"member {str(rel)!r}: stopped after {self.written - pending} bytes unpacked: "
+                f"{lacking}"
+            )
 
 
 def _member_path(name: str) -> PurePosixPath:

@@ -9,6 +9,7 @@ import email.utils
 import errno
 import json
 import os
+import shutil
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from dsm.domain.redact import redact_url
+
+DISK_RESERVE = 64 << 20  # left free by a write of no known size (at most 5% of the disk)
 
 _target_locks: dict[Path, threading.Lock] = {}
 _target_locks_guard = threading.Lock()
@@ -26,6 +29,23 @@ def target_lock(part: Path) -> threading.Lock:
     be finishing its last step when the next job for the same file starts."""
     with _target_locks_guard:
         return _target_locks.setdefault(part, threading.Lock())
+
+
+class Room:
+    """The free space of a folder's disk, for writes whose size nobody checked up front (a
+    body without a length, an archive's contents): they stop while DISK_RESERVE is left, so
+    the store can still record the end and other jobs are not failed by a full disk."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.reserve = min(DISK_RESERVE, shutil.disk_usage(folder).total // 20)
+
+    def lacking(self, pending: int) -> str | None:
+        """Why `pending` more bytes may not be written, or None."""
+        free = shutil.disk_usage(self.folder).free
+        if free - pending >= self.reserve:
+            return None
+        return f"{self.folder} has {free} bytes free; {self.reserve} are kept free"
 
 
 def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:

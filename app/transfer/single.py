@@ -50,6 +50,7 @@ from dsm.transfer.http import (
 )
 from dsm.transfer.partfile import (
     Partial,
+    Room,
     discard_partial,
     read_sidecar,
     target_lock,
@@ -65,7 +66,6 @@ PROGRESS_POLL = 0.1  # seconds between progress reports to the caller
 SYNC_EVERY = 64 << 20  # bytes written between two fdatasyncs
 SMALL_BODY = 4 << 20  # a body this small is read, written and hashed on one thread
 SMALL_CHUNK = 256 << 10  # ... in reads of at most this many bytes
-DISK_RESERVE = 64 << 20  # left free by a body without a length (at most 5% of the disk)
 
 ProgressFn = Callable[[int, int | None], None]
 log = logging.getLogger(__name__)
@@ -167,25 +167,6 @@ class _Syncer:
                 os.fdatasync(self.sink.fh.fileno())
 
 
-class _Room:
-    """The free space of the partial's disk, checked as a body without a length arrives (the
-    check before it had no size to check): it stops while DISK_RESERVE is left, so the
-    store can still record the end, and other jobs are not failed by a full disk."""
-
-    def __init__(self, part: Path) -> None:
-        self.folder = part.parent
-        self.reserve = min(DISK_RESERVE, shutil.disk_usage(self.folder).total // 20)
-
-    def check(self, read: int, pending: int) -> None:
-        """`pending`: bytes read but not written yet."""
-        free = shutil.disk_usage(self.folder).free
-        if free - pending < self.reserve:
-            raise DiskFull(
-                f"stopped at byte {read}: the server sent no length and {self.folder} has "
-                f"{free} bytes free; {self.reserve} are kept free"
-            )
-
-
 def _pump(
     reader: BodyReader,
     sink: _Sink,
@@ -205,14 +186,14 @@ def _pump(
         return True
 
     read = sink.size
-    room = _Room(sink.part) if total is None else None
+    room = Room(sink.part.parent) if total is None else None  # no size was checked
     with _Syncer(sink) as syncer, Stages([syncer.write, hash_], BUFFERS, BUFFER) as stages:
         while (buf := stages.take(ctl.check)) is not None and (n := reader.fill(buf)):
             read += n
             if limit is not None and read > limit.size:
                 raise limit.exceeded()
-            if room is not None:
-                room.check(read, read - sink.size)
+            if room is not None and (lacking := room.lacking(read - sink.size)):
+                raise DiskFull(f"stopped at byte {read}: the server sent no length and {lacking}")
             stages.put(buf, n)
 
 

@@ -13,7 +13,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -159,21 +159,6 @@ def test_a_body_without_a_catalogue_size_stops_at_the_download_cap(
     assert list((home / "data").glob("*")) == []
     row = json.loads(run_dsm("show", "a", "--json", home=home, catalog_path=cat).stdout)
     assert (row["status"], row["downloaded"], row["error"]) == ("error", False, said)
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A file system of 16 MiB of its own (tmpfs: mounting one needs root, else skipped)."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    cmd = ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)]
-    mounted = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small file system: {mounted.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", str(mnt)], check=True)
 
 
 def test_a_body_without_length_stops_before_the_disk_is_full(

@@ -9,6 +9,7 @@ import hashlib
 import io
 import lzma
 import re
+import shutil
 import stat
 import struct
 import tarfile
@@ -233,6 +234,27 @@ def test_decompression_bomb_stops_at_the_byte_limit(place: Path, kind: str) -> N
     with pytest.raises(ArchiveError, match=r"exceeds 1048576 bytes \(DSM_EXTRACT_MAX_BYTES\)"):
         run(place, f"x.{kind}", body, kind, max_bytes=1 << 20)
     assert not unpack.temp_of(place).exists() and not place.exists()
+
+
+@pytest.mark.parametrize("kind", ["zip", "gz"])
+def test_unpacking_stops_before_the_disk_is_full(small_disk: Path, kind: str) -> None:
+    """32 MiB of zeros (a few KiB packed) onto a 16 MiB disk, far below the byte limit: it
+    stops while 5% of the disk is left, naming the room (was ENOSPC: the disk filled up)."""
+    zeros = b"\0" * (32 << 20)
+    body = zip_bytes([(deflated("bomb"), zeros)]) if kind == "zip" else gzip.compress(zeros)
+    archive = small_disk.parent / f"x.{kind}"  # not on the small disk
+    archive.write_bytes(body)
+    dest = small_disk / "tree"
+    with pytest.raises(ArchiveError) as caught:
+        unpack.unpack(archive, kind, dest, LIMITS.__class__(64 << 30, 100), nothing)
+    reserve = shutil.disk_usage(small_disk).total // 20
+    assert re.fullmatch(
+        rf"member '(bomb|tree\.part)': stopped after \d+ bytes unpacked: "
+        rf"{re.escape(str(unpack.temp_of(dest) if kind == 'zip' else small_disk))} has \d+ "
+        rf"bytes free; {reserve} are kept free",
+        str(caught.value),
+    ), caught.value
+    assert list(small_disk.iterdir()) == []
 
 
 def test_too_many_members_is_refused(place: Path) -> None:

@@ -11,7 +11,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from dsm.catalog.paths import Resolver, member_problem
-from dsm.domain.hub import catalogue_listing, is_hub, manifest_checksum, parse_hub_url
+from dsm.domain.hub import (
+    catalogue_listing,
+    clashes,
+    is_hub,
+    manifest_checksum,
+    parse_hub_url,
+)
 from dsm.errors import CatalogError
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]*")
@@ -134,23 +140,17 @@ def _files_errors(raw: dict[str, Any]) -> list[tuple[str, str]]:
         for key in ("original_url", "mirrors", "extract")
         if key in raw
     ]
-    paths: dict[PurePosixPath, int] = {}  # a file's path -> its index
-    folders: dict[PurePosixPath, int] = {}  # every folder above a file -> the first file below
+    rels: list[tuple[int, PurePosixPath]] = []
     for index, item in enumerate(listed):
         file_errs, rel = _file_errors(index, item)
         errs.extend(file_errs)
-        if rel is None:
-            continue
-        above = next((paths[up] for up in rel.parents if up in paths), None)
-        if rel in paths:
-            errs.append((f"files[{index}].path", f"duplicate of files[{paths[rel]}]"))
-        elif above is not None:
-            errs.append((f"files[{index}].path", f"inside files[{above}], which is a file"))
-        elif rel in folders:
-            errs.append((f"files[{index}].path", f"a folder holding files[{folders[rel]}]"))
-        paths.setdefault(rel, index)
-        for up in rel.parents:
-            folders.setdefault(up, index)
+        if rel is not None:
+            rels.append((index, rel))
+    for index, how, other in clashes(rels):
+        said = {"inside": f"inside files[{other}], which is a file"}.get(
+            how, f"{how} files[{other}]"
+        )
+        errs.append((f"files[{index}].path", said))
     if not errs:
         errs.extend(_totals_errors(raw, [_file(f).to_dict() for f in listed]))
     return errs

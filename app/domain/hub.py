@@ -14,7 +14,9 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import quote
 
@@ -156,6 +158,27 @@ def catalogue_listing(entries: list[dict[str, Any]]) -> list[ManifestFile]:
         ManifestFile(str(e["path"]), str(e["url"]), int(e["expected_size"]), e["expected_sha256"])
         for e in entries
     ]
+
+
+def clashes(
+    paths: Iterable[tuple[int, PurePosixPath]],
+) -> Iterator[tuple[int, str, int]]:
+    """The files of one listing that cannot all be written: (index, how, the other's index)
+    where `how` is "duplicate of", "inside" (a file below another file) or "a folder holding"
+    (a file where another's folder is). `paths`: (index, normalised path) pairs."""
+    files: dict[PurePosixPath, int] = {}  # a file's path -> its index
+    folders: dict[PurePosixPath, int] = {}  # every folder above a file -> the first file below
+    for index, rel in paths:
+        above = next((files[up] for up in rel.parents if up in files), None)
+        if rel in files:
+            yield index, "duplicate of", files[rel]
+        elif above is not None:
+            yield index, "inside", above
+        elif rel in folders:
+            yield index, "a folder holding", folders[rel]
+        files.setdefault(rel, index)
+        for up in rel.parents:
+            folders.setdefault(up, index)
 
 
 def manifest_checksum(files: list[ManifestFile]) -> str:

@@ -17,12 +17,21 @@ import ipaddress
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import httpx
 
-from dsm.domain.hub import HubRef, ManifestFile, is_commit, resolve_url, revision_url, tree_url
+from dsm.domain.hub import (
+    HubRef,
+    ManifestFile,
+    clashes,
+    is_commit,
+    resolve_url,
+    revision_url,
+    tree_url,
+)
 from dsm.errors import AccessDenied, BadResponse, HttpStatusError
 from dsm.transfer.http import Answer, base_headers, http_error, network_error, open_stream
 
@@ -115,12 +124,18 @@ class Hub:
         return sha
 
     def files(self, ref: HubRef, commit: str) -> list[ManifestFile]:
-        """The files the source selects at `commit`, each with its expected hash."""
+        """The files the source selects at `commit`, each with its expected hash. A listing
+        that never ends, loops, or names a file twice or inside another is BadResponse (it
+        was taken as it came: 10,000 pages of one file looping to itself made a "verified"
+        dataset of 10,000 copies)."""
         url: str | None = tree_url(self.endpoint, ref, commit, ref.listing_root)
         out: list[ManifestFile] = []
-        for _ in range(MAX_PAGES):
-            if url is None:
-                break
+        pages: set[str] = set()
+        while url is not None:
+            if url in pages or len(pages) >= MAX_PAGES:
+                why = "loops" if url in pages else f"goes on past {MAX_PAGES} pages"
+                raise BadResponse(f"the Hub's tree listing of {ref.repo} {why} ({url})")
+            pages.add(url)
             page, headers = self.get_json(url, ref)
             if not isinstance(page, list):
                 raise BadResponse(f"the Hub's tree listing of {ref.repo} is not a list")
@@ -131,6 +146,14 @@ class Hub:
             raise BadResponse(
                 f"{ref.path or '/'} matches no file in dataset repo {ref.repo} at commit {commit}"
             )
+        clash = next(clashes((i, PurePosixPath(f.path)) for i, f in enumerate(out)), None)
+        if clash is not None:
+            path, how, other = out[clash[0]].path, clash[1], out[clash[2]].path
+            said = {
+                "duplicate of": f"{path!r} twice",
+                "inside": f"{path!r} inside the file {other!r}",
+            }.get(how, f"the file {path!r} where {other!r} needs a folder")
+            raise BadResponse(f"the Hub's tree listing of {ref.repo} lists {said}")
         return sorted(out, key=lambda f: f.path)
 
     def _file(self, ref: HubRef, commit: str, entry: Any) -> ManifestFile | None:

@@ -4,6 +4,7 @@ repos, offline mode, a branch that moves on."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 
 import dsm
+import dsm.transfer.hub
 from dsm.domain.events import EventKind
 from dsm.domain.hub import ManifestFile, manifest_checksum
 from dsm.domain.jobs import JobStatus, JobType
@@ -352,3 +354,65 @@ def test_a_hub_answer_that_is_no_usable_json_fails_the_job_clearly(
     )
     assert run.returncode == 1, run.stderr
     assert said in run.stderr and "internal error" not in run.stderr
+
+
+def posing_hub(server: FileServer, pages: list[list[str]], loop: bool = False) -> str:
+    """`server` as a Hub whose tree listing of org/set comes in `pages` (of file paths, one
+    byte each), each linking to the next; `loop`: the last links back to the first. Returns
+    the tree's first URL."""
+    commit = hashlib.sha1(b"posing hub").hexdigest()
+    sha = json.dumps({"sha": commit}).encode()
+    server.add("api/datasets/org/set/revision/main", sha, content_type="application/json")
+    urls = [f"api/datasets/org/set/tree/{commit}?recursive=true"]
+    urls += [f"{urls[0]}&cursor={n}" for n in range(1, len(pages))]
+    for n, paths in enumerate(pages):
+        entries = [{"type": "file", "path": p, "size": 1, "oid": git_blob(b"x")} for p in paths]
+        server.add(urls[n], json.dumps(entries).encode(), content_type="application/json")
+        after = (
+            urls[0] if loop and n == len(pages) - 1 else urls[n + 1] if n + 1 < len(pages) else None
+        )
+        if after is not None:
+            server.always(urls[n], headers={"Link": f'<{server.url(after)}>; rel="next"'})
+    for paths in pages:
+        for p in paths:
+            server.add(f"datasets/org/set/resolve/{commit}/{p}", b"x")
+    return server.url(urls[0])
+
+
+@pytest.mark.parametrize(
+    ("pages", "loop", "said"),
+    [
+        ([["a.json"]], True, "loops ("),
+        ([["a.json"], ["b.json"]], True, "loops ("),
+        ([["a.json"], ["b.json"], ["c.json"], ["d.json"]], False, "goes on past 3 pages ("),
+        ([["a.json", "b.json"], ["a.json"]], False, "lists 'a.json' twice"),
+        ([["a", "a/b.json"]], False, "lists 'a/b.json' inside the file 'a'"),
+        ([["a/b.json"], ["a"]], False, "lists the file 'a' where 'a/b.json' needs a folder"),
+    ],
+    ids=["loops-to-itself", "loops-back", "endless", "duplicate", "inside-a-file", "on-a-folder"],
+)
+async def test_a_hub_listing_that_is_no_tree_fails_the_job(
+    server: FileServer,
+    home: Path,
+    catalog: CatalogFn,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    pages: list[list[str]],
+    loop: bool,
+    said: str,
+) -> None:
+    """A Hub (or a proxy posing as one) whose tree listing links back to a page it sent, goes
+    on without end, or lists paths no folder can hold: the job fails naming it, after one
+    request per page, and nothing is recorded (a loop made 10,000 requests and a "verified"
+    dataset of 10,000 copies of one file)."""
+    monkeypatch.setattr(dsm.transfer.hub, "MAX_PAGES", 3)
+    first = posing_hub(server, pages, loop)
+    cat = catalog([entry("set", "hf://datasets/org/set@main/", "data/set")])
+    settings, repo = setup(home, cat, HF_ENDPOINT=server.base, HF_HOME=str(tmp_path / "hf"))
+    run = await run_jobs(settings, repo, JobType.DOWNLOAD, "set")
+    assert run.job.status == JobStatus.FAILED
+    assert "the Hub's tree listing of org/set " in (run.job.error or "")
+    assert said in (run.job.error or ""), run.job.error
+    tree = first.removeprefix(server.base)
+    assert len([s for s in server.seen if s.path.startswith(tree)]) == min(len(pages), 3)
+    assert not repo.dataset("set").downloaded and not (home / "data" / "set").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import email.utils
 import errno
+import gzip
 import json
 import os
 import re
@@ -184,6 +185,33 @@ def test_a_body_without_length_stops_before_the_disk_is_full(
     row = json.loads(run_dsm("show", "a", "--json", home=home, catalog_path=cat).stdout)
     assert (row["status"], row["downloaded"]) == ("error", False)
     assert row["error"].startswith("stopped at byte")
+
+
+@pytest.mark.parametrize("size", [300_000, 6 << 20], ids=["small", "large"])
+def test_a_content_encoded_body_is_kept_as_sent(
+    server: FileServer, home: Path, catalog: CatalogFn, size: int
+) -> None:
+    """dsm asks for the bytes as stored (Accept-Encoding: identity). A server that sends
+    `Content-Encoding: gzip` anyway (Apache's AddEncoding on a .gz file) is taken as sent:
+    the file on disk is the raw body, the bytes its hash names, never decoded; a catalogue
+    hash of the decoded bytes is a mismatch, not a silent decode."""
+    data = blob(26, size)
+    raw = gzip.compress(data, compresslevel=1)
+    url = server.add("a.bin", raw)
+    server.always("a.bin", headers={"Content-Encoding": "gzip"})
+    cat = catalog(
+        [
+            {**entry("raw", url), "expected_size": len(raw), "expected_sha256": sha(raw)},
+            {**entry("decoded", url), "expected_sha256": sha(data)},
+        ]
+    )
+    run = run_dsm("--run-job", "download", "--dataset", "raw", home=home, catalog_path=cat)
+    assert run.returncode == 0, run.stderr
+    assert (home / "data" / "raw").read_bytes() == raw
+    assert all(s.headers["accept-encoding"] == "identity" for s in server.requests("a.bin"))
+    run = run_dsm("--run-job", "download", "--dataset", "decoded", home=home, catalog_path=cat)
+    assert run.returncode == 1 and "checksum mismatch" in run.stderr, run.stderr
+    assert not (home / "data" / "decoded").exists()
 
 
 # -- 2. a response that contradicts the request is never appended -------------------------

@@ -1,11 +1,13 @@
 """Bounds on what an archive can make the unpacker allocate before a member is checked.
 
-`zipfile.ZipFile` reads the whole central directory into a list when it opens a zip, and an
-LZMA decoder allocates the dictionary the stream's header asks for (up to 4 GiB, for an
-archive of a hundred bytes). Both are decided by the archive's author, so both are checked
-here against the limits first: the central directory is walked entry by entry (its count
-claimed in the end record is not trusted), an xz stream is decoded with liblzma's memory
-limit, and a zip member compressed with LZMA has its dictionary size read from its header.
+`zipfile.ZipFile` reads the whole central directory into a list when it opens a zip,
+`tarfile` reads an extended header (pax, a GNU long name) whole in one read of the size the
+archive declares, and an LZMA decoder allocates the dictionary the stream's header asks for
+(up to 4 GiB, for an archive of a hundred bytes). All are decided by the archive's author,
+so all are checked here first: the central directory is walked entry by entry (its count
+claimed in the end record is not trusted), a tar stream refuses any one read above
+MAX_READ, an xz stream is decoded with liblzma's memory limit, and a zip member compressed
+with LZMA has its dictionary size read from its header.
 """
 
 from __future__ import annotations
@@ -20,6 +22,11 @@ from typing import BinaryIO
 from dsm.errors import ArchiveError
 
 BLOCK = 1 << 20
+# One read of a tar stream: a member's data comes in reads of at most BLOCK (unpack), a
+# header in one read; real extended headers are a few KiB.
+MAX_READ = 4 << 20
+
+Stream = BinaryIO | io.BufferedIOBase  # a file, or a decompressing one (gzip, bz2)
 MEMBERS_VAR = "DSM_EXTRACT_MAX_MEMBERS"
 MEMORY_VAR = "DSM_EXTRACT_MAX_MEMORY"
 
@@ -107,14 +114,44 @@ def check_zip_member(fp: BinaryIO, info: zipfile.ZipInfo, max_memory: int) -> No
         )
 
 
-class XZReader(io.RawIOBase):
-    """An .xz file decoded under liblzma's memory limit (lzma.LZMAFile takes none): a stream
-    whose header asks for more is ArchiveError. Seeks forward by decoding, backward by
-    starting over, as LZMAFile does; concatenated streams are read one after the other."""
+class CappedReads:
+    """A tar stream for `tarfile.open(fileobj=..., mode="r:")` that refuses any one read
+    above MAX_READ: tarfile reads a pax header or GNU long name whole, at the size the
+    archive declares (512 MiB of one name from a 2 MiB tar.gz held 4 GiB of memory)."""
 
-    def __init__(self, path: Path, memlimit: int) -> None:
+    def __init__(self, stream: Stream) -> None:
+        self._stream = stream
+
+    def read(self, size: int) -> bytes:
+        if size > MAX_READ:
+            raise ArchiveError(
+                f"refused: a header of {size} bytes (a pax header or a GNU long name), "
+                f"more than {MAX_READ}"
+            )
+        return self._stream.read(size)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self._stream.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._stream.tell()
+
+    def write(self, data: bytes) -> int:
+        raise io.UnsupportedOperation("read only")
+
+    def close(self) -> None:
+        """Nothing: the stream's owner closes it."""
+
+
+class XZReader(io.RawIOBase):
+    """An .xz stream decoded under liblzma's memory limit (lzma.LZMAFile takes none): a
+    stream whose header asks for more is ArchiveError. Seeks forward by decoding, backward by
+    starting over, as LZMAFile does; concatenated streams are read one after the other.
+    `fp`, the archive, stays open: its owner closes it."""
+
+    def __init__(self, fp: Stream, memlimit: int) -> None:
         super().__init__()
-        self._fp = path.open("rb")
+        self._fp = fp
         self._memlimit = memlimit
         self._pos = 0
         self._dec = self._decoder()
@@ -130,10 +167,6 @@ class XZReader(io.RawIOBase):
 
     def tell(self) -> int:
         return self._pos
-
-    def close(self) -> None:
-        self._fp.close()
-        super().close()
 
     def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
         with memoryview(buffer) as view:

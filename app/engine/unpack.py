@@ -15,6 +15,7 @@ on its way to disk: the list it returns (path, size, sha256) is what `verify` ch
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import hashlib
 import io
@@ -29,7 +30,7 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
-from typing import Protocol, cast
+from typing import Protocol
 
 from dsm.config import DEFAULT_EXTRACT_MAX_MEMORY
 from dsm.engine import bounds
@@ -37,8 +38,8 @@ from dsm.errors import ArchiveError
 from dsm.transfer.partfile import Room
 
 KINDS = ("zip", "tar", "tar.gz", "tar.bz2", "tar.xz", "gz")
-_TAR_MODES = {"tar": "r:", "tar.gz": "r:gz", "tar.bz2": "r:bz2", "tar.xz": "r:xz"}
 BLOCK = 1 << 20
+MAX_NAME = 4096  # PATH_MAX: a longer member name is refused
 OLD_SUFFIX = ".part.old"  # the previous copy, while the new one takes its place
 
 
@@ -84,7 +85,7 @@ class _Writer:
         self.members += 1
         if self.members > self.limits.max_members:
             raise ArchiveError(
-                f"member {name!r}: more than {self.limits.max_members} members "
+                f"member {_shown(name)}: more than {self.limits.max_members} members "
                 "(DSM_EXTRACT_MAX_MEMBERS)"
             )
 
@@ -147,8 +148,17 @@ class _Writer:
             )
 
 
-def _member_path(name: str) -> PurePosixPath:
-    """The member's path inside the tree; ArchiveError for anything that could leave it."""
+def _shown(name: str) -> str:
+    """A name as an error shows it: a long one (up to MAX_NAME before it is refused, far
+    more in a member count's message) is cut, the message goes to the store."""
+    return repr(name) if len(name) <= 200 else f"{name[:200]!r}... ({len(name)} characters)"
+
+
+def _member_path(name: str, link: str = "") -> PurePosixPath:
+    """The member's path inside the tree; ArchiveError for anything that could leave it, or
+    a name (or link target) longer than any path a file system takes."""
+    if max(len(name), len(link)) > MAX_NAME:
+        raise ArchiveError(f"member {_shown(name)}: a name longer than {MAX_NAME} characters")
     if "\\" in name or "\x00" in name:
         raise ArchiveError(f"member {name!r}: backslash or NUL in its name")
     rel = PurePosixPath(name)
@@ -167,12 +177,18 @@ def _is_root(name: str) -> bool:
 
 
 def _open_tar(archive: Path, kind: str, limits: Limits, stack: ExitStack) -> tarfile.TarFile:
-    if kind == "tar.xz":  # under a memory limit: lzma.LZMAFile takes none
-        raw = stack.enter_context(bounds.XZReader(archive, limits.max_memory))
+    """The archive as a tar, its stream decompressed here: xz under a memory limit
+    (lzma.LZMAFile takes none), and every kind through CappedReads."""
+    stream: bounds.Stream = stack.enter_context(archive.open("rb"))
+    if kind == "tar.gz":
+        stream = stack.enter_context(gzip.GzipFile(fileobj=stream, mode="rb"))
+    elif kind == "tar.bz2":
+        stream = stack.enter_context(bz2.BZ2File(stream))
+    elif kind == "tar.xz":
+        raw = stack.enter_context(bounds.XZReader(stream, limits.max_memory))
         stream = stack.enter_context(io.BufferedReader(raw, BLOCK))
-        return stack.enter_context(tarfile.open(fileobj=stream, mode="r:"))
-    mode = _TAR_MODES[kind]
-    return cast(tarfile.TarFile, stack.enter_context(tarfile.open(archive, mode)))  # type: ignore[call-overload]
+    capped = bounds.CappedReads(stream)
+    return stack.enter_context(tarfile.open(fileobj=capped, mode="r:"))
 
 
 def _tar(archive: Path, kind: str, w: _Writer) -> None:
@@ -185,7 +201,7 @@ def _tar(archive: Path, kind: str, w: _Writer) -> None:
             w.count(member.name)
             if member.isdir() and _is_root(member.name):
                 continue  # nothing to write: the tree is made already
-            _member_path(member.name)  # the filter would strip a leading "/": refuse it
+            _member_path(member.name, member.linkname)  # the filter strips a leading "/"
             try:
                 safe = tarfile.data_filter(member, str(w.root))
             except tarfile.FilterError as exc:

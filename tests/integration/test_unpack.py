@@ -409,6 +409,52 @@ def test_a_dangling_hard_link_is_refused(place: Path, order: str) -> None:
     assert not unpack.temp_of(place).exists()
 
 
+def long_name_tar(size: int) -> bytes:
+    """A tar.gz whose first header is a GNU long name of `size` bytes ('a's: it packs to
+    size/1000), before one file."""
+    long = tarfile.TarInfo("././@LongLink")
+    long.type, long.size = tarfile.GNUTYPE_LONGNAME, size
+    out = io.BytesIO()
+    with gzip.GzipFile(fileobj=out, mode="wb", compresslevel=1) as gz:
+        gz.write(long.tobuf(format=tarfile.GNU_FORMAT))
+        for _ in range(size >> 20):
+            gz.write(b"a" * (1 << 20))
+        gz.write(tar_bytes([(member("x"), b"x")]))
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("what", "said"),
+    [
+        ("gnu-long-name", "refused: a header of 67108864 bytes (a pax header or a GNU long name)"),
+        ("pax-header", "refused: a header of 5243392 bytes (a pax header or a GNU long name)"),
+        ("pax-path", "a name longer than 4096 characters"),
+        ("pax-link", "a name longer than 4096 characters"),
+    ],
+)
+def test_a_tar_header_too_large_to_hold_is_refused(place: Path, what: str, said: str) -> None:
+    """tarfile reads an extended header whole, at the size the archive declares: a 64 MiB
+    long name packs to 64 KiB (512 MiB held 4 GiB of memory and failed with a name of 512
+    MiB in its message, which goes to the store). Names past PATH_MAX are refused, and the
+    message shows only their start."""
+    if what == "gnu-long-name":
+        body = long_name_tar(64 << 20)
+    else:
+        info = member("a.txt", tarfile.LNKTYPE if what == "pax-link" else tarfile.REGTYPE)
+        if what == "pax-header":
+            info.pax_headers = {"comment": "c" * (5 << 20)}
+        elif what == "pax-path":
+            info.name = "d/" * 2500 + "a.txt"
+        else:
+            info.linkname = "d/" * 2500 + "a.txt"
+        body = tar_bytes([(info, b"x" if what != "pax-link" else None)], "w:gz")
+    assert len(body) < 1 << 20
+    peak, message = peak_memory(partial(run, place, "x.tar.gz", body, "tar.gz"))
+    assert said in message and len(message) < 400, message[:1000]
+    assert peak < 16 << 20
+    assert not unpack.temp_of(place).exists()
+
+
 def xz_with_dictionary(data: bytes, dict_size: int) -> bytes:
     filters = [{"id": lzma.FILTER_LZMA2, "dict_size": dict_size}]
     return lzma.compress(data, format=lzma.FORMAT_XZ, filters=filters)

@@ -78,11 +78,28 @@ def sidecar_path(part: Path) -> Path:
 
 
 def read_sidecar(part: Path) -> dict[str, Any]:
+    """The sidecar, or {} (the partial starts clean) when there is none or it is not one
+    this code writes: damaged, or another program's. Its validators go back to the server
+    in If-Range: an ETag of another type failed every later download with an internal
+    error, one with a line break in it failed each attempt."""
     try:
         data = json.loads(sidecar_path(part).read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {}
-    return data if isinstance(data, dict) else {}
+    return data if _sound(data) else {}
+
+
+def _sound(data: Any) -> bool:
+    if not isinstance(data, dict) or not isinstance(data.get("url", ""), str):
+        return False
+    for key in ("etag", "last_modified", "date"):  # header values: printable ASCII
+        value = data.get(key)
+        if value is not None and not (
+            isinstance(value, str) and value.isascii() and value.isprintable()
+        ):
+            return False
+    total = data.get("total")
+    return total is None or (type(total) is int and total >= 0)
 
 
 def write_sidecar(part: Path, meta: dict[str, Any]) -> None:

@@ -14,7 +14,8 @@ from dsm.domain.model import Status
 from dsm.engine.engine import Engine
 from dsm.engine.handlers import host_headers
 from dsm.transfer.http import open_stream
-from tests.conftest import CatalogFn, blob, sha
+from dsm.transfer.partfile import sidecar_path
+from tests.conftest import CatalogFn, blob, run_dsm, sha
 from tests.enginehelp import run_jobs, setup, until
 from tests.httpserver import FileServer
 
@@ -414,3 +415,37 @@ async def test_empty_file_downloads(server: FileServer, home: Path, catalog: Cat
     assert (home / "data" / "a").read_bytes() == b""
     ds = repo.dataset("a")
     assert ds.status == Status.DOWNLOADED and ds.checksum == sha(b"")
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        {"etag": 5},
+        {"etag": '"v1"\r\nX-Injected: 1'},
+        {"last_modified": ["Tue, 01 Dec 2026 10:00:00 GMT"]},
+        {"total": "5000"},
+        {"total": -1},
+        {"url": None},
+    ],
+    ids=["etag-number", "etag-line-break", "date-list", "total-text", "total-negative", "no-url"],
+)
+def test_a_damaged_sidecar_starts_the_partial_clean(
+    server: FileServer, home: Path, catalog: CatalogFn, damage: dict[str, Any]
+) -> None:
+    """A sidecar this code would not write (damaged, another program's): the partial is
+    fetched again from zero, nothing of the sidecar goes to the server (an ETag that was a
+    number failed every download with an internal error; one with a line break, each of
+    its attempts)."""
+    data = body(31, 300_000)
+    url = server.add("a.bin", data)
+    cat = catalog(a=url)
+    part = home / "data" / "a.part"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(data[:1000])
+    meta = {"url": url, "etag": '"v1"', "last_modified": None, "date": None, "total": len(data)}
+    sidecar_path(part).write_text(json.dumps({**meta, **damage}))
+    run = run_dsm("--run-job", "download", "--dataset", "a", home=home, catalog_path=cat)
+    assert run.returncode == 0, run.stderr
+    assert (home / "data" / "a").read_bytes() == data
+    asked = server.requests("a.bin")
+    assert len(asked) == 1 and "if-range" not in asked[0].headers

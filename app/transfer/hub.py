@@ -162,6 +162,10 @@ class Hub:
         path, size, oid = entry.get("path"), entry.get("size"), entry.get("oid")
         if not isinstance(path, str) or not ref.selects(path):
             return None
+        # A git path is plain (a "a//b" file was pruned as unlisted once in place: an internal
+        # error) and printable (an escape in a name rewrites the terminal that shows it).
+        if PurePosixPath(path).as_posix() != path or not path.isprintable():
+            raise BadResponse(f"the Hub's tree listing of {ref.repo} lists {path!r}, no plain path")
         lfs = entry.get("lfs")
         sha256 = lfs.get("oid") if isinstance(lfs, dict) else None
         if not isinstance(size, int) or not isinstance(sha256 or oid, str):

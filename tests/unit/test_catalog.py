@@ -142,6 +142,9 @@ ENTRY_CASES: list[tuple[str, dict[str, Any], str, str]] = [
     # The API token and the crash log: a download there would hand `dsm serve` a token the
     # server chose, or be overwritten by a crash report.
     ("path-token", entry(local_path="api-token"), "local_path", "reserved for dsm's own files"),
+    ("path-nul", entry(local_path="data/a\x00b"), "local_path", "must not hold control char"),
+    ("path-escape", entry(local_path="data/\x1b[2Ja"), "local_path", "must not hold control char"),
+    ("file-path-newline", files_entry(one_file("a\nb")), "files[0].path", "control characters"),
     ("path-log", entry(local_path="dsm-error.log"), "local_path", "reserved for dsm's own"),
     # The same file as db.json on a case-insensitive file system (macOS, Windows).
     ("path-store-case", entry(local_path="DB.Json"), "local_path", "reserved for dsm's own"),

@@ -251,7 +251,12 @@ def test_the_heap_is_frozen_after_a_read_of_many_new_rows(monkeypatch: pytest.Mo
     # Counted at the call: the frozen count itself drops whenever a frozen object is freed.
     freezes: list[None] = []
     real_freeze = gc.freeze
-    monkeypatch.setattr(gc, "freeze", lambda: (freezes.append(None), real_freeze())[1])
+
+    def freeze() -> None:
+        freezes.append(None)
+        real_freeze()
+
+    monkeypatch.setattr(gc, "freeze", freeze)
     heap = HeapFreezer()
     gc.unfreeze()  # whatever an app earlier in this process froze
     try:

@@ -307,7 +307,7 @@ def _fetch_locked(
     """Act on the resume plan; a body ended by a close is confirmed by one more request."""
     confirming = False
     while True:
-        disk = OnDisk(part.stat().st_size if part.exists() else 0, read_sidecar(part))
+        disk = _on_disk(part)
         step = resume.start(url, disk, env.policy, expected_size, confirming)
         if isinstance(step, resume.Complete):
             env.ctl.done = env.ctl.total = step.size
@@ -325,6 +325,16 @@ def _fetch_locked(
         # connection looks the same. Ask once for the bytes after it: a 416 proves the end,
         # anything more is appended (the sidecar's validator guards it).
         confirming = True
+
+
+def _on_disk(part: Path) -> OnDisk:
+    """The partial's size and sidecar; without a partial its sidecar says nothing of use (a
+    resume from byte 0 reads none: resume.respond), so it is not read: a stat per file."""
+    try:
+        have = os.stat(part).st_size
+    except FileNotFoundError:
+        return OnDisk(0, {})
+    return OnDisk(have, read_sidecar(part))
 
 
 def _ask(env: Env, step: resume.Ask, p: Partial, expected_size: int | None) -> tuple[Fetched, bool]:

@@ -28,7 +28,7 @@ from dsm.domain.jobs import Job, JobStatus, JobType
 from dsm.domain.model import Dataset, Status
 from dsm.domain.redact import REDACTED
 from dsm.engine import files
-from dsm.engine.cache import SERVED_BY_CACHE, CacheSide
+from dsm.engine.cache import SERVED_BY_CACHE, SERVED_BY_ORIGIN, CacheSide
 from dsm.engine.ledger import Ledger
 from dsm.engine.outcome import Outcome, nothing_to_do
 from dsm.engine.sources import Served, obtain
@@ -126,6 +126,47 @@ async def fetch_url(settings: Settings, ds: Dataset) -> str:
     return await anyio.to_thread.run_sync(source_url, settings.catalog, ds.name, ds.original_url)
 
 
+# The installed copy and the row's fields its placing sets (install_fetched).
+Placed = tuple[files.Installed, dict[str, Any]]
+
+
+def install_fetched(
+    settings: Settings,
+    ds: Dataset,
+    target: Path,
+    fetched: Fetched,
+    unconfirmed: str | None,
+    unpacked: list[Unpacked] | None,
+) -> Placed:
+    """Move the verified file into place, then its unpacked tree (blocking: one thread hop)."""
+    installed = files.install(
+        target, fetched.size, fetched.sha256, unconfirmed, False, ds.expected_sha256 is None
+    )
+    return installed, place_unpacked(settings, ds, unpacked)
+
+
+class EarlyInstall:
+    """The install done by the transfer's own thread once the body is whole (one thread hop
+    a job fewer): checked against the catalogue, then moved into place. It runs only if the
+    transfer was not stopped, and a stop waits for it (Control.settle), so a job canceled
+    just after still records the copy it `placed`. A file that fails the check is left for
+    the job's usual verification, which reports and discards it; without room to record the
+    copy (StoreFull) none is placed: the job fails and its partial goes."""
+
+    def __init__(self, h: Handlers, ds: Dataset, target: Path) -> None:
+        self._settings, self._repo, self._ds, self._target = h.settings, h.repo, ds, target
+        self.placed: Placed | None = None
+
+    def __call__(self, fetched: Fetched) -> None:
+        ds = self._ds
+        if files.integrity_problem(ds, fetched.size, fetched.sha256) is None:
+            unconfirmed = files.unconfirmed_reason(ds, fetched.unproven, fetched.sha256)
+            self._repo.check_room()  # a stat and a statfs, as at `verifying`
+            self.placed = install_fetched(
+                self._settings, ds, self._target, fetched, unconfirmed, None
+            )
+
+
 class Handlers:
     def __init__(
         self,
@@ -221,35 +262,27 @@ class Handlers:
         place and record it with `record`'s extra fields."""
         installed = await self._in_place(job, ds, target, had_copy)
         if installed is None or files.integrity_problem(ds, installed.size, installed.sha256):
-            served = await obtain(self, job, ds, url, target, budget, listed)
+            # A plain file from one URL is checked and moved into place by its transfer thread.
+            early = None if listed or ds.extract or ds.mirrors else EarlyInstall(self, ds, target)
+            try:
+                served = await obtain(self, job, ds, url, target, budget, listed, early)
+            finally:
+                if early is not None and early.placed is not None:  # also when canceled since
+                    with anyio.CancelScope(shield=True):
+                        placed = record | {"served_by": SERVED_BY_ORIGIN}
+                        await self._record_placed(job, target, early.placed, placed)
             if not isinstance(served, Served):
                 return served
             served_by, fetched = served.by, served.fetched
-            await self.set_status(job, Status.VERIFYING)
-            problem = files.integrity_problem(ds, fetched.size, fetched.sha256)
-            if listed is not None:
-                problem = problem or files.file_problem(listed, fetched)
-            if problem:
-                await anyio.to_thread.run_sync(discard_partial, files.part_of(target))
-                return JobStatus.FAILED, problem
-            # The Hub's listing (size and hash) proves a Hub file; else see unconfirmed_reason.
-            unconfirmed = (
-                None
-                if listed is not None
-                else files.unconfirmed_reason(ds, fetched.unproven, fetched.sha256)
-            )
-            unpacked = await unpack_archive(self.settings, ds, files.part_of(target))
-            if isinstance(unpacked, tuple):
-                return unpacked
-            # From the rename on, the store must hear of the new file: no cancel in between.
-            with anyio.CancelScope(shield=True):
-                copy, placed = await anyio.to_thread.run_sync(
-                    self._install, ds, target, fetched, unconfirmed, unpacked
+            if (early is None or early.placed is None) and (
+                outcome := await self._verify_and_install(
+                    job, ds, target, fetched, listed, record | {"served_by": served_by}
                 )
-                record.update(placed)
-                await self._record_install(job, copy, target, served_by=served_by, **record)
+            ):
+                return outcome
             # Share a proven copy with the team; an unconfirmed one is not shared: the cache
             # would pass an unproven file off as verified.
+            unconfirmed = files.unconfirmed_reason(ds, fetched.unproven, fetched.sha256)
             shared = served_by != SERVED_BY_CACHE and listed is None and unconfirmed is None
             if shared and self.cache.enabled:
                 await anyio.to_thread.run_sync(
@@ -271,19 +304,46 @@ class Handlers:
                 await self._record_install(job, installed, target, **record)
         return JobStatus.COMPLETED, None
 
-    def _install(
+    async def _verify_and_install(
         self,
+        job: Job,
         ds: Dataset,
         target: Path,
         fetched: Fetched,
-        unconfirmed: str | None,
-        unpacked: list[Unpacked] | None,
-    ) -> tuple[files.Installed, dict[str, Any]]:
-        """Move the verified file into place, then its unpacked tree: one thread hop."""
-        installed = files.install(
-            target, fetched.size, fetched.sha256, unconfirmed, False, ds.expected_sha256 is None
+        listed: ManifestFile | None,
+        record: dict[str, Any],
+    ) -> Outcome | None:
+        """Check the fetched partial against the catalogue (and the Hub's listing), unpack it
+        if asked, move it into place and record it; the failure, else None."""
+        await self.set_status(job, Status.VERIFYING)
+        problem = files.integrity_problem(ds, fetched.size, fetched.sha256)
+        if listed is not None:
+            problem = problem or files.file_problem(listed, fetched)
+        if problem:
+            await anyio.to_thread.run_sync(discard_partial, files.part_of(target))
+            return JobStatus.FAILED, problem
+        # The Hub's listing (size and hash) proves a Hub file; else see unconfirmed_reason.
+        unconfirmed = (
+            None
+            if listed is not None
+            else files.unconfirmed_reason(ds, fetched.unproven, fetched.sha256)
         )
-        return installed, place_unpacked(self.settings, ds, unpacked)
+        unpacked = await unpack_archive(self.settings, ds, files.part_of(target))
+        if isinstance(unpacked, tuple):
+            return unpacked
+        # From the rename on, the store must hear of the new file: no cancel in between.
+        with anyio.CancelScope(shield=True):
+            placed = await anyio.to_thread.run_sync(
+                install_fetched, self.settings, ds, target, fetched, unconfirmed, unpacked
+            )
+            await self._record_placed(job, target, placed, record)
+        return None
+
+    async def _record_placed(
+        self, job: Job, target: Path, placed: Placed, record: dict[str, Any]
+    ) -> None:
+        copy, fields = placed
+        await self._record_install(job, copy, target, **(record | fields))
 
     async def _in_place(
         self, job: Job, ds: Dataset, target: Path, had_copy: bool
@@ -340,12 +400,15 @@ class Handlers:
         budget: RetryBudget,
         progress: transfer.ProgressFn | None = None,
         git_blob: ManifestFile | None = None,
+        then: transfer.Then | None = None,
     ) -> Fetched | Outcome:
         """One file's transfer with the job's retry budget."""
         return await self.retrying(
             job,
             budget,
-            lambda: self.transfer(job, url, target, expected_size, budget, progress, git_blob),
+            lambda: self.transfer(
+                job, url, target, expected_size, budget, progress, git_blob, then
+            ),
         )
 
     async def retrying(
@@ -373,9 +436,11 @@ class Handlers:
         budget: RetryBudget | None = None,
         progress: transfer.ProgressFn | None = None,
         git_blob: ManifestFile | None = None,
+        then: transfer.Then | None = None,
     ) -> Fetched:
         """One transfer of `url` into `target`'s partial file (no retries without a budget);
-        `git_blob`: a Hub file checked by its git blob id, computed in the same pass."""
+        `git_blob`: a Hub file checked by its git blob id, computed in the same pass; `then`
+        (transfer.fetch) in the transfer's thread."""
         assert self.client is not None
         policy = self._policy
         if git_blob is not None and not git_blob.sha256:
@@ -391,6 +456,7 @@ class Handlers:
             policy=policy,
             slots=self._slots,
             budget=budget or RetryBudget(0),
+            then=then,
         )
 
     async def _wait_retry(self, job: Job, exc: TransferError) -> None:

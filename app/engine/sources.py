@@ -20,6 +20,7 @@ from dsm.engine.outcome import Outcome
 from dsm.engine.tree import Handlers
 from dsm.transfer.http import Fetched, RetryBudget
 from dsm.transfer.partfile import discard_partial
+from dsm.transfer.single import Then
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ async def obtain(
     target: Path,
     budget: RetryBudget,
     listed: ManifestFile | None,
+    then: Then | None = None,
 ) -> Served | Outcome:
     """The file's bytes in `target`'s partial: from the team cache when it holds them (a Hub
     file, `listed`, is checked by the Hub's hash, so it comes from the Hub only), else from
@@ -51,7 +53,9 @@ async def obtain(
     the dataset's bytes. A mirror must serve the same file: the catalogue's checksum, or
     without one the checksum of the copy verified before. A partial file is continued
     only from the URL that started it (resume.start): another URL starts from zero. A
-    mirror stored without its credentials is read again from the catalogue."""
+    mirror stored without its credentials is read again from the catalogue. `then` runs in
+    the transfer's thread after a transfer from `url` (transfer.fetch), for a dataset
+    without mirrors."""
     if listed is None:
         cached = await h.cache.fetch(ds, target, lambda u, size: h.transfer(job, u, target, size))
         if cached is not None:
@@ -71,7 +75,7 @@ async def obtain(
             except ValueError as exc:
                 failures.append(str(exc))
                 continue
-        got = await h.fetch(job, source, target, size, budget, None, listed)
+        got = await h.fetch(job, source, target, size, budget, None, listed, then)
         if len(urls) == 1:  # checked by the caller, as every copy is
             return Served(SERVED_BY_ORIGIN, got) if isinstance(got, Fetched) else got
         if isinstance(got, Fetched):

@@ -27,12 +27,13 @@ from dsm.engine.cache import SERVED_BY_ORIGIN, CacheSide
 from dsm.engine.outcome import Outcome
 from dsm.transfer.http import Fetched, RetryBudget
 from dsm.transfer.partfile import discard_partial
-from dsm.transfer.single import ProgressFn
+from dsm.transfer.single import ProgressFn, Then
 
 # Handlers.fetch: one file's transfer with the job's retry budget (job, url, target, expected
-# size, budget, progress, the Hub's listing of the file for its git blob id).
+# size, budget, progress, the Hub's listing of the file for its git blob id, what to run in
+# the transfer's thread once the file is whole).
 FetchFile = Callable[
-    [Job, str, Path, int | None, RetryBudget, ProgressFn | None, ManifestFile | None],
+    [Job, str, Path, int | None, RetryBudget, ProgressFn | None, ManifestFile | None, Then | None],
     Awaitable[Fetched | Outcome],
 ]
 
@@ -114,7 +115,7 @@ class TreeDownload:
             url = await anyio.to_thread.run_sync(source_url, h.settings.catalog, ds.name, want.url)
         except ValueError as exc:
             return JobStatus.FAILED, str(exc)
-        got = await h.fetch(job, url, dest, want.size, self.budget, progress, want)
+        got = await h.fetch(job, url, dest, want.size, self.budget, progress, want, None)
         if not isinstance(got, Fetched):
             return got[0], f"{want.path}: {got[1] or 'failed'}"
         problem = files.file_problem(want, got)

@@ -276,8 +276,16 @@ class Control:
         self.done += n
 
     def stop(self) -> None:
-        self._stop.set()
+        with self._lock:  # waits for a `settle` in progress: its effect is then known
+            self._stop.set()
         self.interrupt()
+
+    def settle(self, fn: Callable[[], None]) -> None:
+        """Run `fn` in the transfer thread unless a stop came first; a stop that comes while
+        it runs waits for it. Whoever stopped the transfer can then tell whether `fn` ran."""
+        with self._lock:
+            self.check()
+            fn()
 
     def interrupt(self) -> None:
         """Break every read in flight (their threads see a network error), without a stop."""

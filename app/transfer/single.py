@@ -68,6 +68,8 @@ SMALL_BODY = 4 << 20  # a body this small is read, written and hashed on one thr
 SMALL_CHUNK = 256 << 10  # ... in reads of at most this many bytes
 
 ProgressFn = Callable[[int, int | None], None]
+# Run in the transfer's thread once the body is whole and durable (Control.settle).
+Then = Callable[[Fetched], None]
 log = logging.getLogger(__name__)
 
 
@@ -253,16 +255,19 @@ async def fetch(
     policy: Policy,
     slots: HostSlots,
     budget: RetryBudget,
+    then: Then | None = None,
 ) -> Fetched:
     """Bring `<target>.part` to the complete file; returns its size and SHA-256.
 
-    The caller verifies and renames. On any error or cancel the partial file and its sidecar
-    are left consistent, so the next call resumes. Segments that retry draw from `budget`,
-    the job's one retry budget. `watch` reports `progress` while it runs.
+    The caller verifies and renames, or `then` does in the same thread (a thread hop
+    fewer); it runs only if the transfer was not stopped, and a stop waits for it. On any
+    error or cancel the partial file and its sidecar are left consistent, so the next call
+    resumes. Segments that retry draw from `budget`, the job's one retry budget. `watch`
+    reports `progress` while it runs.
     """
     ctl = Control()
     env = Env(client, host_headers, policy, slots, ctl, budget)
-    blocking = partial(_fetch_blocking, env, url, target, expected_size)
+    blocking = partial(_fetch_blocking, env, url, target, expected_size, then)
     failure: Exception | None = None
     with watch.watching(ctl, progress):
         try:
@@ -286,13 +291,18 @@ async def fetch(
     return fetched
 
 
-def _fetch_blocking(env: Env, url: str, target: Path, expected_size: int | None) -> Fetched:
+def _fetch_blocking(
+    env: Env, url: str, target: Path, expected_size: int | None, then: Then | None
+) -> Fetched:
     part = target.with_name(target.name + ".part")
     lock = target_lock(part)
     while not lock.acquire(timeout=0.1):
         env.ctl.check()
     try:
-        return _fetch_locked(env, url, target, part, expected_size)
+        fetched = _fetch_locked(env, url, target, part, expected_size)
+        if then is not None:
+            env.ctl.settle(partial(then, fetched))
+        return fetched
     finally:
         lock.release()
 
@@ -303,7 +313,7 @@ def _fetch_locked(
     """Act on the resume plan; a body ended by a close is confirmed by one more request."""
     confirming = False
     while True:
-        disk = OnDisk(part.stat().st_size if part.exists() else 0, read_sidecar(part))
+        disk = _on_disk(part)
         step = resume.start(url, disk, env.policy, expected_size, confirming)
         if isinstance(step, resume.Complete):
             env.ctl.done = env.ctl.total = step.size
@@ -321,6 +331,16 @@ def _fetch_locked(
         # connection looks the same. Ask once for the bytes after it: a 416 proves the end,
         # anything more is appended (the sidecar's validator guards it).
         confirming = True
+
+
+def _on_disk(part: Path) -> OnDisk:
+    """The partial's size and sidecar; without a partial its sidecar says nothing of use (a
+    resume from byte 0 reads none: resume.respond), so it is not read: a stat per file."""
+    try:
+        have = os.stat(part).st_size
+    except FileNotFoundError:
+        return OnDisk(0, {})
+    return OnDisk(have, read_sidecar(part))
 
 
 def _ask(env: Env, step: resume.Ask, p: Partial, expected_size: int | None) -> tuple[Fetched, bool]:

@@ -545,9 +545,11 @@ def test_a_full_disk_at_start_up_is_one_clear_error(
     repo.change("a", Status.QUEUED, download_job_id=job.id)
     repo.change("a", Status.DOWNLOADING)
     disk_full_while(monkeypatch, lambda: True)
-    code = main(["--run-job", "delete", "--dataset", "a"])
+    code = main(
+        ["--run-job", "delete", "--dataset", "a", "--home", str(home), "--catalog", str(cat)]
+    )
     err = capsys.readouterr().err
-    assert code == 1
+    assert code == 1, err
     assert err.startswith("dsm: error: ") and "No space left on device" in err
     assert "Traceback" not in err and "ExceptionGroup" not in err
     monkeypatch.undo()

@@ -10,7 +10,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from dsm.engine import files
 from dsm.engine.engine import Engine
 from dsm.engine.outcome import SKIP_MESSAGE
 from dsm.errors import BadInput
+from dsm.transfer.http import Control
 from tests.conftest import CatalogFn, blob, sha
 from tests.enginehelp import run_jobs, setup, until
 from tests.httpserver import FileServer
@@ -124,6 +125,84 @@ async def test_cancel_stops_the_transfer_and_keeps_the_partial(
     assert run2.job.status == JobStatus.COMPLETED
     assert server.requests("a.bin")[-1].range_start == kept
     assert (home / "data" / "a").read_bytes() == blob(1, 4_000_000)
+
+
+async def test_a_cancel_while_the_transfer_thread_installs_records_the_installed_copy(
+    server: FileServer, home: Path, catalog: CatalogFn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The transfer's thread moves a whole, checked file into place (EarlyInstall); a cancel
+    landing then waits for the move and the store records the copy: never a file in place
+    that the store calls missing."""
+    settings, repo = setup(home, catalog(a=server.add("a.bin", blob(7, 50_000))))
+    moving, stopping, moved = threading.Event(), threading.Event(), threading.Event()
+    real_install, real_stop = files.install, Control.stop
+    moved_first: list[bool] = []
+
+    def install(*args: Any, **kw: Any) -> files.Installed:
+        moving.set()
+        assert stopping.wait(10)  # the cancel's stop has come and waits for this move
+        try:
+            return real_install(*args, **kw)
+        finally:
+            moved.set()
+
+    def stop(ctl: Control) -> None:
+        stopping.set()
+        real_stop(ctl)
+        moved_first.append(moved.is_set())
+
+    monkeypatch.setattr(files, "install", install)
+    monkeypatch.setattr(Control, "stop", stop)
+
+    async def cancel(engine: Engine, jobs: list[Job]) -> None:
+        await until(moving.is_set)
+        await engine.cancel(jobs[0].id)
+
+    run = await run_jobs(settings, repo, JobType.DOWNLOAD, "a", during=cancel)
+    assert run.job.status == JobStatus.CANCELED
+    assert moved_first == [True]  # the stop returned only once the file was in place
+    ds = repo.dataset("a")
+    assert (ds.status, ds.downloaded, ds.checksum) == (
+        Status.DOWNLOADED,
+        True,
+        sha(blob(7, 50_000)),
+    )
+    assert (home / "data" / "a").read_bytes() == blob(7, 50_000)
+    assert sorted(p.name for p in (home / "data").iterdir()) == ["a"]
+
+
+async def test_a_cancel_before_the_transfer_thread_installs_leaves_nothing_in_place(
+    server: FileServer, home: Path, catalog: CatalogFn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The body is whole but the stop comes first: nothing is moved into place, the row is
+    not called downloaded, and the next download installs the file."""
+    settings, repo = setup(home, catalog(a=server.add("a.bin", blob(8, 50_000))))
+    whole, stopped = threading.Event(), threading.Event()
+    real_settle, real_stop = Control.settle, Control.stop
+
+    def settle(ctl: Control, fn: Callable[[], None]) -> None:
+        whole.set()
+        assert stopped.wait(10)
+        real_settle(ctl, fn)
+
+    def stop(ctl: Control) -> None:
+        real_stop(ctl)
+        stopped.set()
+
+    monkeypatch.setattr(Control, "settle", settle)
+    monkeypatch.setattr(Control, "stop", stop)
+
+    async def cancel(engine: Engine, jobs: list[Job]) -> None:
+        await until(whole.is_set)
+        await engine.cancel(jobs[0].id)
+
+    run = await run_jobs(settings, repo, JobType.DOWNLOAD, "a", during=cancel)
+    assert run.job.status == JobStatus.CANCELED
+    assert not repo.dataset("a").downloaded and not (home / "data" / "a").exists()
+    monkeypatch.undo()
+    again = await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
+    assert again.job.status == JobStatus.COMPLETED
+    assert (home / "data" / "a").read_bytes() == blob(8, 50_000)
 
 
 async def test_cancel_of_a_waiting_job(server: FileServer, home: Path, catalog: CatalogFn) -> None:

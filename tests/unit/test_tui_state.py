@@ -247,17 +247,27 @@ def test_the_job_log_reads_jobs_newest_first_with_our_live_copies() -> None:
     assert state.log_name_width == len("a-long-name")  # a job not read yet counts too
 
 
-def test_the_heap_is_frozen_after_a_read_of_many_new_rows() -> None:
+def test_the_heap_is_frozen_after_a_read_of_many_new_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Counted at the call: the frozen count itself drops whenever a frozen object is freed.
+    freezes: list[None] = []
+    real_freeze = gc.freeze
+
+    def freeze() -> None:
+        freezes.append(None)
+        real_freeze()
+
+    monkeypatch.setattr(gc, "freeze", freeze)
     heap = HeapFreezer()
     gc.unfreeze()  # whatever an app earlier in this process froze
     try:
         heap.after_read(FREEZE_ROWS - 1)  # a small store: nothing to gain
-        assert gc.get_freeze_count() == 0
+        assert not freezes and gc.get_freeze_count() == 0
         heap.after_read(FREEZE_ROWS)
-        frozen = gc.get_freeze_count()
-        assert frozen > 0
+        assert len(freezes) == 1 and gc.get_freeze_count() > 0
         heap.after_read(FREEZE_ROWS + 10)  # a few more rows: not again
-        assert gc.get_freeze_count() == frozen
+        assert len(freezes) == 1
+        heap.after_read(2 * FREEZE_ROWS + 10)  # a thousand more: again
+        assert len(freezes) == 2
     finally:
         gc.unfreeze()
 

@@ -26,6 +26,8 @@ DEFAULT_JOB_TIMEOUT = 10 * 3600.0
 DEFAULT_STALL_TIMEOUT = 60.0
 DEFAULT_WORKERS = 4
 DEFAULT_SEGMENTS = 4
+MAX_WORKERS = 256
+MAX_SEGMENTS = 64
 DEFAULT_SEGMENT_MIN = 64 << 20
 DEFAULT_HOST_CONNECTIONS = 8
 DEFAULT_LOW_SPEED_LIMIT = 1024  # bytes/s ...
@@ -95,7 +97,14 @@ class Settings:
 T = TypeVar("T", int, float)
 
 
-def _number(name: str, raw: str | None, default: T, convert: Callable[[str], T], minimum: T) -> T:
+def _number(
+    name: str,
+    raw: str | None,
+    default: T,
+    convert: Callable[[str], T],
+    minimum: T,
+    maximum: T | None = None,
+) -> T:
     if raw is None or raw == "":
         return default
     try:
@@ -106,6 +115,8 @@ def _number(name: str, raw: str | None, default: T, convert: Callable[[str], T],
         raise BadInput(f"{name}={raw!r} must be a finite number")
     if value < minimum:
         raise BadInput(f"{name}={raw!r} must be at least {minimum}")
+    if maximum is not None and value > maximum:
+        raise BadInput(f"{name}={raw!r} must be at most {maximum}")
     return value
 
 
@@ -185,15 +196,17 @@ def parse_host_headers(raw: str) -> tuple[tuple[str, str, str], ...]:
     return tuple(out)
 
 
-# Numeric settings: field -> (environment variable, default, type, minimum). The CLI's flag of
-# the same name (`--max-retries`) wins over the variable where there is one.
-_NUMBERS: dict[str, tuple[str, Any, Callable[[str], Any], Any]] = {
+# Numeric settings: field -> (environment variable, default, type, minimum[, maximum]). The
+# CLI's flag of the same name (`--max-retries`) wins over the variable where there is one.
+# A maximum where each unit costs up front: DSM_WORKERS=100000000 started that many tasks
+# before the first job (1 GB in 20 s and growing), as many segments would be as many threads.
+_NUMBERS: dict[str, tuple[Any, ...]] = {
     "max_retries": ("DSM_MAX_RETRIES", DEFAULT_MAX_RETRIES, int, 0),
     "retry_delay": ("DSM_RETRY_DELAY", DEFAULT_RETRY_DELAY, float, 0.0),
     "job_timeout": ("DSM_JOB_TIMEOUT", DEFAULT_JOB_TIMEOUT, float, 0.001),
     "stall_timeout": ("DSM_STALL_TIMEOUT", DEFAULT_STALL_TIMEOUT, float, 0.001),
-    "workers": ("DSM_WORKERS", DEFAULT_WORKERS, int, 1),
-    "segments": ("DSM_SEGMENTS", DEFAULT_SEGMENTS, int, 1),
+    "workers": ("DSM_WORKERS", DEFAULT_WORKERS, int, 1, MAX_WORKERS),
+    "segments": ("DSM_SEGMENTS", DEFAULT_SEGMENTS, int, 1, MAX_SEGMENTS),
     "segment_min": ("DSM_SEGMENT_MIN", DEFAULT_SEGMENT_MIN, int, 1),
     "host_connections": ("DSM_HOST_CONNECTIONS", DEFAULT_HOST_CONNECTIONS, int, 1),
     "low_speed_limit": ("DSM_LOW_SPEED_LIMIT", DEFAULT_LOW_SPEED_LIMIT, int, 0),
@@ -207,12 +220,12 @@ _NUMBERS: dict[str, tuple[str, Any, Callable[[str], Any], Any]] = {
 
 def _numbers(flags: Mapping[str, str | None], env: Mapping[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for field, (var, default, convert, minimum) in _NUMBERS.items():
+    for field, (var, default, convert, *bounds) in _NUMBERS.items():
         flag = flags.get(field)
         name, raw = (
             (f"--{field.replace('_', '-')}", flag) if flag is not None else (var, env.get(var))
         )
-        out[field] = _number(name, raw, default, convert, minimum)
+        out[field] = _number(name, raw, default, convert, *bounds)
     return out
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,25 @@ def test_the_size_limits_have_generous_defaults_and_refuse_nonsense() -> None:
         load_settings(env={"DSM_DOWNLOAD_MAX_BYTES": "0"})
     with pytest.raises(BadInput, match="DSM_EXTRACT_MAX_MEMORY='1000' must be at least 1048576"):
         load_settings(env={"DSM_EXTRACT_MAX_MEMORY": "1000"})
+
+
+@pytest.mark.parametrize(
+    ("env", "flags", "said"),
+    [
+        ({"DSM_WORKERS": "100000000"}, {}, "DSM_WORKERS='100000000' must be at most 256"),
+        ({}, {"workers": "257"}, "--workers='257' must be at most 256"),
+        ({"DSM_SEGMENTS": "65"}, {}, "DSM_SEGMENTS='65' must be at most 64"),
+    ],
+)
+def test_a_setting_that_costs_up_front_has_a_maximum(
+    env: dict[str, str], flags: dict[str, str], said: str
+) -> None:
+    """Each worker is a task started before the first job, each segment a thread:
+    DSM_WORKERS=100000000 took 1 GB in 20 s before anything ran. Bad input, exit 2."""
+    with pytest.raises(BadInput, match=re.escape(said)):
+        load_settings(home="/tmp/h", catalog="/tmp/c.json", env=env, **flags)
+    top = load_settings(env={"DSM_WORKERS": "256", "DSM_SEGMENTS": "64"})
+    assert (top.workers, top.segments) == (256, 64)
 
 
 MOUNTS = """\

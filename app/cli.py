@@ -180,9 +180,10 @@ def cmd_show(args: argparse.Namespace, repo: Repository) -> int:
         if isinstance(value, list):  # mirrors, files, a manifest: one item a line, below
             print(f"{key:<18} {len(value) if value else '-'}")
             for item in value:
-                print(" " * 19 + (json.dumps(item) if isinstance(item, dict) else str(item)))
+                line = json.dumps(item) if isinstance(item, dict) else str(item)
+                print(" " * 19 + humanize.printable(line))
         else:
-            print(f"{key:<18} {'-' if value is None else value}")
+            print(f"{key:<18} {'-' if value is None else humanize.printable(str(value))}")
     return 0
 
 

@@ -332,3 +332,26 @@ async def test_signal_while_jobs_are_recorded_cancels_them(
     assert code == 143
     assert [j.status for j in repo.jobs()] == [JobStatus.CANCELED]
     assert took < 4, f"exit after {took:.1f} s: the job was not canceled"
+
+
+def test_show_prints_control_characters_as_escapes(home: Path, catalog: CatalogFn) -> None:
+    """A description with terminal escapes (a colour, a window title, a carriage return
+    that overwrites the line): `show` prints them escaped, never to the terminal as is;
+    `--json` escapes them as JSON does."""
+    said = "evil \x1b[31mRED\x1b[0m \x1b]0;title\x07 \rspoof\ttab"
+    cat = catalog(
+        [
+            {
+                "name": "a",
+                "description": said,
+                "original_url": "http://127.0.0.1:9/a",
+                "local_path": "data/a",
+            }
+        ]
+    )
+    run = run_dsm("show", "a", home=home, catalog_path=cat)
+    assert run.returncode == 0, run.stderr
+    line = next(x for x in run.stdout.splitlines() if x.startswith("description"))
+    assert line.split(maxsplit=1)[1] == "evil \\x1b[31mRED\\x1b[0m \\x1b]0;title\\x07 \\rspoof\ttab"
+    shown = run_dsm("show", "a", "--json", home=home, catalog_path=cat).stdout
+    assert "\x1b" not in shown and json.loads(shown)["description"] == said

@@ -8,8 +8,6 @@ import errno
 import gzip
 import json
 import os
-import re
-import shutil
 import subprocess
 import tempfile
 import threading
@@ -160,31 +158,6 @@ def test_a_body_without_a_catalogue_size_stops_at_the_download_cap(
     assert list((home / "data").glob("*")) == []
     row = json.loads(run_dsm("show", "a", "--json", home=home, catalog_path=cat).stdout)
     assert (row["status"], row["downloaded"], row["error"]) == ("error", False, said)
-
-
-def test_a_body_without_length_stops_before_the_disk_is_full(
-    server: FileServer, small_disk: Path, catalog: CatalogFn
-) -> None:
-    """No length, no catalogue size, under the cap, on a 16 MiB disk: the free space is
-    re-checked as the body arrives and it stops while 5% is left (not at ENOSPC), naming the
-    room; the partial goes and the store, on the same disk, records the failure."""
-    home = small_disk / "home"
-    sent = blob(25, 32 << 20)
-    cat = catalog(a=server.add("a.bin", sent, last_modified=False))
-    server.always("a.bin", no_length=True, ignore_range=True)
-    run = run_dsm("--run-job", "download", "--dataset", "a", home=home, catalog_path=cat)
-    assert run.returncode == 1, run.stderr
-    reserve = shutil.disk_usage(small_disk).total // 20
-    assert re.search(
-        rf"download a: failed: stopped at byte \d+: the server sent no length and "
-        rf"{re.escape(str(home / 'data'))} has \d+ bytes free; {reserve} are kept free",
-        run.stderr,
-    ), run.stderr
-    assert len(server.requests("a.bin")) == 1
-    assert list((home / "data").glob("*")) == []
-    row = json.loads(run_dsm("show", "a", "--json", home=home, catalog_path=cat).stdout)
-    assert (row["status"], row["downloaded"]) == ("error", False)
-    assert row["error"].startswith("stopped at byte")
 
 
 @pytest.mark.parametrize("size", [300_000, 6 << 20], ids=["small", "large"])

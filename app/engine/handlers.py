@@ -148,7 +148,7 @@ class EarlyInstall:
     a job fewer): checked against the catalogue, then moved into place. It runs only if the
     transfer was not stopped, and a stop waits for it (Control.settle), so a job stopped
     just after (canceled, paused, timed out) still records the copy it `placed`, and ends
-    completed (`Handlers.outcome`). A file that fails the check is left for
+    completed (Handlers.outcome). A file that fails the check is left for
     the job's usual verification, which reports and discards it; without room to record the
     copy (StoreFull) none is placed: the job fails and its partial goes."""
 
@@ -185,7 +185,7 @@ class Handlers:
         self._slots = HostSlots(settings.host_connections)
         self.watch = transfer.Watch()  # the engine runs it: progress of running transfers
         self.cache = CacheSide(settings)
-        self._placed: set[str] = set()  # jobs whose copy is placed and recorded
+        self._recorded: set[str] = set()  # jobs whose copy is recorded (record_done)
         self._policy = Policy(
             stall_timeout=settings.stall_timeout,
             segments=settings.segments,
@@ -196,10 +196,12 @@ class Handlers:
         )
 
     def outcome(self, job: Job, outcome: Outcome) -> Outcome:
-        """The job's end: completed when its copy was placed and recorded (EarlyInstall),
-        whatever stop (cancel, pause, timeout) came after; a held job is done then."""
-        if job.id in self._placed:
-            self._placed.discard(job.id)
+        """The job's end: completed once its copy is recorded (`record_done`), whatever stop
+        (cancel, pause, timeout) came after, as one can while a transfer thread moves the
+        file into place (EarlyInstall) or the team cache takes a copy: held, such a job
+        would run again for nothing."""
+        if job.id in self._recorded:
+            self._recorded.discard(job.id)
             return JobStatus.COMPLETED, None
         return outcome
 
@@ -280,7 +282,6 @@ class Handlers:
                     with anyio.CancelScope(shield=True):
                         placed = record | {"served_by": SERVED_BY_ORIGIN}
                         await self._record_placed(job, target, early.placed, placed)
-                    self._placed.add(job.id)
             if not isinstance(served, Served):
                 return served
             served_by, fetched = served.by, served.fetched
@@ -399,6 +400,7 @@ class Handlers:
         expectations the job started with (Ledger.record_done)."""
         job.progress, job.bytes_done = 100.0, fields["size"]
         ds = await self.ledger.defer(self.ledger.record_done, job, fields, folder)
+        self._recorded.add(job.id)
         self._emit(EventKind.PROGRESS, job, ds)
 
     async def fetch(

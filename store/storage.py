@@ -221,7 +221,7 @@ class AtomicJSONStorage(Storage):
         (a statfs: creating a file to try costs a journal commit on some disks)."""
         cached = self._cache
         if self._txn is not None and cached is not None:  # locked: the file is the one cached
-            size = cached[0][1]  # no stat: this runs on the event loop once a job
+            size = cached[0][1]  # no stat: this runs once a job (a transfer thread, the loop)
         else:
             try:
                 size = os.stat(self.path).st_size

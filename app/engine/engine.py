@@ -316,8 +316,7 @@ class Engine:
         try:
             with self._scopes[job.id]:
                 lock = await self._locks.acquire(job)
-                row, copy = await self.ledger.defer(self.ledger.claim, job)
-                ds, had_copy = row, copy
+                ds, had_copy = row, copy = await self.ledger.defer(self.ledger.claim, job)
                 self._emit(EventKind.STARTED, job)
                 try:
                     with anyio.fail_after(self.settings.job_timeout):
@@ -338,6 +337,7 @@ class Engine:
             log.exception("job %s failed unexpectedly", job.id)
             outcome = (JobStatus.FAILED, f"internal error: {type(exc).__name__}: {exc}")
         finally:
+            outcome = self.handlers.outcome(job, outcome)
             with anyio.CancelScope(shield=True):
                 try:
                     await self._finish(job, outcome, had_copy)

@@ -148,8 +148,9 @@ def install_fetched(
 class EarlyInstall:
     """The install done by the transfer's own thread once the body is whole (one thread hop
     a job fewer): checked against the catalogue, then moved into place. It runs only if the
-    transfer was not stopped, and a stop waits for it (Control.settle), so a job canceled
-    just after still records the copy it `placed`. A file that fails the check is left for
+    transfer was not stopped, and a stop waits for it (Control.settle), so a job stopped
+    just after (canceled, paused, timed out) still records the copy it `placed`, and ends
+    completed (Handlers.outcome). A file that fails the check is left for
     the job's usual verification, which reports and discards it; without room to record the
     copy (StoreFull) none is placed: the job fails and its partial goes."""
 
@@ -158,13 +159,15 @@ class EarlyInstall:
         self.placed: Placed | None = None
 
     def __call__(self, fetched: Fetched) -> None:
-        ds = self._ds
-        if files.integrity_problem(ds, fetched.size, fetched.sha256) is None:
-            unconfirmed = files.unconfirmed_reason(ds, fetched.unproven, fetched.sha256)
-            self._repo.check_room()  # a stat and a statfs, as at `verifying`
-            self.placed = install_fetched(
-                self._settings, ds, self._target, fetched, unconfirmed, None
-            )
+        ds, home = self._ds, self._settings.home
+        if files.integrity_problem(ds, fetched.size, fetched.sha256) is not None:
+            return
+        # An earlier tree or archive to remove first: the long way, as a stop waits for this.
+        if self._target.is_dir() or files.archive_dir(home, ds).exists():
+            return
+        unconfirmed = files.unconfirmed_reason(ds, fetched.unproven, fetched.sha256)
+        self._repo.check_room()  # a stat and a statfs, as at `verifying`
+        self.placed = install_fetched(self._settings, ds, self._target, fetched, unconfirmed, None)
 
 
 class Handlers:
@@ -184,6 +187,7 @@ class Handlers:
         self._slots = HostSlots(settings.host_connections)
         self.watch = transfer.Watch()  # the engine runs it: progress of running transfers
         self.cache = CacheSide(settings)
+        self._recorded: set[str] = set()  # jobs whose copy is recorded (record_done)
         self._policy = Policy(
             stall_timeout=settings.stall_timeout,
             segments=settings.segments,
@@ -193,6 +197,16 @@ class Handlers:
             low_speed_time=settings.low_speed_time,
             max_size=settings.download_max_bytes,
         )
+
+    def outcome(self, job: Job, outcome: Outcome) -> Outcome:
+        """The job's end: completed once its copy is recorded (`record_done`), whatever stop
+        (cancel, pause, timeout) came after, as one can while a transfer thread moves the
+        file into place (EarlyInstall) or the team cache takes a copy: held, such a job
+        would run again for nothing."""
+        if job.id in self._recorded:
+            self._recorded.discard(job.id)
+            return JobStatus.COMPLETED, None
+        return outcome
 
     def for_type(self, job_type: JobType) -> Handler:
         return {
@@ -267,7 +281,7 @@ class Handlers:
             try:
                 served = await obtain(self, job, ds, url, target, budget, listed, early)
             finally:
-                if early is not None and early.placed is not None:  # also when canceled since
+                if early is not None and early.placed is not None:  # also when stopped since
                     with anyio.CancelScope(shield=True):
                         placed = record | {"served_by": SERVED_BY_ORIGIN}
                         await self._record_placed(job, target, early.placed, placed)
@@ -389,6 +403,7 @@ class Handlers:
         expectations the job started with (Ledger.record_done)."""
         job.progress, job.bytes_done = 100.0, fields["size"]
         ds = await self.ledger.defer(self.ledger.record_done, job, fields, folder)
+        self._recorded.add(job.id)
         self._emit(EventKind.PROGRESS, job, ds)
 
     async def fetch(

@@ -252,8 +252,10 @@ class Ledger:
             had_copy = files.still_verified(self.settings.home, ds)
             job.status, job.started_ms, job.error = JobStatus.RUNNING, now_ms(), None
             self.repo.save_job(job)
-            if ds.download_job_id != job.id:
-                status = Status.QUEUED if ds.status in AT_REST else None
+            # A held job (paused, suspended) may find its row at rest: its copy was placed
+            # and recorded as the stop came (EarlyInstall). Queue it again all the same.
+            status = Status.QUEUED if ds.status in AT_REST else None
+            if ds.download_job_id != job.id or status is not None:
                 self.repo.change(job.dataset, status, download_job_id=job.id)
         return ds, had_copy
 

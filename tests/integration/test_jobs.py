@@ -127,20 +127,16 @@ async def test_cancel_stops_the_transfer_and_keeps_the_partial(
     assert (home / "data" / "a").read_bytes() == blob(1, 4_000_000)
 
 
-async def test_a_cancel_while_the_transfer_thread_installs_records_the_installed_copy(
-    server: FileServer, home: Path, catalog: CatalogFn, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The transfer's thread moves a whole, checked file into place (EarlyInstall); a cancel
-    landing then waits for the move and the store records the copy: never a file in place
-    that the store calls missing."""
-    settings, repo = setup(home, catalog(a=server.add("a.bin", blob(7, 50_000))))
+def stop_waits_for_the_move(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, list[bool]]:
+    """The transfer thread's move into place (EarlyInstall) holds until a stop of the job has
+    come; the event says the move began, the list whether each stop returned after it."""
     moving, stopping, moved = threading.Event(), threading.Event(), threading.Event()
     real_install, real_stop = files.install, Control.stop
     moved_first: list[bool] = []
 
     def install(*args: Any, **kw: Any) -> files.Installed:
         moving.set()
-        assert stopping.wait(10)  # the cancel's stop has come and waits for this move
+        assert stopping.wait(10)  # the stop has come and waits for this move
         try:
             return real_install(*args, **kw)
         finally:
@@ -153,22 +149,83 @@ async def test_a_cancel_while_the_transfer_thread_installs_records_the_installed
 
     monkeypatch.setattr(files, "install", install)
     monkeypatch.setattr(Control, "stop", stop)
+    return moving, moved_first
 
-    async def cancel(engine: Engine, jobs: list[Job]) -> None:
+
+@pytest.mark.parametrize("stop", ["cancel", "pause", "timeout"])
+async def test_a_stop_while_the_transfer_thread_installs_records_the_copy_and_completes(
+    server: FileServer, home: Path, catalog: CatalogFn, monkeypatch: pytest.MonkeyPatch, stop: str
+) -> None:
+    """The transfer's thread moves a whole, checked file into place (EarlyInstall); a stop
+    (cancel, pause, the job's timeout) landing then waits for the move, the store records the
+    copy and the job ends completed: never a file in place that the store calls missing, nor
+    a held job whose work is done (resumed, it failed on `downloaded -> downloading`)."""
+    data = blob(7, 50_000)
+    settings, repo = setup(home, catalog(a=server.add("a.bin", data)))
+    moving, moved_first = stop_waits_for_the_move(monkeypatch)
+
+    async def act(engine: Engine, jobs: list[Job]) -> None:
         await until(moving.is_set)
-        await engine.cancel(jobs[0].id)
+        if stop == "cancel":
+            await engine.cancel(jobs[0].id)
+        elif stop == "pause":
+            await engine.pause([jobs[0].id])
 
-    run = await run_jobs(settings, repo, JobType.DOWNLOAD, "a", during=cancel)
-    assert run.job.status == JobStatus.CANCELED
+    # An update: forced, so a job held and resumed would have run again.
+    timeout = 0.5 if stop == "timeout" else settings.job_timeout
+    run = await run_jobs(settings, repo, JobType.UPDATE, "a", during=act, job_timeout=timeout)
+    assert run.job.status == JobStatus.COMPLETED and run.job.error is None
     assert moved_first == [True]  # the stop returned only once the file was in place
     ds = repo.dataset("a")
-    assert (ds.status, ds.downloaded, ds.checksum) == (
-        Status.DOWNLOADED,
-        True,
-        sha(blob(7, 50_000)),
-    )
-    assert (home / "data" / "a").read_bytes() == blob(7, 50_000)
+    assert (ds.status, ds.downloaded, ds.checksum) == (Status.DOWNLOADED, True, sha(data))
+    assert (home / "data" / "a").read_bytes() == data
     assert sorted(p.name for p in (home / "data").iterdir()) == ["a"]
+
+
+async def test_an_update_suspended_while_the_transfer_thread_installs_is_done(
+    server: FileServer, home: Path, catalog: CatalogFn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The dashboard quits (its jobs are suspended, to run at the next start) while the
+    transfer's thread moves an update into place: the job ends completed, nothing is left
+    for the next start, which finds the dataset downloaded."""
+    data = blob(9, 50_000)
+    settings, repo = setup(home, catalog(a=server.add("a.bin", data)))
+    await run_jobs(settings, repo, JobType.DOWNLOAD, "a")  # the copy the update replaces
+    moving, _ = stop_waits_for_the_move(monkeypatch)
+    quitting = Engine(settings, repo)
+    quitting.suspend_on_exit = True  # what the dashboard does when it quits
+    async with quitting.running():
+        job = await quitting.submit(JobType.UPDATE, {"dataset": "a"})
+        await until(moving.is_set)
+    monkeypatch.undo()
+    done = repo.job(job.id)
+    assert done is not None and done.status == JobStatus.COMPLETED, done
+    async with Engine(settings, repo).running() as again:  # adopts nothing
+        await again.wait_idle()
+    assert repo.dataset("a").status == Status.DOWNLOADED and repo.dataset("a").checksum == sha(data)
+
+
+async def test_a_held_job_whose_row_came_to_rest_runs_again(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    """A job held (paused, suspended) after its row came to rest pointing at it, say a stop
+    that landed during the team-cache upload after the copy was recorded: run again (here
+    adopted from a dead process), it is claimed and runs; it failed on `downloaded ->
+    downloading`, an internal error."""
+    data = blob(10, 1000)
+    settings, repo = setup(home, catalog(a=server.add("a.bin", data)))
+    await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
+    job = Job(JobType.UPDATE, "a", {"dataset": "a", "force_download": True}, owner="gone")
+    job.status = JobStatus.WAITING
+    repo.save_job(job)
+    repo.change("a", None, download_job_id=job.id)  # at rest (downloaded), pointing at it
+    async with Engine(settings, repo).running() as engine:  # adopts the dead owner's job
+        await engine.wait_idle()
+    done = repo.job(job.id)
+    assert done is not None
+    assert done.status == JobStatus.COMPLETED, done.error
+    assert repo.dataset("a").status == Status.DOWNLOADED
+    assert len(server.requests("a.bin")) == 2  # the update downloaded again
 
 
 async def test_a_cancel_before_the_transfer_thread_installs_leaves_nothing_in_place(

@@ -200,9 +200,7 @@ class Handlers:
 
     def outcome(self, job: Job, outcome: Outcome) -> Outcome:
         """The job's end: completed once its copy is recorded (`record_done`), whatever stop
-        (cancel, pause, timeout) came after, as one can while a transfer thread moves the
-        file into place (EarlyInstall) or the team cache takes a copy: held, such a job
-        would run again for nothing."""
+        came after (during EarlyInstall's move, the team-cache upload): held, it reran."""
         if job.id in self._recorded:
             self._recorded.discard(job.id)
             return JobStatus.COMPLETED, None

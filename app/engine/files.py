@@ -340,11 +340,16 @@ def may_be_installed(path: Path, sha256: str | None) -> bool:
 
 
 def installed_before_crash(
-    path: Path, sha256: str | None = None, size: int | None = None
+    path: Path,
+    sha256: str | None = None,
+    size: int | None = None,
+    listed: ManifestFile | None = None,
 ) -> Installed | None:
     """A copy that a run verified and moved into place, dying before the store heard of it:
     the one its install record names, else one with the `size` and `sha256` given (the
-    catalogue's: it proves the copy as the download would have)."""
+    catalogue's: it proves the copy as the download would have). With `listed` (a Hub file)
+    it must also be the file the Hub lists now: the record may be of another commit's file,
+    verified before the branch moved, which must not be recorded as the new commit."""
     part = part_of(path)
     meta = read_sidecar(part)
     sha = meta.get("installed_sha256")
@@ -353,7 +358,10 @@ def installed_before_crash(
     if sha is None or part.exists() or not path.is_file():
         return None
     st = path.stat()
-    if meta.get("size") not in (None, st.st_size) or sha256_of(path) != sha:
+    if meta.get("size") not in (None, st.st_size):
+        return None
+    got = hash_file(path, listed is not None and not listed.sha256)
+    if got.sha256 != sha or (listed is not None and file_problem(listed, got)):
         return None
     unconfirmed = meta.get("unconfirmed")
     return Installed(st.st_size, sha, st.st_mtime_ns, str(unconfirmed) if unconfirmed else None)

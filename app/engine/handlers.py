@@ -272,7 +272,7 @@ class Handlers:
         """Fetch one file to `target` (from the team cache when it holds it, else `url`),
         check it against the catalogue (and the Hub's listing when `listed`), move it into
         place and record it with `record`'s extra fields."""
-        installed = await self._in_place(job, ds, target, had_copy)
+        installed = await self._in_place(job, ds, target, had_copy, listed)
         if installed is None or files.integrity_problem(ds, installed.size, installed.sha256):
             # A plain file from one URL is checked and moved into place by its transfer thread.
             early = None if listed or ds.extract or ds.mirrors else EarlyInstall(self, ds, target)
@@ -358,7 +358,7 @@ class Handlers:
         await self._record_install(job, copy, target, **(record | fields))
 
     async def _in_place(
-        self, job: Job, ds: Dataset, target: Path, had_copy: bool
+        self, job: Job, ds: Dataset, target: Path, had_copy: bool, listed: ManifestFile | None
     ) -> files.Installed | None:
         """A verified file already in place: a copy a crashed run moved there, unknown to the
         store (when the store knows a verified copy, such a leftover is stale: fetch as
@@ -371,6 +371,7 @@ class Handlers:
                 target,
                 known,
                 ds.expected_size,
+                listed,
                 abandon_on_cancel=True,  # it only reads
             )
             if installed is not None:

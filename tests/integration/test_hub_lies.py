@@ -1,0 +1,41 @@
+"""A Hub, a copy on disk and a branch that do not agree: nothing but the bytes the Hub lists
+at the recorded commit is ever recorded as that commit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dsm.domain.jobs import JobStatus, JobType
+from dsm.engine import files
+from tests.conftest import CatalogFn, blob, sha
+from tests.enginehelp import run_jobs, setup
+from tests.hubserver import HubServer, hf_url
+from tests.integration.test_hub import REPO, entry, env_for
+
+pytestmark = pytest.mark.anyio
+
+PATH = "data/train-00000-of-00001.parquet"
+
+
+async def test_a_copy_a_crash_left_of_another_commit_is_not_recorded_as_the_new_one(
+    hub: HubServer, home: Path, catalog: CatalogFn, tmp_path: Path
+) -> None:
+    """A run verified commit A's file and moved it into place, then died before the store
+    heard of it; meanwhile the branch moved to B. The next run resolves B: the file in place
+    (A's bytes, its install record intact) is not B's and must not be recorded as B."""
+    old_bytes, new_bytes = blob(1, 90_000), blob(2, 90_000)
+    hub.commit(REPO, {PATH: old_bytes})
+    target = home / "data/t.parquet"
+    target.parent.mkdir(parents=True)
+    files.part_of(target).write_bytes(old_bytes)
+    files.install(target, len(old_bytes), sha(old_bytes), None)  # what the crash left
+    new = hub.commit(REPO, {PATH: new_bytes})
+    cat = catalog([entry("t", hf_url(REPO, "main", PATH), "data/t.parquet")])
+    settings, repo = setup(home, cat, **env_for(hub, tmp_path))
+    run = await run_jobs(settings, repo, JobType.DOWNLOAD, "t")
+    assert run.job.status == JobStatus.COMPLETED, run.job.error
+    ds = run.dataset("t")
+    assert ds.source_commit == new
+    assert (ds.checksum, target.read_bytes()) == (sha(new_bytes), new_bytes)

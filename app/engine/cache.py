@@ -91,11 +91,17 @@ class CacheSide:
             return None
 
     async def fetch(
-        self, ds: Dataset, target: Path, transfer: Callable[[str, int], Awaitable[Fetched]]
+        self,
+        ds: Dataset,
+        target: Path,
+        transfer: Callable[[str, int], Awaitable[Fetched]],
+        forced: bool = False,
     ) -> Fetched | None:
         """The file from the cache through `transfer(url, size)`, verified; None to go to the
-        origin instead (not held, the cache failed, or it held other bytes)."""
-        if not self.enabled:
+        origin instead (not held, the cache failed, or it held other bytes). A `forced`
+        download (an update) of a file the catalogue gives no checksum for asks the origin:
+        a source's pointer names the file it served once, maybe the very copy to replace."""
+        if not self.enabled or (forced and ds.expected_sha256 is None):
             return None
         cached = await anyio.to_thread.run_sync(self.find, ds, abandon_on_cancel=True)
         if cached is None:
@@ -119,13 +125,13 @@ class CacheSide:
         return None
 
     def publish(self, ds: Dataset, path: Path, sha256: str, size: int) -> None:
-        """Share a verified file with the team, unless pushing is off."""
+        """Share a file just verified from its origin with the team, unless pushing is off."""
         if self.cache is None or not self.cache.push or not self.enabled:
             return
         from dsm.transfer.s3cache import CacheError
 
         try:
-            self.cache.publish(path, sha256, size, ds.original_url)
+            self.cache.publish(path, sha256, size, ds.original_url, fresh=True)
         except (CacheError, OSError) as exc:
             self.failed("publishing", exc)
 

@@ -57,7 +57,12 @@ async def obtain(
     the transfer's thread after a transfer from `url` (transfer.fetch), for a dataset
     without mirrors."""
     if listed is None:
-        cached = await h.cache.fetch(ds, target, lambda u, size: h.transfer(job, u, target, size))
+        cached = await h.cache.fetch(
+            ds,
+            target,
+            lambda u, size: h.transfer(job, u, target, size),
+            job.params["force_download"],
+        )
         if cached is not None:
             return Served(SERVED_BY_CACHE, cached)
     urls = [url, *ds.mirrors]

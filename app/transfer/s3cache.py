@@ -198,10 +198,19 @@ class TeamCache:
 
     # -- writing ---------------------------------------------------------------------
     def publish(
-        self, path: Path, sha256: str, size: int, source: str, validator: str | None = None
+        self,
+        path: Path,
+        sha256: str,
+        size: int,
+        source: str,
+        validator: str | None = None,
+        *,
+        fresh: bool = False,
     ) -> bool:
-        """Upload a verified file and its pointer, create-only; True when this call created
-        the object (False: another machine was first, which is just as good)."""
+        """Upload a verified file, create-only, and its pointer; True when this call created
+        the object (False: another machine was first, which is just as good). The pointer is
+        create-only too, unless the file is `fresh` from its origin: then it names what the
+        source serves now (a source that changed would be served its old file for ever)."""
         created = True
         if self.size_of(sha256) is None:
             try:
@@ -218,8 +227,9 @@ class TeamCache:
             "verified_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         body = json.dumps(pointer).encode()
-        with contextlib.suppress(AlreadyExistsError):  # the first verified copy's pointer stays
-            self._call("pointer", obstore.put, pointer_key(source), body, mode="create")
+        mode = "overwrite" if fresh else "create"
+        with contextlib.suppress(AlreadyExistsError):  # a copy pushed later never replaces it
+            self._call("pointer", obstore.put, pointer_key(source), body, mode=mode)
         return created
 
     def ping(self) -> None:

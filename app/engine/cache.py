@@ -54,6 +54,17 @@ def carry_partial(part: Path, url: str) -> None:
         write_sidecar(part, {**meta, "url": redact_url(url)})
 
 
+def _held_bad(ds: Dataset, cached: CachedFile, why: str) -> None:
+    """Warn that the cache's object for `ds` is not its file (it stays: objects are never
+    overwritten, someone with write access must remove it); the caller uses the origin."""
+    log.warning(
+        "dsm: team cache: held a bad object for %s (sha256 %s: %s); using the origin",
+        ds.name,
+        cached.sha256,
+        why,
+    )
+
+
 class CacheSide:
     def __init__(self, settings: Settings) -> None:
         self.cache: TeamCache | None = None
@@ -106,22 +117,25 @@ class CacheSide:
         cached = await anyio.to_thread.run_sync(self.find, ds, abandon_on_cancel=True)
         if cached is None:
             return None
+        if ds.expected_size is not None and cached.size != ds.expected_size:
+            # Its size says it is not the file: not worth a download (it may be huge).
+            _held_bad(ds, cached, f"{cached.size} bytes, not {ds.expected_size}")
+            return None
         await anyio.to_thread.run_sync(carry_partial, files.part_of(target), cached.url)
         try:
             fetched = await transfer(cached.url, cached.size)
         except TransferError as exc:  # its message carries no presigned query
             self.failed("the download", exc)
             return None
-        if fetched.sha256 == cached.sha256 and not files.integrity_problem(
-            ds, fetched.size, fetched.sha256
-        ):
+        problem = (
+            files.integrity_problem(ds, fetched.size, fetched.sha256)
+            if fetched.sha256 == cached.sha256
+            else f"its bytes hash to {fetched.sha256}"
+        )
+        if problem is None:
             return fetched
         await anyio.to_thread.run_sync(discard_partial, files.part_of(target))
-        log.warning(
-            "dsm: team cache: held a bad object for %s (sha256 %s); using the origin",
-            ds.name,
-            cached.sha256,
-        )
+        _held_bad(ds, cached, problem)
         return None
 
     def publish(self, ds: Dataset, path: Path, sha256: str, size: int) -> None:

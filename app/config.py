@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import platformdirs
 
 from dsm.domain.hub import DEFAULT_ENDPOINT
+from dsm.domain.redact import redact_url
 from dsm.errors import BadInput
 
 log = logging.getLogger(__name__)
@@ -276,8 +277,12 @@ def _cache_url(name: str, raw: str | None) -> str | None:
     if not raw:
         return None
     scheme, sep, rest = raw.partition("://")
-    if scheme != "s3" or not sep or not rest.split("/")[0]:
-        raise BadInput(f"{name}={raw!r}: a team cache URL looks like s3://BUCKET/PREFIX")
+    bucket = rest.split("/")[0]
+    if scheme != "s3" or not sep or not bucket or "@" in bucket:
+        raise BadInput(
+            f"{name}={redact_url(raw)!r}: a team cache URL looks like s3://BUCKET/PREFIX, "
+            "with no credentials in it (they come from the AWS settings)"
+        )
     return raw
 
 

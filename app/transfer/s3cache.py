@@ -23,6 +23,7 @@ import datetime
 import hashlib
 import json
 import os
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -33,6 +34,8 @@ from urllib.parse import urlsplit
 import obstore
 from obstore.exceptions import AlreadyExistsError, BaseError
 from obstore.store import S3Store
+
+from dsm.domain.redact import REDACTED, redact_text, redact_url
 
 PRESIGN_FOR = datetime.timedelta(hours=1)
 # A cache that does not answer must not hold a job up: short timeouts, one retry.
@@ -93,7 +96,7 @@ def _profile(env: Mapping[str, str]) -> dict[str, str]:
         try:
             parser.read(path)
         except configparser.Error as exc:
-            raise CacheError(f"cannot read AWS settings {path}: {exc}") from None
+            raise CacheError(f"cannot read AWS settings {path}: {_config_error(exc)}") from None
         for sect in (section, name):  # the config file also accepts a bare [default]
             if parser.has_section(sect):
                 out.update(parser.items(sect))
@@ -113,12 +116,34 @@ def s3_config(env: Mapping[str, str]) -> dict[str, str]:
     return config
 
 
-def _short(exc: BaseException) -> str:
-    """obstore's messages carry the whole HTTP exchange; its cause is enough for a user."""
-    lines = str(exc).strip().splitlines()
+def _config_error(exc: configparser.Error) -> str:
+    """What is wrong with a profile file and where, without the line itself: configparser
+    quotes it, and it may be the one holding the secret key."""
+    errors = getattr(exc, "errors", None)  # ParsingError: (line number, line) pairs
+    line = getattr(exc, "lineno", None) or (errors[0][0] if errors else None)
+    what = type(exc).__name__.removesuffix("Error").replace("Parsing", "syntax")
+    return f"{what} error" + (f" at line {line}" if line else "")
+
+
+_TIMING = re.compile(r" in [0-9.]+\s*[a-zµ]*s\b[^-]*")  # " in 3.2ms, after 1 retries, ..."
+_OS_MESSAGE = re.compile(r'message: "([^"]*)"')  # the system's own words for the cause
+
+
+def _short(exc: BaseException, secrets: tuple[str, ...] = ()) -> str:
+    """obstore's messages carry the whole HTTP exchange: its first line without timings,
+    with the system's words for the cause (`Connection refused`), every URL redacted (the
+    endpoint may hold a user and password) and the settings' secrets masked."""
+    text = str(exc).strip()
+    lines = text.splitlines()
     first = lines[0] if lines else type(exc).__name__
     _, cause_sep, cause = first.rpartition("source: ")
-    return (cause if cause_sep else first)[:160]
+    short = " ".join(_TIMING.sub(" ", cause if cause_sep else first).split()).rstrip(" :")
+    if why := _OS_MESSAGE.findall(text):
+        short += f" ({why[-1]})"
+    short = redact_text(short)
+    for secret in secrets:
+        short = short.replace(secret, REDACTED)
+    return short[:400]
 
 
 class TeamCache:
@@ -126,17 +151,23 @@ class TeamCache:
 
     def __init__(self, url: str, *, push: bool = True, env: Mapping[str, str] | None = None):
         parts = urlsplit(url)
-        if parts.scheme != "s3" or not parts.netloc:
-            raise ValueError(f"team cache URL must look like s3://BUCKET/PREFIX, got {url!r}")
+        if parts.scheme != "s3" or not parts.netloc or "@" in parts.netloc:
+            raise ValueError(
+                f"team cache URL must look like s3://BUCKET/PREFIX, with no credentials in it "
+                f"(they come from the AWS settings), got {redact_url(url)!r}"
+            )
         self.url = url.rstrip("/")
         self.push = push
         self.bucket, self.prefix = parts.netloc, parts.path.strip("/")
         self._env = os.environ if env is None else env
         self._store: S3Store | None = None
+        self._secrets: tuple[str, ...] = ()  # masked in every message
 
     def _s3(self) -> S3Store:
         if self._store is None:
             config = s3_config(self._env)
+            hidden = ("secret_access_key", "session_token")
+            self._secrets = tuple(v for k, v in config.items() if k in hidden)
             options: dict[str, Any] = dict(CLIENT_OPTIONS)
             if config.get("endpoint", "").startswith("http://"):
                 options["allow_http"] = True
@@ -149,7 +180,7 @@ class TeamCache:
                     retry_config=RETRY,  # type: ignore[arg-type]
                 )
             except (BaseError, ValueError) as exc:
-                raise CacheError(f"{self.url}: {_short(exc)}") from None
+                raise CacheError(f"{self.url}: {_short(exc, self._secrets)}") from None
         return self._store
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -158,7 +189,7 @@ class TeamCache:
         except (FileNotFoundError, AlreadyExistsError):
             raise
         except (BaseError, OSError, ValueError, RuntimeError) as exc:
-            raise CacheError(f"{self.url}: {what}: {_short(exc)}") from None
+            raise CacheError(f"{self.url}: {what}: {_short(exc, self._secrets)}") from None
 
     # -- reading ---------------------------------------------------------------------
     def size_of(self, sha256: str) -> int | None:

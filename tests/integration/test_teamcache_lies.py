@@ -12,7 +12,7 @@ import pytest
 
 from dsm.domain.jobs import JobStatus, JobType
 from dsm.transfer.s3cache import object_key
-from tests.conftest import CatalogFn, blob, sha
+from tests.conftest import CatalogFn, blob, run_dsm, sha
 from tests.enginehelp import run_jobs, setup
 from tests.httpserver import FileServer
 from tests.integration.test_teamcache import aws_env, cache_env, entry
@@ -92,3 +92,73 @@ async def test_a_cache_object_of_another_size_than_the_catalogues_is_not_fetched
     assert object_gets(caplog, key) == []
     warned = [r.getMessage() for r in caplog.records if r.name == "dsm.cache"]
     assert any(f"held a bad object for gsm8k (sha256 {sha(data)}" in w for w in warned), warned
+
+
+SECRETS = ("PASSWORDX", "SECRETKEYX", "SESSIONTOKENX")
+
+
+def secret_env(endpoint: str) -> dict[str, str]:
+    return {
+        "AWS_ACCESS_KEY_ID": "AKIDX",
+        "AWS_SECRET_ACCESS_KEY": "SECRETKEYX",
+        "AWS_SESSION_TOKEN": "SESSIONTOKENX",
+        "AWS_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": endpoint,
+        "HOME": "/nonexistent",
+    }
+
+
+def test_a_failing_cache_names_the_cause_and_no_credential(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    """An endpoint given with its user and password (MinIO behind a proxy): neither `dsm
+    cache status` nor a download's warning prints them (the whole request URL was printed,
+    and the cause was cut off)."""
+    data = blob(5, 20_000)
+    cat = catalog([entry(server.add("gsm8k.jsonl", data), data)])
+    env = secret_env("http://minio:PASSWORDX@127.0.0.1:9") | {"DSM_CACHE_URL": "s3://bkt/t"}
+    status = run_dsm("cache", "status", home=home, catalog_path=cat, env=env)
+    assert status.returncode == 1
+    assert "NOT reachable" in status.stdout and "Connection refused" in status.stdout
+    run = run_dsm("--run-job", "download", "--all", home=home, catalog_path=cat, env=env)
+    assert run.returncode == 0, run.stderr
+    assert "team cache: the look-up failed" in run.stderr and "Connection refused" in run.stderr
+    shown = run_dsm("show", "gsm8k", "--json", home=home, catalog_path=cat, env=env)
+    for said in (status.stdout, status.stderr, run.stdout, run.stderr, shown.stdout):
+        assert not [s for s in SECRETS if s in said], said
+
+
+def test_credentials_in_the_cache_url_are_refused_without_printing_them(
+    home: Path, catalog: CatalogFn
+) -> None:
+    cat = catalog([])
+    env = secret_env("http://127.0.0.1:9") | {"DSM_CACHE_URL": "s3://AKIDX:SECRETKEYX@bkt/t"}
+    got = run_dsm("cache", "status", home=home, catalog_path=cat, env=env)
+    assert got.returncode == 2, got.stdout + got.stderr
+    assert "no credentials" in got.stderr and "SECRETKEYX" not in got.stdout + got.stderr
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[default]\naws_access_key_id = AKIDX\naws_secret_access_key SECRETKEYX\n",
+        "aws_secret_access_key = SECRETKEYX\n",
+    ],
+    ids=["no-equals-sign", "no-section"],
+)
+def test_a_broken_profile_file_is_named_without_its_lines(
+    home: Path, catalog: CatalogFn, tmp_path: Path, text: str
+) -> None:
+    """configparser quotes the line it cannot read: the one with the secret key, here."""
+    creds = tmp_path / "credentials"
+    creds.write_text(text)
+    env = {
+        "AWS_SHARED_CREDENTIALS_FILE": str(creds),
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
+        "HOME": "/nonexistent",
+        "DSM_CACHE_URL": "s3://bkt/t",
+    }
+    got = run_dsm("cache", "status", home=home, catalog_path=catalog([]), env=env)
+    assert got.returncode == 1
+    assert f"cannot read AWS settings {creds}: " in got.stdout and " line " in got.stdout
+    assert "SECRETKEYX" not in got.stdout + got.stderr, got.stdout

@@ -38,6 +38,8 @@ from obstore.store import S3Store
 from dsm.domain.redact import REDACTED, redact_text, redact_url
 
 PRESIGN_FOR = datetime.timedelta(hours=1)
+PART_SIZE = 8 << 20  # bytes of one part of an upload (S3's least is 5 MiB)
+PARTS_AT_ONCE = 4  # parts in flight (held in memory) per upload
 # A cache that does not answer must not hold a job up: short timeouts, one retry.
 CLIENT_OPTIONS = {"timeout": "30s", "connect_timeout": "3s"}
 RETRY = {"max_retries": 1, "retry_timeout": datetime.timedelta(seconds=10)}
@@ -244,8 +246,21 @@ class TeamCache:
         source serves now (a source that changed would be served its old file for ever)."""
         created = True
         if self.size_of(sha256) is None:
+            # Above one part, in parts streamed from disk: a create-only put is one request
+            # whose body obstore holds in memory whole (300 MiB took 513 MiB; S3 refuses a
+            # single PUT above 5 GiB). Overwriting this key is harmless: whoever writes it
+            # writes bytes that hash to it, and a part upload is only seen once complete.
+            mode = "overwrite" if size > PART_SIZE else "create"
             try:
-                self._call("upload", obstore.put, object_key(sha256), path, mode="create")
+                self._call(
+                    "upload",
+                    obstore.put,
+                    object_key(sha256),
+                    path,
+                    mode=mode,
+                    chunk_size=PART_SIZE,
+                    max_concurrency=PARTS_AT_ONCE,
+                )
             except AlreadyExistsError:
                 created = False  # a race with another machine: the same bytes by definition
         else:

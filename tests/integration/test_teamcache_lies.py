@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from dsm.transfer.s3cache import object_key
 from tests.conftest import CatalogFn, blob, run_dsm, sha
 from tests.enginehelp import run_jobs, setup
 from tests.httpserver import FileServer
-from tests.integration.test_teamcache import aws_env, cache_env, entry
+from tests.integration.test_teamcache import aws_env, cache_env, cache_for, entry
 from tests.s3server import S3
 
 pytestmark = pytest.mark.anyio
@@ -162,3 +163,33 @@ def test_a_broken_profile_file_is_named_without_its_lines(
     assert got.returncode == 1
     assert f"cannot read AWS settings {creds}: " in got.stdout and " line " in got.stdout
     assert "SECRETKEYX" not in got.stdout + got.stderr, got.stdout
+
+
+def test_a_large_file_is_published_in_parts_even_by_racing_machines(s3: S3, tmp_path: Path) -> None:
+    """A file above one part goes up in parts streamed from disk (a create-only put is one
+    request whose body obstore held in memory whole: 300 MiB took 513 MiB, and S3 refuses a
+    single PUT above 5 GiB), also when three machines publish it at once: one whole object."""
+    bucket = s3.new_bucket()
+    data = blob(6, 12 << 20)
+    path = tmp_path / "big.bin"
+    path.write_bytes(data)
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(3)
+
+    def publish() -> None:
+        try:
+            barrier.wait(timeout=10)
+            cache_for(s3, bucket).publish(path, sha(data), len(data), "http://h/big")
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=publish) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert errors == []
+    key = f"team/{object_key(sha(data))}"
+    head = s3.client().head_object(Bucket=bucket, Key=key)  # type: ignore[attr-defined]
+    assert "-" in head["ETag"]  # a multipart upload's ETag: "<md5 of the parts' md5s>-<n>"
+    assert s3.read(bucket, key) == data

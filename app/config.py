@@ -161,8 +161,13 @@ def offline(env: Mapping[str, str]) -> bool:
 
 def hf_endpoint(env: Mapping[str, str]) -> str:
     raw = (env.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).strip().rstrip("/")
-    if not re.fullmatch(r"https?://[^/?#\s]+(/[^?#\s]*)?", raw):
-        raise BadInput(f"HF_ENDPOINT={raw!r} must be an http(s) URL such as {DEFAULT_ENDPOINT}")
+    if not re.fullmatch(r"https?://[^/?#\s@]+(/[^?#\s]*)?", raw):
+        # No user and password either: every resolve URL (the store's manifests, errors)
+        # is built on the endpoint, and the Hub's credential is the token (HF_TOKEN).
+        raise BadInput(
+            f"HF_ENDPOINT={redact_url(raw)!r} must be an http(s) URL such as "
+            f"{DEFAULT_ENDPOINT}, without a user or password (give a token in HF_TOKEN)"
+        )
     return raw
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from dsm.domain.jobs import JobStatus, JobType
 from dsm.engine import files
-from tests.conftest import CatalogFn, blob, sha
+from tests.conftest import CatalogFn, blob, run_dsm, sha
 from tests.enginehelp import run_jobs, setup
 from tests.hubserver import HubServer, hf_url
 from tests.integration.test_hub import REPO, entry, env_for
@@ -39,3 +39,20 @@ async def test_a_copy_a_crash_left_of_another_commit_is_not_recorded_as_the_new_
     ds = run.dataset("t")
     assert ds.source_commit == new
     assert (ds.checksum, target.read_bytes()) == (sha(new_bytes), new_bytes)
+
+
+def test_a_hub_endpoint_with_a_password_is_refused_without_showing_it(
+    hub: HubServer, home: Path, catalog: CatalogFn, tmp_path: Path
+) -> None:
+    """HF_ENDPOINT with a user and password (a private mirror behind basic auth): every
+    resolve URL is built on it, so the password landed in the store's manifest (db.json, read
+    by every user of the home) and in errors. It is refused, exit 2, without printing it."""
+    commit = hub.commit(REPO, {"a/x.txt": b"x\n"})
+    cat = catalog([entry("ok", hf_url(REPO, commit, "a"), "sets/ok")])
+    endpoint = hub.endpoint.replace("://", "://mirror:PASSWORDX@")
+    env = env_for(hub, tmp_path, HF_ENDPOINT=endpoint)
+    got = run_dsm("--run-job", "download", "--all", home=home, catalog_path=cat, env=env)
+    assert got.returncode == 2
+    assert "HF_ENDPOINT=" in got.stderr and "without a user or password" in got.stderr
+    assert "PASSWORDX" not in got.stdout + got.stderr
+    assert not hub.seen and not (home / "sets/ok").exists()

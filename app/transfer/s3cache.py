@@ -127,6 +127,7 @@ def _config_error(exc: configparser.Error) -> str:
     return f"{what} error" + (f" at line {line}" if line else "")
 
 
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 _TIMING = re.compile(r" in [0-9.]+\s*[a-zµ]*s\b[^-]*")  # " in 3.2ms, after 1 retries, ..."
 _OS_MESSAGE = re.compile(r'message: "([^"]*)"')  # the system's own words for the cause
 
@@ -212,8 +213,10 @@ class TeamCache:
             doc = json.loads(bytes(raw))
         except (ValueError, RecursionError):  # RecursionError: nested too deeply
             return None  # not ours, or damaged: as if absent
-        ok = isinstance(doc, dict) and isinstance(doc.get("sha256"), str)
-        return doc if ok else None
+        # Its sha256 names an object key: anything but 64 hex digits is no pointer of ours
+        # (a key that climbs out of the prefix failed the look-up: the cache rested a minute).
+        named = doc.get("sha256") if isinstance(doc, dict) else None
+        return doc if isinstance(named, str) and _SHA256.fullmatch(named) else None
 
     def find(self, sha256: str | None, source: str) -> CachedFile | None:
         """The cached file for a known checksum, or for the source's pointer when the

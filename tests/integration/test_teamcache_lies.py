@@ -3,6 +3,7 @@ from it only what proves to be the dataset, and never fails or hangs because of 
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import threading
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from dsm.domain.jobs import JobStatus, JobType
-from dsm.transfer.s3cache import object_key
+from dsm.transfer.s3cache import object_key, pointer_key
 from tests.conftest import CatalogFn, blob, run_dsm, sha
 from tests.enginehelp import run_jobs, setup
 from tests.httpserver import FileServer
@@ -193,3 +194,12 @@ def test_a_large_file_is_published_in_parts_even_by_racing_machines(s3: S3, tmp_
     head = s3.client().head_object(Bucket=bucket, Key=key)  # type: ignore[attr-defined]
     assert "-" in head["ETag"]  # a multipart upload's ETag: "<md5 of the parts' md5s>-<n>"
     assert s3.read(bucket, key) == data
+
+
+@pytest.mark.parametrize("named", ["../../x", "a/../../b", "", "Z" * 64, "0" * 64 + "/.."])
+def test_a_pointer_naming_no_sha256_is_as_if_absent(s3: S3, named: str) -> None:
+    """A pointer anyone with write access left, naming a key that is no sha256 (a path that
+    climbs out of the prefix): no pointer, not a failing cache (which rests a minute)."""
+    bucket = s3.new_bucket()
+    s3.write(bucket, f"team/{pointer_key('http://h/f')}", json.dumps({"sha256": named}).encode())
+    assert cache_for(s3, bucket).find(None, "http://h/f") is None

@@ -1,10 +1,16 @@
-"""A real S3 API server on 127.0.0.1 (moto's), started by the tests, with a bucket per test."""
+"""A real S3 API server on 127.0.0.1 (moto's), started by the tests, with a bucket per test,
+and a front for it that lies on demand (LyingS3)."""
 
 from __future__ import annotations
 
+import http.client
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import urlsplit
 
 import boto3
 import pytest
@@ -56,3 +62,104 @@ def s3() -> Iterator[S3]:
     host, port = server.get_host_and_port()
     yield S3(f"http://{host}:{port}")
     server.stop()
+
+
+@dataclass
+class Lie:
+    """What the lying front of the S3 server does instead, for one kind of request."""
+
+    status: int | None = None  # answer this status with an S3 error body
+    stall: bool = False  # send the headers and half the body, then nothing until stopped
+    hang: bool = False  # answer nothing at all until stopped
+
+
+class LyingS3:
+    """A front on 127.0.0.1 for the S3 server that passes every request through, except
+    those `lie` names (a method and a part of the path), which it answers as told."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = urlsplit(upstream)
+        self.lies: list[tuple[str, str, Lie]] = []
+        self.seen: list[tuple[str, str, int]] = []  # method, path with its query, status
+        self.release = threading.Event()
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _front_for(self))
+        self._httpd.daemon_threads = True
+        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
+
+    def lie(self, method: str, path_part: str, lie: Lie) -> None:
+        self.lies.append((method, path_part, lie))
+
+    def told(self, method: str, path: str) -> Lie | None:
+        return next((lie for m, p, lie in self.lies if m == method and p in path), None)
+
+    def stop(self) -> None:
+        self.release.set()
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+def _front_for(front: LyingS3) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def _pass(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else None
+            lie = front.told(self.command, self.path)
+            if lie is not None and lie.hang:
+                front.seen.append((self.command, self.path, 0))
+                front.release.wait(120)
+                self.close_connection = True
+                return None
+            if lie is not None and lie.status is not None:
+                error = b"<?xml version='1.0'?><Error><Code>AccessDenied</Code></Error>"
+                return self._answer(lie.status, {"Content-Type": "application/xml"}, error)
+            conn = http.client.HTTPConnection(front.upstream.hostname, front.upstream.port)
+            try:
+                conn.request(self.command, self.path, body, dict(self.headers.items()))
+                resp = conn.getresponse()
+                data = resp.read()
+                length = resp.getheader("Content-Length")  # a HEAD's says what a GET sends
+                skip = {"transfer-encoding", "connection", "content-length"}
+                headers = {k: v for k, v in resp.getheaders() if k.lower() not in skip}
+            finally:
+                conn.close()
+            if lie is not None and lie.stall:
+                return self._stall(resp.status, headers, data)
+            self._answer(resp.status, headers, data, length)
+
+        def _answer(
+            self, status: int, headers: dict[str, str], data: bytes, length: str | None = None
+        ) -> None:
+            front.seen.append((self.command, self.path, status))
+            self.send_response(status)
+            for name, value in headers.items():
+                self.send_header(name, value)
+            head = self.command == "HEAD" and length is not None
+            self.send_header("Content-Length", length if head else str(len(data)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(data)
+
+        def _stall(self, status: int, headers: dict[str, str], data: bytes) -> None:
+            front.seen.append((self.command, self.path, status))
+            self.send_response(status)
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data[: len(data) // 2])
+            self.wfile.flush()
+            front.release.wait(60)
+            self.close_connection = True
+
+        do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _pass
+
+    return Handler

@@ -169,8 +169,10 @@ class TeamCache:
     def _s3(self) -> S3Store:
         if self._store is None:
             config = s3_config(self._env)
+            # Masked where they appear; a value of a few characters would mask every
+            # word holding them (`t` rewrote `http`), and is no secret worth hiding.
             hidden = ("secret_access_key", "session_token")
-            self._secrets = tuple(v for k, v in config.items() if k in hidden)
+            self._secrets = tuple(v for k, v in config.items() if k in hidden and len(v) >= 6)
             options: dict[str, Any] = dict(CLIENT_OPTIONS)
             if config.get("endpoint", "").startswith("http://"):
                 options["allow_http"] = True

@@ -7,7 +7,7 @@ import json
 import logging
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -18,7 +18,7 @@ from tests.conftest import CatalogFn, blob, run_dsm, sha
 from tests.enginehelp import run_jobs, setup
 from tests.httpserver import FileServer
 from tests.integration.test_teamcache import aws_env, cache_env, cache_for, entry
-from tests.s3server import S3
+from tests.s3server import S3, Lie, LyingS3
 
 pytestmark = pytest.mark.anyio
 __all__ = ["aws_env"]  # a fixture, used by name
@@ -203,3 +203,53 @@ def test_a_pointer_naming_no_sha256_is_as_if_absent(s3: S3, named: str) -> None:
     bucket = s3.new_bucket()
     s3.write(bucket, f"team/{pointer_key('http://h/f')}", json.dumps({"sha256": named}).encode())
     assert cache_for(s3, bucket).find(None, "http://h/f") is None
+
+
+@pytest.fixture
+def liar(s3: S3) -> Iterator[LyingS3]:
+    front = LyingS3(s3.endpoint)
+    yield front
+    front.stop()
+
+
+@pytest.mark.parametrize(
+    ("lie", "said"),
+    [(Lie(status=403), "HTTP 403"), (Lie(status=500), "HTTP 500"), (Lie(stall=True), "stall")],
+    ids=["forbidden", "server-error", "stalled-body"],
+)
+async def test_a_cache_object_that_cannot_be_read_falls_back_to_the_origin(
+    s3: S3,
+    liar: LyingS3,
+    server: FileServer,
+    tmp_path: Path,
+    catalog: CatalogFn,
+    caplog: pytest.LogCaptureFixture,
+    aws_env: Callable[[dict[str, str]], dict[str, str]],
+    lie: Lie,
+    said: str,
+) -> None:
+    """The cache holds the object (its HEAD answers) but its GET is refused, fails or stops
+    half way: the job completes from the origin, one warning names the failure and carries
+    no part of the presigned URL's signature or credential."""
+    bucket = s3.new_bucket()
+    data = blob(7, 300_000)
+    path = tmp_path / "f.bin"
+    path.write_bytes(data)
+    cache_for(s3, bucket).publish(path, sha(data), len(data), "http://elsewhere/f")
+    liar.lie("GET", object_key(sha(data)), lie)
+    cat = catalog([entry(server.add("gsm8k.jsonl", data), data)])
+    env = aws_env(cache_env(s3, bucket, AWS_ENDPOINT_URL=liar.endpoint))
+    home = tmp_path / "a"
+    home.mkdir()
+    settings, repo = setup(home, cat, **env)
+    run = await run_jobs(settings, repo, JobType.DOWNLOAD, "gsm8k", stall_timeout=1.0)
+    assert run.job.status == JobStatus.COMPLETED, run.job.error
+    assert run.dataset("gsm8k").served_by == "origin"
+    assert (home / "data/gsm8k.jsonl").read_bytes() == data
+    gets = [p for m, p, _ in liar.seen if m == "GET" and object_key(sha(data)) in p]
+    assert gets and "X-Amz-Signature=" in gets[0]  # the cache was asked, through a presign
+    warned = [r.getMessage() for r in caplog.records if r.name == "dsm.cache"]
+    assert len(warned) == 1 and "the download failed" in warned[0], warned
+    assert said in warned[0], warned
+    signature = gets[0].split("X-Amz-Signature=")[1].split("&")[0]
+    assert signature not in warned[0] and "testing/" not in warned[0]

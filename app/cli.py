@@ -206,7 +206,7 @@ def cmd_cache(args: argparse.Namespace, settings: Settings, repo: Repository) ->
                 print(f"checksum     known for {report.known} (the rest are found by source)")
             return 0 if report.reachable else EXIT_FAILED
         chosen = datasets if args.all else [repo.dataset(n) for n in args.names]
-        pushed, skipped = side.push(settings.home, chosen)
+        pushed, skipped, refused = side.push(settings.home, chosen)
     except UnknownDataset as exc:
         raise BadInput(f"dataset not found: {exc}") from None
     except CacheError as exc:
@@ -215,7 +215,9 @@ def cmd_cache(args: argparse.Namespace, settings: Settings, repo: Repository) ->
         print(f"pushed       {name}")
     for name in skipped:
         print(f"not verified {name} (download it first)")
-    return 0
+    for why in refused:
+        print(f"not pushed   {humanize.printable(why)}")
+    return EXIT_FAILED if refused else 0
 
 
 def job_params(args: argparse.Namespace, repo: Repository) -> list[dict[str, Any]]:

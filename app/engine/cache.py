@@ -149,23 +149,30 @@ class CacheSide:
         except (CacheError, OSError) as exc:
             self.failed("publishing", exc)
 
-    def push(self, home: Path, datasets: list[Dataset]) -> tuple[list[str], list[str]]:
-        """Publish every dataset whose local copy is still verified; (pushed, not pushed)."""
-        from dsm.transfer.s3cache import CacheError
+    def push(self, home: Path, datasets: list[Dataset]) -> tuple[list[str], list[str], list[str]]:
+        """Publish every dataset whose local copy is still verified; (pushed, not verified,
+        not pushed: why, one line each: a copy whose bytes are no longer the verified ones)."""
+        from dsm.transfer.s3cache import CacheError, NotTheFile
 
         if self.cache is None:
             raise CacheError("no team cache: set DSM_CACHE_URL or --cache-url")
         pushed: list[str] = []
         skipped: list[str] = []
+        refused: list[str] = []
         for ds in datasets:
             # A dataset of several files is a folder: the cache holds single files only.
             whole = files.still_verified(home, ds) and ds.manifest is None
             if not whole or ds.checksum is None or ds.size is None:
                 skipped.append(ds.name)
                 continue
-            self.cache.publish(files.target(home, ds), ds.checksum, ds.size, ds.original_url)
+            path = files.target(home, ds)
+            try:
+                self.cache.publish(path, ds.checksum, ds.size, ds.original_url)
+            except NotTheFile as exc:
+                refused.append(f"{ds.name}: {exc}; run `dsm --run-job verify --dataset {ds.name}`")
+                continue
             pushed.append(ds.name)
-        return pushed, skipped
+        return pushed, skipped, refused
 
     def report(self, datasets: list[Dataset]) -> CacheReport:
         """Where the cache is, whether it answers, and how much of the catalogue it holds."""

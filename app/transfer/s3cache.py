@@ -25,7 +25,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +54,28 @@ _ENV_KEYS = {  # obstore config key -> (environment variable, profile file key)
 
 class CacheError(Exception):
     """The team cache could not be used; the caller falls back to the origin."""
+
+
+class NotTheFile(CacheError):
+    """The file to publish is not the one verified: it changed on disk since."""
+
+
+def _checked(path: Path, sha256: str, size: int) -> Iterator[bytes]:
+    """The file's bytes for an upload, hashed as they go: bytes that are not the verified
+    file (changed on disk since, with its size and mtime: a flipped bit) end the upload
+    before it completes, so no object is made. Filed under the verified hash, they would stay
+    for good (objects are never replaced) and cost every teammate a download to refuse."""
+    digest, seen = hashlib.sha256(), 0
+    with path.open("rb") as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+            seen += len(block)
+            yield block
+    if (seen, digest.hexdigest()) != (size, sha256):
+        raise NotTheFile(
+            f"{path} changed on disk since it was verified: {seen} bytes, sha256 "
+            f"{digest.hexdigest()}, not the {size} bytes, sha256 {sha256} verified"
+        )
 
 
 @dataclass(frozen=True)
@@ -255,14 +277,15 @@ class TeamCache:
             # whose body obstore holds in memory whole (300 MiB took 513 MiB; S3 refuses a
             # single PUT above 5 GiB). Overwriting this key is harmless: whoever writes it
             # writes bytes that hash to it, and a part upload is only seen once complete.
-            mode = "overwrite" if size > PART_SIZE else "create"
+            big = size > PART_SIZE
             try:
                 self._call(
                     "upload",
                     obstore.put,
                     object_key(sha256),
-                    path,
-                    mode=mode,
+                    _checked(path, sha256, size),
+                    mode="overwrite" if big else "create",
+                    use_multipart=big,
                     chunk_size=PART_SIZE,
                     max_concurrency=PARTS_AT_ONCE,
                 )

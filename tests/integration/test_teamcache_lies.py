@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import threading
 from collections.abc import Callable, Iterator
@@ -253,3 +254,26 @@ async def test_a_cache_object_that_cannot_be_read_falls_back_to_the_origin(
     assert said in warned[0], warned
     signature = gets[0].split("X-Amz-Signature=")[1].split("&")[0]
     assert signature not in warned[0] and "testing/" not in warned[0]
+
+
+def test_push_of_a_file_damaged_on_disk_publishes_nothing(
+    s3: S3, server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    """A byte of a verified copy flipped on disk with its size and mtime unchanged (a bad
+    sector, a tool that restores times): `dsm cache push` must not file those bytes under the
+    verified sha256. Objects are never replaced, so the whole team would fetch the bad object
+    and throw it away at every download until someone removed it by hand."""
+    bucket = s3.new_bucket()
+    data = blob(8, 40_000)
+    cat = catalog([entry(server.add("gsm8k.jsonl", data), data)])
+    env = {**s3.env, "HOME": str(home), "DSM_CACHE_PUSH": "0", "DSM_CACHE_URL": f"s3://{bucket}/t"}
+    got = run_dsm("--run-job", "download", "--all", home=home, catalog_path=cat, env=env)
+    assert got.returncode == 0, got.stderr
+    path = home / "data/gsm8k.jsonl"
+    st = path.stat()
+    path.write_bytes(bytes([data[0] ^ 1]) + data[1:])
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    pushed = run_dsm("cache", "push", "--all", home=home, catalog_path=cat, env=env)
+    assert pushed.returncode == 1, pushed.stdout + pushed.stderr
+    assert "gsm8k" in pushed.stdout + pushed.stderr and "sha256" in pushed.stdout + pushed.stderr
+    assert s3.keys(bucket) == []

@@ -44,9 +44,15 @@ def _redact_pairs(query: str) -> str:
     return "&".join(out)
 
 
+def without_userinfo(url: str) -> str:
+    """The URL without its `user:password@` (also a stored `[redacted]@`, which urllib
+    refuses to parse: a bracketed host that is no IPv6 address)."""
+    return _USERINFO.sub("", url, count=1)
+
+
 def redact_url(url: str) -> str:
     """The URL with userinfo and credential-looking query/fragment values replaced."""
-    bare = _USERINFO.sub("", url, count=1)  # before parsing: "[redacted]@" is no IPv6 literal
+    bare = without_userinfo(url)  # before parsing: "[redacted]@" is no IPv6 literal
     try:
         parts = urlsplit(bare)
     except ValueError:  # e.g. a broken IPv6 literal: redact the pairs after the "?" anyway

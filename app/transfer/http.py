@@ -21,7 +21,7 @@ import httpx
 
 from dsm.config import DEFAULT_DOWNLOAD_MAX_BYTES, is_loopback
 from dsm.domain.hub import git_blob_header
-from dsm.domain.redact import redact_text, redact_url
+from dsm.domain.redact import REDACTED, redact_text, redact_url, without_userinfo
 from dsm.errors import (
     BadResponse,
     DiskError,
@@ -163,8 +163,12 @@ def retry_after(value: str | None) -> float | None:
 def public_url(url: str) -> str:
     """The URL without its query and credentials: a CDN's signed parameters and a catalogue's
     `user:password@` must not land in errors or logs."""
-    parts = urlsplit(url)
-    return redact_url(parts._replace(query="", fragment="").geturl())
+    bare = without_userinfo(url)  # parsed without it: a stored "[redacted]@" is no host
+    try:
+        out = urlsplit(bare)._replace(query="", fragment="").geturl()
+    except ValueError:  # a broken port or IPv6 literal: cut at the query by hand
+        out = bare.partition("?")[0].partition("#")[0]
+    return out.replace("://", f"://{REDACTED}@", 1) if bare != url else out
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ import obstore
 from obstore.exceptions import AlreadyExistsError, BaseError
 from obstore.store import S3Store
 
-from dsm.domain.redact import REDACTED, redact_text, redact_url
+from dsm.domain.redact import REDACTED, redact_text, redact_url, without_userinfo
 
 PRESIGN_FOR = datetime.timedelta(hours=1)
 PART_SIZE = 8 << 20  # bytes of one part of an upload (S3's least is 5 MiB)
@@ -90,10 +90,14 @@ class CachedFile:
 def source_id(url: str) -> str:
     """The normalised source a pointer is filed under: scheme and host in lower case, no
     credentials, no fragment, no default port (a Hub source passes `hf://...@commit/path`)."""
-    parts = urlsplit(url)
-    host = (parts.hostname or "").lower()
-    default = {"http": 80, "https": 443}.get(parts.scheme.lower())
-    port = f":{parts.port}" if parts.port and parts.port != default else ""
+    bare = without_userinfo(url)  # the store keeps "[redacted]@", which urllib refuses
+    try:
+        parts = urlsplit(bare)
+        host = (parts.hostname or "").lower()
+        default = {"http": 80, "https": 443}.get(parts.scheme.lower())
+        port = f":{parts.port}" if parts.port and parts.port != default else ""
+    except ValueError:  # a broken port or IPv6 literal: the URL as given, never an error
+        return bare.partition("#")[0]
     query = f"?{parts.query}" if parts.query else ""
     return f"{parts.scheme.lower()}://{host}{port}{parts.path or '/'}{query}"
 
@@ -195,8 +199,16 @@ class TeamCache:
             # word holding them (`t` rewrote `http`), and is no secret worth hiding.
             hidden = ("secret_access_key", "session_token")
             self._secrets = tuple(v for k, v in config.items() if k in hidden and len(v) >= 6)
+            endpoint = config.get("endpoint", "")
+            if without_userinfo(endpoint) != endpoint:
+                # It would reach every presigned URL (beside the signature: S3 refuses two
+                # kinds of authentication), its sidecar, and the messages.
+                raise CacheError(
+                    f"{self.url}: the endpoint {redact_url(endpoint)} holds a user and "
+                    "password: give the keys as AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+                )
             options: dict[str, Any] = dict(CLIENT_OPTIONS)
-            if config.get("endpoint", "").startswith("http://"):
+            if endpoint.startswith("http://"):
                 options["allow_http"] = True
             try:
                 self._store = S3Store(

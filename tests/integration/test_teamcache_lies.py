@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from dsm.domain.jobs import JobStatus, JobType
+from dsm.domain.redact import redact_url
+from dsm.transfer.partfile import write_sidecar
 from dsm.transfer.s3cache import object_key, pointer_key
 from tests.conftest import CatalogFn, blob, run_dsm, sha
 from tests.enginehelp import run_jobs, setup
@@ -111,24 +113,32 @@ def secret_env(endpoint: str) -> dict[str, str]:
     }
 
 
+@pytest.mark.parametrize(
+    ("endpoint", "said"),
+    [
+        ("http://127.0.0.1:9", "(Connection refused)"),
+        ("http://minio:PASSWORDX@127.0.0.1:9", "holds a user and password"),
+    ],
+    ids=["refused", "password-in-endpoint"],
+)
 def test_a_failing_cache_names_the_cause_and_no_credential(
-    server: FileServer, home: Path, catalog: CatalogFn
+    server: FileServer, home: Path, catalog: CatalogFn, endpoint: str, said: str
 ) -> None:
-    """An endpoint given with its user and password (MinIO behind a proxy): neither `dsm
-    cache status` nor a download's warning prints them (the whole request URL was printed,
-    and the cause was cut off)."""
+    """`dsm cache status` and a download's warning name why the cache failed (the cause was
+    cut off after the request URL) and print no credential: an endpoint given with its user
+    and password (in every message, and in every presigned URL) is refused."""
     data = blob(5, 20_000)
     cat = catalog([entry(server.add("gsm8k.jsonl", data), data)])
-    env = secret_env("http://minio:PASSWORDX@127.0.0.1:9") | {"DSM_CACHE_URL": "s3://bkt/t"}
+    env = secret_env(endpoint) | {"DSM_CACHE_URL": "s3://bkt/t"}
     status = run_dsm("cache", "status", home=home, catalog_path=cat, env=env)
     assert status.returncode == 1
-    assert "NOT reachable" in status.stdout and "Connection refused" in status.stdout
+    assert "NOT reachable" in status.stdout and said in status.stdout, status.stdout
     run = run_dsm("--run-job", "download", "--all", home=home, catalog_path=cat, env=env)
     assert run.returncode == 0, run.stderr
-    assert "team cache: the look-up failed" in run.stderr and "Connection refused" in run.stderr
+    assert "team cache: the look-up failed" in run.stderr and said in run.stderr, run.stderr
     shown = run_dsm("show", "gsm8k", "--json", home=home, catalog_path=cat, env=env)
-    for said in (status.stdout, status.stderr, run.stdout, run.stderr, shown.stdout):
-        assert not [s for s in SECRETS if s in said], said
+    for text in (status.stdout, status.stderr, run.stdout, run.stderr, shown.stdout):
+        assert not [s for s in SECRETS if s in text], text
 
 
 def test_credentials_in_the_cache_url_are_refused_without_printing_them(
@@ -277,3 +287,66 @@ def test_push_of_a_file_damaged_on_disk_publishes_nothing(
     assert pushed.returncode == 1, pushed.stdout + pushed.stderr
     assert "gsm8k" in pushed.stdout + pushed.stderr and "sha256" in pushed.stdout + pushed.stderr
     assert s3.keys(bucket) == []
+
+
+@pytest.mark.parametrize("checksum", [True, False], ids=["with-checksum", "by-pointer"])
+async def test_a_source_with_credentials_is_shared_without_them(
+    s3: S3,
+    server: FileServer,
+    tmp_path: Path,
+    catalog: CatalogFn,
+    aws_env: Callable[[dict[str, str]], dict[str, str]],
+    checksum: bool,
+) -> None:
+    """A catalogue URL with `user:password@`: the store keeps it redacted
+    (`http://[redacted]@host/...`), which urllib refuses to parse (a bracketed host that is
+    no IPv6 address): the look-up by pointer and the publish failed the job with an internal
+    error. It is shared under the URL without its credentials, which no pointer holds."""
+    data = blob(9, 30_000)
+    url = server.add("gsm8k.jsonl", data).replace("://", "://user:PASSWORDX@")
+    cat = catalog([entry(url, data if checksum else None)])
+    bucket = s3.new_bucket()
+    env = aws_env(cache_env(s3, bucket))
+    homes = [tmp_path / "a", tmp_path / "b"]
+    runs = []
+    for n, home in enumerate(homes):
+        home.mkdir()
+        if n:
+            server.stop()  # only the cache can serve the second home
+        settings, repo = setup(home, cat, **env)
+        runs.append(await run_jobs(settings, repo, JobType.DOWNLOAD, "gsm8k"))
+        assert runs[-1].job.status == JobStatus.COMPLETED, runs[-1].job.error
+        assert (home / "data/gsm8k.jsonl").read_bytes() == data
+    assert [r.dataset("gsm8k").served_by for r in runs] == ["origin", "team cache"]
+    pointer = s3.read(bucket, f"team/{pointer_key(url)}")
+    assert b"PASSWORDX" not in pointer and b"redacted" not in pointer
+
+
+async def test_a_partial_from_an_origin_with_credentials_does_not_stop_the_cache(
+    s3: S3,
+    server: FileServer,
+    tmp_path: Path,
+    catalog: CatalogFn,
+    aws_env: Callable[[dict[str, str]], dict[str, str]],
+) -> None:
+    """A download from a URL with `user:password@` cut short leaves a partial whose sidecar
+    names the URL redacted (`http://[redacted]@host/...`); the next run finds the file in
+    the cache and compares the sidecar's URL with the presigned one: urllib refused to parse
+    it and the job failed with an internal error."""
+    bucket = s3.new_bucket()
+    data = blob(10, 60_000)
+    path = tmp_path / "f.bin"
+    path.write_bytes(data)
+    cache_for(s3, bucket).publish(path, sha(data), len(data), "http://elsewhere/f")
+    url = server.add("gsm8k.jsonl", data).replace("://", "://user:PASSWORDX@")
+    home = tmp_path / "a"
+    part = home / "data" / "gsm8k.jsonl.part"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(data[:20_000])
+    write_sidecar(part, {"url": redact_url(url), "etag": '"x"', "total": len(data)})
+    cat = catalog([entry(url, data)])
+    settings, repo = setup(home, cat, **aws_env(cache_env(s3, bucket)))
+    run = await run_jobs(settings, repo, JobType.DOWNLOAD, "gsm8k")
+    assert run.job.status == JobStatus.COMPLETED, run.job.error
+    assert run.dataset("gsm8k").served_by == "team cache"
+    assert (home / "data/gsm8k.jsonl").read_bytes() == data

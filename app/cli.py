@@ -213,10 +213,8 @@ def cmd_cache(args: argparse.Namespace, settings: Settings, repo: Repository) ->
         raise DsmError(str(exc)) from None
     for name in pushed:
         print(f"pushed       {name}")
-    for name in skipped:
-        print(f"not verified {name} (download it first)")
-    for why in refused:
-        print(f"not pushed   {humanize.printable(why)}")
+    for line in skipped + refused:
+        print(humanize.printable(line))
     return EXIT_FAILED if refused else 0
 
 

@@ -150,8 +150,9 @@ class CacheSide:
             self.failed("publishing", exc)
 
     def push(self, home: Path, datasets: list[Dataset]) -> tuple[list[str], list[str], list[str]]:
-        """Publish every dataset whose local copy is still verified; (pushed, not verified,
-        not pushed: why, one line each: a copy whose bytes are no longer the verified ones)."""
+        """Publish every dataset whose local copy is still verified and proven whole; (pushed,
+        not pushed and why, refused and why: a copy whose bytes are no longer the verified
+        ones). The reasons are lines to show."""
         from dsm.transfer.s3cache import CacheError, NotTheFile
 
         if self.cache is None:
@@ -160,18 +161,22 @@ class CacheSide:
         skipped: list[str] = []
         refused: list[str] = []
         for ds in datasets:
-            # A dataset of several files is a folder: the cache holds single files only.
-            whole = files.still_verified(home, ds) and ds.manifest is None
-            if not whole or ds.checksum is None or ds.size is None:
-                skipped.append(ds.name)
-                continue
-            path = files.target(home, ds)
-            try:
-                self.cache.publish(path, ds.checksum, ds.size, ds.original_url)
-            except NotTheFile as exc:
-                refused.append(f"{ds.name}: {exc}; run `dsm --run-job verify --dataset {ds.name}`")
-                continue
-            pushed.append(ds.name)
+            if not files.still_verified(home, ds) or ds.checksum is None or ds.size is None:
+                skipped.append(f"not verified {ds.name} (download it first)")
+            elif ds.manifest is not None:  # a folder: the cache holds single files only
+                skipped.append(f"not pushed   {ds.name}: several files (the cache holds one)")
+            elif not ds.confirmed:  # a teammate would take it as a proven, verified copy
+                why = ds.unconfirmed_reason or "nothing proved it whole"
+                skipped.append(f"not pushed   {ds.name}: not confirmed ({why})")
+            else:
+                path = files.target(home, ds)
+                try:
+                    self.cache.publish(path, ds.checksum, ds.size, ds.original_url)
+                except NotTheFile as exc:
+                    verify = f"dsm --run-job verify --dataset {ds.name}"
+                    refused.append(f"not pushed   {ds.name}: {exc}; run `{verify}`")
+                    continue
+                pushed.append(ds.name)
         return pushed, skipped, refused
 
     def report(self, datasets: list[Dataset]) -> CacheReport:

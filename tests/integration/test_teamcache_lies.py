@@ -350,3 +350,30 @@ async def test_a_partial_from_an_origin_with_credentials_does_not_stop_the_cache
     assert run.job.status == JobStatus.COMPLETED, run.job.error
     assert run.dataset("gsm8k").served_by == "team cache"
     assert (home / "data/gsm8k.jsonl").read_bytes() == data
+
+
+def test_push_never_publishes_an_unconfirmed_copy(
+    s3: S3, server: FileServer, tmp_path: Path, catalog: CatalogFn
+) -> None:
+    """A body without length, validators or ranges, cut at 70,000 of 200,000 bytes: the copy
+    is kept `confirmed: false`, and never shared. `dsm cache push` published it anyway, with
+    a pointer for its source: a teammate then got the cut file from the cache, recorded as a
+    confirmed, verified download."""
+    bucket = s3.new_bucket()
+    data = blob(11, 200_000)
+    cat = catalog([entry(server.add("gsm8k.jsonl", data, etag=None, last_modified=False))])
+    server.always("gsm8k.jsonl", no_length=True, ignore_range=True)
+    server.fault("gsm8k.jsonl", no_length=True, ignore_range=True, drop_after=70_000)
+    env = {**s3.env, "DSM_CACHE_URL": f"s3://{bucket}/team", "HOME": str(tmp_path)}
+    homes = [tmp_path / "a", tmp_path / "b"]
+    for home in homes:
+        home.mkdir()
+    cut = run_dsm("--run-job", "download", "--all", home=homes[0], catalog_path=cat, env=env)
+    assert cut.returncode == 1 and "not confirmed" in cut.stderr, cut.stderr
+    assert s3.keys(bucket) == []  # the download did not share it
+    pushed = run_dsm("cache", "push", "--all", home=homes[0], catalog_path=cat, env=env)
+    assert "pushed" not in pushed.stdout.replace("not pushed", ""), pushed.stdout
+    assert "not confirmed" in pushed.stdout
+    assert s3.keys(bucket) == []
+    other = run_dsm("--run-job", "download", "--all", home=homes[1], catalog_path=cat, env=env)
+    assert (homes[1] / "data/gsm8k.jsonl").read_bytes() == data, other.stderr

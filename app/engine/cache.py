@@ -165,6 +165,8 @@ class CacheSide:
                 skipped.append(f"not verified {ds.name} (download it first)")
             elif ds.manifest is not None:  # a folder: the cache holds single files only
                 skipped.append(f"not pushed   {ds.name}: several files (the cache holds one)")
+            elif ds.outdated:  # the row names the new source, the file is the old one's
+                skipped.append(f"not pushed   {ds.name}: outdated ({ds.outdated_reason})")
             elif not ds.confirmed:  # a teammate would take it as a proven, verified copy
                 why = ds.unconfirmed_reason or "nothing proved it whole"
                 skipped.append(f"not pushed   {ds.name}: not confirmed ({why})")

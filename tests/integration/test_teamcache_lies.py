@@ -377,3 +377,24 @@ def test_push_never_publishes_an_unconfirmed_copy(
     assert s3.keys(bucket) == []
     other = run_dsm("--run-job", "download", "--all", home=homes[1], catalog_path=cat, env=env)
     assert (homes[1] / "data/gsm8k.jsonl").read_bytes() == data, other.stderr
+
+
+def test_push_never_publishes_an_outdated_copy(
+    s3: S3, server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    """The catalogue moves a dataset to a new URL (a new version): its verified copy is now
+    `outdated`, the row names the new source and holds the old file. `dsm cache push` filed
+    a pointer from the new source to the old file, which a teammate then took as the new
+    version, verified."""
+    bucket = s3.new_bucket()
+    old, new = blob(12, 30_000), blob(13, 30_000)
+    cat = catalog([entry(server.add("v1.jsonl", old))])
+    env = {**s3.env, "DSM_CACHE_URL": f"s3://{bucket}/team", "HOME": str(home)}
+    first = {**env, "DSM_CACHE_PUSH": "0"}
+    got = run_dsm("--run-job", "download", "--all", home=home, catalog_path=cat, env=first)
+    assert got.returncode == 0, got.stderr
+    cat = catalog([entry(server.add("v2.jsonl", new))])
+    assert setup(home, cat)[1].dataset("gsm8k").outdated
+    pushed = run_dsm("cache", "push", "--all", home=home, catalog_path=cat, env=env)
+    assert "outdated" in pushed.stdout and "pushed       gsm8k" not in pushed.stdout
+    assert s3.keys(bucket) == []

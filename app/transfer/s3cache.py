@@ -38,6 +38,7 @@ from obstore.store import S3Store
 from dsm.domain.redact import REDACTED, redact_text, redact_url, without_userinfo
 
 PRESIGN_FOR = datetime.timedelta(hours=1)
+MAX_POINTER = 64 << 10  # bytes of a pointer: dsm writes a few hundred
 PART_SIZE = 8 << 20  # bytes of one part of an upload (S3's least is 5 MiB)
 PARTS_AT_ONCE = 4  # parts in flight (held in memory) per upload
 # A cache that does not answer must not hold a job up: short timeouts, one retry.
@@ -242,9 +243,12 @@ class TeamCache:
     def pointer(self, source: str) -> dict[str, Any] | None:
         """The pointer a machine left for `source`, or None."""
         try:
-            raw = self._call("pointer", obstore.get, pointer_key(source)).bytes()
+            got = self._call("pointer", obstore.get, pointer_key(source))
         except FileNotFoundError:
             return None
+        if got.meta["size"] > MAX_POINTER:  # read into memory whole: 300 MB took 900 MB
+            return None  # not ours: as if absent
+        raw = self._call("pointer", lambda _: got.bytes())
         try:
             doc = json.loads(bytes(raw))
         except (ValueError, RecursionError):  # RecursionError: nested too deeply

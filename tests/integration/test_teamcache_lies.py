@@ -398,3 +398,19 @@ def test_push_never_publishes_an_outdated_copy(
     pushed = run_dsm("cache", "push", "--all", home=home, catalog_path=cat, env=env)
     assert "outdated" in pushed.stdout and "pushed       gsm8k" not in pushed.stdout
     assert s3.keys(bucket) == []
+
+
+def test_a_pointer_too_large_to_be_ours_is_not_read(s3: S3, tmp_path: Path) -> None:
+    """A pointer is a few hundred bytes; one of 1 MiB (a teammate's mistake, or 300 MB to
+    fill the memory of every machine that looks the source up: it was read whole, 900 MB
+    at its peak) is as if absent, unread."""
+    bucket = s3.new_bucket()
+    data = blob(14, 10_000)
+    path = tmp_path / "f.bin"
+    path.write_bytes(data)
+    cache = cache_for(s3, bucket)
+    cache.publish(path, sha(data), len(data), "http://h/f")
+    assert cache.find(None, "http://h/f") is not None
+    padded = {"sha256": sha(data), "size": len(data), "pad": "x" * (1 << 20)}
+    s3.write(bucket, f"team/{pointer_key('http://h/f')}", json.dumps(padded).encode())
+    assert cache.find(None, "http://h/f") is None

@@ -102,11 +102,10 @@ class DashboardApp(EngineCalls, Views, App[int]):
     def on_mount(self) -> None:
         if self.settings.offline:
             self.sub_title = "OFFLINE (DSM_OFFLINE / HF_HUB_OFFLINE): no network requests"
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGHUP):
-            # Quit as `q` does, so the terminal is restored: the default handler kills the
-            # process in the alternate screen with the mouse reporting on.
-            loop.add_signal_handler(sig, self.quit_now)
+        # Quit as `q` does, so the terminal is restored: the default handler kills the
+        # process in the alternate screen with the mouse reporting on.
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, self.quit_now)
+        signal.signal(signal.SIGHUP, self.hung_up)
         self._switch_interval = sys.getswitchinterval()
         sys.setswitchinterval(UI_SWITCH_INTERVAL)
         self._start_engine()
@@ -116,9 +115,7 @@ class DashboardApp(EngineCalls, Views, App[int]):
         self.set_interval(1.0, self._tick)
 
     async def on_unmount(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGHUP):
-            loop.remove_signal_handler(sig)
+        asyncio.get_running_loop().remove_signal_handler(signal.SIGTERM)
         await asyncio.to_thread(self._stop_engine)
         sys.setswitchinterval(self._switch_interval)
 

@@ -163,11 +163,16 @@ class Throughput:
         return self._meter.known(now) or 0.0
 
     def jobs_rate(self, now: float) -> float | None:
-        """Jobs finished a second over the last ENDS_WINDOW, None with fewer than ENDS_MIN."""
+        """Jobs finished a second since the first one in the last ENDS_WINDOW; None with
+        fewer than ENDS_MIN. Those stamped with the first one's time are not counted: ends
+        seen in batches (another process's, a store read a second) took the time before."""
         while self._ends and now - self._ends[0] > ENDS_WINDOW:
             self._ends.popleft()
-        span = now - self._ends[0] if self._ends else 0.0
-        return len(self._ends) / span if len(self._ends) >= ENDS_MIN and span > 0 else None
+        if not self._ends or now <= self._ends[0]:
+            return None
+        first = self._ends[0]
+        after = sum(1 for stamp in self._ends if stamp > first)
+        return after / (now - first) if after >= ENDS_MIN else None
 
 
 def eta(remaining: int | None, rate: float | None) -> float | None:

@@ -191,8 +191,8 @@ class DashboardState:
         foreign = {
             j.dataset: j for j in jobs if not j.status.finished and j.owner != self.own_engine
         }
-        for gone in self.foreign.keys() - foreign.keys():
-            self._meters.pop(self.foreign[gone].id, None)
+        still = {j.id for j in foreign.values()}
+        self._foreign_ended([j for j in self.foreign.values() if j.id not in still], jobs)
         for job in foreign.values():
             self._measure(job)
         moved = {
@@ -207,6 +207,21 @@ class DashboardState:
         self._stored_width = max((len(j.dataset) for j in jobs), default=0)
         self._unseen = {i: j for i, j in self._unseen.items() if i not in self._stored_ids}
         return Change(frozenset(changed & fresh.keys()), structural)
+
+    def _foreign_ended(self, gone: list[Job], jobs: list[Job]) -> None:
+        """Jobs of other processes that the store no longer has unfinished: those that ended
+        count in the totals' rate (their last bytes) and jobs finished a second."""
+        ids = {job.id for job in gone}
+        stored = {j.id: j for j in jobs if j.id in ids} if ids else {}
+        now = self._clock()
+        for job in gone:
+            meter = self._meters.pop(job.id, None)
+            end = stored.get(job.id)
+            if end is None or not end.status.finished:  # pruned, or adopted by us
+                continue
+            self._throughput.ended(now)
+            start = meter.last_bytes if meter is not None else job.bytes_done
+            self._throughput.moved(end.bytes_done - start)
 
     def ask(self, names: Iterable[str], action: str) -> None:
         """The user asked for `action` (cancel, pause) on these rows: they say so at once."""

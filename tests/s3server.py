@@ -110,8 +110,8 @@ def _front_for(front: LyingS3) -> type[BaseHTTPRequestHandler]:
             pass
 
         def _pass(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length) if length else None
+            sent = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(sent) if sent else None
             lie = front.told(self.command, self.path)
             if lie is not None and lie.hang:
                 front.seen.append((self.command, self.path, 0))
@@ -121,7 +121,7 @@ def _front_for(front: LyingS3) -> type[BaseHTTPRequestHandler]:
             if lie is not None and lie.status is not None:
                 error = b"<?xml version='1.0'?><Error><Code>AccessDenied</Code></Error>"
                 return self._answer(lie.status, {"Content-Type": "application/xml"}, error)
-            conn = http.client.HTTPConnection(front.upstream.hostname, front.upstream.port)
+            conn = http.client.HTTPConnection(front.upstream.netloc)
             try:
                 conn.request(self.command, self.path, body, dict(self.headers.items()))
                 resp = conn.getresponse()
@@ -143,7 +143,7 @@ def _front_for(front: LyingS3) -> type[BaseHTTPRequestHandler]:
             for name, value in headers.items():
                 self.send_header(name, value)
             head = self.command == "HEAD" and length is not None
-            self.send_header("Content-Length", length if head else str(len(data)))
+            self.send_header("Content-Length", str(length) if head else str(len(data)))
             self.end_headers()
             if self.command != "HEAD":
                 self.wfile.write(data)

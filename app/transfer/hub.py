@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import unquote, urljoin, urlsplit
 
 import httpx
 
@@ -65,6 +65,12 @@ def auth_headers(endpoint: str, token: str | None, url: str) -> dict[str, str]:
     if scheme != "https" and not _is_loopback(host):
         return {}
     return {"Authorization": f"Bearer {token}"}
+
+
+def _listing(url: str) -> str:
+    """Which listing a tree URL pages through: its path, however its `/` are escaped (the
+    host may differ: a mirror may pass the Hub's own links on)."""
+    return unquote(urlsplit(url).path)
 
 
 @dataclass(frozen=True)
@@ -128,7 +134,8 @@ class Hub:
         that never ends, loops, or names a file twice or inside another is BadResponse (it
         was taken as it came: 10,000 pages of one file looping to itself made a "verified"
         dataset of 10,000 copies)."""
-        url: str | None = tree_url(self.endpoint, ref, commit, ref.listing_root)
+        first = tree_url(self.endpoint, ref, commit, ref.listing_root)
+        url: str | None = first
         out: list[ManifestFile] = []
         pages: set[str] = set()
         while url is not None:
@@ -142,6 +149,13 @@ class Hub:
             out += [f for e in page if (f := self._file(ref, commit, e)) is not None]
             nxt = httpx.Response(200, headers=headers).links.get("next", {}).get("url")
             url = urljoin(url, nxt) if nxt else None
+            # The next page is of the same listing (the same path, a cursor added): another
+            # (the moving branch's) would mix two commits' files into one called the commit.
+            if url is not None and _listing(url) != _listing(first):
+                raise BadResponse(
+                    f"the Hub's tree listing of {ref.repo} puts its next page in another "
+                    f"listing ({url})"
+                )
         if not out:
             raise BadResponse(
                 f"{ref.path or '/'} matches no file in dataset repo {ref.repo} at commit {commit}"

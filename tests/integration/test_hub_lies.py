@@ -3,6 +3,8 @@ at the recorded commit is ever recorded as that commit."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,8 @@ from dsm.domain.jobs import JobStatus, JobType
 from dsm.engine import files
 from tests.conftest import CatalogFn, blob, run_dsm, sha
 from tests.enginehelp import run_jobs, setup
-from tests.hubserver import HubServer, hf_url
+from tests.httpserver import FileServer
+from tests.hubserver import HubServer, git_blob, hf_url
 from tests.integration.test_hub import REPO, entry, env_for
 
 pytestmark = pytest.mark.anyio
@@ -56,3 +59,28 @@ def test_a_hub_endpoint_with_a_password_is_refused_without_showing_it(
     assert "HF_ENDPOINT=" in got.stderr and "without a user or password" in got.stderr
     assert "PASSWORDX" not in got.stdout + got.stderr
     assert not hub.seen and not (home / "sets/ok").exists()
+
+
+async def test_a_tree_listing_whose_next_page_is_another_listing_fails(
+    server: FileServer, home: Path, catalog: CatalogFn, tmp_path: Path
+) -> None:
+    """The Hub pages a tree listing with `Link: rel="next"` to the same listing with a
+    cursor. A next page of another listing (the moving branch's instead of the commit's)
+    mixed two commits' files into one recorded as the commit (a file the branch had deleted
+    went missing, unnoticed): the job fails naming it, and nothing is recorded."""
+    commit = hashlib.sha1(b"posing hub").hexdigest()
+    sha_doc = json.dumps({"sha": commit}).encode()
+    server.add("api/datasets/org/set/revision/main", sha_doc, content_type="application/json")
+    first = f"api/datasets/org/set/tree/{commit}?recursive=true"
+    other = "api/datasets/org/set/tree/main?recursive=true&cursor=1"
+    for url, path in ((first, "a.json"), (other, "b.json")):
+        listed = [{"type": "file", "path": path, "size": 1, "oid": git_blob(b"x")}]
+        server.add(url, json.dumps(listed).encode(), content_type="application/json")
+        server.add(f"datasets/org/set/resolve/{commit}/{path}", b"x")
+    server.always(first, headers={"Link": f'<{server.url(other)}>; rel="next"'})
+    cat = catalog([entry("set", "hf://datasets/org/set@main/", "data/set")])
+    settings, repo = setup(home, cat, HF_ENDPOINT=server.base, HF_HOME=str(tmp_path / "hf"))
+    run = await run_jobs(settings, repo, JobType.DOWNLOAD, "set")
+    assert run.job.status == JobStatus.FAILED
+    assert "its next page in another listing" in (run.job.error or ""), run.job.error
+    assert not repo.dataset("set").downloaded and not (home / "data/set").exists()

@@ -156,20 +156,21 @@ def _config_error(exc: configparser.Error) -> str:
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _TIMING = re.compile(r" in [0-9.]+\s*[a-zµ]*s\b[^-]*")  # " in 3.2ms, after 1 retries, ..."
-_OS_MESSAGE = re.compile(r'message: "([^"]*)"')  # the system's own words for the cause
+# The cause in a word: the system's (`Connection refused`), else S3's error code.
+_CAUSE = re.compile(r'message: "([^"]*)"|<Code>(\w{1,64})</Code>')
 
 
 def _short(exc: BaseException, secrets: tuple[str, ...] = ()) -> str:
     """obstore's messages carry the whole HTTP exchange: its first line without timings,
-    with the system's words for the cause (`Connection refused`), every URL redacted (the
+    with the cause in a word (`Connection refused`, `NoSuchBucket`), every URL redacted (the
     endpoint may hold a user and password) and the settings' secrets masked."""
     text = str(exc).strip()
     lines = text.splitlines()
     first = lines[0] if lines else type(exc).__name__
     _, cause_sep, cause = first.rpartition("source: ")
     short = " ".join(_TIMING.sub(" ", cause if cause_sep else first).split()).rstrip(" :")
-    if why := _OS_MESSAGE.findall(text):
-        short += f" ({why[-1]})"
+    if causes := _CAUSE.findall(text):
+        short += f" ({''.join(causes[-1])})"
     short = redact_text(short)
     for secret in secrets:
         short = short.replace(secret, REDACTED)

@@ -16,7 +16,7 @@ import pytest
 from dsm.domain.jobs import JobStatus, JobType
 from dsm.domain.redact import redact_url
 from dsm.transfer.partfile import write_sidecar
-from dsm.transfer.s3cache import object_key, pointer_key
+from dsm.transfer.s3cache import CacheError, object_key, pointer_key
 from tests.conftest import CatalogFn, blob, run_dsm, sha
 from tests.enginehelp import run_jobs, setup
 from tests.httpserver import FileServer
@@ -414,3 +414,9 @@ def test_a_pointer_too_large_to_be_ours_is_not_read(s3: S3, tmp_path: Path) -> N
     padded = {"sha256": sha(data), "size": len(data), "pad": "x" * (1 << 20)}
     s3.write(bucket, f"team/{pointer_key('http://h/f')}", json.dumps(padded).encode())
     assert cache.find(None, "http://h/f") is None
+
+
+def test_a_missing_bucket_is_named_by_s3s_own_code(s3: S3) -> None:
+    """The cause of a failure is in the answer's body, past the first line obstore shows."""
+    with pytest.raises(CacheError, match=r"404 Not Found.* \(NoSuchBucket\)$"):
+        cache_for(s3, "no-such-bucket").ping()

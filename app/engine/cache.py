@@ -54,17 +54,6 @@ def carry_partial(part: Path, url: str) -> None:
         write_sidecar(part, {**meta, "url": redact_url(url)})
 
 
-def _held_bad(ds: Dataset, cached: CachedFile, why: str) -> None:
-    """Warn that the cache's object for `ds` is not its file (it stays: objects are never
-    overwritten, someone with write access must remove it); the caller uses the origin."""
-    log.warning(
-        "dsm: team cache: held a bad object for %s (sha256 %s: %s); using the origin",
-        ds.name,
-        cached.sha256,
-        why,
-    )
-
-
 class CacheSide:
     def __init__(self, settings: Settings) -> None:
         self.cache: TeamCache | None = None
@@ -73,6 +62,9 @@ class CacheSide:
 
             self.cache = TeamCache(settings.cache_url, push=settings.cache_push)
         self._resting_until = 0.0
+        self._bad: set[str] = (
+            set()
+        )  # objects found not to be their file: the next publish replaces them
         self._warned = False
         self._lock = threading.Lock()
 
@@ -119,7 +111,7 @@ class CacheSide:
             return None
         if ds.expected_size is not None and cached.size != ds.expected_size:
             # Its size says it is not the file: not worth a download (it may be huge).
-            _held_bad(ds, cached, f"{cached.size} bytes, not {ds.expected_size}")
+            self._held_bad(ds, cached, f"{cached.size} bytes, not {ds.expected_size}")
             return None
         await anyio.to_thread.run_sync(carry_partial, files.part_of(target), cached.url)
         try:
@@ -135,8 +127,19 @@ class CacheSide:
         if problem is None:
             return fetched
         await anyio.to_thread.run_sync(discard_partial, files.part_of(target))
-        _held_bad(ds, cached, problem)
+        self._held_bad(ds, cached, problem)
         return None
+
+    def _held_bad(self, ds: Dataset, cached: CachedFile, why: str) -> None:
+        """Warn that the cache's object for `ds` is not its file; the caller uses the origin,
+        and once the origin's copy is verified, publishing it replaces the object."""
+        self._bad.add(cached.sha256)
+        log.warning(
+            "dsm: team cache: held a bad object for %s (sha256 %s: %s); using the origin",
+            ds.name,
+            cached.sha256,
+            why,
+        )
 
     def publish(self, ds: Dataset, path: Path, sha256: str, size: int) -> None:
         """Share a file just verified from its origin with the team, unless pushing is off."""
@@ -145,7 +148,9 @@ class CacheSide:
         from dsm.transfer.s3cache import CacheError
 
         try:
-            self.cache.publish(path, sha256, size, ds.original_url, fresh=True)
+            bad = sha256 in self._bad
+            self.cache.publish(path, sha256, size, ds.original_url, fresh=True, bad=bad)
+            self._bad.discard(sha256)
         except (CacheError, OSError) as exc:
             self.failed("publishing", exc)
 

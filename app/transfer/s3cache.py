@@ -283,17 +283,22 @@ class TeamCache:
         validator: str | None = None,
         *,
         fresh: bool = False,
+        bad: bool = False,
     ) -> bool:
-        """Upload a verified file, create-only, and its pointer; True when this call created
-        the object (False: another machine was first, which is just as good). The pointer is
-        create-only too, unless the file is `fresh` from its origin: then it names what the
-        source serves now (a source that changed would be served its old file for ever)."""
-        created = True
-        if self.size_of(sha256) is None:
+        """Upload a verified file and its pointer; True when this call wrote the object
+        (False: another machine was first, which is just as good). The object is written
+        once, unless the one there is `bad` (its bytes did not hash to its key) or of another
+        size: then replaced (was: kept for good, each teammate fetching it to refuse it).
+        The pointer is create-only too, unless the file is `fresh` from its origin: then it
+        names what the source serves now (a source that changed would be served its old file
+        for ever)."""
+        held = self.size_of(sha256)
+        created = held is None or bad or held != size
+        if created:
             # Above one part, in parts streamed from disk: a create-only put is one request
             # whose body obstore holds in memory whole (300 MiB took 513 MiB; S3 refuses a
-            # single PUT above 5 GiB). Overwriting this key is harmless: whoever writes it
-            # writes bytes that hash to it, and a part upload is only seen once complete.
+            # single PUT above 5 GiB). Overwriting this key is harmless: the upload checks
+            # that its bytes hash to it, and a part upload is only seen once complete.
             big = size > PART_SIZE
             try:
                 self._call(
@@ -301,15 +306,13 @@ class TeamCache:
                     obstore.put,
                     object_key(sha256),
                     _checked(path, sha256, size),
-                    mode="overwrite" if big else "create",
+                    mode="overwrite" if big or held is not None else "create",
                     use_multipart=big,
                     chunk_size=PART_SIZE,
                     max_concurrency=PARTS_AT_ONCE,
                 )
             except AlreadyExistsError:
                 created = False  # a race with another machine: the same bytes by definition
-        else:
-            created = False
         pointer = {
             "source": source_id(source),
             "sha256": sha256,

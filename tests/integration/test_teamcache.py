@@ -286,8 +286,8 @@ async def test_a_corrupted_cache_object_is_refused_and_the_origin_serves(
     assert (home / "data" / "gsm8k.jsonl").read_bytes() == data
     assert len(server.requests("gsm8k.jsonl")) == 1
     assert any("held a bad object for gsm8k" in r.getMessage() for r in caplog.records)
-    # The bad object is never replaced (create-only): the team must remove it by hand.
-    assert s3.read(bucket, f"team/{object_key(sha(data))}") != data
+    # The origin's verified file replaced it (tests/integration/test_teamcache_lies.py).
+    assert s3.read(bucket, f"team/{object_key(sha(data))}") == data
 
 
 @pytest.mark.anyio

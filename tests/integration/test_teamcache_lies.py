@@ -420,3 +420,37 @@ def test_a_missing_bucket_is_named_by_s3s_own_code(s3: S3) -> None:
     """The cause of a failure is in the answer's body, past the first line obstore shows."""
     with pytest.raises(CacheError, match=r"404 Not Found.* \(NoSuchBucket\)$"):
         cache_for(s3, "no-such-bucket").ping()
+
+
+async def test_a_bad_cache_object_is_replaced_by_the_verified_file(
+    s3: S3,
+    server: FileServer,
+    tmp_path: Path,
+    catalog: CatalogFn,
+    caplog: pytest.LogCaptureFixture,
+    aws_env: Callable[[dict[str, str]], dict[str, str]],
+) -> None:
+    """An object of the right size whose bytes do not hash to its key (a damaged upload): the
+    machine that finds it fetches the origin's file, and its upload, which checks the bytes
+    it sends against the key, replaces the object. It was kept for good: every teammate
+    fetched it whole at each download, to refuse it."""
+    bucket = s3.new_bucket()
+    data = blob(15, 300_000)
+    key = f"team/{object_key(sha(data))}"
+    s3.write(bucket, key, blob(16, 300_000))
+    cat = catalog([entry(server.add("gsm8k.jsonl", data), data)])
+    env = aws_env(cache_env(s3, bucket))
+    homes = [tmp_path / "a", tmp_path / "b"]
+    served = []
+    for n, home in enumerate(homes):
+        home.mkdir()
+        if n:
+            server.stop()  # only the cache can serve the second home
+        settings, repo = setup(home, cat, **env)
+        run = await run_jobs(settings, repo, JobType.DOWNLOAD, "gsm8k")
+        assert run.job.status == JobStatus.COMPLETED, run.job.error
+        assert (home / "data/gsm8k.jsonl").read_bytes() == data
+        served.append(run.dataset("gsm8k").served_by)
+    assert served == ["origin", "team cache"]
+    assert s3.read(bucket, key) == data
+    assert sum("held a bad object" in r.getMessage() for r in caplog.records) == 1

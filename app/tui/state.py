@@ -49,11 +49,11 @@ class Sizes:
     total: int = 0
     unknown: int = 0
 
-    def add(self, done: int, size: int | None) -> None:
+    def add(self, done: int, size: int | None, active: bool = True) -> None:
         if size:
             self.done += done
             self.total += size
-        else:
+        elif active:  # a paused job's unknown size does not hide the others' "x of y"
             self.unknown += 1
 
 
@@ -348,8 +348,9 @@ class DashboardState:
             # it once, as ours (the row shows ours too).
             theirs = (j for n, j in self.foreign.items() if not self.live.get(n))
             for job in [*resting, *theirs]:
-                count["paused" if is_paused(job) else job.status.value] += 1
-                sizes.add(job.bytes_done, self._job_size(job))
+                paused = is_paused(job)
+                count["paused" if paused else job.status.value] += 1
+                sizes.add(job.bytes_done, self._job_size(job), active=not paused)
             self._resting = (key, (count, sizes))
         return self._resting[1]
 

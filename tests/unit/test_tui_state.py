@@ -216,6 +216,22 @@ def test_another_process_s_small_files_make_the_rate_and_eta_too() -> None:
     assert t.eta_s == pytest.approx(30 / (60 / 2), rel=0.05)  # 60 seen ending over 2 s
 
 
+def test_a_paused_job_of_unknown_size_leaves_x_of_y_and_the_eta() -> None:
+    """Only an active job's unknown size makes "x of y" read as all of them."""
+    clock = Clock()
+    state = DashboardState(own_engine="me", clock=clock)
+    state.apply_snapshot([Dataset("big", expected_size=10_000), Dataset("odd")], [])
+    state.apply_job(job("odd", JobStatus.WAITING, error=PAUSED_MESSAGE))
+    state.apply_job(job("big", bytes_done=0, bytes_total=10_000), Dataset("big"))
+    clock.now += 2
+    state.apply_job(job("big", bytes_done=2000, bytes_total=10_000))
+    t = state.totals(shown=2)
+    assert (t.paused, t.sizes_unknown) == (1, 0)
+    assert t.eta_s == pytest.approx(8)  # 8,000 bytes left at 1,000 a second
+    line = summary_line(t, 200, {str(k): v for k, v in COLOUR.items()}).plain
+    assert "2.0 KiB of 9.8 KiB" in line
+
+
 def finish_one_a_tenth(state: DashboardState, clock: Clock, names: list[str]) -> None:
     """Our engine runs each of `names` (1000 bytes) and it ends 0.1 s after the last."""
     for n in names:

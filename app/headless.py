@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import time
+from collections import Counter
 from typing import Any, TextIO
 
 import anyio
@@ -159,11 +160,11 @@ async def run_jobs(
         exit_code, ended = await _run_reported(settings, repo, job_type, params, reporter)
     finally:
         reporter.flush()  # before the lines below, and on the way out of an error
+    unproven = frozenset() if exit_code else _unconfirmed(repo, ended, reporter)
     if len(ended) > 1 and not as_json:  # JSON: the events say it, stderr stays quiet
-        reporter.say(tally(ended, time.monotonic() - started))
+        reporter.say(tally(ended, unproven, time.monotonic() - started))
     if exit_code:
         return exit_code
-    unproven = _unconfirmed(repo, ended, reporter)
     return 0 if all(j.status.ok for j in ended) and not unproven else 1
 
 
@@ -211,31 +212,35 @@ async def _run_reported(
     return exit_code, ended
 
 
-def tally(ended: list[Job], seconds: float) -> str:
+def tally(ended: list[Job], unconfirmed: frozenset[str], seconds: float) -> str:
     """The closing line of a run of many jobs, whose lines (10,000 of them) scroll away: how
-    many ended how, and which did not end well."""
-    counts: dict[str, int] = {}
-    for job in ended:
-        counts[job.status.value] = counts.get(job.status.value, 0) + 1
+    many ended how, and which did not end well (a download nothing proved whole included)."""
+
+    def outcome(job: Job) -> str:
+        if job.status == JobStatus.COMPLETED and job.dataset in unconfirmed:
+            return "not confirmed"
+        return job.status.value
+
+    counts = Counter(outcome(job) for job in ended)
     took = f"{seconds:.1f}s" if seconds < 60 else humanize.duration(seconds)
     line = f"dsm: {len(ended)} jobs in {took}: " + ", ".join(
-        f"{n} {status}" for status, n in sorted(counts.items(), key=lambda kv: -kv[1])
+        f"{n} {label}" for label, n in counts.most_common()
     )
-    bad = sorted(j.dataset for j in ended if not j.status.ok)
+    bad = sorted(j.dataset for j in ended if not j.status.ok or j.dataset in unconfirmed)
     if not bad:
         return line
     more = f" and {len(bad) - NAMES_SHOWN} more" if len(bad) > NAMES_SHOWN else ""
     return f"{line}; not done: {', '.join(bad[:NAMES_SHOWN])}{more}"
 
 
-def _unconfirmed(repo: Repository, ended: list[Job], reporter: Reporter) -> bool:
+def _unconfirmed(repo: Repository, ended: list[Job], reporter: Reporter) -> frozenset[str]:
     """Say which downloads nothing proved whole (issue 12.1): the copy is kept, flagged
-    `confirmed: false`, and the run does not end as a success."""
+    `confirmed: false`, and the run does not end as a success. Their names."""
     fetched = {j.dataset for j in ended if j.type in FETCHES and j.status == JobStatus.COMPLETED}
-    found = False
+    found = []
     for name in sorted(fetched):
         ds = repo.dataset(name)
         if ds.downloaded and not ds.confirmed:
             reporter.say(f"dsm: {name}: downloaded, not confirmed: {ds.unconfirmed_reason}")
-            found = True
-    return found
+            found.append(name)
+    return frozenset(found)

@@ -109,7 +109,7 @@ class DashboardState:
         self.sort = SORTS[0]
         self.reverse = False
         self._meters: dict[str, RateMeter] = {}  # job id -> its smoothed rate
-        self._throughput = Throughput(clock())  # all jobs: the summary's rate and ETA
+        self._throughput = Throughput()  # all jobs: the summary's rate and ETA
         self._moving: dict[str, Job] = {}  # job id -> our running or retrying jobs
         self._jobs_version = 0  # bumped when a job appears, ends or changes status
         self._resting: tuple[int, tuple[dict[str, int], Sizes]] | None = None
@@ -176,6 +176,7 @@ class DashboardState:
         meter = self._meters.get(job.id)
         if meter is None:  # bytes it starts with came from a partial file, not this session
             self._meters[job.id] = RateMeter(job.bytes_done, self._clock())
+            self._throughput.active(True, self._clock())
         else:
             self._throughput.moved(job.bytes_done - meter.last_bytes)
             meter.sample(job.bytes_done, self._clock())
@@ -191,6 +192,8 @@ class DashboardState:
         foreign = {
             j.dataset: j for j in jobs if not j.status.finished and j.owner != self.own_engine
         }
+        if foreign:  # their small files may start and end between two reads
+            self._throughput.active(True, self._clock())
         still = {j.id for j in foreign.values()}
         self._foreign_ended([j for j in self.foreign.values() if j.id not in still], jobs)
         for job in foreign.values():
@@ -368,9 +371,10 @@ class DashboardState:
             count[job.status.value] += 1
             sizes.add(job.bytes_done, self._job_size(job))
         now = self._clock()
+        left = count["running"] + count["waiting"] + count["retrying"]
+        self._throughput.active(bool(left), now)
         rate = self._throughput.rate(now)
         if sizes.unknown:  # bytes left are not known: jobs left at the rate they finish
-            left = count["running"] + count["waiting"] + count["retrying"]
             eta_s = eta(left, self._throughput.jobs_rate(now))
         else:
             eta_s = eta(sizes.total - sizes.done, rate) if sizes.total else None

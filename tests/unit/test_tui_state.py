@@ -195,6 +195,26 @@ def test_small_files_that_finish_between_samples_still_make_the_rate_and_eta() -
     assert " of " not in line.split("|")[1]
 
 
+def test_the_summary_rate_is_measured_from_when_jobs_became_active() -> None:
+    """A dashboard open for five minutes before `a`: the rate is the true one within two
+    seconds, not a smoothed climb from the idle minutes' zero."""
+    clock = Clock()
+    state = DashboardState(own_engine="me", clock=clock)
+    names = [f"d{i:03d}" for i in range(300)]
+    state.apply_snapshot([Dataset(n) for n in names], [])
+    for _ in range(300):
+        clock.now += 1
+        state.tick()
+        assert state.totals(shown=300).rate == 0
+    for n in names[:100]:  # 50 a second for two seconds, 1 KiB each
+        state.apply_job(job(n, JobStatus.RUNNING, bytes_done=0), Dataset(n))
+        clock.now += 0.01
+        state.apply_job(job(n, JobStatus.COMPLETED, bytes_done=1024))
+        clock.now += 0.01
+    state.apply_job(job("d100", JobStatus.RUNNING, bytes_done=0), Dataset("d100"))
+    assert state.totals(shown=300).rate == pytest.approx(50 * 1024, rel=0.05)
+
+
 def test_another_process_s_small_files_make_the_rate_and_eta_too() -> None:
     """Another process's jobs are seen only in store reads, once a second: a small file is
     waiting in one read and completed in the next, never seen moving."""

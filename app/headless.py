@@ -154,13 +154,13 @@ async def run_jobs(
 ) -> int:
     reporter = Reporter(sys.stderr, sys.stdout, as_json, batched=True)
     try:
-        exit_code, ended = await _run_reported(settings, repo, job_type, params, reporter)
+        exit_code, ended, lost = await _run_reported(settings, repo, job_type, params, reporter)
     finally:
         reporter.flush()  # before the lines below, and on the way out of an error
     if exit_code:
         return exit_code
     unproven = _unconfirmed(repo, ended, reporter)
-    return 0 if all(j.status.ok for j in ended) and not unproven else 1
+    return 0 if all(j.status.ok for j in ended) and not unproven and not lost else 1
 
 
 async def _run_reported(
@@ -169,9 +169,10 @@ async def _run_reported(
     job_type: JobType,
     params: list[dict[str, Any]],
     reporter: Reporter,
-) -> tuple[int, list[Job]]:
-    """The jobs run to the end: the exit code of a signal that stopped them (else 0), and
-    how each job asked for ended, then any other this engine ran."""
+) -> tuple[int, list[Job], bool]:
+    """The jobs run to the end: the exit code of a signal that stopped them (else 0), how
+    each job asked for ended, then any other this engine ran, and whether store changes
+    were lost (a write failed: said once by the ledger; the run must not pass)."""
     exit_code = 0
     jobs: list[Job] = []
     finished: dict[str, Job] = {}
@@ -204,7 +205,7 @@ async def _run_reported(
     ended = [finished.get(j.id, j) for j in jobs] + [
         j for j in finished.values() if j.id not in asked
     ]
-    return exit_code, ended
+    return exit_code, ended, engine.ledger.lost is not None
 
 
 def _unconfirmed(repo: Repository, ended: list[Job], reporter: Reporter) -> bool:

@@ -22,6 +22,7 @@ from dsm.domain.jobs import PARAMS_SCHEMA, JobType, parse_params
 from dsm.domain.model import Dataset
 from dsm.domain.paging import MAX_PAGE_SIZE, page_of
 from dsm.domain.redact import redact_doc, redact_text
+from dsm.domain.terminal import json_text, printable
 from dsm.errors import EXIT_BAD_INPUT, EXIT_FAILED, BadInput, DsmError
 from dsm.repository import Repository, StoreCorrupt, StoreError, UnknownDataset
 from dsm.version import __version__
@@ -126,7 +127,7 @@ def open_home(args: argparse.Namespace) -> tuple[Settings, Repository]:
 
 
 def _print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2))
+    print(json_text(value, indent=2))  # catalogue text: no raw escapes (domain.terminal)
 
 
 def cmd_list(args: argparse.Namespace, repo: Repository) -> int:
@@ -180,10 +181,10 @@ def cmd_show(args: argparse.Namespace, repo: Repository) -> int:
         if isinstance(value, list):  # mirrors, files, a manifest: one item a line, below
             print(f"{key:<18} {len(value) if value else '-'}")
             for item in value:
-                line = json.dumps(item) if isinstance(item, dict) else str(item)
-                print(" " * 19 + humanize.printable(line))
+                line = json_text(item) if isinstance(item, dict) else printable(str(item))
+                print(" " * 19 + line)
         else:
-            print(f"{key:<18} {'-' if value is None else humanize.printable(str(value))}")
+            print(f"{key:<18} {'-' if value is None else printable(str(value))}")
     return 0
 
 
@@ -343,7 +344,7 @@ def _home_of(argv: Sequence[str] | None) -> Path | None:
 
 def _error(message: str) -> None:
     with contextlib.suppress(OSError):  # stderr itself gone: nothing left to tell
-        print(f"dsm: error: {redact_text(message)}", file=sys.stderr)
+        print(f"dsm: error: {printable(redact_text(message))}", file=sys.stderr)
 
 
 def quiet_stdout() -> int:

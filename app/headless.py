@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import sys
@@ -16,6 +15,7 @@ from dsm import humanize
 from dsm.config import Settings
 from dsm.domain.events import EventKind, JobEvent
 from dsm.domain.jobs import Job, JobStatus, JobType
+from dsm.domain.terminal import json_text, printable
 from dsm.engine.engine import Engine
 from dsm.repository import Repository
 
@@ -33,7 +33,7 @@ def describe(job: Job, eta: float | None = None) -> str:
     """One human line for a job: what, how far, how fast, or how it ended."""
     head = f"{job.type.value} {job.dataset}: {job.status.value}"
     if job.status.finished:
-        return head + (f": {job.error}" if job.error else "")
+        return head + (f": {printable(job.error)}" if job.error else "")
     if job.bytes_total:
         head += f" {job.progress:5.1f}% of {humanize.size(job.bytes_total)}"
     elif job.bytes_done:
@@ -42,7 +42,7 @@ def describe(job: Job, eta: float | None = None) -> str:
         head += f" at {humanize.rate(job.rate)}"
         head += f", eta {humanize.duration(eta)}" if eta is not None else ""
     if job.status.value == "retrying" and job.error:
-        head += f" ({job.error})"
+        head += f" ({printable(job.error)})"
     return head
 
 
@@ -98,7 +98,7 @@ class Reporter:
 
     def say(self, line: str) -> None:
         """A line for the user on stderr, after the report (a verdict)."""
-        _write(self.err, line + "\n")
+        _write(self.err, printable(line) + "\n")
 
     async def flush_every(self, interval: float) -> None:
         while True:
@@ -121,7 +121,7 @@ class Reporter:
             "eta_s": event.eta_s,
             "error": job.error,
         }
-        self._line(json.dumps(record))
+        self._line(json_text(record))
 
     def _redraw(self) -> None:
         up = f"\x1b[{self.drawn}F" if self.drawn else ""

@@ -235,6 +235,40 @@ async def test_a_resume_answer_that_contradicts_the_request_restarts(
     assert (ds.size, ds.checksum, ds.confirmed) == (SIZE, sha(data), True)
 
 
+def coded(encoding: str | None) -> dict[str, str]:
+    return {"Content-Encoding": encoding} if encoding else {}
+
+
+@pytest.mark.parametrize(
+    ("first", "then"), [("gzip", None), (None, "gzip"), ("gzip", "br"), ("gzip", "gzip")]
+)
+async def test_a_resume_under_another_content_encoding_restarts(
+    server: FileServer, home: Path, catalog: CatalogFn, first: str | None, then: str | None
+) -> None:
+    """A body is kept as sent, Content-Encoding and all: a server that starts the file in one
+    encoding and answers the resume in another under the same strong ETag would leave a
+    partial of two encodings. The sidecar records the encoding the partial began with; a
+    206 in another restarts from zero (the same one resumes)."""
+    data = blob(47, SIZE)
+    settings, repo = setup(home, catalog(a=server.add("a.bin", data)))
+    server.fault("a.bin", drop_after=CUT, headers=coded(first))
+    server.fault("a.bin", for_ranges=(CUT, CUT + 1), headers=coded(then))
+    run = await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
+    assert run.job.status == JobStatus.COMPLETED, run.job.error
+    seen = server.requests("a.bin")
+    assert seen[1].range_start == CUT and seen[1].status == 206
+    if first == then:
+        assert len(seen) == 2  # resumed
+    else:
+        said = (
+            f"the server answered the resume with Content-Encoding {then or 'identity'}, the "
+            f"partial file was started with {first or 'identity'}; restarting from zero"
+        )
+        assert said in retry_errors(run)[1]
+        assert len(seen) == 3 and seen[2].range_start in (None, 0)
+    assert (home / "data" / "a").read_bytes() == data
+
+
 async def test_a_contradicting_answer_fails_with_what_the_server_did(
     server: FileServer, home: Path, catalog: CatalogFn
 ) -> None:

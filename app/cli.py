@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import dataclasses
 import gc
+import io
 import json
 import os
 import sys
@@ -22,7 +23,7 @@ from dsm.domain.jobs import PARAMS_SCHEMA, JobType, parse_params
 from dsm.domain.model import Dataset
 from dsm.domain.paging import MAX_PAGE_SIZE, page_of
 from dsm.domain.redact import redact_doc, redact_text
-from dsm.domain.terminal import json_text, printable
+from dsm.domain.terminal import json_text, printable, writes_unicode
 from dsm.errors import EXIT_BAD_INPUT, EXIT_FAILED, BadInput, DsmError
 from dsm.repository import Repository, StoreCorrupt, StoreError, UnknownDataset
 from dsm.version import __version__
@@ -127,7 +128,8 @@ def open_home(args: argparse.Namespace) -> tuple[Settings, Repository]:
 
 
 def _print_json(value: Any) -> None:
-    print(json_text(value, indent=2))  # catalogue text: no raw escapes (domain.terminal)
+    # Catalogue text: no raw escapes; all escaped for a stream that cannot take them.
+    print(json_text(value, ascii=not writes_unicode(sys.stdout), indent=2))
 
 
 def cmd_list(args: argparse.Namespace, repo: Repository) -> int:
@@ -309,6 +311,8 @@ def run(argv: Sequence[str] | None) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Every way the program ends, as one or two lines and an exit code: no traceback reaches
     the user (an unexpected one goes to a log file, named in the message)."""
+    if isinstance(sys.stdout, io.TextIOWrapper):  # a character the stream cannot take: its
+        sys.stdout.reconfigure(errors="backslashreplace")  # escape, not a crash (stderr's way)
     try:
         return run(argv)
     except BrokenPipeError:

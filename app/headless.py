@@ -15,7 +15,7 @@ from dsm import humanize
 from dsm.config import Settings
 from dsm.domain.events import EventKind, JobEvent
 from dsm.domain.jobs import Job, JobStatus, JobType
-from dsm.domain.terminal import json_text, printable
+from dsm.domain.terminal import json_text, printable, writes_unicode
 from dsm.engine.engine import Engine
 from dsm.repository import Repository
 
@@ -54,6 +54,7 @@ class Reporter:
         write per line cost the event loop a system call per job state change (issue 17)."""
         self.err, self.out, self.as_json = err, out, as_json
         self.live = err.isatty() and not as_json
+        self.ascii = not writes_unicode(out)  # JSON lines: escape what `out` cannot take
         self.lines: dict[str, str] = {}
         self.drawn = 0
         self.last: dict[str, float] = {}
@@ -121,7 +122,7 @@ class Reporter:
             "eta_s": event.eta_s,
             "error": job.error,
         }
-        self._line(json_text(record))
+        self._line(json_text(record, ascii=self.ascii))
 
     def _redraw(self) -> None:
         up = f"\x1b[{self.drawn}F" if self.drawn else ""

@@ -5,11 +5,12 @@ shows the text reversed) nor break the write (a lone surrogate cannot be encoded
 
 `printable` shows such characters as Python escapes (plain output); `json_text` writes JSON
 with them as \\uXXXX escapes: valid JSON, the same value decoded, other non-ASCII text kept
-readable (`ensure_ascii` would escape every accented letter too).
+readable (`ensure_ascii` would escape every accented letter too) where the stream takes it.
 """
 
 from __future__ import annotations
 
+import codecs
 import json
 import re
 from typing import Any
@@ -27,9 +28,19 @@ def printable(text: str) -> str:
     return _HOSTILE.sub(lambda m: repr(m.group())[1:-1], text)
 
 
-def json_text(value: Any, **dumps: Any) -> str:
+def json_text(value: Any, *, ascii: bool = False, **dumps: Any) -> str:
     """`json.dumps(value, **dumps)` with no hostile character raw: they only occur inside
     JSON strings (C0 ones json escapes itself; tab and line feed outside strings are
-    layout), where `\\uXXXX` stands for the same character."""
-    text = json.dumps(value, ensure_ascii=False, **dumps)
+    layout), where `\\uXXXX` stands for the same character. `ascii`: every non-ASCII
+    character escaped, for a stream that cannot encode them (`writes_unicode`)."""
+    text = json.dumps(value, ensure_ascii=ascii, **dumps)
     return _HOSTILE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def writes_unicode(stream: object) -> bool:
+    """Whether a text stream encodes every character (UTF-8, say; not a C locale's ASCII
+    or Latin-1, where JSON must escape what they cannot take: a replacement is no JSON)."""
+    try:
+        return codecs.lookup(str(getattr(stream, "encoding", None))).name.startswith("utf")
+    except LookupError:
+        return False

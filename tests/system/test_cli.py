@@ -311,10 +311,10 @@ HOSTILE_TEXT = "red \x1b[31m csi \x9b2J rtl \u202etxt kept: é 日本"
 RAW = [c.encode() for c in ("\x1b", "\x9b", "\u202e")]
 
 
-def printed(home: Path, cat: Path, *args: str) -> bytes:
+def printed(home: Path, cat: Path, *args: str, **env: str) -> bytes:
     """What `dsm ARGS` prints on stdout, as the bytes a terminal would receive."""
     done = subprocess.run(
-        [*dsm_command(), *args], env=dsm_env(home, cat), capture_output=True, timeout=60
+        [*dsm_command(), *args], env=dsm_env(home, cat, **env), capture_output=True, timeout=60
     )
     assert done.returncode == 0, done.stderr
     return done.stdout
@@ -335,3 +335,8 @@ def test_catalogue_text_cannot_drive_the_terminal(home: Path, catalog: CatalogFn
     assert json.loads(shown)["description"] == HOSTILE_TEXT
     assert "é 日本".encode() in shown  # readable, not every non-ASCII letter escaped
     assert rb"red \x1b[31m csi \x9b2J rtl \u202etxt" in plain
+    # A terminal that takes ASCII only (was an internal error at the first letter beyond):
+    # JSON escapes every other character, plain text shows escapes.
+    narrow = printed(home, cat, "list", "--json", PYTHONIOENCODING="ascii")
+    assert narrow.isascii() and json.loads(narrow)["datasets"][0]["description"] == HOSTILE_TEXT
+    assert rb"kept: \xe9 \u65e5\u672c" in printed(home, cat, "show", "x", PYTHONIOENCODING="ascii")

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
 
-from dsm.domain.terminal import json_text, printable
+from dsm.domain.terminal import json_text, printable, writes_unicode
 
 # ESC (C0), CSI (C1, U+009B), DEL, a bidi override and isolate, a line separator, a lone
 # surrogate: each drives a terminal, hides text, or cannot be written at all.
@@ -34,3 +35,18 @@ def test_printable_shows_escapes_and_keeps_line_feeds_and_tabs() -> None:
     assert not [c for c in HOSTILE if c in shown]
     assert "\\x1b[31m" in shown and "\\x9b2J" in shown and "\\u202etxt" in shown
     assert shown.endswith("\t tab\nnext") and "é 日本" in shown
+
+
+def test_json_for_a_stream_that_takes_ascii_only() -> None:
+    out = json_text({"d": TEXT + "\x7f"}, ascii=True)
+    assert out.isascii() and json.loads(out) == {"d": TEXT + "\x7f"}
+    assert "\x7f" not in out  # DEL is ASCII: ensure_ascii alone leaves it raw
+
+
+@pytest.mark.parametrize(
+    ("encoding", "unicode"),
+    [("utf-8", True), ("UTF8", True), ("ascii", False), ("latin-1", False), (None, False)],
+)
+def test_which_streams_take_every_character(encoding: str | None, unicode: bool) -> None:
+    stream = io.TextIOWrapper(io.BytesIO(), encoding=encoding or "utf-8")
+    assert writes_unicode(stream if encoding else object()) is unicode

@@ -622,6 +622,9 @@ def test_a_run_whose_changes_were_lost_fails_with_one_line(
     setup(home, cat)
     installed = home / "data" / "a"
     disk_full_while(monkeypatch, installed.exists)
+    dsm_log = logging.getLogger("dsm")  # main() routes it to stderr: as it was, afterwards
+    monkeypatch.setattr(dsm_log, "handlers", list(dsm_log.handlers))
+    monkeypatch.setattr(dsm_log, "propagate", dsm_log.propagate)
     args = ["--run-job", "download", "--dataset", "a", "--home", str(home), "--catalog", str(cat)]
     code = main(args)
     err = capsys.readouterr().err

@@ -155,8 +155,11 @@ class Throughput:
     def moved(self, n: int) -> None:
         self._moved += max(0, n)
 
-    def ended(self, now: float) -> None:
-        self._ends.append(now)
+    def ended(self, job: Job, now: float) -> None:
+        """A job finished. A canceled one is not counted: `c` on 5,000 queued jobs is not a
+        rate the rest will finish at (the ETA read 1 s while nothing completed)."""
+        if job.status != JobStatus.CANCELED:
+            self._ends.append(now)
 
     def rate(self, now: float) -> float:
         self._meter.sample(self._moved, now)

@@ -77,6 +77,13 @@ def base_headers() -> dict[str, str]:
     return {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
 
 
+def content_coding(headers: httpx.Headers) -> str | None:
+    """A response's Content-Encoding, lower-cased; None for none or identity. dsm asks for
+    identity but keeps a coded body as sent (the hash names the bytes on disk)."""
+    value = headers.get("content-encoding", "").strip().lower()
+    return None if value in ("", "identity") else value
+
+
 @dataclass(frozen=True)
 class Policy:
     """How a transfer behaves: stall detection, segmenting, the pause before a segment's retry."""

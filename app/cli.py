@@ -217,7 +217,7 @@ def cmd_cache(args: argparse.Namespace, settings: Settings, repo: Repository) ->
     for name in pushed:
         print(f"pushed       {name}")
     for line in skipped + refused:
-        print(humanize.printable(line))
+        print(printable(line))
     return EXIT_FAILED if refused else 0
 
 

@@ -36,6 +36,11 @@ from dsm.transfer.proxy import RoutedClient
 from dsm.version import __version__
 
 MAX_REDIRECTS = 10
+# A number in a header: ASCII digits only (str.isdigit and \d take '²' and other scripts'
+# digits, which int() and float() refuse or read), and at most 20 in a size (int() refuses
+# more than 4300; no file has 10**20 bytes): a server's other numbers are malformed.
+DIGITS = re.compile(r"[0-9]+")
+SIZE = r"([0-9]{1,20})"
 RETRY_AFTER_CAP = 600.0
 USER_AGENT = f"dsm/{__version__}"
 HTML_SUFFIXES = (".html", ".htm")
@@ -151,7 +156,7 @@ class HostSlots:
 def retry_after(value: str | None) -> float | None:
     if not value:
         return None
-    if value.strip().isdigit():
+    if DIGITS.fullmatch(value.strip()):  # any length: float() has no digit limit
         return min(float(value), RETRY_AFTER_CAP)
     try:
         when = email.utils.parsedate_to_datetime(value).timestamp()
@@ -311,6 +316,18 @@ def secure_origin(url: httpx.URL) -> bool:
     return url.scheme == "https" or is_loopback(url.host)
 
 
+def joined(url: str, ref: str, what: str) -> str:
+    """`ref` (a redirect's Location, a Link) resolved against `url`; BadResponse saying
+    `what` points at it for a reference no URL parser takes (the server's fault, not a bug)."""
+    try:
+        target = urljoin(url, ref)
+        httpx.URL(target)  # what the next request parses
+    except (httpx.InvalidURL, ValueError) as exc:
+        cut = ref if len(ref) <= 200 else f"{ref[:200]}... ({len(ref)} characters)"
+        raise BadResponse(f"{what} that is no URL ({exc}): {redact_text(cut)!r}") from None
+    return target
+
+
 def _get(client: httpx.Client, url: httpx.URL, headers: dict[str, str]) -> httpx.Response:
     if isinstance(client, RoutedClient):  # the engine's: the short way to the transport
         return client.stream_get(url, headers)
@@ -337,7 +354,7 @@ def open_stream(
         location = resp.headers.get("location")
         if resp.is_redirect and location:
             resp.close()
-            url = urljoin(url, location)
+            url = joined(url, location, f"{public_url(url)} redirects to a Location")
             continue
         try:
             yield resp, url
@@ -349,15 +366,15 @@ def open_stream(
 
 def parse_content_range(value: str | None) -> tuple[int, int, int | None] | None:
     """`bytes FIRST-LAST/TOTAL` -> (first, last, total or None for `*`); None if malformed."""
-    m = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+|\*)", (value or "").strip())
+    m = re.fullmatch(rf"bytes {SIZE}-{SIZE}/(?:{SIZE}|\*)", (value or "").strip())
     if not m:
         return None
-    return int(m.group(1)), int(m.group(2)), None if m.group(3) == "*" else int(m.group(3))
+    return int(m.group(1)), int(m.group(2)), None if m.group(3) is None else int(m.group(3))
 
 
 def parse_unsatisfied(value: str | None) -> int | None:
     """The size in a 416's `Content-Range: bytes */SIZE`."""
-    m = re.fullmatch(r"bytes \*/(\d+)", (value or "").strip())
+    m = re.fullmatch(rf"bytes \*/{SIZE}", (value or "").strip())
     return int(m.group(1)) if m else None
 
 

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -33,7 +33,14 @@ from dsm.domain.hub import (
     tree_url,
 )
 from dsm.errors import AccessDenied, BadResponse, HttpStatusError
-from dsm.transfer.http import Answer, base_headers, http_error, network_error, open_stream
+from dsm.transfer.http import (
+    Answer,
+    base_headers,
+    http_error,
+    joined,
+    network_error,
+    open_stream,
+)
 
 LOGIN_HINT = "log in with `hf auth login` or set HF_TOKEN"
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -141,7 +148,8 @@ class Hub:
                 raise BadResponse(f"the Hub's tree listing of {ref.repo} is not a list")
             out += [f for e in page if (f := self._file(ref, commit, e)) is not None]
             nxt = httpx.Response(200, headers=headers).links.get("next", {}).get("url")
-            url = urljoin(url, nxt) if nxt else None
+            what = f"the Hub's tree listing of {ref.repo} links to a next page"
+            url = joined(url, nxt, what) if nxt else None
         if not out:
             raise BadResponse(
                 f"{ref.path or '/'} matches no file in dataset repo {ref.repo} at commit {commit}"

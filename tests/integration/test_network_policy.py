@@ -222,3 +222,39 @@ async def test_a_store_from_before_loses_its_credentials_and_keeps_its_copy(
     assert ds.original_url == url.replace("alice:pw", "[redacted]")
     assert ds.downloaded and not ds.outdated
     assert "alice:pw" not in (home / "db.json").read_text()
+
+
+HUGE = "9" * 5000  # past int()'s 4300-digit limit
+UNUSABLE_HEADERS = {
+    # A Retry-After of a digit Python's isdigit knows and float() does not ('²', sent as
+    # the latin-1 byte 0xb2): the attempt is retried.
+    "retry-after-superscript": ({"status": 503, "headers": {"Retry-After": "\u00b2"}}, None),
+    "retry-after-arabic-digits": ({"status": 503, "headers": {"Retry-After": "\u0663"}}, None),
+    # A Content-Range too long for int(): a 200 that is not the whole file, restarted.
+    "content-range-huge": ({"headers": {"Content-Range": f"bytes 0-{HUGE}/{HUGE}"}}, None),
+    # A Location no URL parser takes: the job fails naming it.
+    "location-bad-ipv6": ({"redirect_to": "http://[zz/"}, "redirects to a Location that is no URL"),
+    "location-too-long": (
+        {"redirect_to": "http://127.0.0.1:1/" + "a" * 70_000},
+        "redirects to a Location that is no URL",
+    ),
+}
+
+
+@pytest.mark.parametrize(("fault", "fails"), UNUSABLE_HEADERS.values(), ids=list(UNUSABLE_HEADERS))
+async def test_a_header_no_parser_takes_is_the_servers_fault_not_an_internal_error(
+    server: FileServer, home: Path, catalog: CatalogFn, fault: dict[str, Any], fails: str | None
+) -> None:
+    data = blob(6)
+    url = server.add("f", data)
+    server.fault("f", **fault)
+    settings, repo = setup(home, catalog(a=url))
+    run = await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
+    errors = [e.job.error or "" for e in run.events if e.job.error]
+    assert not any("internal error" in e for e in errors), errors
+    if fails is None:
+        assert run.job.status == JobStatus.COMPLETED, run.job.error
+        assert (home / "data/a").read_bytes() == data
+    else:
+        assert run.job.status == JobStatus.FAILED
+        assert fails in (run.job.error or "") and len(run.job.error or "") < 1000

@@ -53,6 +53,9 @@ class Fault:
     range_end_short: int | None = None  # a 206 that ends this many bytes before the end asked
     range_total: int | None = None  # a 206 whose Content-Range names this total
     gate: threading.Event | None = None  # answer only once the test sets this event
+    # Send the status line, then a header byte every this many seconds, never ending the
+    # head (until the client leaves or the server stops).
+    trickle_head: float | None = None
 
 
 @dataclass
@@ -214,6 +217,8 @@ def _handler_for(server: FileServer) -> type[BaseHTTPRequestHandler]:
         def _serve(self, seen: Seen, fault: Fault) -> None:
             if fault.gate is not None:
                 fault.gate.wait(60)
+            if fault.trickle_head is not None:
+                return self._trickle_head(seen, fault.trickle_head)
             if fault.redirect_to:
                 target = fault.redirect_to
                 if not target.startswith(("http://", "https://", "ftp://", "file:")):
@@ -265,6 +270,14 @@ def _handler_for(server: FileServer) -> type[BaseHTTPRequestHandler]:
                 self.send_header("Content-Length", str(length))
             self.end_headers()
             self._send_body(seen, payload, fault)
+
+        def _trickle_head(self, seen: Seen, every: float) -> None:
+            seen.status = 200
+            self.close_connection = True
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+            while not server.release.wait(every):
+                self.wfile.write(b"x")  # raises once the client has gone
+                self.wfile.flush()
 
         def _send_body(self, seen: Seen, payload: bytes, fault: Fault) -> None:
             limit = len(payload)

@@ -33,6 +33,7 @@ from dsm.errors import (
     Unreachable,
 )
 from dsm.transfer.proxy import RoutedClient
+from dsm.transfer.wire import HeadWatch, awaiting_head
 from dsm.version import __version__
 
 MAX_REDIRECTS = 10
@@ -239,6 +240,19 @@ class Env:
     ctl: Control
     budget: RetryBudget
 
+    def stream_args(
+        self, url: str, headers: dict[str, str]
+    ) -> tuple[httpx.Client, str, dict[str, str], HeadersFn, float, Callable[[], None]]:
+        """open_stream's arguments for a GET of `url`: a stop ends the wait for a head too."""
+        return (
+            self.client,
+            url,
+            headers,
+            self.host_headers,
+            self.policy.stall_timeout,
+            self.ctl.check,
+        )
+
 
 class Stopped(BaseException):
     """The caller canceled: not a transfer failure, so no handler of TransferError sees it."""
@@ -336,11 +350,18 @@ def _get(client: httpx.Client, url: httpx.URL, headers: dict[str, str]) -> httpx
 
 @contextlib.contextmanager
 def open_stream(
-    client: httpx.Client, url: str, headers: dict[str, str], host_headers: HeadersFn
+    client: httpx.Client,
+    url: str,
+    headers: dict[str, str],
+    host_headers: HeadersFn,
+    head_s: float,
+    check: Callable[[], None] = lambda: None,
 ) -> Iterator[tuple[httpx.Response, str]]:
     """GET with redirects followed by hand: only to http(s), each hop gets its own origin's
     headers (scheme, host, port), so a token never follows a redirect to another origin; a
-    URL's `user:password@` goes over https or to this machine only."""
+    URL's `user:password@` goes over https or to this machine only. Each answer's head must
+    arrive within `head_s` of its first read, `check` (a stop) is called while it is awaited
+    (dsm.transfer.wire)."""
     for _ in range(MAX_REDIRECTS + 1):
         parsed = httpx.URL(url)
         if parsed.scheme not in ("http", "https"):
@@ -350,7 +371,8 @@ def open_stream(
                 f"refusing to send the password in {redact_url(url)} over plain http: "
                 "use https (credentials travel over https only, or to this machine)"
             )
-        resp = _get(client, parsed, {**headers, **host_headers(url)})
+        with awaiting_head(HeadWatch(head_s, public_url(url), check)):
+            resp = _get(client, parsed, {**headers, **host_headers(url)})
         location = resp.headers.get("location")
         if resp.is_redirect and location:
             resp.close()

@@ -88,7 +88,10 @@ class Hub:
         """GET an API URL; a 401/403 is AccessDenied at once, other errors typed as usual."""
         headers = base_headers() | {"Accept": "application/json"}
         try:
-            with open_stream(self.client, url, headers, self.headers) as (resp, final):
+            with open_stream(self.client, url, headers, self.headers, self.stall_timeout) as (
+                resp,
+                final,
+            ):
                 answer = Answer.of(resp, final)
                 if resp.status_code in (401, 403):
                     raise AccessDenied(self._denied(ref, resp.status_code))

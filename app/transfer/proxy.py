@@ -20,6 +20,7 @@ import httpx
 
 from dsm.domain.redact import redact_url
 from dsm.errors import BadInput
+from dsm.transfer.wire import watch_heads
 
 SOCKS_HINT = "pip install 'httpx[socks]' (or dsm[socks]) to use a SOCKS proxy"
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -161,14 +162,16 @@ def _trusts_nothing() -> ssl.SSLContext:
 
 
 def _build(proxy: str | None, options: dict[str, Any]) -> httpx.HTTPTransport:
-    if proxy is None:
-        return httpx.HTTPTransport(**options)
+    """A transport whose connections read through dsm.transfer.wire (httpx has no option for
+    a network backend: its pool is given one before any request)."""
     try:
-        return httpx.HTTPTransport(proxy=proxy, **options)
+        transport = httpx.HTTPTransport(proxy=proxy, **options)
     except ImportError:
-        raise BadInput(f"{_variable(proxy)} is a SOCKS proxy: {SOCKS_HINT}") from None
+        raise BadInput(f"{_variable(proxy or '')} is a SOCKS proxy: {SOCKS_HINT}") from None
     except ValueError as exc:
-        raise BadInput(f"{_variable(proxy)} cannot be used: {exc}") from None
+        raise BadInput(f"{_variable(proxy or '')} cannot be used: {exc}") from None
+    watch_heads(transport._pool)
+    return transport
 
 
 class RoutedClient(httpx.Client):

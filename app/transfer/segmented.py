@@ -253,10 +253,7 @@ class SegmentedDownload:
         headers = base_headers() | {"Range": f"bytes={first}-{last}", "If-Range": self.if_range}
         with self.env.slots.slot(url, self.ctl):
             try:
-                with open_stream(self.env.client, url, headers, self.env.host_headers) as (
-                    resp,
-                    final,
-                ):
+                with open_stream(*self.env.stream_args(url, headers)) as (resp, final):
                     answer = Answer.of(resp, final)
                     verdict = resume.segment(first, last, self.total, self.if_range, answer)
                     if isinstance(verdict, resume.Reject):

@@ -349,7 +349,7 @@ def _ask(env: Env, step: resume.Ask, p: Partial, expected_size: int | None) -> t
     with env.slots.slot(p.source, env.ctl) as slot:
         try:
             with (
-                open_stream(env.client, p.source, headers, env.host_headers) as (resp, final),
+                open_stream(*env.stream_args(p.source, headers)) as (resp, final),
                 env.ctl.watching(resp),
             ):
                 answer = Answer.of(resp, final)

@@ -9,15 +9,18 @@ import socket
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 
 from dsm.catalog.sync import sync_catalog
-from dsm.domain.jobs import JobStatus, JobType
+from dsm.domain.events import EventKind
+from dsm.domain.jobs import Job, JobStatus, JobType
+from dsm.engine.engine import Engine
 from dsm.errors import BadResponse
 from dsm.transfer.http import open_stream
 from tests.conftest import CatalogFn, blob, sha
-from tests.enginehelp import run_jobs, setup
+from tests.enginehelp import run_jobs, setup, until
 from tests.httpserver import FileServer
 
 pytestmark = pytest.mark.anyio
@@ -108,7 +111,7 @@ def test_basic_auth_never_goes_over_plain_http_beyond_this_machine() -> None:
     with (
         httpx.Client() as client,
         pytest.raises(BadResponse, match=r"over plain http") as err,
-        open_stream(client, "http://alice:pw@data.example.org/f", {}, lambda url: {}),
+        open_stream(client, "http://alice:pw@data.example.org/f", {}, lambda url: {}, 10),
     ):
         pass
     assert "pw" not in str(err.value).replace("plain", "")
@@ -258,3 +261,39 @@ async def test_a_header_no_parser_takes_is_the_servers_fault_not_an_internal_err
     else:
         assert run.job.status == JobStatus.FAILED
         assert fails in (run.job.error or "") and len(run.job.error or "") < 1000
+
+
+async def test_a_head_sent_one_byte_at_a_time_is_stalled(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    """A byte of the head every 0.1 s resets httpx's read timeout each time: the head must
+    be whole within the stall timeout (2 s here), or the attempt is stalled and retried."""
+    data = blob(7)
+    url = server.add("f", data)
+    server.fault("f", trickle_head=0.1)
+    settings, repo = setup(home, catalog(a=url))
+    with anyio.fail_after(60):  # without the limit the head never ends
+        run = await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
+    assert run.job.status == JobStatus.COMPLETED, run.job.error
+    (retry,) = [e.job.error or "" for e in run.kinds(EventKind.RETRYING)]
+    assert "the response head did not arrive whole within 2 s" in retry, retry
+    assert (home / "data/a").read_bytes() == data
+
+
+async def test_a_cancel_reaches_a_transfer_waiting_for_its_head(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    """The socket is not in Control.watching before the head: a cancel must still end the
+    wait (SIGTERM to `dsm --run-job` waited as long as the server trickled)."""
+    url = server.add("f", blob(8))
+    server.always("f", trickle_head=0.1)
+    settings, repo = setup(home, catalog(a=url), DSM_STALL_TIMEOUT="600")
+
+    async def cancel(engine: Engine, jobs: list[Job]) -> None:
+        await until(lambda: bool(server.requests("f")))
+        await engine.cancel(jobs[0].id)
+
+    with anyio.fail_after(60):
+        run = await run_jobs(settings, repo, JobType.DOWNLOAD, "a", during=cancel)
+    assert run.job.status == JobStatus.CANCELED
+    assert not (home / "data/a").exists()

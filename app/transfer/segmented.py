@@ -40,7 +40,13 @@ from dsm.transfer.http import (
     network_error,
     open_stream,
 )
-from dsm.transfer.partfile import Partial, discard_partial, pwrite_all, write_sidecar
+from dsm.transfer.partfile import (
+    Partial,
+    discard_partial,
+    open_own,
+    pwrite_all,
+    write_sidecar,
+)
 
 HASH_BLOCK = 4 << 20
 WRITE_BATCH = 1 << 20
@@ -126,7 +132,7 @@ class SegmentedDownload:
     def run(self, first: httpx.Response | None, slot: Slot | None) -> Fetched:
         try:
             self.p.part.parent.mkdir(parents=True, exist_ok=True)
-            self.fd = os.open(self.p.part, os.O_RDWR | os.O_CREAT, 0o666)  # the umask decides
+            self.fd = open_own(self.p.part, os.O_RDWR | os.O_CREAT)
             os.ftruncate(self.fd, self.total)  # sparse; segments fill their own ranges
             self._save()
         except OSError as exc:

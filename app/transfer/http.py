@@ -203,7 +203,10 @@ def _unreachable(exc: httpx.HTTPError, url: str) -> Unreachable | None:
     """A name that does not resolve or a port that refuses: found in the exception's causes."""
     if not isinstance(exc, httpx.ConnectError):  # a proxy's failure is a ProxyError
         return None
-    parsed = httpx.URL(url)
+    try:
+        parsed = exc.request.url  # where a redirect led, not the URL asked for
+    except RuntimeError:  # no request attached
+        parsed = httpx.URL(url)
     cause: BaseException | None = exc
     while cause is not None:
         if isinstance(cause, socket.gaierror):

@@ -189,8 +189,8 @@ class RoutedClient(httpx.Client):
 
     def stream_get(self, url: httpx.URL, headers: Mapping[str, str]) -> httpx.Response:
         """GET `url` with `headers`, the body left to stream; not following redirects. Unlike
-        Client.send: no `elapsed` on the response, no `request` on a transport error, and no
-        "HTTP Request" log line (dsm reads none of them)."""
+        Client.send: no `elapsed` on the response and no "HTTP Request" log line (dsm reads
+        neither)."""
         if url.userinfo or self.cookies or self.is_closed or any(self.event_hooks.values()):
             # What only Client.send does: basic auth from the URL, sending stored cookies,
             # hooks, refusing a closed client.
@@ -208,7 +208,11 @@ class RoutedClient(httpx.Client):
             stream=_NO_BODY,
             extensions={"timeout": self.timeout.as_dict()},
         )
-        response = self.router.handle_request(request)
+        try:
+            response = self.router.handle_request(request)
+        except httpx.RequestError as exc:
+            exc.request = request  # as Client.send does: the URL that failed (a redirect's)
+            raise
         response.request = request
         if "set-cookie" in response.headers:  # kept for later requests, as Client.send does
             self.cookies.extract_cookies(response)

@@ -46,6 +46,19 @@ async def test_connection_refused_fails_after_two_quick_retries(
     assert "is the server down, or this machine offline? (DSM_OFFLINE=1" in (run.job.error or "")
 
 
+async def test_a_redirect_to_a_closed_port_names_where_it_led(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    """The error names the host and port that refused, not the catalogue's (which answered:
+    'is the server down, or this machine offline?' about it sent the user the wrong way)."""
+    port = closed_port()
+    server.always("start", redirect_to=f"http://127.0.0.1:{port}/f")
+    settings, repo = setup(home, catalog(a=server.url("start")))
+    run = await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
+    assert run.job.status == JobStatus.FAILED
+    assert f"connection refused by 127.0.0.1:{port}" in (run.job.error or ""), run.job.error
+
+
 async def test_a_name_that_does_not_resolve_fails_fast(
     home: Path, catalog: CatalogFn, monkeypatch: pytest.MonkeyPatch
 ) -> None:

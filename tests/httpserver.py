@@ -56,6 +56,9 @@ class Fault:
     # Send the status line, then a header byte every this many seconds, never ending the
     # head (until the client leaves or the server stops).
     trickle_head: float | None = None
+    # A chunked 200 whose first chunk is the body's first 5 bytes, then a chunk extension
+    # a byte every this many seconds: framing without data, never ending.
+    trickle_chunk: float | None = None
 
 
 @dataclass
@@ -218,7 +221,11 @@ def _handler_for(server: FileServer) -> type[BaseHTTPRequestHandler]:
             if fault.gate is not None:
                 fault.gate.wait(60)
             if fault.trickle_head is not None:
-                return self._trickle_head(seen, fault.trickle_head)
+                return self._trickle(seen, b"X-Slow: ", fault.trickle_head)
+            if fault.trickle_chunk is not None:
+                first = server.resources[self.path].body[:5]
+                head = b"Transfer-Encoding: chunked\r\n\r\n5\r\n%s\r\n1;" % first
+                return self._trickle(seen, head, fault.trickle_chunk)
             if fault.redirect_to:
                 target = fault.redirect_to
                 if not target.startswith(("http://", "https://", "ftp://", "file:")):
@@ -271,10 +278,10 @@ def _handler_for(server: FileServer) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self._send_body(seen, payload, fault)
 
-        def _trickle_head(self, seen: Seen, every: float) -> None:
+        def _trickle(self, seen: Seen, start: bytes, every: float) -> None:
             seen.status = 200
             self.close_connection = True
-            self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+            self.wfile.write(b"HTTP/1.1 200 OK\r\n" + start)
             while not server.release.wait(every):
                 self.wfile.write(b"x")  # raises once the client has gone
                 self.wfile.flush()

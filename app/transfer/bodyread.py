@@ -34,6 +34,7 @@ import httpx
 
 from dsm.errors import BadResponse, Stalled
 from dsm.transfer.http import Policy, public_url
+from dsm.transfer.wire import BODY, Awaited, awaiting
 
 DIRECT_MIN = 4 << 20  # smaller bodies keep the pooled connection: a new one costs a round trip
 
@@ -103,6 +104,7 @@ class BodyReader:
         self._remaining = int(resp.headers["content-length"]) if self.direct else 0
         self._reading_socket = False
         self._floor = SpeedFloor(policy, url)
+        self._stall_s = policy.stall_timeout  # for framing without data (dsm.transfer.wire)
         self._url = url
         self._on_read = on_read  # told of every read: progress moves with the bytes, not a buffer
         self._error: Exception | None = None  # raised at the next fill, after the bytes before it
@@ -141,7 +143,8 @@ class BodyReader:
             return got
         if self._reading_socket:
             return self._recv(buf)
-        chunk = next(self._chunks, b"")
+        with awaiting(Awaited(self._stall_s, public_url(self._url), BODY)):
+            chunk = next(self._chunks, b"")
         if not chunk:
             return 0
         self._left = memoryview(chunk)

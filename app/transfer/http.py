@@ -33,7 +33,7 @@ from dsm.errors import (
     Unreachable,
 )
 from dsm.transfer.proxy import RoutedClient
-from dsm.transfer.wire import HeadWatch, awaiting_head
+from dsm.transfer.wire import HEAD, Awaited, awaiting
 from dsm.version import __version__
 
 MAX_REDIRECTS = 10
@@ -374,7 +374,7 @@ def open_stream(
                 f"refusing to send the password in {redact_url(url)} over plain http: "
                 "use https (credentials travel over https only, or to this machine)"
             )
-        with awaiting_head(HeadWatch(head_s, public_url(url), check)):
+        with awaiting(Awaited(head_s, public_url(url), HEAD, check)):
             resp = _get(client, parsed, {**headers, **host_headers(url)})
         location = resp.headers.get("location")
         if resp.is_redirect and location:

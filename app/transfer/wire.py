@@ -1,12 +1,13 @@
-"""The wire under httpx while a response's head (status line and headers) is awaited.
+"""The wire under httpx while a response's head, or the next bytes of a body, are awaited.
 
 httpx's read timeout is per read: a server that sends its head one byte a second never
-trips it, and the low-speed limit only sees the body, so such a server held a job (and a
-stop: SIGTERM, a cancel) for as long as it liked, the socket not yet handed to
-`Control.watching`. Every transport dsm builds reads through `WatchedStream`: while a
-thread awaits a head (`awaiting_head`), its reads wake every POLL_S to let a stop through,
-and the head must be whole within the stall timeout of its first read. Afterwards (the body,
-or another thread) a read is the plain stream's.
+trips it, nor one that sends a chunked body's framing (a chunk extension) a byte at a time
+and no data, which the low-speed limit never sees; such a server held a job (and a stop:
+SIGTERM, a cancel, the socket not yet handed to `Control.watching`) as long as it liked.
+Every transport dsm builds reads through `WatchedStream`: while a thread awaits a head or
+a body's next bytes (`awaiting`), its reads wake every POLL_S to let a stop through, and
+what is awaited must come within the stall timeout of the first read for it. Otherwise (a
+body read from the socket itself, another client's thread) a read is the plain stream's.
 """
 
 from __future__ import annotations
@@ -23,44 +24,45 @@ import httpcore
 from dsm.errors import Stalled
 
 POLL_S = 0.25  # how soon a stop reaches a thread waiting for a head
+HEAD = "the response head"
+BODY = "the body's next bytes"
 
 
 @dataclass
-class HeadWatch:
-    """The head of one request: `seconds` to arrive from its first read; `check` raises to
-    stop the wait (Control.check), if given."""
+class Awaited:
+    """`what` (HEAD, BODY) of the response from `url`: `seconds` to arrive from its first
+    read; `check` raises to stop the wait (Control.check)."""
 
     seconds: float
     url: str
+    what: str = HEAD
     check: Callable[[], None] = lambda: None
     deadline: float = field(default=0.0, init=False)
 
     def read(self, stream: httpcore.NetworkStream, max_bytes: int, timeout: float | None) -> bytes:
         now = time.monotonic()
+        first = not self.deadline  # nothing read for it yet
         self.deadline = self.deadline or now + self.seconds
-        stall_at = None if timeout is None else now + timeout
-        while True:
+        stall_at = self.deadline if timeout is None else min(self.deadline, now + timeout)
+        while (left := stall_at - time.monotonic()) > 0:
             self.check()
-            left = min(self.deadline, stall_at or self.deadline) - time.monotonic()
-            if left <= 0:
-                break
             try:
                 return stream.read(max_bytes, min(left, POLL_S))
             except httpcore.ReadTimeout:
                 continue
-        if stall_at is not None and stall_at < self.deadline:
-            raise httpcore.ReadTimeout("timed out")  # no byte for the stall timeout
+        if first or stall_at < self.deadline:
+            raise httpcore.ReadTimeout("timed out")  # no byte at all for the stall timeout
         raise Stalled(
-            f"stalled: the response head did not arrive whole within {self.seconds:g} s "
-            f"from {self.url}"
+            f"stalled: {self.what} did not arrive whole within {self.seconds:g} s from "
+            f"{self.url} (the server sent a byte now and then)"
         )
 
 
-_awaiting = threading.local()  # .watch: the HeadWatch of this thread's request, or None
+_awaiting = threading.local()  # .watch: what this thread's reads wait for, or None
 
 
 @contextlib.contextmanager
-def awaiting_head(watch: HeadWatch) -> Iterator[None]:
+def awaiting(watch: Awaited) -> Iterator[None]:
     _awaiting.watch = watch
     try:
         yield
@@ -73,7 +75,7 @@ class WatchedStream(httpcore.NetworkStream):
         self._stream = stream
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        watch: HeadWatch | None = getattr(_awaiting, "watch", None)
+        watch: Awaited | None = getattr(_awaiting, "watch", None)
         if watch is None:
             return self._stream.read(max_bytes, timeout)
         return watch.read(self._stream, max_bytes, timeout)

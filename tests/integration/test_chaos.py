@@ -319,7 +319,7 @@ def test_a_link_planted_at_a_partial_name_is_never_written_through(
     cat = catalog(a=server.add("a.bin", data))
     (home / "data").mkdir()
     (home / "data" / planted).symlink_to(outside)
-    proc = run_dsm("--run-job", "download", "--dataset", "a", home=home, catalog_path=cat, **env)
+    proc = run_dsm("--run-job", "download", "--dataset", "a", home=home, catalog_path=cat, env=env)
     assert outside.read_bytes() == b"precious\n"
     assert proc.returncode == 1, proc.stderr
     assert f"{home / 'data' / planted} is a symbolic link" in proc.stderr, proc.stderr

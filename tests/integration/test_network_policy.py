@@ -276,20 +276,28 @@ async def test_a_header_no_parser_takes_is_the_servers_fault_not_an_internal_err
         assert fails in (run.job.error or "") and len(run.job.error or "") < 1000
 
 
-async def test_a_head_sent_one_byte_at_a_time_is_stalled(
-    server: FileServer, home: Path, catalog: CatalogFn
+@pytest.mark.parametrize(
+    ("fault", "said"),
+    [("trickle_head", "the response head"), ("trickle_chunk", "the body's next bytes")],
+    ids=["head", "chunk-extension"],
+)
+async def test_bytes_sent_one_at_a_time_but_never_what_is_awaited_are_stalled(
+    server: FileServer, home: Path, catalog: CatalogFn, fault: str, said: str
 ) -> None:
-    """A byte of the head every 0.1 s resets httpx's read timeout each time: the head must
-    be whole within the stall timeout (2 s here), or the attempt is stalled and retried."""
+    """A byte every 0.1 s resets httpx's read timeout each time, and framing (a chunk
+    extension) is no body byte the low-speed limit counts: what is awaited, the head or the
+    body's next bytes, must come within the stall timeout (2 s here), or the attempt is
+    stalled and retried."""
     data = blob(7)
     url = server.add("f", data)
-    server.fault("f", trickle_head=0.1)
+    faults: dict[str, Any] = {fault: 0.1}
+    server.fault("f", **faults)
     settings, repo = setup(home, catalog(a=url))
     with anyio.fail_after(60):  # without the limit the head never ends
         run = await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
     assert run.job.status == JobStatus.COMPLETED, run.job.error
     (retry,) = [e.job.error or "" for e in run.kinds(EventKind.RETRYING)]
-    assert "the response head did not arrive whole within 2 s" in retry, retry
+    assert f"{said} did not arrive whole within 2 s" in retry, retry
     assert (home / "data/a").read_bytes() == data
 
 

@@ -27,6 +27,7 @@ LINES_INTERVAL = 0.1  # event lines are written at most this late, many in one w
 # the shell's code for it (128 + the signal's number).
 SIGNAL_EXIT = {signal.SIGHUP: 129, signal.SIGINT: 130, signal.SIGQUIT: 131, signal.SIGTERM: 143}
 FETCHES = (JobType.DOWNLOAD, JobType.UPDATE)
+NAMES_SHOWN = 5  # of the jobs that did not end well, in the closing tally
 
 
 def describe(job: Job, eta: float | None = None) -> str:
@@ -153,10 +154,13 @@ async def run_jobs(
     as_json: bool,
 ) -> int:
     reporter = Reporter(sys.stderr, sys.stdout, as_json, batched=True)
+    started = time.monotonic()
     try:
         exit_code, ended = await _run_reported(settings, repo, job_type, params, reporter)
     finally:
         reporter.flush()  # before the lines below, and on the way out of an error
+    if len(ended) > 1 and not as_json:  # JSON: the events say it, stderr stays quiet
+        reporter.say(tally(ended, time.monotonic() - started))
     if exit_code:
         return exit_code
     unproven = _unconfirmed(repo, ended, reporter)
@@ -205,6 +209,23 @@ async def _run_reported(
         j for j in finished.values() if j.id not in asked
     ]
     return exit_code, ended
+
+
+def tally(ended: list[Job], seconds: float) -> str:
+    """The closing line of a run of many jobs, whose lines (10,000 of them) scroll away: how
+    many ended how, and which did not end well."""
+    counts: dict[str, int] = {}
+    for job in ended:
+        counts[job.status.value] = counts.get(job.status.value, 0) + 1
+    took = f"{seconds:.1f}s" if seconds < 60 else humanize.duration(seconds)
+    line = f"dsm: {len(ended)} jobs in {took}: " + ", ".join(
+        f"{n} {status}" for status, n in sorted(counts.items(), key=lambda kv: -kv[1])
+    )
+    bad = sorted(j.dataset for j in ended if not j.status.ok)
+    if not bad:
+        return line
+    more = f" and {len(bad) - NAMES_SHOWN} more" if len(bad) > NAMES_SHOWN else ""
+    return f"{line}; not done: {', '.join(bad[:NAMES_SHOWN])}{more}"
 
 
 def _unconfirmed(repo: Repository, ended: list[Job], reporter: Reporter) -> bool:

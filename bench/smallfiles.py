@@ -1,4 +1,5 @@
-"""bench/smallfiles: many small files with checksums, dsm against `aria2c -j8 --check-integrity`.
+"""bench/smallfiles: many small files with checksums, dsm against `aria2c -j8 --check-integrity`
+and against the floor of a Python program with httpx (`bench.floor`).
 
     python -m bench.smallfiles [--runs 3] [--big-runs 1] [--small 500] [--big 10000]
 
@@ -15,6 +16,7 @@ import json
 import os
 import shutil
 import statistics
+import sys
 import tempfile
 from collections.abc import Callable
 from functools import partial
@@ -36,6 +38,7 @@ from bench.common import (
 )
 
 ARIA = "aria2c -j8 --check-integrity"
+FLOOR = "floor: httpx, 4 threads (bench.floor)"
 Files = list[tuple[str, str]]  # (file name under SHM, SHA-256)
 
 
@@ -103,6 +106,14 @@ def aria2c_run(aria2c: str, listing: Path, out: Path) -> Callable[[], Sample]:
     return run
 
 
+def floor_run(catalog: Path, out: Path) -> Callable[[], Sample]:
+    def run() -> Sample:
+        shutil.rmtree(out, ignore_errors=True)
+        return timed([sys.executable, "-m", "bench.floor", str(catalog), str(out)])
+
+    return run
+
+
 def per_file_ms(samples: list[Sample], count: int) -> float:
     return 1000 * statistics.median(s.wall for s in samples) / count
 
@@ -144,6 +155,7 @@ def main() -> None:
                 {
                     ARIA: aria2c_run(aria2c, listing, root / "aria2"),
                     "dsm": partial(fresh_dsm_run, home, catalog, "--all"),
+                    FLOOR: floor_run(catalog, root / "floor"),
                 },
             )
         noop = noop_rows(args.big_runs, home, root / "catalog-big.json") if args.big_runs else []
@@ -155,14 +167,13 @@ def main() -> None:
         print(f"\n{args.big} files of 1 KB\n")
         print(table(results["big"], ARIA))
     print("\nper-file wall time (median wall / files), ms\n")
-    print("| files | dsm | aria2c |\n|---|---|---|")
+    print("| files | dsm | floor | aria2c |\n|---|---|---|---|")
     for tag, count in (("small", args.small), ("big", args.big)):
         if tag not in results:
             continue
         res = results[tag]
-        dsm_ms = per_file_ms(res["dsm"], count)
-        aria_ms = per_file_ms(res[ARIA], count)
-        print(f"| {count} | {dsm_ms:.2f} | {aria_ms:.2f} |")
+        dsm_ms, floor_ms, aria_ms = (per_file_ms(res[tool], count) for tool in ("dsm", FLOOR, ARIA))
+        print(f"| {count} | {dsm_ms:.2f} | {floor_ms:.2f} | {aria_ms:.2f} |")
     if not noop:
         return
     print(f"\n`--all` again on {args.big} downloaded datasets (nothing to do)\n")

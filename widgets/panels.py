@@ -53,7 +53,7 @@ def summary_parts(t: Totals) -> list[list[Part]]:
     groups = [counts]
     if t.active:
         transfer: list[Part] = []
-        if t.bytes_total:
+        if t.bytes_total and not t.sizes_unknown:  # "x of y" of some jobs reads as of all
             done, total = humanize.size(t.bytes_done), humanize.size(t.bytes_total)
             transfer.append((2, f"{done} of {total}", ""))
         transfer.append((1, humanize.rate(t.rate) if t.rate else "0 B/s", ""))

@@ -6,6 +6,7 @@ import asyncio
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from typing import ClassVar
 
 from textual import on, work
@@ -73,6 +74,7 @@ class DashboardApp(EngineCalls, Views, App[int]):
         self._stopping = threading.Event()
         self._changed: set[str] = set()
         self._loaded = False
+        self._after_load: list[Callable[[], None]] = []  # keys pressed before it
         self._filter_timer: Timer | None = None
         self._heap = HeapFreezer()
         self._switch_interval = sys.getswitchinterval()
@@ -102,11 +104,10 @@ class DashboardApp(EngineCalls, Views, App[int]):
     def on_mount(self) -> None:
         if self.settings.offline:
             self.sub_title = "OFFLINE (DSM_OFFLINE / HF_HUB_OFFLINE): no network requests"
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGHUP):
-            # Quit as `q` does, so the terminal is restored: the default handler kills the
-            # process in the alternate screen with the mouse reporting on.
-            loop.add_signal_handler(sig, self.quit_now)
+        # Quit as `q` does, so the terminal is restored: the default handler kills the
+        # process in the alternate screen with the mouse reporting on.
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, self.quit_now)
+        signal.signal(signal.SIGHUP, self.hung_up)
         self._switch_interval = sys.getswitchinterval()
         sys.setswitchinterval(UI_SWITCH_INTERVAL)
         self._start_engine()
@@ -116,9 +117,7 @@ class DashboardApp(EngineCalls, Views, App[int]):
         self.set_interval(1.0, self._tick)
 
     async def on_unmount(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGHUP):
-            loop.remove_signal_handler(sig)
+        asyncio.get_running_loop().remove_signal_handler(signal.SIGTERM)
         await asyncio.to_thread(self._stop_engine)
         sys.setswitchinterval(self._switch_interval)
 
@@ -155,8 +154,12 @@ class DashboardApp(EngineCalls, Views, App[int]):
     def _store_read(self, message: StoreRead) -> None:
         change = self.state.apply_snapshot(message.datasets, message.jobs)
         if change.structural or not self._loaded:
-            self._loaded = True
+            first, self._loaded = not self._loaded, True
             self._reload()
+            if first:
+                pending, self._after_load = self._after_load, []
+                for action in pending:
+                    action()
         else:
             for name in change.names:
                 self._show(name)
@@ -305,7 +308,18 @@ class DashboardApp(EngineCalls, Views, App[int]):
     def action_resume_all(self) -> None:
         self._resume([j.id for j in self.state.own_jobs() if is_paused(j)])
 
+    def _before_load(self, action: Callable[[], None]) -> bool:
+        """Whether the rows are not read yet: then `action` runs once they are (else
+        `a` pressed at start said "every dataset is downloaded" of an empty table)."""
+        if self._loaded:
+            return False
+        self._after_load.append(action)
+        self.say("reading the datasets: the action follows")
+        return True
+
     def action_retry_failed(self) -> None:
+        if self._before_load(self.action_retry_failed):
+            return
         failed = sorted(n for n, ds in self.state.datasets.items() if ds.status == Status.ERROR)
         if failed:
             self._submit(JobType.DOWNLOAD, failed)
@@ -314,6 +328,8 @@ class DashboardApp(EngineCalls, Views, App[int]):
             self.say("no failed dataset")
 
     def action_download_all(self) -> None:
+        if self._before_load(self.action_download_all):
+            return
         names = [n for n, ds in self.state.datasets.items() if ds.status != Status.DOWNLOADED]
         if not names:
             self.say("every dataset is downloaded")

@@ -3,7 +3,9 @@ each runs in a worker thread and reports back with a notification."""
 
 from __future__ import annotations
 
+import os
 import threading
+from types import FrameType
 from typing import TYPE_CHECKING
 
 from rich.text import Text
@@ -23,6 +25,8 @@ from dsm.widgets.panels import Summary
 from dsm.widgets.screens import ConfirmScreen
 
 ENGINE_START_TIMEOUT = 30.0
+HANGUP_EXIT = 129  # as `--run-job` after SIGHUP: 128 + the signal's number
+HANGUP_STOP_LIMIT = 60.0  # seconds the jobs get to suspend; the next start adopts the rest
 
 if TYPE_CHECKING:
     from textual.app import App
@@ -76,13 +80,32 @@ class EngineCalls(_Base):
             self.engine.stop()
 
     def quit_now(self) -> None:
-        """Suspend every job in one store write and exit (q answered yes, SIGTERM, SIGHUP)."""
+        """Suspend every job in one store write and exit (q answered yes, SIGTERM)."""
         if self._stopping.is_set():
             return
         count = self.state.own_active
         if count:
             self.summary.update(Text(f"stopping {count} jobs…", style="bold"))
         self._quit_cleanly()
+
+    def hung_up(self, signum: int, frame: FrameType | None) -> None:
+        """SIGHUP: the terminal is gone (a closed window, a lost ssh session). A signal.signal
+        handler, not the loop's: writes to the dead terminal fail, Textual's output thread
+        dies of it, and the loop then blocks for ever on its full queue, so a handler queued
+        on the loop never ran and dsm lingered with its jobs held. Nothing is left to draw
+        or restore: the terminal's descriptors go to /dev/null, the jobs are suspended (the
+        next start resumes them) and the process exits from another thread."""
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        threading.Thread(target=self._exit_after_hangup, name="dsm-hangup", daemon=True).start()
+
+    def _exit_after_hangup(self) -> None:
+        threading.Timer(HANGUP_STOP_LIMIT, os._exit, (HANGUP_EXIT,)).start()
+        try:
+            self._stop_engine()
+        finally:
+            os._exit(HANGUP_EXIT)  # the loop may be blocked: no orderly exit to wait for
 
     @work(thread=True, group="quit", exit_on_error=False)
     def _quit_cleanly(self) -> None:

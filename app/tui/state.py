@@ -16,6 +16,7 @@ from typing import Any
 from dsm.domain.display import (
     RateMeter,
     RowView,
+    Throughput,
     Totals,
     eta,
     is_paused,
@@ -38,6 +39,22 @@ class Change:
 
     names: frozenset[str]
     structural: bool = False
+
+
+@dataclass
+class Sizes:
+    """Bytes done and total of the jobs whose size is known; how many have none known."""
+
+    done: int = 0
+    total: int = 0
+    unknown: int = 0
+
+    def add(self, done: int, size: int | None) -> None:
+        if size:
+            self.done += done
+            self.total += size
+        else:
+            self.unknown += 1
 
 
 class LogJobs:
@@ -92,9 +109,10 @@ class DashboardState:
         self.sort = SORTS[0]
         self.reverse = False
         self._meters: dict[str, RateMeter] = {}  # job id -> its smoothed rate
+        self._throughput = Throughput(clock())  # all jobs: the summary's rate and ETA
         self._moving: dict[str, Job] = {}  # job id -> our running or retrying jobs
         self._jobs_version = 0  # bumped when a job appears, ends or changes status
-        self._resting: tuple[int, tuple[dict[str, int], int, int]] | None = None
+        self._resting: tuple[int, tuple[dict[str, int], Sizes]] | None = None
         self._sort_keys: dict[str, Any] = {}  # name -> its key in the last sort
         self.history: deque[float] = deque(maxlen=HISTORY_SECONDS)
         # Kept up to date row by row: summing 10,000 rows on every flush cost ~3 % of a core.
@@ -133,7 +151,10 @@ class DashboardState:
             self._jobs_version += 1  # the resting part of the totals is stale
         if job.status.finished:
             jobs.pop(job.id, None)
-            self._meters.pop(job.id, None)
+            meter = self._meters.pop(job.id, None)
+            if meter is not None:  # the bytes since its last progress event
+                self._throughput.moved(job.bytes_done - meter.last_bytes)
+            self._throughput.ended(self._clock())
             self.pending.pop(job.dataset, None)
         elif job.id in jobs or ds is not None or job.status != JobStatus.RUNNING:
             jobs[job.id] = job
@@ -153,9 +174,10 @@ class DashboardState:
             self._meters.pop(job.id, None)
             return
         meter = self._meters.get(job.id)
-        if meter is None:
+        if meter is None:  # bytes it starts with came from a partial file, not this session
             self._meters[job.id] = RateMeter(job.bytes_done, self._clock())
         else:
+            self._throughput.moved(job.bytes_done - meter.last_bytes)
             meter.sample(job.bytes_done, self._clock())
 
     def apply_snapshot(self, datasets: Iterable[Dataset], jobs: list[Job]) -> Change:
@@ -169,8 +191,8 @@ class DashboardState:
         foreign = {
             j.dataset: j for j in jobs if not j.status.finished and j.owner != self.own_engine
         }
-        for gone in self.foreign.keys() - foreign.keys():
-            self._meters.pop(self.foreign[gone].id, None)
+        still = {j.id for j in foreign.values()}
+        self._foreign_ended([j for j in self.foreign.values() if j.id not in still], jobs)
         for job in foreign.values():
             self._measure(job)
         moved = {
@@ -186,6 +208,21 @@ class DashboardState:
         self._unseen = {i: j for i, j in self._unseen.items() if i not in self._stored_ids}
         return Change(frozenset(changed & fresh.keys()), structural)
 
+    def _foreign_ended(self, gone: list[Job], jobs: list[Job]) -> None:
+        """Jobs of other processes that the store no longer has unfinished: those that ended
+        count in the totals' rate (their last bytes) and jobs finished a second."""
+        ids = {job.id for job in gone}
+        stored = {j.id: j for j in jobs if j.id in ids} if ids else {}
+        now = self._clock()
+        for job in gone:
+            meter = self._meters.pop(job.id, None)
+            end = stored.get(job.id)
+            if end is None or not end.status.finished:  # pruned, or adopted by us
+                continue
+            self._throughput.ended(now)
+            start = meter.last_bytes if meter is not None else job.bytes_done
+            self._throughput.moved(end.bytes_done - start)
+
     def ask(self, names: Iterable[str], action: str) -> None:
         """The user asked for `action` (cancel, pause) on these rows: they say so at once."""
         for name in names:
@@ -194,7 +231,7 @@ class DashboardState:
 
     def tick(self) -> None:
         """Once a second: record the total rate for the sparkline."""
-        self.history.append(self._total_rate())
+        self.history.append(self._throughput.rate(self._clock()))
 
     # -- reading -----------------------------------------------------------------------
     def job_for(self, name: str) -> Job | None:
@@ -297,29 +334,21 @@ class DashboardState:
             if n in self.datasets
         )
 
-    def _total_rate(self) -> float:
-        """Only moving jobs have meters: with 10,000 queued, summing over every job cost
-        ~0.1 s a flush."""
-        now = self._clock()
-        return sum(meter.known(now) or 0 for meter in self._meters.values())
-
-    def _resting_totals(self) -> tuple[dict[str, int], int, int]:
-        """Counts by state, bytes done and bytes known of every job but our moving ones;
-        computed again only when those jobs changed (at 10,000 queued, ~0.1 s a time)."""
+    def _resting_totals(self) -> tuple[dict[str, int], Sizes]:
+        """Counts by state and the sizes of every job but our moving ones; computed again
+        only when those jobs changed (at 10,000 queued, ~0.1 s a time)."""
         key = self._jobs_version
         if self._resting is None or self._resting[0] != key:
             count = dict.fromkeys(("running", "waiting", "retrying", "paused"), 0)
-            done = total = 0
+            sizes = Sizes()
             resting = (j for j in self.own_jobs() if j.id not in self._moving)
             # A job we adopted is still another process's in the last store read: count
             # it once, as ours (the row shows ours too).
             theirs = (j for n, j in self.foreign.items() if not self.live.get(n))
             for job in [*resting, *theirs]:
                 count["paused" if is_paused(job) else job.status.value] += 1
-                size = self._job_size(job)
-                if size:
-                    done, total = done + job.bytes_done, total + size
-            self._resting = (key, (count, done, total))
+                sizes.add(job.bytes_done, self._job_size(job))
+            self._resting = (key, (count, sizes))
         return self._resting[1]
 
     def _job_size(self, job: Job) -> int | None:
@@ -329,14 +358,19 @@ class DashboardState:
         return ds.expected_size or ds.size
 
     def totals(self, shown: int) -> Totals:
-        resting, done, total = self._resting_totals()
+        resting, at_rest = self._resting_totals()
         count = dict(resting)
+        sizes = Sizes(at_rest.done, at_rest.total, at_rest.unknown)
         for job in self._moving.values():
             count[job.status.value] += 1
-            size = self._job_size(job)
-            if size:
-                done, total = done + job.bytes_done, total + size
-        rate = self._total_rate()
+            sizes.add(job.bytes_done, self._job_size(job))
+        now = self._clock()
+        rate = self._throughput.rate(now)
+        if sizes.unknown:  # bytes left are not known: jobs left at the rate they finish
+            left = count["running"] + count["waiting"] + count["retrying"]
+            eta_s = eta(left, self._throughput.jobs_rate(now))
+        else:
+            eta_s = eta(sizes.total - sizes.done, rate) if sizes.total else None
         return Totals(
             datasets=len(self.datasets),
             downloaded=self._downloaded,
@@ -346,10 +380,11 @@ class DashboardState:
             queued=count["waiting"],
             retrying=count["retrying"],
             paused=count["paused"],
-            bytes_done=done,
-            bytes_total=total,
+            bytes_done=sizes.done,
+            bytes_total=sizes.total,
+            sizes_unknown=sizes.unknown,
             rate=rate,
-            eta_s=eta(total - done, rate) if total else None,
+            eta_s=eta_s,
             shown=shown,
             marked=len(self.marked),
             history=tuple(self.history),

@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -101,6 +102,26 @@ def test_json_lines_and_exit_codes(server: FileServer, home: Path, catalog: Cata
     assert again.returncode == 0
     (skip,) = [json.loads(x) for x in again.stdout.splitlines() if '"finished"' in x]
     assert skip["status"] == "skipped" and "use --force-download" in skip["error"]
+
+
+def test_a_run_of_many_jobs_ends_with_a_tally(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    """The last line counts how the jobs ended and names those that did not end well (the
+    first few): with 10,000 jobs, their own lines scroll away."""
+    ok = {f"ok{i}": server.add(f"ok{i}.bin", blob(i, 2000)) for i in range(3)}
+    gone = {f"gone{i}": server.url(f"missing{i}.bin") for i in range(7)}
+    cat = catalog(**ok, **gone)
+    proc = run_dsm("--run-job", "download", "--all", home=home, catalog_path=cat)
+    assert proc.returncode == 1
+    last = proc.stderr.splitlines()[-1]
+    assert re.fullmatch(
+        r"dsm: 10 jobs in \d+\.\ds: 7 failed, 3 completed; "
+        r"not done: gone0, gone1, gone2, gone3, gone4 and 2 more",
+        last,
+    ), last
+    again = run_dsm("--run-job", "download", "--dataset", "ok0", home=home, catalog_path=cat)
+    assert again.returncode == 0 and "jobs in" not in again.stderr  # one job: its line says it
 
 
 @pytest.mark.parametrize(

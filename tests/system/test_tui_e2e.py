@@ -167,3 +167,27 @@ def test_80x24_fits_and_sigterm_restores_the_terminal(small_terminal: Terminal, 
     repo = Repository.open(home / "db.json")
     (job,) = [j for j in repo.jobs() if j.dataset == "a-dataset-with-a-long-name"]
     assert job.status == JobStatus.WAITING  # suspended: it resumes at the next start
+
+
+def running(pid: int) -> bool:
+    """The process is there and not a zombie (its parent, gone, may never reap it)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status
+
+
+def test_a_closed_terminal_ends_the_dashboard(terminal: Terminal, home: Path) -> None:
+    """The terminal goes away (a closed window, a lost ssh session: SIGHUP, then writes to it
+    fail): dsm suspends its jobs and exits, never lingering with its jobs held."""
+    term = terminal
+    wait_for(lambda: "4 datasets" in term.screen(), timeout=20)
+    term.keys("g", "d")  # the long-named one downloads slowly
+    wait_for(lambda: "downloading" in term.line("a-dataset"))
+    pid = term.dsm_pid()
+    term.close()  # tmux closes the pane's terminal
+    wait_for(lambda: not running(pid), timeout=30)
+    repo = Repository.open(home / "db.json")
+    (job,) = [j for j in repo.jobs() if j.dataset == "a-dataset-with-a-long-name"]
+    assert job.status == JobStatus.WAITING  # suspended: it resumes at the next start

@@ -167,6 +167,67 @@ def test_totals_count_jobs_bytes_rate_and_view() -> None:
     )
 
 
+def test_small_files_that_finish_between_samples_still_make_the_rate_and_eta() -> None:
+    """Jobs of 1 KiB each run and finish within one progress interval: no job's own meter
+    ever has a rate, yet 50 a second come in. The summary says 50 KiB/s, and, sizes not
+    being known, an ETA from the rate at which jobs finish; not "1.0 KiB of 1.0 KiB"."""
+    clock = Clock()
+    state = DashboardState(own_engine="me", clock=clock)
+    names = [f"d{i:03d}" for i in range(400)]
+    state.apply_snapshot([Dataset(n) for n in names], [])
+    for n in names:
+        state.apply_job(job(n, JobStatus.WAITING))
+    for second in range(4):
+        for n in names[second * 50 : (second + 1) * 50]:
+            state.apply_job(job(n, JobStatus.RUNNING, bytes_done=0), Dataset(n))
+            clock.now += 0.01
+            state.apply_job(job(n, JobStatus.COMPLETED, bytes_done=1024, bytes_total=1024))
+        clock.now += 0.5
+        state.tick()
+    state.apply_job(job("d200", JobStatus.RUNNING, bytes_done=0, bytes_total=1024))
+    t = state.totals(shown=400)
+    assert (t.downloading, t.queued, t.sizes_unknown) == (1, 199, 199)
+    assert t.rate == pytest.approx(50 * 1024, rel=0.05)
+    assert t.eta_s == pytest.approx(200 / 50, rel=0.1)  # 200 jobs left, 50 finish a second
+    line = summary_line(t, 200, {str(k): v for k, v in COLOUR.items()}).plain
+    assert line.startswith("1 downloading · 199 queued | 50.0 KiB/s · ETA 4s")
+    assert " of " not in line.split("|")[1]
+
+
+def test_another_process_s_small_files_make_the_rate_and_eta_too() -> None:
+    """Another process's jobs are seen only in store reads, once a second: a small file is
+    waiting in one read and completed in the next, never seen moving."""
+    clock = Clock()
+    state = DashboardState(own_engine="me", clock=clock)
+    names = [f"d{i:03d}" for i in range(120)]
+    rows = [Dataset(n) for n in names]
+    theirs = {n: job(n, JobStatus.WAITING, owner="other") for n in names}
+    state.apply_snapshot(rows, list(theirs.values()))
+    for second in range(3):
+        clock.now += 1
+        for n in names[second * 30 : (second + 1) * 30]:
+            theirs[n] = job(n, JobStatus.COMPLETED, owner="other", bytes_done=2048)
+        state.apply_snapshot(rows, list(theirs.values()))
+        state.tick()
+    t = state.totals(shown=120)
+    assert (t.queued, t.sizes_unknown) == (30, 30)
+    assert t.rate == pytest.approx(30 * 2048, rel=0.05)
+    assert t.eta_s == pytest.approx(30 / (60 / 2), rel=0.05)  # 60 seen ending over 2 s
+
+
+def test_no_eta_by_count_from_too_few_finished_jobs() -> None:
+    clock = Clock()
+    state = DashboardState(own_engine="me", clock=clock)
+    state.apply_snapshot([Dataset(n) for n in "abc"], [])
+    state.apply_job(job("a", JobStatus.RUNNING, bytes_done=0), Dataset("a"))
+    clock.now += 1
+    state.apply_job(job("a", JobStatus.COMPLETED, bytes_done=5000))
+    state.apply_job(job("b", JobStatus.WAITING))
+    t = state.totals(shown=3)
+    assert t.queued == 1 and t.sizes_unknown == 1
+    assert t.eta_s is None
+
+
 def test_summary_drops_low_priority_parts_to_fit() -> None:
     t = Totals(
         datasets=16, downloaded=3, failed=2, bytes_on_disk=0, downloading=4, queued=12,

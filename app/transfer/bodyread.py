@@ -104,7 +104,8 @@ class BodyReader:
         self._remaining = int(resp.headers["content-length"]) if self.direct else 0
         self._reading_socket = False
         self._floor = SpeedFloor(policy, url)
-        self._stall_s = policy.stall_timeout  # for framing without data (dsm.transfer.wire)
+        # Framing without data (a chunk extension a byte at a time): dsm.transfer.wire.
+        self._awaited = Awaited(policy.stall_timeout, url, BODY)
         self._url = url
         self._on_read = on_read  # told of every read: progress moves with the bytes, not a buffer
         self._error: Exception | None = None  # raised at the next fill, after the bytes before it
@@ -143,7 +144,8 @@ class BodyReader:
             return got
         if self._reading_socket:
             return self._recv(buf)
-        with awaiting(Awaited(self._stall_s, public_url(self._url), BODY)):
+        self._awaited.deadline = 0.0  # from the first read for this chunk
+        with awaiting(self._awaited):
             chunk = next(self._chunks, b"")
         if not chunk:
             return 0

@@ -374,7 +374,7 @@ def open_stream(
                 f"refusing to send the password in {redact_url(url)} over plain http: "
                 "use https (credentials travel over https only, or to this machine)"
             )
-        with awaiting(Awaited(head_s, public_url(url), HEAD, check)):
+        with awaiting(Awaited(head_s, url, HEAD, check)):
             resp = _get(client, parsed, {**headers, **host_headers(url)})
         location = resp.headers.get("location")
         if resp.is_redirect and location:

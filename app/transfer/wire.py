@@ -31,7 +31,7 @@ BODY = "the body's next bytes"
 @dataclass
 class Awaited:
     """`what` (HEAD, BODY) of the response from `url`: `seconds` to arrive from its first
-    read; `check` raises to stop the wait (Control.check)."""
+    read (`deadline`: 0 until then); `check` raises to stop the wait (Control.check)."""
 
     seconds: float
     url: str
@@ -52,9 +52,11 @@ class Awaited:
                 continue
         if first or stall_at < self.deadline:
             raise httpcore.ReadTimeout("timed out")  # no byte at all for the stall timeout
+        from dsm.transfer.http import public_url  # http imports this module
+
         raise Stalled(
             f"stalled: {self.what} did not arrive whole within {self.seconds:g} s from "
-            f"{self.url} (the server sent a byte now and then)"
+            f"{public_url(self.url)} (the server sent a byte now and then)"
         )
 
 

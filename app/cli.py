@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import dataclasses
 import gc
+import io
 import json
 import os
 import sys
@@ -22,6 +23,7 @@ from dsm.domain.jobs import PARAMS_SCHEMA, JobType, parse_params
 from dsm.domain.model import Dataset
 from dsm.domain.paging import MAX_PAGE_SIZE, page_of
 from dsm.domain.redact import redact_doc, redact_text
+from dsm.domain.terminal import json_text, printable, writes_unicode
 from dsm.errors import EXIT_BAD_INPUT, EXIT_FAILED, BadInput, DsmError
 from dsm.repository import Repository, StoreCorrupt, StoreError, UnknownDataset
 from dsm.version import __version__
@@ -126,7 +128,8 @@ def open_home(args: argparse.Namespace) -> tuple[Settings, Repository]:
 
 
 def _print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2))
+    # Catalogue text: no raw escapes; all escaped for a stream that cannot take them.
+    print(json_text(value, ascii=not writes_unicode(sys.stdout), indent=2))
 
 
 def cmd_list(args: argparse.Namespace, repo: Repository) -> int:
@@ -180,10 +183,10 @@ def cmd_show(args: argparse.Namespace, repo: Repository) -> int:
         if isinstance(value, list):  # mirrors, files, a manifest: one item a line, below
             print(f"{key:<18} {len(value) if value else '-'}")
             for item in value:
-                line = json.dumps(item) if isinstance(item, dict) else str(item)
-                print(" " * 19 + humanize.printable(line))
+                line = json_text(item) if isinstance(item, dict) else printable(str(item))
+                print(" " * 19 + line)
         else:
-            print(f"{key:<18} {'-' if value is None else humanize.printable(str(value))}")
+            print(f"{key:<18} {'-' if value is None else printable(str(value))}")
     return 0
 
 
@@ -308,6 +311,8 @@ def run(argv: Sequence[str] | None) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Every way the program ends, as one or two lines and an exit code: no traceback reaches
     the user (an unexpected one goes to a log file, named in the message)."""
+    if isinstance(sys.stdout, io.TextIOWrapper):  # a character the stream cannot take: its
+        sys.stdout.reconfigure(errors="backslashreplace")  # escape, not a crash (stderr's way)
     try:
         return run(argv)
     except BrokenPipeError:
@@ -343,7 +348,7 @@ def _home_of(argv: Sequence[str] | None) -> Path | None:
 
 def _error(message: str) -> None:
     with contextlib.suppress(OSError):  # stderr itself gone: nothing left to tell
-        print(f"dsm: error: {redact_text(message)}", file=sys.stderr)
+        print(f"dsm: error: {printable(redact_text(message))}", file=sys.stderr)
 
 
 def quiet_stdout() -> int:

@@ -19,6 +19,7 @@ from pathlib import Path
 import platformdirs
 
 from dsm.domain.redact import redact_text
+from dsm.domain.terminal import printable
 from dsm.version import __version__
 
 LOG_NAME = "dsm-error.log"
@@ -53,7 +54,7 @@ class _Handler(logging.Handler):
                 trace = "".join(traceback.format_exception(*record.exc_info))
                 path = _append(self.home, f"{record.name}: {message}\n{trace}")
                 message += f" (the traceback is in {path})" if path else ""
-            print(message, file=sys.stderr)
+            print(printable(message), file=sys.stderr)
         except Exception:  # logging must never raise into the engine
             self.handleError(record)
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import sys
 import time
+from collections import Counter
 from typing import Any, TextIO
 
 import anyio
@@ -16,6 +16,7 @@ from dsm import humanize
 from dsm.config import Settings
 from dsm.domain.events import EventKind, JobEvent
 from dsm.domain.jobs import Job, JobStatus, JobType
+from dsm.domain.terminal import json_text, printable, writes_unicode
 from dsm.engine.engine import Engine
 from dsm.repository import Repository
 
@@ -34,7 +35,7 @@ def describe(job: Job, eta: float | None = None) -> str:
     """One human line for a job: what, how far, how fast, or how it ended."""
     head = f"{job.type.value} {job.dataset}: {job.status.value}"
     if job.status.finished:
-        return head + (f": {job.error}" if job.error else "")
+        return head + (f": {printable(job.error)}" if job.error else "")
     if job.bytes_total:
         head += f" {job.progress:5.1f}% of {humanize.size(job.bytes_total)}"
     elif job.bytes_done:
@@ -43,7 +44,7 @@ def describe(job: Job, eta: float | None = None) -> str:
         head += f" at {humanize.rate(job.rate)}"
         head += f", eta {humanize.duration(eta)}" if eta is not None else ""
     if job.status.value == "retrying" and job.error:
-        head += f" ({job.error})"
+        head += f" ({printable(job.error)})"
     return head
 
 
@@ -55,6 +56,7 @@ class Reporter:
         write per line cost the event loop a system call per job state change (issue 17)."""
         self.err, self.out, self.as_json = err, out, as_json
         self.live = err.isatty() and not as_json
+        self.ascii = not writes_unicode(out)  # JSON lines: escape what `out` cannot take
         self.lines: dict[str, str] = {}
         self.drawn = 0
         self.last: dict[str, float] = {}
@@ -99,7 +101,7 @@ class Reporter:
 
     def say(self, line: str) -> None:
         """A line for the user on stderr, after the report (a verdict)."""
-        _write(self.err, line + "\n")
+        _write(self.err, printable(line) + "\n")
 
     async def flush_every(self, interval: float) -> None:
         while True:
@@ -122,7 +124,7 @@ class Reporter:
             "eta_s": event.eta_s,
             "error": job.error,
         }
-        self._line(json.dumps(record))
+        self._line(json_text(record, ascii=self.ascii))
 
     def _redraw(self) -> None:
         up = f"\x1b[{self.drawn}F" if self.drawn else ""
@@ -156,15 +158,15 @@ async def run_jobs(
     reporter = Reporter(sys.stderr, sys.stdout, as_json, batched=True)
     started = time.monotonic()
     try:
-        exit_code, ended = await _run_reported(settings, repo, job_type, params, reporter)
+        exit_code, ended, lost = await _run_reported(settings, repo, job_type, params, reporter)
     finally:
         reporter.flush()  # before the lines below, and on the way out of an error
+    unproven = frozenset() if exit_code else _unconfirmed(repo, ended, reporter)
     if len(ended) > 1 and not as_json:  # JSON: the events say it, stderr stays quiet
-        reporter.say(tally(ended, time.monotonic() - started))
+        reporter.say(tally(ended, unproven, time.monotonic() - started))
     if exit_code:
         return exit_code
-    unproven = _unconfirmed(repo, ended, reporter)
-    return 0 if all(j.status.ok for j in ended) and not unproven else 1
+    return 0 if all(j.status.ok for j in ended) and not unproven and not lost else 1
 
 
 async def _run_reported(
@@ -173,9 +175,10 @@ async def _run_reported(
     job_type: JobType,
     params: list[dict[str, Any]],
     reporter: Reporter,
-) -> tuple[int, list[Job]]:
-    """The jobs run to the end: the exit code of a signal that stopped them (else 0), and
-    how each job asked for ended, then any other this engine ran."""
+) -> tuple[int, list[Job], bool]:
+    """The jobs run to the end: the exit code of a signal that stopped them (else 0), how
+    each job asked for ended, then any other this engine ran, and whether store changes
+    were lost (a write failed: said once by the ledger; the run must not pass)."""
     exit_code = 0
     jobs: list[Job] = []
     finished: dict[str, Job] = {}
@@ -208,34 +211,38 @@ async def _run_reported(
     ended = [finished.get(j.id, j) for j in jobs] + [
         j for j in finished.values() if j.id not in asked
     ]
-    return exit_code, ended
+    return exit_code, ended, engine.ledger.lost is not None
 
 
-def tally(ended: list[Job], seconds: float) -> str:
+def tally(ended: list[Job], unconfirmed: frozenset[str], seconds: float) -> str:
     """The closing line of a run of many jobs, whose lines (10,000 of them) scroll away: how
-    many ended how, and which did not end well."""
-    counts: dict[str, int] = {}
-    for job in ended:
-        counts[job.status.value] = counts.get(job.status.value, 0) + 1
+    many ended how, and which did not end well (a download nothing proved whole included)."""
+
+    def outcome(job: Job) -> str:
+        if job.status == JobStatus.COMPLETED and job.dataset in unconfirmed:
+            return "not confirmed"
+        return job.status.value
+
+    counts = Counter(outcome(job) for job in ended)
     took = f"{seconds:.1f}s" if seconds < 60 else humanize.duration(seconds)
     line = f"dsm: {len(ended)} jobs in {took}: " + ", ".join(
-        f"{n} {status}" for status, n in sorted(counts.items(), key=lambda kv: -kv[1])
+        f"{n} {label}" for label, n in counts.most_common()
     )
-    bad = sorted(j.dataset for j in ended if not j.status.ok)
+    bad = sorted(j.dataset for j in ended if not j.status.ok or j.dataset in unconfirmed)
     if not bad:
         return line
     more = f" and {len(bad) - NAMES_SHOWN} more" if len(bad) > NAMES_SHOWN else ""
     return f"{line}; not done: {', '.join(bad[:NAMES_SHOWN])}{more}"
 
 
-def _unconfirmed(repo: Repository, ended: list[Job], reporter: Reporter) -> bool:
+def _unconfirmed(repo: Repository, ended: list[Job], reporter: Reporter) -> frozenset[str]:
     """Say which downloads nothing proved whole (issue 12.1): the copy is kept, flagged
-    `confirmed: false`, and the run does not end as a success."""
+    `confirmed: false`, and the run does not end as a success. Their names."""
     fetched = {j.dataset for j in ended if j.type in FETCHES and j.status == JobStatus.COMPLETED}
-    found = False
+    found = []
     for name in sorted(fetched):
         ds = repo.dataset(name)
         if ds.downloaded and not ds.confirmed:
             reporter.say(f"dsm: {name}: downloaded, not confirmed: {ds.unconfirmed_reason}")
-            found = True
-    return found
+            found.append(name)
+    return frozenset(found)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import time
 
 UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
@@ -43,12 +42,3 @@ def when(ms: int | None) -> str:
     if not ms:
         return "-"
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(ms / 1000))
-
-
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # all but tab and line feed
-
-
-def printable(text: str) -> str:
-    """`text` with control characters shown as escapes (`\\x1b`): a catalogue's description
-    or a server's words must not drive the terminal they are printed on."""
-    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)

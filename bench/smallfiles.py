@@ -36,9 +36,10 @@ from bench.common import (
     timed,
     write_catalog,
 )
+from dsm.config import DEFAULT_WORKERS
 
 ARIA = "aria2c -j8 --check-integrity"
-FLOOR = "floor: httpx, 4 threads (bench.floor)"
+FLOOR = f"floor: httpx, {DEFAULT_WORKERS} threads (bench.floor)"
 Files = list[tuple[str, str]]  # (file name under SHM, SHA-256)
 
 

@@ -18,13 +18,13 @@ from starlette.datastructures import QueryParams
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from dsm.api.auth import BearerAuth
 from dsm.api.events import EventHub
 from dsm.api.guard import JsonBody, SameOrigin
-from dsm.api.problem import Problem
+from dsm.api.problem import Problem, SafeJSONResponse
 from dsm.api.schema import CANCEL_REQUEST, IDEMPOTENCY_KEY_MAX, SCHEMAS, openapi
 from dsm.api.validate import check
 from dsm.catalog.parse import read_json
@@ -171,17 +171,17 @@ class Api:
     async def list_datasets(self, request: Request) -> Response:
         page = Page.of(request.query_params)
         rows = await self._store(self.repo.datasets)
-        return JSONResponse(page.body("datasets", rows, render_dataset))
+        return SafeJSONResponse(page.body("datasets", rows, render_dataset))
 
     async def get_dataset(self, request: Request) -> Response:
         try:
             ds = await self._store(self.repo.dataset, request.path_params["name"])
         except UnknownDataset:
             raise Problem(404, "dataset not found") from None
-        return JSONResponse(render_dataset(ds))
+        return SafeJSONResponse(render_dataset(ds))
 
     async def job_params(self, request: Request) -> Response:
-        return JSONResponse(PARAMS_SCHEMA)
+        return SafeJSONResponse(PARAMS_SCHEMA)
 
     async def jobs(self, request: Request) -> Response:
         """One route for both methods, so a 405 lists them both in Allow."""
@@ -199,10 +199,10 @@ class Api:
             if status in (None, j.status) and dataset in (None, j.dataset)
         ]
         jobs.sort(key=lambda j: j.created_ms, reverse=True)
-        return JSONResponse(page.body("jobs", jobs, render_job))
+        return SafeJSONResponse(page.body("jobs", jobs, render_job))
 
     async def get_job(self, request: Request) -> Response:
-        return JSONResponse(render_job(await self._job(request.path_params["id"])))
+        return SafeJSONResponse(render_job(await self._job(request.path_params["id"])))
 
     async def submit_job(self, request: Request) -> Response:
         """202 with a new job; 200 with the unfinished twin, or the job the key names."""
@@ -212,14 +212,14 @@ class Api:
             JobType(body["type"]), [body["params"]], key, others_twins=True
         )
         (job,) = submitted
-        return JSONResponse(render_job(job), 202 if job.id in submitted.created else 200)
+        return SafeJSONResponse(render_job(job), 202 if job.id in submitted.created else 200)
 
     async def cancel_job(self, request: Request) -> Response:
         await json_body(request, CANCEL_REQUEST, required=False)
         job_id = request.path_params["id"]
         await self._job(job_id)  # unknown: 404 before anything else
         if await self.engine.cancel(job_id):
-            return JSONResponse(render_job(await self._job(job_id)), 202)
+            return SafeJSONResponse(render_job(await self._job(job_id)), 202)
         job = await self._job(job_id)
         if job.status.finished:
             raise Problem(409, f"job already finished: {job.status}")
@@ -244,7 +244,7 @@ def create_app(
     document = openapi(token is not None, [d.name for d in repo.datasets()])
 
     async def get_openapi(request: Request) -> Response:
-        return JSONResponse(document)
+        return SafeJSONResponse(document)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

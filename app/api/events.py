@@ -11,7 +11,6 @@ replay: the next one says it all.
 
 from __future__ import annotations
 
-import json
 import time
 from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable
@@ -23,6 +22,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from dsm.domain.events import EventKind, JobEvent
 from dsm.domain.redact import redact_doc
+from dsm.domain.terminal import json_text
 
 RING_SIZE = 1000
 PROGRESS_INTERVAL_S = 0.25
@@ -61,7 +61,7 @@ class EventHub:
         return self._next - 1
 
     def _new(self, event: str, data: dict[str, Any]) -> Sse:
-        sse = Sse(self._next, event, json.dumps(redact_doc(data)))
+        sse = Sse(self._next, event, json_text(redact_doc(data)))
         self._next += 1
         return sse
 
@@ -124,7 +124,7 @@ class EventHub:
             yield f"retry: {RETRY_MS}\n\n".encode()
             if missed is None:
                 at = self.last_id
-                missed = [Sse(at, SNAPSHOT, json.dumps(redact_doc(await self._snapshot())))]
+                missed = [Sse(at, SNAPSHOT, json_text(redact_doc(await self._snapshot())))]
             for old in missed:
                 yield old.encode()
             async with recv:

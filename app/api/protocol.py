@@ -10,12 +10,12 @@ at most MAX_CONNECTIONS are open (the next one gets a 503 and is closed at once)
 from __future__ import annotations
 
 import asyncio
-import json
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from dsm.api.problem import PROBLEM_MEDIA, problem_body
+from dsm.domain.terminal import json_text
 
 MAX_CONNECTIONS = 256
 HEADER_TIMEOUT_S = 10.0
@@ -25,7 +25,7 @@ MAX_HEADER_BYTES = 16 * 1024  # h11's limit on a request line plus headers
 def raw_problem(status: int, detail: str, extra: str = "") -> bytes:
     """A whole HTTP/1.1 problem response that closes the connection, for where there is no
     ASGI app to send one (before h11 has a request)."""
-    body = json.dumps(problem_body(status, detail)).encode()
+    body = json_text(problem_body(status, detail)).encode()
     head = (
         f"HTTP/1.1 {status} {problem_body(status, '')['title']}\r\n"
         f"content-type: {PROBLEM_MEDIA}\r\ncontent-length: {len(body)}\r\n"

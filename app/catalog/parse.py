@@ -6,7 +6,7 @@ import dataclasses
 import json
 import re
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path, PurePath, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -146,11 +146,11 @@ def _files_errors(raw: dict[str, Any]) -> list[tuple[str, str]]:
         errs.extend(file_errs)
         if rel is not None:
             rels.append((index, rel))
-    for index, how, other in clashes(rels):
-        said = {"inside": f"inside files[{other}], which is a file"}.get(
-            how, f"{how} files[{other}]"
+    for clash in clashes(rels):
+        said = {"inside": f"inside files[{clash.other}], which is a file"}.get(
+            clash.how, f"{clash.how} files[{clash.other}]"
         )
-        errs.append((f"files[{index}].path", said))
+        errs.append((f"files[{clash.index}].path", said + clash.case_note()))
     if not errs:
         errs.extend(_totals_errors(raw, [_file(f).to_dict() for f in listed]))
     return errs
@@ -282,8 +282,8 @@ def parse_catalog(text: str, source: Path, home: Path) -> list[CatalogEntry]:
     entries: list[CatalogEntry] = []
     resolve = Resolver(home)
     seen: dict[str, int] = {}
-    paths: dict[Path, str] = {}  # resolved file -> dataset
-    folders: dict[Path, str] = {}  # every folder above a file -> the first dataset below it
+    files: list[tuple[int, PurePath]] = []  # each sound entry's file, relative to the home
+    labels: dict[int, str] = {}
     for index, raw in enumerate(doc["datasets"]):
         if not isinstance(raw, dict):
             problems.append(f"{source}: entry {index}: must be an object")
@@ -298,24 +298,32 @@ def parse_catalog(text: str, source: Path, home: Path) -> list[CatalogEntry]:
                 errs.append(("name", f"duplicate of entry {seen[name]}"))
             seen.setdefault(name, index)
         if key is not None:
-            if key in paths:
-                errs.append(("local_path", f"same file as dataset {paths[key]!r}"))
-            else:
-                # One dataset's file cannot be a folder that holds another's.
-                outer = next((paths[up] for up in key.parents if up in paths), None)
-                if outer is not None:
-                    errs.append(("local_path", f"inside the file of dataset {outer!r}"))
-                elif key in folders:
-                    errs.append(("local_path", f"a folder holding dataset {folders[key]!r}'s file"))
-            paths.setdefault(key, str(name))
-            for parent in key.parents:
-                folders.setdefault(parent, str(name))
+            files.append((index, key.relative_to(resolve.root)))
+            labels[index] = label
         problems.extend(f"{source}: {label}: field {f!r}: {p}" for f, p in errs)
         if not errs:
             entries.append(_entry(raw))
+    problems += [f"{source}: {labels[i]}: field 'local_path': {p}" for i, p in _shared(files, doc)]
     if problems:
         raise CatalogError("bad catalogue:\n  " + "\n  ".join(problems))
     return entries
+
+
+_SHARED = {
+    "duplicate of": "same file as dataset {}",
+    "inside": "inside the file of dataset {}",
+    "a folder holding": "a folder holding dataset {}'s file",
+}
+
+
+def _shared(files: list[tuple[int, PurePath]], doc: dict[str, Any]) -> list[tuple[int, str]]:
+    """(entry index, problem) for each dataset whose file is another's, inside it (one
+    dataset's file cannot be a folder holding another's), or over its folder: also where
+    only letter case or Unicode form tells them apart (macOS, Windows: `hub.clashes`)."""
+    return [
+        (c.index, _SHARED[c.how].format(repr(doc["datasets"][c.other].get("name"))) + c.case_note())
+        for c in clashes(files)
+    ]
 
 
 def read_catalog(path: Path) -> str:

@@ -147,18 +147,31 @@ class Throughput:
     finished a second. Summing the jobs' own meters misses small files: they finish before
     their meter has a rate, and 10,000 of them showed 0 B/s while 70 a second came in."""
 
-    def __init__(self, now: float) -> None:
-        self._meter = RateMeter(0, now)
+    def __init__(self) -> None:
+        self._meter: RateMeter | None = None  # from when jobs became active
         self._moved = 0
         self._ends: deque[float] = deque()
+
+    def active(self, busy: bool, now: float) -> None:
+        """Whether jobs are active now: the rate is measured from when they became so (from
+        the dashboard's start it rose over seconds to the true one), and 0 in between."""
+        if not busy:
+            self._meter = None
+        elif self._meter is None:
+            self._meter = RateMeter(self._moved, now)
 
     def moved(self, n: int) -> None:
         self._moved += max(0, n)
 
-    def ended(self, now: float) -> None:
-        self._ends.append(now)
+    def ended(self, job: Job, now: float) -> None:
+        """A job finished. A canceled one is not counted: `c` on 5,000 queued jobs is not a
+        rate the rest will finish at (the ETA read 1 s while nothing completed)."""
+        if job.status != JobStatus.CANCELED:
+            self._ends.append(now)
 
     def rate(self, now: float) -> float:
+        if self._meter is None:
+            return 0.0
         self._meter.sample(self._moved, now)
         return self._meter.known(now) or 0.0
 

@@ -14,9 +14,10 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import re
+import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import PurePosixPath
+from pathlib import PurePath
 from typing import Any
 from urllib.parse import quote
 
@@ -160,25 +161,61 @@ def catalogue_listing(entries: list[dict[str, Any]]) -> list[ManifestFile]:
     ]
 
 
-def clashes(
-    paths: Iterable[tuple[int, PurePosixPath]],
-) -> Iterator[tuple[int, str, int]]:
-    """The files of one listing that cannot all be written: (index, how, the other's index)
-    where `how` is "duplicate of", "inside" (a file below another file) or "a folder holding"
-    (a file where another's folder is). `paths`: (index, normalised path) pairs."""
-    files: dict[PurePosixPath, int] = {}  # a file's path -> its index
-    folders: dict[PurePosixPath, int] = {}  # every folder above a file -> the first file below
+CASE_NOTE = "on a case-insensitive file system (macOS, Windows)"
+
+
+def folded(path: str) -> str:
+    """`path` as a case-insensitive file system that ignores Unicode forms compares names
+    (macOS's APFS and HFS+, Windows's NTFS): paths folded alike are one file there. Unicode
+    caseless matching (NFD, casefold), then NFC."""
+    return unicodedata.normalize("NFC", unicodedata.normalize("NFD", path).casefold())
+
+
+@dataclass(frozen=True)
+class Clash:
+    """A file of a listing that cannot be written beside an earlier one (`other`): `how` is
+    "duplicate of", "inside" (a file below another file) or "a folder holding" (a file where
+    another's folder is); `by_case`: only where names differing in letter case or Unicode
+    form are one (CASE_NOTE), with `path` and `theirs` as listed."""
+
+    index: int
+    how: str
+    other: int
+    by_case: bool
+    path: PurePath
+    theirs: PurePath
+
+    def case_note(self) -> str:
+        """What a message adds when the clash is `by_case` (else nothing)."""
+        if not self.by_case:
+            return ""
+        return (
+            f" {CASE_NOTE}, where letter case and Unicode form do not tell names apart "
+            f"({str(self.path)!r}, {str(self.theirs)!r})"
+        )
+
+
+def clashes(paths: Iterable[tuple[int, PurePath]]) -> Iterator[Clash]:
+    """The files of one listing that cannot all be written, compared `folded`: a catalogue
+    or a Hub repo that names `A.json` and `a.json` is one file on macOS and Windows, where
+    the second overwrote the first. `paths`: (index, normalised path) pairs."""
+    files: dict[PurePath, tuple[int, PurePath]] = {}  # a file's folded path -> index, path
+    folders: dict[PurePath, tuple[int, PurePath]] = {}  # each folder above a file -> the first
     for index, rel in paths:
-        above = next((files[up] for up in rel.parents if up in files), None)
-        if rel in files:
-            yield index, "duplicate of", files[rel]
+        key = type(rel)(folded(str(rel)))
+        above = next((files[up] for up in key.parents if up in files), None)
+        if key in files:
+            other, theirs = files[key]
+            yield Clash(index, "duplicate of", other, theirs != rel, rel, theirs)
         elif above is not None:
-            yield index, "inside", above
-        elif rel in folders:
-            yield index, "a folder holding", folders[rel]
-        files.setdefault(rel, index)
-        for up in rel.parents:
-            folders.setdefault(up, index)
+            other, theirs = above
+            yield Clash(index, "inside", other, theirs not in rel.parents, rel, theirs)
+        elif key in folders:
+            other, theirs = folders[key]
+            yield Clash(index, "a folder holding", other, rel not in theirs.parents, rel, theirs)
+        files.setdefault(key, (index, rel))
+        for up in key.parents:
+            folders.setdefault(up, (index, rel))
 
 
 def manifest_checksum(files: list[ManifestFile]) -> str:

@@ -65,6 +65,13 @@ def redact_url(url: str) -> str:
     return out.replace("://", f"://{REDACTED}@", 1) if bare != url else out
 
 
+def public_url(url: str) -> str:
+    """The URL without its query and credentials: a CDN's signed parameters and a catalogue's
+    `user:password@` must not land in errors or logs."""
+    parts = urlsplit(url)
+    return redact_url(parts._replace(query="", fragment="").geturl())
+
+
 def redact_text(text: str) -> str:
     """Every URL inside free text (an error message, a log line) redacted."""
     if "://" not in text:

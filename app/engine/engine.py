@@ -374,7 +374,7 @@ class Engine:
             store = self.ledger.call if record else self.ledger.defer  # ends: see ledger.py
             rows = await store(record or self.ledger.record_many, jobs, had_copy)
         except StoreError as exc:  # e.g. the disk is full: the jobs still end, loudly
-            log.error("jobs %s: cannot record their end: %s", [j.id for j in jobs], exc)
+            self.ledger.failed(exc)  # each job's error says it; the run fails (headless)
             for job in jobs:
                 job.error = f"{job.error or job.status.value}; not recorded in the store: {exc}"
             rows = [None] * len(jobs)
@@ -408,4 +408,4 @@ class Engine:
             try:
                 await self.ledger.defer(self.repo.write_progress, list(batch.values()))
             except StoreError as exc:  # progress is advisory: the next flush writes newer
-                log.warning("cannot write progress to the store: %s", exc)
+                self.ledger.failed(exc, lost=False)

@@ -91,6 +91,8 @@ class Ledger:
         self._limiter = anyio.CapacityLimiter(1)
         self._after: list[Callable[[], None]] = []
         self._delay = COMMIT_DELAY
+        self._failing = False  # the last store write failed: said once (`failed`)
+        self.lost: StoreError | None = None  # the first failure that lost changes, if any
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a store call in the store thread, after every store call queued before it; what
@@ -127,14 +129,33 @@ class Ledger:
 
     async def commit(self) -> None:
         """Write the deferred changes now, then run the `after_commit` calls they allow.
-        A failed write is logged: its changes are lost as in a crash, and the jobs they
-        concerned are adopted by the next start."""
+        A failed write is logged (`failed`): its changes are lost as in a crash, and the
+        jobs they concerned are adopted by the next start."""
         after, self._after = self._after, []
         try:
             with anyio.CancelScope(shield=True):
-                await self.call(self._commit, after)
+                wrote = await self.call(self._commit, after)
         except StoreError as exc:
+            self.failed(exc)
+        else:
+            self._written(wrote)
+
+    def failed(self, exc: StoreError, lost: bool = True) -> None:
+        """A store write failed (`lost`: changes with it). Said once per streak of failures:
+        a full disk fails every commit, several a second, each with the same line."""
+        if not self._failing:
             log.error("cannot write the store: %s", exc)
+        self._failing = True
+        if lost and self.lost is None:
+            self.lost = exc
+
+    def _written(self, wrote: bool) -> None:
+        if wrote and self._failing:
+            self._failing = False
+            log.warning(
+                "the store is written again; what could not be written meanwhile is lost"
+                " (the next start checks those jobs again)"
+            )
 
     async def close(self) -> None:
         """The engine stops: prune the jobs finished before its own (`jobs_to_prune`) and
@@ -146,18 +167,22 @@ class Ledger:
         """The engine is gone (normally after `close`): write what is still deferred, so no
         change is left unwritten with the store's lock held (blocking: only at exit)."""
         try:
-            self._commit(self._after)
+            wrote = self._commit(self._after)
         except StoreError as exc:
-            log.error("cannot write the store: %s", exc)
+            self.failed(exc)
+        else:
+            self._written(wrote)
         self._after = []
 
     def _prune(self) -> None:
         self.repo.remove_jobs(jobs_to_prune(self.repo.job_summaries(), self.owner))
 
-    def _commit(self, after: list[Callable[[], None]]) -> None:
+    def _commit(self, after: list[Callable[[], None]]) -> bool:
+        """Whether the file was written (a commit with nothing deferred writes nothing)."""
         # The write alone sets the next delay: timed from the queue, a commit behind a call
         # that waited for another process's lock held the lock several times that long.
         started = time.monotonic()
+        wrote = self.repo.pending
         self.repo.flush()
         took = time.monotonic() - started
         self._delay = min(COMMIT_MAX, max(COMMIT_DELAY, COMMIT_SHARE * took))
@@ -166,6 +191,7 @@ class Ledger:
                 fn()
             except OSError as exc:  # a leftover record only costs a re-hash at the next start
                 log.warning("after the store write: %s", exc)
+        return wrote
 
     def dataset_names(self) -> frozenset[str]:
         return self.repo.dataset_names()

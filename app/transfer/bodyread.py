@@ -32,8 +32,9 @@ from collections.abc import Callable, Iterator
 
 import httpx
 
+from dsm.domain.redact import public_url
 from dsm.errors import BadResponse, Stalled
-from dsm.transfer.http import Policy, public_url
+from dsm.transfer.http import Policy, content_coding
 from dsm.transfer.wire import BODY, Awaited, awaiting
 
 DIRECT_MIN = 4 << 20  # smaller bodies keep the pooled connection: a new one costs a round trip
@@ -69,7 +70,7 @@ def direct_socket(resp: httpx.Response) -> socket.socket | None:
     headers = resp.headers
     if resp.http_version not in ("HTTP/1.1", "HTTP/1.0") or "transfer-encoding" in headers:
         return None
-    if headers.get("content-encoding", "identity").strip().lower() != "identity":
+    if content_coding(headers) is not None:
         return None
     length = headers.get_list("content-length")
     if len(length) != 1 or not length[0].isdigit() or int(length[0]) < DIRECT_MIN:

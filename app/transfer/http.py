@@ -21,7 +21,7 @@ import httpx
 
 from dsm.config import DEFAULT_DOWNLOAD_MAX_BYTES, is_loopback
 from dsm.domain.hub import git_blob_header
-from dsm.domain.redact import redact_text, redact_url
+from dsm.domain.redact import public_url, redact_text, redact_url
 from dsm.errors import (
     BadResponse,
     DiskError,
@@ -81,6 +81,13 @@ HeadersFn = Callable[[str], dict[str, str]]
 def base_headers() -> dict[str, str]:
     """Sent with every request: who we are, and the bytes exactly as stored on the server."""
     return {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
+
+
+def content_coding(headers: httpx.Headers) -> str | None:
+    """A response's Content-Encoding, lower-cased; None for none or identity. dsm asks for
+    identity but keeps a coded body as sent (the hash names the bytes on disk)."""
+    value = headers.get("content-encoding", "").strip().lower()
+    return None if value in ("", "identity") else value
 
 
 @dataclass(frozen=True)
@@ -164,13 +171,6 @@ def retry_after(value: str | None) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, min(when - time.time(), RETRY_AFTER_CAP))
-
-
-def public_url(url: str) -> str:
-    """The URL without its query and credentials: a CDN's signed parameters and a catalogue's
-    `user:password@` must not land in errors or logs."""
-    parts = urlsplit(url)
-    return redact_url(parts._replace(query="", fragment="").geturl())
 
 
 @dataclass(frozen=True)

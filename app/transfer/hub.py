@@ -159,12 +159,14 @@ class Hub:
             )
         clash = next(clashes((i, PurePosixPath(f.path)) for i, f in enumerate(out)), None)
         if clash is not None:
-            path, how, other = out[clash[0]].path, clash[1], out[clash[2]].path
+            path, other = out[clash.index].path, out[clash.other].path
             said = {
                 "duplicate of": f"{path!r} twice",
                 "inside": f"{path!r} inside the file {other!r}",
-            }.get(how, f"the file {path!r} where {other!r} needs a folder")
-            raise BadResponse(f"the Hub's tree listing of {ref.repo} lists {said}")
+            }.get(clash.how, f"the file {path!r} where {other!r} needs a folder")
+            raise BadResponse(
+                f"the Hub's tree listing of {ref.repo} lists {said}{clash.case_note()}"
+            )
         return sorted(out, key=lambda f: f.path)
 
     def _file(self, ref: HubRef, commit: str, entry: Any) -> ManifestFile | None:

@@ -1,6 +1,7 @@
 """The on-disk state of an unfinished download: `<target>.part` and its JSON sidecar, which
 records the URL asked for, the validators (ETag / Last-Modified, with the response's Date that
 tells whether the Last-Modified is strong) that prove a resume continues the same file, the
+Content-Encoding its bytes came in (kept as sent: a resume must come in the same one), the
 total length, and for a segmented download each segment's progress."""
 
 from __future__ import annotations
@@ -109,7 +110,7 @@ def read_sidecar(part: Path) -> dict[str, Any]:
 def _sound(data: Any) -> bool:
     if not isinstance(data, dict) or not isinstance(data.get("url", ""), str):
         return False
-    for key in ("etag", "last_modified", "date"):  # header values: printable ASCII
+    for key in ("etag", "last_modified", "date", "encoding"):  # header values: printable ASCII
         value = data.get(key)
         if value is not None and not (
             isinstance(value, str) and value.isascii() and value.isprintable()

@@ -4,7 +4,8 @@ what to do out. No file or socket is touched here; single.py and segmented.py ac
 A partial file is only ever extended when the server proves it is sending the same file: the
 request carries `If-Range` with a validator RFC 9110 calls strong (a strong ETag, else a
 Last-Modified a second older than its response's Date) recorded in the sidecar, and only a 206
-whose Content-Range is exactly the range asked, with the sidecar's total, is appended. A 200
+whose Content-Range is exactly the range asked, with the sidecar's total and the
+Content-Encoding the partial began with (a coded body is kept as sent), is appended. A 200
 is a whole body, written from zero; anything that contradicts the request or the partial (a
 200 with a partial Content-Range, another range or total) drops it (`Restart`), saying what
 the server did.
@@ -17,16 +18,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dsm.domain.redact import redact_url
+from dsm.domain.redact import public_url, redact_url
 from dsm.errors import BadResponse, IntegrityError, TooLarge, TransferError
 from dsm.transfer.http import (
     Answer,
     Policy,
+    content_coding,
     http_error,
     looks_like_html,
     parse_content_range,
     parse_unsatisfied,
-    public_url,
 )
 from dsm.transfer.partfile import meta_validator, validator
 
@@ -203,6 +204,8 @@ def respond(
     if answer.status == 206:
         if have and _other_version(asked.headers.get("If-Range"), answer):
             return Restart(CHANGED)
+        if have and (switched := _recoded(asked.meta, answer)) is not None:
+            return Restart(switched)
         rng = parse_content_range(headers.get("content-range"))
         assert rng is not None  # contradiction() checked it
         total = rng[2]
@@ -216,7 +219,14 @@ def respond(
         )
     if (refused := _announced(total, expected_size, policy, answer.url)) is not None:
         return Reject(refused)
-    meta = {"url": source, "etag": etag, "last_modified": modified, "date": date, "total": total}
+    meta = {
+        "url": source,
+        "etag": etag,
+        "last_modified": modified,
+        "date": date,
+        "total": total,
+        "encoding": content_coding(headers),
+    }
     if answer.status == 206 and have == 0 and worth_it(policy, total, meta):
         assert total is not None  # worth_it checked it
         return Split(total, meta)
@@ -304,10 +314,10 @@ def _resumable(answer: Answer) -> bool:
 
 
 def segment(
-    first: int, last: int, total: int, if_range: str, answer: Answer
+    first: int, last: int, total: int, meta: Mapping[str, Any], answer: Answer
 ) -> Restart | Reject | None:
-    """Check one segment's response to `Range: bytes=first-last` with `If-Range`; None
-    accepts it."""
+    """Check one segment's response to `Range: bytes=first-last` with `If-Range` (the
+    validator of the set's sidecar `meta`); None accepts it."""
     if answer.status == 200:
         return Restart(CHANGED)  # If-Range did not match: the server sent the new file whole
     if answer.status != 206:
@@ -315,9 +325,22 @@ def segment(
     cr = answer.headers.get("content-range")
     if parse_content_range(cr) != (first, last, total):
         return Restart(f"server sent {cr!r} for a request of bytes {first}-{last}/{total}")
-    if _other_version(if_range, answer):
+    if _other_version(meta_validator(meta), answer):
         return Restart(CHANGED)
-    return None
+    switched = _recoded(meta, answer)
+    return None if switched is None else Restart(switched)
+
+
+def _recoded(meta: Mapping[str, Any], answer: Answer) -> str | None:
+    """Why a range of the partial cannot be appended: it comes in another Content-Encoding
+    than the partial began with (one ETag may name each encoding's bytes), or None."""
+    began, now = meta.get("encoding"), content_coding(answer.headers)
+    if began == now:
+        return None
+    return (
+        f"the server answered the resume with Content-Encoding {now or 'identity'}, the "
+        f"partial file was started with {began or 'identity'}"
+    )
 
 
 def _other_version(if_range: str | None, answer: Answer) -> bool:

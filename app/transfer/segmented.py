@@ -261,7 +261,7 @@ class SegmentedDownload:
             try:
                 with open_stream(*self.env.stream_args(url, headers)) as (resp, final):
                     answer = Answer.of(resp, final)
-                    verdict = resume.segment(first, last, self.total, self.if_range, answer)
+                    verdict = resume.segment(first, last, self.total, self.p.meta, answer)
                     if isinstance(verdict, resume.Reject):
                         raise verdict.error
                     if isinstance(verdict, resume.Restart):  # _finish drops the set's files

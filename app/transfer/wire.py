@@ -21,6 +21,7 @@ from typing import Any
 
 import httpcore
 
+from dsm.domain.redact import public_url
 from dsm.errors import Stalled
 
 POLL_S = 0.25  # how soon a stop reaches a thread waiting for a head
@@ -52,8 +53,6 @@ class Awaited:
                 continue
         if first or stall_at < self.deadline:
             raise httpcore.ReadTimeout("timed out")  # no byte at all for the stall timeout
-        from dsm.transfer.http import public_url  # http imports this module
-
         raise Stalled(
             f"stalled: {self.what} did not arrive whole within {self.seconds:g} s from "
             f"{public_url(self.url)} (the server sent a byte now and then)"

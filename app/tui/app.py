@@ -19,7 +19,6 @@ from textual.widgets import Footer, Header
 from dsm.config import Settings
 from dsm.domain.display import is_paused, short_cause
 from dsm.domain.jobs import JobStatus, JobType
-from dsm.domain.model import Status
 from dsm.engine.thread import EngineThread
 from dsm.repository import Repository, StoreError
 from dsm.tui.commands import ActionCommands
@@ -106,8 +105,9 @@ class DashboardApp(EngineCalls, Views, App[int]):
             self.sub_title = "OFFLINE (DSM_OFFLINE / HF_HUB_OFFLINE): no network requests"
         # Quit as `q` does, so the terminal is restored: the default handler kills the
         # process in the alternate screen with the mouse reporting on.
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, self.quit_now)
-        signal.signal(signal.SIGHUP, self.hung_up)
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_signal_handler(signal.SIGTERM, self.quit_now)
+        self._sighup_before = signal.signal(signal.SIGHUP, self.hung_up)
         self._switch_interval = sys.getswitchinterval()
         sys.setswitchinterval(UI_SWITCH_INTERVAL)
         self._start_engine()
@@ -119,6 +119,7 @@ class DashboardApp(EngineCalls, Views, App[int]):
     async def on_unmount(self) -> None:
         asyncio.get_running_loop().remove_signal_handler(signal.SIGTERM)
         await asyncio.to_thread(self._stop_engine)
+        signal.signal(signal.SIGHUP, self._sighup_before)  # not a dead app's handler
         sys.setswitchinterval(self._switch_interval)
 
     @work(thread=True, group="store-poll", exit_on_error=False)
@@ -307,34 +308,6 @@ class DashboardApp(EngineCalls, Views, App[int]):
 
     def action_resume_all(self) -> None:
         self._resume([j.id for j in self.state.own_jobs() if is_paused(j)])
-
-    def _before_load(self, action: Callable[[], None]) -> bool:
-        """Whether the rows are not read yet: then `action` runs once they are (else
-        `a` pressed at start said "every dataset is downloaded" of an empty table)."""
-        if self._loaded:
-            return False
-        self._after_load.append(action)
-        self.say("reading the datasets: the action follows")
-        return True
-
-    def action_retry_failed(self) -> None:
-        if self._before_load(self.action_retry_failed):
-            return
-        failed = sorted(n for n, ds in self.state.datasets.items() if ds.status == Status.ERROR)
-        if failed:
-            self._submit(JobType.DOWNLOAD, failed)
-            self.say(f"retrying {len(failed)} failed dataset(s)")
-        else:
-            self.say("no failed dataset")
-
-    def action_download_all(self) -> None:
-        if self._before_load(self.action_download_all):
-            return
-        names = [n for n, ds in self.state.datasets.items() if ds.status != Status.DOWNLOADED]
-        if not names:
-            self.say("every dataset is downloaded")
-            return
-        self._submit(JobType.DOWNLOAD, sorted(names))
 
     def action_mark(self) -> None:
         name = self.table.highlighted

@@ -3,8 +3,11 @@ each runs in a worker thread and reports back with a notification."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import termios
 import threading
+from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING
 
@@ -15,6 +18,7 @@ from textual.worker import Worker, WorkerState
 
 from dsm.config import Settings
 from dsm.domain.jobs import JobType
+from dsm.domain.model import Status
 from dsm.domain.redact import redact_text
 from dsm.engine.hubjob import refresh_upstream
 from dsm.engine.thread import EngineThread
@@ -47,9 +51,45 @@ class EngineCalls(_Base):
     _engine_lock: threading.Lock
     _engine_ready: threading.Event
     _stopping: threading.Event
+    _loop: asyncio.AbstractEventLoop  # the app's, set at mount
+    _loaded: bool  # the first store read is in: the rows are there
+    _after_load: list[Callable[[], None]]  # actions asked for before it
 
     def _tell(self, text: str, severity: SeverityLevel = "information") -> None:
         raise NotImplementedError
+
+    def say(self, text: str, severity: SeverityLevel = "information") -> None:
+        raise NotImplementedError
+
+    # -- actions on every dataset --------------------------------------------------------
+    def _before_load(self, action: Callable[[], None]) -> bool:
+        """Whether the rows are not read yet: then `action` runs once they are (else
+        `a` pressed at start said "every dataset is downloaded" of an empty table)."""
+        if self._loaded:
+            return False
+        if action not in self._after_load:  # pressed twice: said and done once
+            self._after_load.append(action)
+            self.say("reading the datasets: the action follows")
+        return True
+
+    def action_retry_failed(self) -> None:
+        if self._before_load(self.action_retry_failed):
+            return
+        failed = sorted(n for n, ds in self.state.datasets.items() if ds.status == Status.ERROR)
+        if failed:
+            self._submit(JobType.DOWNLOAD, failed)
+            self.say(f"retrying {len(failed)} failed dataset(s)")
+        else:
+            self.say("no failed dataset")
+
+    def action_download_all(self) -> None:
+        if self._before_load(self.action_download_all):
+            return
+        names = [n for n, ds in self.state.datasets.items() if ds.status != Status.DOWNLOADED]
+        if not names:
+            self.say("every dataset is downloaded")
+            return
+        self._submit(JobType.DOWNLOAD, sorted(names))
 
     @property
     def engine_ready(self) -> bool:
@@ -89,12 +129,20 @@ class EngineCalls(_Base):
         self._quit_cleanly()
 
     def hung_up(self, signum: int, frame: FrameType | None) -> None:
-        """SIGHUP: the terminal is gone (a closed window, a lost ssh session). A signal.signal
-        handler, not the loop's: writes to the dead terminal fail, Textual's output thread
-        dies of it, and the loop then blocks for ever on its full queue, so a handler queued
-        on the loop never ran and dsm lingered with its jobs held. Nothing is left to draw
-        or restore: the terminal's descriptors go to /dev/null, the jobs are suspended (the
-        next start resumes them) and the process exits from another thread."""
+        """SIGHUP. Its terminal open (a `kill -HUP`), dsm quits as on SIGTERM. Else the
+        terminal is gone (a closed window, a lost ssh session): writes to it fail, Textual's
+        output thread dies of it, and the loop then blocks for ever on its full queue, so a
+        handler queued on the loop never ran and dsm lingered with its jobs held. This one
+        is a signal.signal handler, run even then: nothing is left to draw or restore, the
+        terminal's descriptors go to /dev/null, the jobs are suspended (the next start
+        resumes them) and the process exits from another thread."""
+        try:
+            termios.tcgetattr(0)
+        except termios.error:  # EIO: hung up
+            pass
+        else:
+            self._loop.call_soon_threadsafe(self.quit_now)
+            return
         devnull = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(devnull, fd)

@@ -49,11 +49,11 @@ class Sizes:
     total: int = 0
     unknown: int = 0
 
-    def add(self, done: int, size: int | None) -> None:
+    def add(self, done: int, size: int | None, active: bool = True) -> None:
         if size:
             self.done += done
             self.total += size
-        else:
+        elif active:  # a paused job's unknown size does not hide the others' "x of y"
             self.unknown += 1
 
 
@@ -109,7 +109,7 @@ class DashboardState:
         self.sort = SORTS[0]
         self.reverse = False
         self._meters: dict[str, RateMeter] = {}  # job id -> its smoothed rate
-        self._throughput = Throughput(clock())  # all jobs: the summary's rate and ETA
+        self._throughput = Throughput()  # all jobs: the summary's rate and ETA
         self._moving: dict[str, Job] = {}  # job id -> our running or retrying jobs
         self._jobs_version = 0  # bumped when a job appears, ends or changes status
         self._resting: tuple[int, tuple[dict[str, int], Sizes]] | None = None
@@ -154,7 +154,7 @@ class DashboardState:
             meter = self._meters.pop(job.id, None)
             if meter is not None:  # the bytes since its last progress event
                 self._throughput.moved(job.bytes_done - meter.last_bytes)
-            self._throughput.ended(self._clock())
+            self._throughput.ended(job, self._clock())
             self.pending.pop(job.dataset, None)
         elif job.id in jobs or ds is not None or job.status != JobStatus.RUNNING:
             jobs[job.id] = job
@@ -176,6 +176,7 @@ class DashboardState:
         meter = self._meters.get(job.id)
         if meter is None:  # bytes it starts with came from a partial file, not this session
             self._meters[job.id] = RateMeter(job.bytes_done, self._clock())
+            self._throughput.active(True, self._clock())
         else:
             self._throughput.moved(job.bytes_done - meter.last_bytes)
             meter.sample(job.bytes_done, self._clock())
@@ -191,6 +192,8 @@ class DashboardState:
         foreign = {
             j.dataset: j for j in jobs if not j.status.finished and j.owner != self.own_engine
         }
+        if foreign:  # their small files may start and end between two reads
+            self._throughput.active(True, self._clock())
         still = {j.id for j in foreign.values()}
         self._foreign_ended([j for j in self.foreign.values() if j.id not in still], jobs)
         for job in foreign.values():
@@ -215,11 +218,13 @@ class DashboardState:
         stored = {j.id: j for j in jobs if j.id in ids} if ids else {}
         now = self._clock()
         for job in gone:
-            meter = self._meters.pop(job.id, None)
             end = stored.get(job.id)
-            if end is None or not end.status.finished:  # pruned, or adopted by us
+            if end is not None and end.owner == self.own_engine:
+                continue  # adopted by us: its meter and its end are our events' to count
+            meter = self._meters.pop(job.id, None)
+            if end is None or not end.status.finished:  # pruned, or its row shows another
                 continue
-            self._throughput.ended(now)
+            self._throughput.ended(end, now)
             start = meter.last_bytes if meter is not None else job.bytes_done
             self._throughput.moved(end.bytes_done - start)
 
@@ -346,8 +351,9 @@ class DashboardState:
             # it once, as ours (the row shows ours too).
             theirs = (j for n, j in self.foreign.items() if not self.live.get(n))
             for job in [*resting, *theirs]:
-                count["paused" if is_paused(job) else job.status.value] += 1
-                sizes.add(job.bytes_done, self._job_size(job))
+                paused = is_paused(job)
+                count["paused" if paused else job.status.value] += 1
+                sizes.add(job.bytes_done, self._job_size(job), active=not paused)
             self._resting = (key, (count, sizes))
         return self._resting[1]
 
@@ -365,9 +371,10 @@ class DashboardState:
             count[job.status.value] += 1
             sizes.add(job.bytes_done, self._job_size(job))
         now = self._clock()
+        left = count["running"] + count["waiting"] + count["retrying"]
+        self._throughput.active(bool(left), now)
         rate = self._throughput.rate(now)
         if sizes.unknown:  # bytes left are not known: jobs left at the rate they finish
-            left = count["running"] + count["waiting"] + count["retrying"]
             eta_s = eta(left, self._throughput.jobs_rate(now))
         else:
             eta_s = eta(sizes.total - sizes.done, rate) if sizes.total else None

@@ -241,6 +241,47 @@ def test_disk_full_on_a_real_small_filesystem(
         subprocess.run(["umount", str(home)], check=True)
 
 
+def mount_tmpfs(folder: Path, size: str) -> None:
+    folder.mkdir(exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)])
+    if done.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+
+
+def test_a_store_disk_full_for_seconds_is_said_once_on_a_real_filesystem(
+    server: FileServer, tmp_path: Path, catalog: CatalogFn
+) -> None:
+    """The home (db.json) on a 1 MiB disk that fills up while a download runs into a data
+    folder on another disk: every commit fails for seconds (one identical line each, and
+    exit 0, before). One error line, one when the store is written again, exit 1."""
+    home = tmp_path / "small"
+    mount_tmpfs(home, "1m")
+    try:
+        mount_tmpfs(home / "data", "16m")
+        data = blob(13, 1_500_000)
+        cat = catalog(a=server.add("a.bin", data))
+        server.always("a.bin", rate=300_000)  # five seconds: commits every 0.2 s meanwhile
+        proc = subprocess.Popen(
+            [*dsm_command(), "--run-job", "download", "--dataset", "a"],
+            env=dsm_env(home, cat),
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        part = home / "data" / "a.part"
+        wait_for(lambda: part.exists() and part.stat().st_size > 0)
+        filler = home / "filler"
+        subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=4k"], capture_output=True)
+        wait_for(lambda: part.stat().st_size > 900_000)  # three seconds of failed commits
+        filler.unlink()
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 1, err
+        assert err.count("No space left on device") == 1, err
+        assert "the store is written again" in err
+        assert (home / "data" / "a").read_bytes() == data
+    finally:
+        subprocess.run(["umount", "-R", str(home)], check=True)
+
+
 def test_two_processes_on_overlapping_datasets(
     server: FileServer, home: Path, catalog: CatalogFn
 ) -> None:

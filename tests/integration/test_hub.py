@@ -388,6 +388,13 @@ def posing_hub(server: FileServer, pages: list[list[str]], loop: bool = False) -
         ([["a.json", "b.json"], ["a.json"]], False, "lists 'a.json' twice"),
         ([["a", "a/b.json"]], False, "lists 'a/b.json' inside the file 'a'"),
         ([["a/b.json"], ["a"]], False, "lists the file 'a' where 'a/b.json' needs a folder"),
+        (
+            [["README.md"], ["readme.md"]],
+            False,
+            "lists 'readme.md' twice on a case-insensitive file system (macOS, Windows), "
+            "where letter case and Unicode form do not tell names apart ('readme.md', "
+            "'README.md')",
+        ),
         ([["a//b.json"]], False, "lists 'a//b.json', no plain path"),
         ([["./a.json"]], False, "lists './a.json', no plain path"),
         ([["a.json\x1b[2J"]], False, "lists 'a.json\\x1b[2J', no plain path"),
@@ -400,6 +407,7 @@ def posing_hub(server: FileServer, pages: list[list[str]], loop: bool = False) -
         "duplicate",
         "inside-a-file",
         "on-a-folder",
+        "duplicate-but-for-case",
         "empty-segment",
         "dot-segment",
         "escape",

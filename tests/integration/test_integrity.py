@@ -7,6 +7,7 @@ import email.utils
 import errno
 import gzip
 import json
+import logging
 import os
 import subprocess
 import tempfile
@@ -25,6 +26,7 @@ from dsm.domain.events import EventKind
 from dsm.domain.jobs import Job, JobStatus, JobType
 from dsm.domain.model import Status
 from dsm.engine.engine import Engine
+from dsm.engine.ledger import Ledger
 from dsm.engine.locks import LockFile
 from dsm.transfer import single
 from tests.conftest import CatalogFn, blob, dsm_command, dsm_env, run_dsm, sha, wait_for
@@ -231,6 +233,40 @@ async def test_a_resume_answer_that_contradicts_the_request_restarts(
     assert (home / "data" / "a").read_bytes() == data
     ds = run.dataset("a")
     assert (ds.size, ds.checksum, ds.confirmed) == (SIZE, sha(data), True)
+
+
+def coded(encoding: str | None) -> dict[str, str]:
+    return {"Content-Encoding": encoding} if encoding else {}
+
+
+@pytest.mark.parametrize(
+    ("first", "then"), [("gzip", None), (None, "gzip"), ("gzip", "br"), ("gzip", "gzip")]
+)
+async def test_a_resume_under_another_content_encoding_restarts(
+    server: FileServer, home: Path, catalog: CatalogFn, first: str | None, then: str | None
+) -> None:
+    """A body is kept as sent, Content-Encoding and all: a server that starts the file in one
+    encoding and answers the resume in another under the same strong ETag would leave a
+    partial of two encodings. The sidecar records the encoding the partial began with; a
+    206 in another restarts from zero (the same one resumes)."""
+    data = blob(47, SIZE)
+    settings, repo = setup(home, catalog(a=server.add("a.bin", data)))
+    server.fault("a.bin", drop_after=CUT, headers=coded(first))
+    server.fault("a.bin", for_ranges=(CUT, CUT + 1), headers=coded(then))
+    run = await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
+    assert run.job.status == JobStatus.COMPLETED, run.job.error
+    seen = server.requests("a.bin")
+    assert seen[1].range_start == CUT and seen[1].status == 206
+    if first == then:
+        assert len(seen) == 2  # resumed
+    else:
+        said = (
+            f"the server answered the resume with Content-Encoding {then or 'identity'}, the "
+            f"partial file was started with {first or 'identity'}; restarting from zero"
+        )
+        assert said in retry_errors(run)[1]
+        assert len(seen) == 3 and seen[2].range_start in (None, 0)
+    assert (home / "data" / "a").read_bytes() == data
 
 
 async def test_a_contradicting_answer_fails_with_what_the_server_did(
@@ -529,6 +565,77 @@ def test_a_full_disk_at_start_up_is_one_clear_error(
     gone = run_dsm("--run-job", "delete", "--dataset", "a", home=home, catalog_path=cat)
     assert gone.returncode == 0, gone.stderr
     assert stored_row(home, "a")["status"] == "not_loaded"
+
+
+def test_a_store_that_stays_unwritable_is_said_once_per_streak(
+    home: Path, catalog: CatalogFn, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    """Every commit (each COMMIT_DELAY) failed with one identical error line: a full disk
+    flooded a run's report with a dozen. Now the first failure of a streak is said, then one
+    line once a write succeeds again; the changes lost meanwhile stay known (`lost`)."""
+    settings, repo = setup(home, catalog(a="http://127.0.0.1:9/a"))
+    ledger = Ledger(settings, repo, "owner")
+    full = [True]
+    disk_full_while(monkeypatch, lambda: full[0])
+    monkeypatch.setattr(logging.getLogger("dsm"), "propagate", True)  # cli.main unhooks it
+
+    async def change(note: str) -> None:
+        await ledger.defer(repo.change, "a", None, error=note)
+        await ledger.commit()
+
+    async def streaks() -> None:
+        for n in range(6):
+            await change(f"lost {n}")
+        full[0] = False
+        await change("written")
+        await change("written too")
+        full[0] = True
+        for n in range(3):
+            await change(f"lost again {n}")
+
+    with caplog.at_level(logging.INFO, logger="dsm.engine.ledger"):
+        anyio.run(streaks)
+        ledger.abandon()  # at exit, still failing: no further line
+    said = [(r.levelno, r.getMessage()) for r in caplog.records]
+    errors = [m for level, m in said if level == logging.ERROR]
+    assert len(errors) == 2, said  # one per streak
+    assert all("No space left on device" in m for m in errors)
+    assert [m for level, m in said if level == logging.WARNING] == [
+        "the store is written again; what could not be written meanwhile is lost"
+        " (the next start checks those jobs again)"
+    ], said
+    assert stored_row(home, "a")["error"] == "written too"
+    assert ledger.lost
+
+
+def test_a_run_whose_changes_were_lost_fails_with_one_line(
+    server: FileServer,
+    home: Path,
+    catalog: CatalogFn,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: Any,
+) -> None:
+    """The disk fills once the copy is installed: the job completed, but the store never
+    learns it. One error line however many commits failed, and the run exits 1 (its end
+    is not recorded), not 0."""
+    cat = catalog(a=server.add("a.bin", blob(45, 1000)))
+    setup(home, cat)
+    installed = home / "data" / "a"
+    disk_full_while(monkeypatch, installed.exists)
+    dsm_log = logging.getLogger("dsm")  # main() routes it to stderr: as it was, afterwards
+    monkeypatch.setattr(dsm_log, "handlers", list(dsm_log.handlers))
+    monkeypatch.setattr(dsm_log, "propagate", dsm_log.propagate)
+    args = ["--run-job", "download", "--dataset", "a", "--home", str(home), "--catalog", str(cat)]
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert err.count("No space left on device") == 1, err
+    assert "Traceback" not in err
+    monkeypatch.undo()
+    assert stored_row(home, "a")["status"] != "downloaded"  # the next start re-checks it
+    again = run_dsm("--run-job", "download", "--dataset", "a", home=home, catalog_path=cat)
+    assert again.returncode == 0, again.stderr
+    assert stored_row(home, "a")["status"] == "downloaded"
 
 
 # -- 9. atomic submission, deletes that cancel, writes only under the lock ------------------

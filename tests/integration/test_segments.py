@@ -79,9 +79,12 @@ async def test_a_split_lead_is_hashed_as_written_and_the_rest_read_back(
     assert offsets and min(offsets) == 2_000_000  # the lead's 2 MB never read back
 
 
-def segmented_partial(server: FileServer, home: Path, segments: list[list[int]]) -> Path:
-    """The sidecar a segmented download of the server's a.bin left (validators, total and
-    `segments` as [start, end, done]); returns the .part's path (not written)."""
+def segmented_partial(
+    server: FileServer, home: Path, segments: list[list[int]], encoding: str | None = None
+) -> Path:
+    """The sidecar a segmented download of the server's a.bin left (validators, total,
+    `segments` as [start, end, done], the Content-Encoding it began with); returns the
+    .part's path (not written)."""
     res = server.resources["/a.bin"]
     part = home / "data" / "a.part"
     part.parent.mkdir(parents=True)
@@ -90,6 +93,7 @@ def segmented_partial(server: FileServer, home: Path, segments: list[list[int]])
         "etag": res.etag,
         "last_modified": res.last_modified,
         "total": SIZE,
+        "encoding": encoding,
         "segments": segments,
     }
     sidecar_path(part).write_text(json.dumps(meta))
@@ -111,6 +115,27 @@ async def test_a_resumed_lead_is_read_back_from_the_start(
     assert starts(server, "a.bin") == [1_000_000]
     assert repo.dataset("a").checksum == sha(data)
     assert offsets[0] == 0
+
+
+@pytest.mark.parametrize("encoding", [None, "gzip"])
+async def test_segments_resumed_under_another_content_encoding_restart(
+    server: FileServer, home: Path, catalog: CatalogFn, encoding: str | None
+) -> None:
+    """The segments were started with a gzip body (kept as sent); the server now answers
+    identity under the same ETag: continuing would mix the two in one file. The set starts
+    again from zero; started identity, it resumes."""
+    data = blob(24, SIZE)
+    settings, repo = setup(home, catalog(a=server.add("a.bin", data)), **SEGMENT_ENV)
+    part = segmented_partial(server, home, [[0, SIZE, 1_000_000]], encoding)
+    part.write_bytes(data[:1_000_000] + bytes(SIZE - 1_000_000))
+    run = await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
+    assert run.job.status == JobStatus.COMPLETED, run.job.error
+    assert (home / "data" / "a").read_bytes() == data
+    if encoding is None:
+        assert starts(server, "a.bin") == [1_000_000]
+    else:
+        assert starts(server, "a.bin")[:2] == [1_000_000, 0]
+        assert run.job.attempts == 2
 
 
 async def test_a_lone_segment_is_flushed_as_it_grows(

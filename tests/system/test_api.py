@@ -14,8 +14,17 @@ from typing import Any
 import pytest
 
 from dsm.domain.jobs import PARAMS_SCHEMA
-from tests.conftest import dsm_command, dsm_env, make_settings, open_repo, run_dsm, wait_for
+from tests.conftest import (
+    CatalogFn,
+    dsm_command,
+    dsm_env,
+    make_settings,
+    open_repo,
+    run_dsm,
+    wait_for,
+)
 from tests.system.apiserver import JOB_TIMEOUT, STOP_TIMEOUT, ApiServer, assert_problem, post_job
+from tests.system.test_cli import HOSTILE_TEXT, RAW
 
 TOKEN = "t" * 32
 
@@ -54,6 +63,31 @@ def test_one_dataset_and_the_unknown_one(api: ApiServer) -> None:
     ds = api.client.get("/datasets/humaneval").json()
     assert ds["name"] == "humaneval" and ds["status"] == "not_loaded"
     assert_problem(api.client.get("/datasets/nope"), 404, "dataset not found")
+
+
+def test_catalogue_text_in_answers_cannot_drive_a_terminal(home: Path, catalog: CatalogFn) -> None:
+    """Starlette writes JSON with non-ASCII raw: a description's ESC, C1 CSI (U+009B) or
+    bidi override reached whoever prints the body (`curl`), as did a problem's detail
+    quoting the request (a field's name). Escaped now: the same value decoded, other text
+    readable."""
+    url = "http://127.0.0.1:9/x"
+    cat = catalog(
+        [{"name": "x", "description": HOSTILE_TEXT, "original_url": url, "local_path": "x"}]
+    )
+    srv = ApiServer(home, cat)
+    try:
+        one, page = srv.client.get("/datasets/x"), srv.client.get("/datasets")
+        body = {"type": "download", "params": {"dataset": "x"}, HOSTILE_TEXT: 1}
+        refused = srv.client.post("/jobs", json=body)  # the detail names the field
+    finally:
+        srv.stop()
+    for answer in (one, page, refused):
+        assert not [raw for raw in RAW if raw in answer.content], answer.content
+    assert one.json()["description"] == HOSTILE_TEXT
+    assert page.json()["datasets"][0]["description"] == HOSTILE_TEXT
+    assert "é 日本".encode() in one.content
+    assert refused.status_code == 422
+    assert HOSTILE_TEXT in refused.json()["detail"]
 
 
 def test_job_params_schema_is_the_cli_one(api: ApiServer) -> None:

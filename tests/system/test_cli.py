@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from dsm.version import __version__
-from tests.conftest import TEST_ENV, CatalogFn, dsm_command, run_dsm
+from tests.conftest import TEST_ENV, CatalogFn, dsm_command, dsm_env, run_dsm
 from tests.httpserver import FileServer
 from tests.unit.test_model import CATALOGUE_FIELDS, EXTRA_FIELDS, SEED_COLUMNS
 
@@ -304,3 +304,39 @@ def test_unknown_top_level_field_in_the_catalogue(home: Path, tmp_path: Path) ->
     proc = run_dsm("list", home=home, catalog_path=cat)
     assert proc.returncode == 2
     assert f"{cat}: unknown top-level field 'dataset'" in proc.stderr
+
+
+# What drives a terminal (ESC, the C1 CSI U+009B, a bidi override), as UTF-8 bytes.
+HOSTILE_TEXT = "red \x1b[31m csi \x9b2J rtl \u202etxt kept: é 日本"
+RAW = [c.encode() for c in ("\x1b", "\x9b", "\u202e")]
+
+
+def printed(home: Path, cat: Path, *args: str, **env: str) -> bytes:
+    """What `dsm ARGS` prints on stdout, as the bytes a terminal would receive."""
+    done = subprocess.run(
+        [*dsm_command(), *args], env=dsm_env(home, cat, **env), capture_output=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_catalogue_text_cannot_drive_the_terminal(home: Path, catalog: CatalogFn) -> None:
+    """A description with raw escapes: the JSON printed decodes to the same text, the plain
+    output shows escapes, and no raw control byte reaches the terminal either way."""
+    url = "http://127.0.0.1:9/x"
+    entry = {"name": "x", "description": HOSTILE_TEXT, "original_url": url, "local_path": "x"}
+    cat = catalog([entry])
+    page = printed(home, cat, "list", "--json")
+    shown = printed(home, cat, "show", "x", "--json")
+    plain = printed(home, cat, "show", "x")
+    for out in (page, shown, plain):
+        assert not [raw for raw in RAW if raw in out], out
+    assert json.loads(page)["datasets"][0]["description"] == HOSTILE_TEXT
+    assert json.loads(shown)["description"] == HOSTILE_TEXT
+    assert "é 日本".encode() in shown  # readable, not every non-ASCII letter escaped
+    assert rb"red \x1b[31m csi \x9b2J rtl \u202etxt" in plain
+    # A terminal that takes ASCII only (was an internal error at the first letter beyond):
+    # JSON escapes every other character, plain text shows escapes.
+    narrow = printed(home, cat, "list", "--json", PYTHONIOENCODING="ascii")
+    assert narrow.isascii() and json.loads(narrow)["datasets"][0]["description"] == HOSTILE_TEXT
+    assert rb"kept: \xe9 \u65e5\u672c" in printed(home, cat, "show", "x", PYTHONIOENCODING="ascii")

@@ -191,3 +191,16 @@ def test_a_closed_terminal_ends_the_dashboard(terminal: Terminal, home: Path) ->
     repo = Repository.open(home / "db.json")
     (job,) = [j for j in repo.jobs() if j.dataset == "a-dataset-with-a-long-name"]
     assert job.status == JobStatus.WAITING  # suspended: it resumes at the next start
+
+
+def test_sighup_with_the_terminal_still_open_quits_and_restores_it(
+    terminal: Terminal, home: Path
+) -> None:
+    """A `kill -HUP` by hand: the terminal is there, so dsm quits as on SIGTERM (restoring
+    it), not as for a closed one."""
+    term = terminal
+    wait_for(lambda: "4 datasets" in term.screen(), timeout=20)
+    assert term.flags()["alternate_on"] == "1"
+    os.kill(term.dsm_pid(), signal.SIGHUP)
+    wait_for(lambda: "dsm exited 0" in term.screen(), timeout=10)
+    assert term.flags()["alternate_on"] == "0" and term.flags()["mouse_any_flag"] == "0"

@@ -202,6 +202,19 @@ ENTRY_CASES: list[tuple[str, dict[str, Any], str, str]] = [
         "duplicate of files[0]",
     ),
     (
+        "file-duplicate-but-for-case",
+        files_entry(one_file("Train.jsonl"), one_file("train.JSONL")),
+        "files[1].path",
+        "duplicate of files[0] on a case-insensitive file system (macOS, Windows), where "
+        "letter case and Unicode form do not tell names apart ('train.JSONL', 'Train.jsonl')",
+    ),
+    (
+        "file-inside-a-file-but-for-case",
+        files_entry(one_file("a"), one_file("A/b")),
+        "files[1].path",
+        "inside files[0], which is a file on a case-insensitive file system",
+    ),
+    (
         "file-inside-a-file",
         files_entry(one_file("a"), one_file("a/b")),
         "files[1].path",
@@ -279,6 +292,30 @@ FILE_CASES: list[tuple[str, Any, str]] = [
         "same-file-spelt-differently",
         {"datasets": [GOOD, entry(name="twin", local_path="data/./good.jsonl")]},
         "entry 1 ('twin'): field 'local_path': same file as dataset 'good'",
+    ),
+    (
+        "same-file-but-for-case",
+        {"datasets": [GOOD, entry(name="twin", local_path="data/GOOD.jsonl")]},
+        "entry 1 ('twin'): field 'local_path': same file as dataset 'good' on a "
+        "case-insensitive file system (macOS, Windows), where letter case and Unicode form "
+        "do not tell names apart ('data/GOOD.jsonl', 'data/good.jsonl')",
+    ),
+    (
+        "same-file-but-for-unicode-form",  # NFC and NFD: one name on macOS
+        {
+            "datasets": [
+                entry(local_path="data/caf\u00e9.jsonl"),
+                entry(name="twin", local_path="data/Cafe\u0301.jsonl"),
+            ]
+        },
+        "entry 1 ('twin'): field 'local_path': same file as dataset 'good' on a "
+        "case-insensitive file system",
+    ),
+    (
+        "file-over-a-folder-but-for-case",
+        {"datasets": [GOOD, entry(name="outer", local_path="Data")]},
+        "entry 1 ('outer'): field 'local_path': a folder holding dataset 'good''s file on a "
+        "case-insensitive file system",
     ),
     (
         "file-inside-a-file",

@@ -40,7 +40,15 @@ CAPPED = resume.body_limit(None, ONE)  # a body without a length, no catalogue s
 
 def meta(**over: Any) -> dict[str, Any]:
     """The sidecar `respond` records for a response to URL."""
-    return {"url": URL, "etag": None, "last_modified": None, "date": None, "total": 5000, **over}
+    return {
+        "url": URL,
+        "etag": None,
+        "last_modified": None,
+        "date": None,
+        "total": 5000,
+        "encoding": None,
+        **over,
+    }
 
 
 def sidecar(**over: Any) -> dict[str, Any]:
@@ -166,11 +174,22 @@ RESPOND_CASES = [
         "206 at our offset, same strong validator: append",
         RESUMING,
         answer(206, content_range="bytes 1200-4999/5000", etag=STRONG, content_length="3800"),
-        Write(
-            1200,
-            5000,
-            {"url": URL, "etag": STRONG, "last_modified": None, "date": None, "total": 5000},
+        Write(1200, 5000, meta(etag=STRONG)),
+    ),
+    RespondCase(
+        "206 in another Content-Encoding than the partial began with: restart",
+        RESUMING,
+        answer(206, content_range="bytes 1200-4999/5000", etag=STRONG, content_encoding="gzip"),
+        Restart(
+            "the server answered the resume with Content-Encoding gzip, the partial file was "
+            "started with identity"
         ),
+    ),
+    RespondCase(
+        "206 in the Content-Encoding the partial began with: append",
+        Ask(1200, sidecar(encoding="gzip"), RESUMING.headers),
+        answer(206, content_range="bytes 1200-4999/5000", etag=STRONG, content_encoding="gzip"),
+        Write(1200, 5000, meta(etag=STRONG, encoding="gzip")),
     ),
     RespondCase(
         "206 at another offset: restart",
@@ -188,11 +207,7 @@ RESPOND_CASES = [
         "200 to a Range request: the whole body from zero, never appended",
         RESUMING,
         answer(200, content_length="5000", etag='"v2"'),
-        Write(
-            0,
-            5000,
-            {"url": URL, "etag": '"v2"', "last_modified": None, "date": None, "total": 5000},
-        ),
+        Write(0, 5000, meta(etag='"v2"')),
     ),
     RespondCase(
         "416 naming another size: restart",
@@ -211,18 +226,14 @@ RESPOND_CASES = [
         "fresh 206 of a big file with a validator: split into segments",
         FRESH,
         answer(206, content_range="bytes 0-4999/5000", etag=STRONG),
-        Split(
-            5000, {"url": URL, "etag": STRONG, "last_modified": None, "date": None, "total": 5000}
-        ),
+        Split(5000, meta(etag=STRONG)),
         policy=SPLIT,
     ),
     RespondCase(
         "fresh 206 without a validator: one stream, ranges cannot be pinned",
         FRESH,
         answer(206, content_range="bytes 0-4999/5000", content_length="5000"),
-        Write(
-            0, 5000, {"url": URL, "etag": None, "last_modified": None, "date": None, "total": 5000}
-        ),
+        Write(0, 5000, meta()),
         policy=SPLIT,
     ),
     RespondCase(
@@ -455,14 +466,22 @@ def test_a_length_above_the_cap_is_too_large_and_not_retried() -> None:
             answer(206, content_range="bytes 2500-3999/5000", etag='"v2"'),
             Restart("the file changed on the server"),
         ),
+        (
+            answer(206, content_range="bytes 2500-3999/5000", content_encoding=" GZIP "),
+            Restart(
+                "the server answered the resume with Content-Encoding gzip, the partial file "
+                "was started with identity"
+            ),
+        ),
+        (answer(206, content_range="bytes 2500-3999/5000", content_encoding="identity"), None),
     ],
 )
 def test_segment(ans: Answer, want: Restart | None) -> None:
-    assert resume.segment(2500, 3999, 5000, STRONG, ans) == want
+    assert resume.segment(2500, 3999, 5000, sidecar(), ans) == want
 
 
 def test_segment_http_error_is_rejected() -> None:
-    plan = resume.segment(2500, 3999, 5000, STRONG, answer(404))
+    plan = resume.segment(2500, 3999, 5000, sidecar(), answer(404))
     assert isinstance(plan, Reject) and isinstance(plan.error, HttpStatusError)
     assert plan.error.status == 404
 

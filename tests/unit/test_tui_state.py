@@ -12,6 +12,7 @@ import pytest
 
 from dsm import humanize
 from dsm.domain.display import (
+    ENDS_MIN,
     ETA_MAX,
     RateMeter,
     Totals,
@@ -194,6 +195,26 @@ def test_small_files_that_finish_between_samples_still_make_the_rate_and_eta() -
     assert " of " not in line.split("|")[1]
 
 
+def test_the_summary_rate_is_measured_from_when_jobs_became_active() -> None:
+    """A dashboard open for five minutes before `a`: the rate is the true one within two
+    seconds, not a smoothed climb from the idle minutes' zero."""
+    clock = Clock()
+    state = DashboardState(own_engine="me", clock=clock)
+    names = [f"d{i:03d}" for i in range(300)]
+    state.apply_snapshot([Dataset(n) for n in names], [])
+    for _ in range(300):
+        clock.now += 1
+        state.tick()
+        assert state.totals(shown=300).rate == 0
+    for n in names[:100]:  # 50 a second for two seconds, 1 KiB each
+        state.apply_job(job(n, JobStatus.RUNNING, bytes_done=0), Dataset(n))
+        clock.now += 0.01
+        state.apply_job(job(n, JobStatus.COMPLETED, bytes_done=1024))
+        clock.now += 0.01
+    state.apply_job(job("d100", JobStatus.RUNNING, bytes_done=0), Dataset("d100"))
+    assert state.totals(shown=300).rate == pytest.approx(50 * 1024, rel=0.05)
+
+
 def test_another_process_s_small_files_make_the_rate_and_eta_too() -> None:
     """Another process's jobs are seen only in store reads, once a second: a small file is
     waiting in one read and completed in the next, never seen moving."""
@@ -215,17 +236,79 @@ def test_another_process_s_small_files_make_the_rate_and_eta_too() -> None:
     assert t.eta_s == pytest.approx(30 / (60 / 2), rel=0.05)  # 60 seen ending over 2 s
 
 
-def test_no_eta_by_count_from_too_few_finished_jobs() -> None:
+def test_a_paused_job_of_unknown_size_leaves_x_of_y_and_the_eta() -> None:
+    """Only an active job's unknown size makes "x of y" read as all of them."""
     clock = Clock()
     state = DashboardState(own_engine="me", clock=clock)
-    state.apply_snapshot([Dataset(n) for n in "abc"], [])
-    state.apply_job(job("a", JobStatus.RUNNING, bytes_done=0), Dataset("a"))
-    clock.now += 1
-    state.apply_job(job("a", JobStatus.COMPLETED, bytes_done=5000))
-    state.apply_job(job("b", JobStatus.WAITING))
-    t = state.totals(shown=3)
-    assert t.queued == 1 and t.sizes_unknown == 1
-    assert t.eta_s is None
+    state.apply_snapshot([Dataset("big", expected_size=10_000), Dataset("odd")], [])
+    state.apply_job(job("odd", JobStatus.WAITING, error=PAUSED_MESSAGE))
+    state.apply_job(job("big", bytes_done=0, bytes_total=10_000), Dataset("big"))
+    clock.now += 2
+    state.apply_job(job("big", bytes_done=2000, bytes_total=10_000))
+    t = state.totals(shown=2)
+    assert (t.paused, t.sizes_unknown) == (1, 0)
+    assert t.eta_s == pytest.approx(8)  # 8,000 bytes left at 1,000 a second
+    line = summary_line(t, 200, {str(k): v for k, v in COLOUR.items()}).plain
+    assert "2.0 KiB of 9.8 KiB" in line
+
+
+def finish_one_a_tenth(state: DashboardState, clock: Clock, names: list[str]) -> None:
+    """Our engine runs each of `names` (1000 bytes) and it ends 0.1 s after the last."""
+    for n in names:
+        state.apply_job(job(n, JobStatus.RUNNING, bytes_done=0), Dataset(n))
+        clock.now += 0.1
+        state.apply_job(job(n, JobStatus.COMPLETED, bytes_done=1000))
+
+
+def test_an_eta_by_count_needs_ends_min_jobs_finished_after_the_first() -> None:
+    clock = Clock()
+    state = DashboardState(own_engine="me", clock=clock)
+    names = [f"d{i:02d}" for i in range(ENDS_MIN + 5)]
+    state.apply_snapshot([Dataset(n) for n in names], [])
+    for n in names:
+        state.apply_job(job(n, JobStatus.WAITING))
+    finish_one_a_tenth(state, clock, names[:ENDS_MIN])  # the first and ENDS_MIN - 1 after it
+    assert state.totals(shown=len(names)).eta_s is None
+    finish_one_a_tenth(state, clock, names[ENDS_MIN : ENDS_MIN + 1])
+    t = state.totals(shown=len(names))
+    assert t.queued == 4 and t.eta_s == pytest.approx(4 / 10)  # ten a second
+
+
+def test_canceled_jobs_do_not_make_the_rate_jobs_finish_at() -> None:
+    """`c` on many queued jobs ends them all at once: the rest do not finish that fast."""
+    clock = Clock()
+    state = DashboardState(own_engine="me", clock=clock)
+    names = [f"d{i:03d}" for i in range(200)]
+    state.apply_snapshot([Dataset(n) for n in names], [])
+    for n in names:
+        state.apply_job(job(n, JobStatus.WAITING))
+    finish_one_a_tenth(state, clock, names[:20])  # 19 after the first in 1.9 s
+    for n in names[100:]:
+        state.apply_job(job(n, JobStatus.CANCELED))
+    t = state.totals(shown=200)
+    assert t.queued == 80 and t.eta_s == pytest.approx(80 / (19 / 1.9))
+
+
+def test_jobs_adopted_from_a_dead_process_count_once() -> None:
+    """The first store read has a dead process's waiting jobs; our engine adopts them and
+    small ones end before the next read, which has them completed and ours. Counted from our
+    events and again as another process's ends, they doubled the rate and halved the ETA."""
+    clock = Clock()
+    state = DashboardState(own_engine="me", clock=clock)
+    names = [f"d{i:02d}" for i in range(40)]
+    rows = [Dataset(n) for n in names]
+    state.apply_snapshot(rows, [job(n, JobStatus.WAITING, owner="dead") for n in names])
+    for n in names:  # queued again by our engine
+        state.apply_job(job(n, JobStatus.WAITING, owner="me"))
+    finish_one_a_tenth(state, clock, names[:20])  # 20,000 bytes in 2 s
+    state.tick()
+    done = [job(n, JobStatus.COMPLETED, owner="me", bytes_done=1000) for n in names[:20]]
+    state.apply_snapshot(rows, done + [job(n, JobStatus.WAITING, owner="me") for n in names[20:]])
+    clock.now += 0.5
+    state.tick()
+    t = state.totals(shown=40)
+    assert t.queued == 20 and t.eta_s == pytest.approx(20 / (19 / 2.4))
+    assert t.rate < 10_000  # counted twice, the 20,000 bytes made ~12,000/s
 
 
 def test_summary_drops_low_priority_parts_to_fit() -> None:

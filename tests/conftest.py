@@ -41,15 +41,21 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A file system of 16 MiB of its own (tmpfs: mounting one needs root, else skipped)."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    cmd = ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)]
+def mount_tmpfs(folder: Path, size: str) -> None:
+    """A file system of `size` of its own at `folder` (made if missing): a tmpfs, which only
+    root may mount; the test is skipped elsewhere. The caller unmounts it (`umount -R`)."""
+    folder.mkdir(exist_ok=True)
+    cmd = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)]
     mounted = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small file system: {mounted.stderr.strip()}")
+        pytest.skip(f"cannot mount a small file system (needs root): {mounted.stderr.strip()}")
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A file system of 16 MiB of its own (`mount_tmpfs`)."""
+    mnt = tmp_path / "small"
+    mount_tmpfs(mnt, "16m")
     try:
         yield mnt
     finally:

@@ -22,6 +22,7 @@ from dsm.domain.display import (
 )
 from dsm.domain.jobs import Job, JobStatus
 from dsm.domain.model import Dataset
+from dsm.domain.terminal import printable
 from dsm.widgets.dataset_table import COLOUR, MONO
 
 DETAIL_JOBS = 5
@@ -115,7 +116,9 @@ class Summary(Static):
 
 
 def _value(v: object) -> Text:
-    return Text("-" if v is None or v == "" else str(v))
+    """A field as shown: catalogue text (a description) and servers' text (an error) must not
+    drive the terminal (an OSC in a description set its window title)."""
+    return Text("-" if v is None or v == "" else printable(str(v)))
 
 
 def job_cells(job: Job, max_attempts: int, with_dataset: bool) -> list[Text]:
@@ -197,7 +200,7 @@ class DetailPane(VerticalScroll):
             ("downloaded at", Text(humanize.when(ds.downloaded_at_ms))),
             ("served by", _value(ds.served_by)),  # origin, a mirror, or the team cache
             ("job id", _value(ds.download_job_id)),
-            ("error", Text(ds.error or "-", style="red" if ds.error else "")),
+            ("error", Text(printable(ds.error or "-"), style="red" if ds.error else "")),
         ]
         if ds.source_commit:  # a Hub source: the commit on disk, and its files
             rows.insert(5, ("commit", Text(ds.source_commit)))

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from dsm.domain.jobs import PAUSED_MESSAGE, Job, JobStatus, JobType
 from dsm.domain.model import Dataset, Status
 from dsm.domain.redact import redact_url
+from dsm.domain.terminal import printable
 
 RATE_HALF_LIFE = 2.0  # seconds: the smoothed rate follows a change of speed within ~5 s
 RATE_WARMUP = 1.0  # seconds of samples before a rate (and so an ETA) is shown
@@ -82,7 +83,7 @@ def short_cause(error: str | None) -> str:
     if not error:
         return ""
     line = error.splitlines()[0]
-    return _HEX.sub(r"\1…", _URL_TAIL.sub("", line))
+    return printable(_HEX.sub(r"\1…", _URL_TAIL.sub("", line)))  # a server's text in part
 
 
 def retry_cause(error: str | None) -> str:

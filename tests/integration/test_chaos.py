@@ -24,6 +24,7 @@ from tests.conftest import (
     dsm_command,
     dsm_env,
     make_settings,
+    mount_tmpfs,
     open_repo,
     run_dsm,
     wait_for,
@@ -207,12 +208,7 @@ def test_disk_full_on_a_real_small_filesystem(
     server: FileServer, tmp_path: Path, catalog: CatalogFn
 ) -> None:
     home = tmp_path / "small"
-    home.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(home)], capture_output=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.decode().strip()}")
+    mount_tmpfs(home, "2m")
     try:
         data = blob(9, 6_000_000)
         cat = catalog(a=server.add("a.bin", data), b=server.add("b.bin", b"small"))
@@ -239,13 +235,6 @@ def test_disk_full_on_a_real_small_filesystem(
         assert (home / "data" / "b").read_bytes() == b"small"
     finally:
         subprocess.run(["umount", str(home)], check=True)
-
-
-def mount_tmpfs(folder: Path, size: str) -> None:
-    folder.mkdir(exist_ok=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)])
-    if done.returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
 
 
 def test_a_store_disk_full_for_seconds_is_said_once_on_a_real_filesystem(

@@ -53,6 +53,10 @@ class Terminal:
         )
         return dict(zip(names, shown.stdout.split(), strict=True))
 
+    def title(self) -> str:
+        """The pane's title, which an OSC 0 or 2 escape sequence sets."""
+        return self._tmux("display-message", "-p", "-t", "dsm", "#{pane_title}").stdout
+
     def dsm_pid(self) -> int:
         """The dsm process: the child of the pane's shell."""
         shell = self._tmux("list-panes", "-t", "dsm", "-F", "#{pane_pid}").stdout.strip()
@@ -76,15 +80,19 @@ def open_terminal(
         "broken": server.url("missing.bin"),
     }
     server.always("long.bin", rate=20_000)  # still running when the test quits
-    env = dsm_env(home, catalog(**names))
-    # The pane's shell gets the test home and catalogue explicitly: never the real ones.
-    exported = " ".join(f"{k}={shlex.quote(env[k])}" for k in ("DSM_HOME", "DSM_CATALOG"))
-    command = f"env {exported} {shlex.join(dsm_command())}; echo dsm exited $?; sleep 30"
-    term = Terminal(f"dsm-test-{os.getpid()}", command, env, size)
+    term = dashboard(dsm_env(home, catalog(**names)), size)
     try:
         yield term
     finally:
         term.close()
+
+
+def dashboard(env: dict[str, str], size: tuple[int, int] = (120, 40)) -> Terminal:
+    """dsm's dashboard in a new tmux terminal; the pane says how it exited."""
+    # The pane's shell gets the test home and catalogue explicitly: never the real ones.
+    exported = " ".join(f"{k}={shlex.quote(env[k])}" for k in ("DSM_HOME", "DSM_CATALOG"))
+    command = f"env {exported} {shlex.join(dsm_command())}; echo dsm exited $?; sleep 30"
+    return Terminal(f"dsm-test-{os.getpid()}", command, env, size)
 
 
 @pytest.fixture
@@ -204,3 +212,22 @@ def test_sighup_with_the_terminal_still_open_quits_and_restores_it(
     os.kill(term.dsm_pid(), signal.SIGHUP)
     wait_for(lambda: "dsm exited 0" in term.screen(), timeout=10)
     assert term.flags()["alternate_on"] == "0" and term.flags()["mouse_any_flag"] == "0"
+
+
+def test_catalogue_text_cannot_drive_the_dashboard_s_terminal(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    """A description with an OSC (set the window title), colours, a bidi override and a C1
+    CSI: the detail pane shows them as escapes, the terminal never receives them."""
+    hostile = "evil \x1b]2;PWNED\x07 \x1b[41mred\x1b[0m \u202eexe.txt \x9b31m"
+    entry = {"name": "alpha", "description": hostile, "local_path": "data/alpha"}
+    entry["original_url"] = server.add("alpha.bin", b"x" * 100)
+    term = dashboard(dsm_env(home, catalog(entries=[entry])))
+    try:
+        wait_for(lambda: "alpha" in term.screen(), timeout=20)
+        term.keys("Enter")  # the detail pane
+        wait_for(lambda: "description" in term.screen())
+        assert r"evil \x1b]2;PWNED\x07 \x1b[41mred\x1b[0m \u202eexe.txt \x9b31m" in term.screen()
+        assert "PWNED" not in term.title()
+    finally:
+        term.close()

@@ -424,3 +424,10 @@ def test_a_job_we_adopted_counts_once_before_the_store_says_it_is_ours() -> None
     state.apply_job(job("a", JobStatus.WAITING, owner="me"))  # adopted, not yet re-read
     state.apply_job(job("c", JobStatus.WAITING, owner="me"))
     assert state.totals(shown=3).queued == 3
+
+
+def test_a_server_s_error_text_cannot_drive_the_terminal() -> None:
+    """Errors quote servers (a reason phrase, a body): rows, job cells and notifications show
+    controls and bidi overrides as escapes."""
+    cause = short_cause("HTTP 500 \x1b]2;PWNED\x07 \u202eevil \x9b31m from http://h/x")
+    assert cause == r"HTTP 500 \x1b]2;PWNED\x07 \u202eevil \x9b31m"

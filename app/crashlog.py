@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import os
 import shlex
 import sys
 import traceback
@@ -72,9 +73,12 @@ def _append(home: Path | None, text: str) -> Path | None:
     for path in candidates(home):
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            with path.open("a", encoding="utf-8") as fh:
+            # Never through a link planted at its name (another user of a shared home): the
+            # traceback, words a server chose among them, went into the file it named.
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+            with os.fdopen(os.open(path, flags, 0o666), "a", encoding="utf-8") as fh:
                 fh.write(entry)
-        except OSError:
+        except OSError:  # a link too (ELOOP): the next place
             continue
         return path
     return None

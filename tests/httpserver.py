@@ -53,6 +53,12 @@ class Fault:
     range_end_short: int | None = None  # a 206 that ends this many bytes before the end asked
     range_total: int | None = None  # a 206 whose Content-Range names this total
     gate: threading.Event | None = None  # answer only once the test sets this event
+    # Send the status line, then a header byte every this many seconds, never ending the
+    # head (until the client leaves or the server stops).
+    trickle_head: float | None = None
+    # A chunked 200 whose first chunk is the body's first 5 bytes, then a chunk extension
+    # a byte every this many seconds: framing without data, never ending.
+    trickle_chunk: float | None = None
 
 
 @dataclass
@@ -214,6 +220,12 @@ def _handler_for(server: FileServer) -> type[BaseHTTPRequestHandler]:
         def _serve(self, seen: Seen, fault: Fault) -> None:
             if fault.gate is not None:
                 fault.gate.wait(60)
+            if fault.trickle_head is not None:
+                return self._trickle(seen, b"X-Slow: ", fault.trickle_head)
+            if fault.trickle_chunk is not None:
+                first = server.resources[self.path].body[:5]
+                head = b"Transfer-Encoding: chunked\r\n\r\n5\r\n%s\r\n1;" % first
+                return self._trickle(seen, head, fault.trickle_chunk)
             if fault.redirect_to:
                 target = fault.redirect_to
                 if not target.startswith(("http://", "https://", "ftp://", "file:")):
@@ -265,6 +277,14 @@ def _handler_for(server: FileServer) -> type[BaseHTTPRequestHandler]:
                 self.send_header("Content-Length", str(length))
             self.end_headers()
             self._send_body(seen, payload, fault)
+
+        def _trickle(self, seen: Seen, start: bytes, every: float) -> None:
+            seen.status = 200
+            self.close_connection = True
+            self.wfile.write(b"HTTP/1.1 200 OK\r\n" + start)
+            while not server.release.wait(every):
+                self.wfile.write(b"x")  # raises once the client has gone
+                self.wfile.flush()
 
         def _send_body(self, seen: Seen, payload: bytes, fault: Fault) -> None:
             limit = len(payload)

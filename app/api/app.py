@@ -7,7 +7,6 @@ progress is fresher than the store's (written once a second).
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from dsm.api.guard import JsonBody, SameOrigin
 from dsm.api.problem import Problem, SafeJSONResponse
 from dsm.api.schema import CANCEL_REQUEST, IDEMPOTENCY_KEY_MAX, SCHEMAS, openapi
 from dsm.api.validate import check
+from dsm.catalog.parse import read_json
 from dsm.config import Settings
 from dsm.domain.jobs import PARAMS_SCHEMA, Job, JobStatus, JobType
 from dsm.domain.model import Dataset
@@ -118,8 +118,8 @@ async def json_body(request: Request, schema: dict[str, Any], required: bool = T
     if not raw:
         raise Problem(400, "the request needs a JSON body")
     try:
-        body = json.loads(raw)
-    except (ValueError, RecursionError) as exc:  # ValueError covers bad JSON and bad UTF-8
+        body = read_json(raw)
+    except ValueError as exc:  # bad JSON and bad UTF-8 too
         raise Problem(400, f"request body is not valid JSON: {exc}") from None
     check(schema, body, "body", DEFS)
     return body

@@ -236,13 +236,27 @@ def _entry(raw: dict[str, Any]) -> CatalogEntry:
     )
 
 
-def read_json(text: str) -> Any:
+class KeyTwice(ValueError):
+    pass
+
+
+def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object whose keys are all different: json.loads keeps the last of two, and a reader
+    that keeps the first (a reviewer, a proxy's filter) would see another document."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        key = next(k for i, (k, _) in enumerate(pairs) if k in dict(pairs[:i]))
+        raise KeyTwice(f"the key {key!r} appears twice in one object")
+    return obj
+
+
+def read_json(text: str | bytes) -> Any:
     """json.loads whose every failure is a ValueError naming the problem: a JSONDecodeError
     (with its position), or JSON Python will not hold (nested too deeply, an integer of more
-    than 4300 digits)."""
+    than 4300 digits), or one that is ambiguous (a key twice in an object)."""
     try:
-        return json.loads(text)
-    except json.JSONDecodeError:
+        return json.loads(text, object_pairs_hook=_unique)
+    except (json.JSONDecodeError, KeyTwice):
         raise
     except RecursionError:
         raise ValueError("nested too deeply") from None

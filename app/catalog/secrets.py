@@ -10,12 +10,11 @@ dataset's entry that redacts to what the row holds.
 
 from __future__ import annotations
 
-import json
 import threading
 from pathlib import Path
 from typing import Any
 
-from dsm.catalog.parse import read_catalog
+from dsm.catalog.parse import read_catalog, read_json
 from dsm.domain.redact import REDACTED, redact_url
 from dsm.errors import DsmError
 
@@ -47,7 +46,7 @@ def _secret_urls(catalog: Path) -> dict[str, dict[str, str]]:
     with _cache_lock:
         found = _cache.get(key)
     if found is None:
-        doc = json.loads(read_catalog(catalog))
+        doc = read_json(read_catalog(catalog))  # nested too deeply: a ValueError too
         rows = doc.get("datasets", []) if isinstance(doc, dict) else []
         found = {}
         for r in rows:

@@ -71,6 +71,17 @@ def redact_url(url: str) -> str:
     return out.replace("://", f"://{REDACTED}@", 1) if bare != url else out
 
 
+def public_url(url: str) -> str:
+    """The URL without its query and credentials: a CDN's signed parameters and a catalogue's
+    `user:password@` must not land in errors or logs."""
+    bare = without_userinfo(url)  # parsed without it: a stored "[redacted]@" is no host
+    try:
+        out = urlsplit(bare)._replace(query="", fragment="").geturl()
+    except ValueError:  # a broken port or IPv6 literal: cut at the query by hand
+        out = bare.partition("?")[0].partition("#")[0]
+    return out.replace("://", f"://{REDACTED}@", 1) if bare != url else out
+
+
 def redact_text(text: str) -> str:
     """Every URL inside free text (an error message, a log line) redacted."""
     if "://" not in text:

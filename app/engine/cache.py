@@ -16,10 +16,10 @@ import anyio
 
 from dsm.config import Settings
 from dsm.domain.model import Dataset
-from dsm.domain.redact import redact_url
+from dsm.domain.redact import public_url, redact_url
 from dsm.engine import files
 from dsm.errors import TransferError
-from dsm.transfer.http import Fetched, public_url
+from dsm.transfer.http import Fetched
 from dsm.transfer.partfile import discard_partial, read_sidecar, write_sidecar
 
 if TYPE_CHECKING:

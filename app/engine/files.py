@@ -18,6 +18,7 @@ from dsm.domain.model import Dataset
 from dsm.transfer.http import Digest, Fetched
 from dsm.transfer.partfile import (
     discard_partial,
+    open_own,
     read_sidecar,
     sidecar_path,
     target_lock,
@@ -482,7 +483,8 @@ def write_manifest(home: Path, ds: Dataset, unpacked: list[Unpacked]) -> None:
     folder = archive_dir(home, ds)
     tmp = folder / (MANIFEST + ".tmp")
     doc = {"kind": ds.extract, "files": [dataclasses.asdict(u) for u in unpacked]}
-    tmp.write_text(json.dumps(doc), encoding="utf-8")
+    with os.fdopen(open_own(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "w") as f:
+        f.write(json.dumps(doc))
     os.replace(tmp, folder / MANIFEST)
 
 

@@ -273,6 +273,11 @@ def unpack(
     tmp.parent.mkdir(parents=True, exist_ok=True)
     if kind != "gz":
         tmp.mkdir()
+        # The user's alone while members are written: in a group-shared home another member
+        # could plant a link between two members (`sub` -> a folder of the user's) and have
+        # the next one written through it. The umask's mode once the last is out.
+        mode = stat.S_IMODE(tmp.stat().st_mode)
+        tmp.chmod(0o700)
     writer = _Writer(tmp.parent if kind == "gz" else tmp, limits, checkpoint)
     try:
         if kind == "gz":
@@ -281,6 +286,8 @@ def unpack(
             _zip(archive, writer)
         else:
             _tar(archive, kind, writer)
+        if kind != "gz":
+            tmp.chmod(mode)
     except _CORRUPT as exc:
         _remove(tmp)
         raise ArchiveError(f"not a valid {kind} archive: {exc}") from None

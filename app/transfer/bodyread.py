@@ -32,8 +32,10 @@ from collections.abc import Callable, Iterator
 
 import httpx
 
+from dsm.domain.redact import public_url
 from dsm.errors import BadResponse, Stalled
-from dsm.transfer.http import Policy, content_coding, public_url
+from dsm.transfer.http import Policy, content_coding
+from dsm.transfer.wire import BODY, Awaited, awaiting
 
 DIRECT_MIN = 4 << 20  # smaller bodies keep the pooled connection: a new one costs a round trip
 
@@ -103,6 +105,8 @@ class BodyReader:
         self._remaining = int(resp.headers["content-length"]) if self.direct else 0
         self._reading_socket = False
         self._floor = SpeedFloor(policy, url)
+        # Framing without data (a chunk extension a byte at a time): dsm.transfer.wire.
+        self._awaited = Awaited(policy.stall_timeout, url, BODY)
         self._url = url
         self._on_read = on_read  # told of every read: progress moves with the bytes, not a buffer
         self._error: Exception | None = None  # raised at the next fill, after the bytes before it
@@ -141,7 +145,9 @@ class BodyReader:
             return got
         if self._reading_socket:
             return self._recv(buf)
-        chunk = next(self._chunks, b"")
+        self._awaited.deadline = 0.0  # from the first read for this chunk
+        with awaiting(self._awaited):
+            chunk = next(self._chunks, b"")
         if not chunk:
             return 0
         self._left = memoryview(chunk)

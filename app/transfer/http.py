@@ -21,7 +21,7 @@ import httpx
 
 from dsm.config import DEFAULT_DOWNLOAD_MAX_BYTES, is_loopback
 from dsm.domain.hub import git_blob_header
-from dsm.domain.redact import REDACTED, redact_text, redact_url, without_userinfo
+from dsm.domain.redact import public_url, redact_text, redact_url
 from dsm.errors import (
     BadResponse,
     DiskError,
@@ -33,9 +33,15 @@ from dsm.errors import (
     Unreachable,
 )
 from dsm.transfer.proxy import RoutedClient
+from dsm.transfer.wire import HEAD, Awaited, awaiting
 from dsm.version import __version__
 
 MAX_REDIRECTS = 10
+# A number in a header: ASCII digits only (str.isdigit and \d take '²' and other scripts'
+# digits, which int() and float() refuse or read), and at most 20 in a size (int() refuses
+# more than 4300; no file has 10**20 bytes): a server's other numbers are malformed.
+DIGITS = re.compile(r"[0-9]+")
+SIZE = r"([0-9]{1,20})"
 RETRY_AFTER_CAP = 600.0
 USER_AGENT = f"dsm/{__version__}"
 HTML_SUFFIXES = (".html", ".htm")
@@ -158,24 +164,13 @@ class HostSlots:
 def retry_after(value: str | None) -> float | None:
     if not value:
         return None
-    if value.strip().isdigit():
+    if DIGITS.fullmatch(value.strip()):  # any length: float() has no digit limit
         return min(float(value), RETRY_AFTER_CAP)
     try:
         when = email.utils.parsedate_to_datetime(value).timestamp()
     except (TypeError, ValueError):
         return None
     return max(0.0, min(when - time.time(), RETRY_AFTER_CAP))
-
-
-def public_url(url: str) -> str:
-    """The URL without its query and credentials: a CDN's signed parameters and a catalogue's
-    `user:password@` must not land in errors or logs."""
-    bare = without_userinfo(url)  # parsed without it: a stored "[redacted]@" is no host
-    try:
-        out = urlsplit(bare)._replace(query="", fragment="").geturl()
-    except ValueError:  # a broken port or IPv6 literal: cut at the query by hand
-        out = bare.partition("?")[0].partition("#")[0]
-    return out.replace("://", f"://{REDACTED}@", 1) if bare != url else out
 
 
 @dataclass(frozen=True)
@@ -208,7 +203,10 @@ def _unreachable(exc: httpx.HTTPError, url: str) -> Unreachable | None:
     """A name that does not resolve or a port that refuses: found in the exception's causes."""
     if not isinstance(exc, httpx.ConnectError):  # a proxy's failure is a ProxyError
         return None
-    parsed = httpx.URL(url)
+    try:
+        parsed = exc.request.url  # where a redirect led, not the URL asked for
+    except RuntimeError:  # no request attached
+        parsed = httpx.URL(url)
     cause: BaseException | None = exc
     while cause is not None:
         if isinstance(cause, socket.gaierror):
@@ -244,6 +242,19 @@ class Env:
     slots: HostSlots
     ctl: Control
     budget: RetryBudget
+
+    def stream_args(
+        self, url: str, headers: dict[str, str]
+    ) -> tuple[httpx.Client, str, dict[str, str], HeadersFn, float, Callable[[], None]]:
+        """open_stream's arguments for a GET of `url`: a stop ends the wait for a head too."""
+        return (
+            self.client,
+            url,
+            headers,
+            self.host_headers,
+            self.policy.stall_timeout,
+            self.ctl.check,
+        )
 
 
 class Stopped(BaseException):
@@ -322,6 +333,18 @@ def secure_origin(url: httpx.URL) -> bool:
     return url.scheme == "https" or is_loopback(url.host)
 
 
+def joined(url: str, ref: str, what: str) -> str:
+    """`ref` (a redirect's Location, a Link) resolved against `url`; BadResponse saying
+    `what` points at it for a reference no URL parser takes (the server's fault, not a bug)."""
+    try:
+        target = urljoin(url, ref)
+        httpx.URL(target)  # what the next request parses
+    except (httpx.InvalidURL, ValueError) as exc:
+        cut = ref if len(ref) <= 200 else f"{ref[:200]}... ({len(ref)} characters)"
+        raise BadResponse(f"{what} that is no URL ({exc}): {redact_text(cut)!r}") from None
+    return target
+
+
 def _get(client: httpx.Client, url: httpx.URL, headers: dict[str, str]) -> httpx.Response:
     if isinstance(client, RoutedClient):  # the engine's: the short way to the transport
         return client.stream_get(url, headers)
@@ -330,11 +353,18 @@ def _get(client: httpx.Client, url: httpx.URL, headers: dict[str, str]) -> httpx
 
 @contextlib.contextmanager
 def open_stream(
-    client: httpx.Client, url: str, headers: dict[str, str], host_headers: HeadersFn
+    client: httpx.Client,
+    url: str,
+    headers: dict[str, str],
+    host_headers: HeadersFn,
+    head_s: float,
+    check: Callable[[], None] = lambda: None,
 ) -> Iterator[tuple[httpx.Response, str]]:
     """GET with redirects followed by hand: only to http(s), each hop gets its own origin's
     headers (scheme, host, port), so a token never follows a redirect to another origin; a
-    URL's `user:password@` goes over https or to this machine only."""
+    URL's `user:password@` goes over https or to this machine only. Each answer's head must
+    arrive within `head_s` of its first read, `check` (a stop) is called while it is awaited
+    (dsm.transfer.wire)."""
     for _ in range(MAX_REDIRECTS + 1):
         parsed = httpx.URL(url)
         if parsed.scheme not in ("http", "https"):
@@ -344,11 +374,12 @@ def open_stream(
                 f"refusing to send the password in {redact_url(url)} over plain http: "
                 "use https (credentials travel over https only, or to this machine)"
             )
-        resp = _get(client, parsed, {**headers, **host_headers(url)})
+        with awaiting(Awaited(head_s, url, HEAD, check)):
+            resp = _get(client, parsed, {**headers, **host_headers(url)})
         location = resp.headers.get("location")
         if resp.is_redirect and location:
             resp.close()
-            url = urljoin(url, location)
+            url = joined(url, location, f"{public_url(url)} redirects to a Location")
             continue
         try:
             yield resp, url
@@ -360,15 +391,15 @@ def open_stream(
 
 def parse_content_range(value: str | None) -> tuple[int, int, int | None] | None:
     """`bytes FIRST-LAST/TOTAL` -> (first, last, total or None for `*`); None if malformed."""
-    m = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+|\*)", (value or "").strip())
+    m = re.fullmatch(rf"bytes {SIZE}-{SIZE}/(?:{SIZE}|\*)", (value or "").strip())
     if not m:
         return None
-    return int(m.group(1)), int(m.group(2)), None if m.group(3) == "*" else int(m.group(3))
+    return int(m.group(1)), int(m.group(2)), None if m.group(3) is None else int(m.group(3))
 
 
 def parse_unsatisfied(value: str | None) -> int | None:
     """The size in a 416's `Content-Range: bytes */SIZE`."""
-    m = re.fullmatch(r"bytes \*/(\d+)", (value or "").strip())
+    m = re.fullmatch(rf"bytes \*/{SIZE}", (value or "").strip())
     return int(m.group(1)) if m else None
 
 

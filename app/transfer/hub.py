@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
-from urllib.parse import unquote, urljoin, urlsplit
+from urllib.parse import unquote, urlsplit
 
 import httpx
 
@@ -33,7 +33,14 @@ from dsm.domain.hub import (
     tree_url,
 )
 from dsm.errors import AccessDenied, BadResponse, HttpStatusError
-from dsm.transfer.http import Answer, base_headers, http_error, network_error, open_stream
+from dsm.transfer.http import (
+    Answer,
+    base_headers,
+    http_error,
+    joined,
+    network_error,
+    open_stream,
+)
 
 LOGIN_HINT = "log in with `hf auth login` or set HF_TOKEN"
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -87,7 +94,10 @@ class Hub:
         """GET an API URL; a 401/403 is AccessDenied at once, other errors typed as usual."""
         headers = base_headers() | {"Accept": "application/json"}
         try:
-            with open_stream(self.client, url, headers, self.headers) as (resp, final):
+            with open_stream(self.client, url, headers, self.headers, self.stall_timeout) as (
+                resp,
+                final,
+            ):
                 answer = Answer.of(resp, final)
                 if resp.status_code in (401, 403):
                     raise AccessDenied(self._denied(ref, resp.status_code))
@@ -148,7 +158,8 @@ class Hub:
                 raise BadResponse(f"the Hub's tree listing of {ref.repo} is not a list")
             out += [f for e in page if (f := self._file(ref, commit, e)) is not None]
             nxt = httpx.Response(200, headers=headers).links.get("next", {}).get("url")
-            url = urljoin(url, nxt) if nxt else None
+            what = f"the Hub's tree listing of {ref.repo} links to a next page"
+            url = joined(url, nxt, what) if nxt else None
             # The next page is of the same listing (the same path, a cursor added): another
             # (the moving branch's) would mix two commits' files into one called the commit.
             if url is not None and _listing(url) != _listing(first):

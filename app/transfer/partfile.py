@@ -49,6 +49,22 @@ class Room:
         return f"{self.folder} has {free} bytes free; {self.reserve} are kept free"
 
 
+def open_own(path: Path, flags: int) -> int:
+    """A file descriptor of one of dsm's own names (a partial, its sidecar), never through a
+    symbolic link at that name: a link planted there (by another user of a shared home)
+    had dsm write the download over the file it points at, then move the link into place."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)  # the umask decides
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        raise OSError(
+            errno.ELOOP,
+            f"{path} is a symbolic link, not a file dsm wrote; remove it (dsm never writes "
+            "through it)",
+        ) from None
+
+
 def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
     """`os.pwrite` may write fewer bytes than given: write the rest; a write that makes no
     progress is an error, never bytes silently missing from the file."""
@@ -84,8 +100,9 @@ def read_sidecar(part: Path) -> dict[str, Any]:
     in If-Range: an ETag of another type failed every later download with an internal
     error, one with a line break in it failed each attempt."""
     try:
-        data = json.loads(sidecar_path(part).read_text())
-    except (OSError, ValueError, RecursionError):
+        with os.fdopen(open_own(sidecar_path(part), os.O_RDONLY), encoding="utf-8") as f:
+            data = json.loads(f.read())
+    except (OSError, ValueError, RecursionError):  # a link: OSError, as if absent
         return {}
     return data if _sound(data) else {}
 
@@ -109,7 +126,8 @@ def write_sidecar(part: Path, meta: dict[str, Any]) -> None:
     tmp = side.with_name(side.name + ".tmp")
     if isinstance(meta.get("url"), str):
         meta = {**meta, "url": redact_url(meta["url"])}
-    tmp.write_text(json.dumps(meta))
+    with os.fdopen(open_own(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "w") as f:
+        f.write(json.dumps(meta))
     os.replace(tmp, side)
 
 

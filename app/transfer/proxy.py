@@ -20,6 +20,7 @@ import httpx
 
 from dsm.domain.redact import redact_url
 from dsm.errors import BadInput
+from dsm.transfer.wire import watch_heads
 
 SOCKS_HINT = "pip install 'httpx[socks]' (or dsm[socks]) to use a SOCKS proxy"
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -161,14 +162,16 @@ def _trusts_nothing() -> ssl.SSLContext:
 
 
 def _build(proxy: str | None, options: dict[str, Any]) -> httpx.HTTPTransport:
-    if proxy is None:
-        return httpx.HTTPTransport(**options)
+    """A transport whose connections read through dsm.transfer.wire (httpx has no option for
+    a network backend: its pool is given one before any request)."""
     try:
-        return httpx.HTTPTransport(proxy=proxy, **options)
+        transport = httpx.HTTPTransport(proxy=proxy, **options)
     except ImportError:
-        raise BadInput(f"{_variable(proxy)} is a SOCKS proxy: {SOCKS_HINT}") from None
+        raise BadInput(f"{_variable(proxy or '')} is a SOCKS proxy: {SOCKS_HINT}") from None
     except ValueError as exc:
-        raise BadInput(f"{_variable(proxy)} cannot be used: {exc}") from None
+        raise BadInput(f"{_variable(proxy or '')} cannot be used: {exc}") from None
+    watch_heads(transport._pool)
+    return transport
 
 
 class RoutedClient(httpx.Client):
@@ -186,8 +189,8 @@ class RoutedClient(httpx.Client):
 
     def stream_get(self, url: httpx.URL, headers: Mapping[str, str]) -> httpx.Response:
         """GET `url` with `headers`, the body left to stream; not following redirects. Unlike
-        Client.send: no `elapsed` on the response, no `request` on a transport error, and no
-        "HTTP Request" log line (dsm reads none of them)."""
+        Client.send: no `elapsed` on the response and no "HTTP Request" log line (dsm reads
+        neither)."""
         if url.userinfo or self.cookies or self.is_closed or any(self.event_hooks.values()):
             # What only Client.send does: basic auth from the URL, sending stored cookies,
             # hooks, refusing a closed client.
@@ -205,7 +208,11 @@ class RoutedClient(httpx.Client):
             stream=_NO_BODY,
             extensions={"timeout": self.timeout.as_dict()},
         )
-        response = self.router.handle_request(request)
+        try:
+            response = self.router.handle_request(request)
+        except httpx.RequestError as exc:
+            exc.request = request  # as Client.send does: the URL that failed (a redirect's)
+            raise
         response.request = request
         if "set-cookie" in response.headers:  # kept for later requests, as Client.send does
             self.cookies.extract_cookies(response)

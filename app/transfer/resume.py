@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dsm.domain.redact import redact_url
+from dsm.domain.redact import public_url, redact_url
 from dsm.errors import BadResponse, IntegrityError, TooLarge, TransferError
 from dsm.transfer.http import (
     Answer,
@@ -28,7 +28,6 @@ from dsm.transfer.http import (
     looks_like_html,
     parse_content_range,
     parse_unsatisfied,
-    public_url,
 )
 from dsm.transfer.partfile import meta_validator, validator
 

@@ -40,7 +40,13 @@ from dsm.transfer.http import (
     network_error,
     open_stream,
 )
-from dsm.transfer.partfile import Partial, discard_partial, pwrite_all, write_sidecar
+from dsm.transfer.partfile import (
+    Partial,
+    discard_partial,
+    open_own,
+    pwrite_all,
+    write_sidecar,
+)
 
 HASH_BLOCK = 4 << 20
 WRITE_BATCH = 1 << 20
@@ -126,7 +132,7 @@ class SegmentedDownload:
     def run(self, first: httpx.Response | None, slot: Slot | None) -> Fetched:
         try:
             self.p.part.parent.mkdir(parents=True, exist_ok=True)
-            self.fd = os.open(self.p.part, os.O_RDWR | os.O_CREAT, 0o666)  # the umask decides
+            self.fd = open_own(self.p.part, os.O_RDWR | os.O_CREAT)
             os.ftruncate(self.fd, self.total)  # sparse; segments fill their own ranges
             self._save()
         except OSError as exc:
@@ -253,10 +259,7 @@ class SegmentedDownload:
         headers = base_headers() | {"Range": f"bytes={first}-{last}", "If-Range": self.if_range}
         with self.env.slots.slot(url, self.ctl):
             try:
-                with open_stream(self.env.client, url, headers, self.env.host_headers) as (
-                    resp,
-                    final,
-                ):
+                with open_stream(*self.env.stream_args(url, headers)) as (resp, final):
                     answer = Answer.of(resp, final)
                     verdict = resume.segment(first, last, self.total, self.p.meta, answer)
                     if isinstance(verdict, resume.Reject):

@@ -52,6 +52,7 @@ from dsm.transfer.partfile import (
     Partial,
     Room,
     discard_partial,
+    open_own,
     read_sidecar,
     target_lock,
     write_all,
@@ -81,7 +82,8 @@ class _Sink:
         self.sha = Digest(blob_size)
         self.size = 0
         self.resume_meta: dict[str, Any] | None = None  # the sidecar not written yet
-        self.fh: BinaryIO = part.open("r+b" if offset else "wb")
+        flags = os.O_RDWR | os.O_CREAT | (0 if offset else os.O_TRUNC)
+        self.fh: BinaryIO = os.fdopen(open_own(part, flags), "r+b")
         if offset:
             # Hash the kept prefix once, then append: still one pass over every byte.
             while self.size < offset:
@@ -349,7 +351,7 @@ def _ask(env: Env, step: resume.Ask, p: Partial, expected_size: int | None) -> t
     with env.slots.slot(p.source, env.ctl) as slot:
         try:
             with (
-                open_stream(env.client, p.source, headers, env.host_headers) as (resp, final),
+                open_stream(*env.stream_args(p.source, headers)) as (resp, final),
                 env.ctl.watching(resp),
             ):
                 answer = Answer.of(resp, final)

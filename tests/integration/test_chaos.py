@@ -31,6 +31,7 @@ from tests.conftest import (
 )
 from tests.enginehelp import check_home, entries, run_jobs, setup
 from tests.httpserver import FileServer
+from tests.integration.test_archives import zip_of
 
 SOAK_TRIALS = 20
 
@@ -320,3 +321,51 @@ def test_store_stays_consistent_while_another_process_downloads(
     wait_for(done, timeout=30)
     assert proc.wait(timeout=10) == 0
     assert "downloading" in seen
+
+
+@pytest.mark.parametrize(
+    ("planted", "env"),
+    [
+        ("a.part", {}),
+        ("a.part", {"DSM_SEGMENTS": "4", "DSM_SEGMENT_MIN": "1000000"}),
+        ("a.part.json.tmp", {}),
+    ],
+    ids=["partial", "segmented-partial", "sidecar-temp"],
+)
+def test_a_link_planted_at_a_partial_name_is_never_written_through(
+    server: FileServer,
+    home: Path,
+    tmp_path: Path,
+    catalog: CatalogFn,
+    planted: str,
+    env: dict[str, str],
+) -> None:
+    """Another user of a shared home (or any process) links `<local_path>.part` to a file
+    outside it: dsm wrote the download over that file and moved the link into place."""
+    outside = tmp_path / "outside" / "precious"
+    outside.parent.mkdir()
+    outside.write_bytes(b"precious\n")
+    data = blob(9, 3_000_000)
+    cat = catalog(a=server.add("a.bin", data))
+    (home / "data").mkdir()
+    (home / "data" / planted).symlink_to(outside)
+    proc = run_dsm("--run-job", "download", "--dataset", "a", home=home, catalog_path=cat, env=env)
+    assert outside.read_bytes() == b"precious\n"
+    assert proc.returncode == 1, proc.stderr
+    assert f"{home / 'data' / planted} is a symbolic link" in proc.stderr, proc.stderr
+    assert not (home / "data" / "a").is_symlink()
+
+
+def test_a_link_planted_at_the_file_list_of_an_archive_is_never_written_through(
+    server: FileServer, home: Path, tmp_path: Path, catalog: CatalogFn
+) -> None:
+    """The same at `.archives/<name>/manifest.json.tmp`, the list of an unpacked archive."""
+    outside = tmp_path / "precious"
+    outside.write_bytes(b"precious\n")
+    url = server.add("a.zip", zip_of({"x.txt": b"x"}))
+    cat = catalog([{"name": "a", "original_url": url, "local_path": "data/a", "extract": "zip"}])
+    (home / ".archives" / "a").mkdir(parents=True)
+    (home / ".archives" / "a" / "manifest.json.tmp").symlink_to(outside)
+    proc = run_dsm("--run-job", "download", "--dataset", "a", home=home, catalog_path=cat)
+    assert outside.read_bytes() == b"precious\n"
+    assert proc.returncode == 1 and "manifest.json.tmp is a symbolic link" in proc.stderr

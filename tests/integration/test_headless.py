@@ -209,6 +209,10 @@ def test_event_lines_wait_for_one_write(home: Path) -> None:
         (["--params", "{nope"], "--params: invalid JSON"),
         (["--params", '{"dataset": ' + "9" * 5000 + "}"], "--params: invalid JSON: Exceeds"),
         (["--params", "[" * 100_000], "--params: invalid JSON: nested too deeply"),
+        (
+            ["--params", '{"dataset": "ok", "dataset": "other"}'],
+            "--params: invalid JSON: the key 'dataset' appears twice in one object",
+        ),
         ([], "--run-job needs --dataset NAME, --all or --params JSON"),
     ],
 )

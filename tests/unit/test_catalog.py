@@ -350,6 +350,13 @@ FILE_CASES: list[tuple[str, Any, str]] = [
     ("empty-file", "", "line 1, column 1: invalid JSON"),
     # Python refuses to read an integer of more than 4300 digits (CVE-2020-10735).
     ("json-huge-number", '{"datasets": [], "x": ' + "9" * 5000 + "}", "invalid JSON: Exceeds"),
+    # A reviewer (or a tool) reading the first URL would approve another than dsm fetches.
+    (
+        "json-key-twice",
+        '{"datasets": [{"name": "a", "original_url": "https://a.example/f", '
+        '"original_url": "https://b.example/f", "local_path": "a"}]}',
+        "invalid JSON: the key 'original_url' appears twice in one object",
+    ),
 ]
 
 

@@ -83,29 +83,36 @@ def test_a_damaged_pointer_is_as_if_absent(s3: S3, pointer: bytes) -> None:
     assert cache_for(s3, bucket).find(None, "http://h/f") is None
 
 
-def test_the_first_verified_pointer_wins_a_race(s3: S3, tmp_path: Path) -> None:
-    """Two machines publish the same source at once: one object, one pointer, no failure."""
-    bucket = s3.new_bucket()
-    data = blob(3, 200_000)
-    path = tmp_path / "f.bin"
-    path.write_bytes(data)
+def publish_at_once(s3: S3, bucket: str, path: Path, source: str, machines: int) -> list[bool]:
+    """`machines` threads publish the file at `path` for `source` at the same moment; what
+    each publish returned (any exception fails the test)."""
+    data = path.read_bytes()
     results: list[bool] = []
     errors: list[BaseException] = []
-    barrier = threading.Barrier(4)
+    barrier = threading.Barrier(machines)
 
     def publish() -> None:
         try:
             barrier.wait(timeout=10)
-            results.append(cache_for(s3, bucket).publish(path, sha(data), len(data), "http://h/f"))
+            results.append(cache_for(s3, bucket).publish(path, sha(data), len(data), source))
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=publish) for _ in range(4)]
+    threads = [threading.Thread(target=publish) for _ in range(machines)]
     for t in threads:
         t.start()
     for t in threads:
-        t.join(timeout=30)
+        t.join(timeout=60)
     assert errors == []
+    return results
+
+
+def test_the_first_verified_pointer_wins_a_race(s3: S3, tmp_path: Path) -> None:
+    """Two machines publish the same source at once: one object, one pointer, no failure."""
+    bucket = s3.new_bucket()
+    path = tmp_path / "f.bin"
+    path.write_bytes(blob(3, 200_000))
+    results = publish_at_once(s3, bucket, path, "http://h/f", machines=4)
     assert len(results) == 4 and results.count(True) >= 1
     assert len(s3.keys(bucket)) == 2
 

@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import re
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -18,9 +17,16 @@ from dsm.domain.redact import redact_url
 from dsm.transfer.partfile import write_sidecar
 from dsm.transfer.s3cache import CacheError, object_key, pointer_key
 from tests.conftest import CatalogFn, blob, run_dsm, sha
-from tests.enginehelp import run_jobs, setup
+from tests.enginehelp import Run, run_jobs, setup
 from tests.httpserver import FileServer
-from tests.integration.test_teamcache import aws_env, cache_env, cache_for, entry
+from tests.integration.test_teamcache import (
+    aws_env,
+    cache_env,
+    cache_for,
+    download,
+    entry,
+    publish_at_once,
+)
 from tests.s3server import S3, Lie, LyingS3
 
 pytestmark = pytest.mark.anyio
@@ -87,10 +93,7 @@ async def test_a_cache_object_of_another_size_than_the_catalogues_is_not_fetched
     cat = catalog([entry(server.add("gsm8k.jsonl", data), data)])
     env = aws_env(cache_env(s3, bucket))
     caplog.set_level(logging.INFO, logger="werkzeug")  # moto's request log
-    home = tmp_path / "a"
-    home.mkdir()
-    settings, repo = setup(home, cat, **env)
-    run = await run_jobs(settings, repo, JobType.DOWNLOAD, "gsm8k")
+    run, home = await download(tmp_path, "a", cat, env)
     assert run.job.status == JobStatus.COMPLETED, run.job.error
     assert run.dataset("gsm8k").served_by == "origin"
     assert (home / "data/gsm8k.jsonl").read_bytes() == data
@@ -185,22 +188,7 @@ def test_a_large_file_is_published_in_parts_even_by_racing_machines(s3: S3, tmp_
     data = blob(6, 12 << 20)
     path = tmp_path / "big.bin"
     path.write_bytes(data)
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(3)
-
-    def publish() -> None:
-        try:
-            barrier.wait(timeout=10)
-            cache_for(s3, bucket).publish(path, sha(data), len(data), "http://h/big")
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=publish) for _ in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
-    assert errors == []
+    publish_at_once(s3, bucket, path, "http://h/big", machines=3)
     key = f"team/{object_key(sha(data))}"
     head = s3.client().head_object(Bucket=bucket, Key=key)  # type: ignore[attr-defined]
     assert "-" in head["ETag"]  # a multipart upload's ETag: "<md5 of the parts' md5s>-<n>"
@@ -289,6 +277,22 @@ def test_push_of_a_file_damaged_on_disk_publishes_nothing(
     assert s3.keys(bucket) == []
 
 
+async def origin_then_cache(
+    tmp_path: Path, server: FileServer, cat: Path, env: dict[str, str], data: bytes
+) -> list[Run]:
+    """The dataset downloaded in two homes, the second with the origin stopped (only the
+    cache can serve it); each run completes with `data` in place."""
+    runs = []
+    for n, name in enumerate("ab"):
+        if n:
+            server.stop()
+        run, home = await download(tmp_path, name, cat, env)
+        assert run.job.status == JobStatus.COMPLETED, run.job.error
+        assert (home / "data/gsm8k.jsonl").read_bytes() == data
+        runs.append(run)
+    return runs
+
+
 @pytest.mark.parametrize("checksum", [True, False], ids=["with-checksum", "by-pointer"])
 async def test_a_source_with_credentials_is_shared_without_them(
     s3: S3,
@@ -307,16 +311,7 @@ async def test_a_source_with_credentials_is_shared_without_them(
     cat = catalog([entry(url, data if checksum else None)])
     bucket = s3.new_bucket()
     env = aws_env(cache_env(s3, bucket))
-    homes = [tmp_path / "a", tmp_path / "b"]
-    runs = []
-    for n, home in enumerate(homes):
-        home.mkdir()
-        if n:
-            server.stop()  # only the cache can serve the second home
-        settings, repo = setup(home, cat, **env)
-        runs.append(await run_jobs(settings, repo, JobType.DOWNLOAD, "gsm8k"))
-        assert runs[-1].job.status == JobStatus.COMPLETED, runs[-1].job.error
-        assert (home / "data/gsm8k.jsonl").read_bytes() == data
+    runs = await origin_then_cache(tmp_path, server, cat, env, data)
     assert [r.dataset("gsm8k").served_by for r in runs] == ["origin", "team cache"]
     pointer = s3.read(bucket, f"team/{pointer_key(url)}")
     assert b"PASSWORDX" not in pointer and b"redacted" not in pointer
@@ -440,17 +435,7 @@ async def test_a_bad_cache_object_is_replaced_by_the_verified_file(
     s3.write(bucket, key, blob(16, 300_000))
     cat = catalog([entry(server.add("gsm8k.jsonl", data), data)])
     env = aws_env(cache_env(s3, bucket))
-    homes = [tmp_path / "a", tmp_path / "b"]
-    served = []
-    for n, home in enumerate(homes):
-        home.mkdir()
-        if n:
-            server.stop()  # only the cache can serve the second home
-        settings, repo = setup(home, cat, **env)
-        run = await run_jobs(settings, repo, JobType.DOWNLOAD, "gsm8k")
-        assert run.job.status == JobStatus.COMPLETED, run.job.error
-        assert (home / "data/gsm8k.jsonl").read_bytes() == data
-        served.append(run.dataset("gsm8k").served_by)
-    assert served == ["origin", "team cache"]
+    runs = await origin_then_cache(tmp_path, server, cat, env, data)
+    assert [r.dataset("gsm8k").served_by for r in runs] == ["origin", "team cache"]
     assert s3.read(bucket, key) == data
     assert sum("held a bad object" in r.getMessage() for r in caplog.records) == 1

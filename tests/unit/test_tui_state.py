@@ -168,16 +168,22 @@ def test_totals_count_jobs_bytes_rate_and_view() -> None:
     )
 
 
+def queued(count: int) -> tuple[DashboardState, Clock, list[str]]:
+    """A dashboard with `count` datasets, each with a job of ours waiting."""
+    clock = Clock()
+    state = DashboardState(own_engine="me", clock=clock)
+    names = [f"d{i:03d}" for i in range(count)]
+    state.apply_snapshot([Dataset(n) for n in names], [])
+    for n in names:
+        state.apply_job(job(n, JobStatus.WAITING))
+    return state, clock, names
+
+
 def test_small_files_that_finish_between_samples_still_make_the_rate_and_eta() -> None:
     """Jobs of 1 KiB each run and finish within one progress interval: no job's own meter
     ever has a rate, yet 50 a second come in. The summary says 50 KiB/s, and, sizes not
     being known, an ETA from the rate at which jobs finish; not "1.0 KiB of 1.0 KiB"."""
-    clock = Clock()
-    state = DashboardState(own_engine="me", clock=clock)
-    names = [f"d{i:03d}" for i in range(400)]
-    state.apply_snapshot([Dataset(n) for n in names], [])
-    for n in names:
-        state.apply_job(job(n, JobStatus.WAITING))
+    state, clock, names = queued(400)
     for second in range(4):
         for n in names[second * 50 : (second + 1) * 50]:
             state.apply_job(job(n, JobStatus.RUNNING, bytes_done=0), Dataset(n))
@@ -276,12 +282,7 @@ def test_an_eta_by_count_needs_ends_min_jobs_finished_after_the_first() -> None:
 
 def test_canceled_jobs_do_not_make_the_rate_jobs_finish_at() -> None:
     """`c` on many queued jobs ends them all at once: the rest do not finish that fast."""
-    clock = Clock()
-    state = DashboardState(own_engine="me", clock=clock)
-    names = [f"d{i:03d}" for i in range(200)]
-    state.apply_snapshot([Dataset(n) for n in names], [])
-    for n in names:
-        state.apply_job(job(n, JobStatus.WAITING))
+    state, clock, names = queued(200)
     finish_one_a_tenth(state, clock, names[:20])  # 19 after the first in 1.9 s
     for n in names[100:]:
         state.apply_job(job(n, JobStatus.CANCELED))

@@ -16,7 +16,7 @@ import anyio
 
 from dsm.config import Settings
 from dsm.domain.model import Dataset
-from dsm.domain.redact import public_url, redact_url
+from dsm.domain.redact import error_text, public_url, redact_url
 from dsm.engine import files
 from dsm.errors import TransferError
 from dsm.transfer.http import Fetched
@@ -202,5 +202,5 @@ class CacheSide:
                 if self.cache.find(sha, ds.original_url) is not None:
                     held += 1
         except CacheError as exc:
-            return CacheReport(url, False, str(exc), held, known, len(datasets))
+            return CacheReport(url, False, error_text(str(exc)), held, known, len(datasets))
         return CacheReport(url, True, None, held, known, len(datasets))

@@ -34,6 +34,30 @@ SERVED_BY_CACHE = "team cache"
 RESTING = 60.0
 
 
+class _Rests:
+    """The rest and the warning, per cache (`TeamCache.where`) and per process: not per engine, as a
+    script's every `dsm.library` call starts one (each waited a time-out, and warned)."""
+
+    def __init__(self) -> None:
+        self._until: dict[str, float] = {}
+        self._warned: set[str] = set()
+        self._lock = threading.Lock()
+
+    def resting(self, url: str) -> bool:
+        return time.monotonic() < self._until.get(url, 0.0)
+
+    def rest(self, url: str) -> bool:
+        """Rest the cache at `url`; True the first time in this process (warn then)."""
+        with self._lock:
+            self._until[url] = time.monotonic() + RESTING
+            first = url not in self._warned
+            self._warned.add(url)
+        return first
+
+
+_rests = _Rests()
+
+
 @dataclass(frozen=True)
 class CacheReport:
     url: str
@@ -61,25 +85,18 @@ class CacheSide:
             from dsm.transfer.s3cache import TeamCache
 
             self.cache = TeamCache(settings.cache_url, push=settings.cache_push)
-        self._resting_until = 0.0
         self._bad: set[str] = (
             set()
         )  # objects found not to be their file: the next publish replaces them
-        self._warned = False
-        self._lock = threading.Lock()
 
     @property
     def enabled(self) -> bool:
-        return self.cache is not None and time.monotonic() >= self._resting_until
+        return self.cache is not None and not _rests.resting(self.cache.where)
 
     def failed(self, what: str, exc: BaseException | str) -> None:
         """Rest the cache after a failure; warn once per process, not once per job."""
-        with self._lock:
-            self._resting_until = time.monotonic() + RESTING
-            if self._warned:
-                return
-            self._warned = True
-        log.warning("dsm: team cache: %s failed (%s); using the origin", what, exc)
+        if self.cache is not None and _rests.rest(self.cache.where):
+            log.warning("dsm: team cache: %s failed (%s); using the origin", what, exc)
 
     def find(self, ds: Dataset) -> CachedFile | None:
         """The cached copy of `ds`, by its expected checksum or its source's pointer."""

@@ -472,3 +472,36 @@ async def test_a_cache_that_never_answers_costs_a_short_wait_once_per_process(
     assert asked == 1 and len(liar.seen) == asked  # the second engine asked nothing
     warned = [r.getMessage() for r in caplog.records if r.name == "dsm.cache"]
     assert len(warned) == 1 and "the look-up failed" in warned[0], warned
+
+
+async def test_a_download_from_the_cache_cut_short_resumes_from_the_cache(
+    s3: S3,
+    liar: LyingS3,
+    server: FileServer,
+    tmp_path: Path,
+    catalog: CatalogFn,
+    caplog: pytest.LogCaptureFixture,
+    aws_env: Callable[[dict[str, str]], dict[str, str]],
+) -> None:
+    """The cache's GET stops half way, once: the download goes on from its partial with a
+    Range to the cache (it started again from zero at the origin), no warning, the origin
+    never asked."""
+    bucket = s3.new_bucket()
+    data = blob(9, 400_000)
+    path = tmp_path / "f.bin"
+    path.write_bytes(data)
+    cache_for(s3, bucket).publish(path, sha(data), len(data), "http://elsewhere/f")
+    liar.lie("GET", object_key(sha(data)), Lie(stall=True, once=True))
+    cat = catalog([entry(server.add("gsm8k.jsonl", data), data)])
+    env = aws_env(cache_env(s3, bucket, AWS_ENDPOINT_URL=liar.endpoint))
+    home = tmp_path / "a"
+    home.mkdir()
+    settings, repo = setup(home, cat, **env)
+    run = await run_jobs(settings, repo, JobType.DOWNLOAD, "gsm8k", stall_timeout=1.0)
+    assert run.job.status == JobStatus.COMPLETED, run.job.error
+    assert run.dataset("gsm8k").served_by == "team cache"
+    assert (home / "data/gsm8k.jsonl").read_bytes() == data
+    ranges = [r for m, p, r in liar.asked if m == "GET" and object_key(sha(data)) in p]
+    assert ranges == [None, f"bytes={len(data) // 2}-"]
+    assert server.requests("gsm8k.jsonl") == []
+    assert not [r for r in caplog.records if r.name == "dsm.cache" and r.levelno >= logging.WARNING]

@@ -6,13 +6,14 @@ total length, and for a segmented download each segment's progress."""
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import errno
 import json
 import os
 import shutil
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -49,20 +50,76 @@ class Room:
         return f"{self.folder} has {free} bytes free; {self.reserve} are kept free"
 
 
-def open_own(path: Path, flags: int) -> int:
-    """A file descriptor of one of dsm's own names (a partial, its sidecar), never through a
-    symbolic link at that name: a link planted there (by another user of a shared home)
-    had dsm write the download over the file it points at, then move the link into place."""
+_FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+@contextlib.contextmanager
+def folder_fd(folder: Path, make: bool = False) -> Iterator[int]:
+    """A descriptor of `folder`, reached from `/` one name at a time without following a
+    symbolic link (openat). Its path was resolved and checked to stay in the home
+    (dsm.catalog.paths) and holds no link: one there now was swapped in since (by another
+    user of a shared home) and is refused (ELOOP), never followed out of the home, as a
+    path given to the system would be. `make`: missing folders are made on the way."""
+    fd = os.open("/", _FOLDER)
     try:
-        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)  # the umask decides
+        here = Path("/")
+        for name in folder.absolute().parts[1:]:
+            here /= name
+            inner = _enter(fd, name, make, here)
+            os.close(fd)
+            fd = inner
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _enter(fd: int, name: str, make: bool, here: Path) -> int:
+    try:
+        try:
+            return os.open(name, _FOLDER, dir_fd=fd)
+        except FileNotFoundError:
+            if not make:
+                raise
+            with contextlib.suppress(FileExistsError):  # made meanwhile by another job
+                os.mkdir(name, dir_fd=fd)
+            return os.open(name, _FOLDER, dir_fd=fd)
     except OSError as exc:
-        if exc.errno != errno.ELOOP:
+        if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
             raise
         raise OSError(
-            errno.ELOOP,
-            f"{path} is a symbolic link, not a file dsm wrote; remove it (dsm never writes "
-            "through it)",
+            exc.errno,
+            f"{here} is a symbolic link or no folder; dsm never writes through one",
         ) from None
+
+
+def make_folders(folder: Path) -> None:
+    """`folder.mkdir(parents=True, exist_ok=True)`, never through a link (folder_fd)."""
+    with folder_fd(folder, make=True):
+        pass
+
+
+def open_own(path: Path, flags: int) -> int:
+    """A file descriptor of one of dsm's own names (a partial, its sidecar), never through a
+    symbolic link at that name nor at a folder above it (folder_fd): a link planted there (by
+    another user of a shared home) had dsm write the download over the file it points at,
+    then move the link into place."""
+    with folder_fd(path.parent) as folder:
+        try:  # the umask decides the mode
+            return os.open(path.name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666, dir_fd=folder)
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise
+            raise OSError(
+                errno.ELOOP,
+                f"{path} is a symbolic link, not a file dsm wrote; remove it (dsm never writes "
+                "through it)",
+            ) from None
+
+
+def replace_own(path: Path, name: str) -> None:
+    """`os.replace(path, path.with_name(name))` in a folder reached by folder_fd."""
+    with folder_fd(path.parent) as folder:
+        os.replace(path.name, name, src_dir_fd=folder, dst_dir_fd=folder)
 
 
 def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
@@ -128,7 +185,7 @@ def write_sidecar(part: Path, meta: dict[str, Any]) -> None:
         meta = {**meta, "url": redact_url(meta["url"])}
     with os.fdopen(open_own(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "w") as f:
         f.write(json.dumps(meta))
-    os.replace(tmp, side)
+    replace_own(tmp, side.name)
 
 
 def discard_partial(part: Path) -> None:

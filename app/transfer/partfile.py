@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -53,49 +53,48 @@ class Room:
 _FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-@contextlib.contextmanager
-def folder_fd(folder: Path, make: bool = False) -> Iterator[int]:
-    """A descriptor of `folder`, reached from `/` one name at a time without following a
-    symbolic link (openat). Its path was resolved and checked to stay in the home
-    (dsm.catalog.paths) and holds no link: one there now was swapped in since (by another
-    user of a shared home) and is refused (ELOOP), never followed out of the home, as a
-    path given to the system would be. `make`: missing folders are made on the way."""
+def folder_fd(folder: Path, make: bool = False) -> int:
+    """A descriptor of `folder` (the caller closes it), reached from `/` one name at a time
+    without following a symbolic link (openat). Its path was resolved and checked to stay in
+    the home (dsm.catalog.paths) and holds no link: one there now was swapped in since (by
+    another user of a shared home) and is refused (ELOOP), never followed out of the home,
+    as a path given to the system would be. `make`: missing folders are made on the way."""
+    names = os.path.abspath(folder).split("/")[1:]
     fd = os.open("/", _FOLDER)
     try:
-        here = Path("/")
-        for name in folder.absolute().parts[1:]:
-            here /= name
-            inner = _enter(fd, name, make, here)
+        for depth, name in enumerate(names, 1):
+            try:
+                inner = os.open(name, _FOLDER, dir_fd=fd)
+            except OSError as exc:
+                inner = _not_entered(fd, name, make, exc, "/" + "/".join(names[:depth]))
             os.close(fd)
             fd = inner
-        yield fd
-    finally:
+    except BaseException:
         os.close(fd)
+        raise
+    return fd
 
 
-def _enter(fd: int, name: str, make: bool, here: Path) -> int:
+def _not_entered(fd: int, name: str, make: bool, exc: OSError, here: str) -> int:
+    """A folder `folder_fd` could not enter: made when missing (`make`), else an error that
+    names a link where it is one."""
     try:
-        try:
-            return os.open(name, _FOLDER, dir_fd=fd)
-        except FileNotFoundError:
-            if not make:
-                raise
-            with contextlib.suppress(FileExistsError):  # made meanwhile by another job
-                os.mkdir(name, dir_fd=fd)
-            return os.open(name, _FOLDER, dir_fd=fd)
-    except OSError as exc:
-        if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+        if not (make and isinstance(exc, FileNotFoundError)):
+            raise exc
+        with contextlib.suppress(FileExistsError):  # made meanwhile by another job
+            os.mkdir(name, dir_fd=fd)
+        return os.open(name, _FOLDER, dir_fd=fd)
+    except OSError as failed:
+        if failed.errno not in (errno.ELOOP, errno.ENOTDIR):
             raise
         raise OSError(
-            exc.errno,
-            f"{here} is a symbolic link or no folder; dsm never writes through one",
+            failed.errno, f"{here} is a symbolic link or no folder; dsm never writes through one"
         ) from None
 
 
 def make_folders(folder: Path) -> None:
     """`folder.mkdir(parents=True, exist_ok=True)`, never through a link (folder_fd)."""
-    with folder_fd(folder, make=True):
-        pass
+    os.close(folder_fd(folder, make=True))
 
 
 def open_own(path: Path, flags: int) -> int:
@@ -103,23 +102,28 @@ def open_own(path: Path, flags: int) -> int:
     symbolic link at that name nor at a folder above it (folder_fd): a link planted there (by
     another user of a shared home) had dsm write the download over the file it points at,
     then move the link into place."""
-    with folder_fd(path.parent) as folder:
-        try:  # the umask decides the mode
-            return os.open(path.name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666, dir_fd=folder)
-        except OSError as exc:
-            if exc.errno != errno.ELOOP:
-                raise
-            raise OSError(
-                errno.ELOOP,
-                f"{path} is a symbolic link, not a file dsm wrote; remove it (dsm never writes "
-                "through it)",
-            ) from None
+    folder = folder_fd(path.parent)
+    try:  # the umask decides the mode
+        return os.open(path.name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666, dir_fd=folder)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        raise OSError(
+            errno.ELOOP,
+            f"{path} is a symbolic link, not a file dsm wrote; remove it (dsm never writes "
+            "through it)",
+        ) from None
+    finally:
+        os.close(folder)
 
 
 def replace_own(path: Path, name: str) -> None:
     """`os.replace(path, path.with_name(name))` in a folder reached by folder_fd."""
-    with folder_fd(path.parent) as folder:
+    folder = folder_fd(path.parent)
+    try:
         os.replace(path.name, name, src_dir_fd=folder, dst_dir_fd=folder)
+    finally:
+        os.close(folder)
 
 
 def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:

@@ -18,8 +18,11 @@ import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import PurePath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
+
+if TYPE_CHECKING:
+    from dsm.domain.model import Dataset
 
 HF_SCHEME = "hf://"
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -228,3 +231,15 @@ def manifest_checksum(files: list[ManifestFile]) -> str:
 
 def git_blob_header(size: int) -> bytes:
     return f"blob {size}\0".encode()
+
+
+def hub_followed(rows: Iterable[Dataset]) -> list[tuple[Dataset, HubRef]]:
+    """Downloaded Hub datasets whose source names a branch or tag, not a commit: those whose
+    upstream `dsm list` and the dashboard ask the Hub about."""
+    out: list[tuple[Dataset, HubRef]] = []
+    for ds in rows:
+        if ds.downloaded and ds.source_commit and is_hub(ds.original_url):
+            ref = parse_hub_url(ds.original_url)
+            if not ref.pinned:
+                out.append((ds, ref))
+    return out

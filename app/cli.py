@@ -187,7 +187,8 @@ def cmd_show(args: argparse.Namespace, repo: Repository) -> int:
                 line = json_text(item) if isinstance(item, dict) else printable(str(item))
                 print(" " * 19 + line)
         else:
-            print(f"{key:<18} {'-' if value is None else one_line(str(value))}")
+            shown = one_line if key == "error" else printable  # an older store's, many lines
+            print(f"{key:<18} {'-' if value is None else shown(str(value))}")
     return 0
 
 

@@ -7,13 +7,16 @@ total length, and for a segmented download each segment's progress."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import email.utils
 import errno
 import json
 import os
+import platform
 import shutil
+import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -54,12 +57,23 @@ _FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def folder_fd(folder: Path, make: bool = False) -> int:
-    """A descriptor of `folder` (the caller closes it), reached from `/` one name at a time
-    without following a symbolic link (openat). Its path was resolved and checked to stay in
-    the home (dsm.catalog.paths) and holds no link: one there now was swapped in since (by
-    another user of a shared home) and is refused (ELOOP), never followed out of the home,
-    as a path given to the system would be. `make`: missing folders are made on the way."""
-    names = os.path.abspath(folder).split("/")[1:]
+    """A descriptor of `folder` (the caller closes it), reached from `/` without following a
+    symbolic link. Its path was resolved and checked to stay in the home (dsm.catalog.paths)
+    and holds no link: one there now was swapped in since (by another user of a shared home)
+    and is refused (ELOOP), never followed out of the home, as a path given to the system
+    would be. `make`: missing folders are made on the way."""
+    path = os.path.abspath(folder)
+    if _no_links_open is not None:
+        try:
+            return _no_links_open(path)
+        except OSError:  # the walk makes what is missing, or names the link or the file
+            pass
+    return _walk(path, make)
+
+
+def _walk(path: str, make: bool) -> int:
+    """folder_fd one name at a time (openat), where openat2 is missing or refused."""
+    names = path.split("/")[1:]
     fd = os.open("/", _FOLDER)
     try:
         for depth, name in enumerate(names, 1):
@@ -73,6 +87,46 @@ def folder_fd(folder: Path, make: bool = False) -> int:
         os.close(fd)
         raise
     return fd
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = (("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64))
+
+
+_SYS_OPENAT2 = 437  # Linux 5.6+: one number on every architecture but alpha (unified table)
+_RESOLVE_NO_SYMLINKS = 0x04
+# What says openat2 cannot serve here (an older kernel, a seccomp filter, a flag unknown).
+_NO_OPENAT2 = frozenset({errno.ENOSYS, errno.EPERM, errno.EINVAL, errno.E2BIG})
+
+
+def _openat2() -> Callable[[str], int] | None:
+    """openat2(RESOLVE_NO_SYMLINKS): the whole walk in one system call, where the kernel has
+    it (one call and a close a file, not two a folder: ~9 us against ~31 for 4 folders, and
+    each call lets another thread take the GIL). None where it cannot be used."""
+    if not sys.platform.startswith("linux") or platform.machine().startswith("alpha"):
+        return None
+    syscall = ctypes.CDLL(None, use_errno=True).syscall
+    syscall.restype = ctypes.c_long
+    how = _OpenHow(_FOLDER, 0, _RESOLVE_NO_SYMLINKS)
+    size = ctypes.sizeof(how)
+
+    def open_no_links(path: str) -> int:
+        fd: int = syscall(_SYS_OPENAT2, _AT_FDCWD, os.fsencode(path), ctypes.byref(how), size)
+        if fd < 0:
+            raise OSError(ctypes.get_errno(), path)
+        return fd
+
+    try:
+        os.close(open_no_links("/"))
+    except OSError as exc:
+        if exc.errno in _NO_OPENAT2:
+            return None
+        raise
+    return open_no_links
+
+
+_AT_FDCWD = -100
+_no_links_open = _openat2()
 
 
 def _not_entered(fd: int, name: str, make: bool, exc: OSError, here: str) -> int:

@@ -264,7 +264,7 @@ class Ledger:
             return
         if not files.still_verified(home, ds, resolver):
             return
-        end = nothing_to_do(job.params["force_download"], ds, True, offline)
+        end = nothing_to_do(job.force_download, ds, True, offline)
         if end is not None:
             job.status, job.error = end
             job.started_ms = job.finished_ms = now_ms()

@@ -61,7 +61,7 @@ async def obtain(
             ds,
             target,
             lambda u, size: h.transfer(job, u, target, size),
-            job.params["force_download"],
+            job.force_download,
         )
         if cached is not None:
             return Served(SERVED_BY_CACHE, cached)

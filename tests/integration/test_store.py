@@ -302,6 +302,19 @@ def test_an_unwritable_home_is_a_store_error(tmp_path: Path) -> None:
 
 
 # -- a corrupt db.json is reported and never overwritten ------------------------------------
+def _job(**fields: object) -> bytes:
+    """A store with one waiting job `j` of a dead process, with `fields` changed."""
+    job: dict[str, object] = {
+        "id": "j",
+        "type": "download",
+        "status": "waiting",
+        "dataset": "a",
+        "owner": "gone",
+    }
+    job |= {"params": {"dataset": "a", "force_download": False}, "created_ms": 1} | fields
+    return json.dumps({"datasets": {"a": {"name": "a"}}, "jobs": {"j": job}}).encode()
+
+
 CORRUPT: list[tuple[str, bytes, str]] = [
     ("not-json", b"this is not json\n", "not valid JSON"),
     ("empty", b"", "empty file (no tables): not a dsm store"),
@@ -320,26 +333,35 @@ CORRUPT: list[tuple[str, bytes, str]] = [
         b'{"datasets": {"a": {"name": "a", "status": "done"}}}',
         "dataset a: unknown status 'done'",
     ),
-    (
-        "job-row-no-type",
-        b'{"jobs": {"j": {"dataset": "a"}}}',
-        "malformed job row (KeyError('type'))",
-    ),
+    ("job-row-no-id", b'{"jobs": {"j": {"dataset": "a"}}}', "job row without a string 'id'"),
+    ("job-row-no-type", b'{"jobs": {"j": {"id": "j", "dataset": "a"}}}', "job j: unknown type"),
     (
         "job-row-bad-type",
-        b'{"jobs": {"j": {"type": "fetch", "status": "waiting", "dataset": "a", "params": {}}}}',
-        "malformed job row",
+        b'{"jobs": {"j": {"id": "j", "type": "fetch", "status": "waiting", "dataset": "a"}}}',
+        "malformed job row: job j: unknown type 'fetch'",
     ),
     (
         "job-row-no-params",
-        b'{"jobs": {"j": {"type": "download", "status": "waiting", "dataset": "a"}}}',
-        "malformed job row",
+        b'{"jobs": {"j": {"id": "j", "type": "download", "status": "waiting", "dataset": "a"}}}',
+        "malformed job row: job j: field 'params' is missing",
     ),
     (
         "job-row-bad-status",
-        b'{"jobs": {"j": {"type": "download", "status": "done", "dataset": "a", "params": {}}}}',
-        "malformed job row",
+        b'{"jobs": {"j": {"id": "j", "type": "download", "status": "done", "dataset": "a"}}}',
+        "malformed job row: job j: unknown status 'done'",
     ),
+    # A job row of another shape (written by hand, by another program): named at open, where
+    # it was an internal error once a process adopted the job or pruned the jobs.
+    ("job-bad-params", _job(params="x"), "job j: field 'params' is 'x', expected an object"),
+    ("job-bad-force", _job(params={"force_download": 1}), "job j: params.force_download is 1"),
+    ("job-bad-stamp", _job(created_ms="soon"), "job j: field 'created_ms' is 'soon', expected"),
+    ("job-float-stamp", _job(created_ms=1e30), "job j: field 'created_ms' is 1e+30, expected"),
+    ("job-bad-dataset", _job(dataset=5), "job j: field 'dataset' is 5, expected a string"),
+    ("job-bad-expect", _job(expect=[1]), "job j: field 'expect' is [1], expected an object or"),
+    ("job-bad-owner", _job(owner=5), "job j: field 'owner' is 5, expected a string or null"),
+    ("job-other-id", _job(id="k"), "job row 'j' has the id 'k'"),
+    ("job-bad-keys", _job(idempotency_keys=5), "job j: field 'idempotency_keys' is neither"),
+    ("job-bad-request", _job(idempotency_keys={"k": 1}), "field 'idempotency_keys' is neither"),
     (
         "bad-field-type",
         b'{"datasets": {"a": {"name": "a", "size": "12 MB"}}}',

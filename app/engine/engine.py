@@ -36,7 +36,7 @@ from dsm.engine.ledger import Ledger, owner_lock_path
 from dsm.engine.locks import DatasetLocks, HeldLock
 from dsm.engine.outcome import Outcome
 from dsm.engine.progress import progress_meter
-from dsm.errors import BadInput, UnknownDataset
+from dsm.errors import BadInput, DsmError, UnknownDataset
 from dsm.repository import Repository, StoreError, StoreFull, now_ms
 from dsm.transfer.proxy import make_client
 from dsm.transfer.single import ProgressFn
@@ -334,8 +334,7 @@ class Engine:
                 home = self.settings.home
                 await anyio.to_thread.run_sync(files.drop_partial, home, ds)
         except Exception as exc:  # a bug must fail its job, never the engine
-            log.exception("job %s failed unexpectedly", job.id)
-            outcome = (JobStatus.FAILED, f"internal error: {type(exc).__name__}: {exc}")
+            outcome = uncaught(job, exc)
         finally:
             outcome = self.handlers.outcome(job, outcome)
             with anyio.CancelScope(shield=True):
@@ -409,3 +408,13 @@ class Engine:
                 await self.ledger.defer(self.repo.write_progress, list(batch.values()))
             except StoreError as exc:  # progress is advisory: the next flush writes newer
                 self.ledger.failed(exc, lost=False)
+
+
+def uncaught(job: Job, exc: Exception) -> Outcome:
+    """The end of a job by an exception nothing caught (call it in the except block): a
+    DsmError says what went wrong (a lock file dsm cannot use); any other is a bug, its
+    traceback logged."""
+    if isinstance(exc, DsmError):
+        return JobStatus.FAILED, str(exc)
+    log.exception("job %s failed unexpectedly", job.id)
+    return JobStatus.FAILED, f"internal error: {type(exc).__name__}: {exc}"

@@ -27,6 +27,7 @@ import anyio
 
 from dsm.domain.jobs import Job, JobType
 from dsm.engine.ledger import Ledger
+from dsm.errors import DsmError
 
 LOCK_POLL = 0.2
 SHARED_NAME = "datasets.lock"
@@ -153,7 +154,7 @@ class DatasetLocks:
         await self._local.setdefault(name, anyio.Lock(fast_acquire=True)).acquire()
         asked = job.type != JobType.DELETE
         try:
-            while (lock := self.file.try_lock(name)) is None:
+            while (lock := self._try_lock(name)) is None:
                 if not asked:
                     asked = True
                     await self.ledger.call(self.ledger.request_cancel, name)
@@ -162,6 +163,16 @@ class DatasetLocks:
         except BaseException:
             self._local[name].release()
             raise
+
+    def _try_lock(self, name: str) -> HeldLock | None:
+        try:
+            return self.file.try_lock(name)
+        except OSError as exc:  # a lock file made a folder, another user's, a read-only disk
+            where = exc.filename or self.file.lock_dir / SHARED_NAME
+            raise DsmError(
+                f"cannot lock the dataset in {where}: {exc.strerror or exc}; check the data "
+                "home and its permissions"
+            ) from None
 
     def release(self, name: str, lock: HeldLock) -> None:
         try:

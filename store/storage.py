@@ -13,6 +13,7 @@ import errno
 import itertools
 import os
 import secrets
+import stat
 import tempfile
 import threading
 import time
@@ -103,9 +104,16 @@ class AtomicJSONStorage(Storage):
 
     def _identity(self) -> tuple[int, int, int] | None:
         try:
-            st = os.stat(self.path)
+            st = os.lstat(self.path)
         except FileNotFoundError:
             return None
+        if stat.S_ISLNK(st.st_mode):
+            # Every write replaces db.json whole: a link would be replaced by a file at the
+            # first, the file it named left behind, stale; a dangling one read as no store.
+            raise StoreCorrupt(
+                f"{self.path}: a symbolic link (to {os.readlink(self.path)}); dsm replaces "
+                "its store whole at every write, so it must be the file itself: move it here"
+            )
         return (st.st_ino, st.st_size, st.st_mtime_ns)
 
     def _load(self) -> Data:

@@ -385,6 +385,29 @@ def test_corrupt_store_on_show_and_run_job(home: Path, catalog: CatalogFn) -> No
     check_corrupt(home, catalog, ["--run-job", "download", "--all"], content, problem)
 
 
+@pytest.mark.parametrize("dangling", [False, True], ids=["to-a-store", "dangling"])
+def test_a_store_that_is_a_link_is_refused_and_left_alone(
+    home: Path, tmp_path: Path, catalog: CatalogFn, dangling: bool
+) -> None:
+    """db.json a link (the store moved to another disk): every write replaced the link by a
+    file, silently, leaving the store it named stale; a dangling one (that disk not
+    mounted) began a new, empty store in its place."""
+    cat = catalog(good="http://127.0.0.1:9/good")
+    assert run_dsm("list", home=home, catalog_path=cat).returncode == 0
+    elsewhere = tmp_path / "elsewhere.json"
+    (home / "db.json").rename(elsewhere)
+    before = elsewhere.read_bytes()
+    if dangling:
+        elsewhere.unlink()
+    (home / "db.json").symlink_to(elsewhere)
+    for command in (["list"], ["--run-job", "delete", "--all"]):
+        result = run_dsm(*command, home=home, catalog_path=cat)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.startswith(f"dsm: error: {home / 'db.json'}: a symbolic link (to ")
+        assert (home / "db.json").is_symlink()
+    assert dangling or elsewhere.read_bytes() == before
+
+
 def check_corrupt(
     home: Path, catalog: CatalogFn, command: list[str], content: bytes, problem: str
 ) -> None:

@@ -129,6 +129,7 @@ class Engine:
                     tg.start_soon(self._flusher)
                     tg.start_soon(self.handlers.watch.run)
                     tg.start_soon(self.ledger.committer)
+                    tg.start_soon(self.ledger.on_terminal_stop)
                     try:
                         await self.recover()
                     except StoreError as exc:  # a full disk: said once, no ExceptionGroup

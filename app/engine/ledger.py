@@ -18,6 +18,9 @@ commit: `after_commit`), never taken on trust.
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import threading
 import time
 from collections.abc import Callable
 from functools import partial
@@ -126,6 +129,22 @@ class Ledger:
         while True:
             await anyio.sleep(self._delay)
             await self.commit()
+
+    async def on_terminal_stop(self) -> None:
+        """Ctrl-Z (SIGTSTP): write what is deferred and let go of the store's lock before the
+        process stops; a process stopped holding it made every other one on the home wait,
+        then fail at the 30 s lock timeout. No store call starts until the process runs
+        again. Only where signals reach this loop (the main thread: headless, serve)."""
+        if threading.current_thread() is not threading.main_thread():
+            return  # the dashboard's engine: its terminal is raw, ctrl-Z a key
+        with anyio.open_signal_receiver(signal.SIGTSTP) as signals:
+            async for _ in signals:
+                async with self._limiter:
+                    try:
+                        await anyio.to_thread.run_sync(self.repo.flush)
+                    except StoreError as exc:
+                        self.failed(exc)
+                    os.kill(os.getpid(), signal.SIGSTOP)  # what SIGTSTP would have done
 
     async def commit(self) -> None:
         """Write the deferred changes now, then run the `after_commit` calls they allow.

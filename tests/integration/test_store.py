@@ -560,3 +560,60 @@ def test_a_commit_queued_behind_a_lock_wait_keeps_the_short_delay(
 
     anyio.run(main)
     assert ledger._delay == COMMIT_DELAY
+
+
+def _lock_is_free(path: Path) -> bool:
+    """Whether another open file (another process, to flock) could take the lock now."""
+    import fcntl
+
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)  # and with it the lock, if taken
+    return True
+
+
+def test_a_terminal_stop_lets_go_of_the_store_first(
+    home: Path, catalog: CatalogFn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-Z on a `--run-job` stopped it at once: when deferred changes held db.json.lock,
+    every other dsm process on the home waited for it, then failed at the 30 s timeout
+    ("another dsm process holds the lock"). Now the changes are written and the lock let go
+    before the process stops itself."""
+    import anyio
+
+    from dsm.engine.engine import Engine
+    from tests.enginehelp import setup
+
+    settings, repo = setup(home, catalog(a="http://127.0.0.1:9/a"))
+    stops: list[tuple[int, bool]] = []
+    kill = os.kill
+
+    async def main() -> None:
+        stopped = anyio.Event()
+
+        def stop(pid: int, sig: int) -> None:  # the test process must not stop: noted instead
+            if sig != signal.SIGSTOP:
+                return kill(pid, sig)
+            stops.append((sig, _lock_is_free(home / "db.json.lock")))
+            stopped.set()  # called on the event loop, by the signal's handler
+
+        monkeypatch.setattr(os, "kill", stop)
+        async with Engine(settings, repo, []).running() as engine:
+            await engine.ledger.defer(repo.set_catalog_stamp, {"held": True})
+            assert repo.pending and not _lock_is_free(home / "db.json.lock")
+            signal.raise_signal(signal.SIGTSTP)
+            with anyio.fail_after(10):
+                await stopped.wait()
+
+    # Ignored unless dsm handles it: a stop that dsm let through must not stop the tests.
+    before = signal.signal(signal.SIGTSTP, signal.SIG_IGN)
+    try:
+        anyio.run(main)
+    finally:
+        signal.signal(signal.SIGTSTP, before)
+    assert stops == [(signal.SIGSTOP, True)]
+    assert Repository(Store(home / "db.json")).catalog_stamp() == {"held": True}

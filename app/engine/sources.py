@@ -67,6 +67,7 @@ async def obtain(
             ds,
             target,
             lambda u, size: h.transfer(job, u, target, size),
+            lambda: job.bytes_done,
             job.force_download,
         )
         if cached is not None:

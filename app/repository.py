@@ -65,6 +65,15 @@ def _keys(doc: dict[str, Any]) -> dict[str, Any]:
     return dict(raw) if isinstance(raw, dict) else dict.fromkeys(raw)
 
 
+def _keys_ok(raw: object) -> bool:
+    """What `_keys` reads: none, a list of keys (older dsm), or keys -> their requests."""
+    if raw is None:
+        return True
+    if isinstance(raw, list):
+        return all(isinstance(k, str) for k in raw)
+    return isinstance(raw, dict) and all(isinstance(r, dict | None) for r in raw.values())
+
+
 class Repository:
     def __init__(self, store: Store) -> None:
         self._store = store
@@ -77,8 +86,18 @@ class Repository:
         repo._store.check()
         # Row by row, nothing kept: 10,000 parsed rows at once cost ~30 MB of peak memory.
         repo._store.check_each(_DATASETS, repo._check_dataset)
-        repo._store.check_each(_JOBS, lambda _, doc: repo.parse_job(doc))
+        repo._store.check_each(_JOBS, repo._check_job)
         return repo
+
+    def _check_job(self, key: str, raw: dict[str, Any]) -> None:
+        job = self.parse_job(raw)
+        if job.id != key:  # found by key, saved by id: the row under `key` would stay
+            raise StoreCorrupt(f"{self.path}: job row {key!r} has the id {job.id!r}")
+        if not _keys_ok(raw.get(_IDEMPOTENCY)):
+            raise StoreCorrupt(
+                f"{self.path}: job {key}: field {_IDEMPOTENCY!r} is neither a list of keys "
+                "nor an object of requests"
+            )
 
     def _check_dataset(self, key: str, raw: dict[str, Any]) -> None:
         self._parse(Dataset.check_dict, raw, "dataset")
@@ -129,7 +148,9 @@ class Repository:
     def _parse(self, build: Callable[[dict[str, Any]], T], raw: dict[str, Any], what: str) -> T:
         try:
             return build(raw)
-        except (KeyError, ValueError, TypeError) as exc:
+        except ValueError as exc:  # the row's check, naming the row and the field
+            raise StoreCorrupt(f"{self.path}: malformed {what} row: {exc}") from None
+        except (KeyError, TypeError) as exc:
             raise StoreCorrupt(f"{self.path}: malformed {what} row ({exc!r})") from None
 
     # -- datasets ----------------------------------------------------------------------

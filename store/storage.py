@@ -13,6 +13,7 @@ import errno
 import itertools
 import os
 import secrets
+import stat
 import tempfile
 import threading
 import time
@@ -100,16 +101,24 @@ class AtomicJSONStorage(Storage):
         self._dirty = False  # the tables hold changes the file does not
         self._swept = False
         self._before: dict[object, Callable[[], None]] = {}
+        self._base: tuple[int, int, int] | None = None  # the file the tables were read from
 
     def _identity(self) -> tuple[int, int, int] | None:
         try:
-            st = os.stat(self.path)
+            st = os.lstat(self.path)
         except FileNotFoundError:
             return None
+        if stat.S_ISLNK(st.st_mode):
+            # Every write replaces db.json whole: a link would be replaced by a file at the
+            # first, the file it named left behind, stale; a dangling one read as no store.
+            raise StoreCorrupt(
+                f"{self.path}: a symbolic link (to {os.readlink(self.path)}); dsm replaces "
+                "its store whole at every write, so it must be the file itself: move it here"
+            )
         return (st.st_ino, st.st_size, st.st_mtime_ns)
 
     def _load(self) -> Data:
-        ident = self._identity()
+        ident = self._base = self._identity()
         if ident is None:
             return {}
         if self._cache is not None and self._cache[0] == ident:
@@ -276,7 +285,11 @@ class AtomicJSONStorage(Storage):
                 stamp = time.time_ns() // 1_000_000 * 1_000_000 + secrets.randbelow(1_000_000)
                 os.utime(fh.fileno(), ns=(stamp, stamp))
                 os.fsync(fh.fileno())
+            self._check_unchanged()
             os.replace(tmp, self.path)
+        except StoreError:
+            Path(tmp).unlink(missing_ok=True)
+            raise
         except TypeError as exc:  # e.g. an integer beyond 64 bits: refuse, keep the old file
             Path(tmp).unlink(missing_ok=True)
             raise StoreError(f"{self.path}: cannot store this value: {exc}") from None
@@ -293,6 +306,17 @@ class AtomicJSONStorage(Storage):
                 os.close(dir_fd)
         except OSError as exc:
             raise StoreError(f"{self.path.parent}: cannot sync: {exc.strerror or exc}") from None
+
+    def _check_unchanged(self) -> None:
+        """The file is still the one this transaction read: no other process can write it
+        while we hold the lock, unless the lock was broken (db.json.lock deleted while held,
+        a file system whose locks do not work). Its changes are not overwritten then."""
+        if self._identity() != self._base:
+            raise StoreError(
+                f"{self.path}: another process wrote it while this one held the lock "
+                f"({self._lock.lock_file} deleted?); this write is dropped rather than laid "
+                "over that one"
+            )
 
     def close(self) -> None:
         pass

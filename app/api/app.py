@@ -7,8 +7,7 @@ progress is fresher than the store's (written once a second).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -20,6 +19,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dsm.api.auth import BearerAuth
 from dsm.api.events import EventHub
@@ -34,7 +34,7 @@ from dsm.domain.model import Dataset
 from dsm.domain.paging import DEFAULT_PAGE_SIZE, MAX_PAGE, MAX_PAGE_SIZE, page_of
 from dsm.domain.redact import redact_doc
 from dsm.engine.engine import Engine
-from dsm.errors import BadInput
+from dsm.errors import BadInput, DsmError
 from dsm.repository import Repository, StoreError, UnknownDataset
 
 T = TypeVar("T")
@@ -231,13 +231,47 @@ class Api:
         return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
 
 
+class EngineLifespan:
+    """The ASGI app with the engine running for the server's life (the lifespan protocol).
+
+    A start or stop that fails for a reason dsm can say (a home it cannot use: a read-only
+    disk, a file where its lock folder goes) is kept in `failure` and reported to the server
+    without a traceback; `dsm serve` then says it in one line. Any other is a bug, and
+    uvicorn logs its traceback."""
+
+    def __init__(self, app: ASGIApp, api: Api, on_ready: Callable[[Api], None]) -> None:
+        self.app, self.api, self.on_ready = app, api, on_ready
+        self.failure: Exception | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+        await receive()  # lifespan.startup
+        phase = "startup"
+        try:
+            async with self.api.engine.running():
+                self.on_ready(self.api)
+                await send({"type": "lifespan.startup.complete"})
+                phase = "shutdown"
+                try:
+                    await receive()  # lifespan.shutdown
+                finally:
+                    self.api.hub.close()
+        except (StoreError, DsmError, OSError) as exc:
+            self.failure = exc
+            await send({"type": f"lifespan.{phase}.failed", "message": ""})
+            return
+        await send({"type": "lifespan.shutdown.complete"})
+
+
 def create_app(
     settings: Settings,
     repo: Repository,
     token: str | None,
     hosts: frozenset[str],
     on_ready: Callable[[Api], None] = lambda api: None,
-) -> Starlette:
+) -> EngineLifespan:
     """The ASGI app; its lifespan runs the engine (workers, adoption of orphaned jobs).
     `hosts`: the Host header values it answers to (guard.host_names)."""
     api = Api(settings, repo)
@@ -245,15 +279,6 @@ def create_app(
 
     async def get_openapi(request: Request) -> Response:
         return SafeJSONResponse(document)
-
-    @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with api.engine.running():
-            on_ready(api)
-            try:
-                yield
-            finally:
-                api.hub.close()
 
     routes = [
         Route("/datasets", api.list_datasets, methods=["GET"]),
@@ -271,9 +296,7 @@ def create_app(
     middleware += [Middleware(BearerAuth, token=token)] if token else []
     middleware += [Middleware(JsonBody, routes=routes)]
     handled = (Problem, HTTPException, BadInput, StoreError, Exception)
-    return Starlette(
-        routes=routes,
-        exception_handlers=dict.fromkeys(handled, on_error),
-        middleware=middleware,
-        lifespan=lifespan,
+    app = Starlette(
+        routes=routes, exception_handlers=dict.fromkeys(handled, on_error), middleware=middleware
     )
+    return EngineLifespan(app, api, on_ready)

@@ -122,8 +122,9 @@ def serve(
         print(f"dsm: serving on {url}", file=sys.stderr, flush=True)
 
     hosts = host_names(bound_host, bound_port, allowed_hosts)
+    app = create_app(settings, repo, token, hosts, on_ready=ready)
     config = uvicorn.Config(
-        create_app(settings, repo, token, hosts, on_ready=ready),
+        app,
         lifespan="on",
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
         timeout_keep_alive=KEEP_ALIVE_S,
@@ -135,5 +136,12 @@ def serve(
     )
     server = Server(config)
     redact_logs()  # after uvicorn's Config has set up its loggers
-    server.run(sockets=[sock])
+    try:
+        server.run(sockets=[sock])
+    except SystemExit:  # uvicorn's exit when the engine could not start
+        if app.failure is not None:
+            raise app.failure from None
+        raise
+    if app.failure is not None:  # the engine could not stop cleanly
+        raise app.failure
     return 0

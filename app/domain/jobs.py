@@ -5,8 +5,9 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
+from dsm.domain.rows import RowSchema
 from dsm.errors import BadInput
 
 # The error text of a job stopped by `pause`: it waits, partial kept, until resumed.
@@ -126,12 +127,39 @@ class Job:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Job:
-        # The field names' own (interned) strings as keys: a call with keywords matches those
-        # by identity, and the stored row's keys by comparing text (~3x slower here).
-        kwargs = {k: raw[k] for k in _JOB_FIELDS if k in raw}
-        kwargs["type"] = JobType(raw["type"])
-        kwargs["status"] = JobStatus(raw["status"])
+        """Build from a stored row; ValueError naming the field of another type or value
+        (a row damaged or written by hand fails at open, not in a job)."""
+        job_id = raw.get("id")
+        if not isinstance(job_id, str):
+            raise ValueError("job row without a string 'id'")
+        kwargs = {k: raw[k] for k in _SCHEMA.known_keys(raw, job_id)}
+        kwargs["type"] = _enum(JobType, raw, "type", job_id)
+        kwargs["status"] = _enum(JobStatus, raw, "status", job_id)
+        for name in _REQUIRED:
+            if name not in raw:
+                raise ValueError(f"job {job_id}: field {name!r} is missing")
+        force = raw["params"].get("force_download", False)
+        if not isinstance(force, bool):  # what the handlers read
+            raise ValueError(f"job {job_id}: params.force_download is {force!r}, not a boolean")
         return cls(**kwargs)
+
+    @property
+    def force_download(self) -> bool:
+        """Fetch even over a verified copy (params, false when absent)."""
+        return bool(self.params.get("force_download", False))
+
+
+E = TypeVar("E", JobType, JobStatus)
+
+
+def _enum(kind: type[E], raw: dict[str, Any], name: str, job_id: str) -> E:
+    value: Any = raw.get(name)
+    try:
+        return kind(value)
+    except ValueError:
+        raise ValueError(f"job {job_id}: unknown {name} {value!r}") from None
 
 
 _JOB_FIELDS = tuple(f.name for f in fields(Job))
+_SCHEMA = RowSchema(Job, "job", checked_elsewhere=("type", "status"))
+_REQUIRED = ("dataset", "params")

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import operator
-import sys
-import types
-import typing
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any, TypeVar, cast
 
+from dsm.domain.rows import RowSchema
 from dsm.errors import InvalidTransition
 
 T = TypeVar("T")
@@ -164,23 +162,16 @@ def _checked(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def _known_keys(raw: dict[str, Any]) -> tuple[str, ...]:
-    """Check a stored row but its status; its keys that are fields, interned (a call with
-    keywords matches interned names by identity: Dataset(**row) took 5x longer without).
-
-    The type checks run once per shape of row (its keys and their value types, in order): a
-    store's rows share a few shapes, and 10,000 rows checked key by key cost ~0.3 s, twice
-    per start."""
-    shape = (tuple(raw), tuple(map(type, raw.values())))
-    known = _SHAPES.get(shape)
-    if known is None:
-        known = _checked_shape(raw)
-        if len(_SHAPES) < MAX_SHAPES:
-            _SHAPES[shape] = known
+    """Check a stored row but its status; its keys that are fields (dsm.domain.rows)."""
+    name = raw.get("name")
+    if not isinstance(name, str):
+        raise ValueError("dataset row without a string 'name'")
+    known = _SCHEMA.known_keys(raw, name)
     mirrors, files = raw.get("mirrors"), raw.get("files")
     if mirrors and not all(isinstance(v, str) for v in mirrors):
-        raise ValueError(f"dataset {raw['name']}: field 'mirrors' must list strings")
+        raise ValueError(f"dataset {name}: field 'mirrors' must list strings")
     if files and not all(isinstance(v, dict) for v in files):
-        raise ValueError(f"dataset {raw['name']}: field 'files' must list objects")
+        raise ValueError(f"dataset {name}: field 'files' must list objects")
     return known
 
 
@@ -192,51 +183,8 @@ def _status(raw: dict[str, Any]) -> Status:
     return status
 
 
-def _checked_shape(raw: dict[str, Any]) -> tuple[str, ...]:
-    """Check the value type of every known key of `raw`; its known keys (not the status)."""
-    if not isinstance(raw.get("name"), str):
-        raise ValueError("dataset row without a string 'name'")
-    known = []
-    for key, value in raw.items():
-        allowed = _FIELD_TYPES.get(key)
-        if allowed is None:  # unknown (or the status, checked by value)
-            continue
-        # bool is an int in Python but not in this schema.
-        if not isinstance(value, allowed) or isinstance(value, bool) != (bool in allowed):
-            want = " or ".join(_JSON_NAMES[t] for t in allowed)
-            raise ValueError(f"dataset {raw['name']}: field {key!r} is {value!r}, expected {want}")
-        known.append(sys.intern(key))
-    return tuple(known)
-
-
-def _allowed_types(hint: Any) -> tuple[type, ...]:
-    """The Python types a stored JSON value may have for a field annotated `hint`."""
-    parts = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-    out: list[type] = []
-    for part in parts:
-        out.append(typing.get_origin(part) or part)  # list[dict] is stored as a JSON list
-        if part is float:
-            out.append(int)  # JSON does not tell 1.0 from 1
-    return tuple(out)
-
-
-_HINTS = typing.get_type_hints(Dataset)
-_FIELD_TYPES: dict[str, tuple[type, ...]] = {
-    f.name: _allowed_types(_HINTS[f.name]) for f in fields(Dataset) if f.name != "status"
-}
-# Row shapes already checked -> their known keys. Bounded: rows of odd shapes (hand-edited,
-# hostile) are checked each time rather than kept.
-_SHAPES: dict[tuple[tuple[str, ...], tuple[type, ...]], tuple[str, ...]] = {}
-MAX_SHAPES = 256
+_SCHEMA = RowSchema(Dataset, "dataset", checked_elsewhere=("status",))
 _STATUSES: dict[str, Status] = {s.value: s for s in Status}
-_JSON_NAMES: dict[type, str] = {
-    str: "a string",
-    int: "an integer",
-    float: "a number",
-    bool: "true or false",
-    list: "a list",
-    type(None): "null",
-}
 
 
 _FIELD_NAMES = tuple(f.name for f in fields(Dataset))

@@ -23,7 +23,6 @@ from typing import Any
 import anyio
 import httpx
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
-from filelock import FileLock
 
 from dsm.config import CONNECT_TIMEOUT, Settings
 from dsm.domain.events import EventKind, JobEvent, Listener
@@ -33,10 +32,10 @@ from dsm.domain.redact import error_text
 from dsm.engine import files
 from dsm.engine.handlers import Handlers
 from dsm.engine.ledger import Ledger, owner_lock_path
-from dsm.engine.locks import DatasetLocks, HeldLock
+from dsm.engine.locks import DatasetLocks, HeldLock, OwnerLock
 from dsm.engine.outcome import Outcome
 from dsm.engine.progress import progress_meter
-from dsm.errors import BadInput, UnknownDataset
+from dsm.errors import BadInput, DsmError, UnknownDataset
 from dsm.repository import Repository, StoreError, StoreFull, now_ms
 from dsm.transfer.proxy import make_client
 from dsm.transfer.single import ProgressFn
@@ -107,8 +106,7 @@ class Engine:
     async def running(self) -> AsyncIterator[Engine]:
         """Start the workers and adopt orphaned jobs; on exit cancel what still runs."""
         self.settings.lock_dir.mkdir(parents=True, exist_ok=True)
-        owner_lock = FileLock(owner_lock_path(self.settings, self.owner), thread_local=False)
-        owner_lock.acquire()
+        (owner_lock := OwnerLock(owner_lock_path(self.settings, self.owner))).acquire()
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=16)
         timeout = httpx.Timeout(CONNECT_TIMEOUT, read=self.settings.stall_timeout)
         failure: StoreError | None = None
@@ -126,9 +124,10 @@ class Engine:
                         for _ in range(count):
                             tg.start_soon(self._worker, recv.clone())
                         recv.close()
-                    tg.start_soon(self._flusher)
+                    tg.start_soon(self._flusher, owner_lock)
                     tg.start_soon(self.handlers.watch.run)
                     tg.start_soon(self.ledger.committer)
+                    tg.start_soon(self.ledger.on_terminal_stop)
                     try:
                         await self.recover()
                     except StoreError as exc:  # a full disk: said once, no ExceptionGroup
@@ -152,7 +151,6 @@ class Engine:
             self.ledger.abandon()
             self._locks.close()
             owner_lock.release()
-            owner_lock_path(self.settings, self.owner).unlink(missing_ok=True)
         if failure is not None:
             raise failure
 
@@ -334,8 +332,7 @@ class Engine:
                 home = self.settings.home
                 await anyio.to_thread.run_sync(files.drop_partial, home, ds)
         except Exception as exc:  # a bug must fail its job, never the engine
-            log.exception("job %s failed unexpectedly", job.id)
-            outcome = (JobStatus.FAILED, f"internal error: {type(exc).__name__}: {exc}")
+            outcome = uncaught(job, exc)
         finally:
             outcome = self.handlers.outcome(job, outcome)
             with anyio.CancelScope(shield=True):
@@ -394,9 +391,10 @@ class Engine:
         self._dirty[job.id] = job
         self._emit(EventKind.PROGRESS, job)
 
-    async def _flusher(self) -> None:
+    async def _flusher(self, owner_lock: OwnerLock) -> None:
         while True:
             await anyio.sleep(STORE_FLUSH_INTERVAL)
+            self._locks.renew(owner_lock)
             await self._flush()
             if self._active:
                 asked = await self.ledger.call(self.ledger.cancels_requested, list(self._active))
@@ -410,3 +408,13 @@ class Engine:
                 await self.ledger.defer(self.repo.write_progress, list(batch.values()))
             except StoreError as exc:  # progress is advisory: the next flush writes newer
                 self.ledger.failed(exc, lost=False)
+
+
+def uncaught(job: Job, exc: Exception) -> Outcome:
+    """The end of a job by an exception nothing caught (call it in the except block): a
+    DsmError says what went wrong (a lock file dsm cannot use); any other is a bug, its
+    traceback logged."""
+    if isinstance(exc, DsmError):
+        return JobStatus.FAILED, str(exc)
+    log.exception("job %s failed unexpectedly", job.id)
+    return JobStatus.FAILED, f"internal error: {type(exc).__name__}: {exc}"

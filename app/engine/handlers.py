@@ -226,7 +226,7 @@ class Handlers:
 
     # -- download and update -----------------------------------------------------------
     async def download(self, job: Job, ds: Dataset, had_copy: bool) -> Outcome:
-        force, offline = job.params["force_download"], self.settings.offline
+        force, offline = job.force_download, self.settings.offline
         if skipped := nothing_to_do(force, ds, had_copy, offline):
             files.forget_install(files.target(self.settings.home, ds), ds.checksum)
             return skipped
@@ -366,7 +366,7 @@ class Handlers:
         store (when the store knows a verified copy, such a leftover is stale: fetch as
         asked), or an unpacked dataset's kept archive (a re-unpack needs no download)."""
         # An update (force) takes only a recorded copy, never one the catalogue's hash proves.
-        known = None if job.params["force_download"] else ds.expected_sha256
+        known = None if job.force_download else ds.expected_sha256
         if not had_copy and files.may_be_installed(target, known):  # most jobs: no thread
             installed = await anyio.to_thread.run_sync(
                 files.installed_before_crash,
@@ -378,7 +378,7 @@ class Handlers:
             )
             if installed is not None:
                 return installed
-        if ds.extract and not (job.params["force_download"] or ds.outdated):
+        if ds.extract and not (job.force_download or ds.outdated):
             return files.kept_archive(self.settings.home, ds)
         return None
 

@@ -107,7 +107,7 @@ class HubDownload:
         # An update (always forced) of a copy already at the commit has nothing to fetch: a
         # commit's bytes never change. A download asked with force_download fetches again.
         current = had_copy and not ds.outdated and commit == ds.source_commit
-        if current and (job.type == JobType.UPDATE or not job.params["force_download"]):
+        if current and (job.type == JobType.UPDATE or not job.force_download):
             return JobStatus.SKIPPED, f"up to date: {ds.name} is at commit {commit}"
         record: dict[str, Any] = {"source_commit": commit, "upstream_commit": commit}
         if not ref.is_glob and [f.path for f in listing] == [ref.path]:

@@ -18,6 +18,9 @@ commit: `after_commit`), never taken on trust.
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import threading
 import time
 from collections.abc import Callable
 from functools import partial
@@ -56,8 +59,12 @@ def jobs_to_prune(docs: list[dict[str, Any]], owner: str | None = None) -> list[
     newest: dict[str, tuple[int, str]] = {}  # per dataset: (created_ms, id) of its newest
     newest_bad: dict[str, tuple[int, str]] = {}  # ... and of its newest that did not end well
     ended = [d for d in docs if d["status"] in _FINISHED]  # not JobStatus(): 40k enum calls
+    now = now_ms()
     for doc in ended:
-        stamp = (doc.get("created_ms") or 0, doc["id"])
+        created = doc.get("created_ms") or 0
+        # Made while the clock was ahead (set back since): no newer than any job, or each
+        # job after it was pruned as older, for as long as the clock had been ahead.
+        stamp = (created if created <= now else -1, doc["id"])
         name = doc["dataset"]
         if newest.get(name, _NO_STAMP) < stamp:
             newest[name] = stamp
@@ -126,6 +133,22 @@ class Ledger:
         while True:
             await anyio.sleep(self._delay)
             await self.commit()
+
+    async def on_terminal_stop(self) -> None:
+        """Ctrl-Z (SIGTSTP): write what is deferred and let go of the store's lock before the
+        process stops; a process stopped holding it made every other one on the home wait,
+        then fail at the 30 s lock timeout. No store call starts until the process runs
+        again. Only where signals reach this loop (the main thread: headless, serve)."""
+        if threading.current_thread() is not threading.main_thread():
+            return  # the dashboard's engine: its terminal is raw, ctrl-Z a key
+        with anyio.open_signal_receiver(signal.SIGTSTP) as signals:
+            async for _ in signals:
+                async with self._limiter:
+                    try:
+                        await anyio.to_thread.run_sync(self.repo.flush)
+                    except StoreError as exc:
+                        self.failed(exc)
+                    os.kill(os.getpid(), signal.SIGSTOP)  # what SIGTSTP would have done
 
     async def commit(self) -> None:
         """Write the deferred changes now, then run the `after_commit` calls they allow.
@@ -264,7 +287,7 @@ class Ledger:
             return
         if not files.still_verified(home, ds, resolver):
             return
-        end = nothing_to_do(job.params["force_download"], ds, True, offline)
+        end = nothing_to_do(job.force_download, ds, True, offline)
         if end is not None:
             job.status, job.error = end
             job.started_ms = job.finished_ms = now_ms()

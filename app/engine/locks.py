@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
+import logging
 import os
 import struct
 import sys
@@ -27,6 +28,9 @@ import anyio
 
 from dsm.domain.jobs import Job, JobType
 from dsm.engine.ledger import Ledger
+from dsm.errors import DsmError
+
+log = logging.getLogger(__name__)
 
 LOCK_POLL = 0.2
 SHARED_NAME = "datasets.lock"
@@ -86,6 +90,26 @@ class LockFile:
         self._held[byte] = self._held.get(byte, 0) + 1
         return HeldLock(partial(self._unlock, self._opened, byte))
 
+    def renew(self) -> None:
+        """Put the shared file back if it was deleted or replaced (a user clearing `.locks/`
+        while dsm runs): the locks held are taken again on the file other processes now
+        open, so they keep excluding them (they were held on a file nobody else would open)."""
+        if self._fd is None:
+            return
+        path = self.lock_dir / SHARED_NAME
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        if _same_file(fd, self._fd):
+            os.close(fd)
+            return
+        log.warning("%s was deleted while dsm ran: made again", path)
+        os.close(self._fd)  # and with it the locks on the old file
+        self._fd = fd
+        for byte in self._held:
+            try:
+                self._set(fcntl.F_WRLCK, byte)
+            except (BlockingIOError, PermissionError):  # taken meanwhile: say it, hold on
+                log.error("another dsm process took a dataset this one is working on")
+
     def close(self) -> None:
         """Let go of the shared file (and so of any lock still held on it)."""
         if self._fd is not None:
@@ -103,6 +127,53 @@ class LockFile:
     def _set(self, kind: int, byte: int) -> None:
         assert self._fd is not None and OFD_SETLK is not None
         fcntl.fcntl(self._fd, OFD_SETLK, _FLOCK.pack(kind, os.SEEK_SET, byte, 1, 0))
+
+
+def _same_file(a: int, b: int) -> bool:
+    sa, sb = os.fstat(a), os.fstat(b)
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
+class OwnerLock:
+    """The file an engine holds locked while it runs (`ledger.owner_alive`: a free lock is a
+    dead owner, whose jobs another process adopts). Deleted while held (`.locks/` cleared),
+    anyone could lock a new file of that name and take the live engine's jobs for a dead
+    one's (a running download was adopted and run twice at once): `renew` makes and locks it
+    again."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fds: list[int] = []  # the file held, and those that replaced it
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new name: no other holder
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fds.append(fd)
+
+    def renew(self) -> None:
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            pass
+        else:
+            try:
+                if _same_file(fd, self._fds[-1]):
+                    return
+            finally:
+                os.close(fd)
+        log.warning("%s was deleted while dsm ran: made again", self.path)
+        self.acquire()
+
+    def release(self) -> None:
+        """Let go and remove the file (an engine that ended leaves no lock behind)."""
+        self.path.unlink(missing_ok=True)
+        for fd in self._fds:
+            os.close(fd)
+        self._fds = []
 
 
 _OPEN: weakref.WeakSet[LockFile] = weakref.WeakSet()
@@ -153,7 +224,7 @@ class DatasetLocks:
         await self._local.setdefault(name, anyio.Lock(fast_acquire=True)).acquire()
         asked = job.type != JobType.DELETE
         try:
-            while (lock := self.file.try_lock(name)) is None:
+            while (lock := self._try_lock(name)) is None:
                 if not asked:
                     asked = True
                     await self.ledger.call(self.ledger.request_cancel, name)
@@ -163,11 +234,31 @@ class DatasetLocks:
             self._local[name].release()
             raise
 
+    def _try_lock(self, name: str) -> HeldLock | None:
+        try:
+            return self.file.try_lock(name)
+        except OSError as exc:  # a lock file made a folder, another user's, a read-only disk
+            where = exc.filename or self.file.lock_dir / SHARED_NAME
+            raise DsmError(
+                f"cannot lock the dataset in {where}: {exc.strerror or exc}; check the data "
+                "home and its permissions"
+            ) from None
+
     def release(self, name: str, lock: HeldLock) -> None:
         try:
             lock.release()
         finally:  # the dataset must not stay taken in this process whatever happened
             self._local[name].release()
+
+    def renew(self, owner: OwnerLock) -> None:
+        """The owner's lock file and the datasets' made again if `.locks/` was cleared (a
+        stat or two a second, on the event loop)."""
+        try:
+            self.file.lock_dir.mkdir(parents=True, exist_ok=True)
+            owner.renew()
+            self.file.renew()
+        except OSError as exc:  # a home gone read-only: the jobs' own errors say more
+            log.warning("cannot renew the locks under %s: %s", self.file.lock_dir, exc)
 
     def close(self) -> None:
         self.file.close()

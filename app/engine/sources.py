@@ -68,7 +68,7 @@ async def obtain(
             target,
             lambda u, size: h.transfer(job, u, target, size),
             lambda: job.bytes_done,
-            job.params["force_download"],
+            job.force_download,
         )
         if cached is not None:
             return Served(SERVED_BY_CACHE, cached)

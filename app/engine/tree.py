@@ -106,7 +106,7 @@ class TreeDownload:
         h, job, ds = self.h, self.job, self.ds
         try:
             dest = files.member(staging, want.path)
-            kept = None if job.params["force_download"] else files.member(self.target, want.path)
+            kept = None if job.force_download else files.member(self.target, want.path)
         except ValueError as exc:
             return JobStatus.FAILED, str(exc)
         if await anyio.to_thread.run_sync(files.stage, dest, kept, want):

@@ -13,8 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from dsm.domain.jobs import JobType
+from dsm.domain.model import Status
 from dsm.engine import locks
 from dsm.engine.locks import LockFile
+from tests.conftest import CatalogFn, blob
+from tests.httpserver import FileServer
 
 BOTH = pytest.mark.parametrize("ofd", [True, False], ids=["ofd", "flock"])
 
@@ -167,3 +171,44 @@ def test_a_lock_released_after_its_file_was_closed_frees_nothing_newer(tmp_path:
     assert other.try_lock("gsm8k") is None
     fresh.release()
     assert other.try_lock("gsm8k") is not None
+
+
+def test_locks_of_a_running_engine_survive_their_folder_being_cleared(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    """`rm -rf .locks` while a download ran (clearing 'stale' locks): another process took
+    the engine for a dead one and adopted its running job, and could lock its dataset on a
+    new file: the download ran twice at once into one partial. Within a second the engine
+    makes its lock files again and holds them."""
+    import shutil
+    import threading
+
+    import anyio
+
+    from dsm.engine.engine import Engine
+    from dsm.engine.ledger import Ledger
+    from tests.enginehelp import setup, until
+
+    gate = threading.Event()
+    cat = catalog(a=server.add("a.bin", blob(1, 10_000)))
+    server.fault("a.bin", gate=gate)
+    settings, repo = setup(home, cat)
+    other = Ledger(settings, repo, "another-process")
+
+    async def main() -> None:
+        async with Engine(settings, repo, []).running() as engine:
+            await engine.submit(JobType.DOWNLOAD, {"dataset": "a"})
+            await until(lambda: bool(server.requests("a.bin")))  # running, lock held
+            shutil.rmtree(settings.lock_dir)
+            await until(lambda: (settings.lock_dir / "datasets.lock").exists())
+            await until(lambda: any(settings.lock_dir.glob("owner-*.lock")))
+            assert other.owner_alive(engine.owner, {})
+            stranger = LockFile(settings.lock_dir)
+            assert stranger.try_lock("a") is None
+            stranger.close()
+            gate.set()
+            await engine.wait_idle()
+
+    anyio.run(main)
+    assert repo.dataset("a").status == Status.DOWNLOADED
+    assert len(server.requests("a.bin")) == 1

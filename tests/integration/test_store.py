@@ -302,6 +302,19 @@ def test_an_unwritable_home_is_a_store_error(tmp_path: Path) -> None:
 
 
 # -- a corrupt db.json is reported and never overwritten ------------------------------------
+def _job(**fields: object) -> bytes:
+    """A store with one waiting job `j` of a dead process, with `fields` changed."""
+    job: dict[str, object] = {
+        "id": "j",
+        "type": "download",
+        "status": "waiting",
+        "dataset": "a",
+        "owner": "gone",
+    }
+    job |= {"params": {"dataset": "a", "force_download": False}, "created_ms": 1} | fields
+    return json.dumps({"datasets": {"a": {"name": "a"}}, "jobs": {"j": job}}).encode()
+
+
 CORRUPT: list[tuple[str, bytes, str]] = [
     ("not-json", b"this is not json\n", "not valid JSON"),
     ("empty", b"", "empty file (no tables): not a dsm store"),
@@ -320,26 +333,35 @@ CORRUPT: list[tuple[str, bytes, str]] = [
         b'{"datasets": {"a": {"name": "a", "status": "done"}}}',
         "dataset a: unknown status 'done'",
     ),
-    (
-        "job-row-no-type",
-        b'{"jobs": {"j": {"dataset": "a"}}}',
-        "malformed job row (KeyError('type'))",
-    ),
+    ("job-row-no-id", b'{"jobs": {"j": {"dataset": "a"}}}', "job row without a string 'id'"),
+    ("job-row-no-type", b'{"jobs": {"j": {"id": "j", "dataset": "a"}}}', "job j: unknown type"),
     (
         "job-row-bad-type",
-        b'{"jobs": {"j": {"type": "fetch", "status": "waiting", "dataset": "a", "params": {}}}}',
-        "malformed job row",
+        b'{"jobs": {"j": {"id": "j", "type": "fetch", "status": "waiting", "dataset": "a"}}}',
+        "malformed job row: job j: unknown type 'fetch'",
     ),
     (
         "job-row-no-params",
-        b'{"jobs": {"j": {"type": "download", "status": "waiting", "dataset": "a"}}}',
-        "malformed job row",
+        b'{"jobs": {"j": {"id": "j", "type": "download", "status": "waiting", "dataset": "a"}}}',
+        "malformed job row: job j: field 'params' is missing",
     ),
     (
         "job-row-bad-status",
-        b'{"jobs": {"j": {"type": "download", "status": "done", "dataset": "a", "params": {}}}}',
-        "malformed job row",
+        b'{"jobs": {"j": {"id": "j", "type": "download", "status": "done", "dataset": "a"}}}',
+        "malformed job row: job j: unknown status 'done'",
     ),
+    # A job row of another shape (written by hand, by another program): named at open, where
+    # it was an internal error once a process adopted the job or pruned the jobs.
+    ("job-bad-params", _job(params="x"), "job j: field 'params' is 'x', expected an object"),
+    ("job-bad-force", _job(params={"force_download": 1}), "job j: params.force_download is 1"),
+    ("job-bad-stamp", _job(created_ms="soon"), "job j: field 'created_ms' is 'soon', expected"),
+    ("job-float-stamp", _job(created_ms=1e30), "job j: field 'created_ms' is 1e+30, expected"),
+    ("job-bad-dataset", _job(dataset=5), "job j: field 'dataset' is 5, expected a string"),
+    ("job-bad-expect", _job(expect=[1]), "job j: field 'expect' is [1], expected an object or"),
+    ("job-bad-owner", _job(owner=5), "job j: field 'owner' is 5, expected a string or null"),
+    ("job-other-id", _job(id="k"), "job row 'j' has the id 'k'"),
+    ("job-bad-keys", _job(idempotency_keys=5), "job j: field 'idempotency_keys' is neither"),
+    ("job-bad-request", _job(idempotency_keys={"k": 1}), "field 'idempotency_keys' is neither"),
     (
         "bad-field-type",
         b'{"datasets": {"a": {"name": "a", "size": "12 MB"}}}',
@@ -361,6 +383,29 @@ def test_corrupt_store_on_show_and_run_job(home: Path, catalog: CatalogFn) -> No
     content, problem = CORRUPT[-1][1:]
     check_corrupt(home, catalog, ["show", "good"], content, problem)
     check_corrupt(home, catalog, ["--run-job", "download", "--all"], content, problem)
+
+
+@pytest.mark.parametrize("dangling", [False, True], ids=["to-a-store", "dangling"])
+def test_a_store_that_is_a_link_is_refused_and_left_alone(
+    home: Path, tmp_path: Path, catalog: CatalogFn, dangling: bool
+) -> None:
+    """db.json a link (the store moved to another disk): every write replaced the link by a
+    file, silently, leaving the store it named stale; a dangling one (that disk not
+    mounted) began a new, empty store in its place."""
+    cat = catalog(good="http://127.0.0.1:9/good")
+    assert run_dsm("list", home=home, catalog_path=cat).returncode == 0
+    elsewhere = tmp_path / "elsewhere.json"
+    (home / "db.json").rename(elsewhere)
+    before = elsewhere.read_bytes()
+    if dangling:
+        elsewhere.unlink()
+    (home / "db.json").symlink_to(elsewhere)
+    for command in (["list"], ["--run-job", "delete", "--all"]):
+        result = run_dsm(*command, home=home, catalog_path=cat)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.startswith(f"dsm: error: {home / 'db.json'}: a symbolic link (to ")
+        assert (home / "db.json").is_symlink()
+    assert dangling or elsewhere.read_bytes() == before
 
 
 def check_corrupt(
@@ -515,3 +560,80 @@ def test_a_commit_queued_behind_a_lock_wait_keeps_the_short_delay(
 
     anyio.run(main)
     assert ledger._delay == COMMIT_DELAY
+
+
+def _lock_is_free(path: Path) -> bool:
+    """Whether another open file (another process, to flock) could take the lock now."""
+    import fcntl
+
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)  # and with it the lock, if taken
+    return True
+
+
+def test_a_terminal_stop_lets_go_of_the_store_first(
+    home: Path, catalog: CatalogFn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-Z on a `--run-job` stopped it at once: when deferred changes held db.json.lock,
+    every other dsm process on the home waited for it, then failed at the 30 s timeout
+    ("another dsm process holds the lock"). Now the changes are written and the lock let go
+    before the process stops itself."""
+    import anyio
+
+    from dsm.engine.engine import Engine
+    from tests.enginehelp import setup
+
+    settings, repo = setup(home, catalog(a="http://127.0.0.1:9/a"))
+    stops: list[tuple[int, bool]] = []
+    kill = os.kill
+
+    async def main() -> None:
+        stopped = anyio.Event()
+
+        def stop(pid: int, sig: int) -> None:  # the test process must not stop: noted instead
+            if sig != signal.SIGSTOP:
+                return kill(pid, sig)
+            stops.append((sig, _lock_is_free(home / "db.json.lock")))
+            stopped.set()  # called on the event loop, by the signal's handler
+
+        monkeypatch.setattr(os, "kill", stop)
+        async with Engine(settings, repo, []).running() as engine:
+            await engine.ledger.defer(repo.set_catalog_stamp, {"held": True})
+            assert repo.pending and not _lock_is_free(home / "db.json.lock")
+            signal.raise_signal(signal.SIGTSTP)
+            with anyio.fail_after(10):
+                await stopped.wait()
+
+    # Ignored unless dsm handles it: a stop that dsm let through must not stop the tests.
+    before = signal.signal(signal.SIGTSTP, signal.SIG_IGN)
+    try:
+        anyio.run(main)
+    finally:
+        signal.signal(signal.SIGTSTP, before)
+    assert stops == [(signal.SIGSTOP, True)]
+    assert Repository(Store(home / "db.json")).catalog_stamp() == {"held": True}
+
+
+def test_a_write_after_the_lock_file_was_deleted_never_overwrites_another(tmp_path: Path) -> None:
+    """db.json.lock deleted while a process held it (a user clearing 'stale' locks after
+    'another dsm process holds the lock'): the next process made a new lock file and wrote;
+    the holder then laid its older tables over that write, losing it. Now the holder's
+    write is refused and the other's stays."""
+    db = tmp_path / "db.json"
+    holder, other = Store(db), Store(db)
+    holder.put("datasets", "a", {"name": "a"})
+    with holder.transaction(defer=True):
+        holder.put("datasets", "b", {"name": "b"})  # deferred: the lock stays held
+    (tmp_path / "db.json.lock").unlink()
+    other.put("datasets", "c", {"name": "c"})  # a new lock file: nothing stops it
+    with pytest.raises(StoreError, match="another process wrote it while this one held"):
+        holder.flush()
+    assert sorted(json.loads(db.read_bytes())["datasets"]) == ["a", "c"]
+    assert not list(tmp_path.glob(".db-*.tmp"))
+    holder.put("datasets", "b", {"name": "b"})  # the next transaction starts from the file
+    assert sorted(json.loads(db.read_bytes())["datasets"]) == ["a", "b", "c"]

@@ -363,6 +363,20 @@ def test_a_port_in_use_or_out_of_range_is_reported(home: Path, catalog_path: Pat
     assert out.returncode == 2 and "--port" in out.stderr
 
 
+def test_a_home_the_engine_cannot_use_is_said_in_one_line(home: Path, catalog_path: Path) -> None:
+    """The engine starts in the server's lifespan: a file where its lock folder goes (to
+    root, what a read-only home is) was a 20-line traceback and exit 3."""
+    assert run_dsm("list", home=home, catalog_path=catalog_path).returncode == 0
+    (home / ".locks").write_text("")
+    out = run_dsm("serve", "--port", "0", home=home, catalog_path=catalog_path)
+    assert out.returncode == 1, out.stderr
+    assert out.stderr.endswith(
+        f"dsm: error: cannot use {home / '.locks'}: File exists; check the data home and its "
+        "permissions\n"
+    )
+    assert "Traceback" not in out.stderr and "dsm: serving on" not in out.stderr
+
+
 def test_a_token_is_checked_on_every_request_even_on_loopback(
     home: Path, catalog_path: Path
 ) -> None:

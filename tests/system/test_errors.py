@@ -98,6 +98,23 @@ def test_a_home_whose_lock_folder_is_a_file(home: Path, catalog: CatalogFn) -> N
     assert f"cannot use {home / '.locks'}: File exists; check the data home" in err
 
 
+def test_a_dataset_lock_file_dsm_cannot_open_fails_the_job_naming_it(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    """The shared lock file of the datasets a folder (for root, what another user's file or a
+    read-only disk is to anyone else): each job fails naming the file, no internal error,
+    no crash log; once it is usable again the rerun downloads."""
+    cat = catalog(a=server.add("a.bin", blob(1000)))
+    lock = home / ".locks" / "datasets.lock"
+    lock.mkdir(parents=True)
+    proc = run_dsm("--run-job", "download", "--all", home=home, catalog_path=cat)
+    assert proc.returncode == 1, proc.stderr
+    assert f"a: failed: cannot lock the dataset in {lock}: Is a directory; check" in proc.stderr
+    assert "internal error" not in proc.stderr and not (home / "dsm-error.log").exists()
+    lock.rmdir()
+    assert run_dsm("--run-job", "download", "--all", home=home, catalog_path=cat).returncode == 0
+
+
 def test_a_socks_proxy(home: Path, catalog: CatalogFn) -> None:
     cat = catalog(a="http://127.0.0.1:9/f")
     proc = run_dsm(

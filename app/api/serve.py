@@ -133,6 +133,9 @@ def serve(
         # Off: uvicorn trusts X-Forwarded-For from 127.0.0.1, which would let a local client
         # pick the address its wrong tokens are counted against.
         proxy_headers=False,
+        # No WebSocket route exists, and an upgrade would pass the guard's Host and Origin
+        # checks (GuardedH11Protocol sees plain HTTP): none is ever accepted.
+        ws="none",
     )
     server = Server(config)
     redact_logs()  # after uvicorn's Config has set up its loggers

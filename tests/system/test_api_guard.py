@@ -61,6 +61,20 @@ def test_dns_rebinding_reads_nothing(api: ApiServer) -> None:
     assert_problem(api.client.get("/jobs", headers={"Origin": EVIL}), 403, "Origin")
 
 
+@pytest.mark.parametrize("host", ["evil.example", None], ids=["foreign-host", "own-host"])
+def test_a_websocket_upgrade_is_never_accepted(api: ApiServer, host: str | None) -> None:
+    """An upgrade is answered as plain HTTP by the guard (uvicorn's `ws="none"`): with a
+    WebSocket library installed, uvicorn would hand it to a protocol the guard never sees."""
+    with socket.create_connection(("127.0.0.1", api.port), timeout=10) as conn:
+        conn.sendall(
+            f"GET /events HTTP/1.1\r\nHost: {host or f'127.0.0.1:{api.port}'}\r\n"
+            "Upgrade: websocket\r\nConnection: Upgrade\r\nOrigin: http://evil.example\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        status = conn.recv(4096).split(b"\r\n", 1)[0]
+    assert status == (b"HTTP/1.1 421 Misdirected Request" if host else b"HTTP/1.1 403 Forbidden")
+
+
 def test_our_own_names_and_origin_are_accepted(api: ApiServer) -> None:
     for name in ("127.0.0.1", "localhost", "LOCALHOST", "[::1]"):
         host = f"{name}:{api.port}"

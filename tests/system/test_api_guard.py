@@ -69,7 +69,8 @@ def test_a_websocket_upgrade_is_never_accepted(api: ApiServer, host: str | None)
         conn.sendall(
             f"GET /events HTTP/1.1\r\nHost: {host or f'127.0.0.1:{api.port}'}\r\n"
             "Upgrade: websocket\r\nConnection: Upgrade\r\nOrigin: http://evil.example\r\n"
-            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n".encode()
         )
         status = conn.recv(4096).split(b"\r\n", 1)[0]
     assert status == (b"HTTP/1.1 421 Misdirected Request" if host else b"HTTP/1.1 403 Forbidden")

@@ -21,6 +21,9 @@ PART_SUFFIXES = (".part", ".part.json", ".part.old")
 # A file name may take 255 bytes on common file systems; the longest name dsm writes beside
 # a dataset file is its sidecar's temporary file, `<name>.part.json.tmp`.
 NAME_MAX = 255 - len(".part.json.tmp")
+# Folders a path may go down: Python's tree walks (shutil.rmtree, os.walk) recurse once per
+# folder, so a tree 1,000 deep could be written but never removed (a RecursionError).
+MAX_DEPTH = 256
 # Relative paths of plain ASCII names, none led by a dot: the common case, checked at once.
 _PLAIN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*(?:/[A-Za-z0-9_][A-Za-z0-9._-]*)*")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -29,7 +32,10 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 @functools.lru_cache(maxsize=1024)  # pure; asked again by each job, a few times in a row
 def local_path_problem(local_path: str, base: str = "the data home") -> str | None:
     """Why `local_path` may not be used as a path under `base`, or None when it is fine."""
-    if _PLAIN.fullmatch(local_path) and all(len(p) <= NAME_MAX for p in local_path.split("/")):
+    parts = local_path.split("/")
+    if len(parts) > MAX_DEPTH:
+        return f"must not go more than {MAX_DEPTH} levels deep"
+    if _PLAIN.fullmatch(local_path) and all(len(p) <= NAME_MAX for p in parts):
         return None  # plain ASCII names break no rule below (each needs `.`, `~`, `:`, `/`...)
     if not local_path or not local_path.strip():
         return "must not be empty"

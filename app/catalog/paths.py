@@ -8,6 +8,8 @@ import posixpath
 import re
 from pathlib import Path, PurePosixPath
 
+from dsm.domain.model import MAX_DEPTH
+
 # Names dsm itself keeps in the home: a dataset file must never take their place (the API
 # token of dsm.api.auth, the crash log of dsm.crashlog too: a download there would give
 # `dsm serve` a token the server chose). Compared case-folded: on a case-insensitive file
@@ -21,9 +23,6 @@ PART_SUFFIXES = (".part", ".part.json", ".part.old")
 # A file name may take 255 bytes on common file systems; the longest name dsm writes beside
 # a dataset file is its sidecar's temporary file, `<name>.part.json.tmp`.
 NAME_MAX = 255 - len(".part.json.tmp")
-# Folders a path may go down: Python's tree walks (shutil.rmtree, os.walk) recurse once per
-# folder, so a tree 1,000 deep could be written but never removed (a RecursionError).
-MAX_DEPTH = 256
 # Relative paths of plain ASCII names, none led by a dot: the common case, checked at once.
 _PLAIN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*(?:/[A-Za-z0-9_][A-Za-z0-9._-]*)*")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")

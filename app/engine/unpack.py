@@ -32,8 +32,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Protocol
 
-from dsm.catalog.paths import MAX_DEPTH
 from dsm.config import DEFAULT_EXTRACT_MAX_MEMORY
+from dsm.domain.model import MAX_DEPTH
 from dsm.engine import bounds
 from dsm.errors import ArchiveError
 from dsm.transfer.partfile import Room

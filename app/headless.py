@@ -16,6 +16,7 @@ from dsm import humanize
 from dsm.config import Settings
 from dsm.domain.events import EventKind, JobEvent
 from dsm.domain.jobs import Job, JobStatus, JobType
+from dsm.domain.redact import error_text
 from dsm.domain.terminal import json_text, printable, writes_unicode
 from dsm.engine.engine import Engine
 from dsm.repository import Repository
@@ -35,7 +36,7 @@ def describe(job: Job, eta: float | None = None) -> str:
     """One human line for a job: what, how far, how fast, or how it ended."""
     head = f"{job.type.value} {job.dataset}: {job.status.value}"
     if job.status.finished:
-        return head + (f": {printable(job.error)}" if job.error else "")
+        return head + (f": {error_text(job.error)}" if job.error else "")
     if job.bytes_total:
         head += f" {job.progress:5.1f}% of {humanize.size(job.bytes_total)}"
     elif job.bytes_done:
@@ -44,7 +45,7 @@ def describe(job: Job, eta: float | None = None) -> str:
         head += f" at {humanize.rate(job.rate)}"
         head += f", eta {humanize.duration(eta)}" if eta is not None else ""
     if job.status.value == "retrying" and job.error:
-        head += f" ({printable(job.error)})"
+        head += f" ({error_text(job.error)})"
     return head
 
 

@@ -71,6 +71,7 @@ class Lie:
     status: int | None = None  # answer this status with an S3 error body
     stall: bool = False  # send the headers and half the body, then nothing until stopped
     hang: bool = False  # answer nothing at all until stopped
+    once: bool = False  # for the first such request only, then pass them through
 
 
 class LyingS3:
@@ -81,6 +82,7 @@ class LyingS3:
         self.upstream = urlsplit(upstream)
         self.lies: list[tuple[str, str, Lie]] = []
         self.seen: list[tuple[str, str, int]] = []  # method, path with its query, status
+        self.asked: list[tuple[str, str, str | None]] = []  # method, path, Range: on arrival
         self.release = threading.Event()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _front_for(self))
         self._httpd.daemon_threads = True
@@ -94,7 +96,10 @@ class LyingS3:
         self.lies.append((method, path_part, lie))
 
     def told(self, method: str, path: str) -> Lie | None:
-        return next((lie for m, p, lie in self.lies if m == method and p in path), None)
+        told = next((entry for entry in self.lies if entry[0] == method and entry[1] in path), None)
+        if told is not None and told[2].once:
+            self.lies.remove(told)
+        return None if told is None else told[2]
 
     def stop(self) -> None:
         self.release.set()
@@ -112,6 +117,7 @@ def _front_for(front: LyingS3) -> type[BaseHTTPRequestHandler]:
         def _pass(self) -> None:
             sent = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(sent) if sent else None
+            front.asked.append((self.command, self.path, self.headers.get("Range")))
             lie = front.told(self.command, self.path)
             if lie is not None and lie.hang:
                 front.seen.append((self.command, self.path, 0))

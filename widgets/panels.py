@@ -22,6 +22,7 @@ from dsm.domain.display import (
 )
 from dsm.domain.jobs import Job, JobStatus
 from dsm.domain.model import Dataset
+from dsm.domain.redact import error_text
 from dsm.domain.terminal import printable
 from dsm.widgets.dataset_table import COLOUR, MONO
 
@@ -200,7 +201,7 @@ class DetailPane(VerticalScroll):
             ("downloaded at", Text(humanize.when(ds.downloaded_at_ms))),
             ("served by", _value(ds.served_by)),  # origin, a mirror, or the team cache
             ("job id", _value(ds.download_job_id)),
-            ("error", Text(printable(ds.error or "-"), style="red" if ds.error else "")),
+            ("error", Text(error_text(ds.error or "-"), style="red" if ds.error else "")),
         ]
         if ds.source_commit:  # a Hub source: the commit on disk, and its files
             rows.insert(5, ("commit", Text(ds.source_commit)))

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 from dataclasses import dataclass
-from pathlib import Path, PurePath, PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -140,12 +141,12 @@ def _files_errors(raw: dict[str, Any]) -> list[tuple[str, str]]:
         for key in ("original_url", "mirrors", "extract")
         if key in raw
     ]
-    rels: list[tuple[int, PurePosixPath]] = []
+    rels: list[tuple[int, str]] = []
     for index, item in enumerate(listed):
         file_errs, rel = _file_errors(index, item)
         errs.extend(file_errs)
         if rel is not None:
-            rels.append((index, rel))
+            rels.append((index, str(rel)))
     for clash in clashes(rels):
         said = {"inside": f"inside files[{clash.other}], which is a file"}.get(
             clash.how, f"{clash.how} files[{clash.other}]"
@@ -172,10 +173,11 @@ def _totals_errors(raw: dict[str, Any], listed: list[dict[str, Any]]) -> list[tu
 
 def _entry_errors(
     raw: dict[str, Any], resolve: Resolver
-) -> tuple[list[tuple[str, str]], Path | None]:
-    """(field, problem) pairs for one entry, and its resolved file when the path is sound."""
+) -> tuple[list[tuple[str, str]], str | None]:
+    """(field, problem) pairs for one entry, and its resolved file (`Resolver.text`) when the
+    path is sound."""
     errs: list[tuple[str, str]] = []
-    target: Path | None = None
+    target: str | None = None
     for key in sorted(set(raw) - FIELDS):
         errs.append((key, "unknown field"))
     name = raw.get("name")
@@ -200,7 +202,7 @@ def _entry_errors(
         errs.append(("local_path", "is required and must be a string"))
     else:
         try:
-            target = resolve(local)
+            target = resolve.text(local)
         except ValueError as exc:
             errs.append(("local_path", str(exc)))
     for key, check in (("expected_size", _size_problem), ("expected_sha256", _sha_problem)):
@@ -282,7 +284,8 @@ def parse_catalog(text: str, source: Path, home: Path) -> list[CatalogEntry]:
     entries: list[CatalogEntry] = []
     resolve = Resolver(home)
     seen: dict[str, int] = {}
-    files: list[tuple[int, PurePath]] = []  # each sound entry's file, relative to the home
+    files: list[tuple[int, str]] = []  # each sound entry's file, relative to the home
+    inside = os.path.join(resolve.root, "")  # a file's path begins with the home and a "/"
     labels: dict[int, str] = {}
     for index, raw in enumerate(doc["datasets"]):
         if not isinstance(raw, dict):
@@ -298,7 +301,7 @@ def parse_catalog(text: str, source: Path, home: Path) -> list[CatalogEntry]:
                 errs.append(("name", f"duplicate of entry {seen[name]}"))
             seen.setdefault(name, index)
         if key is not None:
-            files.append((index, key.relative_to(resolve.root)))
+            files.append((index, key[len(inside) :]))
             labels[index] = label
         problems.extend(f"{source}: {label}: field {f!r}: {p}" for f, p in errs)
         if not errs:
@@ -316,7 +319,7 @@ _SHARED = {
 }
 
 
-def _shared(files: list[tuple[int, PurePath]], doc: dict[str, Any]) -> list[tuple[int, str]]:
+def _shared(files: list[tuple[int, str]], doc: dict[str, Any]) -> list[tuple[int, str]]:
     """(entry index, problem) for each dataset whose file is another's, inside it (one
     dataset's file cannot be a folder holding another's), or over its folder: also where
     only letter case or Unicode form tells them apart (macOS, Windows: `hub.clashes`)."""

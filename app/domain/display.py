@@ -15,8 +15,7 @@ from urllib.parse import urlsplit
 
 from dsm.domain.jobs import PAUSED_MESSAGE, Job, JobStatus, JobType
 from dsm.domain.model import Dataset, Status
-from dsm.domain.redact import redact_url
-from dsm.domain.terminal import printable
+from dsm.domain.redact import error_text, redact_url
 
 RATE_HALF_LIFE = 2.0  # seconds: the smoothed rate follows a change of speed within ~5 s
 RATE_WARMUP = 1.0  # seconds of samples before a rate (and so an ETA) is shown
@@ -78,12 +77,11 @@ def is_paused(job: Job | None) -> bool:
 
 
 def short_cause(error: str | None) -> str:
-    """An error as a row shows it: its first line, without the URL (the detail pane has it)
-    and with hashes cut to 8 digits."""
+    """An error as a row shows it: one line, without the URL (the detail pane has it) and
+    with hashes cut to 8 digits."""
     if not error:
         return ""
-    line = error.splitlines()[0]
-    return printable(_HEX.sub(r"\1…", _URL_TAIL.sub("", line)))  # a server's text in part
+    return _HEX.sub(r"\1…", _URL_TAIL.sub("", error_text(error)))  # a server's text in part
 
 
 def retry_cause(error: str | None) -> str:

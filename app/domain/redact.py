@@ -12,6 +12,8 @@ import re
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+from dsm.domain.terminal import one_line
+
 REDACTED = "[redacted]"
 
 # Parameter names that carry a secret, matched on the lower-cased, percent-decoded name:
@@ -87,6 +89,12 @@ def redact_text(text: str) -> str:
     if "://" not in text:
         return text
     return _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), text)
+
+
+def error_text(text: str) -> str:
+    """An error as dsm stores and shows it (a job's, a dataset's, a line of `--run-job`, the
+    dashboard's): no credentials, one printable line."""
+    return one_line(redact_text(text))
 
 
 def redact_doc(value: Any) -> Any:

@@ -3,7 +3,9 @@ servers' error messages and HTTP headers are data, and data must not drive the t
 shows it (an ESC or a C1 CSI, U+009B, starts an escape sequence; a bidi override, U+202E,
 shows the text reversed) nor break the write (a lone surrogate cannot be encoded).
 
-`printable` shows such characters as Python escapes (plain output); `json_text` writes JSON
+`printable` shows such characters as Python escapes (plain output); `one_line` also joins
+the lines of a text that must stay one line (an error: an exception's message may hold line
+breaks, from a server, the system or a library); `json_text` writes JSON
 with them as \\uXXXX escapes: valid JSON, the same value decoded, other non-ASCII text kept
 readable (`ensure_ascii` would escape every accented letter too) where the stream takes it.
 """
@@ -26,6 +28,19 @@ _HOSTILE = re.compile(
 def printable(text: str) -> str:
     """`text` with hostile characters shown as escapes (`\\x1b`, `\\u202e`)."""
     return _HOSTILE.sub(lambda m: repr(m.group())[1:-1], text)
+
+
+# A line break, with the blanks around it (an indented continuation, an empty line): every
+# character `str.splitlines` breaks on.
+_BREAKS = re.compile(r"\s*(?:\r\n|[\n\r\v\f\x1c-\x1e\x85\u2028\u2029])\s*")
+LINE_JOIN = " | "
+
+
+def one_line(text: str) -> str:
+    """`text` as one printable line: its lines joined with " | ", hostile characters shown
+    as escapes. The form of every error dsm stores or shows; applied twice, it changes
+    nothing."""
+    return printable(_BREAKS.sub(LINE_JOIN, text.strip()))
 
 
 def json_text(value: Any, *, ascii: bool = False, **dumps: Any) -> str:

@@ -16,9 +16,9 @@ import anyio
 
 from dsm.config import Settings
 from dsm.domain.model import Dataset
-from dsm.domain.redact import public_url, redact_url
+from dsm.domain.redact import error_text, public_url, redact_url
 from dsm.engine import files
-from dsm.errors import TransferError
+from dsm.errors import TransferError, retryable
 from dsm.transfer.http import Fetched
 from dsm.transfer.partfile import discard_partial, read_sidecar, write_sidecar
 
@@ -32,6 +32,33 @@ SERVED_BY_CACHE = "team cache"
 # After a failure the cache is left alone for a while: with thousands of datasets, an outage
 # would otherwise cost every job a time-out and print a warning each.
 RESTING = 60.0
+# A download from the cache cut short goes on from its partial (a Range, as for any URL)
+# while each attempt brings bytes, this many times: it restarted from zero at the origin.
+CACHE_RESUMES = 3
+
+
+class _Rests:
+    """The rest and the warning, per cache (`TeamCache.where`) and per process: not per engine, as a
+    script's every `dsm.library` call starts one (each waited a time-out, and warned)."""
+
+    def __init__(self) -> None:
+        self._until: dict[str, float] = {}
+        self._warned: set[str] = set()
+        self._lock = threading.Lock()
+
+    def resting(self, url: str) -> bool:
+        return time.monotonic() < self._until.get(url, 0.0)
+
+    def rest(self, url: str) -> bool:
+        """Rest the cache at `url`; True the first time in this process (warn then)."""
+        with self._lock:
+            self._until[url] = time.monotonic() + RESTING
+            first = url not in self._warned
+            self._warned.add(url)
+        return first
+
+
+_rests = _Rests()
 
 
 @dataclass(frozen=True)
@@ -61,25 +88,18 @@ class CacheSide:
             from dsm.transfer.s3cache import TeamCache
 
             self.cache = TeamCache(settings.cache_url, push=settings.cache_push)
-        self._resting_until = 0.0
         self._bad: set[str] = (
             set()
         )  # objects found not to be their file: the next publish replaces them
-        self._warned = False
-        self._lock = threading.Lock()
 
     @property
     def enabled(self) -> bool:
-        return self.cache is not None and time.monotonic() >= self._resting_until
+        return self.cache is not None and not _rests.resting(self.cache.where)
 
     def failed(self, what: str, exc: BaseException | str) -> None:
         """Rest the cache after a failure; warn once per process, not once per job."""
-        with self._lock:
-            self._resting_until = time.monotonic() + RESTING
-            if self._warned:
-                return
-            self._warned = True
-        log.warning("dsm: team cache: %s failed (%s); using the origin", what, exc)
+        if self.cache is not None and _rests.rest(self.cache.where):
+            log.warning("dsm: team cache: %s failed (%s); using the origin", what, exc)
 
     def find(self, ds: Dataset) -> CachedFile | None:
         """The cached copy of `ds`, by its expected checksum or its source's pointer."""
@@ -98,10 +118,12 @@ class CacheSide:
         ds: Dataset,
         target: Path,
         transfer: Callable[[str, int], Awaitable[Fetched]],
+        done: Callable[[], int],
         forced: bool = False,
     ) -> Fetched | None:
         """The file from the cache through `transfer(url, size)`, verified; None to go to the
-        origin instead (not held, the cache failed, or it held other bytes). A `forced`
+        origin instead (not held, the cache failed, or it held other bytes); `done()`: the
+        bytes the job holds, for `_download`. A `forced`
         download (an update) of a file the catalogue gives no checksum for asks the origin:
         a source's pointer names the file it served once, maybe the very copy to replace."""
         if not self.enabled or (forced and ds.expected_sha256 is None):
@@ -114,10 +136,8 @@ class CacheSide:
             self._held_bad(ds, cached, f"{cached.size} bytes, not {ds.expected_size}")
             return None
         await anyio.to_thread.run_sync(carry_partial, files.part_of(target), cached.url)
-        try:
-            fetched = await transfer(cached.url, cached.size)
-        except TransferError as exc:  # its message carries no presigned query
-            self.failed("the download", exc)
+        fetched = await self._download(cached, transfer, done)
+        if fetched is None:
             return None
         problem = (
             files.integrity_problem(ds, fetched.size, fetched.sha256)
@@ -129,6 +149,26 @@ class CacheSide:
         await anyio.to_thread.run_sync(discard_partial, files.part_of(target))
         self._held_bad(ds, cached, problem)
         return None
+
+    async def _download(
+        self,
+        cached: CachedFile,
+        transfer: Callable[[str, int], Awaitable[Fetched]],
+        done: Callable[[], int],
+    ) -> Fetched | None:
+        """The cached object, resumed after a cut that brought bytes (CACHE_RESUMES); None
+        after a failure that brought none, or cannot heal: the origin then."""
+        resumes = CACHE_RESUMES
+        while True:
+            before = done()
+            try:
+                return await transfer(cached.url, cached.size)
+            except TransferError as exc:  # its message carries no presigned query
+                if not resumes or not retryable(exc) or done() <= before:
+                    self.failed("the download", exc)
+                    return None
+                resumes -= 1
+                log.info("team cache: %s; resuming from byte %d", exc, done())
 
     def _held_bad(self, ds: Dataset, cached: CachedFile, why: str) -> None:
         """Warn that the cache's object for `ds` is not its file; the caller uses the origin,
@@ -202,5 +242,5 @@ class CacheSide:
                 if self.cache.find(sha, ds.original_url) is not None:
                     held += 1
         except CacheError as exc:
-            return CacheReport(url, False, str(exc), held, known, len(datasets))
+            return CacheReport(url, False, error_text(str(exc)), held, known, len(datasets))
         return CacheReport(url, True, None, held, known, len(datasets))

@@ -29,7 +29,7 @@ from dsm.config import CONNECT_TIMEOUT, Settings
 from dsm.domain.events import EventKind, JobEvent, Listener
 from dsm.domain.jobs import PAUSED_MESSAGE, Job, JobStatus, JobType, parse_params
 from dsm.domain.model import Dataset, snapshot
-from dsm.domain.redact import redact_text
+from dsm.domain.redact import error_text
 from dsm.engine import files
 from dsm.engine.handlers import Handlers
 from dsm.engine.ledger import Ledger, owner_lock_path
@@ -360,7 +360,7 @@ class Engine:
         for job in jobs:
             job.status, error = outcome
             job.error = (
-                None if job.status == JobStatus.COMPLETED or not error else redact_text(error)
+                None if job.status == JobStatus.COMPLETED or not error else error_text(error)
             )
             job.finished_ms = now_ms()
             held = self._held.pop(job.id, self.suspend_message if self._suspending else None)
@@ -376,7 +376,8 @@ class Engine:
         except StoreError as exc:  # e.g. the disk is full: the jobs still end, loudly
             self.ledger.failed(exc)  # each job's error says it; the run fails (headless)
             for job in jobs:
-                job.error = f"{job.error or job.status.value}; not recorded in the store: {exc}"
+                why = f"{job.error or job.status.value}; not recorded in the store: {exc}"
+                job.error = error_text(why)
             rows = [None] * len(jobs)
         for job, ds in zip(jobs, rows, strict=True):
             self._active.pop(job.id, None)

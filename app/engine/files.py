@@ -20,6 +20,7 @@ from dsm.transfer.partfile import (
     discard_partial,
     open_own,
     read_sidecar,
+    replace_own,
     sidecar_path,
     target_lock,
     write_sidecar,
@@ -324,7 +325,7 @@ def install(
 
         unpack.place(path)
     else:
-        os.replace(part, path)
+        replace_own(part, path.name)
     if not record:  # the resume sidecar of the .part, if it has one, names a file now gone
         with contextlib.suppress(OSError):  # a leftover only costs a stat at the next run
             os.unlink(sidecar_path(part))
@@ -485,7 +486,7 @@ def write_manifest(home: Path, ds: Dataset, unpacked: list[Unpacked]) -> None:
     doc = {"kind": ds.extract, "files": [dataclasses.asdict(u) for u in unpacked]}
     with os.fdopen(open_own(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "w") as f:
         f.write(json.dumps(doc))
-    os.replace(tmp, folder / MANIFEST)
+    replace_own(tmp, MANIFEST)
 
 
 def drop_archive(home: Path, ds: Dataset) -> None:

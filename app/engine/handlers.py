@@ -26,7 +26,7 @@ from dsm.domain.events import EventKind
 from dsm.domain.hub import ManifestFile, catalogue_listing, is_hub
 from dsm.domain.jobs import Job, JobStatus, JobType
 from dsm.domain.model import Dataset, Status
-from dsm.domain.redact import REDACTED
+from dsm.domain.redact import REDACTED, error_text
 from dsm.engine import files
 from dsm.engine.cache import SERVED_BY_CACHE, SERVED_BY_ORIGIN, CacheSide
 from dsm.engine.ledger import Ledger
@@ -218,6 +218,8 @@ class Handlers:
         self, job: Job, status: Status | None, save_job: bool = False, **fields: Any
     ) -> Dataset:
         """Deferred, as the job's other records (ledger.py); Ledger.set_status."""
+        if fields.get("error"):
+            fields["error"] = error_text(fields["error"])
         ds = await self.ledger.defer(self.ledger.set_status, job, status, fields, save_job)
         self._emit(EventKind.PROGRESS, job, ds)
         return ds
@@ -478,7 +480,7 @@ class Handlers:
         if delay is None:  # jitter spreads the retries of many jobs hit by one outage
             delay = self.settings.retry_delay * random.uniform(0.8, 1.2)
         job.status, job.retry_at_ms = JobStatus.RETRYING, now_ms() + round(delay * 1000)
-        job.error = f"attempt {job.attempts} failed: {exc}; retrying in {delay:.1f} s"
+        job.error = error_text(f"attempt {job.attempts} failed: {exc}; retrying in {delay:.1f} s")
         await self.ledger.defer(self.repo.save_job, job)
         self._emit(EventKind.RETRYING, job, None)
         await anyio.sleep(delay)

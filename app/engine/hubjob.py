@@ -12,7 +12,7 @@ of files (dsm.domain.hub), whose hash is the dataset's checksum.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -22,7 +22,7 @@ import anyio
 import httpx
 
 from dsm.config import Settings
-from dsm.domain.hub import HubRef, ManifestFile, is_hub, parse_hub_url
+from dsm.domain.hub import HubRef, ManifestFile, hub_followed, parse_hub_url
 from dsm.domain.jobs import Job, JobStatus, JobType
 from dsm.domain.model import Dataset
 from dsm.engine import tree
@@ -119,22 +119,11 @@ class HubDownload:
 
 
 # -- a branch that moved on -------------------------------------------------------------------
-def _followed(rows: Iterable[Dataset]) -> list[tuple[Dataset, HubRef]]:
-    """Downloaded Hub datasets whose source names a branch or tag, not a commit."""
-    out: list[tuple[Dataset, HubRef]] = []
-    for ds in rows:
-        if ds.downloaded and ds.source_commit and is_hub(ds.original_url):
-            ref = parse_hub_url(ds.original_url)
-            if not ref.pinned:
-                out.append((ds, ref))
-    return out
-
-
 def refresh_upstream(settings: Settings, repo: Repository) -> int:
     """Ask the Hub once where each followed branch is now and record it on the rows
     (`upstream_commit`); returns how many datasets moved. Never offline; a Hub that cannot
     be asked leaves the rows as they were (this is a hint, not a job)."""
-    followed = _followed(repo.datasets())
+    followed = hub_followed(repo.datasets())
     if settings.offline or not followed:
         return 0
     heads: dict[tuple[str, str], str | None] = {}

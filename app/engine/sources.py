@@ -37,6 +37,12 @@ def redacted(url: str) -> str:
     return parts._replace(netloc=netloc, query="", fragment="").geturl()
 
 
+def _same(ds: Dataset) -> Dataset:
+    """What a mirror must serve: the catalogue's checksum, else the copy verified before."""
+    verified_before = None if ds.outdated else ds.checksum  # outdated: another source
+    return dataclasses.replace(ds, expected_sha256=ds.expected_sha256 or verified_before)
+
+
 async def obtain(
     h: Handlers,
     job: Job,
@@ -61,13 +67,12 @@ async def obtain(
             ds,
             target,
             lambda u, size: h.transfer(job, u, target, size),
+            lambda: job.bytes_done,
             job.params["force_download"],
         )
         if cached is not None:
             return Served(SERVED_BY_CACHE, cached)
     urls = [url, *ds.mirrors]
-    verified_before = None if ds.outdated else ds.checksum  # outdated: another source
-    same = dataclasses.replace(ds, expected_sha256=ds.expected_sha256 or verified_before)
     size = listed.size if listed else ds.expected_size
     failures: list[str] = []
     for index, source in enumerate(urls):
@@ -84,7 +89,7 @@ async def obtain(
         if len(urls) == 1:  # checked by the caller, as every copy is
             return Served(SERVED_BY_ORIGIN, got) if isinstance(got, Fetched) else got
         if isinstance(got, Fetched):
-            problem = files.integrity_problem(same if index else ds, got.size, got.sha256)
+            problem = files.integrity_problem(_same(ds) if index else ds, got.size, got.sha256)
             if problem is None:
                 return Served(SERVED_BY_ORIGIN if index == 0 else redacted(source), got)
             await anyio.to_thread.run_sync(discard_partial, files.part_of(target))

@@ -172,7 +172,8 @@ class Hub:
             raise BadResponse(
                 f"{ref.path or '/'} matches no file in dataset repo {ref.repo} at commit {commit}"
             )
-        clash = next(clashes((i, PurePosixPath(f.path)) for i, f in enumerate(out)), None)
+        listed = ((i, str(PurePosixPath(f.path))) for i, f in enumerate(out))
+        clash = next(clashes(listed), None)
         if clash is not None:
             path, other = out[clash.index].path, out[clash.other].path
             said = {

@@ -6,6 +6,7 @@ total length, and for a segmented download each segment's progress."""
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import errno
 import json
@@ -49,12 +50,61 @@ class Room:
         return f"{self.folder} has {free} bytes free; {self.reserve} are kept free"
 
 
+_FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def folder_fd(folder: Path, make: bool = False) -> int:
+    """A descriptor of `folder` (the caller closes it), reached from `/` one name at a time
+    without following a symbolic link (openat). Its path was resolved and checked to stay in
+    the home (dsm.catalog.paths) and holds no link: one there now was swapped in since (by
+    another user of a shared home) and is refused (ELOOP), never followed out of the home,
+    as a path given to the system would be. `make`: missing folders are made on the way."""
+    names = os.path.abspath(folder).split("/")[1:]
+    fd = os.open("/", _FOLDER)
+    try:
+        for depth, name in enumerate(names, 1):
+            try:
+                inner = os.open(name, _FOLDER, dir_fd=fd)
+            except OSError as exc:
+                inner = _not_entered(fd, name, make, exc, "/" + "/".join(names[:depth]))
+            os.close(fd)
+            fd = inner
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _not_entered(fd: int, name: str, make: bool, exc: OSError, here: str) -> int:
+    """A folder `folder_fd` could not enter: made when missing (`make`), else an error that
+    names a link where it is one."""
+    try:
+        if not (make and isinstance(exc, FileNotFoundError)):
+            raise exc
+        with contextlib.suppress(FileExistsError):  # made meanwhile by another job
+            os.mkdir(name, dir_fd=fd)
+        return os.open(name, _FOLDER, dir_fd=fd)
+    except OSError as failed:
+        if failed.errno not in (errno.ELOOP, errno.ENOTDIR):
+            raise
+        raise OSError(
+            failed.errno, f"{here} is a symbolic link or no folder; dsm never writes through one"
+        ) from None
+
+
+def make_folders(folder: Path) -> None:
+    """`folder.mkdir(parents=True, exist_ok=True)`, never through a link (folder_fd)."""
+    os.close(folder_fd(folder, make=True))
+
+
 def open_own(path: Path, flags: int) -> int:
     """A file descriptor of one of dsm's own names (a partial, its sidecar), never through a
-    symbolic link at that name: a link planted there (by another user of a shared home)
-    had dsm write the download over the file it points at, then move the link into place."""
-    try:
-        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)  # the umask decides
+    symbolic link at that name nor at a folder above it (folder_fd): a link planted there (by
+    another user of a shared home) had dsm write the download over the file it points at,
+    then move the link into place."""
+    folder = folder_fd(path.parent)
+    try:  # the umask decides the mode
+        return os.open(path.name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666, dir_fd=folder)
     except OSError as exc:
         if exc.errno != errno.ELOOP:
             raise
@@ -63,6 +113,17 @@ def open_own(path: Path, flags: int) -> int:
             f"{path} is a symbolic link, not a file dsm wrote; remove it (dsm never writes "
             "through it)",
         ) from None
+    finally:
+        os.close(folder)
+
+
+def replace_own(path: Path, name: str) -> None:
+    """`os.replace(path, path.with_name(name))` in a folder reached by folder_fd."""
+    folder = folder_fd(path.parent)
+    try:
+        os.replace(path.name, name, src_dir_fd=folder, dst_dir_fd=folder)
+    finally:
+        os.close(folder)
 
 
 def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
@@ -128,7 +189,7 @@ def write_sidecar(part: Path, meta: dict[str, Any]) -> None:
         meta = {**meta, "url": redact_url(meta["url"])}
     with os.fdopen(open_own(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "w") as f:
         f.write(json.dumps(meta))
-    os.replace(tmp, side)
+    replace_own(tmp, side.name)
 
 
 def discard_partial(part: Path) -> None:

@@ -41,9 +41,20 @@ PRESIGN_FOR = datetime.timedelta(hours=1)
 MAX_POINTER = 64 << 10  # bytes of a pointer: dsm writes a few hundred
 PART_SIZE = 8 << 20  # bytes of one part of an upload (S3's least is 5 MiB)
 PARTS_AT_ONCE = 4  # parts in flight (held in memory) per upload
-# A cache that does not answer must not hold a job up: short timeouts, one retry.
-CLIENT_OPTIONS = {"timeout": "30s", "connect_timeout": "3s"}
-RETRY = {"max_retries": 1, "retry_timeout": datetime.timedelta(seconds=10)}
+# A cache is an optimisation: one that accepts connections and never answers must cost a
+# job little more than the origin. Every request but an upload's is small (a HEAD, a pointer
+# of a few hundred bytes, a listing): the whole request within LOOKUP_TIMEOUT, its one retry
+# only for a quick failure (a reset, a 503), never after a time-out. A look-up that waited
+# 30 s (obstore's one timeout, for uploads too) cost each job 30 s before the origin.
+LOOKUP_TIMEOUT = 3.0
+LOOKUP = (
+    {"timeout": f"{LOOKUP_TIMEOUT:g}s", "connect_timeout": "2s"},
+    {"max_retries": 1, "retry_timeout": datetime.timedelta(seconds=LOOKUP_TIMEOUT)},
+)
+UPLOAD = (  # a part of PART_SIZE per request: time for a slow link
+    {"timeout": "30s", "connect_timeout": "3s"},
+    {"max_retries": 1, "retry_timeout": datetime.timedelta(seconds=10)},
+)
 _ENV_KEYS = {  # obstore config key -> (environment variable, profile file key)
     "access_key_id": ("AWS_ACCESS_KEY_ID", "aws_access_key_id"),
     "secret_access_key": ("AWS_SECRET_ACCESS_KEY", "aws_secret_access_key"),
@@ -191,11 +202,16 @@ class TeamCache:
         self.push = push
         self.bucket, self.prefix = parts.netloc, parts.path.strip("/")
         self._env = os.environ if env is None else env
-        self._store: S3Store | None = None
+        self._stores: dict[bool, S3Store] = {}  # upload? -> its client
         self._secrets: tuple[str, ...] = ()  # masked in every message
 
-    def _s3(self) -> S3Store:
-        if self._store is None:
+    @property
+    def where(self) -> str:
+        """The cache and the endpoint that serves it (one bucket name, two services)."""
+        return f"{self.url} at {self._env.get('AWS_ENDPOINT_URL', 'AWS')}"
+
+    def _s3(self, upload: bool = False) -> S3Store:
+        if upload not in self._stores:
             config = s3_config(self._env)
             # Masked where they appear; a value of a few characters would mask every
             # word holding them (`t` rewrote `http`), and is no secret worth hiding.
@@ -209,24 +225,27 @@ class TeamCache:
                     f"{self.url}: the endpoint {redact_url(endpoint)} holds a user and "
                     "password: give the keys as AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
                 )
-            options: dict[str, Any] = dict(CLIENT_OPTIONS)
+            timeouts, retry = UPLOAD if upload else LOOKUP
+            options: dict[str, Any] = dict(timeouts)
             if endpoint.startswith("http://"):
                 options["allow_http"] = True
             try:
-                self._store = S3Store(
+                self._stores[upload] = S3Store(
                     self.bucket,
                     prefix=self.prefix or None,
                     config=config,  # type: ignore[arg-type]
                     client_options=options,  # type: ignore[arg-type]
-                    retry_config=RETRY,  # type: ignore[arg-type]
+                    retry_config=retry,  # type: ignore[arg-type]
                 )
             except (BaseError, ValueError) as exc:
                 raise CacheError(f"{self.url}: {_short(exc, self._secrets)}") from None
-        return self._store
+        return self._stores[upload]
 
-    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    def _call(self, what: str, fn: Any, *args: Any, upload: bool = False, **kwargs: Any) -> Any:
+        """`fn(store, *args, **kwargs)`, its failures a CacheError; `upload`: the client with
+        an upload's timeouts, else a look-up's."""
         try:
-            return fn(self._s3(), *args, **kwargs)
+            return fn(self._s3(upload), *args, **kwargs)
         except (FileNotFoundError, AlreadyExistsError):
             raise
         except (BaseError, OSError, ValueError, RuntimeError) as exc:
@@ -307,6 +326,7 @@ class TeamCache:
                     object_key(sha256),
                     _checked(path, sha256, size),
                     mode="overwrite" if big or held is not None else "create",
+                    upload=True,
                     use_multipart=big,
                     chunk_size=PART_SIZE,
                     max_concurrency=PARTS_AT_ONCE,

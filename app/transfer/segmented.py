@@ -43,6 +43,7 @@ from dsm.transfer.http import (
 from dsm.transfer.partfile import (
     Partial,
     discard_partial,
+    make_folders,
     open_own,
     pwrite_all,
     write_sidecar,
@@ -114,7 +115,7 @@ class SegmentedDownload:
     ) -> Fetched:
         """A fresh download whose first response (`bytes=0-`) becomes segment 0; `p.meta`
         holds that response's validators."""
-        p.part.parent.mkdir(parents=True, exist_ok=True)
+        make_folders(p.part.parent)
         free = shutil.disk_usage(p.part.parent).free
         if total > free:
             raise DiskFull(
@@ -131,7 +132,7 @@ class SegmentedDownload:
     # -- the run -----------------------------------------------------------------------
     def run(self, first: httpx.Response | None, slot: Slot | None) -> Fetched:
         try:
-            self.p.part.parent.mkdir(parents=True, exist_ok=True)
+            make_folders(self.p.part.parent)
             self.fd = open_own(self.p.part, os.O_RDWR | os.O_CREAT)
             os.ftruncate(self.fd, self.total)  # sparse; segments fill their own ranges
             self._save()

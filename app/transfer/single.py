@@ -52,6 +52,7 @@ from dsm.transfer.partfile import (
     Partial,
     Room,
     discard_partial,
+    make_folders,
     open_own,
     read_sidecar,
     target_lock,
@@ -115,7 +116,7 @@ def _prepare(
     try:
         free = shutil.disk_usage(part.parent).free
     except FileNotFoundError:  # the folder is made only when missing: a mkdir costs a journal lock
-        part.parent.mkdir(parents=True, exist_ok=True)
+        make_folders(part.parent)
         free = shutil.disk_usage(part.parent).free
     if need > free:
         raise DiskFull(f"not enough disk space in {part.parent}: need {need} bytes, {free} free")

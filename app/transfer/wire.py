@@ -8,18 +8,29 @@ Every transport dsm builds reads through `WatchedStream`: while a thread awaits 
 a body's next bytes (`awaiting`), its reads wake every POLL_S to let a stop through, and
 what is awaited must come within the stall timeout of the first read for it. Otherwise (a
 body read from the socket itself, another client's thread) a read is the plain stream's.
+
+The connection before the head waits the same way: a connect that hangs (a SYN dropped by a
+firewall, a full backlog) and a TLS handshake that a server never answers held a stop for
+the whole connect timeout (30 s) in the system's connect and OpenSSL's handshake. While a
+head is awaited, `WatchedBackend` connects and shakes hands itself, waking every POLL_S.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
+import select
+import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import httpcore
+from httpcore._backends.sync import SyncStream  # the stream httpcore's own backend returns
 
 from dsm.domain.redact import public_url
 from dsm.errors import Stalled
@@ -60,6 +71,71 @@ class Awaited:
 
 
 _awaiting = threading.local()  # .watch: what this thread's reads wait for, or None
+T = TypeVar("T")
+
+
+def _watch() -> Awaited | None:
+    return getattr(_awaiting, "watch", None)
+
+
+def _polled(step: Callable[[float], T], timeout: float | None, check: Callable[[], None]) -> T:
+    """`step(wait)` again until it returns, `check` (a stop) before each: a step raises
+    TimeoutError when nothing happened within `wait` (at most POLL_S); socket.timeout (the
+    connect timeout, as httpcore says it) once `timeout` has passed."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        check()
+        left = POLL_S if deadline is None else min(POLL_S, deadline - time.monotonic())
+        if left <= 0:
+            raise TimeoutError("timed out")
+        try:
+            return step(left)
+        except TimeoutError:
+            continue
+
+
+def _connect(address: tuple[str, int], timeout: float | None, source: str | None) -> socket.socket:
+    """socket.create_connection (each address in turn), polled so that a stop gets through."""
+    check = watch.check if (watch := _watch()) else (lambda: None)
+    failure: OSError = OSError(f"no address for {address[0]}")
+    for family, kind, proto, _, where in socket.getaddrinfo(*address, type=socket.SOCK_STREAM):
+        sock = socket.socket(family, kind, proto)
+        try:
+            if source is not None:
+                sock.bind((source, 0))
+            _connect_to(sock, where, timeout, check)
+            return sock
+        except OSError as exc:  # the connect timeout included: the next address, as the stdlib
+            sock.close()
+            failure = exc
+        except BaseException:  # a stop
+            sock.close()
+            raise
+    raise failure
+
+
+def _connect_to(
+    sock: socket.socket, where: Any, timeout: float | None, check: Callable[[], None]
+) -> None:
+    sock.setblocking(False)
+    if (err := sock.connect_ex(where)) not in (0, errno.EINPROGRESS):
+        raise OSError(err, os.strerror(err))
+    poller = select.poll()
+    poller.register(sock, select.POLLOUT)
+    _polled(lambda wait: _connected(sock, poller, wait), timeout, check)
+    sock.setblocking(True)
+
+
+def _connected(sock: socket.socket, poller: select.poll, wait: float) -> None:
+    if not poller.poll(wait * 1000):
+        raise TimeoutError
+    if err := sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+        raise OSError(err, os.strerror(err))
+
+
+def _handshake(sock: ssl.SSLSocket, wait: float) -> None:
+    sock.settimeout(wait)
+    sock.do_handshake()  # after a timeout, called again it carries on where it was
 
 
 @contextlib.contextmanager
@@ -76,7 +152,7 @@ class WatchedStream(httpcore.NetworkStream):
         self._stream = stream
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        watch: Awaited | None = getattr(_awaiting, "watch", None)
+        watch = _watch()
         if watch is None:
             return self._stream.read(max_bytes, timeout)
         return watch.read(self._stream, max_bytes, timeout)
@@ -93,7 +169,29 @@ class WatchedStream(httpcore.NetworkStream):
         server_hostname: str | None = None,
         timeout: float | None = None,
     ) -> httpcore.NetworkStream:
-        return WatchedStream(self._stream.start_tls(ssl_context, server_hostname, timeout))
+        sock = self._stream.get_extra_info("socket")
+        watch = _watch()
+        if (
+            watch is None
+            or type(sock) is not socket.socket
+            or not isinstance(self._stream, SyncStream)
+        ):  # no head awaited, another backend, or TLS inside TLS (an https proxy)
+            return WatchedStream(self._stream.start_tls(ssl_context, server_hostname, timeout))
+        try:
+            tls = ssl_context.wrap_socket(
+                sock, server_hostname=server_hostname, do_handshake_on_connect=False
+            )
+            _polled(lambda wait: _handshake(tls, wait), timeout, watch.check)
+        except TimeoutError as exc:
+            sock.close()
+            raise httpcore.ConnectTimeout(str(exc)) from exc
+        except OSError as exc:
+            sock.close()
+            raise httpcore.ConnectError(str(exc)) from exc
+        except BaseException:  # a stop
+            sock.close()
+            raise
+        return WatchedStream(SyncStream(tls))
 
     def get_extra_info(self, info: str) -> Any:
         return self._stream.get_extra_info(info)  # the socket: read directly for the body
@@ -111,9 +209,19 @@ class WatchedBackend(httpcore.NetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.NetworkStream:
-        return WatchedStream(
-            self._backend.connect_tcp(host, port, timeout, local_address, socket_options)
-        )
+        if _watch() is None or type(self._backend) is not httpcore.SyncBackend:
+            return WatchedStream(
+                self._backend.connect_tcp(host, port, timeout, local_address, socket_options)
+            )
+        try:
+            sock = _connect((host, port), timeout, local_address)
+        except TimeoutError as exc:
+            raise httpcore.ConnectTimeout(str(exc)) from exc
+        except OSError as exc:
+            raise httpcore.ConnectError(str(exc)) from exc
+        for option in [*(socket_options or ()), (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]:
+            sock.setsockopt(*option)
+        return WatchedStream(SyncStream(sock))
 
     def connect_unix_socket(
         self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None

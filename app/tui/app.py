@@ -19,7 +19,7 @@ from textual.widgets import Footer, Header
 from dsm.config import Settings
 from dsm.domain.display import is_paused, short_cause
 from dsm.domain.jobs import JobStatus, JobType
-from dsm.domain.terminal import printable
+from dsm.domain.redact import error_text
 from dsm.engine.thread import EngineThread
 from dsm.repository import Repository, StoreError
 from dsm.tui.commands import ActionCommands
@@ -238,7 +238,7 @@ class DashboardApp(EngineCalls, Views, App[int]):
     def say(self, text: str, severity: SeverityLevel = "information") -> None:
         """A one-line notification; never markup, never a terminal control (errors quote
         servers)."""
-        self.notify(printable(text), severity=severity, timeout=NOTIFY_SECONDS, markup=False)
+        self.notify(error_text(text), severity=severity, timeout=NOTIFY_SECONDS, markup=False)
 
     # -- actions on rows ---------------------------------------------------------------
     def _targets(self) -> list[str]:

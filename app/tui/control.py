@@ -19,7 +19,7 @@ from textual.worker import Worker, WorkerState
 from dsm.config import Settings
 from dsm.domain.jobs import JobType
 from dsm.domain.model import Status
-from dsm.domain.redact import redact_text
+from dsm.domain.redact import error_text
 from dsm.engine.hubjob import refresh_upstream
 from dsm.engine.thread import EngineThread
 from dsm.errors import DsmError
@@ -207,7 +207,7 @@ class EngineCalls(_Base):
         once, with its cause, and the user is offered to quit."""
         if event.worker.name != "_start_engine" or event.state != WorkerState.ERROR:
             return
-        cause = redact_text(str(event.worker.error))
+        cause = error_text(str(event.worker.error))
         self.notify(f"the job engine failed to start: {cause}", severity="error", markup=False)
 
         def answered(yes: bool | None) -> None:

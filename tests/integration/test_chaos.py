@@ -9,13 +9,15 @@ import random
 import re
 import shutil
 import subprocess
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from dsm.domain.jobs import JobStatus, JobType
+from dsm.domain.jobs import Job, JobStatus, JobType
 from dsm.domain.model import Status
+from dsm.engine.engine import Engine
 from dsm.transfer import single as transfer
 from dsm.transfer.partfile import sidecar_path
 from tests.conftest import (
@@ -29,7 +31,7 @@ from tests.conftest import (
     run_dsm,
     wait_for,
 )
-from tests.enginehelp import check_home, entries, run_jobs, setup
+from tests.enginehelp import check_home, entries, run_jobs, setup, until
 from tests.httpserver import FileServer
 from tests.integration.test_archives import zip_of
 
@@ -369,3 +371,46 @@ def test_a_link_planted_at_the_file_list_of_an_archive_is_never_written_through(
     proc = run_dsm("--run-job", "download", "--dataset", "a", home=home, catalog_path=cat)
     assert outside.read_bytes() == b"precious\n"
     assert proc.returncode == 1 and "manifest.json.tmp is a symbolic link" in proc.stderr
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "env", [{}, {"DSM_SEGMENTS": "4", "DSM_SEGMENT_MIN": "1000000"}], ids=["single", "segmented"]
+)
+async def test_a_folder_swapped_for_a_link_after_the_check_is_never_written_through(
+    server: FileServer, home: Path, tmp_path: Path, catalog: CatalogFn, env: dict[str, str]
+) -> None:
+    """The dataset's folder is checked (no link out of the home) when the job starts; another
+    user of a shared home swaps it for a link to a folder outside while the server is asked:
+    dsm wrote the partial, and then the dataset, through it (the path was given to the
+    system again). Now each folder is entered without following a link: the job fails
+    naming it, nothing is written outside."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    data = blob(10, 3_000_000)
+    gate = threading.Event()
+    url = server.add("a.bin", data)
+    server.always("a.bin", gate=gate)
+    cat = catalog(
+        [
+            {
+                "name": "a",
+                "description": "t",
+                "original_url": url,
+                "local_path": "sub/a.bin",
+            }
+        ]
+    )
+    (home / "sub").mkdir(parents=True)
+    settings, repo = setup(home, cat, **env)
+
+    async def swap(engine: Engine, jobs: list[Job]) -> None:
+        await until(lambda: bool(server.requests("a.bin")))  # checked, and asking
+        (home / "sub").rename(home / "sub.moved")
+        (home / "sub").symlink_to(outside)
+        gate.set()
+
+    run = await run_jobs(settings, repo, JobType.DOWNLOAD, "a", during=swap)
+    assert list(outside.iterdir()) == []
+    assert run.job.status == JobStatus.FAILED
+    assert f"{home / 'sub'} is a symbolic link" in (run.job.error or ""), run.job.error

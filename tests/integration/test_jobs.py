@@ -23,9 +23,10 @@ from dsm.engine import files
 from dsm.engine.engine import Engine
 from dsm.engine.outcome import SKIP_MESSAGE
 from dsm.errors import BadInput
+from dsm.headless import describe
 from dsm.transfer.http import Control
 from tests.conftest import CatalogFn, blob, sha
-from tests.enginehelp import run_jobs, setup, until
+from tests.enginehelp import finished, run_jobs, setup, until
 from tests.httpserver import FileServer
 
 pytestmark = pytest.mark.anyio
@@ -343,6 +344,26 @@ async def test_verify_rehashes_on_demand(
     )
     ds = repo.dataset("a")
     assert ds.status == Status.ERROR and not ds.downloaded
+
+
+async def test_an_error_with_line_breaks_is_stored_and_shown_on_one_line(
+    server: FileServer, home: Path, catalog: CatalogFn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cause whose text holds line breaks (a file system's, a server's, a library's): the
+    job's error, the row's and the `--run-job` line are one line each; a second line once
+    broke `--run-job` and `dsm show` into lines that look like others."""
+    settings, repo = setup(home, catalog(a=server.add("a.bin", blob(1))))
+    await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
+
+    def unreadable(path: Path) -> str:
+        raise OSError(errno.EIO, "I/O error\r\n  sector 12:\n\nunreadable")
+
+    monkeypatch.setattr(files, "sha256_of", unreadable)
+    run = await run_jobs(settings, repo, JobType.VERIFY, "a")
+    ended = finished(run.events)[-1]
+    shown = [run.job.error, repo.dataset("a").error, describe(ended.job), ended.job.error]
+    assert all(text is not None and "I/O error | sector 12: | unreadable" in text for text in shown)
+    assert not [text for text in shown if text is None or len(text.splitlines()) != 1], shown
 
 
 async def test_bad_params_are_rejected(home: Path, catalog: CatalogFn) -> None:

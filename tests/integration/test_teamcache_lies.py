@@ -10,12 +10,13 @@ import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import anyio
 import pytest
 
 from dsm.domain.jobs import JobStatus, JobType
 from dsm.domain.redact import redact_url
 from dsm.transfer.partfile import write_sidecar
-from dsm.transfer.s3cache import CacheError, object_key, pointer_key
+from dsm.transfer.s3cache import UPLOAD, CacheError, object_key, pointer_key
 from tests.conftest import CatalogFn, blob, run_dsm, sha
 from tests.enginehelp import Run, run_jobs, setup
 from tests.httpserver import FileServer
@@ -30,6 +31,7 @@ from tests.integration.test_teamcache import (
 from tests.s3server import S3, Lie, LyingS3
 
 pytestmark = pytest.mark.anyio
+UPLOAD_TIMEOUT = float(UPLOAD[0]["timeout"].removesuffix("s"))  # obstore's one timeout before
 __all__ = ["aws_env"]  # a fixture, used by name
 
 
@@ -439,3 +441,67 @@ async def test_a_bad_cache_object_is_replaced_by_the_verified_file(
     assert [r.dataset("gsm8k").served_by for r in runs] == ["origin", "team cache"]
     assert s3.read(bucket, key) == data
     assert sum("held a bad object" in r.getMessage() for r in caplog.records) == 1
+
+
+async def test_a_cache_that_never_answers_costs_a_short_wait_once_per_process(
+    s3: S3,
+    liar: LyingS3,
+    server: FileServer,
+    tmp_path: Path,
+    catalog: CatalogFn,
+    caplog: pytest.LogCaptureFixture,
+    aws_env: Callable[[dict[str, str]], dict[str, str]],
+) -> None:
+    """An endpoint that accepts connections and never answers a look-up: the job goes to
+    the origin after the look-up's short time-out (it waited obstore's 30 s, each job), and
+    the next engine of the process (a script's second `dsm.library` call) leaves the resting
+    cache alone and says nothing more (each engine waited, and warned, again)."""
+    bucket = s3.new_bucket()
+    data = blob(8, 50_000)
+    liar.lie("HEAD", object_key(sha(data)), Lie(hang=True))
+    cat = catalog([entry(server.add("gsm8k.jsonl", data), data)])
+    env = aws_env(cache_env(s3, bucket, AWS_ENDPOINT_URL=liar.endpoint))
+    with anyio.fail_after(UPLOAD_TIMEOUT / 2):  # a deadline, far above the look-up's
+        first, _ = await download(tmp_path, "a", cat, env)
+    asked = len(liar.seen)
+    second, home = await download(tmp_path, "b", cat, env)
+    for run in (first, second):
+        assert run.job.status == JobStatus.COMPLETED, run.job.error
+        assert run.dataset("gsm8k").served_by == "origin"
+    assert (home / "data/gsm8k.jsonl").read_bytes() == data
+    assert asked == 1 and len(liar.seen) == asked  # the second engine asked nothing
+    warned = [r.getMessage() for r in caplog.records if r.name == "dsm.cache"]
+    assert len(warned) == 1 and "the look-up failed" in warned[0], warned
+
+
+async def test_a_download_from_the_cache_cut_short_resumes_from_the_cache(
+    s3: S3,
+    liar: LyingS3,
+    server: FileServer,
+    tmp_path: Path,
+    catalog: CatalogFn,
+    caplog: pytest.LogCaptureFixture,
+    aws_env: Callable[[dict[str, str]], dict[str, str]],
+) -> None:
+    """The cache's GET stops half way, once: the download goes on from its partial with a
+    Range to the cache (it started again from zero at the origin), no warning, the origin
+    never asked."""
+    bucket = s3.new_bucket()
+    data = blob(9, 400_000)
+    path = tmp_path / "f.bin"
+    path.write_bytes(data)
+    cache_for(s3, bucket).publish(path, sha(data), len(data), "http://elsewhere/f")
+    liar.lie("GET", object_key(sha(data)), Lie(stall=True, once=True))
+    cat = catalog([entry(server.add("gsm8k.jsonl", data), data)])
+    env = aws_env(cache_env(s3, bucket, AWS_ENDPOINT_URL=liar.endpoint))
+    home = tmp_path / "a"
+    home.mkdir()
+    settings, repo = setup(home, cat, **env)
+    run = await run_jobs(settings, repo, JobType.DOWNLOAD, "gsm8k", stall_timeout=1.0)
+    assert run.job.status == JobStatus.COMPLETED, run.job.error
+    assert run.dataset("gsm8k").served_by == "team cache"
+    assert (home / "data/gsm8k.jsonl").read_bytes() == data
+    ranges = [r for m, p, r in liar.asked if m == "GET" and object_key(sha(data)) in p]
+    assert ranges == [None, f"bytes={len(data) // 2}-"]
+    assert server.requests("gsm8k.jsonl") == []
+    assert not [r for r in caplog.records if r.name == "dsm.cache" and r.levelno >= logging.WARNING]

@@ -11,7 +11,14 @@ import pytest
 
 from dsm.catalog.parse import parse_catalog
 from dsm.config import load_settings
-from dsm.domain.hub import HubRef, ManifestFile, manifest_checksum, parse_hub_url, tree_url
+from dsm.domain.hub import (
+    HubRef,
+    ManifestFile,
+    clashes,
+    manifest_checksum,
+    parse_hub_url,
+    tree_url,
+)
 from dsm.errors import BadInput, CatalogError
 from dsm.transfer.http import Digest
 from dsm.transfer.hub import auth_headers
@@ -159,3 +166,23 @@ def test_the_catalogue_names_every_bad_hf_entry(tmp_path: Path) -> None:
     assert "entry 0 ('a'): field 'original_url'" in message and "must name a revision" in message
     assert "entry 1 ('b'): field 'original_url'" in message and "only dataset repos" in message
     assert "'c'" not in message
+
+
+@pytest.mark.parametrize(
+    ("paths", "want"),
+    [
+        (["a/b.json", "a/b.json"], [(1, "duplicate of", 0, False)]),
+        (["a/B.json", "A/b.json"], [(1, "duplicate of", 0, True)]),
+        (["a", "a/b/c.json"], [(1, "inside", 0, False)]),
+        (["A", "a/b/c.json"], [(1, "inside", 0, True)]),
+        (["a/b/c.json", "a/b"], [(1, "a folder holding", 0, False)]),
+        (["a/b/c.json", "A/B"], [(1, "a folder holding", 0, True)]),
+        (["ab/c.json", "a", "abc", "ab.json"], []),  # a name that begins another's: no folder
+        (["caf\u00e9.json", "CAFE\u0301.json"], [(1, "duplicate of", 0, True)]),  # NFC, NFD
+    ],
+)
+def test_clashes_compares_paths_as_a_case_insensitive_file_system_does(
+    paths: list[str], want: list[tuple[int, str, int, bool]]
+) -> None:
+    found = [(c.index, c.how, c.other, c.by_case) for c in clashes(enumerate(paths))]
+    assert found == want

@@ -7,7 +7,9 @@ import json
 
 import pytest
 
-from dsm.domain.terminal import json_text, printable, writes_unicode
+from dsm.domain.display import short_cause
+from dsm.domain.redact import error_text
+from dsm.domain.terminal import json_text, one_line, printable, writes_unicode
 
 # ESC (C0), CSI (C1, U+009B), DEL, a bidi override and isolate, a line separator, a lone
 # surrogate: each drives a terminal, hides text, or cannot be written at all.
@@ -50,3 +52,31 @@ def test_json_for_a_stream_that_takes_ascii_only() -> None:
 def test_which_streams_take_every_character(encoding: str | None, unicode: bool) -> None:
     stream = io.TextIOWrapper(io.BytesIO(), encoding=encoding or "utf-8")
     assert writes_unicode(stream if encoding else object()) is unicode
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "HTTP 502 Bad\nGateway",
+        "HTTP 502 Bad\r\nGateway",
+        "HTTP 502 Bad\rGateway",
+        "HTTP 502 Bad \n\n   Gateway\n",
+        "HTTP 502 Bad\u2028Gateway",
+        "HTTP 502 Bad\x85Gateway",
+        "HTTP 502 Bad\x1cGateway",
+        "HTTP 502 Bad\vGateway",
+    ],
+)
+def test_an_error_is_one_line_whatever_breaks_it(text: str) -> None:
+    assert one_line(text) == "HTTP 502 Bad | Gateway"
+    assert one_line(one_line(text)) == one_line(text)  # stored, then shown: the same
+
+
+def test_error_text_redacts_joins_and_escapes() -> None:
+    text = "failed:\n  https://u:secret@h/f?token=abc\n  \x1b[2Jgone"
+    shown = error_text(text)
+    assert len(shown.splitlines()) == 1 and "secret" not in shown and "abc" not in shown
+    assert "\x1b" not in shown and shown.endswith("| \\x1b[2Jgone")
+    assert short_cause("cannot verify:\nsector 12\nunreadable") == (
+        "cannot verify: | sector 12 | unreadable"
+    )

@@ -8,6 +8,8 @@ import posixpath
 import re
 from pathlib import Path, PurePosixPath
 
+from dsm.domain.model import MAX_DEPTH
+
 # Names dsm itself keeps in the home: a dataset file must never take their place (the API
 # token of dsm.api.auth, the crash log of dsm.crashlog too: a download there would give
 # `dsm serve` a token the server chose). Compared case-folded: on a case-insensitive file
@@ -29,7 +31,10 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 @functools.lru_cache(maxsize=1024)  # pure; asked again by each job, a few times in a row
 def local_path_problem(local_path: str, base: str = "the data home") -> str | None:
     """Why `local_path` may not be used as a path under `base`, or None when it is fine."""
-    if _PLAIN.fullmatch(local_path) and all(len(p) <= NAME_MAX for p in local_path.split("/")):
+    parts = local_path.split("/")
+    if len(parts) > MAX_DEPTH:
+        return f"must not go more than {MAX_DEPTH} levels deep"
+    if _PLAIN.fullmatch(local_path) and all(len(p) <= NAME_MAX for p in parts):
         return None  # plain ASCII names break no rule below (each needs `.`, `~`, `:`, `/`...)
     if not local_path or not local_path.strip():
         return "must not be empty"

@@ -45,6 +45,11 @@ class Status(StrEnum):
 
 
 # Statuses in which a job owns the dataset; everything else is at rest.
+# Levels a dataset's path may go down (catalogue, Hub listing, archive member): Python's tree
+# walks (shutil.rmtree, os.walk) recurse once per folder, so a tree 1,000 deep could be
+# written but never removed (a RecursionError).
+MAX_DEPTH = 256
+
 ACTIVE = frozenset({Status.QUEUED, Status.DOWNLOADING, Status.VERIFYING, Status.DELETING})
 AT_REST = frozenset(Status) - ACTIVE
 

@@ -33,6 +33,7 @@ from pathlib import Path, PurePosixPath
 from typing import Protocol
 
 from dsm.config import DEFAULT_EXTRACT_MAX_MEMORY
+from dsm.domain.model import MAX_DEPTH
 from dsm.engine import bounds
 from dsm.errors import ArchiveError
 from dsm.transfer.partfile import Room
@@ -63,6 +64,15 @@ class Unpacked:
     sha256: str
 
 
+# The tree as claimed so far: a folder maps each name in it to its own entries, a file to
+# None. One node per folder (not every folder's full path: a member 900 folders deep held
+# 810,000 characters of them), so memory and time grow with the members' names, not their
+# square.
+Folder = dict[str, "Folder | None"]
+_ABSENT: Folder = {}  # a sentinel: `get` found nothing
+_HELD = 100  # the bytes Python spends on one name held beyond its characters (about)
+
+
 @dataclass
 class _Writer:
     """Writes members under `root`, enforcing the limits and the no-overwrite rule."""
@@ -71,46 +81,70 @@ class _Writer:
     limits: Limits
     checkpoint: Callable[[], None]
     files: list[Unpacked] = field(default_factory=list)
-    taken: set[str] = field(default_factory=set)  # the files' paths
-    dirs: set[str] = field(default_factory=set)
+    tree: Folder = field(default_factory=dict)
     written: int = 0
     members: int = 0
+    held: int = 0  # the bytes of names held in `tree` and `files`, bounded by max_memory
     room: Room = field(init=False)  # the disk's free space, re-checked each BLOCK written
 
     def __post_init__(self) -> None:
         self.room = Room(self.root)
 
     def count(self, name: str) -> None:
+        """One more member, or a folder a member's path makes that no member listed."""
         self.checkpoint()  # a cancel lands between members
         self.members += 1
         if self.members > self.limits.max_members:
             raise ArchiveError(
-                f"member {_shown(name)}: more than {self.limits.max_members} members "
-                "(DSM_EXTRACT_MAX_MEMBERS)"
+                f"member {_shown(name)}: more than {self.limits.max_members} members and "
+                "folders (DSM_EXTRACT_MAX_MEMBERS)"
             )
 
-    def _claim(self, rel: PurePosixPath, as_dir: bool) -> None:
-        """Refuse a member whose place another member holds, in either role."""
-        key = str(rel)
-        for up in rel.parents:
-            if str(up) in self.taken:
-                raise ArchiveError(f"member {key!r}: would be written inside file {str(up)!r}")
-        # Every folder above a member is in `dirs`: a file there would take a folder's place.
-        if key in self.taken or (not as_dir and key in self.dirs):
-            raise ArchiveError(f"member {key!r}: would overwrite another member")
-        for up in (rel, *rel.parents) if as_dir else rel.parents:
-            self.dirs.add(str(up))
-        if not as_dir:
-            self.taken.add(key)
+    def _hold(self, name: str, chars: int) -> None:
+        self.held += chars + _HELD
+        if self.held > self.limits.max_memory:
+            raise ArchiveError(
+                f"member {_shown(name)}: the names of its files and folders need more than "
+                f"{self.limits.max_memory} bytes of memory (DSM_EXTRACT_MAX_MEMORY)"
+            )
+
+    def _folder(self, rel: PurePosixPath, parts: tuple[str, ...]) -> Folder:
+        """The folder at `parts`, each folder on the way made (and counted: a path's folders
+        are inodes no member listed) when no member made it before."""
+        node = self.tree
+        for depth, part in enumerate(parts, 1):
+            child = node.get(part, _ABSENT)
+            if child is None:
+                raise ArchiveError(
+                    f"member {_shown(str(rel))}: would be written inside file "
+                    f"{_shown('/'.join(parts[:depth]))}"
+                )
+            if child is _ABSENT:
+                if depth < len(rel.parts):  # not the member's own folder: counted by `count`
+                    self.count(str(rel))
+                self._hold(str(rel), len(part))
+                (self.root / "/".join(parts[:depth])).mkdir()
+                child = node[part] = {}
+            node = child
+        return node
+
+    def _claim(self, rel: PurePosixPath) -> None:
+        """Refuse a file whose place another member holds; the folders above it exist once
+        it returns."""
+        *above, name = rel.parts
+        folder = self._folder(rel, tuple(above))
+        if name in folder:
+            raise ArchiveError(f"member {_shown(str(rel))}: would overwrite another member")
+        self._hold(str(rel), len(str(rel)) + len(name))  # the file list holds the path
+        folder[name] = None
 
     def directory(self, rel: PurePosixPath) -> None:
-        self._claim(rel, as_dir=True)
-        (self.root / rel).mkdir(parents=True, exist_ok=True)
+        self._folder(rel, rel.parts)
 
     def copy(self, rel: PurePosixPath, target: PurePosixPath) -> None:
         """A hard link: a copy of the file an earlier member wrote (read back from the tree;
         tarfile would load every member's header to find it, and rewind a compressed tar)."""
-        if str(target) not in self.taken:
+        if not self._is_file(target):
             raise ArchiveError(
                 f"member {str(rel)!r}: cannot be read: a hard link to {str(target)!r}, "
                 "which no member before it wrote"
@@ -118,10 +152,16 @@ class _Writer:
         with (self.root / target).open("rb") as source:
             self.file(rel, source)
 
+    def _is_file(self, rel: PurePosixPath) -> bool:
+        node: Folder | None = self.tree
+        for part in rel.parts:
+            if node is None or (node := node.get(part, _ABSENT)) is _ABSENT:
+                return False
+        return node is None
+
     def file(self, rel: PurePosixPath, source: Readable) -> None:
-        self._claim(rel, as_dir=False)
+        self._claim(rel)
         dest = self.root / rel
-        dest.parent.mkdir(parents=True, exist_ok=True)
         digest, size = hashlib.sha256(), 0
         # "x": never through an existing name (there are no links to follow anyway).
         with dest.open("xb") as out:
@@ -166,6 +206,8 @@ def _member_path(name: str, link: str = "") -> PurePosixPath:
         raise ArchiveError(f"member {name!r}: absolute path")
     if ".." in rel.parts:
         raise ArchiveError(f"member {name!r}: path with '..'")
+    if len(rel.parts) > MAX_DEPTH:
+        raise ArchiveError(f"member {_shown(name)}: a path more than {MAX_DEPTH} levels deep")
     if not rel.parts or str(rel) == ".":
         raise ArchiveError(f"member {name!r}: empty path")
     return rel

@@ -32,6 +32,7 @@ from dsm.domain.hub import (
     revision_url,
     tree_url,
 )
+from dsm.domain.model import MAX_DEPTH
 from dsm.errors import AccessDenied, BadResponse, HttpStatusError
 from dsm.transfer.http import (
     Answer,
@@ -194,6 +195,11 @@ class Hub:
         # error) and printable (an escape in a name rewrites the terminal that shows it).
         if PurePosixPath(path).as_posix() != path or not path.isprintable():
             raise BadResponse(f"the Hub's tree listing of {ref.repo} lists {path!r}, no plain path")
+        if path.count("/") >= MAX_DEPTH:
+            raise BadResponse(
+                f"the Hub's tree listing of {ref.repo} lists {path[:200]!r}..., a path more "
+                f"than {MAX_DEPTH} levels deep"
+            )
         lfs = entry.get("lfs")
         sha256 = lfs.get("oid") if isinstance(lfs, dict) else None
         if not isinstance(size, int) or not isinstance(sha256 or oid, str):

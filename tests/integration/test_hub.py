@@ -399,6 +399,7 @@ def posing_hub(server: FileServer, pages: list[list[str]], loop: bool = False) -
         ([["./a.json"]], False, "lists './a.json', no plain path"),
         ([["a.json\x1b[2J"]], False, "lists 'a.json\\x1b[2J', no plain path"),
         ([["a.json\x00"]], False, "lists 'a.json\\x00', no plain path"),
+        ([["d/" * 256 + "a.json"]], False, "..., a path more than 256 levels deep"),
     ],
     ids=[
         "loops-to-itself",
@@ -412,6 +413,7 @@ def posing_hub(server: FileServer, pages: list[list[str]], loop: bool = False) -
         "dot-segment",
         "escape",
         "nul",
+        "too-deep",
     ],
 )
 async def test_a_hub_listing_that_is_no_tree_fails_the_job(

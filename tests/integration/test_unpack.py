@@ -261,10 +261,68 @@ def test_unpacking_stops_before_the_disk_is_full(small_disk: Path, kind: str) ->
 def test_too_many_members_is_refused(place: Path) -> None:
     body = tar_bytes([(member(f"f{i}"), b"x") for i in range(20)])
     with pytest.raises(
-        ArchiveError, match=r"'f10': more than 10 members \(DSM_EXTRACT_MAX_MEMBERS"
+        ArchiveError, match=r"'f10': more than 10 members and folders \(DSM_EXTRACT_MAX_MEMBERS"
     ):
         run(place, "x.tar", body, "tar", max_members=10)
     assert not unpack.temp_of(place).exists()
+
+
+def deep(top: str, depth: int) -> str:
+    return top + "/a" * depth + "/f"
+
+
+def test_a_tree_as_deep_as_a_path_may_go_unpacks_and_is_removed(place: Path) -> None:
+    """A path of 256 names (`MAX_DEPTH`): unpacked and removed; one deeper is refused (a
+    member 2,000 deep was a RecursionError in pathlib's mkdir; 900 deep unpacked into a tree
+    no update or delete could remove: shutil.rmtree recursed once per folder)."""
+    body = tar_bytes([(member(deep("d", 254)), b"deep")], "w:gz")
+    [listed] = run(place, "x.tar.gz", body, "tar.gz", max_members=1_000)
+    assert listed.path == deep("d", 254) and listed.size == 4
+    unpack.place(place)
+    assert (place / deep("d", 254)).read_bytes() == b"deep"
+    unpack.remove_tree(place)
+    assert not place.exists()
+    body = tar_bytes([(member(deep("d", 255)), b"deep")], "w:gz")
+    with pytest.raises(ArchiveError, match=r"\(513 characters\): a path more than 256 levels deep"):
+        run(place, "x.tar.gz", body, "tar.gz", max_members=1_000)
+    assert not unpack.temp_of(place).exists()
+
+
+@pytest.mark.parametrize("kind", ["tar", "zip"])
+def test_folders_a_member_s_path_makes_count_as_members(place: Path, kind: str) -> None:
+    """Three members 50 folders deep make 153 folders, past a limit of 100 (a 35 KB tar.gz of
+    2,000 members 900 folders deep made 1.8 million folders, unlimited: 7 minutes, 1.8 GB of
+    memory for the folders' full paths, the disk's inodes)."""
+    names = [deep(f"d{i}", 50) for i in range(3)]
+    body = (
+        tar_bytes([(member(n), b"x") for n in names])
+        if kind == "tar"
+        else zip_bytes([(n, b"x") for n in names])
+    )
+    with pytest.raises(ArchiveError) as caught:
+        run(place, f"x.{kind}", body, kind, max_members=100)
+    assert re.fullmatch(
+        r"member 'd1/a(/a)+/f': more than 100 members and folders \(DSM_EXTRACT_MAX_MEMBERS\)",
+        str(caught.value),
+    ), caught.value
+    assert not unpack.temp_of(place).exists()
+    assert len(run(place, f"x.{kind}", body, kind, max_members=200)) == 3
+
+
+def test_the_names_held_are_bounded_by_the_memory_limit(place: Path) -> None:
+    """Empty members with names of 4,000 characters: 1 MiB of names is refused at 1 MiB (a
+    tar.gz of a few MiB holding a million of them held GiBs in the file list)."""
+    names = [f"{i:04d}" + "n" * 250 + "/" + "m" * 250 for i in range(8)]
+    body = tar_bytes([(member(f"{n}/{n}/{n}/{n}"), b"") for n in names], "w:gz")
+    with pytest.raises(ArchiveError) as caught:
+        run(place, "x.tar.gz", body, "tar.gz", max_memory=20_000)
+    assert re.fullmatch(
+        r"member '000\dn+'\.\.\. \(2023 characters\): the names of its files and "
+        r"folders need more than 20000 bytes of memory \(DSM_EXTRACT_MAX_MEMORY\)",
+        str(caught.value),
+    ), caught.value
+    assert not unpack.temp_of(place).exists()
+    assert len(run(place, "x.tar.gz", body, "tar.gz", max_memory=1 << 20)) == 8
 
 
 def with_end_record(body: bytes, entries: int, zip64: bool = False) -> bytes:

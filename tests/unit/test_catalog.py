@@ -145,6 +145,13 @@ ENTRY_CASES: list[tuple[str, dict[str, Any], str, str]] = [
     ("path-nul", entry(local_path="data/a\x00b"), "local_path", "must not hold control char"),
     ("path-escape", entry(local_path="data/\x1b[2Ja"), "local_path", "must not hold control char"),
     ("file-path-newline", files_entry(one_file("a\nb")), "files[0].path", "control characters"),
+    ("path-too-deep", entry(local_path="d/" * 256 + "f"), "local_path", "more than 256 levels"),
+    (
+        "file-path-too-deep",
+        files_entry(one_file("d/" * 256 + "f")),
+        "files[0].path",
+        "256 levels deep",
+    ),
     ("path-log", entry(local_path="dsm-error.log"), "local_path", "reserved for dsm's own"),
     # The same file as db.json on a case-insensitive file system (macOS, Windows).
     ("path-store-case", entry(local_path="DB.Json"), "local_path", "reserved for dsm's own"),

@@ -53,7 +53,9 @@ class Room:
         return f"{self.folder} has {free} bytes free; {self.reserve} are kept free"
 
 
-_FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_PATH: a folder is passed through and named in, never read (a folder above the home may
+# be execute-only, as `drwx--x--x`: opened for reading it was EACCES; macOS has none).
+_FOLDER = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def folder_fd(folder: Path, make: bool = False) -> int:
@@ -111,7 +113,10 @@ def _openat2() -> Callable[[str], int] | None:
     size = ctypes.sizeof(how)
 
     def open_no_links(path: str) -> int:
-        fd: int = syscall(_SYS_OPENAT2, _AT_FDCWD, os.fsencode(path), ctypes.byref(how), size)
+        name = os.fsencode(path)
+        if b"\0" in name:  # C would read up to it: another folder (os.open refuses it too)
+            raise ValueError(f"embedded null byte in {path!r}")
+        fd: int = syscall(_SYS_OPENAT2, _AT_FDCWD, name, ctypes.byref(how), size)
         if fd < 0:
             raise OSError(ctypes.get_errno(), path)
         return fd

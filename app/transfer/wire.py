@@ -181,15 +181,19 @@ class WatchedStream(httpcore.NetworkStream):
             tls = ssl_context.wrap_socket(
                 sock, server_hostname=server_hostname, do_handshake_on_connect=False
             )
+        except BaseException:
+            sock.close()
+            raise
+        try:  # `tls` holds the descriptor now (`sock` is detached): it is the one to close
             _polled(lambda wait: _handshake(tls, wait), timeout, watch.check)
         except TimeoutError as exc:
-            sock.close()
+            tls.close()
             raise httpcore.ConnectTimeout(str(exc)) from exc
         except OSError as exc:
-            sock.close()
+            tls.close()
             raise httpcore.ConnectError(str(exc)) from exc
         except BaseException:  # a stop
-            sock.close()
+            tls.close()
             raise
         return WatchedStream(SyncStream(tls))
 

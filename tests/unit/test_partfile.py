@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -62,3 +64,43 @@ def test_missing_folders_are_made_only_when_asked(tmp_path: Path, resolve: str) 
         partfile.folder_fd(tmp_path / "x" / "y")
     partfile.make_folders(tmp_path / "x" / "y")
     assert (tmp_path / "x" / "y").is_dir()
+
+
+def test_a_nul_in_the_path_is_refused_not_cut_short(tmp_path: Path, resolve: str) -> None:
+    (tmp_path / "x").mkdir()  # what C would read the path as, up to the NUL
+    with pytest.raises(ValueError, match="null byte"):
+        partfile.folder_fd(tmp_path / "x\0y")
+
+
+def _as_another_user(home: Path) -> int:
+    """Exit status of a child that reaches `home` and makes a folder in it, as nobody when
+    root (root reads any folder)."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            if os.geteuid() == 0:
+                os.setgid(65534)
+                os.setuid(65534)
+            os.close(partfile.folder_fd(home))
+            partfile.make_folders(home / "new")
+            code = 0
+        finally:
+            os._exit(code)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+@pytest.mark.skipif(not hasattr(os, "O_PATH"), reason="O_PATH is Linux's")
+def test_a_folder_above_that_cannot_be_read_is_passed_through(resolve: str) -> None:
+    """A folder above the home that is execute-only (`--x`: `/home/alice` shared as 0711) is
+    searched, not read: the walk opened it for reading and every download failed EACCES."""
+    top = Path(tempfile.mkdtemp())
+    try:
+        (top / "home").mkdir()
+        (top / "home").chmod(0o777)
+        top.chmod(0o311)  # no one but root may read it; everyone may pass through
+        assert _as_another_user(top / "home") == 0
+        assert (top / "home" / "new").is_dir()
+    finally:
+        top.chmod(0o700)
+        shutil.rmtree(top)

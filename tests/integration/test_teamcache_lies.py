@@ -213,6 +213,35 @@ def liar(s3: S3) -> Iterator[LyingS3]:
     front.stop()
 
 
+async def through_the_liar(
+    s3: S3,
+    liar: LyingS3,
+    server: FileServer,
+    tmp_path: Path,
+    catalog: CatalogFn,
+    aws_env: Callable[[dict[str, str]], dict[str, str]],
+    data: bytes,
+    lie: Lie,
+) -> Run:
+    """`data` published to the cache, its GET answered with `lie` by the front `liar`, then
+    downloaded as gsm8k (also served by the origin) into tmp_path/a: the job completed with
+    the right bytes."""
+    bucket = s3.new_bucket()
+    path = tmp_path / "f.bin"
+    path.write_bytes(data)
+    cache_for(s3, bucket).publish(path, sha(data), len(data), "http://elsewhere/f")
+    liar.lie("GET", object_key(sha(data)), lie)
+    cat = catalog([entry(server.add("gsm8k.jsonl", data), data)])
+    env = aws_env(cache_env(s3, bucket, AWS_ENDPOINT_URL=liar.endpoint))
+    home = tmp_path / "a"
+    home.mkdir()
+    settings, repo = setup(home, cat, **env)
+    run = await run_jobs(settings, repo, JobType.DOWNLOAD, "gsm8k", stall_timeout=1.0)
+    assert run.job.status == JobStatus.COMPLETED, run.job.error
+    assert (home / "data/gsm8k.jsonl").read_bytes() == data
+    return run
+
+
 @pytest.mark.parametrize(
     ("lie", "said"),
     [(Lie(status=403), "HTTP 403"), (Lie(status=500), "HTTP 500"), (Lie(stall=True), "stall")],
@@ -232,21 +261,9 @@ async def test_a_cache_object_that_cannot_be_read_falls_back_to_the_origin(
     """The cache holds the object (its HEAD answers) but its GET is refused, fails or stops
     half way: the job completes from the origin, one warning names the failure and carries
     no part of the presigned URL's signature or credential."""
-    bucket = s3.new_bucket()
     data = blob(7, 300_000)
-    path = tmp_path / "f.bin"
-    path.write_bytes(data)
-    cache_for(s3, bucket).publish(path, sha(data), len(data), "http://elsewhere/f")
-    liar.lie("GET", object_key(sha(data)), lie)
-    cat = catalog([entry(server.add("gsm8k.jsonl", data), data)])
-    env = aws_env(cache_env(s3, bucket, AWS_ENDPOINT_URL=liar.endpoint))
-    home = tmp_path / "a"
-    home.mkdir()
-    settings, repo = setup(home, cat, **env)
-    run = await run_jobs(settings, repo, JobType.DOWNLOAD, "gsm8k", stall_timeout=1.0)
-    assert run.job.status == JobStatus.COMPLETED, run.job.error
+    run = await through_the_liar(s3, liar, server, tmp_path, catalog, aws_env, data, lie)
     assert run.dataset("gsm8k").served_by == "origin"
-    assert (home / "data/gsm8k.jsonl").read_bytes() == data
     gets = [p for m, p, _ in liar.seen if m == "GET" and object_key(sha(data)) in p]
     assert gets and "X-Amz-Signature=" in gets[0]  # the cache was asked, through a presign
     warned = [r.getMessage() for r in caplog.records if r.name == "dsm.cache"]
@@ -486,21 +503,10 @@ async def test_a_download_from_the_cache_cut_short_resumes_from_the_cache(
     """The cache's GET stops half way, once: the download goes on from its partial with a
     Range to the cache (it started again from zero at the origin), no warning, the origin
     never asked."""
-    bucket = s3.new_bucket()
     data = blob(9, 400_000)
-    path = tmp_path / "f.bin"
-    path.write_bytes(data)
-    cache_for(s3, bucket).publish(path, sha(data), len(data), "http://elsewhere/f")
-    liar.lie("GET", object_key(sha(data)), Lie(stall=True, once=True))
-    cat = catalog([entry(server.add("gsm8k.jsonl", data), data)])
-    env = aws_env(cache_env(s3, bucket, AWS_ENDPOINT_URL=liar.endpoint))
-    home = tmp_path / "a"
-    home.mkdir()
-    settings, repo = setup(home, cat, **env)
-    run = await run_jobs(settings, repo, JobType.DOWNLOAD, "gsm8k", stall_timeout=1.0)
-    assert run.job.status == JobStatus.COMPLETED, run.job.error
+    lie = Lie(stall=True, once=True)
+    run = await through_the_liar(s3, liar, server, tmp_path, catalog, aws_env, data, lie)
     assert run.dataset("gsm8k").served_by == "team cache"
-    assert (home / "data/gsm8k.jsonl").read_bytes() == data
     ranges = [r for m, p, r in liar.asked if m == "GET" and object_key(sha(data)) in p]
     assert ranges == [None, f"bytes={len(data) // 2}-"]
     assert server.requests("gsm8k.jsonl") == []

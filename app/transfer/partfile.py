@@ -97,8 +97,6 @@ class _OpenHow(ctypes.Structure):
 
 _SYS_OPENAT2 = 437  # Linux 5.6+: one number on every architecture but alpha (unified table)
 _RESOLVE_NO_SYMLINKS = 0x04
-# What says openat2 cannot serve here (an older kernel, a seccomp filter, a flag unknown).
-_NO_OPENAT2 = frozenset({errno.ENOSYS, errno.EPERM, errno.EINVAL, errno.E2BIG})
 
 
 def _openat2() -> Callable[[str], int] | None:
@@ -121,12 +119,10 @@ def _openat2() -> Callable[[str], int] | None:
             raise OSError(ctypes.get_errno(), path)
         return fd
 
-    try:
+    try:  # ENOSYS before 5.6, EPERM from a seccomp filter, ...: the walk serves instead
         os.close(open_no_links("/"))
-    except OSError as exc:
-        if exc.errno in _NO_OPENAT2:
-            return None
-        raise
+    except OSError:
+        return None
     return open_no_links
 
 

@@ -104,3 +104,12 @@ def test_a_folder_above_that_cannot_be_read_is_passed_through(resolve: str) -> N
     finally:
         top.chmod(0o700)
         shutil.rmtree(top)
+
+
+def test_a_kernel_that_refuses_openat2_leaves_the_walk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kernel before 5.6 answers ENOSYS (a seccomp filter EPERM): dsm imports and walks."""
+    if not sys.platform.startswith("linux"):
+        assert partfile._openat2() is None
+        return
+    monkeypatch.setattr(partfile, "_SYS_OPENAT2", 100_000)  # no such system call: ENOSYS
+    assert partfile._openat2() is None

@@ -106,10 +106,17 @@ def test_a_folder_above_that_cannot_be_read_is_passed_through(resolve: str) -> N
         shutil.rmtree(top)
 
 
-def test_a_kernel_that_refuses_openat2_leaves_the_walk(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A kernel before 5.6 answers ENOSYS (a seccomp filter EPERM): dsm imports and walks."""
+@pytest.mark.parametrize("refusal", ["ENOSYS", "EISDIR"])
+def test_a_kernel_that_refuses_openat2_leaves_the_walk(
+    monkeypatch: pytest.MonkeyPatch, refusal: str
+) -> None:
+    """A kernel before 5.6 answers ENOSYS (a seccomp filter EPERM), and any other refusal of
+    the probe (here EISDIR, asked to open `/` for writing) leaves the walk: dsm imports."""
     if not sys.platform.startswith("linux"):
         assert partfile._openat2() is None
         return
-    monkeypatch.setattr(partfile, "_SYS_OPENAT2", 100_000)  # no such system call: ENOSYS
+    if refusal == "ENOSYS":
+        monkeypatch.setattr(partfile, "_SYS_OPENAT2", 100_000)  # no such system call
+    else:
+        monkeypatch.setattr(partfile, "_FOLDER", os.O_WRONLY | os.O_DIRECTORY)
     assert partfile._openat2() is None

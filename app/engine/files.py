@@ -324,14 +324,15 @@ def install(
         from dsm.engine import unpack  # tarfile, zipfile, lzma: for archives only
 
         unpack.place(path)
+        mtime_ns = path.stat().st_mtime_ns
     else:
-        replace_own(part, path.name)
+        mtime_ns = replace_own(part, path.name).st_mtime_ns  # the file's, never a link's
     if not record:  # the resume sidecar of the .part, if it has one, names a file now gone
         with contextlib.suppress(OSError):  # a leftover only costs a stat at the next run
             os.unlink(sidecar_path(part))
     if sync:
         fsync_dir(path.parent)
-    return Installed(size, sha256, path.stat().st_mtime_ns, unconfirmed)
+    return Installed(size, sha256, mtime_ns, unconfirmed)
 
 
 def may_be_installed(path: Path, sha256: str | None) -> bool:

@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import shutil
+import stat
 import sys
 import threading
 from collections.abc import Callable, Mapping
@@ -172,11 +173,25 @@ def open_own(path: Path, flags: int) -> int:
         os.close(folder)
 
 
-def replace_own(path: Path, name: str) -> None:
-    """`os.replace(path, path.with_name(name))` in a folder reached by folder_fd."""
+def replace_own(path: Path, name: str) -> os.stat_result:
+    """`os.replace(path, path.with_name(name))` in a folder reached by folder_fd; the placed
+    file's own status. A `path` swapped for a symbolic link (or anything but a file) after
+    dsm wrote it, by another user of a shared home, is moved as it is by a rename: the link
+    then stood where the verified file should, pointing wherever that user chose. It is
+    removed and refused, never left in place."""
     folder = folder_fd(path.parent)
     try:
         os.replace(path.name, name, src_dir_fd=folder, dst_dir_fd=folder)
+        placed = os.stat(name, dir_fd=folder, follow_symlinks=False)
+        if not stat.S_ISREG(placed.st_mode):
+            if not stat.S_ISDIR(placed.st_mode):
+                os.unlink(name, dir_fd=folder)
+            raise OSError(
+                errno.ELOOP,
+                f"{path} was swapped for a symbolic link or no file before it was moved into "
+                "place; dsm never installs one",
+            )
+        return placed
     finally:
         os.close(folder)
 

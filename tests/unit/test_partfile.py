@@ -120,3 +120,29 @@ def test_a_kernel_that_refuses_openat2_leaves_the_walk(
     else:
         monkeypatch.setattr(partfile, "_FOLDER", os.O_WRONLY | os.O_DIRECTORY)
     assert partfile._openat2() is None
+
+
+def test_a_file_swapped_for_a_link_before_its_rename_is_never_installed(
+    tmp_path: Path, resolve: str
+) -> None:
+    """Another user of a shared home replaces dsm's finished `.part` by a link to a file of
+    their choosing: the rename would have put the link where the verified file goes (and its
+    target's stat recorded as the copy's). It is removed and refused; the target untouched."""
+    chosen = tmp_path / "chosen.json"
+    chosen.write_bytes(b"not the dataset\n")
+    (tmp_path / "home").mkdir()
+    part = tmp_path / "home" / "d.json.part"
+    part.symlink_to(chosen)
+    with pytest.raises(OSError, match="swapped for a symbolic link or no file"):
+        partfile.replace_own(part, "d.json")
+    assert not (tmp_path / "home" / "d.json").is_symlink()
+    assert not (tmp_path / "home" / "d.json").exists()
+    assert chosen.read_bytes() == b"not the dataset\n"
+
+
+def test_the_placed_file_s_own_status_is_returned(tmp_path: Path, resolve: str) -> None:
+    part = tmp_path / "d.json.part"
+    part.write_bytes(b"12345")
+    placed = partfile.replace_own(part, "d.json")
+    assert placed.st_size == 5
+    assert placed.st_ino == (tmp_path / "d.json").stat().st_ino

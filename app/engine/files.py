@@ -15,8 +15,10 @@ from typing import TYPE_CHECKING, Any
 from dsm.catalog.paths import ARCHIVES_DIR, Resolver, member_problem, resolved_home
 from dsm.domain.hub import ManifestFile
 from dsm.domain.model import Dataset
+from dsm.errors import Restart
 from dsm.transfer.http import Digest, Fetched
 from dsm.transfer.partfile import (
+    FileId,
     discard_partial,
     open_own,
     read_sidecar,
@@ -306,6 +308,7 @@ def install(
     unconfirmed: str | None,
     sync: bool = True,
     record: bool = True,
+    own: FileId | None = None,
 ) -> Installed:
     """Atomically move the verified `.part` into place.
 
@@ -314,7 +317,7 @@ def install(
     without a download; a dataset whose catalogue gives its SHA-256 needs no record
     (`installed_before_crash` proves the copy by that hash). Without `sync` the caller makes
     the rename durable (`fsync_dir`) before the store records it (one folder sync for a
-    batch of installs).
+    batch of installs). `own`: the partial's identity (Fetched.part), see replace_own.
     """
     part = part_of(path)
     if record:
@@ -326,7 +329,12 @@ def install(
         unpack.place(path)
         mtime_ns = path.stat().st_mtime_ns
     else:
-        mtime_ns = replace_own(part, path.name).st_mtime_ns  # the file's, never a link's
+        try:
+            mtime_ns = replace_own(part, path.name, own).st_mtime_ns  # the file's, not a link's
+        except Restart:  # not the file dsm wrote: its record goes with it
+            with contextlib.suppress(OSError):
+                os.unlink(sidecar_path(part))
+            raise
     if not record:  # the resume sidecar of the .part, if it has one, names a file now gone
         with contextlib.suppress(OSError):  # a leftover only costs a stat at the next run
             os.unlink(sidecar_path(part))

@@ -140,7 +140,13 @@ def install_fetched(
 ) -> Placed:
     """Move the verified file into place, then its unpacked tree (blocking: one thread hop)."""
     installed = files.install(
-        target, fetched.size, fetched.sha256, unconfirmed, False, ds.expected_sha256 is None
+        target,
+        fetched.size,
+        fetched.sha256,
+        unconfirmed,
+        False,
+        ds.expected_sha256 is None,
+        fetched.part,
     )
     return installed, place_unpacked(settings, ds, unpacked)
 

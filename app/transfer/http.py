@@ -32,6 +32,7 @@ from dsm.errors import (
     TransferError,
     Unreachable,
 )
+from dsm.transfer.partfile import FileId
 from dsm.transfer.proxy import RoutedClient
 from dsm.transfer.wire import HEAD, Awaited, awaiting
 from dsm.version import __version__
@@ -55,6 +56,9 @@ class Fetched:
     # Why the transfer cannot prove the body is whole (no length, no confirmation); None
     # when it can. Expectations of the catalogue may still prove it (engine handlers).
     unproven: str | None = None
+    # (st_dev, st_ino) of the partial file these bytes were written to and hashed from: the
+    # install moves only that file into place (partfile.replace_own), whatever the name holds.
+    part: FileId | None = None
 
 
 class Digest:
@@ -70,9 +74,11 @@ class Digest:
         if self.blob is not None:
             self.blob.update(data)
 
-    def fetched(self, size: int, unproven: str | None = None) -> Fetched:
+    def fetched(
+        self, size: int, unproven: str | None = None, part: FileId | None = None
+    ) -> Fetched:
         blob = self.blob.hexdigest() if self.blob is not None else None
-        return Fetched(size, self.sha.hexdigest(), git_blob=blob, unproven=unproven)
+        return Fetched(size, self.sha.hexdigest(), git_blob=blob, unproven=unproven, part=part)
 
 
 HeadersFn = Callable[[str], dict[str, str]]

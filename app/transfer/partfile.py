@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from dsm.domain.redact import redact_url
+from dsm.errors import Restart
 
 DISK_RESERVE = 64 << 20  # left free by a write of no known size (at most 5% of the disk)
 
@@ -173,16 +174,43 @@ def open_own(path: Path, flags: int) -> int:
         os.close(folder)
 
 
-def replace_own(path: Path, name: str) -> os.stat_result:
+FileId = tuple[int, int, int, int]
+
+
+def file_id(fd: int) -> FileId:
+    """Which file an open descriptor writes, as it is once written, whatever name it has by
+    now: device and inode (reused once the file is closed and unlinked: hence size and
+    mtime too, which a rename keeps)."""
+    return _id(os.fstat(fd))
+
+
+def _id(st: os.stat_result) -> FileId:
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def replace_own(path: Path, name: str, own: FileId | None = None) -> os.stat_result:
     """`os.replace(path, path.with_name(name))` in a folder reached by folder_fd; the placed
     file's own status. A `path` swapped for a symbolic link (or anything but a file) after
     dsm wrote it, by another user of a shared home, is moved as it is by a rename: the link
     then stood where the verified file should, pointing wherever that user chose. It is
-    removed and refused, never left in place."""
+    removed and refused, never left in place. `own` (file_id of the file dsm wrote and
+    hashed): a `path` gone or another file by then (a clean-up of `*.part`, another
+    program's file) is refused too, before the rename when it can be seen then (the copy
+    in place stays), and dropped: the attempt restarts from zero (`Restart`)."""
     folder = folder_fd(path.parent)
     try:
-        os.replace(path.name, name, src_dir_fd=folder, dst_dir_fd=folder)
+        if own is not None and _id_at(path.name, folder) != own:
+            with contextlib.suppress(OSError):
+                os.unlink(path.name, dir_fd=folder)
+            raise _not_own(path)
+        try:
+            os.replace(path.name, name, src_dir_fd=folder, dst_dir_fd=folder)
+        except FileNotFoundError:
+            raise _not_own(path) from None
         placed = os.stat(name, dir_fd=folder, follow_symlinks=False)
+        if own is not None and _id(placed) != own:  # swapped meanwhile
+            os.unlink(name, dir_fd=folder)
+            raise _not_own(path)
         if not stat.S_ISREG(placed.st_mode):
             if not stat.S_ISDIR(placed.st_mode):
                 os.unlink(name, dir_fd=folder)
@@ -194,6 +222,20 @@ def replace_own(path: Path, name: str) -> os.stat_result:
         return placed
     finally:
         os.close(folder)
+
+
+def _id_at(name: str, folder: int) -> FileId | None:
+    try:
+        return _id(os.stat(name, dir_fd=folder, follow_symlinks=False))
+    except FileNotFoundError:
+        return None
+
+
+def _not_own(path: Path) -> Restart:
+    return Restart(
+        f"{path} was removed or replaced by another program after dsm wrote it; "
+        "restarting from zero"
+    )
 
 
 def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:

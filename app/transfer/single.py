@@ -49,9 +49,11 @@ from dsm.transfer.http import (
     open_stream,
 )
 from dsm.transfer.partfile import (
+    FileId,
     Partial,
     Room,
     discard_partial,
+    file_id,
     make_folders,
     open_own,
     read_sidecar,
@@ -85,6 +87,7 @@ class _Sink:
         self.resume_meta: dict[str, Any] | None = None  # the sidecar not written yet
         flags = os.O_RDWR | os.O_CREAT | (0 if offset else os.O_TRUNC)
         self.fh: BinaryIO = os.fdopen(open_own(part, flags), "r+b")
+        self.identity: FileId | None = None  # file_id once finished
         if offset:
             # Hash the kept prefix once, then append: still one pass over every byte.
             while self.size < offset:
@@ -103,6 +106,7 @@ class _Sink:
     def finish(self) -> None:
         self.fh.flush()
         os.fsync(self.fh.fileno())
+        self.identity = file_id(self.fh.fileno())
 
     def close(self) -> None:
         self.fh.close()
@@ -429,4 +433,4 @@ def _finish(
         raise
     finally:
         sink.close()
-    return sink.sha.fetched(sink.size, None if proven else resume.UNPROVEN)
+    return sink.sha.fetched(sink.size, None if proven else resume.UNPROVEN, sink.identity)

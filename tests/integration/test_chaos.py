@@ -12,14 +12,17 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from dsm.domain.events import EventKind
 from dsm.domain.jobs import Job, JobStatus, JobType
 from dsm.domain.model import Status
 from dsm.engine.engine import Engine
 from dsm.transfer import partfile
 from dsm.transfer import single as transfer
+from dsm.transfer.http import Digest, Fetched
 from dsm.transfer.partfile import sidecar_path
 from tests.conftest import (
     CatalogFn,
@@ -30,6 +33,7 @@ from tests.conftest import (
     mount_tmpfs,
     open_repo,
     run_dsm,
+    sha,
     wait_for,
 )
 from tests.enginehelp import check_home, entries, run_jobs, setup, until
@@ -424,3 +428,77 @@ async def test_a_folder_swapped_for_a_link_after_the_check_is_never_written_thro
     assert list(outside.iterdir()) == []
     assert run.job.status == JobStatus.FAILED
     assert f"{home / 'sub'} is a symbolic link" in (run.job.error or ""), run.job.error
+
+
+def hostile_to_the_partial(monkeypatch: pytest.MonkeyPatch, part: Path, how: str) -> None:
+    """Another program removes the `.part` (a clean-up of `*.part`), or puts another file in
+    its place, once dsm has written and hashed it and before it is moved into place."""
+    real = Digest.fetched
+    done: list[bool] = []
+
+    def fetched(self: Digest, *args: Any, **kw: Any) -> Fetched:
+        out = real(self, *args, **kw)
+        if not done:
+            done.append(True)
+            part.unlink()
+            if how == "replaced":
+                part.write_bytes(b"not the bytes dsm hashed")
+        return out
+
+    monkeypatch.setattr(Digest, "fetched", fetched)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "env", [{}, {"DSM_SEGMENTS": "4", "DSM_SEGMENT_MIN": "1000000"}], ids=["single", "segmented"]
+)
+@pytest.mark.parametrize("how", ["removed", "replaced"])
+async def test_a_partial_removed_or_replaced_before_its_rename_is_never_installed(
+    server: FileServer,
+    home: Path,
+    catalog: CatalogFn,
+    env: dict[str, str],
+    how: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Removed: the job failed `internal error: FileNotFoundError`, a traceback logged.
+    Replaced: the other file was moved into place and recorded as verified with the hash of
+    the bytes dsm had written. Now the placed file must be the very file written and hashed:
+    else the partial is dropped and the attempt restarts from zero."""
+    data = blob(12, 3_000_000)
+    settings, repo = setup(home, catalog(a=server.add("a.bin", data)), **env)
+    hostile_to_the_partial(monkeypatch, home / "data" / "a.part", how)
+    run = await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
+    assert run.job.status == JobStatus.COMPLETED, run.job.error
+    said = [e.job.error or "" for e in run.kinds(EventKind.RETRYING)]
+    assert len(said) == 1 and "was removed or replaced by another program" in said[0], said
+    assert (home / "data" / "a").read_bytes() == data
+    ds = run.dataset("a")
+    assert (ds.checksum, ds.size) == (sha(data), len(data))
+    assert not (home / "data" / "a.part").exists()
+    assert not (home / "dsm-error.log").exists()
+
+
+@pytest.mark.anyio
+async def test_an_update_whose_partial_is_replaced_keeps_the_old_copy(
+    server: FileServer, home: Path, catalog: CatalogFn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same on the way that checks a file after its transfer (a dataset with mirrors):
+    the job fails naming it, the verified copy in place and its record stay as they were."""
+    old, new = blob(13, 300_000), blob(14, 300_000)
+    url = server.add("a.bin", old)
+    mirror = server.url("mirror/a.bin")
+    entry = {"name": "a", "original_url": url, "mirrors": [mirror], "local_path": "data/a"}
+    settings, repo = setup(home, catalog([entry]))
+    first = await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
+    assert first.job.status == JobStatus.COMPLETED, first.job.error
+    server.add("a.bin", new)
+    hostile_to_the_partial(monkeypatch, home / "data" / "a.part", "replaced")
+    run = await run_jobs(settings, repo, JobType.UPDATE, "a")
+    assert run.job.status == JobStatus.FAILED
+    assert "was removed or replaced by another program" in (run.job.error or "")
+    assert (home / "data" / "a").read_bytes() == old
+    ds = repo.dataset("a")
+    assert (ds.downloaded, ds.checksum) == (True, sha(old))
+    assert not (home / "data" / "a.part").exists()
+    assert not (home / "dsm-error.log").exists()

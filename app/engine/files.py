@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import hashlib
 import json
 import os
@@ -16,10 +17,11 @@ from dsm.catalog.paths import ARCHIVES_DIR, Resolver, member_problem, resolved_h
 from dsm.domain.hub import ManifestFile
 from dsm.domain.model import Dataset
 from dsm.errors import Restart
-from dsm.transfer.http import Digest, Fetched
+from dsm.transfer.http import Digest, Fetched, disk_error
 from dsm.transfer.partfile import (
     FileId,
     discard_partial,
+    not_own,
     open_own,
     read_sidecar,
     replace_own,
@@ -320,27 +322,35 @@ def install(
     batch of installs). `own`: the partial's identity (Fetched.part), see replace_own.
     """
     part = part_of(path)
-    if record:
-        meta = {"installed_sha256": sha256, "size": size, "unconfirmed": unconfirmed}
-        write_sidecar(part, meta)
+    try:
+        try:
+            if record:
+                meta = {"installed_sha256": sha256, "size": size, "unconfirmed": unconfirmed}
+                write_sidecar(part, meta)
+            mtime_ns = _place(path, part, own)
+            if sync:
+                fsync_dir(path.parent)
+        except OSError as exc:  # the file or its folder changed under dsm: said, no traceback
+            failure = not_own(part) if exc.errno == errno.ENOENT else disk_error(exc, part)
+            raise failure from exc
+    except Restart:  # not the file dsm wrote: its record goes with it
+        with contextlib.suppress(OSError):
+            os.unlink(sidecar_path(part))
+        raise
+    if not record:  # the resume sidecar of the .part, if it has one, names a file now gone
+        with contextlib.suppress(OSError):  # a leftover only costs a stat at the next run
+            os.unlink(sidecar_path(part))
+    return Installed(size, sha256, mtime_ns, unconfirmed)
+
+
+def _place(path: Path, part: Path, own: FileId | None) -> int:
+    """Move `part` to `path`; the placed file's mtime stamp (its own, never a link's)."""
     if path.is_dir() and not path.is_symlink():  # dsm's earlier tree (see folder_problem)
         from dsm.engine import unpack  # tarfile, zipfile, lzma: for archives only
 
         unpack.place(path)
-        mtime_ns = path.stat().st_mtime_ns
-    else:
-        try:
-            mtime_ns = replace_own(part, path.name, own).st_mtime_ns  # the file's, not a link's
-        except Restart:  # not the file dsm wrote: its record goes with it
-            with contextlib.suppress(OSError):
-                os.unlink(sidecar_path(part))
-            raise
-    if not record:  # the resume sidecar of the .part, if it has one, names a file now gone
-        with contextlib.suppress(OSError):  # a leftover only costs a stat at the next run
-            os.unlink(sidecar_path(part))
-    if sync:
-        fsync_dir(path.parent)
-    return Installed(size, sha256, mtime_ns, unconfirmed)
+        return path.stat().st_mtime_ns
+    return replace_own(part, path.name, own).st_mtime_ns
 
 
 def may_be_installed(path: Path, sha256: str | None) -> bool:

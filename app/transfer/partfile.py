@@ -202,15 +202,15 @@ def replace_own(path: Path, name: str, own: FileId | None = None) -> os.stat_res
         if own is not None and _id_at(path.name, folder) != own:
             with contextlib.suppress(OSError):
                 os.unlink(path.name, dir_fd=folder)
-            raise _not_own(path)
+            raise not_own(path)
         try:
             os.replace(path.name, name, src_dir_fd=folder, dst_dir_fd=folder)
         except FileNotFoundError:
-            raise _not_own(path) from None
+            raise not_own(path) from None
         placed = os.stat(name, dir_fd=folder, follow_symlinks=False)
         if own is not None and _id(placed) != own:  # swapped meanwhile
             os.unlink(name, dir_fd=folder)
-            raise _not_own(path)
+            raise not_own(path)
         if not stat.S_ISREG(placed.st_mode):
             if not stat.S_ISDIR(placed.st_mode):
                 os.unlink(name, dir_fd=folder)
@@ -231,7 +231,8 @@ def _id_at(name: str, folder: int) -> FileId | None:
         return None
 
 
-def _not_own(path: Path) -> Restart:
+def not_own(path: Path) -> Restart:
+    """A partial gone, or another file, when dsm comes to move it into place."""
     return Restart(
         f"{path} was removed or replaced by another program after dsm wrote it; "
         "restarting from zero"

@@ -431,8 +431,9 @@ async def test_a_folder_swapped_for_a_link_after_the_check_is_never_written_thro
 
 
 def hostile_to_the_partial(monkeypatch: pytest.MonkeyPatch, part: Path, how: str) -> None:
-    """Another program removes the `.part` (a clean-up of `*.part`), or puts another file in
-    its place, once dsm has written and hashed it and before it is moved into place."""
+    """Another program removes the `.part` (a clean-up of `*.part`), puts another file in
+    its place, or removes its folder, once dsm has written and hashed it and before it is
+    moved into place."""
     real = Digest.fetched
     done: list[bool] = []
 
@@ -440,6 +441,9 @@ def hostile_to_the_partial(monkeypatch: pytest.MonkeyPatch, part: Path, how: str
         out = real(self, *args, **kw)
         if not done:
             done.append(True)
+            if how == "folder-removed":
+                shutil.rmtree(part.parent)
+                return out
             part.unlink()
             if how == "replaced":
                 part.write_bytes(b"not the bytes dsm hashed")
@@ -452,7 +456,7 @@ def hostile_to_the_partial(monkeypatch: pytest.MonkeyPatch, part: Path, how: str
 @pytest.mark.parametrize(
     "env", [{}, {"DSM_SEGMENTS": "4", "DSM_SEGMENT_MIN": "1000000"}], ids=["single", "segmented"]
 )
-@pytest.mark.parametrize("how", ["removed", "replaced"])
+@pytest.mark.parametrize("how", ["removed", "replaced", "folder-removed"])
 async def test_a_partial_removed_or_replaced_before_its_rename_is_never_installed(
     server: FileServer,
     home: Path,
@@ -461,9 +465,9 @@ async def test_a_partial_removed_or_replaced_before_its_rename_is_never_installe
     how: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Removed: the job failed `internal error: FileNotFoundError`, a traceback logged.
-    Replaced: the other file was moved into place and recorded as verified with the hash of
-    the bytes dsm had written. Now the placed file must be the very file written and hashed:
+    """Removed (the file or its folder): the job failed `internal error: FileNotFoundError`,
+    a traceback logged. Replaced: the other file was moved into place and recorded as
+    verified with the hash of the bytes dsm had written. Now the placed file must be the very file written and hashed:
     else the partial is dropped and the attempt restarts from zero."""
     data = blob(12, 3_000_000)
     settings, repo = setup(home, catalog(a=server.add("a.bin", data)), **env)

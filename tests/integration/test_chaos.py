@@ -467,8 +467,9 @@ async def test_a_partial_removed_or_replaced_before_its_rename_is_never_installe
 ) -> None:
     """Removed (the file or its folder): the job failed `internal error: FileNotFoundError`,
     a traceback logged. Replaced: the other file was moved into place and recorded as
-    verified with the hash of the bytes dsm had written. Now the placed file must be the very file written and hashed:
-    else the partial is dropped and the attempt restarts from zero."""
+    verified with the hash of the bytes dsm had written. Now the placed file must be the
+    very file written and hashed: else the partial is dropped and the attempt restarts from
+    zero."""
     data = blob(12, 3_000_000)
     settings, repo = setup(home, catalog(a=server.add("a.bin", data)), **env)
     hostile_to_the_partial(monkeypatch, home / "data" / "a.part", how)

@@ -15,9 +15,12 @@ from typing import TYPE_CHECKING, Any
 from dsm.catalog.paths import ARCHIVES_DIR, Resolver, member_problem, resolved_home
 from dsm.domain.hub import ManifestFile
 from dsm.domain.model import Dataset
+from dsm.errors import Swapped
 from dsm.transfer.http import Digest, Fetched
 from dsm.transfer.partfile import (
+    FileId,
     discard_partial,
+    file_id,
     open_own,
     read_sidecar,
     replace_own,
@@ -213,12 +216,12 @@ def file_problem(want: ManifestFile, got: Fetched) -> str | None:
 
 def hash_file(path: Path, git_blob: bool) -> Fetched:
     """Size and hashes of a file on disk (the git blob id when asked for)."""
-    size = path.stat().st_size
-    digest = Digest(size if git_blob else None)
     with path.open("rb") as fh:
+        st = os.fstat(fh.fileno())
+        digest = Digest(st.st_size if git_blob else None)
         while block := fh.read(HASH_BLOCK):
             digest.update(block)
-    return digest.fetched(size)
+    return digest.fetched(st.st_size, file_id(st))
 
 
 def member(folder: Path, relative: str) -> Path:
@@ -301,13 +304,13 @@ class Installed:
 
 def install(
     path: Path,
-    size: int,
-    sha256: str,
+    fetched: Fetched,
     unconfirmed: str | None,
     sync: bool = True,
     record: bool = True,
 ) -> Installed:
-    """Atomically move the verified `.part` into place.
+    """Atomically move the verified `.part` into place: only the very file `fetched` hashed
+    (replace_own refuses another put at its name since, Swapped).
 
     With `record`, the sidecar keeps the verified hash (and whether it was proven) until the
     store has recorded the install (`forget_install`), so a crash in between is recovered
@@ -316,23 +319,33 @@ def install(
     the rename durable (`fsync_dir`) before the store records it (one folder sync for a
     batch of installs).
     """
-    part = part_of(path)
+    part, size, sha256 = part_of(path), fetched.size, fetched.sha256
     if record:
         meta = {"installed_sha256": sha256, "size": size, "unconfirmed": unconfirmed}
         write_sidecar(part, meta)
-    if path.is_dir() and not path.is_symlink():  # dsm's earlier tree (see folder_problem)
-        from dsm.engine import unpack  # tarfile, zipfile, lzma: for archives only
-
-        unpack.place(path)
-        mtime_ns = path.stat().st_mtime_ns
-    else:
-        mtime_ns = replace_own(part, path.name).st_mtime_ns  # the file's, never a link's
+    mtime_ns = _placed(path, part, fetched.written).st_mtime_ns  # the file's, never a link's
     if not record:  # the resume sidecar of the .part, if it has one, names a file now gone
         with contextlib.suppress(OSError):  # a leftover only costs a stat at the next run
             os.unlink(sidecar_path(part))
     if sync:
         fsync_dir(path.parent)
     return Installed(size, sha256, mtime_ns, unconfirmed)
+
+
+def _placed(path: Path, part: Path, written: FileId) -> os.stat_result:
+    """`part` renamed to `path` if it is the file `written` (replace_own), else Swapped and
+    the sidecar's install record goes (it names no file)."""
+    try:
+        if not path.is_dir() or path.is_symlink():
+            return replace_own(part, path.name, written)
+        from dsm.engine import unpack  # tarfile, zipfile, lzma: for archives only
+
+        with unpack.aside(path):  # dsm's earlier tree (see folder_problem): back on failure
+            return replace_own(part, path.name, written)
+    except Swapped:
+        with contextlib.suppress(OSError):
+            os.unlink(sidecar_path(part))
+        raise
 
 
 def may_be_installed(path: Path, sha256: str | None) -> bool:

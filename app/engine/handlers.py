@@ -139,9 +139,7 @@ def install_fetched(
     unpacked: list[Unpacked] | None,
 ) -> Placed:
     """Move the verified file into place, then its unpacked tree (blocking: one thread hop)."""
-    installed = files.install(
-        target, fetched.size, fetched.sha256, unconfirmed, False, ds.expected_sha256 is None
-    )
+    installed = files.install(target, fetched, unconfirmed, False, ds.expected_sha256 is None)
     return installed, place_unpacked(settings, ds, unpacked)
 
 

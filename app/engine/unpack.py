@@ -26,8 +26,8 @@ import stat
 import tarfile
 import zipfile
 import zlib
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Protocol
@@ -365,7 +365,15 @@ def temp_of(dest: Path) -> Path:
 
 
 def place(dest: Path) -> None:
-    """Move the complete temporary copy into place; the previous copy goes only afterwards.
+    """Move the complete temporary copy into place; the previous copy goes only afterwards."""
+    with aside(dest):
+        os.rename(temp_of(dest), dest)
+
+
+@contextmanager
+def aside(dest: Path) -> Iterator[None]:
+    """The copy at `dest` (a tree, a file) waits at `.part.old` while the body puts the new
+    one there; it goes afterwards, or comes back if the body fails.
 
     Two renames (the stdlib has no atomic exchange): a crash between them leaves the new copy
     at its temporary path and the old one at `.part.old`, both removed by the next unpack.
@@ -374,7 +382,12 @@ def place(dest: Path) -> None:
     _remove(old)
     if dest.is_symlink() or dest.exists():
         os.rename(dest, old)
-    os.rename(temp_of(dest), dest)
+    try:
+        yield
+    except BaseException:
+        if os.path.lexists(old) and not os.path.lexists(dest):
+            os.rename(old, dest)
+        raise
     _remove(old)
 
 

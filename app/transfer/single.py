@@ -52,6 +52,7 @@ from dsm.transfer.partfile import (
     Partial,
     Room,
     discard_partial,
+    file_id,
     make_folders,
     open_own,
     read_sidecar,
@@ -85,6 +86,7 @@ class _Sink:
         self.resume_meta: dict[str, Any] | None = None  # the sidecar not written yet
         flags = os.O_RDWR | os.O_CREAT | (0 if offset else os.O_TRUNC)
         self.fh: BinaryIO = os.fdopen(open_own(part, flags), "r+b")
+        self.written = file_id(os.fstat(self.fh.fileno()))  # the file its install places
         if offset:
             # Hash the kept prefix once, then append: still one pass over every byte.
             while self.size < offset:
@@ -429,4 +431,4 @@ def _finish(
         raise
     finally:
         sink.close()
-    return sink.sha.fetched(sink.size, None if proven else resume.UNPROVEN)
+    return sink.sha.fetched(sink.size, sink.written, None if proven else resume.UNPROVEN)

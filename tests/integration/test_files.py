@@ -17,6 +17,7 @@ from dsm.config import Settings
 from dsm.domain.jobs import JobStatus, JobType
 from dsm.domain.model import Status
 from dsm.engine import files
+from dsm.errors import Swapped
 from dsm.repository import Repository
 from dsm.transfer.partfile import sidecar_path, write_sidecar
 from tests.conftest import CatalogFn, blob, run_dsm, sha
@@ -299,3 +300,22 @@ def test_forget_install_drops_only_the_record_of_that_copy(tmp_path: Path) -> No
     files.forget_install(path, "abc")
     assert not record.exists()
     assert path.read_bytes() == b"x"
+
+
+def test_a_file_replacing_a_tree_is_refused_when_swapped_and_the_tree_comes_back(
+    tmp_path: Path,
+) -> None:
+    """A file takes the place of the dataset's unpacked tree (the catalogue dropped
+    `extract`): its `.part` swapped for another file before the rename is refused, and the
+    tree, moved aside for the rename, is back in place (it stayed at `.part.old`)."""
+    target, part = tmp_path / "d", tmp_path / "d.part"
+    (target / "sub").mkdir(parents=True)
+    (target / "sub" / "kept.txt").write_bytes(b"the unpacked copy")
+    part.write_bytes(b"the bytes dsm hashed")
+    fetched = files.hash_file(part, False)
+    (tmp_path / "other.bin").write_bytes(b"not the dataset")
+    (tmp_path / "other.bin").replace(part)
+    with pytest.raises(Swapped, match="swapped for another file"):
+        files.install(target, fetched, None)
+    assert (target / "sub" / "kept.txt").read_bytes() == b"the unpacked copy"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]

@@ -233,12 +233,18 @@ def member(folder: Path, relative: str) -> Path:
     return folder / relative
 
 
+def _checked(path: Path, want: ManifestFile) -> FileId | None:
+    """The file at `path` (the one hashed) when it is complete and correct, else None."""
+    try:
+        got = hash_file(path, not want.sha256) if path.is_file() else None
+    except OSError:
+        return None
+    return got.written if got is not None and file_problem(want, got) is None else None
+
+
 def staged(dest: Path, want: ManifestFile) -> bool:
     """A file of an unfinished multi-file download that is already complete and correct."""
-    try:
-        return dest.is_file() and file_problem(want, hash_file(dest, not want.sha256)) is None
-    except OSError:
-        return False
+    return _checked(dest, want) is not None
 
 
 def stage(dest: Path, kept: Path | None, want: ManifestFile) -> bool:
@@ -247,16 +253,20 @@ def stage(dest: Path, kept: Path | None, want: ManifestFile) -> bool:
     when that is still correct."""
     if staged(dest, want):
         return True
-    if kept is None or kept.is_symlink() or not staged(kept, want):
+    hashed = None if kept is None or kept.is_symlink() else _checked(kept, want)
+    if kept is None or hashed is None:
         return False
     dest.unlink(missing_ok=True)
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
-        os.link(kept, dest)
-        return True  # the very file just checked
+        os.link(kept, dest, follow_symlinks=False)
     except OSError:  # another file system, or no hard links there: a copy, checked again
         shutil.copy2(kept, dest)
-    return staged(dest, want)
+        return staged(dest, want)
+    if file_id(os.lstat(dest)) == hashed:
+        return True  # the very file just checked
+    dest.unlink()  # another file (or a link) took `kept`'s name since: fetched instead
+    return False
 
 
 def install_tree(path: Path, listing: list[ManifestFile]) -> list[ManifestFile]:

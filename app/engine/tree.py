@@ -12,7 +12,6 @@ verified), and the row records the manifest, whose hash is the dataset's checksu
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -123,9 +122,7 @@ class TreeDownload:
         if problem:
             await anyio.to_thread.run_sync(discard_partial, files.part_of(dest))
             return JobStatus.FAILED, problem
-        await anyio.to_thread.run_sync(
-            partial(files.install, dest, got.size, got.sha256, None, own=got.part)
-        )
+        await anyio.to_thread.run_sync(files.install, dest, got, None)
         await anyio.to_thread.run_sync(files.forget_install, dest)
         return None
 

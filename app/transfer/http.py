@@ -52,13 +52,11 @@ HTML_SUFFIXES = (".html", ".htm")
 class Fetched:
     size: int
     sha256: str
+    written: FileId  # the file hashed (partfile.file_id): the only one its install places
     git_blob: str | None = None  # when the policy asks for it (a small Hub file kept in git)
     # Why the transfer cannot prove the body is whole (no length, no confirmation); None
     # when it can. Expectations of the catalogue may still prove it (engine handlers).
     unproven: str | None = None
-    # (st_dev, st_ino) of the partial file these bytes were written to and hashed from: the
-    # install moves only that file into place (partfile.replace_own), whatever the name holds.
-    part: FileId | None = None
 
 
 class Digest:
@@ -74,11 +72,9 @@ class Digest:
         if self.blob is not None:
             self.blob.update(data)
 
-    def fetched(
-        self, size: int, unproven: str | None = None, part: FileId | None = None
-    ) -> Fetched:
+    def fetched(self, size: int, written: FileId, unproven: str | None = None) -> Fetched:
         blob = self.blob.hexdigest() if self.blob is not None else None
-        return Fetched(size, self.sha.hexdigest(), git_blob=blob, unproven=unproven, part=part)
+        return Fetched(size, self.sha.hexdigest(), written, git_blob=blob, unproven=unproven)
 
 
 HeadersFn = Callable[[str], dict[str, str]]

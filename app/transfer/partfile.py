@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from dsm.domain.redact import redact_url
-from dsm.errors import Restart
+from dsm.errors import Swapped
 
 DISK_RESERVE = 64 << 20  # left free by a write of no known size (at most 5% of the disk)
 
@@ -174,68 +174,51 @@ def open_own(path: Path, flags: int) -> int:
         os.close(folder)
 
 
+# Which file a descriptor or a name reaches, whatever its name, as it was once written:
+# (st_dev, st_ino, st_size, st_mtime_ns). The inode alone is not enough: once dsm's file is
+# closed and unlinked (`rm a.part; cp other a.part`), the other file may get its number.
 FileId = tuple[int, int, int, int]
 
 
-def file_id(fd: int) -> FileId:
-    """Which file an open descriptor writes, as it is once written, whatever name it has by
-    now: device and inode (reused once the file is closed and unlinked: hence size and
-    mtime too, which a rename keeps)."""
-    return _id(os.fstat(fd))
-
-
-def _id(st: os.stat_result) -> FileId:
+def file_id(st: os.stat_result) -> FileId:
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
-def replace_own(path: Path, name: str, own: FileId | None = None) -> os.stat_result:
+def replace_own(path: Path, name: str, written: FileId | None = None) -> os.stat_result:
     """`os.replace(path, path.with_name(name))` in a folder reached by folder_fd; the placed
-    file's own status. A `path` swapped for a symbolic link (or anything but a file) after
-    dsm wrote it, by another user of a shared home, is moved as it is by a rename: the link
-    then stood where the verified file should, pointing wherever that user chose. It is
-    removed and refused, never left in place. `own` (file_id of the file dsm wrote and
-    hashed): a `path` gone or another file by then (a clean-up of `*.part`, another
-    program's file) is refused too, before the rename when it can be seen then (the copy
-    in place stays), and dropped: the attempt restarts from zero (`Restart`)."""
+    file's own status. A rename moves whatever is at `path`: another user of a shared home
+    who swapped dsm's file for a symbolic link (or anything but a file) or, with `written`
+    (the file dsm wrote and hashed), for another file, had it installed as the verified
+    copy. Checked before the rename (the copy in place stays) and after it (a swap between
+    the two): such a file is removed and refused (Swapped), never left in place."""
     folder = folder_fd(path.parent)
     try:
-        if own is not None and _id_at(path.name, folder) != own:
-            with contextlib.suppress(OSError):
-                os.unlink(path.name, dir_fd=folder)
-            raise not_own(path)
-        try:
-            os.replace(path.name, name, src_dir_fd=folder, dst_dir_fd=folder)
-        except FileNotFoundError:
-            raise not_own(path) from None
-        placed = os.stat(name, dir_fd=folder, follow_symlinks=False)
-        if own is not None and _id(placed) != own:  # swapped meanwhile
-            os.unlink(name, dir_fd=folder)
-            raise not_own(path)
-        if not stat.S_ISREG(placed.st_mode):
-            if not stat.S_ISDIR(placed.st_mode):
-                os.unlink(name, dir_fd=folder)
-            raise OSError(
-                errno.ELOOP,
-                f"{path} was swapped for a symbolic link or no file before it was moved into "
-                "place; dsm never installs one",
-            )
-        return placed
+        _refuse(path, path.name, folder, written)
+        os.replace(path.name, name, src_dir_fd=folder, dst_dir_fd=folder)
+        return _refuse(path, name, folder, written)
     finally:
         os.close(folder)
 
 
-def _id_at(name: str, folder: int) -> FileId | None:
+def _refuse(path: Path, name: str, folder: int, written: FileId | None) -> os.stat_result:
+    """`name`'s own status in `folder` when it is a file and, with `written`, that file;
+    else it is removed (a folder is left) and Swapped names `path`."""
     try:
-        return _id(os.stat(name, dir_fd=folder, follow_symlinks=False))
-    except FileNotFoundError:
-        return None
-
-
-def not_own(path: Path) -> Restart:
-    """A partial gone, or another file, when dsm comes to move it into place."""
-    return Restart(
-        f"{path} was removed or replaced by another program after dsm wrote it; "
-        "restarting from zero"
+        st = os.stat(name, dir_fd=folder, follow_symlinks=False)
+    except FileNotFoundError:  # a clean-up of `*.part` by another program
+        raise Swapped(f"{path} was removed before it was moved into place") from None
+    if not stat.S_ISREG(st.st_mode):
+        what = "a symbolic link or no file"
+    elif written is not None and file_id(st) != written:
+        what = "another file than the one dsm wrote and hashed"
+    else:
+        return st
+    kept = stat.S_ISDIR(st.st_mode)
+    if not kept:
+        os.unlink(name, dir_fd=folder)
+    raise Swapped(
+        f"{path} was swapped for {what} before it was moved into place; dsm never installs "
+        "one" + ("" if kept else " (removed)")
     )
 
 

@@ -208,7 +208,7 @@ class SegmentedDownload:
             os.fsync(self.fd)
         except OSError as exc:
             raise disk_error(exc, self.p.part) from exc
-        return self.sha.fetched(self.total, part=file_id(self.fd))
+        return self.sha.fetched(self.total, file_id(os.fstat(self.fd)))
 
     def _save(self) -> None:
         if self.error is not None:  # a failed set may have dropped its files: never revive them

@@ -49,7 +49,6 @@ from dsm.transfer.http import (
     open_stream,
 )
 from dsm.transfer.partfile import (
-    FileId,
     Partial,
     Room,
     discard_partial,
@@ -89,7 +88,7 @@ class _Sink:
         # Unbuffered: each write goes straight to the file (what write_all expects), and the
         # buffered layer's isatty and position look-ups (five system calls a file) are saved.
         self.fh: BinaryIO = os.fdopen(open_own(part, flags), "r+b", buffering=0)
-        self.identity: FileId | None = None  # file_id once finished
+        self.written = file_id(os.fstat(self.fh.fileno()))  # the file its install places
         if offset:
             # Hash the kept prefix once, then append: still one pass over every byte.
             while self.size < offset:
@@ -107,7 +106,7 @@ class _Sink:
 
     def finish(self) -> None:
         os.fsync(self.fh.fileno())
-        self.identity = file_id(self.fh.fileno())
+        self.written = file_id(os.fstat(self.fh.fileno()))  # as written: size and mtime too
 
     def close(self) -> None:
         self.fh.close()
@@ -434,4 +433,4 @@ def _finish(
         raise
     finally:
         sink.close()
-    return sink.sha.fetched(sink.size, None if proven else resume.UNPROVEN, sink.identity)
+    return sink.sha.fetched(sink.size, sink.written, None if proven else resume.UNPROVEN)

@@ -12,13 +12,13 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
-from dsm.domain.events import EventKind
 from dsm.domain.jobs import Job, JobStatus, JobType
 from dsm.domain.model import Status
+from dsm.engine import files
 from dsm.engine.engine import Engine
 from dsm.transfer import partfile
 from dsm.transfer import single as transfer
@@ -87,7 +87,8 @@ def test_crash_between_rename_and_store_update_needs_no_download(
     target.with_name("a.part").write_bytes(data)
     from dsm.engine import files as files_mod
 
-    files_mod.install(target, len(data), hashlib.sha256(data).hexdigest(), None)  # then "crash"
+    written = files_mod.hash_file(target.with_name("a.part"), False)
+    files_mod.install(target, written, None)  # then "crash"
     assert part.exists()
     proc = run_dsm("--run-job", "download", "--dataset", "a", home=home, catalog_path=cat)
     assert proc.returncode == 0, proc.stderr
@@ -430,33 +431,58 @@ async def test_a_folder_swapped_for_a_link_after_the_check_is_never_written_thro
     assert f"{home / 'sub'} is a symbolic link" in (run.job.error or ""), run.job.error
 
 
-def hostile_to_the_partial(monkeypatch: pytest.MonkeyPatch, part: Path, how: str) -> None:
+def hostile_to_the_partial(monkeypatch: pytest.MonkeyPatch, part: Path, how: str) -> list[bool]:
     """Another program removes the `.part` (a clean-up of `*.part`), puts another file in
     its place, or removes its folder, once dsm has written and hashed it and before it is
     moved into place."""
     real = Digest.fetched
-    done: list[bool] = []
+    done: list[bool] = []  # [whether the other file took the freed inode's number]
 
     def fetched(self: Digest, *args: Any, **kw: Any) -> Fetched:
         out = real(self, *args, **kw)
         if not done:
-            done.append(True)
+            done.append(False)
             if how == "folder-removed":
                 shutil.rmtree(part.parent)
                 return out
+            number = part.stat().st_ino
             part.unlink()
             if how == "replaced":
                 part.write_bytes(b"not the bytes dsm hashed")
+            if how == "replaced-same-inode":
+                done[0] = _take_the_inode(part, number)
         return out
 
     monkeypatch.setattr(Digest, "fetched", fetched)
+    return done
+
+
+def _take_the_inode(part: Path, number: int) -> bool:
+    """Another file at `part` with the inode number dsm's freed file had (as `rm a.part;
+    cp other a.part` may give it), where the file system hands it out again."""
+    for n in range(200):
+        other = part.with_name(f"other{n}")
+        other.write_bytes(b"not the bytes dsm hashed")
+        if other.stat().st_ino == number:
+            other.replace(part)
+            return True
+    part.write_bytes(b"not the bytes dsm hashed")
+    return False
+
+
+HOSTILE_SAID = {
+    "removed": "{part} was removed before it was moved into place",
+    "replaced": "{part} was swapped for another file than the one dsm wrote and hashed",
+    "replaced-same-inode": "{part} was swapped for another file than the one dsm wrote",
+    "folder-removed": "cannot write {part}: No such file or directory",
+}
 
 
 @pytest.mark.anyio
 @pytest.mark.parametrize(
     "env", [{}, {"DSM_SEGMENTS": "4", "DSM_SEGMENT_MIN": "1000000"}], ids=["single", "segmented"]
 )
-@pytest.mark.parametrize("how", ["removed", "replaced", "folder-removed"])
+@pytest.mark.parametrize("how", list(HOSTILE_SAID))
 async def test_a_partial_removed_or_replaced_before_its_rename_is_never_installed(
     server: FileServer,
     home: Path,
@@ -466,30 +492,34 @@ async def test_a_partial_removed_or_replaced_before_its_rename_is_never_installe
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Removed (the file or its folder): the job failed `internal error: FileNotFoundError`,
-    a traceback logged. Replaced: the other file was moved into place and recorded as
-    verified with the hash of the bytes dsm had written. Now the placed file must be the
-    very file written and hashed: else the partial is dropped and the attempt restarts from
-    zero."""
+    a traceback logged. Replaced by `rm; cp` (the other file may take the freed inode's
+    number): installed and recorded with the hash of the bytes dsm wrote. Now the job fails
+    naming the partial, nothing of the other file is installed, and the next run works."""
+    if how == "replaced-same-inode" and env:
+        pytest.skip("the segments' file is open until its install: its inode is not freed")
     data = blob(12, 3_000_000)
     settings, repo = setup(home, catalog(a=server.add("a.bin", data)), **env)
-    hostile_to_the_partial(monkeypatch, home / "data" / "a.part", how)
+    part = home / "data" / "a.part"
+    took = hostile_to_the_partial(monkeypatch, part, how)
     run = await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
-    assert run.job.status == JobStatus.COMPLETED, run.job.error
-    said = [e.job.error or "" for e in run.kinds(EventKind.RETRYING)]
-    assert len(said) == 1 and "was removed or replaced by another program" in said[0], said
-    assert (home / "data" / "a").read_bytes() == data
-    ds = run.dataset("a")
-    assert (ds.checksum, ds.size) == (sha(data), len(data))
-    assert not (home / "data" / "a.part").exists()
+    if how == "replaced-same-inode" and not took[0]:
+        pytest.skip("this file system did not hand the freed inode number out again")
+    assert run.job.status == JobStatus.FAILED
+    assert HOSTILE_SAID[how].format(part=part) in (run.job.error or ""), run.job.error
+    assert not (home / "data" / "a").exists() and not run.dataset("a").downloaded
     assert not (home / "dsm-error.log").exists()
+    again = await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
+    assert again.job.status == JobStatus.COMPLETED, again.job.error
+    assert (home / "data" / "a").read_bytes() == data
+    assert again.dataset("a").checksum == sha(data)
 
 
 @pytest.mark.anyio
 async def test_an_update_whose_partial_is_replaced_keeps_the_old_copy(
     server: FileServer, home: Path, catalog: CatalogFn, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The same on the way that checks a file after its transfer (a dataset with mirrors):
-    the job fails naming it, the verified copy in place and its record stay as they were."""
+    """The same on the way that checks a file after its transfer (a dataset with mirrors),
+    for an update: the verified copy in place and its record stay as they were."""
     old, new = blob(13, 300_000), blob(14, 300_000)
     url = server.add("a.bin", old)
     mirror = server.url("mirror/a.bin")
@@ -501,9 +531,58 @@ async def test_an_update_whose_partial_is_replaced_keeps_the_old_copy(
     hostile_to_the_partial(monkeypatch, home / "data" / "a.part", "replaced")
     run = await run_jobs(settings, repo, JobType.UPDATE, "a")
     assert run.job.status == JobStatus.FAILED
-    assert "was removed or replaced by another program" in (run.job.error or "")
+    assert "was swapped for another file than the one dsm wrote" in (run.job.error or "")
     assert (home / "data" / "a").read_bytes() == old
     ds = repo.dataset("a")
     assert (ds.downloaded, ds.checksum) == (True, sha(old))
     assert not (home / "data" / "a.part").exists()
     assert not (home / "dsm-error.log").exists()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("way", ["single", "segmented", "mirror", "files"])
+async def test_a_part_swapped_for_another_file_before_its_install_is_never_installed(
+    server: FileServer,
+    home: Path,
+    catalog: CatalogFn,
+    monkeypatch: pytest.MonkeyPatch,
+    way: str,
+) -> None:
+    """Between the transfer's last write and the rename, another process of a shared home
+    (same owner) moves another file to the `.part`'s name (`mv other.bin a.bin.part`): it
+    was installed and recorded with the hash of the bytes dsm wrote. Each way a verified
+    partial is renamed into place (transfer thread, segments, the job's own verification as
+    for mirrors, the Hub and the team cache, a file of a `files` list) refuses it: the job
+    fails naming the partial, nothing of the other file stays."""
+    data = blob(12, 3_000_000)
+    url, sha = server.add("a.bin", data), hashlib.sha256(data).hexdigest()
+    entry: dict[str, Any] = {"name": "a", "description": "t", "local_path": "sub/a.bin"}
+    part = home / "sub" / "a.bin.part"
+    if way == "files":
+        entry["files"] = [{"url": url, "path": "x.bin", "expected_size": len(data)}]
+        entry["files"][0]["expected_sha256"] = sha
+        part = part / "x.bin.part"
+    else:
+        entry |= {"original_url": url, "expected_sha256": sha}
+    if way == "mirror":
+        entry["mirrors"] = [server.add("b.bin", data)]
+    env = {"DSM_SEGMENTS": "4", "DSM_SEGMENT_MIN": "100000"} if way == "segmented" else {}
+    settings, repo = setup(home, catalog([entry]), **env)
+    check = "file_problem" if way == "files" else "integrity_problem"
+    checked = getattr(files, check)
+
+    def swapped_first(*args: Any) -> str | None:  # the check before the install
+        if part.is_file() and part.stat().st_size == len(data):
+            (part.parent / "other.bin").write_bytes(b"not the dataset")
+            (part.parent / "other.bin").replace(part)
+        return cast("str | None", checked(*args))
+
+    monkeypatch.setattr(files, check, swapped_first)
+    run = await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
+    assert run.job.status == JobStatus.FAILED, run.job.error
+    assert f"{part} was swapped for another file than the one dsm wrote and hashed" in (
+        run.job.error or ""
+    )
+    assert not run.dataset("a").downloaded
+    found = [p.read_bytes() for p in (home / "sub").rglob("*") if p.is_file()]
+    assert b"not the dataset" not in found

@@ -258,6 +258,8 @@ def read_json(text: str | bytes) -> Any:
     than 4300 digits), or one that is ambiguous (a key twice in an object), or a string that
     is no text (a lone surrogate)."""
     try:
+        if isinstance(text, bytes):  # as json.loads decodes it (UTF-8, -16 or -32), once
+            text = text.decode(json.detect_encoding(text), "surrogatepass")
         doc = json.loads(text, object_pairs_hook=_unique)
     except (json.JSONDecodeError, KeyTwice):
         raise
@@ -265,19 +267,14 @@ def read_json(text: str | bytes) -> Any:
         raise ValueError("nested too deeply") from None
     except ValueError as exc:  # the digit limit's advice (sys.set_int_max_str_digits) is not ours
         raise ValueError(str(exc).partition(";")[0]) from None
-    if isinstance(text, bytes):
-        maybe = _MAY_HOLD_SURROGATE_B.search(text) is not None
-    else:
-        maybe = _MAY_HOLD_SURROGATE.search(text) is not None
-    if maybe:  # a catalogue without one is not walked
+    if _MAY_HOLD_SURROGATE.search(text):  # a catalogue without one is not walked
         _refuse_surrogates(doc)
     return doc
 
 
-# A lone surrogate comes as a `\uD800`-style escape, as itself in a str (the surrogateescape
-# of arguments), or UTF-8 encoded in bytes (json.loads decodes bytes with surrogatepass).
+# A lone surrogate comes as a `\uD800`-style escape or as itself (the surrogateescape of
+# arguments, or encoded in bytes: decoded with surrogatepass).
 _MAY_HOLD_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]|[\ud800-\udfff]")
-_MAY_HOLD_SURROGATE_B = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 

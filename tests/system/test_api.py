@@ -148,6 +148,10 @@ def test_a_posted_download_reaches_downloaded_with_the_right_sha256(
     assert '"status": "downloaded"' in shown.stdout, shown.stderr
 
 
+# JSON may come in UTF-16 (json.loads detects it): a lone surrogate is no text there too.
+SURROGATE_KEY = '{"type": "download", "params": {"dataset": "mbpp"}, "idempotency_key": "\\ud800"}'
+
+
 @pytest.mark.parametrize(
     ("body", "status", "word"),
     [
@@ -167,6 +171,11 @@ def test_a_posted_download_reaches_downloaded_with_the_right_sha256(
             b'{"type": "download", "params": {"dataset": "mbpp"}, "idempotency_key": ""}',
             422,
             "idempotency_key",
+        ),
+        (
+            SURROGATE_KEY.encode("utf-16"),
+            400,
+            "idempotency_key holds '\\ud800', half of a UTF-16 pair",
         ),
     ],
 )

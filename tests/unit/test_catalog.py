@@ -908,6 +908,10 @@ def test_the_names_dsm_keeps_in_the_home_are_reserved() -> None:
         (b'{"a": [{"\\udfff": 1}]}', "the key at a[0] holds '\\udfff'"),
         ('["x", "\udcff"]', "the string at [1] holds '\\udcff'"),  # surrogateescape of argv
         ('"\\ud800"', "the string at the top holds '\\ud800'"),
+        # JSON in bytes may be UTF-16 or UTF-32 (json.loads detects it): an API body too.
+        ('{"d": "\\ud800"}'.encode("utf-16-le"), "the string at d holds '\\ud800'"),
+        ('{"d": "\ud800"}'.encode("utf-16", "surrogatepass"), "the string at d holds"),
+        ('["\\udc00"]'.encode("utf-32"), "the string at [0] holds '\\udc00'"),
     ],
 )
 def test_json_holding_a_lone_surrogate_is_no_text(text: str | bytes, said: str) -> None:

@@ -31,7 +31,8 @@ from dsm.domain.model import Dataset, snapshot
 from dsm.domain.redact import error_text
 from dsm.engine import files
 from dsm.engine.handlers import Handlers
-from dsm.engine.ledger import Ledger, owner_lock_path
+from dsm.engine.ledger import Ledger
+from dsm.engine.liveness import owner_lock_path
 from dsm.engine.locks import DatasetLocks, HeldLock, OwnerLock
 from dsm.engine.outcome import Outcome
 from dsm.engine.progress import progress_meter
@@ -106,7 +107,7 @@ class Engine:
     async def running(self) -> AsyncIterator[Engine]:
         """Start the workers and adopt orphaned jobs; on exit cancel what still runs."""
         self.settings.lock_dir.mkdir(parents=True, exist_ok=True)
-        (owner_lock := OwnerLock(owner_lock_path(self.settings, self.owner))).acquire()
+        (owner_lock := OwnerLock(owner_lock_path(self.settings.lock_dir, self.owner))).acquire()
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=16)
         timeout = httpx.Timeout(CONNECT_TIMEOUT, read=self.settings.stall_timeout)
         failure: StoreError | None = None

@@ -19,6 +19,7 @@ from dsm.config import Settings
 from dsm.domain.jobs import Job, JobStatus, JobType
 from dsm.domain.model import ACTIVE, AT_REST, Dataset, Status
 from dsm.engine import files
+from dsm.engine.liveness import owner_lock_path
 from dsm.engine.outcome import Facts, end_state, nothing_to_do, resting_status
 from dsm.engine.storethread import StoreThread
 from dsm.errors import UnknownDataset
@@ -54,11 +55,6 @@ def jobs_to_prune(docs: list[dict[str, Any]], owner: str | None = None) -> list[
 
 _NO_STAMP = (-1, "")
 _AS_ENDED = {"status": JobStatus.COMPLETED.value}
-
-
-def owner_lock_path(settings: Settings, owner: str) -> Path:
-    """The file a live engine holds locked; a free lock means its owner died."""
-    return settings.lock_dir / f"owner-{owner}.lock"
 
 
 class Ledger(StoreThread):
@@ -257,7 +253,7 @@ class Ledger(StoreThread):
         if owner is None:
             return False
         if owner not in seen:
-            path = owner_lock_path(self.settings, owner)
+            path = owner_lock_path(self.settings.lock_dir, owner)
             lock = FileLock(path, thread_local=False)
             try:
                 lock.acquire(timeout=0)

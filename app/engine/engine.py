@@ -31,7 +31,7 @@ from dsm.domain.model import Dataset, snapshot
 from dsm.domain.redact import error_text
 from dsm.engine import files
 from dsm.engine.handlers import Handlers
-from dsm.engine.ledger import Ledger, owner_lock_path
+from dsm.engine.ledger import Asked, Ledger, owner_lock_path
 from dsm.engine.locks import DatasetLocks, HeldLock, OwnerLock
 from dsm.engine.outcome import Outcome
 from dsm.engine.progress import progress_meter
@@ -65,10 +65,11 @@ class Engine:
         settings: Settings,
         repo: Repository,
         listeners: Iterable[Listener] = (),
-        adopt_only: frozenset[str] | None = None,
+        adopt_only: Asked | None = None,
     ) -> None:
-        """`adopt_only`: the datasets whose orphaned jobs this engine resumes at start (a
-        `--run-job` for some datasets); None resumes all (the dashboard, the API)."""
+        """`adopt_only`: the datasets and job type whose orphaned jobs this engine resumes at
+        start (a `--run-job` for some datasets, `Asked`); None resumes all (the dashboard,
+        the API)."""
         self.adopt_only = adopt_only
         self.settings = settings
         self.repo = repo

@@ -284,7 +284,13 @@ def _prune(staging: Path, wanted: set[str]) -> None:
 
 
 def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+    """Make the renames in the folder durable. A folder removed since (a later job of the
+    same store batch deleted the dataset) has nothing left to sync: its failure lost the
+    batch's every change."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return
     try:
         os.fsync(fd)
     finally:

@@ -23,6 +23,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -78,6 +79,18 @@ _NO_STAMP = (-1, "")
 _AS_ENDED = {"status": JobStatus.COMPLETED.value}
 
 
+@dataclass(frozen=True)
+class Asked:
+    """What a run for some datasets asked (a `--run-job`, `dsm.library`): at start its engine
+    resumes the orphaned jobs (of dead processes) of those datasets of its own type and ends
+    those of another type, canceled, unrun: the run is the newest word on them (a killed
+    `delete --all` ran inside the next `download --all` and removed what it fetched, exit
+    0). Orphans of other datasets wait for a start that asks for them."""
+
+    names: frozenset[str]
+    job_type: JobType
+
+
 def owner_lock_path(settings: Settings, owner: str) -> Path:
     """The file a live engine holds locked; a free lock means its owner died."""
     return settings.lock_dir / f"owner-{owner}.lock"
@@ -89,7 +102,7 @@ class Ledger:
         settings: Settings,
         repo: Repository,
         owner: str,
-        adopt_only: frozenset[str] | None = None,
+        adopt_only: Asked | None = None,
     ) -> None:
         self.settings = settings
         self.repo = repo
@@ -302,8 +315,11 @@ class Ledger:
             job.status, job.started_ms, job.error = JobStatus.RUNNING, now_ms(), None
             self.repo.save_job(job)
             # A held job (paused, suspended) may find its row at rest: its copy was placed
-            # and recorded as the stop came (EarlyInstall). Queue it again all the same.
-            status = Status.QUEUED if ds.status in AT_REST else None
+            # and recorded as the stop came (EarlyInstall). Queue it again all the same. A
+            # row active for another job is stale (a write that failed lost that job's end):
+            # this job holds the dataset's lock, so no other works on it.
+            stale = ds.status not in AT_REST and ds.download_job_id != job.id
+            status = Status.QUEUED if ds.status in AT_REST or stale else None
             if ds.download_job_id != job.id or status is not None:
                 self.repo.change(job.dataset, status, download_job_id=job.id)
         return ds, had_copy
@@ -434,15 +450,25 @@ class Ledger:
                 if job.owner == self.owner or self.owner_alive(job.owner, alive):
                     running.add(job.id)
                     continue
-                waiting.add(job.id)
-                if self.adopt_only is not None and job.dataset not in self.adopt_only:
+                asked = self.adopt_only
+                if asked is not None and job.dataset not in asked.names:
+                    waiting.add(job.id)
                     continue  # left waiting for a start that asks for its dataset
+                if asked is not None and job.type != asked.job_type:
+                    self._supersede(job, asked.job_type)  # its row goes at rest below
+                    continue
+                waiting.add(job.id)
                 job.owner, job.status, job.started_ms = self.owner, JobStatus.WAITING, None
                 self.repo.save_job(job)
                 adopted.append(job)
             self._reconcile(running, waiting)
             self.repo.remove_jobs(jobs_to_prune(self.repo.job_summaries()))
         return adopted
+
+    def _supersede(self, job: Job, by: JobType) -> None:
+        job.status, job.finished_ms = JobStatus.CANCELED, now_ms()
+        job.error = f"superseded by a {by.value} job asked for later; not run"
+        self.repo.save_job(job)
 
     def _reconcile(self, running: set[str], waiting: set[str]) -> None:
         """Active rows: untouched while a live process's job owns them (it may be

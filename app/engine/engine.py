@@ -68,8 +68,7 @@ class Engine:
         adopt_only: Asked | None = None,
     ) -> None:
         """`adopt_only`: the datasets and job type whose orphaned jobs this engine resumes at
-        start (a `--run-job` for some datasets, `Asked`); None resumes all (the dashboard,
-        the API)."""
+        start (`Asked`: a `--run-job`); None resumes all (the dashboard, the API)."""
         self.adopt_only = adopt_only
         self.settings = settings
         self.repo = repo
@@ -395,7 +394,7 @@ class Engine:
     async def _flusher(self, owner_lock: OwnerLock) -> None:
         while True:
             await anyio.sleep(STORE_FLUSH_INTERVAL)
-            self._locks.renew(owner_lock)
+            await self._stop(self._locks.renew(owner_lock, self._active.values()))  # taken
             await self._flush()
             if self._active:
                 asked = await self.ledger.call(self.ledger.cancels_requested, list(self._active))
@@ -406,7 +405,7 @@ class Engine:
         if self._dirty:
             batch, self._dirty = self._dirty, {}
             try:
-                await self.ledger.defer(self.repo.write_progress, list(batch.values()))
+                await self.ledger.defer(self.ledger.write_progress, list(batch.values()))
             except StoreError as exc:  # progress is advisory: the next flush writes newer
                 self.ledger.failed(exc, lost=False)
 

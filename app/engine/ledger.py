@@ -37,7 +37,7 @@ from dsm.domain.jobs import Job, JobStatus, JobType
 from dsm.domain.model import ACTIVE, AT_REST, Dataset, Status
 from dsm.engine import files
 from dsm.engine.outcome import Facts, end_state, nothing_to_do, resting_status
-from dsm.errors import UnknownDataset
+from dsm.errors import DsmError, UnknownDataset
 from dsm.repository import Repository, StoreError, now_ms
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,12 @@ _NO_STAMP = (-1, "")
 _AS_ENDED = {"status": JobStatus.COMPLETED.value}
 
 
+class TakenOver(DsmError):
+    """Another engine adopted this engine's job: this process was stopped (SIGSTOP, a
+    suspended VM) while `.locks/` was cleared, and looked dead. The job's records are the
+    taker's now."""
+
+
 @dataclass(frozen=True)
 class Asked:
     """What a run for some datasets asked (a `--run-job`, `dsm.library`): at start its engine
@@ -89,6 +95,30 @@ class Asked:
 
     names: frozenset[str]
     job_type: JobType
+
+
+def taken(repo: Repository, owner: str, job: Job) -> bool:
+    """Whether an engine other than `owner` adopted the job (`TakenOver`); checked in the
+    store transaction that would record it, so no record of it follows the adoption."""
+    stored = repo.job_owner(job.id)
+    return stored is not None and stored != owner
+
+
+def check_owned(repo: Repository, owner: str, job: Job) -> None:
+    """Raise TakenOver, before the transaction changes anything (an error after a change
+    would drop every deferred change with it)."""
+    if taken(repo, owner, job):
+        raise TakenOver(
+            f"another dsm process took over this job of {job.dataset} while this one was"
+            " stopped (the locks under .locks/ were deleted); it is left to that process"
+        )
+
+
+def supersede(repo: Repository, job: Job, by: JobType) -> None:
+    """End an orphaned job unrun (`Asked`)."""
+    job.status, job.finished_ms = JobStatus.CANCELED, now_ms()
+    job.error = f"superseded by a {by.value} job asked for later; not run"
+    repo.save_job(job)
 
 
 def owner_lock_path(settings: Settings, owner: str) -> Path:
@@ -331,6 +361,7 @@ class Ledger:
         At `verifying`, the step before a file is moved into place, the store must have room
         to record it: StoreFull fails the job there."""
         with self.repo.transaction():
+            check_owned(self.repo, self.owner, job)
             if save_job:
                 self.repo.save_job(job)
             ds = self.repo.change(job.dataset, status, **fields)
@@ -340,8 +371,11 @@ class Ledger:
 
     def record_finished(self, job: Job, had_copy: bool | None) -> Dataset | None:
         """Store the job's end; put its dataset at rest (outcome.end_state) if this job
-        still owns it. `had_copy` None: not known yet (the job never started)."""
+        still owns it. `had_copy` None: not known yet (the job never started). Nothing for
+        a job another engine took over (`TakenOver`)."""
         with self.repo.transaction():
+            if taken(self.repo, self.owner, job):
+                return None
             self.repo.save_job(job)
             self.repo.clear_cancel(job.id)
             try:
@@ -366,6 +400,7 @@ class Ledger:
         `outdated`, saying what changed. `folder`: where the copy was renamed, synced before
         the store records it (once for a batch)."""
         with self.repo.transaction():
+            check_owned(self.repo, self.owner, job)
             if folder is not None:
                 self.repo.before_write(folder, partial(files.fsync_dir, folder))
             drift = files.catalogue_drift(self.repo.dataset(job.dataset), job.expect)
@@ -380,6 +415,11 @@ class Ledger:
                 "error": None,
             }
             return self.repo.change(job.dataset, Status.DOWNLOADED, **(done | fields))
+
+    def write_progress(self, jobs: list[Job]) -> None:
+        """The progress of running jobs, but those another engine took over."""
+        with self.repo.transaction():
+            self.repo.write_progress([j for j in jobs if not taken(self.repo, self.owner, j)])
 
     def record_many(self, jobs: list[Job], had_copy: bool | None) -> list[Dataset | None]:
         """`record_finished` for several jobs, in one store write."""
@@ -455,7 +495,7 @@ class Ledger:
                     waiting.add(job.id)
                     continue  # left waiting for a start that asks for its dataset
                 if asked is not None and job.type != asked.job_type:
-                    self._supersede(job, asked.job_type)  # its row goes at rest below
+                    supersede(self.repo, job, asked.job_type)  # its row goes at rest below
                     continue
                 waiting.add(job.id)
                 job.owner, job.status, job.started_ms = self.owner, JobStatus.WAITING, None
@@ -464,11 +504,6 @@ class Ledger:
             self._reconcile(running, waiting)
             self.repo.remove_jobs(jobs_to_prune(self.repo.job_summaries()))
         return adopted
-
-    def _supersede(self, job: Job, by: JobType) -> None:
-        job.status, job.finished_ms = JobStatus.CANCELED, now_ms()
-        job.error = f"superseded by a {by.value} job asked for later; not run"
-        self.repo.save_job(job)
 
     def _reconcile(self, running: set[str], waiting: set[str]) -> None:
         """Active rows: untouched while a live process's job owns them (it may be

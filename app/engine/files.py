@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 from dsm.catalog.paths import ARCHIVES_DIR, Resolver, member_problem, resolved_home
 from dsm.domain.hub import ManifestFile
 from dsm.domain.model import Dataset
-from dsm.transfer.http import Digest, Fetched
+from dsm.errors import DiskFull
+from dsm.transfer.http import Digest, Fetched, disk_error
 from dsm.transfer.partfile import (
     discard_partial,
     open_own,
@@ -325,7 +326,13 @@ def install(
     part = part_of(path)
     if record:
         meta = {"installed_sha256": sha256, "size": size, "unconfirmed": unconfirmed}
-        write_sidecar(part, meta)
+        try:
+            write_sidecar(part, meta)
+        except OSError as exc:  # as a write of the partial fails (a full disk: an end)
+            error = disk_error(exc, sidecar_path(part))
+            if isinstance(error, DiskFull):
+                discard_partial(part)  # the room the store needs to record the failure
+            raise error from exc
     if path.is_dir() and not path.is_symlink():  # dsm's earlier tree (see folder_problem)
         from dsm.engine import unpack  # tarfile, zipfile, lzma: for archives only
 

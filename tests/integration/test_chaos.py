@@ -488,3 +488,38 @@ def test_a_job_claims_a_row_a_lost_write_left_active(
     job = Job(JobType.DOWNLOAD, "a", {"dataset": "a", "force_download": False}, owner="me")
     ledger.claim(job)
     assert ledger.set_status(job, Status.DOWNLOADING, {}).status == Status.DOWNLOADING
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mirrored", [False, True], ids=["early-install", "verify-then-install"])
+async def test_a_full_disk_at_the_install_record_fails_the_job_clearly(
+    server: FileServer,
+    home: Path,
+    catalog: CatalogFn,
+    monkeypatch: pytest.MonkeyPatch,
+    mirrored: bool,
+) -> None:
+    """A file without a catalogue sha256 is moved into place after a record of its hash (for
+    a crash before the store hears of it); on a full disk (a 10 MiB tmpfs, found by a kill
+    harness) that record's write failed the job as an internal error with a traceback. Now a
+    disk error as for the transfer's writes: named, the partial dropped for the store's room."""
+    from dsm.engine import files as files_mod
+
+    url = server.add("a.bin", blob(45, 300_000))
+    entry = {"name": "a", "original_url": url, "local_path": "data/a"}
+    settings, repo = setup(home, catalog([entry | ({"mirrors": [url]} if mirrored else {})]))
+    real = files_mod.write_sidecar
+
+    def full(part: Path, meta: dict[str, object]) -> None:
+        if "installed_sha256" in meta:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(part, meta)
+
+    monkeypatch.setattr(files_mod, "write_sidecar", full)
+    run = await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
+    assert run.job.status == JobStatus.FAILED
+    assert (run.job.error or "").startswith("disk full while writing"), run.job.error
+    assert repo.dataset("a").status == Status.ERROR
+    assert not (home / "data" / "a").exists()
+    assert not (home / "data" / "a.part").exists()
+    assert not (home / "dsm-error.log").exists()

@@ -349,10 +349,9 @@ def install(
 
 
 def may_be_installed(path: Path, sha256: str | None) -> bool:
-    """Cheap (a stat or two): whether `installed_before_crash` could find a copy."""
-    if sha256 is not None and path.is_file():
-        return True
-    return sidecar_path(part_of(path)).exists()
+    """Cheap (a stat or two): whether `installed_before_crash` could find a copy (it needs
+    a file in place: a fresh download costs one stat)."""
+    return path.is_file() and (sha256 is not None or sidecar_path(part_of(path)).exists())
 
 
 def installed_before_crash(

@@ -1,34 +1,18 @@
 """The store bookkeeping of jobs: recording them, claiming and finishing them, adopting the
 jobs of dead processes, and cancel requests between processes.
 
-Every method here is blocking store work; the engine runs it with `call` or `defer`, in one
-worker thread, one call at a time and in order, so the event loop never waits on disk.
-
-Batching (issue 17): db.json is one JSON file rewritten whole on every write, so a write per
-job state change made 10,000 small downloads O(n^2). What a job records on its way (claimed,
-downloading, installed, ended, progress) is `defer`red instead: applied to the store's tables
-at once, so every later call sees it, and written to the file for all jobs together by the
-committer at most COMMIT_DELAY later (or by the next `call` that writes: a submission, a
-cancel request). Other processes see those changes that much later. A crash loses at most
-them: the jobs are still unfinished in the file, so the next start adopts them; a file
-installed meanwhile is proven again by its hash (its install record is removed only after the
-commit: `after_commit`), never taken on trust.
+Every method here is blocking store work; the engine runs it with `call` or `defer` (the
+store thread, storethread.py, which also says how job records are batched), so the event
+loop never waits on disk.
 """
 
 from __future__ import annotations
 
-import logging
-import os
-import signal
-import threading
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import anyio
 from filelock import FileLock, Timeout
 
 from dsm.catalog.paths import Resolver
@@ -37,15 +21,9 @@ from dsm.domain.jobs import Job, JobStatus, JobType
 from dsm.domain.model import ACTIVE, AT_REST, Dataset, Status
 from dsm.engine import files
 from dsm.engine.outcome import Facts, end_state, nothing_to_do, resting_status
+from dsm.engine.storethread import StoreThread
 from dsm.errors import DsmError, UnknownDataset
-from dsm.repository import Repository, StoreError, now_ms
-
-log = logging.getLogger(__name__)
-T = TypeVar("T")
-COMMIT_DELAY = 0.2  # seconds deferred changes wait at most (other processes wait as long)
-COMMIT_SHARE = 4  # ... or this many times the last write took: the store thread stays mostly idle
-COMMIT_MAX = 5.0  # ... but never longer: other processes give up on the lock after 30 s
-
+from dsm.repository import Repository, now_ms
 
 _FINISHED = frozenset(s.value for s in JobStatus if s.finished)
 _OK = frozenset(s.value for s in JobStatus if s.ok)
@@ -126,7 +104,7 @@ def owner_lock_path(settings: Settings, owner: str) -> Path:
     return settings.lock_dir / f"owner-{owner}.lock"
 
 
-class Ledger:
+class Ledger(StoreThread):
     def __init__(
         self,
         settings: Settings,
@@ -134,94 +112,10 @@ class Ledger:
         owner: str,
         adopt_only: Asked | None = None,
     ) -> None:
+        super().__init__(repo)
         self.settings = settings
-        self.repo = repo
         self.owner = owner
         self.adopt_only = adopt_only
-        self._limiter = anyio.CapacityLimiter(1)
-        self._after: list[Callable[[], None]] = []
-        self._delay = COMMIT_DELAY
-        self._failing = False  # the last store write failed: said once (`failed`)
-        self.lost: StoreError | None = None  # the first failure that lost changes, if any
-
-    async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run a store call in the store thread, after every store call queued before it; what
-        it writes is in the file when it returns (with everything deferred before it)."""
-        return await anyio.to_thread.run_sync(partial(fn, *args, **kwargs), limiter=self._limiter)
-
-    async def defer(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """`call`, but what it writes reaches the file with the next commit (module doc).
-
-        While a deferred transaction is open and no thread is in the store, the change runs
-        here on the event loop: it only touches the tables in memory (and at most stats a
-        file), and a thread hop costs more than the change (~0.1-0.3 ms, several per job).
-        Changes of different jobs need no order between them; a task's own calls keep theirs
-        (it awaited the earlier ones)."""
-        change = partial(fn, *args, **kwargs)
-        with self.repo.open_deferred() as ready:
-            if ready:
-                return self._deferred(change)
-        return await self.call(self._deferred, change)
-
-    def _deferred(self, fn: Callable[[], T]) -> T:
-        with self.repo.transaction(defer=True):
-            return fn()
-
-    def after_commit(self, fn: Callable[[], None]) -> None:
-        """Run `fn` in the store thread once what was deferred so far is in the file."""
-        self._after.append(fn)
-
-    async def committer(self) -> None:
-        """Write the deferred changes every COMMIT_DELAY (longer when writes are slow)."""
-        while True:
-            await anyio.sleep(self._delay)
-            await self.commit()
-
-    async def on_terminal_stop(self) -> None:
-        """Ctrl-Z (SIGTSTP): write what is deferred and let go of the store's lock before the
-        process stops; a process stopped holding it made every other one on the home wait,
-        then fail at the 30 s lock timeout. No store call starts until the process runs
-        again. Only where signals reach this loop (the main thread: headless, serve)."""
-        if threading.current_thread() is not threading.main_thread():
-            return  # the dashboard's engine: its terminal is raw, ctrl-Z a key
-        with anyio.open_signal_receiver(signal.SIGTSTP) as signals:
-            async for _ in signals:
-                async with self._limiter:
-                    try:
-                        await anyio.to_thread.run_sync(self.repo.flush)
-                    except StoreError as exc:
-                        self.failed(exc)
-                    os.kill(os.getpid(), signal.SIGSTOP)  # what SIGTSTP would have done
-
-    async def commit(self) -> None:
-        """Write the deferred changes now, then run the `after_commit` calls they allow.
-        A failed write is logged (`failed`): its changes are lost as in a crash, and the
-        jobs they concerned are adopted by the next start."""
-        after, self._after = self._after, []
-        try:
-            with anyio.CancelScope(shield=True):
-                wrote = await self.call(self._commit, after)
-        except StoreError as exc:
-            self.failed(exc)
-        else:
-            self._written(wrote)
-
-    def failed(self, exc: StoreError, lost: bool = True) -> None:
-        """A store write failed (`lost`: changes with it). Said once per streak of failures:
-        a full disk fails every commit, several a second, each with the same line."""
-        if not self._failing:
-            log.error("cannot write the store: %s", exc)
-        self._failing = True
-        if lost and self.lost is None:
-            self.lost = exc
-
-    def _written(self, wrote: bool) -> None:
-        if wrote and self._failing:
-            self._failing = False
-            log.warning(
-                "the store is written again; what could not be written meanwhile is lost"
-                " (the next start checks those jobs again)"
-            )
 
     async def close(self) -> None:
         """The engine stops: prune the jobs finished before its own (`jobs_to_prune`) and
@@ -229,35 +123,8 @@ class Ledger:
         await self.defer(self._prune)
         await self.commit()
 
-    def abandon(self) -> None:
-        """The engine is gone (normally after `close`): write what is still deferred, so no
-        change is left unwritten with the store's lock held (blocking: only at exit)."""
-        try:
-            wrote = self._commit(self._after)
-        except StoreError as exc:
-            self.failed(exc)
-        else:
-            self._written(wrote)
-        self._after = []
-
     def _prune(self) -> None:
         self.repo.remove_jobs(jobs_to_prune(self.repo.job_summaries(), self.owner))
-
-    def _commit(self, after: list[Callable[[], None]]) -> bool:
-        """Whether the file was written (a commit with nothing deferred writes nothing)."""
-        # The write alone sets the next delay: timed from the queue, a commit behind a call
-        # that waited for another process's lock held the lock several times that long.
-        started = time.monotonic()
-        wrote = self.repo.pending
-        self.repo.flush()
-        took = time.monotonic() - started
-        self._delay = min(COMMIT_MAX, max(COMMIT_DELAY, COMMIT_SHARE * took))
-        for fn in after:
-            try:
-                fn()
-            except OSError as exc:  # a leftover record only costs a re-hash at the next start
-                log.warning("after the store write: %s", exc)
-        return wrote
 
     def dataset_names(self) -> frozenset[str]:
         return self.repo.dataset_names()

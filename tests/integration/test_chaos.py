@@ -503,19 +503,17 @@ async def test_a_full_disk_at_the_install_record_fails_the_job_clearly(
     a crash before the store hears of it); on a full disk (a 10 MiB tmpfs, found by a kill
     harness) that record's write failed the job as an internal error with a traceback. Now a
     disk error as for the transfer's writes: named, the partial dropped for the store's room."""
-    from dsm.engine import files as files_mod
-
     url = server.add("a.bin", blob(45, 300_000))
     entry = {"name": "a", "original_url": url, "local_path": "data/a"}
     settings, repo = setup(home, catalog([entry | ({"mirrors": [url]} if mirrored else {})]))
-    real = files_mod.write_sidecar
+    real = partfile.write_sidecar
 
     def full(part: Path, meta: dict[str, object]) -> None:
         if "installed_sha256" in meta:
             raise OSError(errno.ENOSPC, "No space left on device")
         real(part, meta)
 
-    monkeypatch.setattr(files_mod, "write_sidecar", full)
+    monkeypatch.setattr("dsm.engine.files.write_sidecar", full)
     run = await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
     assert run.job.status == JobStatus.FAILED
     assert (run.job.error or "").startswith("disk full while writing"), run.job.error

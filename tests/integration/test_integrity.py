@@ -471,7 +471,7 @@ def test_other_processes_leave_a_running_download_alone(
     with subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True) as proc:
         try:
             wait_for(lambda: bool(server.requests("kilo.bin")), timeout=30)
-            # The row's state reaches db.json with the next batch (ledger.COMMIT_DELAY).
+            # The row's state reaches db.json with the next batch (storethread.COMMIT_DELAY).
             wait_for(lambda: stored_row(home, "kilo")["status"] == "downloading")
             for args in (
                 ["list"],

@@ -540,7 +540,8 @@ def test_a_commit_queued_behind_a_lock_wait_keeps_the_short_delay(
     write itself counts."""
     import anyio
 
-    from dsm.engine.ledger import COMMIT_DELAY, Ledger
+    from dsm.engine.ledger import Ledger
+    from dsm.engine.storethread import COMMIT_DELAY
     from tests.enginehelp import setup
 
     settings, repo = setup(home, catalog(a="http://127.0.0.1:9/a"))

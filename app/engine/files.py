@@ -324,28 +324,32 @@ def install(
     batch of installs).
     """
     part = part_of(path)
-    if record:
-        meta = {"installed_sha256": sha256, "size": size, "unconfirmed": unconfirmed}
-        try:
-            write_sidecar(part, meta)
-        except OSError as exc:  # as a write of the partial fails (a full disk: an end)
-            error = disk_error(exc, sidecar_path(part))
-            if isinstance(error, DiskFull):
-                discard_partial(part)  # the room the store needs to record the failure
-            raise error from exc
-    if path.is_dir() and not path.is_symlink():  # dsm's earlier tree (see folder_problem)
-        from dsm.engine import unpack  # tarfile, zipfile, lzma: for archives only
-
-        unpack.place(path)
-        mtime_ns = path.stat().st_mtime_ns
-    else:
-        mtime_ns = replace_own(part, path.name).st_mtime_ns  # the file's, never a link's
+    meta = {"installed_sha256": sha256, "size": size, "unconfirmed": unconfirmed}
+    try:
+        mtime_ns = _place(part, path, meta if record else None)
+    except OSError as exc:  # the system's refusal (a full disk; a partial removed or swapped
+        error = disk_error(exc, part)  # by another process): the job's failure, named
+        if isinstance(error, DiskFull):
+            discard_partial(part)  # the room the store needs to record the failure
+        raise error from exc
     if not record:  # the resume sidecar of the .part, if it has one, names a file now gone
         with contextlib.suppress(OSError):  # a leftover only costs a stat at the next run
             os.unlink(sidecar_path(part))
     if sync:
         fsync_dir(path.parent)
     return Installed(size, sha256, mtime_ns, unconfirmed)
+
+
+def _place(part: Path, path: Path, record: dict[str, Any] | None) -> int:
+    """`install`'s file work: the record beside the partial, then the rename; the mtime."""
+    if record is not None:
+        write_sidecar(part, record)
+    if path.is_dir() and not path.is_symlink():  # dsm's earlier tree (see folder_problem)
+        from dsm.engine import unpack  # tarfile, zipfile, lzma: for archives only
+
+        unpack.place(path)
+        return path.stat().st_mtime_ns
+    return replace_own(part, path.name).st_mtime_ns  # the file's, never a link's
 
 
 def may_be_installed(path: Path, sha256: str | None) -> bool:

@@ -112,6 +112,13 @@ class DiskFull(DiskError):
     """No space left: the partial file was dropped so the store can still record the end."""
 
 
+class Swapped(DiskError, OSError):
+    """The partial file at its name is no longer the one dsm wrote and hashed: another
+    process (a user of a shared home) put a link or another file there before the rename
+    that installs it. An OSError too: callers that keep going on a failed sidecar write
+    still do."""
+
+
 class IntegrityError(TransferError):
     """The server announces another file than the catalogue describes."""
 

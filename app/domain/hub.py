@@ -16,7 +16,7 @@ import hashlib
 import re
 import unicodedata
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -197,40 +197,66 @@ class Clash:
         )
 
 
-def _folders_above(path: str) -> Iterator[str]:
-    """`a/b/c` -> `a/b`, `a`: the folders a file's path runs through (strings: at 10,000
-    catalogue entries pathlib's parents cost ~0.2 s)."""
-    end = path.rfind("/")
-    while end > 0:
-        yield path[:end]
-        end = path.rfind("/", 0, end)
-
-
 def _below(path: str, folder: str) -> bool:
     return path.startswith(folder) and path[len(folder) : len(folder) + 1] == "/"
 
 
+@dataclass(slots=True)
+class _Node:
+    """One folded name of a listing: the first file listed at it, the first below it."""
+
+    file: tuple[int, str] | None = None
+    folder: tuple[int, str] | None = None
+    below: dict[str, _Node] = field(default_factory=dict)
+
+
+class Clashes:
+    """The files of one listing, added one at a time, that cannot all be written, compared
+    `folded`: a catalogue, a Hub repo or an archive that names `A.json` and `a.json` is one
+    file on macOS and Windows, where the second overwrote the first. One node per folded
+    name (not each folder's full path): time and memory grow with the names' length, not
+    its square (an archive member may be 256 folders deep)."""
+
+    def __init__(self) -> None:
+        self._root = _Node()
+
+    def add(self, index: int, rel: str, *, folder: bool = False) -> Clash | None:
+        """The clash of file (or `folder`) `rel`, a normalised relative POSIX path, with one
+        added before, if any; `rel` is added either way."""
+        *path, name = folded(rel).split("/")
+        mine = (index, rel + "/" if folder else rel)  # a folder's `theirs` ends in "/"
+        node, above = self._root, None
+        for part in [*path, name] if folder else path:
+            node = node.below.get(part) or node.below.setdefault(part, _Node())
+            above = node.file or above  # the deepest file a folder of `rel` is named as
+            node.folder = node.folder or mine
+        if folder:
+            return None if above is None else _inside(index, above, mine[1], rel)
+        leaf = node.below.get(name) or node.below.setdefault(name, _Node())
+        found = leaf.file
+        leaf.file = leaf.file or mine
+        if found is not None:
+            return Clash(index, "duplicate of", found[0], found[1] != rel, rel, found[1])
+        if above is not None:
+            return _inside(index, above, rel, rel)
+        if leaf.folder is not None:
+            other, theirs = leaf.folder
+            return Clash(index, "a folder holding", other, not _below(theirs, rel), rel, theirs)
+        return None
+
+
+def _inside(index: int, above: tuple[int, str], mine: str, rel: str) -> Clash:
+    """`rel` (`mine`: as compared) under the file `above`."""
+    return Clash(index, "inside", above[0], not _below(mine, above[1]), rel, above[1])
+
+
 def clashes(paths: Iterable[tuple[int, str]]) -> Iterator[Clash]:
-    """The files of one listing that cannot all be written, compared `folded`: a catalogue
-    or a Hub repo that names `A.json` and `a.json` is one file on macOS and Windows, where
-    the second overwrote the first. `paths`: (index, normalised relative POSIX path) pairs."""
-    files: dict[str, tuple[int, str]] = {}  # a file's folded path -> its index and path
-    folders: dict[str, tuple[int, str]] = {}  # each folder above a file -> the first file
+    """Every clash of a listing (`Clashes`): `paths` are (index, normalised relative POSIX
+    path) pairs."""
+    found = Clashes()
     for index, rel in paths:
-        key = folded(rel)
-        above = next((files[up] for up in _folders_above(key) if up in files), None)
-        if key in files:
-            other, theirs = files[key]
-            yield Clash(index, "duplicate of", other, theirs != rel, rel, theirs)
-        elif above is not None:
-            other, theirs = above
-            yield Clash(index, "inside", other, not _below(rel, theirs), rel, theirs)
-        elif key in folders:
-            other, theirs = folders[key]
-            yield Clash(index, "a folder holding", other, not _below(theirs, rel), rel, theirs)
-        files.setdefault(key, (index, rel))
-        for up in _folders_above(key):
-            folders.setdefault(up, (index, rel))
+        if (clash := found.add(index, rel)) is not None:
+            yield clash
 
 
 def manifest_checksum(files: list[ManifestFile]) -> str:

@@ -15,10 +15,12 @@ from typing import TYPE_CHECKING, Any
 from dsm.catalog.paths import ARCHIVES_DIR, Resolver, member_problem, resolved_home
 from dsm.domain.hub import ManifestFile
 from dsm.domain.model import Dataset
-from dsm.errors import DiskFull
+from dsm.errors import DiskError, DiskFull, Swapped
 from dsm.transfer.http import Digest, Fetched, disk_error
 from dsm.transfer.partfile import (
+    FileId,
     discard_partial,
+    file_id,
     open_own,
     read_sidecar,
     replace_own,
@@ -214,12 +216,12 @@ def file_problem(want: ManifestFile, got: Fetched) -> str | None:
 
 def hash_file(path: Path, git_blob: bool) -> Fetched:
     """Size and hashes of a file on disk (the git blob id when asked for)."""
-    size = path.stat().st_size
-    digest = Digest(size if git_blob else None)
     with path.open("rb") as fh:
+        st = os.fstat(fh.fileno())
+        digest = Digest(st.st_size if git_blob else None)
         while block := fh.read(HASH_BLOCK):
             digest.update(block)
-    return digest.fetched(size)
+    return digest.fetched(st.st_size, file_id(st))
 
 
 def member(folder: Path, relative: str) -> Path:
@@ -231,12 +233,18 @@ def member(folder: Path, relative: str) -> Path:
     return folder / relative
 
 
+def _checked(path: Path, want: ManifestFile) -> FileId | None:
+    """The file at `path` (the one hashed) when it is complete and correct, else None."""
+    try:
+        got = hash_file(path, not want.sha256) if path.is_file() else None
+    except OSError:
+        return None
+    return got.written if got is not None and file_problem(want, got) is None else None
+
+
 def staged(dest: Path, want: ManifestFile) -> bool:
     """A file of an unfinished multi-file download that is already complete and correct."""
-    try:
-        return dest.is_file() and file_problem(want, hash_file(dest, not want.sha256)) is None
-    except OSError:
-        return False
+    return _checked(dest, want) is not None
 
 
 def stage(dest: Path, kept: Path | None, want: ManifestFile) -> bool:
@@ -245,16 +253,20 @@ def stage(dest: Path, kept: Path | None, want: ManifestFile) -> bool:
     when that is still correct."""
     if staged(dest, want):
         return True
-    if kept is None or kept.is_symlink() or not staged(kept, want):
+    hashed = None if kept is None or kept.is_symlink() else _checked(kept, want)
+    if kept is None or hashed is None:
         return False
     dest.unlink(missing_ok=True)
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
-        os.link(kept, dest)
-        return True  # the very file just checked
+        os.link(kept, dest, follow_symlinks=False)
     except OSError:  # another file system, or no hard links there: a copy, checked again
         shutil.copy2(kept, dest)
-    return staged(dest, want)
+        return staged(dest, want)
+    if file_id(os.lstat(dest)) == hashed:
+        return True  # the very file just checked
+    dest.unlink()  # another file (or a link) took `kept`'s name since: fetched instead
+    return False
 
 
 def install_tree(path: Path, listing: list[ManifestFile]) -> list[ManifestFile]:
@@ -308,13 +320,13 @@ class Installed:
 
 def install(
     path: Path,
-    size: int,
-    sha256: str,
+    fetched: Fetched,
     unconfirmed: str | None,
     sync: bool = True,
     record: bool = True,
 ) -> Installed:
-    """Atomically move the verified `.part` into place.
+    """Atomically move the verified `.part` into place: only the very file `fetched` hashed
+    (replace_own refuses another put at its name since, Swapped).
 
     With `record`, the sidecar keeps the verified hash (and whether it was proven) until the
     store has recorded the install (`forget_install`), so a crash in between is recovered
@@ -323,12 +335,16 @@ def install(
     the rename durable (`fsync_dir`) before the store records it (one folder sync for a
     batch of installs).
     """
-    part = part_of(path)
-    meta = {"installed_sha256": sha256, "size": size, "unconfirmed": unconfirmed}
+    part, size, sha256 = part_of(path), fetched.size, fetched.sha256
     try:
-        mtime_ns = _place(part, path, meta if record else None)
-    except OSError as exc:  # the system's refusal (a full disk; a partial removed or swapped
-        error = disk_error(exc, part)  # by another process): the job's failure, named
+        if record:
+            meta = {"installed_sha256": sha256, "size": size, "unconfirmed": unconfirmed}
+            write_sidecar(part, meta)
+        mtime_ns = _placed(path, part, fetched.written).st_mtime_ns  # the file's, never a link's
+    except DiskError:  # Swapped: it says what happened
+        raise
+    except OSError as exc:  # the system's refusal (a full disk; a partial removed by another
+        error = disk_error(exc, part)  # process): the job's failure, named
         if isinstance(error, DiskFull):
             discard_partial(part)  # the room the store needs to record the failure
         raise error from exc
@@ -340,16 +356,20 @@ def install(
     return Installed(size, sha256, mtime_ns, unconfirmed)
 
 
-def _place(part: Path, path: Path, record: dict[str, Any] | None) -> int:
-    """`install`'s file work: the record beside the partial, then the rename; the mtime."""
-    if record is not None:
-        write_sidecar(part, record)
-    if path.is_dir() and not path.is_symlink():  # dsm's earlier tree (see folder_problem)
+def _placed(path: Path, part: Path, written: FileId) -> os.stat_result:
+    """`part` renamed to `path` if it is the file `written` (replace_own), else Swapped and
+    the sidecar's install record goes (it names no file)."""
+    try:
+        if not path.is_dir() or path.is_symlink():
+            return replace_own(part, path.name, written)
         from dsm.engine import unpack  # tarfile, zipfile, lzma: for archives only
 
-        unpack.place(path)
-        return path.stat().st_mtime_ns
-    return replace_own(part, path.name).st_mtime_ns  # the file's, never a link's
+        with unpack.aside(path):  # dsm's earlier tree (see folder_problem): back on failure
+            return replace_own(part, path.name, written)
+    except Swapped:
+        with contextlib.suppress(OSError):
+            os.unlink(sidecar_path(part))
+        raise
 
 
 def may_be_installed(path: Path, sha256: str | None) -> bool:

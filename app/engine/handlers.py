@@ -27,7 +27,7 @@ from dsm.domain.hub import ManifestFile, catalogue_listing, is_hub
 from dsm.domain.jobs import Job, JobStatus, JobType
 from dsm.domain.model import Dataset, Status
 from dsm.domain.redact import REDACTED, error_text
-from dsm.engine import files
+from dsm.engine import files, maintenance
 from dsm.engine.cache import SERVED_BY_CACHE, SERVED_BY_ORIGIN, CacheSide
 from dsm.engine.ledger import Ledger
 from dsm.engine.outcome import Outcome, nothing_to_do
@@ -139,9 +139,7 @@ def install_fetched(
     unpacked: list[Unpacked] | None,
 ) -> Placed:
     """Move the verified file into place, then its unpacked tree (blocking: one thread hop)."""
-    installed = files.install(
-        target, fetched.size, fetched.sha256, unconfirmed, False, ds.expected_sha256 is None
-    )
+    installed = files.install(target, fetched, unconfirmed, False, ds.expected_sha256 is None)
     return installed, place_unpacked(settings, ds, unpacked)
 
 
@@ -207,12 +205,13 @@ class Handlers:
         return outcome
 
     def for_type(self, job_type: JobType) -> Handler:
-        return {
+        by_type: dict[JobType, Handler] = {
             JobType.DOWNLOAD: self.download,
             JobType.UPDATE: self.download,
-            JobType.VERIFY: self.verify,
-            JobType.DELETE: self.delete,
-        }[job_type]
+            JobType.VERIFY: partial(maintenance.verify, self),
+            JobType.DELETE: partial(maintenance.delete, self),
+        }
+        return by_type[job_type]
 
     async def set_status(
         self, job: Job, status: Status | None, save_job: bool = False, **fields: Any
@@ -486,38 +485,3 @@ class Handlers:
         await anyio.sleep(delay)
         job.status, job.retry_at_ms = JobStatus.RUNNING, None
         await self.ledger.defer(self.repo.save_job, job)
-
-    # -- verify and delete -------------------------------------------------------------
-    async def verify(self, job: Job, ds: Dataset, had_copy: bool) -> Outcome:
-        if not ds.downloaded:
-            return JobStatus.SKIPPED, "not downloaded: nothing to verify"
-        await self.set_status(job, Status.VERIFYING)
-        problem, stamps = await anyio.to_thread.run_sync(
-            files.rehash,
-            self.settings.home,
-            ds,
-            abandon_on_cancel=True,  # it only reads
-        )
-        if problem:
-            await self.set_status(job, Status.ERROR, error=problem, downloaded=False)
-            return JobStatus.FAILED, problem
-        await self.set_status(job, Status.DOWNLOADED, error=None, **stamps)
-        return JobStatus.COMPLETED, None
-
-    async def delete(self, job: Job, ds: Dataset, had_copy: bool) -> Outcome:
-        try:
-            target = files.target(self.settings.home, ds)
-        except ValueError as exc:
-            return JobStatus.FAILED, f"refusing to delete: {exc}"
-        problem = files.folder_problem(self.settings.home, target, ds)
-        if problem and not (is_hub(ds.original_url) or ds.files):  # the user's: never removed
-            return JobStatus.FAILED, f"refusing to delete: {problem}"
-        await self.set_status(job, Status.DELETING)
-        with anyio.CancelScope(shield=True):  # a removed file is recorded as removed
-            await anyio.to_thread.run_sync(files.remove, target)
-            # An unpacked copy's tree and archive, also when the catalogue no longer unpacks it.
-            await anyio.to_thread.run_sync(files.remove_unpacked, self.settings.home, ds)
-            await self.set_status(job, Status.NOT_LOADED, **files.RESET_FIELDS)
-        if not ds.in_catalog:
-            await self.ledger.defer(self.repo.remove_dataset, ds.name)
-        return JobStatus.COMPLETED, None

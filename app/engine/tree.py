@@ -122,7 +122,7 @@ class TreeDownload:
         if problem:
             await anyio.to_thread.run_sync(discard_partial, files.part_of(dest))
             return JobStatus.FAILED, problem
-        await anyio.to_thread.run_sync(files.install, dest, got.size, got.sha256, None)
+        await anyio.to_thread.run_sync(files.install, dest, got, None)
         await anyio.to_thread.run_sync(files.forget_install, dest)
         return None
 

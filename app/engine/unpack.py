@@ -26,13 +26,14 @@ import stat
 import tarfile
 import zipfile
 import zlib
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Protocol
 
 from dsm.config import DEFAULT_EXTRACT_MAX_MEMORY
+from dsm.domain.hub import Clash, Clashes
 from dsm.domain.model import MAX_DEPTH
 from dsm.engine import bounds
 from dsm.errors import ArchiveError
@@ -84,7 +85,8 @@ class _Writer:
     tree: Folder = field(default_factory=dict)
     written: int = 0
     members: int = 0
-    held: int = 0  # the bytes of names held in `tree` and `files`, bounded by max_memory
+    held: int = 0  # the bytes of names held in `tree`, `files`, `clashes`; <= max_memory
+    clashes: Clashes = field(default_factory=Clashes)  # names one where case is not told
     room: Room = field(init=False)  # the disk's free space, re-checked each BLOCK written
 
     def __post_init__(self) -> None:
@@ -101,7 +103,7 @@ class _Writer:
             )
 
     def _hold(self, name: str, chars: int) -> None:
-        self.held += chars + _HELD
+        self.held += 2 * (chars + _HELD)  # held twice: in `tree` and in `clashes`
         if self.held > self.limits.max_memory:
             raise ArchiveError(
                 f"member {_shown(name)}: the names of its files and folders need more than "
@@ -131,6 +133,7 @@ class _Writer:
     def _claim(self, rel: PurePosixPath) -> None:
         """Refuse a file whose place another member holds; the folders above it exist once
         it returns."""
+        self._differs_by_case(rel, folder=False)
         *above, name = rel.parts
         folder = self._folder(rel, tuple(above))
         if name in folder:
@@ -139,7 +142,16 @@ class _Writer:
         folder[name] = None
 
     def directory(self, rel: PurePosixPath) -> None:
+        self._differs_by_case(rel, folder=True)
         self._folder(rel, rel.parts)
+
+    def _differs_by_case(self, rel: PurePosixPath, *, folder: bool) -> None:
+        """Refuse a member another one's name takes the place of where letter case and
+        Unicode form are not told apart (macOS, Windows): there the second overwrote the
+        first, or failed half-way. A clash of identical names is `_claim`'s to name."""
+        clash = self.clashes.add(self.members, str(rel), folder=folder)
+        if clash is not None and clash.by_case:
+            raise ArchiveError(f"member {_shown(str(rel))}: {_CLASHES[clash.how](clash)}")
 
     def copy(self, rel: PurePosixPath, target: PurePosixPath) -> None:
         """A hard link: a copy of the file an earlier member wrote (read back from the tree;
@@ -186,6 +198,15 @@ class _Writer:
                 f"member {str(rel)!r}: stopped after {self.written - pending} bytes unpacked: "
                 f"{lacking}"
             )
+
+
+_CLASHES: dict[str, Callable[[Clash], str]] = {
+    "duplicate of": lambda c: f"the same file as member {_shown(c.theirs)}{c.case_note()}",
+    "inside": lambda c: f"would be written inside file {_shown(c.theirs)}{c.case_note()}",
+    "a folder holding": lambda c: (
+        f"a file where member {_shown(c.theirs)} needs a folder{c.case_note()}"
+    ),
+}
 
 
 def _shown(name: str) -> str:
@@ -344,7 +365,15 @@ def temp_of(dest: Path) -> Path:
 
 
 def place(dest: Path) -> None:
-    """Move the complete temporary copy into place; the previous copy goes only afterwards.
+    """Move the complete temporary copy into place; the previous copy goes only afterwards."""
+    with aside(dest):
+        os.rename(temp_of(dest), dest)
+
+
+@contextmanager
+def aside(dest: Path) -> Iterator[None]:
+    """The copy at `dest` (a tree, a file) waits at `.part.old` while the body puts the new
+    one there; it goes afterwards, or comes back if the body fails.
 
     Two renames (the stdlib has no atomic exchange): a crash between them leaves the new copy
     at its temporary path and the old one at `.part.old`, both removed by the next unpack.
@@ -353,7 +382,12 @@ def place(dest: Path) -> None:
     _remove(old)
     if dest.is_symlink() or dest.exists():
         os.rename(dest, old)
-    os.rename(temp_of(dest), dest)
+    try:
+        yield
+    except BaseException:
+        if os.path.lexists(old) and not os.path.lexists(dest):
+            os.rename(old, dest)
+        raise
     _remove(old)
 
 

@@ -32,6 +32,7 @@ from dsm.errors import (
     TransferError,
     Unreachable,
 )
+from dsm.transfer.partfile import FileId
 from dsm.transfer.proxy import RoutedClient
 from dsm.transfer.wire import HEAD, Awaited, awaiting
 from dsm.version import __version__
@@ -51,6 +52,7 @@ HTML_SUFFIXES = (".html", ".htm")
 class Fetched:
     size: int
     sha256: str
+    written: FileId  # the file hashed (partfile.file_id): the only one its install places
     git_blob: str | None = None  # when the policy asks for it (a small Hub file kept in git)
     # Why the transfer cannot prove the body is whole (no length, no confirmation); None
     # when it can. Expectations of the catalogue may still prove it (engine handlers).
@@ -70,9 +72,9 @@ class Digest:
         if self.blob is not None:
             self.blob.update(data)
 
-    def fetched(self, size: int, unproven: str | None = None) -> Fetched:
+    def fetched(self, size: int, written: FileId, unproven: str | None = None) -> Fetched:
         blob = self.blob.hexdigest() if self.blob is not None else None
-        return Fetched(size, self.sha.hexdigest(), git_blob=blob, unproven=unproven)
+        return Fetched(size, self.sha.hexdigest(), written, git_blob=blob, unproven=unproven)
 
 
 HeadersFn = Callable[[str], dict[str, str]]

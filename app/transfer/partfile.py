@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from dsm.domain.redact import redact_url
+from dsm.errors import Swapped
 
 DISK_RESERVE = 64 << 20  # left free by a write of no known size (at most 5% of the disk)
 
@@ -173,27 +174,47 @@ def open_own(path: Path, flags: int) -> int:
         os.close(folder)
 
 
-def replace_own(path: Path, name: str) -> os.stat_result:
+# Which file a descriptor or a name reaches, whatever its name: (st_dev, st_ino).
+FileId = tuple[int, int]
+
+
+def file_id(st: os.stat_result) -> FileId:
+    return st.st_dev, st.st_ino
+
+
+def replace_own(path: Path, name: str, written: FileId | None = None) -> os.stat_result:
     """`os.replace(path, path.with_name(name))` in a folder reached by folder_fd; the placed
-    file's own status. A `path` swapped for a symbolic link (or anything but a file) after
-    dsm wrote it, by another user of a shared home, is moved as it is by a rename: the link
-    then stood where the verified file should, pointing wherever that user chose. It is
-    removed and refused, never left in place."""
+    file's own status. A rename moves whatever is at `path`: another user of a shared home
+    who swapped dsm's file for a symbolic link (or anything but a file) or, with `written`
+    (the file dsm wrote and hashed), for another file, had it installed as the verified
+    copy. Checked before the rename (the copy in place stays) and after it (a swap between
+    the two): such a file is removed and refused (Swapped), never left in place."""
     folder = folder_fd(path.parent)
     try:
+        _refuse(path, path.name, folder, written)
         os.replace(path.name, name, src_dir_fd=folder, dst_dir_fd=folder)
-        placed = os.stat(name, dir_fd=folder, follow_symlinks=False)
-        if not stat.S_ISREG(placed.st_mode):
-            if not stat.S_ISDIR(placed.st_mode):
-                os.unlink(name, dir_fd=folder)
-            raise OSError(
-                errno.ELOOP,
-                f"{path} was swapped for a symbolic link or no file before it was moved into "
-                "place; dsm never installs one",
-            )
-        return placed
+        return _refuse(path, name, folder, written)
     finally:
         os.close(folder)
+
+
+def _refuse(path: Path, name: str, folder: int, written: FileId | None) -> os.stat_result:
+    """`name`'s own status in `folder` when it is a file and, with `written`, that file;
+    else it is removed (a folder is left) and Swapped names `path`."""
+    st = os.stat(name, dir_fd=folder, follow_symlinks=False)
+    if not stat.S_ISREG(st.st_mode):
+        what = "a symbolic link or no file"
+    elif written is not None and file_id(st) != written:
+        what = "another file than the one dsm wrote and hashed"
+    else:
+        return st
+    kept = stat.S_ISDIR(st.st_mode)
+    if not kept:
+        os.unlink(name, dir_fd=folder)
+    raise Swapped(
+        f"{path} was swapped for {what} before it was moved into place; dsm never installs "
+        "one" + ("" if kept else " (removed)")
+    )
 
 
 def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:

@@ -43,6 +43,7 @@ from dsm.transfer.http import (
 from dsm.transfer.partfile import (
     Partial,
     discard_partial,
+    file_id,
     make_folders,
     open_own,
     pwrite_all,
@@ -207,7 +208,7 @@ class SegmentedDownload:
             os.fsync(self.fd)
         except OSError as exc:
             raise disk_error(exc, self.p.part) from exc
-        return self.sha.fetched(self.total)
+        return self.sha.fetched(self.total, file_id(os.fstat(self.fd)))
 
     def _save(self) -> None:
         if self.error is not None:  # a failed set may have dropped its files: never revive them

@@ -52,6 +52,7 @@ from dsm.transfer.partfile import (
     Partial,
     Room,
     discard_partial,
+    file_id,
     make_folders,
     open_own,
     read_sidecar,
@@ -87,6 +88,7 @@ class _Sink:
         # Unbuffered: each write goes straight to the file (what write_all expects), and the
         # buffered layer's isatty and position look-ups (five system calls a file) are saved.
         self.fh: BinaryIO = os.fdopen(open_own(part, flags), "r+b", buffering=0)
+        self.written = file_id(os.fstat(self.fh.fileno()))  # the file its install places
         if offset:
             # Hash the kept prefix once, then append: still one pass over every byte.
             while self.size < offset:
@@ -430,4 +432,4 @@ def _finish(
         raise
     finally:
         sink.close()
-    return sink.sha.fetched(sink.size, None if proven else resume.UNPROVEN)
+    return sink.sha.fetched(sink.size, sink.written, None if proven else resume.UNPROVEN)

@@ -181,6 +181,9 @@ class WatchedStream(httpcore.NetworkStream):
             tls = ssl_context.wrap_socket(
                 sock, server_hostname=server_hostname, do_handshake_on_connect=False
             )
+        except OSError as exc:  # as httpcore's start_tls maps it (raw, it escaped httpx)
+            sock.close()
+            raise httpcore.ConnectError(str(exc)) from exc
         except BaseException:
             sock.close()
             raise

@@ -12,11 +12,13 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
 from dsm.domain.jobs import Job, JobStatus, JobType
 from dsm.domain.model import Status
+from dsm.engine import files
 from dsm.engine.engine import Engine
 from dsm.engine.ledger import Ledger
 from dsm.transfer import partfile
@@ -84,7 +86,8 @@ def test_crash_between_rename_and_store_update_needs_no_download(
     target.with_name("a.part").write_bytes(data)
     from dsm.engine import files as files_mod
 
-    files_mod.install(target, len(data), hashlib.sha256(data).hexdigest(), None)  # then "crash"
+    written = files_mod.hash_file(target.with_name("a.part"), False)
+    files_mod.install(target, written, None)  # then "crash"
     assert part.exists()
     proc = run_dsm("--run-job", "download", "--dataset", "a", home=home, catalog_path=cat)
     assert proc.returncode == 0, proc.stderr
@@ -425,6 +428,55 @@ async def test_a_folder_swapped_for_a_link_after_the_check_is_never_written_thro
     assert list(outside.iterdir()) == []
     assert run.job.status == JobStatus.FAILED
     assert f"{home / 'sub'} is a symbolic link" in (run.job.error or ""), run.job.error
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("way", ["single", "segmented", "mirror", "files"])
+async def test_a_part_swapped_for_another_file_before_its_install_is_never_installed(
+    server: FileServer,
+    home: Path,
+    catalog: CatalogFn,
+    monkeypatch: pytest.MonkeyPatch,
+    way: str,
+) -> None:
+    """Between the transfer's last write and the rename, another process of a shared home
+    (same owner) moves another file to the `.part`'s name (`mv other.bin a.bin.part`): it
+    was installed and recorded with the hash of the bytes dsm wrote. Each way a verified
+    partial is renamed into place (transfer thread, segments, the job's own verification as
+    for mirrors, the Hub and the team cache, a file of a `files` list) refuses it: the job
+    fails naming the partial, nothing of the other file stays."""
+    data = blob(12, 3_000_000)
+    url, sha = server.add("a.bin", data), hashlib.sha256(data).hexdigest()
+    entry: dict[str, Any] = {"name": "a", "description": "t", "local_path": "sub/a.bin"}
+    part = home / "sub" / "a.bin.part"
+    if way == "files":
+        entry["files"] = [{"url": url, "path": "x.bin", "expected_size": len(data)}]
+        entry["files"][0]["expected_sha256"] = sha
+        part = part / "x.bin.part"
+    else:
+        entry |= {"original_url": url, "expected_sha256": sha}
+    if way == "mirror":
+        entry["mirrors"] = [server.add("b.bin", data)]
+    env = {"DSM_SEGMENTS": "4", "DSM_SEGMENT_MIN": "100000"} if way == "segmented" else {}
+    settings, repo = setup(home, catalog([entry]), **env)
+    check = "file_problem" if way == "files" else "integrity_problem"
+    checked = getattr(files, check)
+
+    def swapped_first(*args: Any) -> str | None:  # the check before the install
+        if part.is_file() and part.stat().st_size == len(data):
+            (part.parent / "other.bin").write_bytes(b"not the dataset")
+            (part.parent / "other.bin").replace(part)
+        return cast("str | None", checked(*args))
+
+    monkeypatch.setattr(files, check, swapped_first)
+    run = await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
+    assert run.job.status == JobStatus.FAILED, run.job.error
+    assert f"{part} was swapped for another file than the one dsm wrote and hashed" in (
+        run.job.error or ""
+    )
+    assert not run.dataset("a").downloaded
+    found = [p.read_bytes() for p in (home / "sub").rglob("*") if p.is_file()]
+    assert b"not the dataset" not in found
 
 
 def test_jobs_of_another_type_a_killed_run_left_do_not_run_in_the_next(

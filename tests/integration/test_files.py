@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from dsm.config import Settings
+from dsm.domain.hub import ManifestFile
 from dsm.domain.jobs import JobStatus, JobType
 from dsm.domain.model import Status
 from dsm.engine import files
+from dsm.errors import Swapped
 from dsm.repository import Repository
 from dsm.transfer.partfile import sidecar_path, write_sidecar
 from tests.conftest import CatalogFn, blob, run_dsm, sha
@@ -299,3 +302,48 @@ def test_forget_install_drops_only_the_record_of_that_copy(tmp_path: Path) -> No
     files.forget_install(path, "abc")
     assert not record.exists()
     assert path.read_bytes() == b"x"
+
+
+def test_a_file_replacing_a_tree_is_refused_when_swapped_and_the_tree_comes_back(
+    tmp_path: Path,
+) -> None:
+    """A file takes the place of the dataset's unpacked tree (the catalogue dropped
+    `extract`): its `.part` swapped for another file before the rename is refused, and the
+    tree, moved aside for the rename, is back in place (it stayed at `.part.old`)."""
+    target, part = tmp_path / "d", tmp_path / "d.part"
+    (target / "sub").mkdir(parents=True)
+    (target / "sub" / "kept.txt").write_bytes(b"the unpacked copy")
+    part.write_bytes(b"the bytes dsm hashed")
+    fetched = files.hash_file(part, False)
+    (tmp_path / "other.bin").write_bytes(b"not the dataset")
+    (tmp_path / "other.bin").replace(part)
+    with pytest.raises(Swapped, match="swapped for another file"):
+        files.install(target, fetched, None)
+    assert (target / "sub" / "kept.txt").read_bytes() == b"the unpacked copy"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
+
+
+def test_a_kept_file_swapped_after_its_check_is_not_staged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file of the copy in place, checked, is linked into the staging folder (a download
+    after a failed verify): another file put at its name between the check and the link is
+    not staged as the checked one (it is fetched instead)."""
+    data = b"the verified file"
+    kept, dest = tmp_path / "tree" / "x.bin", tmp_path / "tree.part" / "x.bin"
+    kept.parent.mkdir()
+    kept.write_bytes(data)
+    want = ManifestFile("x.bin", "http://127.0.0.1/x.bin", len(data), sha(data))
+    link = os.link
+
+    def swapped_first(src: Path, dst: Path, **kw: bool) -> None:
+        (tmp_path / "other.bin").write_bytes(b"not the dataset!!")  # the same size
+        (tmp_path / "other.bin").replace(kept)
+        link(src, dst, **kw)
+
+    monkeypatch.setattr(os, "link", swapped_first)
+    assert not files.stage(dest, kept, want)
+    assert not dest.exists()
+    monkeypatch.setattr(os, "link", link)
+    kept.write_bytes(data)
+    assert files.stage(dest, kept, want) and dest.read_bytes() == data

@@ -33,7 +33,7 @@ async def test_a_copy_a_crash_left_of_another_commit_is_not_recorded_as_the_new_
     target = home / "data/t.parquet"
     target.parent.mkdir(parents=True)
     files.part_of(target).write_bytes(old_bytes)
-    files.install(target, len(old_bytes), sha(old_bytes), None)  # what the crash left
+    files.install(target, files.hash_file(files.part_of(target), False), None)  # then "crash"
     new = hub.commit(REPO, {PATH: new_bytes})
     cat = catalog([entry("t", hf_url(REPO, "main", PATH), "data/t.parquet")])
     settings, repo = setup(home, cat, **env_for(hub, tmp_path))

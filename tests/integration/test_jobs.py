@@ -451,6 +451,38 @@ async def test_verify_of_a_dataset_not_downloaded_is_skipped(
     assert repo.dataset("a").status == Status.NOT_LOADED
 
 
+async def test_verify_while_an_update_is_queued_or_running_checks_the_copy_on_disk(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    """An update of `a` waits behind another download (one worker) and then runs, held by
+    the server: a verify of `a` submitted meanwhile checks the verified copy on disk (at
+    once while the update waits; once it ends while it runs: one job a dataset at a time),
+    never "not downloaded" (issue 17's note, not reproduced at ecc5124: a guard)."""
+    data = blob(4, 100_000)
+    gates = {n: threading.Event() for n in ("a", "b")}
+    urls = {n: server.add(f"{n}.bin", data) for n in ("a", "b")}
+    settings, repo = setup(home, catalog(**urls), DSM_WORKERS="1")
+    assert (await run_jobs(settings, repo, JobType.DOWNLOAD, "a", "b")).job.status.ok
+    for name, gate in gates.items():
+        server.always(f"{name}.bin", gate=gate)
+    async with Engine(settings, repo).running() as engine:
+        await engine.submit(JobType.UPDATE, {"dataset": "b"})
+        update = await engine.submit(JobType.UPDATE, {"dataset": "a"})
+        await until(lambda: len(server.requests("b.bin")) == 2)  # b's update holds the worker
+        queued = await engine.submit(JobType.VERIFY, {"dataset": "a"})
+        await until(lambda: queued.status.finished)  # the engine's own job: updated in place
+        assert update.status == JobStatus.WAITING
+        gates["b"].set()
+        await until(lambda: len(server.requests("a.bin")) == 2)  # a's update is running
+        running = await engine.submit(JobType.VERIFY, {"dataset": "a"})
+        gates["a"].set()
+        await engine.wait_idle()
+    for job in (queued, running, update):
+        stored = repo.job(job.id)
+        assert stored is not None and stored.status == JobStatus.COMPLETED, stored
+    assert repo.dataset("a").downloaded and (home / "data" / "a").read_bytes() == data
+
+
 async def test_canceled_update_leaves_the_old_copy_whole(
     server: FileServer, home: Path, catalog: CatalogFn
 ) -> None:

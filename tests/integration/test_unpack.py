@@ -180,6 +180,24 @@ HOSTILE: list[tuple[str, str, bytes, str]] = [
         tar_bytes([(member("a/b"), b"inside"), (member("a"), b"file")]),
         "'a': would overwrite another member",
     ),
+    (
+        "tar-names-differing-by-case",
+        "tar",
+        tar_bytes([(member("Data/x.txt"), b"one"), (member("data/x.txt"), b"two")]),
+        "'data/x.txt': the same file as member 'Data/x.txt' on a case-insensitive file system",
+    ),
+    (
+        "tar-names-differing-by-unicode-form",
+        "tar",
+        tar_bytes([(member("caf\u00e9.txt"), b"nfc"), (member("cafe\u0301.txt"), b"nfd")]),
+        "'cafe\u0301.txt': the same file as member 'caf\u00e9.txt' on a case-insensitive",
+    ),
+    (
+        "tar-folder-named-as-a-file-by-case",
+        "tar",
+        tar_bytes([(member("A"), b"file"), (member("a", tarfile.DIRTYPE), None)]),
+        "'a': would be written inside file 'A' on a case-insensitive file system",
+    ),
     ("zip-dotdot", "zip", zip_bytes([("../outside.txt", b"x")]), "'../outside.txt'"),
     ("zip-absolute", "zip", zip_bytes([("/tmp/abs.txt", b"x")]), "'/tmp/abs.txt'"),
     ("zip-drive", "zip", zip_bytes([("C:/x.txt", b"x")]), "'C:/x.txt': absolute path"),
@@ -195,6 +213,24 @@ HOSTILE: list[tuple[str, str, bytes, str]] = [
         "zip",
         zip_bytes([("a.txt", b"one"), ("a.txt", b"two")]),
         "'a.txt': would overwrite another member",
+    ),
+    (
+        "zip-names-differing-by-case",
+        "zip",
+        zip_bytes([("Data/x.txt", b"one"), ("data/X.TXT", b"two")]),
+        "'data/X.TXT': the same file as member 'Data/x.txt' on a case-insensitive file system",
+    ),
+    (
+        "zip-file-where-a-folder-differing-by-case-is",
+        "zip",
+        zip_bytes([("Data/", b""), ("data", b"file")]),
+        "'data': a file where member 'Data/' needs a folder on a case-insensitive file system",
+    ),
+    (
+        "zip-file-inside-a-file-differing-by-case",
+        "zip",
+        zip_bytes([("a", b"file"), ("A/b", b"inside")]),
+        "'A/b': would be written inside file 'a' on a case-insensitive file system",
     ),
     (
         "zip-file-then-folder",
@@ -221,6 +257,13 @@ def test_hostile_archive_is_refused_naming_the_member(
     # Nothing written anywhere (the temporary path is gone) and the previous copy is whole.
     assert everything_under(outside) == before | {f"x.{kind}"}
     assert (place / "old.txt").read_bytes() == b"previous copy"
+
+
+def test_folders_differing_only_by_case_hold_different_files(place: Path) -> None:
+    """As a catalogue's or a Hub repo's listing (`hub.clashes`): two files in folders told
+    apart by case only are two files everywhere (on macOS, in one folder)."""
+    body = tar_bytes([(member("Data/x.txt"), b"one"), (member("data/y.txt"), b"two")])
+    assert [f.path for f in run(place, "x.tar", body, "tar")] == ["Data/x.txt", "data/y.txt"]
 
 
 @pytest.mark.parametrize("kind", ["tar.gz", "zip", "gz"])

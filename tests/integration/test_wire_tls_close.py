@@ -36,3 +36,27 @@ def test_a_handshake_that_times_out_closes_its_connection() -> None:
         listener.close()
         for conn in held:
             conn.close()
+
+
+class _Refusing(ssl.SSLContext):
+    """A context whose wrap_socket fails before any handshake (as a socket reset meanwhile)."""
+
+    def wrap_socket(self, *args: object, **kwargs: object) -> ssl.SSLSocket:
+        raise ConnectionResetError(104, "reset before the handshake")
+
+
+def test_an_oserror_of_wrap_socket_is_a_connect_error_and_closes_its_connection() -> None:
+    """As httpcore's own start_tls maps it: raw, it escaped httpx (an internal error)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    try:
+        backend = httpcore.SyncBackend()
+        stream = wire.WatchedStream(backend.connect_tcp("127.0.0.1", listener.getsockname()[1]))
+        fd = stream.get_extra_info("socket").fileno()
+        with (
+            wire.awaiting(wire.Awaited(30, "https://localhost/")),
+            pytest.raises(httpcore.ConnectError, match="reset before the handshake"),
+        ):
+            stream.start_tls(_Refusing(ssl.PROTOCOL_TLS_CLIENT), "localhost", timeout=5)
+        assert not os.path.exists(f"/proc/self/fd/{fd}")
+    finally:
+        listener.close()

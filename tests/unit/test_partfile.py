@@ -8,10 +8,12 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from dsm.errors import Swapped
 from dsm.transfer import partfile
 
 
@@ -146,3 +148,54 @@ def test_the_placed_file_s_own_status_is_returned(tmp_path: Path, resolve: str) 
     placed = partfile.replace_own(part, "d.json")
     assert placed.st_size == 5
     assert placed.st_ino == (tmp_path / "d.json").stat().st_ino
+
+
+def _another_file_at(part: Path, data: bytes, move: Callable[..., None] = os.replace) -> None:
+    """`mv other.bin x.part` by another process of a shared home (same owner)."""
+    other = part.with_name("other.bin")
+    other.write_bytes(data)
+    move(other, part)
+
+
+def test_a_file_swapped_for_another_file_before_its_rename_is_never_installed(
+    tmp_path: Path, resolve: str
+) -> None:
+    """dsm wrote and hashed `d.bin.part`; another file took its name before the rename: it
+    was installed as the verified copy (recorded with the hash of dsm's bytes). It is
+    removed and refused; the copy in place stays."""
+    part, dest = tmp_path / "d.bin.part", tmp_path / "d.bin"
+    dest.write_bytes(b"previous verified copy")
+    part.write_bytes(b"the bytes dsm hashed")
+    written = partfile.file_id(part.stat())
+    _another_file_at(part, b"not the dataset")
+    with pytest.raises(Swapped, match=r"d\.bin\.part was swapped for another file than the one"):
+        partfile.replace_own(part, dest.name, written)
+    assert not part.exists()
+    assert dest.read_bytes() == b"previous verified copy"
+
+
+def test_a_file_swapped_between_the_check_and_the_rename_is_removed(
+    tmp_path: Path, resolve: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The swap lands after the check before the rename: the placed file is checked too."""
+    part, dest = tmp_path / "d.bin.part", tmp_path / "d.bin"
+    part.write_bytes(b"the bytes dsm hashed")
+    written = partfile.file_id(part.stat())
+    rename = os.replace
+
+    def swapped_first(src: str, dst: str, **fds: int) -> None:
+        _another_file_at(part, b"not the dataset", rename)
+        rename(src, dst, **fds)
+
+    monkeypatch.setattr(os, "replace", swapped_first)
+    with pytest.raises(Swapped, match="swapped for another file"):
+        partfile.replace_own(part, dest.name, written)
+    assert not dest.exists() and not part.exists()
+
+
+def test_the_file_dsm_wrote_is_installed(tmp_path: Path, resolve: str) -> None:
+    part = tmp_path / "d.bin.part"
+    part.write_bytes(b"the bytes dsm hashed")
+    placed = partfile.replace_own(part, "d.bin", partfile.file_id(part.stat()))
+    assert (tmp_path / "d.bin").read_bytes() == b"the bytes dsm hashed"
+    assert partfile.file_id(placed) == partfile.file_id((tmp_path / "d.bin").stat())

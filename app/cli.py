@@ -17,14 +17,16 @@ from typing import Any
 from dsm import completion, crashlog, humanize
 from dsm.catalog import sync
 from dsm.catalog.parse import read_json
+from dsm.catalog.paths import Resolver
 from dsm.completion import SHELLS
 from dsm.config import Settings, load_settings, network_filesystem
 from dsm.domain.hub import hub_followed
 from dsm.domain.jobs import PARAMS_SCHEMA, JobType, parse_params
-from dsm.domain.model import Dataset
+from dsm.domain.model import ACTIVE, Dataset
 from dsm.domain.paging import MAX_PAGE_SIZE, page_of
 from dsm.domain.redact import redact_doc, redact_text
 from dsm.domain.terminal import json_text, one_line, printable, writes_unicode
+from dsm.engine.liveness import owner_running
 from dsm.errors import EXIT_BAD_INPUT, EXIT_FAILED, BadInput, DsmError
 from dsm.repository import Repository, StoreCorrupt, StoreError, UnknownDataset
 from dsm.version import __version__
@@ -133,7 +135,7 @@ def _print_json(value: Any) -> None:
     print(json_text(value, ascii=not writes_unicode(sys.stdout), indent=2))
 
 
-def cmd_list(args: argparse.Namespace, repo: Repository) -> int:
+def cmd_list(args: argparse.Namespace, settings: Settings, repo: Repository) -> int:
     if not 1 <= args.page_size <= MAX_PAGE_SIZE:
         raise BadInput(f"--page-size must be between 1 and {MAX_PAGE_SIZE}, got {args.page_size}")
     if args.page < 1:
@@ -156,8 +158,10 @@ def cmd_list(args: argparse.Namespace, repo: Repository) -> int:
         )
         return 0
     print(f"{'NAME':<22} {'STATUS':<12} {'SIZE':>10} {'PROGRESS':>8}  DOWNLOADED")
+    now = SeenNow(settings, repo)
     for ds in page:
         flag = "" if ds.in_catalog else "  (not in catalogue)"
+        flag += f"  ({seen})" if (seen := now.of(ds)) else ""
         flag += "  (outdated)" if ds.outdated else ""
         flag += "  (unconfirmed)" if ds.downloaded and not ds.confirmed else ""
         if ds.moved_upstream:
@@ -171,7 +175,7 @@ def cmd_list(args: argparse.Namespace, repo: Repository) -> int:
     return 0
 
 
-def cmd_show(args: argparse.Namespace, repo: Repository) -> int:
+def cmd_show(args: argparse.Namespace, settings: Settings, repo: Repository) -> int:
     try:
         ds: Dataset = repo.dataset(args.name)
     except UnknownDataset:
@@ -189,7 +193,47 @@ def cmd_show(args: argparse.Namespace, repo: Repository) -> int:
         else:
             shown = one_line if key == "error" else printable  # an older store's, many lines
             print(f"{key:<18} {'-' if value is None else shown(str(value))}")
+    if seen := SeenNow(settings, repo).of(ds, NOW_SAID):
+        print(f"{'seen now':<18} {seen}")
     return 0
+
+
+NOW_SAID = {
+    "interrupted": "interrupted: no dsm process runs its job (the next start resumes it)",
+    "missing on disk": "missing on disk: the copy was removed (a download fetches it again)",
+}
+
+
+class SeenNow:
+    """What a stored row cannot say by itself, looked at now for the rows shown (a few
+    system calls a row): an active row whose job no running dsm process works on (killed:
+    the row said `downloading 36.9%` until an engine started), a recorded copy removed by
+    hand. The JSON output stays the stored row."""
+
+    def __init__(self, settings: Settings, repo: Repository) -> None:
+        self.settings, self.repo = settings, repo
+        self._running: dict[str, bool] = {}
+        self._paths: Resolver | None = None
+
+    def of(self, ds: Dataset, said: dict[str, str] | None = None) -> str:
+        seen = self._interrupted(ds) if ds.status in ACTIVE else self._missing(ds)
+        return (said or {}).get(seen, seen)
+
+    def _interrupted(self, ds: Dataset) -> str:
+        job = self.repo.job(ds.download_job_id) if ds.download_job_id else None
+        owner = job.owner if job is not None and not job.status.finished else None
+        if owner is not None and owner not in self._running:
+            self._running[owner] = owner_running(self.settings.lock_dir, owner)
+        return "" if owner is not None and self._running[owner] else "interrupted"
+
+    def _missing(self, ds: Dataset) -> str:
+        if not ds.downloaded:
+            return ""
+        self._paths = self._paths or Resolver(self.settings.home)
+        try:
+            return "" if os.path.lexists(self._paths.text(ds.local_path)) else "missing on disk"
+        except ValueError:  # a local_path the catalogue no longer allows: said elsewhere
+            return ""
 
 
 def cmd_cache(args: argparse.Namespace, settings: Settings, repo: Repository) -> int:
@@ -290,9 +334,9 @@ def run(argv: Sequence[str] | None) -> int:
             from dsm.engine.hubjob import refresh_upstream
 
             refresh_upstream(settings, repo)
-        return cmd_list(args, repo)
+        return cmd_list(args, settings, repo)
     if args.command == "show":
-        return cmd_show(args, repo)
+        return cmd_show(args, settings, repo)
     if args.command == "cache":
         return cmd_cache(args, settings, repo)
     if args.command == "serve":

@@ -52,6 +52,8 @@ class Fault:
     range_as_200: bool = False  # a broken proxy: the 206's Content-Range and bytes, status 200
     range_end_short: int | None = None  # a 206 that ends this many bytes before the end asked
     range_total: int | None = None  # a 206 whose Content-Range names this total
+    # A server without If-Range: any Range answered 206, no ETag or Last-Modified in the 206.
+    blind_range: bool = False
     gate: threading.Event | None = None  # answer only once the test sets this event
     # Send the status line, then a header byte every this many seconds, never ending the
     # head (until the client leaves or the server stops).
@@ -249,6 +251,7 @@ def _handler_for(server: FileServer) -> type[BaseHTTPRequestHandler]:
             begin = seen.range_start
             if_range = seen.headers.get("if-range")
             same = if_range is None or if_range in (res.etag, res.last_modified)
+            same = same or fault.blind_range
             if begin is not None and same and not fault.ignore_range:
                 if begin >= len(body):
                     headers = {"Content-Range": f"bytes */{len(body)}"}
@@ -262,6 +265,9 @@ def _handler_for(server: FileServer) -> type[BaseHTTPRequestHandler]:
                     last = fault.range_total - 1
                 total = len(res.body) if fault.range_total is None else fault.range_total
                 headers["Content-Range"] = f"bytes {start}-{last}/{total}"
+                if fault.blind_range:
+                    headers.pop("ETag", None)
+                    headers.pop("Last-Modified", None)
             payload = body[start:]
             seen.status = status
             self.send_response(status)

@@ -255,15 +255,52 @@ def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 def read_json(text: str | bytes) -> Any:
     """json.loads whose every failure is a ValueError naming the problem: a JSONDecodeError
     (with its position), or JSON Python will not hold (nested too deeply, an integer of more
-    than 4300 digits), or one that is ambiguous (a key twice in an object)."""
+    than 4300 digits), or one that is ambiguous (a key twice in an object), or a string that
+    is no text (a lone surrogate)."""
     try:
-        return json.loads(text, object_pairs_hook=_unique)
+        doc = json.loads(text, object_pairs_hook=_unique)
     except (json.JSONDecodeError, KeyTwice):
         raise
     except RecursionError:
         raise ValueError("nested too deeply") from None
     except ValueError as exc:  # the digit limit's advice (sys.set_int_max_str_digits) is not ours
         raise ValueError(str(exc).partition(";")[0]) from None
+    if isinstance(text, bytes):
+        maybe = _MAY_HOLD_SURROGATE_B.search(text) is not None
+    else:
+        maybe = _MAY_HOLD_SURROGATE.search(text) is not None
+    if maybe:  # a catalogue without one is not walked
+        _refuse_surrogates(doc)
+    return doc
+
+
+# A lone surrogate comes as a `\uD800`-style escape, as itself in a str (the surrogateescape
+# of arguments), or UTF-8 encoded in bytes (json.loads decodes bytes with surrogatepass).
+_MAY_HOLD_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]|[\ud800-\udfff]")
+_MAY_HOLD_SURROGATE_B = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def _refuse_surrogates(doc: Any) -> None:
+    """A string holding half of a UTF-16 pair is valid JSON but no text: UTF-8 cannot hold
+    it, so the store could not record it (every run failed naming db.json). Walked without
+    recursion: json.loads has already taken the nesting as deep as the stack allows."""
+    stack: list[tuple[str, Any]] = [("", doc)]
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, dict):
+            for key, item in value.items():
+                _text(f"the key at {where or 'the top'}", key)
+                stack.append((f"{where}.{key}" if where else key, item))
+        elif isinstance(value, list):
+            stack.extend((f"{where}[{i}]", item) for i, item in enumerate(value))
+        elif isinstance(value, str):
+            _text(f"the string at {where or 'the top'}", value)
+
+
+def _text(what: str, value: str) -> None:
+    if (found := _SURROGATE.search(value)) is not None:
+        raise ValueError(f"{what} holds {found.group()!r}, half of a UTF-16 pair: no text")
 
 
 def parse_catalog(text: str, source: Path, home: Path) -> list[CatalogEntry]:

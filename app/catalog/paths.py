@@ -25,7 +25,7 @@ PART_SUFFIXES = (".part", ".part.json", ".part.old")
 NAME_MAX = 255 - len(".part.json.tmp")
 # Relative paths of plain ASCII names, none led by a dot: the common case, checked at once.
 _PLAIN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*(?:/[A-Za-z0-9_][A-Za-z0-9._-]*)*")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # names with these are refused everywhere
 
 
 @functools.lru_cache(maxsize=1024)  # pure; asked again by each job, a few times in a row
@@ -38,7 +38,7 @@ def local_path_problem(local_path: str, base: str = "the data home") -> str | No
         return None  # plain ASCII names break no rule below (each needs `.`, `~`, `:`, `/`...)
     if not local_path or not local_path.strip():
         return "must not be empty"
-    if _CONTROL.search(local_path):  # NUL fails every file call; an escape rewrites a terminal
+    if CONTROL.search(local_path):  # NUL fails every file call; an escape rewrites a terminal
         return "must not hold control characters (NUL, line breaks, escapes)"
     pure = PurePosixPath(local_path.replace("\\", "/"))
     if not pure.parts:  # "." and "./" name the home itself

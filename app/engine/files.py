@@ -340,19 +340,19 @@ def install(
         if record:
             meta = {"installed_sha256": sha256, "size": size, "unconfirmed": unconfirmed}
             write_sidecar(part, meta)
-        mtime_ns = _placed(path, part, fetched.written).st_mtime_ns  # the file's, never a link's
+        mtime_ns = _placed(path, part, fetched.written).st_mtime_ns  # the file's, not a link's
+        if not record:  # the resume sidecar of the .part, if it has one, names a file now gone
+            with contextlib.suppress(OSError):  # a leftover only costs a stat at the next run
+                os.unlink(sidecar_path(part))
+        if sync:
+            fsync_dir(path.parent)
     except DiskError:  # Swapped: it says what happened
         raise
-    except OSError as exc:  # the system's refusal (a full disk; a partial removed by another
-        error = disk_error(exc, part)  # process): the job's failure, named
+    except OSError as exc:  # its folder removed by another program, a full disk: said, no
+        error = disk_error(exc, part)  # traceback
         if isinstance(error, DiskFull):
             discard_partial(part)  # the room the store needs to record the failure
         raise error from exc
-    if not record:  # the resume sidecar of the .part, if it has one, names a file now gone
-        with contextlib.suppress(OSError):  # a leftover only costs a stat at the next run
-            os.unlink(sidecar_path(part))
-    if sync:
-        fsync_dir(path.parent)
     return Installed(size, sha256, mtime_ns, unconfirmed)
 
 

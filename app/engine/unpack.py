@@ -32,6 +32,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Protocol
 
+from dsm.catalog.paths import CONTROL
 from dsm.config import DEFAULT_EXTRACT_MAX_MEMORY
 from dsm.domain.hub import Clash, Clashes
 from dsm.domain.model import MAX_DEPTH
@@ -222,6 +223,8 @@ def _member_path(name: str, link: str = "") -> PurePosixPath:
         raise ArchiveError(f"member {_shown(name)}: a name longer than {MAX_NAME} characters")
     if "\\" in name or "\x00" in name:
         raise ArchiveError(f"member {name!r}: backslash or NUL in its name")
+    if CONTROL.search(name):  # as a catalogue or Hub path: no line break or escape in a name
+        raise ArchiveError(f"member {name!r}: a control character (line break, escape) in its name")
     rel = PurePosixPath(name)
     if rel.is_absolute() or (rel.parts and ":" in rel.parts[0]):
         raise ArchiveError(f"member {name!r}: absolute path")

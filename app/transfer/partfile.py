@@ -174,12 +174,14 @@ def open_own(path: Path, flags: int) -> int:
         os.close(folder)
 
 
-# Which file a descriptor or a name reaches, whatever its name: (st_dev, st_ino).
-FileId = tuple[int, int]
+# Which file a descriptor or a name reaches, whatever its name, as it was once written:
+# (st_dev, st_ino, st_size, st_mtime_ns). The inode alone is not enough: once dsm's file is
+# closed and unlinked (`rm a.part; cp other a.part`), the other file may get its number.
+FileId = tuple[int, int, int, int]
 
 
 def file_id(st: os.stat_result) -> FileId:
-    return st.st_dev, st.st_ino
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def replace_own(path: Path, name: str, written: FileId | None = None) -> os.stat_result:
@@ -201,7 +203,10 @@ def replace_own(path: Path, name: str, written: FileId | None = None) -> os.stat
 def _refuse(path: Path, name: str, folder: int, written: FileId | None) -> os.stat_result:
     """`name`'s own status in `folder` when it is a file and, with `written`, that file;
     else it is removed (a folder is left) and Swapped names `path`."""
-    st = os.stat(name, dir_fd=folder, follow_symlinks=False)
+    try:
+        st = os.stat(name, dir_fd=folder, follow_symlinks=False)
+    except FileNotFoundError:  # a clean-up of `*.part` by another program
+        raise Swapped(f"{path} was removed before it was moved into place") from None
     if not stat.S_ISREG(st.st_mode):
         what = "a symbolic link or no file"
     elif written is not None and file_id(st) != written:

@@ -32,6 +32,7 @@ from dsm.transfer.http import (
 from dsm.transfer.partfile import meta_validator, validator
 
 CHANGED = "the file changed on the server"
+UNECHOED = "nothing proves its bytes are of the same file"
 UNPROVEN = (
     "the server sent no length (no Content-Length, Content-Range or chunked framing) and no "
     "strong validator to confirm the end: the body may have been cut short"
@@ -202,8 +203,8 @@ def respond(
     if wrong is not None:
         return Restart(wrong)
     if answer.status == 206:
-        if have and _other_version(asked.headers.get("If-Range"), answer):
-            return Restart(CHANGED)
+        if have and (other := _other_version(asked.headers.get("If-Range"), answer)):
+            return Restart(other)
         if have and (switched := _recoded(asked.meta, answer)) is not None:
             return Restart(switched)
         rng = parse_content_range(headers.get("content-range"))
@@ -325,8 +326,8 @@ def segment(
     cr = answer.headers.get("content-range")
     if parse_content_range(cr) != (first, last, total):
         return Restart(f"server sent {cr!r} for a request of bytes {first}-{last}/{total}")
-    if _other_version(meta_validator(meta), answer):
-        return Restart(CHANGED)
+    if other := _other_version(meta_validator(meta), answer):
+        return Restart(other)
     switched = _recoded(meta, answer)
     return None if switched is None else Restart(switched)
 
@@ -343,12 +344,17 @@ def _recoded(meta: Mapping[str, Any], answer: Answer) -> str | None:
     )
 
 
-def _other_version(if_range: str | None, answer: Answer) -> bool:
-    """The 206 names another version than the If-Range we sent: its ETag differs from our
-    ETag, or its Last-Modified from our date (echoed validators must match, strong or not)."""
+def _other_version(if_range: str | None, answer: Answer) -> str | None:
+    """Why a 206 does not prove it is a range of the version the If-Range named, or None.
+    It must echo that validator: a 206 carries the ETag and Last-Modified a 200 would (RFC
+    9110 15.3.7), so one naming none comes from a server that may not do If-Range at all
+    (it would append another version's bytes to the partial)."""
     if not if_range:
-        return False
-    etag, modified = answer.headers.get("etag"), answer.headers.get("last-modified")
-    if if_range.startswith('"'):
-        return etag is not None and etag != if_range
-    return modified is not None and modified != if_range
+        return None
+    field = "ETag" if if_range.startswith('"') else "Last-Modified"
+    named = answer.headers.get(field)
+    if named == if_range:
+        return None
+    if named is None:
+        return f"the server's answer to the resume names no {field}: {UNECHOED}"
+    return CHANGED

@@ -106,6 +106,7 @@ class _Sink:
 
     def finish(self) -> None:
         os.fsync(self.fh.fileno())
+        self.written = file_id(os.fstat(self.fh.fileno()))  # as written: size and mtime too
 
     def close(self) -> None:
         self.fh.close()

@@ -23,6 +23,7 @@ from dsm.engine.engine import Engine
 from dsm.engine.ledger import Ledger
 from dsm.transfer import partfile
 from dsm.transfer import single as transfer
+from dsm.transfer.http import Digest, Fetched
 from dsm.transfer.partfile import sidecar_path
 from tests.conftest import (
     CatalogFn,
@@ -33,6 +34,7 @@ from tests.conftest import (
     mount_tmpfs,
     open_repo,
     run_dsm,
+    sha,
     wait_for,
 )
 from tests.enginehelp import check_home, entries, run_jobs, setup, until
@@ -428,6 +430,114 @@ async def test_a_folder_swapped_for_a_link_after_the_check_is_never_written_thro
     assert list(outside.iterdir()) == []
     assert run.job.status == JobStatus.FAILED
     assert f"{home / 'sub'} is a symbolic link" in (run.job.error or ""), run.job.error
+
+
+def hostile_to_the_partial(monkeypatch: pytest.MonkeyPatch, part: Path, how: str) -> list[bool]:
+    """Another program removes the `.part` (a clean-up of `*.part`), puts another file in
+    its place, or removes its folder, once dsm has written and hashed it and before it is
+    moved into place."""
+    real = Digest.fetched
+    done: list[bool] = []  # [whether the other file took the freed inode's number]
+
+    def fetched(self: Digest, *args: Any, **kw: Any) -> Fetched:
+        out = real(self, *args, **kw)
+        if not done:
+            done.append(False)
+            if how == "folder-removed":
+                shutil.rmtree(part.parent)
+                return out
+            number = part.stat().st_ino
+            part.unlink()
+            if how == "replaced":
+                part.write_bytes(b"not the bytes dsm hashed")
+            if how == "replaced-same-inode":
+                done[0] = _take_the_inode(part, number)
+        return out
+
+    monkeypatch.setattr(Digest, "fetched", fetched)
+    return done
+
+
+def _take_the_inode(part: Path, number: int) -> bool:
+    """Another file at `part` with the inode number dsm's freed file had (as `rm a.part;
+    cp other a.part` may give it), where the file system hands it out again."""
+    for n in range(200):
+        other = part.with_name(f"other{n}")
+        other.write_bytes(b"not the bytes dsm hashed")
+        if other.stat().st_ino == number:
+            other.replace(part)
+            return True
+    part.write_bytes(b"not the bytes dsm hashed")
+    return False
+
+
+HOSTILE_SAID = {
+    "removed": "{part} was removed before it was moved into place",
+    "replaced": "{part} was swapped for another file than the one dsm wrote and hashed",
+    "replaced-same-inode": "{part} was swapped for another file than the one dsm wrote",
+    "folder-removed": "cannot write {part}: No such file or directory",
+}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "env", [{}, {"DSM_SEGMENTS": "4", "DSM_SEGMENT_MIN": "1000000"}], ids=["single", "segmented"]
+)
+@pytest.mark.parametrize("how", list(HOSTILE_SAID))
+async def test_a_partial_removed_or_replaced_before_its_rename_is_never_installed(
+    server: FileServer,
+    home: Path,
+    catalog: CatalogFn,
+    env: dict[str, str],
+    how: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Removed (the file or its folder): the job failed `internal error: FileNotFoundError`,
+    a traceback logged. Replaced by `rm; cp` (the other file may take the freed inode's
+    number): installed and recorded with the hash of the bytes dsm wrote. Now the job fails
+    naming the partial, nothing of the other file is installed, and the next run works."""
+    if how == "replaced-same-inode" and env:
+        pytest.skip("the segments' file is open until its install: its inode is not freed")
+    data = blob(12, 3_000_000)
+    settings, repo = setup(home, catalog(a=server.add("a.bin", data)), **env)
+    part = home / "data" / "a.part"
+    took = hostile_to_the_partial(monkeypatch, part, how)
+    run = await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
+    if how == "replaced-same-inode" and not took[0]:
+        pytest.skip("this file system did not hand the freed inode number out again")
+    assert run.job.status == JobStatus.FAILED
+    assert HOSTILE_SAID[how].format(part=part) in (run.job.error or ""), run.job.error
+    assert not (home / "data" / "a").exists() and not run.dataset("a").downloaded
+    assert not (home / "dsm-error.log").exists()
+    again = await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
+    assert again.job.status == JobStatus.COMPLETED, again.job.error
+    assert (home / "data" / "a").read_bytes() == data
+    assert again.dataset("a").checksum == sha(data)
+
+
+@pytest.mark.anyio
+async def test_an_update_whose_partial_is_replaced_keeps_the_old_copy(
+    server: FileServer, home: Path, catalog: CatalogFn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same on the way that checks a file after its transfer (a dataset with mirrors),
+    for an update: the verified copy in place and its record stay as they were."""
+    old, new = blob(13, 300_000), blob(14, 300_000)
+    url = server.add("a.bin", old)
+    mirror = server.url("mirror/a.bin")
+    entry = {"name": "a", "original_url": url, "mirrors": [mirror], "local_path": "data/a"}
+    settings, repo = setup(home, catalog([entry]))
+    first = await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
+    assert first.job.status == JobStatus.COMPLETED, first.job.error
+    server.add("a.bin", new)
+    hostile_to_the_partial(monkeypatch, home / "data" / "a.part", "replaced")
+    run = await run_jobs(settings, repo, JobType.UPDATE, "a")
+    assert run.job.status == JobStatus.FAILED
+    assert "was swapped for another file than the one dsm wrote" in (run.job.error or "")
+    assert (home / "data" / "a").read_bytes() == old
+    ds = repo.dataset("a")
+    assert (ds.downloaded, ds.checksum) == (True, sha(old))
+    assert not (home / "data" / "a.part").exists()
+    assert not (home / "dsm-error.log").exists()
 
 
 @pytest.mark.anyio

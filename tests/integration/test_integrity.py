@@ -269,6 +269,33 @@ async def test_a_resume_under_another_content_encoding_restarts(
     assert (home / "data" / "a").read_bytes() == data
 
 
+@pytest.mark.parametrize("etag", ["auto", None], ids=["etag", "last-modified"])
+async def test_a_resume_answered_without_the_version_asked_for_restarts(
+    server: FileServer, home: Path, catalog: CatalogFn, etag: str | None
+) -> None:
+    """The file changes between a cut and the resume, and the server ignores If-Range: it
+    answers the range with a 206 naming no ETag or Last-Modified. Appended, v1's head and
+    v2's tail were recorded as a verified, confirmed download (no catalogue sha to catch
+    it). A 206 that does not echo the validator asked for proves nothing: restart."""
+    v1, v2 = blob(48, SIZE), blob(49, SIZE)
+    settings, repo = setup(home, catalog(a=server.add("a.bin", v1, etag=etag)))
+    server.fault("a.bin", drop_after=CUT)
+    cut = await run_jobs(settings, repo, JobType.DOWNLOAD, "a", max_retries=0)
+    assert cut.job.status == JobStatus.FAILED
+    old = email.utils.formatdate(time.time() - 30, usegmt=True)  # another Last-Modified
+    server.add("a.bin", v2, etag=etag, last_modified=old)
+    server.fault("a.bin", for_ranges=(CUT, CUT + 1), blind_range=True)
+    run = await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
+    assert run.job.status == JobStatus.COMPLETED, run.job.error
+    named = "ETag" if etag else "Last-Modified"
+    assert f"names no {named}" in retry_errors(run)[0]
+    resumed, fresh = server.requests("a.bin")[1:3]
+    assert resumed.range_start == CUT and resumed.status == 206
+    assert fresh.range_start in (None, 0)
+    assert (home / "data" / "a").read_bytes() == v2
+    assert (run.dataset("a").checksum, run.dataset("a").confirmed) == (sha(v2), True)
+
+
 async def test_a_contradicting_answer_fails_with_what_the_server_did(
     server: FileServer, home: Path, catalog: CatalogFn
 ) -> None:

@@ -198,6 +198,13 @@ HOSTILE: list[tuple[str, str, bytes, str]] = [
         tar_bytes([(member("A"), b"file"), (member("a", tarfile.DIRTYPE), None)]),
         "'a': would be written inside file 'A' on a case-insensitive file system",
     ),
+    (
+        "tar-escape-in-a-name",
+        "tar",
+        tar_bytes([(member("a\x1b]0;owned\x07.txt"), b"x")]),
+        "a control character",
+    ),
+    ("zip-line-break-in-a-name", "zip", zip_bytes([("a\nb.txt", b"x")]), "a control character"),
     ("zip-dotdot", "zip", zip_bytes([("../outside.txt", b"x")]), "'../outside.txt'"),
     ("zip-absolute", "zip", zip_bytes([("/tmp/abs.txt", b"x")]), "'/tmp/abs.txt'"),
     ("zip-drive", "zip", zip_bytes([("C:/x.txt", b"x")]), "'C:/x.txt': absolute path"),

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from dsm.version import __version__
-from tests.conftest import TEST_ENV, CatalogFn, dsm_command, dsm_env, run_dsm
+from tests.conftest import TEST_ENV, CatalogFn, dsm_command, dsm_env, run_dsm, wait_for
 from tests.httpserver import FileServer
 from tests.unit.test_model import CATALOGUE_FIELDS, EXTRA_FIELDS, SEED_COLUMNS
 
@@ -340,3 +340,46 @@ def test_catalogue_text_cannot_drive_the_terminal(home: Path, catalog: CatalogFn
     narrow = printed(home, cat, "list", "--json", PYTHONIOENCODING="ascii")
     assert narrow.isascii() and json.loads(narrow)["datasets"][0]["description"] == HOSTILE_TEXT
     assert rb"kept: \xe9 \u65e5\u672c" in printed(home, cat, "show", "x", PYTHONIOENCODING="ascii")
+
+
+def _line_of(home: Path, cat: Path, name: str) -> str:
+    result = run_dsm("list", home=home, catalog_path=cat)
+    assert result.returncode == 0, result.stderr
+    return next(line for line in result.stdout.splitlines() if line.split()[0] == name)
+
+
+def test_list_and_show_say_what_is_seen_now(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    """The stored row is the last word of the process that wrote it: a killed download's
+    row said `downloading` until an engine started, a copy removed by hand `downloaded`.
+    `list` and `show` look at the rows they show: a job no live process runs, a copy gone."""
+    server.add("a.bin", b"a" * 5000)
+    server.add("b.bin", b"b" * 500_000)
+    server.always("b.bin", stall_after=1000)  # b downloads until it is killed
+    cat = catalog(a=server.url("a.bin"), b=server.url("b.bin"))
+    assert (
+        run_dsm("--run-job", "download", "--dataset", "a", home=home, catalog_path=cat).returncode
+        == 0
+    )
+    proc = subprocess.Popen(
+        [*dsm_command(), "--run-job", "download", "--dataset", "b"],
+        env=dsm_env(home, cat),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: "downloading" in _line_of(home, cat, "b"), timeout=30)
+        assert "interrupted" not in _line_of(home, cat, "b")  # its process runs it
+    finally:
+        proc.kill()
+        proc.wait()
+        server.release.set()
+    line = _line_of(home, cat, "b")
+    assert "downloading" in line and line.endswith("(interrupted)")
+    shown = run_dsm("show", "b", home=home, catalog_path=cat).stdout.splitlines()
+    assert shown[-1].split(None, 2)[2].startswith("interrupted: no dsm process runs its job")
+    assert not _line_of(home, cat, "a").endswith(")")
+    (home / "data" / "a").unlink()
+    assert _line_of(home, cat, "a").endswith("(missing on disk)")
+    assert list_json(home, cat)["datasets"][0]["downloaded"] is True  # JSON: the stored row

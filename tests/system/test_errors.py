@@ -346,10 +346,10 @@ def test_a_job_that_hits_a_bug_keeps_its_traceback_off_the_screen(
     hook = tmp_path / "hook"
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(
-        "import dsm.engine.handlers\n"
+        "import dsm.engine.maintenance\n"
         "async def boom(*a, **k):\n"
         "    raise RuntimeError('boom in verify')\n"
-        "dsm.engine.handlers.Handlers.verify = boom\n"
+        "dsm.engine.maintenance.verify = boom\n"
     )
     cat = catalog(a="http://127.0.0.1:9/f")
     proc = run_dsm(

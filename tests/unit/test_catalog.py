@@ -23,6 +23,7 @@ from dsm.catalog.parse import (
     CatalogEntry,
     load_catalog,
     parse_catalog,
+    read_json,
 )
 from dsm.catalog.paths import Resolver, local_path_problem, resolve_inside
 from dsm.catalog.secrets import source_url
@@ -356,6 +357,18 @@ FILE_CASES: list[tuple[str, Any, str]] = [
     ("json-truncated", '{"datasets": [\n', "line 2, column 1: invalid JSON"),
     ("empty-file", "", "line 1, column 1: invalid JSON"),
     # Python refuses to read an integer of more than 4300 digits (CVE-2020-10735).
+    # Valid JSON, no text: the store (UTF-8) could not hold it, every run failed naming db.json.
+    (
+        "json-lone-surrogate",
+        '{"datasets": [{"name": "a", "description": "x\\ud800"}]}',
+        "invalid JSON: the string at datasets[0].description holds '\\ud800', half of a "
+        "UTF-16 pair: no text",
+    ),
+    (
+        "json-lone-surrogate-in-a-list",
+        '{"datasets": [{"name": "a", "mirrors": ["http://a/", "http://b/\\udc00"]}]}',
+        "invalid JSON: the string at datasets[0].mirrors[1] holds '\\udc00'",
+    ),
     ("json-huge-number", '{"datasets": [], "x": ' + "9" * 5000 + "}", "invalid JSON: Exceeds"),
     # A reviewer (or a tool) reading the first URL would approve another than dsm fetches.
     (
@@ -886,3 +899,24 @@ def test_the_names_dsm_keeps_in_the_home_are_reserved() -> None:
     for name in (TOKEN_FILE, LOG_NAME, "db.json", "db.json.lock", ".locks/x", ".archives/x"):
         assert reserved_problem(name) is not None, name
     assert reserved_problem("data/api-token") is None  # only at the top of the home
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        (b'{"dataset": "\xed\xa0\x80"}', "the string at dataset holds '\\ud800'"),  # an API body
+        (b'{"a": [{"\\udfff": 1}]}', "the key at a[0] holds '\\udfff'"),
+        ('["x", "\udcff"]', "the string at [1] holds '\\udcff'"),  # surrogateescape of argv
+        ('"\\ud800"', "the string at the top holds '\\ud800'"),
+    ],
+)
+def test_json_holding_a_lone_surrogate_is_no_text(text: str | bytes, said: str) -> None:
+    """Every JSON dsm reads (catalogue, --params, API bodies) is refused when a string holds
+    half of a UTF-16 pair, naming where: UTF-8, and so the store, cannot hold it."""
+    with pytest.raises(ValueError, match="half of a UTF-16 pair: no text") as caught:
+        read_json(text)
+    assert said in str(caught.value)
+
+
+def test_json_holding_a_whole_surrogate_pair_is_text() -> None:
+    assert read_json('{"d": "\\ud83d\\ude00 ok"}') == {"d": "\U0001f600 ok"}

@@ -104,8 +104,8 @@ def test_the_git_blob_id_is_git_hash_object() -> None:
     digest = Digest(blob_size=6)
     digest.update(b"hello\n")
     # `git hash-object` of "hello\n", a value git users know.
-    assert digest.fetched(6, (0, 0)).git_blob == "ce013625030ba8dba906f756967f9e9ca394464a"
-    assert Digest().fetched(0, (0, 0)).git_blob is None
+    assert digest.fetched(6, (0, 0, 0, 0)).git_blob == "ce013625030ba8dba906f756967f9e9ca394464a"
+    assert Digest().fetched(0, (0, 0, 0, 0)).git_blob is None
 
 
 @pytest.mark.parametrize(

@@ -374,6 +374,18 @@ RESPOND_CASES = [
         Restart(CHANGED),
     ),
     RespondCase(
+        "resume by ETag, the 206 names none (a server without If-Range): restart",
+        RESUMING,
+        answer(206, content_range="bytes 1200-4999/5000", last_modified=LAST_MOD),
+        Restart(f"the server's answer to the resume names no ETag: {resume.UNECHOED}"),
+    ),
+    RespondCase(
+        "resume by Last-Modified, the 206 names none: restart",
+        Ask(1200, sidecar(etag=None, last_modified=LAST_MOD, date=LATER), {"If-Range": LAST_MOD}),
+        answer(206, content_range="bytes 1200-4999/5000", etag=STRONG, date=LATER),
+        Restart(f"the server's answer to the resume names no Last-Modified: {resume.UNECHOED}"),
+    ),
+    RespondCase(
         "416 saying the file ends at the partial's end, against the sidecar's total: restart",
         RESUMING,
         answer(416, content_range="bytes */1200"),
@@ -448,7 +460,10 @@ def test_a_length_above_the_cap_is_too_large_and_not_retried() -> None:
     ("ans", "want"),
     [
         (answer(206, content_range="bytes 2500-3999/5000", etag=STRONG), None),
-        (answer(206, content_range="bytes 2500-3999/5000"), None),  # no validator echoed
+        (
+            answer(206, content_range="bytes 2500-3999/5000"),  # no validator echoed
+            Restart(f"the server's answer to the resume names no ETag: {resume.UNECHOED}"),
+        ),
         (answer(200, etag='"v2"'), Restart("the file changed on the server")),
         (
             answer(206, content_range="bytes 0-3999/5000", etag=STRONG),
@@ -467,13 +482,20 @@ def test_a_length_above_the_cap_is_too_large_and_not_retried() -> None:
             Restart("the file changed on the server"),
         ),
         (
-            answer(206, content_range="bytes 2500-3999/5000", content_encoding=" GZIP "),
+            answer(
+                206, content_range="bytes 2500-3999/5000", etag=STRONG, content_encoding=" GZIP "
+            ),
             Restart(
                 "the server answered the resume with Content-Encoding gzip, the partial file "
                 "was started with identity"
             ),
         ),
-        (answer(206, content_range="bytes 2500-3999/5000", content_encoding="identity"), None),
+        (
+            answer(
+                206, content_range="bytes 2500-3999/5000", etag=STRONG, content_encoding="identity"
+            ),
+            None,
+        ),
     ],
 )
 def test_segment(ans: Answer, want: Restart | None) -> None:

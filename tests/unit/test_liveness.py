@@ -1,0 +1,30 @@
+"""dsm.engine.liveness: the owner-lock probe that `dsm list` and `dsm show` use."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+from dsm.engine.liveness import owner_lock_path, owner_running
+
+
+def test_an_owner_is_running_only_while_its_lock_is_held(tmp_path: Path) -> None:
+    assert owner_running(tmp_path, "gone") is False
+    assert list(tmp_path.iterdir()) == []  # the probe creates nothing
+    path = owner_lock_path(tmp_path, "abc")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        assert owner_running(tmp_path, "abc") is False  # a file left by a dead process
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # what a live engine holds
+        assert owner_running(tmp_path, "abc") is True
+        assert owner_running(tmp_path, "abc") is True  # the probe took nothing away
+    finally:
+        os.close(fd)
+    assert owner_running(tmp_path, "abc") is False
+
+
+def test_a_lock_that_cannot_be_asked_is_never_called_dead(tmp_path: Path) -> None:
+    path = owner_lock_path(tmp_path, "abc")
+    path.symlink_to(tmp_path / "elsewhere")  # O_NOFOLLOW refuses it: not known dead
+    assert owner_running(tmp_path, "abc") is True

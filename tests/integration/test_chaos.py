@@ -683,25 +683,3 @@ async def test_a_full_disk_at_the_install_record_fails_the_job_clearly(
     assert not (home / "data" / "a").exists()
     assert not (home / "data" / "a.part").exists()
     assert not (home / "dsm-error.log").exists()
-
-
-@pytest.mark.anyio
-async def test_a_partial_removed_before_its_rename_fails_the_job_clearly(
-    server: FileServer, home: Path, catalog: CatalogFn, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The verified partial gone when it is to be moved into place (another process that
-    took the job over renamed it first, found by a SIGSTOP harness; a user's `rm`): the job
-    failed as an internal error with a traceback. Now a failure naming the file."""
-    settings, repo = setup(home, catalog(a=server.add("a.bin", blob(46, 300_000))))
-    real = transfer._Sink.finish
-
-    def finish_then_lose(self: transfer._Sink) -> None:
-        real(self)
-        self.part.unlink()
-
-    monkeypatch.setattr(transfer._Sink, "finish", finish_then_lose)
-    run = await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
-    assert run.job.status == JobStatus.FAILED
-    assert (run.job.error or "").startswith("cannot write"), run.job.error
-    assert "No such file or directory" in (run.job.error or "")
-    assert repo.dataset("a").status == Status.ERROR

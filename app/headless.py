@@ -19,6 +19,7 @@ from dsm.domain.jobs import Job, JobStatus, JobType
 from dsm.domain.redact import error_text
 from dsm.domain.terminal import json_text, printable, writes_unicode
 from dsm.engine.engine import Engine
+from dsm.engine.ledger import Asked
 from dsm.repository import Repository
 
 PLAIN_INTERVAL = 5.0  # seconds between progress lines when stderr is not a terminal
@@ -191,7 +192,7 @@ async def _run_reported(
     # Orphaned jobs of other datasets (a dashboard that quit mid-download, a crash) are left
     # for a start that asks for them: a script gets the jobs it asked for and no others.
     names = frozenset(str(p["dataset"]) for p in params)
-    engine = Engine(settings, repo, [reporter, record], adopt_only=names)
+    engine = Engine(settings, repo, [reporter, record], adopt_only=Asked(names, job_type))
     async with engine.running(), anyio.create_task_group() as tg:
 
         async def on_signals() -> None:

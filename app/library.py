@@ -34,6 +34,7 @@ from dsm.domain.model import Dataset
 from dsm.engine import files
 from dsm.engine.engine import Engine
 from dsm.engine.handlers import OFFLINE_PREFIX
+from dsm.engine.ledger import Asked
 from dsm.errors import EXIT_BAD_INPUT, BadInput, DsmError
 from dsm.headless import Reporter
 from dsm.repository import Repository, StoreError, UnknownDataset
@@ -223,7 +224,7 @@ async def _run_jobs(
     listeners: list[Listener] = [record]
     if progress and sys.stderr is not None and sys.stderr.isatty():  # never into logs
         listeners.append(Reporter(sys.stderr, sys.stdout, as_json=False))
-    engine = Engine(settings, repo, listeners, adopt_only=frozenset(names))
+    engine = Engine(settings, repo, listeners, adopt_only=Asked(frozenset(names), job_type))
     async with engine.running():
         params = [{"dataset": n, "force_download": force} for n in names]
         jobs = await engine.submit_many(job_type, params)

@@ -230,6 +230,12 @@ class Repository:
         raw = self._store.get(_JOBS, job_id)
         return self._parse(Job.from_dict, raw, "job") if raw is not None else None
 
+    def job_owner(self, job_id: str) -> str | None:
+        """The stored owner of the job (None: no such job, or no owner)."""
+        raw = self._store.get(_JOBS, job_id)
+        owner = raw.get("owner") if raw is not None else None
+        return owner if isinstance(owner, str) else None
+
     def save_job(self, job: Job) -> None:
         self.save_jobs([job])
 

@@ -31,7 +31,7 @@ from dsm.domain.model import Dataset, snapshot
 from dsm.domain.redact import error_text
 from dsm.engine import files
 from dsm.engine.handlers import Handlers
-from dsm.engine.ledger import Ledger
+from dsm.engine.ledger import Asked, Ledger
 from dsm.engine.liveness import owner_lock_path
 from dsm.engine.locks import DatasetLocks, HeldLock, OwnerLock
 from dsm.engine.outcome import Outcome
@@ -66,10 +66,10 @@ class Engine:
         settings: Settings,
         repo: Repository,
         listeners: Iterable[Listener] = (),
-        adopt_only: frozenset[str] | None = None,
+        adopt_only: Asked | None = None,
     ) -> None:
-        """`adopt_only`: the datasets whose orphaned jobs this engine resumes at start (a
-        `--run-job` for some datasets); None resumes all (the dashboard, the API)."""
+        """`adopt_only`: the datasets and job type whose orphaned jobs this engine resumes at
+        start (`Asked`: a `--run-job`); None resumes all (the dashboard, the API)."""
         self.adopt_only = adopt_only
         self.settings = settings
         self.repo = repo
@@ -395,7 +395,7 @@ class Engine:
     async def _flusher(self, owner_lock: OwnerLock) -> None:
         while True:
             await anyio.sleep(STORE_FLUSH_INTERVAL)
-            self._locks.renew(owner_lock)
+            await self._stop(self._locks.renew(owner_lock, self._active.values()))  # taken
             await self._flush()
             if self._active:
                 asked = await self.ledger.call(self.ledger.cancels_requested, list(self._active))
@@ -406,7 +406,7 @@ class Engine:
         if self._dirty:
             batch, self._dirty = self._dirty, {}
             try:
-                await self.ledger.defer(self.repo.write_progress, list(batch.values()))
+                await self.ledger.defer(self.ledger.write_progress, list(batch.values()))
             except StoreError as exc:  # progress is advisory: the next flush writes newer
                 self.ledger.failed(exc, lost=False)
 

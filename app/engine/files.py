@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from dsm.catalog.paths import ARCHIVES_DIR, Resolver, member_problem, resolved_home
 from dsm.domain.hub import ManifestFile
 from dsm.domain.model import Dataset
-from dsm.errors import Swapped
+from dsm.errors import DiskError, DiskFull, Swapped
 from dsm.transfer.http import Digest, Fetched, disk_error
 from dsm.transfer.partfile import (
     FileId,
@@ -297,7 +297,13 @@ def _prune(staging: Path, wanted: set[str]) -> None:
 
 
 def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+    """Make the renames in the folder durable. A folder removed since (a later job of the
+    same store batch deleted the dataset) has nothing left to sync: its failure lost the
+    batch's every change."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return
     try:
         os.fsync(fd)
     finally:
@@ -340,10 +346,13 @@ def install(
                 os.unlink(sidecar_path(part))
         if sync:
             fsync_dir(path.parent)
-    except Swapped:
+    except DiskError:  # Swapped: it says what happened
         raise
-    except OSError as exc:  # its folder removed by another program...: said, no traceback
-        raise disk_error(exc, part) from exc
+    except OSError as exc:  # its folder removed by another program, a full disk: said, no
+        error = disk_error(exc, part)  # traceback
+        if isinstance(error, DiskFull):
+            discard_partial(part)  # the room the store needs to record the failure
+        raise error from exc
     return Installed(size, sha256, mtime_ns, unconfirmed)
 
 

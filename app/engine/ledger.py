@@ -8,6 +8,7 @@ loop never waits on disk.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from dsm.engine import files
 from dsm.engine.liveness import owner_lock_path
 from dsm.engine.outcome import Facts, end_state, nothing_to_do, resting_status
 from dsm.engine.storethread import StoreThread
-from dsm.errors import UnknownDataset
+from dsm.errors import DsmError, UnknownDataset
 from dsm.repository import Repository, now_ms
 
 _FINISHED = frozenset(s.value for s in JobStatus if s.finished)
@@ -57,13 +58,55 @@ _NO_STAMP = (-1, "")
 _AS_ENDED = {"status": JobStatus.COMPLETED.value}
 
 
+class TakenOver(DsmError):
+    """Another engine adopted this engine's job: this process was stopped (SIGSTOP, a
+    suspended VM) while `.locks/` was cleared, and looked dead. The job's records are the
+    taker's now."""
+
+
+@dataclass(frozen=True)
+class Asked:
+    """What a run for some datasets asked (a `--run-job`, `dsm.library`): at start its engine
+    resumes the orphaned jobs (of dead processes) of those datasets of its own type and ends
+    those of another type, canceled, unrun: the run is the newest word on them (a killed
+    `delete --all` ran inside the next `download --all` and removed what it fetched, exit
+    0). Orphans of other datasets wait for a start that asks for them."""
+
+    names: frozenset[str]
+    job_type: JobType
+
+
+def taken(repo: Repository, owner: str, job: Job) -> bool:
+    """Whether an engine other than `owner` adopted the job (`TakenOver`); checked in the
+    store transaction that would record it, so no record of it follows the adoption."""
+    stored = repo.job_owner(job.id)
+    return stored is not None and stored != owner
+
+
+def check_owned(repo: Repository, owner: str, job: Job) -> None:
+    """Raise TakenOver, before the transaction changes anything (an error after a change
+    would drop every deferred change with it)."""
+    if taken(repo, owner, job):
+        raise TakenOver(
+            f"another dsm process took over this job of {job.dataset} while this one was"
+            " stopped (the locks under .locks/ were deleted); it is left to that process"
+        )
+
+
+def supersede(repo: Repository, job: Job, by: JobType) -> None:
+    """End an orphaned job unrun (`Asked`)."""
+    job.status, job.finished_ms = JobStatus.CANCELED, now_ms()
+    job.error = f"superseded by a {by.value} job asked for later; not run"
+    repo.save_job(job)
+
+
 class Ledger(StoreThread):
     def __init__(
         self,
         settings: Settings,
         repo: Repository,
         owner: str,
-        adopt_only: frozenset[str] | None = None,
+        adopt_only: Asked | None = None,
     ) -> None:
         super().__init__(repo)
         self.settings = settings
@@ -165,8 +208,11 @@ class Ledger(StoreThread):
             job.status, job.started_ms, job.error = JobStatus.RUNNING, now_ms(), None
             self.repo.save_job(job)
             # A held job (paused, suspended) may find its row at rest: its copy was placed
-            # and recorded as the stop came (EarlyInstall). Queue it again all the same.
-            status = Status.QUEUED if ds.status in AT_REST else None
+            # and recorded as the stop came (EarlyInstall). Queue it again all the same. A
+            # row active for another job is stale (a write that failed lost that job's end):
+            # this job holds the dataset's lock, so no other works on it.
+            stale = ds.status not in AT_REST and ds.download_job_id != job.id
+            status = Status.QUEUED if ds.status in AT_REST or stale else None
             if ds.download_job_id != job.id or status is not None:
                 self.repo.change(job.dataset, status, download_job_id=job.id)
         return ds, had_copy
@@ -178,6 +224,7 @@ class Ledger(StoreThread):
         At `verifying`, the step before a file is moved into place, the store must have room
         to record it: StoreFull fails the job there."""
         with self.repo.transaction():
+            check_owned(self.repo, self.owner, job)
             if save_job:
                 self.repo.save_job(job)
             ds = self.repo.change(job.dataset, status, **fields)
@@ -187,8 +234,11 @@ class Ledger(StoreThread):
 
     def record_finished(self, job: Job, had_copy: bool | None) -> Dataset | None:
         """Store the job's end; put its dataset at rest (outcome.end_state) if this job
-        still owns it. `had_copy` None: not known yet (the job never started)."""
+        still owns it. `had_copy` None: not known yet (the job never started). Nothing for
+        a job another engine took over (`TakenOver`)."""
         with self.repo.transaction():
+            if taken(self.repo, self.owner, job):
+                return None
             self.repo.save_job(job)
             self.repo.clear_cancel(job.id)
             try:
@@ -213,6 +263,7 @@ class Ledger(StoreThread):
         `outdated`, saying what changed. `folder`: where the copy was renamed, synced before
         the store records it (once for a batch)."""
         with self.repo.transaction():
+            check_owned(self.repo, self.owner, job)
             if folder is not None:
                 self.repo.before_write(folder, partial(files.fsync_dir, folder))
             drift = files.catalogue_drift(self.repo.dataset(job.dataset), job.expect)
@@ -227,6 +278,11 @@ class Ledger(StoreThread):
                 "error": None,
             }
             return self.repo.change(job.dataset, Status.DOWNLOADED, **(done | fields))
+
+    def write_progress(self, jobs: list[Job]) -> None:
+        """The progress of running jobs, but those another engine took over."""
+        with self.repo.transaction():
+            self.repo.write_progress([j for j in jobs if not taken(self.repo, self.owner, j)])
 
     def record_many(self, jobs: list[Job], had_copy: bool | None) -> list[Dataset | None]:
         """`record_finished` for several jobs, in one store write."""
@@ -297,9 +353,14 @@ class Ledger(StoreThread):
                 if job.owner == self.owner or self.owner_alive(job.owner, alive):
                     running.add(job.id)
                     continue
-                waiting.add(job.id)
-                if self.adopt_only is not None and job.dataset not in self.adopt_only:
+                asked = self.adopt_only
+                if asked is not None and job.dataset not in asked.names:
+                    waiting.add(job.id)
                     continue  # left waiting for a start that asks for its dataset
+                if asked is not None and job.type != asked.job_type:
+                    supersede(self.repo, job, asked.job_type)  # its row goes at rest below
+                    continue
+                waiting.add(job.id)
                 job.owner, job.status, job.started_ms = self.owner, JobStatus.WAITING, None
                 self.repo.save_job(job)
                 adopted.append(job)

@@ -20,7 +20,7 @@ import os
 import struct
 import sys
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import partial
 from pathlib import Path
 
@@ -90,25 +90,28 @@ class LockFile:
         self._held[byte] = self._held.get(byte, 0) + 1
         return HeldLock(partial(self._unlock, self._opened, byte))
 
-    def renew(self) -> None:
+    def renew(self) -> frozenset[int]:
         """Put the shared file back if it was deleted or replaced (a user clearing `.locks/`
         while dsm runs): the locks held are taken again on the file other processes now
-        open, so they keep excluding them (they were held on a file nobody else would open)."""
+        open, so they keep excluding them (they were held on a file nobody else would open).
+        Returns the bytes another holder took meanwhile (this process was stopped)."""
         if self._fd is None:
-            return
+            return frozenset()
         path = self.lock_dir / SHARED_NAME
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         if _same_file(fd, self._fd):
             os.close(fd)
-            return
+            return frozenset()
         log.warning("%s was deleted while dsm ran: made again", path)
         os.close(self._fd)  # and with it the locks on the old file
         self._fd = fd
+        taken = set()
         for byte in self._held:
             try:
                 self._set(fcntl.F_WRLCK, byte)
-            except (BlockingIOError, PermissionError):  # taken meanwhile: say it, hold on
-                log.error("another dsm process took a dataset this one is working on")
+            except (BlockingIOError, PermissionError):  # EAGAIN, EACCES: another holder's
+                taken.add(byte)
+        return frozenset(taken)
 
     def close(self) -> None:
         """Let go of the shared file (and so of any lock still held on it)."""
@@ -250,15 +253,25 @@ class DatasetLocks:
         finally:  # the dataset must not stay taken in this process whatever happened
             self._local[name].release()
 
-    def renew(self, owner: OwnerLock) -> None:
+    def renew(self, owner: OwnerLock, jobs: Iterable[Job]) -> list[str]:
         """The owner's lock file and the datasets' made again if `.locks/` was cleared (a
-        stat or two a second, on the event loop)."""
+        stat or two a second, on the event loop). Returns the ids of `jobs` whose dataset
+        another process took meanwhile: it found this one's lock files gone (this process
+        was stopped), took it for dead and adopted its jobs; they must stop here."""
         try:
             self.file.lock_dir.mkdir(parents=True, exist_ok=True)
             owner.renew()
-            self.file.renew()
+            taken = self.file.renew()
         except OSError as exc:  # a home gone read-only: the jobs' own errors say more
             log.warning("cannot renew the locks under %s: %s", self.file.lock_dir, exc)
+            return []
+        lost = [job for job in jobs if taken and dataset_byte(job.dataset) in taken]
+        for name in sorted({job.dataset for job in lost}):
+            log.error(
+                "another dsm process took over %s while this one was stopped: its job here stops",
+                name,
+            )
+        return [job.id for job in lost]
 
     def close(self) -> None:
         self.file.close()

@@ -20,6 +20,7 @@ from dsm.domain.jobs import Job, JobStatus, JobType
 from dsm.domain.model import Status
 from dsm.engine import files
 from dsm.engine.engine import Engine
+from dsm.engine.ledger import Ledger
 from dsm.transfer import partfile
 from dsm.transfer import single as transfer
 from dsm.transfer.http import Digest, Fetched
@@ -586,3 +587,99 @@ async def test_a_part_swapped_for_another_file_before_its_install_is_never_insta
     assert not run.dataset("a").downloaded
     found = [p.read_bytes() for p in (home / "sub").rglob("*") if p.is_file()]
     assert b"not the dataset" not in found
+
+
+def test_jobs_of_another_type_a_killed_run_left_do_not_run_in_the_next(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    """`dsm --run-job delete --all` killed once it had recorded its jobs, then `download
+    --all`: the second run adopted the orphaned deletes beside its downloads and ran both, in
+    either order, so it removed what it had fetched and exited 0 (found by a kill -9
+    harness). The run's request is the newest word on its datasets: orphans of another type
+    end canceled, never run."""
+    data = blob(41, 50_000)
+    cat = catalog(a=server.add("a.bin", data))
+    assert run_dsm("--run-job", "download", "--all", home=home, catalog_path=cat).returncode == 0
+    repo = open_repo(make_settings(home, cat))
+    params = {"dataset": "a", "force_download": False}
+    orphan = Job(JobType.DELETE, "a", params, owner="a-killed-process", created_ms=1)
+    repo.save_job(orphan)  # what the killed run left: its job waiting, the row queued
+    repo.change("a", Status.QUEUED, download_job_id=orphan.id)
+    again = run_dsm("--run-job", "download", "--all", home=home, catalog_path=cat)
+    assert again.returncode == 0, again.stderr
+    assert (home / "data" / "a").read_bytes() == data
+    repo = open_repo(make_settings(home, cat))
+    assert repo.dataset("a").status == Status.DOWNLOADED
+    ended = repo.job(orphan.id)
+    assert ended is not None and ended.status == JobStatus.CANCELED, ended
+    assert "superseded by a download" in (ended.error or "")
+
+
+def test_a_batch_is_written_though_a_folder_it_syncs_was_removed_since(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    """A recorded install syncs its folder before the batched store write; a later job of the
+    same batch (a delete of the unpacked dataset) had removed the folder: the sync failed the
+    whole write, every change of the batch was lost (a job left 'running' for good, its row
+    'verifying'), found by a kill harness. A folder that is gone has nothing to sync."""
+    settings, repo = setup(home, catalog(a=server.add("a.bin", blob(42, 1000))))
+    ledger = Ledger(settings, repo, "me")
+    job = Job(JobType.DOWNLOAD, "a", {"dataset": "a", "force_download": False}, owner="me")
+    ledger.record_queued([job], None, {}, False)
+    ledger.claim(job)
+    folder = home / ".archives" / "a"
+    folder.mkdir(parents=True)
+    done = {"size": 1000, "checksum": "0" * 64, "file_mtime_ns": 1}
+    with repo.transaction(defer=True):
+        ledger.record_done(job, done, folder)
+    folder.rmdir()
+    repo.flush()
+    assert open_repo(settings).dataset("a").status == Status.DOWNLOADED
+
+
+def test_a_job_claims_a_row_a_lost_write_left_active(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    """A store write that failed (a full disk) lost a job's end: its row stayed 'verifying',
+    pointing at that job. The next job of the dataset (which holds its lock, so no other
+    works on it) failed with an internal error, `verifying -> downloading is not allowed`."""
+    settings, repo = setup(home, catalog(a=server.add("a.bin", blob(43, 1000))))
+    ledger = Ledger(settings, repo, "me")
+    repo.change("a", Status.QUEUED, download_job_id="a-job-whose-end-was-lost")
+    repo.change("a", Status.VERIFYING)
+    job = Job(JobType.DOWNLOAD, "a", {"dataset": "a", "force_download": False}, owner="me")
+    ledger.claim(job)
+    assert ledger.set_status(job, Status.DOWNLOADING, {}).status == Status.DOWNLOADING
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mirrored", [False, True], ids=["early-install", "verify-then-install"])
+async def test_a_full_disk_at_the_install_record_fails_the_job_clearly(
+    server: FileServer,
+    home: Path,
+    catalog: CatalogFn,
+    monkeypatch: pytest.MonkeyPatch,
+    mirrored: bool,
+) -> None:
+    """A file without a catalogue sha256 is moved into place after a record of its hash (for
+    a crash before the store hears of it); on a full disk (a 10 MiB tmpfs, found by a kill
+    harness) that record's write failed the job as an internal error with a traceback. Now a
+    disk error as for the transfer's writes: named, the partial dropped for the store's room."""
+    url = server.add("a.bin", blob(45, 300_000))
+    entry = {"name": "a", "original_url": url, "local_path": "data/a"}
+    settings, repo = setup(home, catalog([entry | ({"mirrors": [url]} if mirrored else {})]))
+    real = partfile.write_sidecar
+
+    def full(part: Path, meta: dict[str, object]) -> None:
+        if "installed_sha256" in meta:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(part, meta)
+
+    monkeypatch.setattr("dsm.engine.files.write_sidecar", full)
+    run = await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
+    assert run.job.status == JobStatus.FAILED
+    assert (run.job.error or "").startswith("disk full while writing"), run.job.error
+    assert repo.dataset("a").status == Status.ERROR
+    assert not (home / "data" / "a").exists()
+    assert not (home / "data" / "a.part").exists()
+    assert not (home / "dsm-error.log").exists()

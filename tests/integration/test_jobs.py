@@ -21,6 +21,7 @@ from dsm.domain.jobs import Job, JobStatus, JobType
 from dsm.domain.model import Status
 from dsm.engine import files
 from dsm.engine.engine import Engine
+from dsm.engine.ledger import Asked
 from dsm.engine.outcome import SKIP_MESSAGE
 from dsm.errors import BadInput
 from dsm.headless import describe
@@ -515,7 +516,8 @@ async def test_a_run_for_some_datasets_leaves_other_orphans_waiting(
     async with quitting.running():
         job = await quitting.submit(JobType.DOWNLOAD, {"dataset": "a"})
         await until(lambda: job.bytes_done > 0)
-    async with Engine(settings, repo, adopt_only=frozenset({"b"})).running() as engine:
+    asked = Asked(frozenset({"b"}), JobType.DOWNLOAD)
+    async with Engine(settings, repo, adopt_only=asked).running() as engine:
         await engine.submit(JobType.DOWNLOAD, {"dataset": "b"})
         await engine.wait_idle()
     left = repo.job(job.id)

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -212,3 +215,54 @@ def test_locks_of_a_running_engine_survive_their_folder_being_cleared(
     anyio.run(main)
     assert repo.dataset("a").status == Status.DOWNLOADED
     assert len(server.requests("a.bin")) == 1
+
+
+def test_a_process_stopped_while_its_locks_were_cleared_leaves_its_job_to_the_taker(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    """`kill -STOP` on a downloading `--run-job`, `rm -rf .locks`, another `--run-job`: the
+    second takes the first for dead (its lock files are gone), adopts its job and locks the
+    dataset on a new lock file. At `kill -CONT` the first found the dataset taken, said so
+    and held on: both downloaded into one partial, one renamed it away under the other
+    (`internal error: FileNotFoundError`), both recorded the one job. Now the first stops
+    its job at once and records nothing of it: the job is the taker's."""
+    from filelock import FileLock
+
+    from tests.conftest import dsm_command, dsm_env, wait_for
+
+    data = blob(44, 200_000)
+    cat = catalog(a=server.add("a.bin", data))
+    first_gate, second_gate = threading.Event(), threading.Event()
+    server.fault("a.bin", gate=first_gate)
+    server.fault("a.bin", gate=second_gate)
+    cmd = [*dsm_command(), "--run-job", "download", "--all"]
+    env = dsm_env(home, cat, DSM_STALL_TIMEOUT="60")  # the gated requests are no stall
+    procs = []
+    try:
+        procs.append(subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True))
+        wait_for(lambda: len(server.requests("a.bin")) == 1, timeout=30)
+        with FileLock(str(home / "db.json.lock")).acquire(timeout=30):  # stopped outside it
+            procs[0].send_signal(signal.SIGSTOP)
+        shutil.rmtree(home / ".locks")
+        procs.append(subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True))
+        wait_for(lambda: len(server.requests("a.bin")) == 2, timeout=30)  # adopted, locked
+        procs[0].send_signal(signal.SIGCONT)
+        _, first_err = procs[0].communicate(timeout=30)  # its request still unanswered
+        assert procs[0].returncode == 1, first_err
+        assert "another dsm process took over a" in first_err
+        stored = json.loads((home / "db.json").read_text())
+        (job,) = stored["jobs"].values()
+        assert job["status"] == "running", job  # the taker's, not overwritten
+        assert stored["datasets"]["a"]["status"] == "downloading"
+        second_gate.set()
+        _, second_err = procs[1].communicate(timeout=30)
+        assert procs[1].returncode == 0, second_err
+    finally:
+        first_gate.set()
+        second_gate.set()
+        for proc in procs:
+            proc.send_signal(signal.SIGCONT)
+            proc.kill()
+            proc.wait()
+    assert (home / "data" / "a").read_bytes() == data
+    assert not (home / "dsm-error.log").exists()

@@ -361,3 +361,20 @@ def test_a_job_that_hits_a_bug_keeps_its_traceback_off_the_screen(
     assert f"failed unexpectedly (the traceback is in {log})" in proc.stderr
     text = log.read_text()
     assert "Traceback" in text and "in boom" in text
+
+
+def test_ctrl_c_while_dsm_loads_exits_130_without_a_traceback(tmp_path: Path, home: Path) -> None:
+    """A Ctrl-C in the first half second, while Python loads dsm (before `main` can catch
+    it), printed a KeyboardInterrupt traceback; it is the quiet 130 of a later Ctrl-C."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class Interrupt:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'dsm.cli':\n"
+        "            raise KeyboardInterrupt\n"
+        "sys.meta_path.insert(0, Interrupt())\n"
+    )
+    proc = run_dsm("list", home=home, PYTHONPATH=str(hook))
+    assert proc.returncode == 130 and proc.stderr == ""

@@ -15,15 +15,20 @@ import pytest
 from dsm.transfer import wire
 
 
+def _connected(listener: socket.socket) -> tuple[wire.WatchedStream, int]:
+    """A watched stream connected to `listener`, and its socket's descriptor."""
+    backend = httpcore.SyncBackend()
+    stream = wire.WatchedStream(backend.connect_tcp("127.0.0.1", listener.getsockname()[1]))
+    return stream, stream.get_extra_info("socket").fileno()
+
+
 def test_a_handshake_that_times_out_closes_its_connection() -> None:
     listener = socket.create_server(("127.0.0.1", 0))
     held: list[socket.socket] = []
     accepting = threading.Thread(target=lambda: held.append(listener.accept()[0]), daemon=True)
     accepting.start()
     try:
-        backend = httpcore.SyncBackend()
-        stream = wire.WatchedStream(backend.connect_tcp("127.0.0.1", listener.getsockname()[1]))
-        fd = stream.get_extra_info("socket").fileno()
+        stream, fd = _connected(listener)
         with (
             wire.awaiting(wire.Awaited(30, "https://localhost/")),
             pytest.raises(httpcore.ConnectTimeout) as caught,
@@ -49,9 +54,7 @@ def test_an_oserror_of_wrap_socket_is_a_connect_error_and_closes_its_connection(
     """As httpcore's own start_tls maps it: raw, it escaped httpx (an internal error)."""
     listener = socket.create_server(("127.0.0.1", 0))
     try:
-        backend = httpcore.SyncBackend()
-        stream = wire.WatchedStream(backend.connect_tcp("127.0.0.1", listener.getsockname()[1]))
-        fd = stream.get_extra_info("socket").fileno()
+        stream, fd = _connected(listener)
         with (
             wire.awaiting(wire.Awaited(30, "https://localhost/")),
             pytest.raises(httpcore.ConnectError, match="reset before the handshake"),

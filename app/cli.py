@@ -20,9 +20,8 @@ from dsm.catalog.parse import read_json
 from dsm.catalog.paths import Resolver
 from dsm.completion import SHELLS
 from dsm.config import Settings, load_settings, network_filesystem
-from dsm.domain.hub import hub_followed
 from dsm.domain.jobs import PARAMS_SCHEMA, JobType, parse_params
-from dsm.domain.model import ACTIVE, Dataset
+from dsm.domain.model import ACTIVE, Dataset, hub_followed
 from dsm.domain.paging import MAX_PAGE_SIZE, page_of
 from dsm.domain.redact import redact_doc, redact_text
 from dsm.domain.terminal import json_text, one_line, printable, writes_unicode

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
@@ -13,6 +12,7 @@ from urllib.parse import urlsplit
 
 from dsm.catalog.paths import Resolver, member_problem
 from dsm.domain.hub import (
+    CatalogFile,
     catalogue_listing,
     clashes,
     is_hub,
@@ -37,19 +37,6 @@ FIELDS = {
 FILE_FIELDS = ("url", "path", "expected_size", "expected_sha256")
 # The archive kinds dsm unpacks (dsm.engine.unpack.KINDS; the catalogue sits below the engine).
 EXTRACT_KINDS = ("zip", "tar", "tar.gz", "tar.bz2", "tar.xz", "gz")
-
-
-@dataclass(frozen=True)
-class CatalogFile:
-    """One file of a dataset of several files (the entry's `files` list)."""
-
-    url: str
-    path: str  # below the dataset's folder (local_path), normalised ("a//b" is "a/b")
-    expected_size: int
-    expected_sha256: str  # lowercase
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)

@@ -17,11 +17,8 @@ import re
 import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote
-
-if TYPE_CHECKING:
-    from dsm.domain.model import Dataset
 
 HF_SCHEME = "hf://"
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -154,6 +151,19 @@ class ManifestFile:
         )
 
 
+@dataclass(frozen=True)
+class CatalogFile:
+    """One file of a dataset of several files (a catalogue entry's and a row's `files`)."""
+
+    url: str
+    path: str  # below the dataset's folder (local_path), normalised ("a//b" is "a/b")
+    expected_size: int
+    expected_sha256: str  # lowercase
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
 def catalogue_listing(entries: list[dict[str, Any]]) -> list[ManifestFile]:
     """A catalogue `files` list ({url, path, expected_size, expected_sha256}, validated) as
     the manifest it is fetched against: a dataset of several files, like a Hub folder."""
@@ -269,15 +279,3 @@ def manifest_checksum(files: list[ManifestFile]) -> str:
 
 def git_blob_header(size: int) -> bytes:
     return f"blob {size}\0".encode()
-
-
-def hub_followed(rows: Iterable[Dataset]) -> list[tuple[Dataset, HubRef]]:
-    """Downloaded Hub datasets whose source names a branch or tag, not a commit: those whose
-    upstream `dsm list` and the dashboard ask the Hub about."""
-    out: list[tuple[Dataset, HubRef]] = []
-    for ds in rows:
-        if ds.downloaded and ds.source_commit and is_hub(ds.original_url):
-            ref = parse_hub_url(ds.original_url)
-            if not ref.pinned:
-                out.append((ds, ref))
-    return out

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import operator
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any, TypeVar, cast
 
+from dsm.domain.hub import CatalogFile, HubRef, ManifestFile, is_hub, parse_hub_url
 from dsm.domain.rows import RowSchema
 from dsm.errors import InvalidTransition
 
@@ -172,11 +174,13 @@ def _known_keys(raw: dict[str, Any]) -> tuple[str, ...]:
     if not isinstance(name, str):
         raise ValueError("dataset row without a string 'name'")
     known = _SCHEMA.known_keys(raw, name)
-    mirrors, files = raw.get("mirrors"), raw.get("files")
+    mirrors, files, manifest = raw.get("mirrors"), raw.get("files"), raw.get("manifest")
     if mirrors and not all(isinstance(v, str) for v in mirrors):
         raise ValueError(f"dataset {name}: field 'mirrors' must list strings")
-    if files and not all(isinstance(v, dict) for v in files):
-        raise ValueError(f"dataset {name}: field 'files' must list objects")
+    if files:
+        _FILE_SCHEMA.check_items(files, f"{name}: files")
+    if manifest:
+        _MANIFEST_SCHEMA.check_items(manifest, f"{name}: manifest")
     return known
 
 
@@ -189,7 +193,21 @@ def _status(raw: dict[str, Any]) -> Status:
 
 
 _SCHEMA = RowSchema(Dataset, "dataset", checked_elsewhere=("status",))
+_FILE_SCHEMA = RowSchema(CatalogFile, "dataset", checked_elsewhere=())
+_MANIFEST_SCHEMA = RowSchema(ManifestFile, "dataset", checked_elsewhere=())
 _STATUSES: dict[str, Status] = {s.value: s for s in Status}
 
 
 _FIELD_NAMES = tuple(f.name for f in fields(Dataset))
+
+
+def hub_followed(rows: Iterable[Dataset]) -> list[tuple[Dataset, HubRef]]:
+    """Downloaded Hub datasets whose source names a branch or tag, not a commit: those whose
+    upstream `dsm list` and the dashboard ask the Hub about."""
+    out: list[tuple[Dataset, HubRef]] = []
+    for ds in rows:
+        if ds.downloaded and ds.source_commit and is_hub(ds.original_url):
+            ref = parse_hub_url(ds.original_url)
+            if not ref.pinned:
+                out.append((ds, ref))
+    return out

@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 import types
 import typing
-from dataclasses import fields
+from dataclasses import MISSING, fields
 from typing import Any
 
 JSON_NAMES: dict[type, str] = {
@@ -45,6 +45,9 @@ class RowSchema:
             for f in fields(cls)
             if f.name not in checked_elsewhere
         }
+        self.required = tuple(
+            f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING
+        )
         # Row shapes (keys and value types, in order) -> their known keys. Bounded: rows of
         # odd shapes (hand-edited, hostile) are checked each time rather than kept.
         self._shapes: dict[tuple[tuple[str, ...], tuple[type, ...]], tuple[str, ...]] = {}
@@ -62,6 +65,19 @@ class RowSchema:
             if len(self._shapes) < MAX_SHAPES:
                 self._shapes[shape] = known
         return known
+
+    def check_items(self, items: list[Any], where: str) -> None:
+        """Each of `items` (a row's nested list: a manifest, a files list) an object of this
+        schema holding its required fields; ValueError naming the item (`where[i]`) and the
+        field (a hand-edited one was a KeyError or TypeError in every job of the store)."""
+        for i, item in enumerate(items):
+            label = f"{where}[{i}]"
+            if not isinstance(item, dict):
+                raise ValueError(f"{self.what} {label} is {_cut(item)}, expected an object")
+            missing = [key for key in self.required if key not in item]
+            if missing:
+                raise ValueError(f"{self.what} {label} has no field {missing[0]!r}")
+            self.known_keys(item, label)
 
     def _check(self, raw: dict[str, Any], name: object) -> tuple[str, ...]:
         known = []

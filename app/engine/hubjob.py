@@ -22,9 +22,9 @@ import anyio
 import httpx
 
 from dsm.config import Settings
-from dsm.domain.hub import HubRef, ManifestFile, hub_followed, parse_hub_url
+from dsm.domain.hub import HubRef, ManifestFile, parse_hub_url
 from dsm.domain.jobs import Job, JobStatus, JobType
-from dsm.domain.model import Dataset
+from dsm.domain.model import Dataset, hub_followed
 from dsm.engine import tree
 from dsm.engine.outcome import Outcome
 from dsm.engine.tree import TreeDownload

@@ -315,6 +315,17 @@ def _job(**fields: object) -> bytes:
     return json.dumps({"datasets": {"a": {"name": "a"}}, "jobs": {"j": job}}).encode()
 
 
+def _listed(key: str, item: object) -> bytes:
+    """A store with one downloaded dataset `a` whose nested list `key` (its `manifest`, its
+    `files`) holds a good item, then `item`."""
+    good = {
+        "manifest": {"path": "x", "url": "http://h/x", "size": 1, "sha256": "0" * 64},
+        "files": {"url": "http://h/x", "path": "x", "expected_size": 1, "expected_sha256": "0"},
+    }[key]
+    row = {"name": "a", "status": "downloaded", "downloaded": True, key: [good, item]}
+    return json.dumps({"datasets": {"a": row}}).encode()
+
+
 CORRUPT: list[tuple[str, bytes, str]] = [
     ("not-json", b"this is not json\n", "not valid JSON"),
     ("empty", b"", "empty file (no tables): not a dsm store"),
@@ -362,6 +373,29 @@ CORRUPT: list[tuple[str, bytes, str]] = [
     ("job-other-id", _job(id="k"), "job row 'j' has the id 'k'"),
     ("job-bad-keys", _job(idempotency_keys=5), "job j: field 'idempotency_keys' is neither"),
     ("job-bad-request", _job(idempotency_keys={"k": 1}), "field 'idempotency_keys' is neither"),
+    # A row's nested list of another shape: named at open (was a KeyError or TypeError in
+    # dsm show and at every job's start-up: the whole run an internal error).
+    ("manifest-item-not-object", _listed("manifest", 1), "dataset a: manifest[1] is 1, expected"),
+    (
+        "manifest-item-no-size",
+        _listed("manifest", {"path": "y", "url": "http://h/y"}),
+        "dataset a: manifest[1] has no field 'size'",
+    ),
+    (
+        "manifest-item-bad-size",
+        _listed("manifest", {"path": "y", "url": "http://h/y", "size": "1 KB"}),
+        "dataset a: manifest[1]: field 'size' is '1 KB', expected an integer",
+    ),
+    (
+        "files-item-no-url",
+        _listed("files", {"path": "y", "expected_size": 1, "expected_sha256": "0"}),
+        "dataset a: files[1] has no field 'url'",
+    ),
+    (
+        "files-item-bad-path",
+        _listed("files", {"url": "u", "path": 5, "expected_size": 1, "expected_sha256": "0"}),
+        "dataset a: files[1]: field 'path' is 5, expected a string",
+    ),
     (
         "bad-field-type",
         b'{"datasets": {"a": {"name": "a", "size": "12 MB"}}}',

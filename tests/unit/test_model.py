@@ -158,7 +158,13 @@ datasets = st.builds(
     source_commit=st.none() | st.from_regex(r"[0-9a-f]{40}", fullmatch=True),
     upstream_commit=st.none() | st.from_regex(r"[0-9a-f]{40}", fullmatch=True),
     manifest=st.none()
-    | st.lists(st.fixed_dictionaries({"path": json_text, "size": maybe_int}), max_size=3),
+    | st.lists(
+        st.fixed_dictionaries(
+            {"path": json_text, "url": json_text, "size": st.integers(0, 2**53)},
+            optional={"sha256": json_text, "mtime_ns": st.integers(0, 2**63)},
+        ),
+        max_size=3,
+    ),
 )
 
 
@@ -272,5 +278,5 @@ def test_files_are_copied_out_and_checked_in() -> None:
     ds = Dataset(name="x", files=[{"path": "a", "url": "http://a/a"}])
     ds.to_dict()["files"][0]["path"] = "b"
     assert ds.files[0]["path"] == "a"
-    with pytest.raises(ValueError, match="field 'files' must list objects"):
+    with pytest.raises(ValueError, match=r"dataset x: files\[0\] is 'a', expected an object"):
         Dataset.from_dict({"name": "x", "files": ["a"]})

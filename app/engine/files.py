@@ -167,13 +167,21 @@ def integrity_problem(ds: Dataset, size: int, sha256: str) -> str | None:
 
 def expectations(ds: Dataset) -> dict[str, Any]:
     """What a download of `ds` is fetched against, as its job records it (the files of a
-    dataset of several: only then, so a job recorded before they existed still agrees)."""
+    dataset of several: only then, so a job recorded before they existed still agrees).
+    Where it goes and in what form too: a catalogue moving local_path mid-download had the
+    copy recorded at the new path, where no file was."""
     expect = {
         "url": ds.original_url,
         "expected_size": ds.expected_size,
         "expected_sha256": ds.expected_sha256,
+        "local_path": ds.local_path,
+        "extract": ds.extract,
     }
     return expect | ({"files": ds.files} if ds.files else {})
+
+
+# Recorded by jobs since these were added: a job of an older dsm, without them, agrees.
+_ADDED_LATER = frozenset({"local_path", "extract"})
 
 
 def catalogue_drift(ds: Dataset, expect: dict[str, Any] | None) -> str | None:
@@ -182,7 +190,9 @@ def catalogue_drift(ds: Dataset, expect: dict[str, Any] | None) -> str | None:
     if expect is None:
         return None
     now = expectations(ds)
-    changed = [k for k in now if now[k] != expect.get(k)]
+    changed = [
+        k for k in now if now[k] != expect.get(k) and (k in expect or k not in _ADDED_LATER)
+    ]
     if not changed:
         return None
     what = ", ".join(f"{k} {expect.get(k)!r} -> {now[k]!r}" for k in changed)

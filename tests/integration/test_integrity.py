@@ -24,7 +24,8 @@ from dsm.api.app import render_dataset
 from dsm.cli import main
 from dsm.domain.events import EventKind
 from dsm.domain.jobs import Job, JobStatus, JobType
-from dsm.domain.model import Status
+from dsm.domain.model import Dataset, Status
+from dsm.engine import files
 from dsm.engine.engine import Engine
 from dsm.engine.ledger import Ledger
 from dsm.engine.locks import LockFile
@@ -367,7 +368,9 @@ async def test_catalogue_changed_by_another_process_during_a_download(
     run = await run_jobs(settings, repo, JobType.DOWNLOAD, "a", during=register_v2)
     assert run.job.status == JobStatus.COMPLETED
     assert run.job.expect == {"url": server.url("a.bin"), "expected_size": len(a)} | {
-        "expected_sha256": sha(a)
+        "expected_sha256": sha(a),
+        "local_path": "data/a",
+        "extract": None,
     }
     ds = run.dataset("a")
     assert (ds.status, ds.size, ds.checksum, ds.outdated) == (
@@ -389,6 +392,51 @@ async def test_catalogue_changed_by_another_process_during_a_download(
     assert again.job.status == JobStatus.COMPLETED
     assert (home / "data" / "a").read_bytes() == b
     assert again.dataset("a").outdated is False
+
+
+async def test_a_catalogue_moving_local_path_during_a_download_leaves_no_false_copy(
+    server: FileServer, home: Path, catalog: CatalogFn, tmp_path: Path
+) -> None:
+    """Another process registers a catalogue that moves the dataset while it downloads: the
+    copy lands where the job started, and the row (at the new path, where no file is) says
+    outdated, naming the move; it said downloaded and verified, verify then failed."""
+    a = blob(30, 300_000)
+    v1 = catalog([entry("a", server.add("a.bin", a), a)])
+    v2 = tmp_path / "v2.json"
+    v2.write_text(
+        json.dumps({"datasets": [entry("a", server.url("a.bin"), a) | {"local_path": "moved/a"}]})
+    )
+    settings, repo = setup(home, v1)
+    gate = threading.Event()
+    server.fault("a.bin", gate=gate)
+
+    async def register_v2(engine: Engine, jobs: list[Job]) -> None:
+        await until(lambda: bool(server.requests("a.bin")))
+        listed = await anyio.to_thread.run_sync(lambda: run_dsm("list", home=home, catalog_path=v2))
+        assert listed.returncode == 0, listed.stderr
+        gate.set()
+
+    run = await run_jobs(settings, repo, JobType.DOWNLOAD, "a", during=register_v2)
+    assert run.job.status == JobStatus.COMPLETED
+    assert (home / "data" / "a").read_bytes() == a  # where the job started; nothing moved
+    ds = run.dataset("a")
+    assert (ds.local_path, ds.outdated) == ("moved/a", True)
+    assert "local_path 'data/a' -> 'moved/a'" in (ds.outdated_reason or "")
+    settings2, repo2 = setup(home, v2)
+    again = await run_jobs(settings2, repo2, JobType.DOWNLOAD, "a")
+    assert again.job.status == JobStatus.COMPLETED
+    assert (home / "moved" / "a").read_bytes() == a
+    assert again.dataset("a").outdated is False
+
+
+def test_a_job_recorded_before_local_path_was_recorded_agrees() -> None:
+    """A job adopted from an older dsm's run (its expect without local_path and extract)
+    is no drift for that alone; a changed extract is."""
+    ds = Dataset(name="a", original_url="http://h/a", local_path="data/a", extract="tar")
+    old = {"url": "http://h/a", "expected_size": None, "expected_sha256": None}
+    assert files.catalogue_drift(ds, old) is None
+    drift = files.catalogue_drift(ds, old | {"local_path": "data/a", "extract": "zip"})
+    assert drift is not None and "extract 'zip' -> 'tar'" in drift
 
 
 # -- 6. every write loop checks the bytes written -----------------------------------------

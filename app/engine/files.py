@@ -190,9 +190,7 @@ def catalogue_drift(ds: Dataset, expect: dict[str, Any] | None) -> str | None:
     if expect is None:
         return None
     now = expectations(ds)
-    changed = [
-        k for k in now if now[k] != expect.get(k) and (k in expect or k not in _ADDED_LATER)
-    ]
+    changed = [k for k in now if now[k] != expect.get(k) and (k in expect or k not in _ADDED_LATER)]
     if not changed:
         return None
     what = ", ".join(f"{k} {expect.get(k)!r} -> {now[k]!r}" for k in changed)

@@ -213,7 +213,8 @@ class DashboardState:
 
     def _foreign_ended(self, gone: list[Job], jobs: list[Job]) -> None:
         """Jobs of other processes that the store no longer has unfinished: those that ended
-        count in the totals' rate (their last bytes) and jobs finished a second."""
+        count in the totals' rate (their last bytes) and jobs finished a second; an action
+        asked of one (a cancel) is answered."""
         ids = {job.id for job in gone}
         stored = {j.id: j for j in jobs if j.id in ids} if ids else {}
         now = self._clock()
@@ -221,6 +222,8 @@ class DashboardState:
             end = stored.get(job.id)
             if end is not None and end.owner == self.own_engine:
                 continue  # adopted by us: its meter and its end are our events' to count
+            if job.dataset not in self.live:  # else the action is our job's, still running
+                self.pending.pop(job.dataset, None)
             meter = self._meters.pop(job.id, None)
             if end is None or not end.status.finished:  # pruned, or its row shows another
                 continue

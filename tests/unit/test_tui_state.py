@@ -134,6 +134,23 @@ def test_rows_say_pending_cancel_delete_pause_and_retry_at_once() -> None:
     assert set(state.ticking()) == {"b", "d"}  # running and retrying rows tick; queued do not
 
 
+@pytest.mark.parametrize("ends", ["canceled", "pruned"])
+def test_a_cancel_asked_of_another_process_s_job_is_no_longer_pending_once_it_ends(
+    ends: str,
+) -> None:
+    """`c` on a row another process downloads: its end is seen in a store read, not in our
+    events (the row said `canceled ... cancel pending` for as long as the dashboard ran)."""
+    state = DashboardState(own_engine="me", max_attempts=4)
+    rows = [Dataset("a", status=Status.DOWNLOADING)]
+    state.apply_snapshot(rows, [job("a", owner="other")])
+    state.ask(["a"], "cancel")
+    assert state.row("a").info == "cancel pending"
+    rows = [Dataset("a", status=Status.CANCELED, updated_at_ms=1)]
+    after = [job("a", JobStatus.CANCELED, owner="other")] if ends == "canceled" else []
+    assert state.apply_snapshot(rows, after).names == {"a"}
+    assert state.row("a").info == "" and "a" not in state.pending
+
+
 def test_a_sorted_field_that_changes_asks_for_a_resort() -> None:
     state = DashboardState(own_engine="me")
     state.apply_snapshot([Dataset("a"), Dataset("b")], [])

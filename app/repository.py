@@ -187,7 +187,10 @@ class Repository:
     def save_many(self, datasets: list[Dataset]) -> None:
         stamp = now_ms()
         for ds in datasets:
-            ds.updated_at_ms = stamp
+            # Never back, whatever the clock does (set back by hand or by NTP): readers keep
+            # the later of two reads of a row by this stamp (the dashboard ignored every
+            # change until the clock caught up: a finished download said downloading).
+            ds.updated_at_ms = max(stamp, ds.updated_at_ms + 1)
         self._store.put_many(
             _DATASETS,
             {ds.name: ds.to_dict() for ds in datasets},

@@ -20,10 +20,11 @@ import orjson
 import pytest
 
 from dsm.domain.jobs import Job, JobType
-from dsm.domain.model import Dataset
+from dsm.domain.model import Dataset, Status
 from dsm.repository import Repository
 from dsm.store import Store, StoreCorrupt, StoreError
 from dsm.store.storage import CHUNK_ROWS, encode
+from dsm.tui.state import DashboardState
 from tests.conftest import CatalogFn, run_dsm
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -672,3 +673,24 @@ def test_a_write_after_the_lock_file_was_deleted_never_overwrites_another(tmp_pa
     assert not list(tmp_path.glob(".db-*.tmp"))
     holder.put("datasets", "b", {"name": "b"})  # the next transaction starts from the file
     assert sorted(json.loads(db.read_bytes())["datasets"]) == ["a", "b", "c"]
+
+
+def test_a_row_changed_after_the_clock_was_set_back_is_still_the_newer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The wall clock set back (by hand, by NTP) while a download runs: the row's end is
+    stamped later than its start all the same. A dashboard keeps the later of two reads of a
+    row by that stamp: it showed `downloading 79%` for the hour the clock had gone back."""
+    clock = [1_796_000_000_000]
+    monkeypatch.setattr("dsm.repository.now_ms", lambda: clock[0])
+    db = tmp_path / "db.json"
+    writer = Repository(Store(db))
+    writer.save(Dataset("a"))
+    writer.change("a", Status.QUEUED)
+    writer.change("a", Status.DOWNLOADING)
+    shown = DashboardState(own_engine="me")
+    shown.apply_snapshot(Repository(Store(db)).datasets(), [])
+    clock[0] -= 3_600_000
+    writer.change("a", Status.DOWNLOADED, downloaded=True)
+    assert shown.apply_snapshot(Repository(Store(db)).datasets(), []).names == {"a"}
+    assert shown.datasets["a"].status == Status.DOWNLOADED

@@ -69,15 +69,24 @@ class RowSchema:
     def check_items(self, items: list[Any], where: str) -> None:
         """Each of `items` (a row's nested list: a manifest, a files list) an object of this
         schema holding its required fields; ValueError naming the item (`where[i]`) and the
-        field (a hand-edited one was a KeyError or TypeError in every job of the store)."""
+        field (a hand-edited one was a KeyError or TypeError in every job of the store).
+        One look-up an item of a shape checked before: a Hub manifest of 100,000 files is
+        checked at every open (0.16 s item by item, about the time orjson takes to parse it)."""
+        shapes = self._shapes
         for i, item in enumerate(items):
-            label = f"{where}[{i}]"
-            if not isinstance(item, dict):
-                raise ValueError(f"{self.what} {label} is {_cut(item)}, expected an object")
-            missing = [key for key in self.required if key not in item]
-            if missing:
-                raise ValueError(f"{self.what} {label} has no field {missing[0]!r}")
-            self.known_keys(item, label)
+            if (
+                type(item) is not dict
+                or (tuple(item), tuple(map(type, item.values()))) not in shapes
+            ):
+                self._check_item(item, f"{where}[{i}]")
+
+    def _check_item(self, item: object, label: str) -> None:
+        if not isinstance(item, dict):
+            raise ValueError(f"{self.what} {label} is {_cut(item)}, expected an object")
+        missing = [key for key in self.required if key not in item]
+        if missing:
+            raise ValueError(f"{self.what} {label} has no field {missing[0]!r}")
+        self.known_keys(item, label)
 
     def _check(self, raw: dict[str, Any], name: object) -> tuple[str, ...]:
         known = []

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import functools
 import os
 import posixpath
-import re
 from pathlib import Path, PurePosixPath
 
-from dsm.domain.model import MAX_DEPTH
+from dsm.domain.relpath import local_path_problem
 
 # Names dsm itself keeps in the home: a dataset file must never take their place (the API
 # token of dsm.api.auth, the crash log of dsm.crashlog too: a download there would give
@@ -20,42 +18,6 @@ ARCHIVES_DIR = ".archives"  # verified archives of unpacked datasets, and their 
 OWN_DIRS = (LOCK_DIR, ARCHIVES_DIR)
 # Partial downloads, their sidecars, and an unpacked copy on its way in or out.
 PART_SUFFIXES = (".part", ".part.json", ".part.old")
-# A file name may take 255 bytes on common file systems; the longest name dsm writes beside
-# a dataset file is its sidecar's temporary file, `<name>.part.json.tmp`.
-NAME_MAX = 255 - len(".part.json.tmp")
-# Relative paths of plain ASCII names, none led by a dot: the common case, checked at once.
-_PLAIN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*(?:/[A-Za-z0-9_][A-Za-z0-9._-]*)*")
-CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # names with these are refused everywhere
-
-
-@functools.lru_cache(maxsize=1024)  # pure; asked again by each job, a few times in a row
-def local_path_problem(local_path: str, base: str = "the data home") -> str | None:
-    """Why `local_path` may not be used as a path under `base`, or None when it is fine."""
-    parts = local_path.split("/")
-    if len(parts) > MAX_DEPTH:
-        return f"must not go more than {MAX_DEPTH} levels deep"
-    if _PLAIN.fullmatch(local_path) and all(len(p) <= NAME_MAX for p in parts):
-        return None  # plain ASCII names break no rule below (each needs `.`, `~`, `:`, `/`...)
-    if not local_path or not local_path.strip():
-        return "must not be empty"
-    if CONTROL.search(local_path):  # NUL fails every file call; an escape rewrites a terminal
-        return "must not hold control characters (NUL, line breaks, escapes)"
-    pure = PurePosixPath(local_path.replace("\\", "/"))
-    if not pure.parts:  # "." and "./" name the home itself
-        return "must name a file"
-    if pure.is_absolute() or local_path.startswith("~") or ":" in pure.parts[0]:
-        return f"must be relative to {base}"
-    if ".." in pure.parts:
-        return "must not contain '..'"
-    if local_path.endswith("/") or pure.name in ("", "."):
-        return "must name a file"
-    long = next((p for p in pure.parts if len(p.encode()) > NAME_MAX), None)
-    if long is not None:
-        return (
-            f"has a name of {len(long.encode())} bytes ({long[:20]}...); at most {NAME_MAX} "
-            "(file systems allow 255, and dsm adds .part.json.tmp beside the file)"
-        )
-    return None
 
 
 def reserved_problem(relative: str) -> str | None:

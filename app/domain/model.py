@@ -9,6 +9,7 @@ from enum import StrEnum
 from typing import Any, TypeVar, cast
 
 from dsm.domain.hub import CatalogFile, HubRef, ManifestFile, is_hub, parse_hub_url
+from dsm.domain.relpath import escape_problem
 from dsm.domain.rows import RowSchema
 from dsm.errors import InvalidTransition
 
@@ -47,10 +48,6 @@ class Status(StrEnum):
 
 
 # Statuses in which a job owns the dataset; everything else is at rest.
-# Levels a dataset's path may go down (catalogue, Hub listing, archive member): Python's tree
-# walks (shutil.rmtree, os.walk) recurse once per folder, so a tree 1,000 deep could be
-# written but never removed (a RecursionError).
-MAX_DEPTH = 256
 
 ACTIVE = frozenset({Status.QUEUED, Status.DOWNLOADING, Status.VERIFYING, Status.DELETING})
 AT_REST = frozenset(Status) - ACTIVE
@@ -181,6 +178,10 @@ def _known_keys(raw: dict[str, Any]) -> tuple[str, ...]:
         _FILE_SCHEMA.check_items(files, f"{name}: files")
     if manifest:
         _MANIFEST_SCHEMA.check_items(manifest, f"{name}: manifest")
+    local_path = raw.get("local_path")
+    problem = escape_problem(local_path) if isinstance(local_path, str) else None
+    if problem:  # every job of the row failed naming a path the catalogue did not give
+        raise ValueError(f"dataset {name}: field 'local_path' {local_path!r} {problem}")
     return known
 
 

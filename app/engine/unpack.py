@@ -32,10 +32,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Protocol
 
-from dsm.catalog.paths import CONTROL
 from dsm.config import DEFAULT_EXTRACT_MAX_MEMORY
 from dsm.domain.hub import Clash, Clashes
-from dsm.domain.model import MAX_DEPTH
+from dsm.domain.relpath import CONTROL, MAX_DEPTH
 from dsm.engine import bounds
 from dsm.errors import ArchiveError
 from dsm.transfer.partfile import Room

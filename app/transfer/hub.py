@@ -32,7 +32,7 @@ from dsm.domain.hub import (
     revision_url,
     tree_url,
 )
-from dsm.domain.model import MAX_DEPTH
+from dsm.domain.relpath import MAX_DEPTH
 from dsm.errors import AccessDenied, BadResponse, HttpStatusError
 from dsm.transfer.http import (
     Answer,

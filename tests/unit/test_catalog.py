@@ -25,13 +25,14 @@ from dsm.catalog.parse import (
     parse_catalog,
     read_json,
 )
-from dsm.catalog.paths import Resolver, local_path_problem, resolve_inside
+from dsm.catalog.paths import Resolver, resolve_inside
 from dsm.catalog.secrets import source_url
 from dsm.catalog.sync import register, sync_catalog
 from dsm.cli import main
 from dsm.config import bundled_catalog
 from dsm.domain.hub import catalogue_listing, is_hub, manifest_checksum, parse_hub_url
 from dsm.domain.model import Status
+from dsm.domain.relpath import local_path_problem
 from dsm.errors import CatalogError
 from dsm.repository import Repository
 from dsm.store import Store

@@ -24,14 +24,7 @@ from dsm.engine.thread import EngineThread
 from dsm.repository import Repository, StoreError
 from dsm.tui.commands import ActionCommands
 from dsm.tui.control import EngineCalls
-from dsm.tui.feed import (
-    DatasetReader,
-    EngineFeed,
-    HeapFreezer,
-    JobChanged,
-    JobReader,
-    StoreRead,
-)
+from dsm.tui.feed import EngineFeed, HeapFreezer, JobChanged, StoreRead, StoreWatch
 from dsm.tui.keys import ACTION_NAMES, KEY_ACTIONS, KEY_BINDINGS, OVER_LOG
 from dsm.tui.state import DashboardState
 from dsm.tui.views import Views
@@ -126,15 +119,13 @@ class DashboardApp(EngineCalls, Views, App[int]):
     @work(thread=True, group="store-poll", exit_on_error=False)
     def _poll_store(self) -> None:
         """Re-read the store whenever any process rewrote it (a stat per poll otherwise)."""
-        seen: object = None
         reported = ""
-        reader, jobs = DatasetReader(self.repo), JobReader(self.repo)
+        watch = StoreWatch(self.repo, self.settings.lock_dir, self.state.own_engine)
         while not self._stopping.is_set():
             try:
-                identity = self.repo.identity
-                if identity != seen or seen is None:
-                    seen = identity
-                    self.post_message(StoreRead(reader.read(), jobs.read()))
+                read = watch.poll()
+                if read is not None:
+                    self.post_message(read)
             except StoreError as exc:
                 if str(exc) != reported:
                     reported = str(exc)
@@ -154,7 +145,7 @@ class DashboardApp(EngineCalls, Views, App[int]):
 
     @on(StoreRead)
     def _store_read(self, message: StoreRead) -> None:
-        change = self.state.apply_snapshot(message.datasets, message.jobs)
+        change = self.state.apply_snapshot(message.datasets, message.jobs, message.dead)
         if change.structural or not self._loaded:
             first, self._loaded = not self._loaded, True
             self._reload()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from textual.message import Message
@@ -17,6 +18,7 @@ from textual.message import Message
 from dsm.domain.events import EventKind, JobEvent
 from dsm.domain.jobs import Job
 from dsm.domain.model import Dataset
+from dsm.engine.liveness import owner_running
 from dsm.repository import Repository
 
 T = TypeVar("T")
@@ -33,12 +35,16 @@ class JobChanged(Message):
 
 
 class StoreRead(Message):
-    """A fresh read of the store, after it changed on disk."""
+    """A fresh read of the store, after it changed on disk, or after an owner of other
+    processes' unfinished jobs died (`dead`: their owners)."""
 
-    def __init__(self, datasets: list[Dataset], jobs: list[Job]) -> None:
+    def __init__(
+        self, datasets: list[Dataset], jobs: list[Job], dead: frozenset[str] = frozenset()
+    ) -> None:
         super().__init__()
         self.datasets = datasets
         self.jobs = jobs
+        self.dead = dead
 
 
 class EngineFeed:
@@ -111,6 +117,37 @@ class JobReader(RowReader[Job]):
 
     def read(self) -> list[Job]:
         return sorted(super().read(), key=lambda j: j.created_ms)
+
+
+class StoreWatch:
+    """The dashboard's store poll: a read whenever any process rewrote the store (a stat a
+    poll otherwise), and again when an engine owning unfinished jobs of another process has
+    died since (a --run-job killed: it writes nothing more, and its rows said `downloading`
+    at its last rate for as long as the dashboard ran). A probe of each such owner's lock a
+    poll: there are few."""
+
+    def __init__(self, repo: Repository, lock_dir: Path, own_engine: str) -> None:
+        self._repo, self._lock_dir, self._own = repo, lock_dir, own_engine
+        self._datasets, self._jobs = DatasetReader(repo), JobReader(repo)
+        self._identity: object = None
+        self._read: tuple[list[Dataset], list[Job]] | None = None
+        self._dead: frozenset[str] = frozenset()
+
+    def poll(self) -> StoreRead | None:
+        """What changed since the last poll, or None. StoreError: the store cannot be read."""
+        identity = self._repo.identity
+        fresh = self._read is None or identity != self._identity
+        if fresh:
+            self._identity = identity
+            self._read = self._datasets.read(), self._jobs.read()
+        assert self._read is not None
+        datasets, jobs = self._read
+        owners = {j.owner for j in jobs if not j.status.finished and j.owner != self._own}
+        dead = frozenset(o for o in owners if o and not owner_running(self._lock_dir, o))
+        if not fresh and dead == self._dead:
+            return None
+        self._dead = dead
+        return StoreRead(datasets, jobs, dead)
 
 
 class HeapFreezer:

@@ -26,10 +26,12 @@ from dsm.domain.display import (
     shown_progress,
 )
 from dsm.domain.jobs import Job, JobStatus
-from dsm.domain.model import Dataset, Status
+from dsm.domain.model import ACTIVE, Dataset, Status
 
 SORTS = ("name", "status", "size", "progress", "rate")
 STATUS_ORDER = {s: i for i, s in enumerate(Status)}
+# A row whose job's process died (killed): nothing runs it until d, or the next start.
+INTERRUPTED = "interrupted: its dsm process died; d resumes it"
 HISTORY_SECONDS = 60  # the summary's sparkline: total rate once a second, the last minute
 
 
@@ -103,6 +105,7 @@ class DashboardState:
         self._unseen: dict[str, Job] = {}  # our jobs the last store read did not have yet
         self.live: dict[str, dict[str, Job]] = {}  # dataset -> our unfinished jobs by id
         self.foreign: dict[str, Job] = {}  # dataset -> an unfinished job of another process
+        self.interrupted: set[str] = set()  # datasets whose job's process died
         self.pending: dict[str, str] = {}  # dataset -> an action asked for, not yet seen done
         self.marked: set[str] = set()
         self.filter = ""
@@ -181,17 +184,22 @@ class DashboardState:
             self._throughput.moved(job.bytes_done - meter.last_bytes)
             meter.sample(job.bytes_done, self._clock())
 
-    def apply_snapshot(self, datasets: Iterable[Dataset], jobs: list[Job]) -> Change:
-        """A fresh read of the store (ours or another process's writes)."""
+    def apply_snapshot(
+        self, datasets: Iterable[Dataset], jobs: list[Job], dead: frozenset[str] = frozenset()
+    ) -> Change:
+        """A fresh read of the store (ours or another process's writes); `dead`: engines
+        that own unfinished jobs in it and no longer run (their jobs wait for a restart)."""
         fresh = {ds.name: ds for ds in datasets}
         structural = fresh.keys() != self.datasets.keys()
         for name in self.datasets.keys() - fresh.keys():
             self._tally(self.datasets.pop(name), -1)
         self.marked &= fresh.keys()
         changed = {name for name, ds in fresh.items() if self._accept(ds)}
-        foreign = {
-            j.dataset: j for j in jobs if not j.status.finished and j.owner != self.own_engine
-        }
+        unfinished = [j for j in jobs if not j.status.finished and j.owner != self.own_engine]
+        interrupted = {j.dataset for j in unfinished if j.owner in dead}
+        changed |= interrupted ^ self.interrupted
+        self.interrupted = interrupted
+        foreign = {j.dataset: j for j in unfinished if j.owner not in dead}
         if foreign:  # their small files may start and end between two reads
             self._throughput.active(True, self._clock())
         still = {j.id for j in foreign.values()}
@@ -266,6 +274,8 @@ class DashboardState:
         if is_paused(job):
             return "paused: p resumes"
         ds = self.datasets[name]
+        if job is None and name in self.interrupted and ds.status in ACTIVE:
+            return INTERRUPTED
         return short_cause(ds.error) if ds.status == Status.ERROR else ""
 
     def row(self, name: str) -> RowView:

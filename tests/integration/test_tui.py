@@ -14,10 +14,18 @@ from textual.command import CommandList
 
 from dsm.domain.jobs import Job, JobStatus, JobType
 from dsm.domain.model import Dataset, Status
-from dsm.tui.feed import DatasetReader, JobReader
-from dsm.tui.state import DashboardState
+from dsm.tui.feed import DatasetReader, JobReader, StoreWatch
+from dsm.tui.state import INTERRUPTED, DashboardState
 from dsm.widgets.screens import FilterBar
-from tests.conftest import CatalogFn, make_settings, open_repo, run_dsm
+from tests.conftest import (
+    CatalogFn,
+    dsm_command,
+    dsm_env,
+    make_settings,
+    open_repo,
+    run_dsm,
+    wait_for,
+)
 from tests.httpserver import FileServer
 from tests.tui_helpers import (
     SIZE,
@@ -454,6 +462,46 @@ def test_dataset_reader_rebuilds_only_changed_rows(home: Path, catalog: CatalogF
     assert second["alpha"] is first["alpha"]
     assert second["beta"] is not first["beta"] and second["beta"].error == "boom"
     assert sorted(second.values(), key=lambda d: d.name) == repo.datasets()
+
+
+def test_a_row_whose_downloading_process_was_killed_says_it_is_interrupted(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    """A --run-job killed (-9) mid-download writes nothing more: the dashboard's store poll
+    probes the owner of another process's unfinished job, and the row says interrupted
+    (it said downloading, at the dead process's last rate, for as long as the dashboard
+    ran: only a store change made it read again)."""
+    gate = threading.Event()
+    cat = serve(server, catalog, "alpha")
+    server.always("alpha.bin", gate=gate)
+    settings = make_settings(home, cat)
+    repo = open_repo(settings)
+    watch = StoreWatch(repo, settings.lock_dir, "dashboard")
+    state = DashboardState(own_engine="dashboard")
+    other = subprocess.Popen(
+        [*dsm_command(), "--run-job", "download", "--dataset", "alpha"],
+        env=dsm_env(home, cat),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: bool(server.requests("alpha.bin")))
+        wait_for(lambda: any(j.status == JobStatus.RUNNING for j in repo.jobs()))
+        read = watch.poll()
+        assert read is not None and read.dead == frozenset()
+        state.apply_snapshot(read.datasets, read.jobs, read.dead)
+        assert state.row("alpha").job is not None and state.row("alpha").info == ""
+        assert watch.poll() is None  # nothing changed: no read
+    finally:
+        other.kill()
+        other.wait()
+        gate.set()
+    read = watch.poll()  # the store did not change; its owner died
+    assert read is not None and read.dead == {read.jobs[0].owner}
+    assert state.apply_snapshot(read.datasets, read.jobs, read.dead).names == {"alpha"}
+    assert state.row("alpha").job is None
+    assert state.row("alpha").info == INTERRUPTED
+    assert state.totals(1).downloading == 0
 
 
 def test_headless_modules_never_import_textual() -> None:

@@ -445,8 +445,12 @@ def rehash(home: Path, ds: Dataset) -> tuple[str | None, dict[str, Any]]:
         actual = sha256_of(path)
     except (OSError, ValueError) as exc:
         return f"cannot verify: {exc}", {}
-    size, size_from = _expected(ds.expected_size, ds.size, ds)
-    want, want_from = _expected(ds.expected_sha256, ds.checksum, ds)
+    # The record counts only where it is of the copy the catalogue asks for: after an update
+    # killed between its rename and its record, the size recorded for the copy before was
+    # held against the very file the catalogue's sha256 names (verify failed, row error).
+    own = ds.expected_sha256 in (None, ds.checksum) and ds.expected_size in (None, ds.size)
+    size, size_from = _expected(ds.expected_size, ds.size if own else None, ds)
+    want, want_from = _expected(ds.expected_sha256, ds.checksum if own else None, ds)
     if size is not None and st.st_size != size:
         return (
             f"size mismatch on disk: expected {size} bytes ({size_from}), found {st.st_size}",
@@ -460,7 +464,19 @@ def rehash(home: Path, ds: Dataset) -> tuple[str | None, dict[str, Any]]:
     problem = _tree_problem(home, ds) if ds.extract is not None else None
     if problem:
         return problem, {}
-    return None, {"file_mtime_ns": st.st_mtime_ns}
+    if own or not ds.expected_sha256:
+        return None, {"file_mtime_ns": st.st_mtime_ns}
+    if ds.extract is not None:  # the tree may still be the one unpacked from the archive before
+        return STALE_TREE, {}
+    # The catalogue's very bytes: the record says so now (it named the copy before).
+    stamps = {"file_mtime_ns": st.st_mtime_ns, "size": st.st_size, "checksum": actual}
+    return None, stamps | {"confirmed": True, "unconfirmed_reason": None}
+
+
+STALE_TREE = (
+    "the kept archive is the catalogue's, but the unpacked copy is recorded from another "
+    "(an update did not finish): download unpacks it again"
+)
 
 
 def _rehash_tree(

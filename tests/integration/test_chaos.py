@@ -689,3 +689,51 @@ async def test_a_full_disk_at_the_install_record_fails_the_job_clearly(
     assert not (home / "data" / "a").exists()
     assert not (home / "data" / "a.part").exists()
     assert not (home / "dsm-error.log").exists()
+
+
+def _sha_only(server: FileServer, data: bytes, kind: str | None = None) -> list[dict[str, Any]]:
+    """A catalogue of one dataset `a` served as `data`, naming its sha256 but not its size
+    (as most catalogues written by hand do); `kind`: unpacked as that archive kind."""
+    entry = {"name": "a", "original_url": server.add("a.bin", data), "local_path": "data/a"}
+    return [entry | {"expected_sha256": sha(data)} | ({"extract": kind} if kind else {})]
+
+
+def test_verify_after_an_update_killed_before_its_record_says_what_is_on_disk(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    """An update killed between its rename and its store record leaves the catalogue's new
+    bytes in place, the row naming the copy before. verify held the recorded size against
+    the file the catalogue's sha256 names (`size mismatch on disk: expected 300000 bytes
+    (recorded at download)`, the row turned error); it now checks what the catalogue asks
+    and records the copy it hashed."""
+    old, new = blob(40, 300_000), blob(41, 400_000)
+    cat = catalog(_sha_only(server, old))
+    assert run_dsm("--run-job", "download", "--all", home=home, catalog_path=cat).returncode == 0
+    catalog(_sha_only(server, new))
+    (home / "data" / "a").write_bytes(new)  # what the killed update had moved into place
+    proc = run_dsm("--run-job", "verify", "--all", home=home, catalog_path=cat)
+    assert proc.returncode == 0, proc.stderr
+    row = json.loads(run_dsm("show", "a", "--json", home=home, catalog_path=cat).stdout)
+    assert (row["status"], row["size"], row["checksum"]) == ("downloaded", len(new), sha(new))
+
+
+def test_verify_after_an_archive_update_killed_before_its_tree_names_the_stale_tree(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    """Killed once the new archive was kept, before its tree took the old one's place: the
+    archive is the catalogue's, the tree may not be. verify says so (it said `size mismatch
+    on disk ... (recorded at download)` of the very archive the catalogue names), and
+    download unpacks the kept archive, fetching nothing."""
+    old, new = zip_of({"x.txt": blob(42, 1000)}), zip_of({"y.txt": blob(43, 2000)})
+    cat = catalog(_sha_only(server, old, "zip"))
+    assert run_dsm("--run-job", "download", "--all", home=home, catalog_path=cat).returncode == 0
+    catalog(_sha_only(server, new, "zip"))
+    (home / ".archives" / "a" / "archive.zip").write_bytes(new)
+    proc = run_dsm("--run-job", "verify", "--all", home=home, catalog_path=cat)
+    assert proc.returncode == 1
+    assert "the unpacked copy is recorded from another (an update did not finish)" in proc.stderr
+    fetched = len(server.requests("a.bin"))
+    proc = run_dsm("--run-job", "download", "--all", home=home, catalog_path=cat)
+    assert proc.returncode == 0, proc.stderr
+    assert len(server.requests("a.bin")) == fetched
+    assert sorted(p.name for p in (home / "data" / "a").iterdir()) == ["y.txt"]

@@ -26,7 +26,7 @@ from dsm.domain.model import ACTIVE, Dataset
 from dsm.domain.paging import MAX_PAGE_SIZE, page_of
 from dsm.domain.redact import redact_doc, redact_text
 from dsm.domain.terminal import json_text, one_line, printable, writes_unicode
-from dsm.engine.liveness import owner_running
+from dsm.engine.liveness import copy_gone, owner_running
 from dsm.errors import EXIT_BAD_INPUT, EXIT_FAILED, BadInput, DsmError
 from dsm.repository import Repository, StoreCorrupt, StoreError, UnknownDataset
 from dsm.version import __version__
@@ -227,13 +227,8 @@ class SeenNow:
         return "" if owner is not None and self._running[owner] else "interrupted"
 
     def _missing(self, ds: Dataset) -> str:
-        if not ds.downloaded:
-            return ""
         self._paths = self._paths or Resolver(self.settings.home)
-        try:
-            return "" if os.path.lexists(self._paths.text(ds.local_path)) else "missing on disk"
-        except ValueError:  # a local_path the catalogue no longer allows: said elsewhere
-            return ""
+        return "missing on disk" if copy_gone(self._paths, ds) else ""
 
 
 def cmd_cache(args: argparse.Namespace, settings: Settings, repo: Repository) -> int:

@@ -1,12 +1,16 @@
-"""Whether the engine that owns a job still runs, asked without loading the engine (`dsm
-list` and `dsm show` stay light): a live engine holds `owner-<id>.lock` under the home's
-`.locks/` (flock) for as long as it runs (engine.OwnerLock)."""
+"""What a stored row cannot say by itself, asked now without loading the engine (`dsm list`,
+`dsm show` and the dashboard stay light): whether the engine that owns a job still runs (a
+live engine holds `owner-<id>.lock` under the home's `.locks/`, flock, for as long as it
+runs: engine.OwnerLock), and whether a recorded copy is still on disk."""
 
 from __future__ import annotations
 
 import fcntl
 import os
 from pathlib import Path
+
+from dsm.catalog.paths import Resolver
+from dsm.domain.model import Dataset
 
 
 def owner_lock_path(lock_dir: Path, owner: str) -> Path:
@@ -31,3 +35,14 @@ def owner_running(lock_dir: Path, owner: str) -> bool:
     finally:
         os.close(fd)  # with the lock this probe took
     return False
+
+
+def copy_gone(resolver: Resolver, ds: Dataset) -> bool:
+    """Whether the copy the row records was removed (by hand: dsm records its own removals).
+    A stat; a local_path the catalogue no longer allows is said elsewhere, not here."""
+    if not ds.downloaded:
+        return False
+    try:
+        return not os.path.lexists(resolver.text(ds.local_path))
+    except ValueError:
+        return False

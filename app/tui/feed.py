@@ -10,17 +10,21 @@ from __future__ import annotations
 import gc
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from textual.message import Message
 
+from dsm.catalog.paths import Resolver
 from dsm.domain.events import EventKind, JobEvent
 from dsm.domain.jobs import Job
 from dsm.domain.model import Dataset
+from dsm.engine.liveness import copy_gone
 from dsm.repository import Repository
 
 T = TypeVar("T")
 FREEZE_ROWS = 1000  # rows (datasets and jobs) that came or went since the last freeze
+PROBE_ROWS = 500  # rows whose copy a store poll looks at in turn: 10,000 every 10 s
 COALESCED = (EventKind.PROGRESS, EventKind.QUEUED)
 
 
@@ -39,6 +43,52 @@ class StoreRead(Message):
         super().__init__()
         self.datasets = datasets
         self.jobs = jobs
+
+
+class CopiesGone(Message):
+    """The rows whose recorded copy is no longer on disk (each the row as it was seen)."""
+
+    def __init__(self, gone: dict[str, Dataset]) -> None:
+        super().__init__()
+        self.gone = gone
+
+
+class CopyProbe:
+    """Which recorded copies were removed by hand: the store cannot say (dsm records its
+    own removals), so the dashboard looks, as `dsm list` does (liveness.copy_gone). Each
+    store poll looks at the rows read anew since the last and PROBE_ROWS others in turn: a
+    removal shows within seconds at 10,000 datasets, for a stat a row (in the poll's
+    thread, never the UI's)."""
+
+    def __init__(self, home: Path) -> None:
+        self._home = home
+        self._paths = Resolver(home)  # anew each round: a symlink may change meanwhile
+        self._looked: dict[str, Dataset] = {}  # name -> the row object looked at last
+        self._turn = 0
+        self.gone: dict[str, Dataset] = {}
+
+    def look(self, rows: list[Dataset]) -> bool:
+        """Look again at some of `rows` (the latest read); whether `gone` changed."""
+        if self._turn >= len(rows):
+            self._turn, self._paths = 0, Resolver(self._home)
+        turn = rows[self._turn : self._turn + PROBE_ROWS]
+        self._turn += PROBE_ROWS
+        fresh = [ds for ds in rows if self._looked.get(ds.name) is not ds]
+        names = {ds.name for ds in rows} if len(rows) != len(self._looked) else None
+        gone = {n: ds for n, ds in self.gone.items() if names is None or n in names}
+        for ds in (*fresh, *turn):
+            self._looked[ds.name] = ds
+            if copy_gone(self._paths, ds):
+                gone[ds.name] = ds
+            else:
+                gone.pop(ds.name, None)
+        if names is not None:
+            self._looked = {n: ds for n, ds in self._looked.items() if n in names}
+        changed = gone.keys() != self.gone.keys() or any(
+            ds is not self.gone[n] for n, ds in gone.items()
+        )
+        self.gone = gone
+        return changed
 
 
 class EngineFeed:

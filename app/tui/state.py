@@ -119,6 +119,7 @@ class DashboardState:
         self._downloaded = 0
         self._failed = 0
         self._on_disk = 0
+        self._gone: dict[str, Dataset] = {}  # rows whose copy was removed by hand, as seen
 
     # -- feeding -----------------------------------------------------------------------
     def _accept(self, ds: Dataset) -> bool:
@@ -211,6 +212,19 @@ class DashboardState:
         self._unseen = {i: j for i, j in self._unseen.items() if i not in self._stored_ids}
         return Change(frozenset(changed & fresh.keys()), structural)
 
+    def apply_gone(self, gone: dict[str, Dataset]) -> frozenset[str]:
+        """The rows whose recorded copy is no longer on disk (feed.CopyProbe); the names whose
+        info changed."""
+        before, self._gone = self._gone, gone
+        flipped = before.keys() ^ gone.keys()
+        flipped |= {n for n, ds in gone.items() if n in before and before[n] is not ds}
+        return frozenset(flipped & self.datasets.keys())
+
+    def _copy_gone(self, name: str) -> bool:
+        """Only for the row as the probe saw it: a download since put a new copy there."""
+        seen, ds = self._gone.get(name), self.datasets[name]
+        return seen is not None and (seen is ds or seen == ds)
+
     def _foreign_ended(self, gone: list[Job], jobs: list[Job]) -> None:
         """Jobs of other processes that the store no longer has unfinished: those that ended
         count in the totals' rate (their last bytes) and jobs finished a second."""
@@ -262,6 +276,8 @@ class DashboardState:
             return retry_text(job, self.max_attempts, self._wall_ms())
         if is_paused(job):
             return "paused: p resumes"
+        if self._copy_gone(name):
+            return "missing on disk: d fetches it again"
         ds = self.datasets[name]
         return short_cause(ds.error) if ds.status == Status.ERROR else ""
 

@@ -208,8 +208,8 @@ NOW_SAID = {
 class SeenNow:
     """What a stored row cannot say by itself, looked at now for the rows shown (a few
     system calls a row): an active row whose job no running dsm process works on (killed:
-    the row said `downloading 36.9%` until an engine started), a recorded copy removed by
-    hand. The JSON output stays the stored row."""
+    the row said `downloading 36.9%` until an engine started), a recorded copy removed or
+    changed by hand (liveness.copy_seen). The JSON output stays the stored row."""
 
     def __init__(self, settings: Settings, repo: Repository) -> None:
         self.settings, self.repo = settings, repo

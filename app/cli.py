@@ -25,7 +25,7 @@ from dsm.domain.model import ACTIVE, Dataset, hub_followed
 from dsm.domain.paging import MAX_PAGE_SIZE, page_of
 from dsm.domain.redact import redact_doc, redact_text
 from dsm.domain.terminal import json_text, one_line, printable, writes_unicode
-from dsm.engine.liveness import owner_running
+from dsm.engine.liveness import CHANGED, MISSING, copy_seen, owner_running
 from dsm.errors import EXIT_BAD_INPUT, EXIT_FAILED, BadInput, DsmError
 from dsm.repository import Repository, StoreCorrupt, StoreError, UnknownDataset
 from dsm.version import __version__
@@ -199,15 +199,16 @@ def cmd_show(args: argparse.Namespace, settings: Settings, repo: Repository) -> 
 
 NOW_SAID = {
     "interrupted": "interrupted: no dsm process runs its job (the next start resumes it)",
-    "missing on disk": "missing on disk: the copy was removed (a download fetches it again)",
+    MISSING: f"{MISSING}: the copy was removed (a download fetches it again)",
+    CHANGED: f"{CHANGED}: another size or time than when verified (a verify checks it)",
 }
 
 
 class SeenNow:
     """What a stored row cannot say by itself, looked at now for the rows shown (a few
     system calls a row): an active row whose job no running dsm process works on (killed:
-    the row said `downloading 36.9%` until an engine started), a recorded copy removed by
-    hand. The JSON output stays the stored row."""
+    the row said `downloading 36.9%` until an engine started), a recorded copy removed or
+    changed by hand (liveness.copy_seen). The JSON output stays the stored row."""
 
     def __init__(self, settings: Settings, repo: Repository) -> None:
         self.settings, self.repo = settings, repo
@@ -215,7 +216,7 @@ class SeenNow:
         self._paths: Resolver | None = None
 
     def of(self, ds: Dataset, said: dict[str, str] | None = None) -> str:
-        seen = self._interrupted(ds) if ds.status in ACTIVE else self._missing(ds)
+        seen = self._interrupted(ds) if ds.status in ACTIVE else self._on_disk(ds)
         return (said or {}).get(seen, seen)
 
     def _interrupted(self, ds: Dataset) -> str:
@@ -225,14 +226,9 @@ class SeenNow:
             self._running[owner] = owner_running(self.settings.lock_dir, owner)
         return "" if owner is not None and self._running[owner] else "interrupted"
 
-    def _missing(self, ds: Dataset) -> str:
-        if not ds.downloaded:
-            return ""
+    def _on_disk(self, ds: Dataset) -> str:
         self._paths = self._paths or Resolver(self.settings.home)
-        try:
-            return "" if os.path.lexists(self._paths.text(ds.local_path)) else "missing on disk"
-        except ValueError:  # a local_path the catalogue no longer allows: said elsewhere
-            return ""
+        return copy_seen(self._paths, ds)
 
 
 def cmd_cache(args: argparse.Namespace, settings: Settings, repo: Repository) -> int:

@@ -24,7 +24,15 @@ from dsm.engine.thread import EngineThread
 from dsm.repository import Repository, StoreError
 from dsm.tui.commands import ActionCommands
 from dsm.tui.control import EngineCalls
-from dsm.tui.feed import EngineFeed, HeapFreezer, JobChanged, StoreRead, StoreWatch
+from dsm.tui.feed import (
+    CopiesSeen,
+    CopyProbe,
+    EngineFeed,
+    HeapFreezer,
+    JobChanged,
+    StoreRead,
+    StoreWatch,
+)
 from dsm.tui.keys import ACTION_NAMES, KEY_ACTIONS, KEY_BINDINGS, OVER_LOG
 from dsm.tui.state import DashboardState
 from dsm.tui.views import Views
@@ -121,11 +129,14 @@ class DashboardApp(EngineCalls, Views, App[int]):
         """Re-read the store whenever any process rewrote it (a stat per poll otherwise)."""
         reported = ""
         watch = StoreWatch(self.repo, self.settings.lock_dir, self.state.own_engine)
+        probe = CopyProbe(self.settings.home)
         while not self._stopping.is_set():
             try:
                 read = watch.poll()
                 if read is not None:
                     self.post_message(read)
+                if probe.look(watch.datasets):  # copies changed by hand: the store cannot say
+                    self.post_message(CopiesSeen(probe.seen))
             except StoreError as exc:
                 if str(exc) != reported:
                     reported = str(exc)
@@ -160,6 +171,11 @@ class DashboardApp(EngineCalls, Views, App[int]):
         if self.table.highlighted is not None:
             self._changed.add(self.table.highlighted)  # its job list may have grown
         self._heap.after_read(len(message.datasets) + len(message.jobs))
+
+    @on(CopiesSeen)
+    def _copies_seen(self, message: CopiesSeen) -> None:
+        for name in self.state.apply_seen(message.seen):
+            self._show(name)
 
     @on(JobChanged)
     def _job_changed(self, message: JobChanged) -> None:

@@ -42,11 +42,13 @@ from dsm.transfer.http import (
     network_error,
     open_stream,
 )
+from dsm.transfer.wire import Awaited, awaiting
 
 LOGIN_HINT = "log in with `hf auth login` or set HF_TOKEN"
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 MAX_PAGES = 10_000  # a tree of ten million files: far past any dataset, short of a loop
 MAX_JSON = 64 << 20  # bytes of one API answer
+ANSWER = "the Hub's answer"
 
 
 def _is_loopback(host: str) -> bool:
@@ -111,17 +113,25 @@ class Hub:
                     )
                 if resp.status_code != 200:
                     raise http_error(answer)
-                body = bytearray()
-                for chunk in resp.iter_bytes():
-                    body += chunk
-                    if len(body) > MAX_JSON:  # held in memory whole: a real page is < 1 MiB
-                        raise BadResponse(f"the Hub answered {url} with more than 64 MiB")
+                body = self._body(resp, url)
         except httpx.HTTPError as exc:
             raise network_error(exc, url, self.stall_timeout) from exc
         try:
             return json.loads(body), resp.headers
         except (ValueError, RecursionError):  # RecursionError: nested too deeply
             raise BadResponse(f"the Hub answered {url} with something that is not JSON") from None
+
+    def _body(self, resp: httpx.Response, url: str) -> bytearray:
+        """An answer's body, at most MAX_JSON bytes, whole within the stall timeout of its
+        first read: each read's own timeout let a Hub sending a byte now and then hold a
+        job, and `dsm list` (the upstream hint), for ever."""
+        body = bytearray()
+        with awaiting(Awaited(self.stall_timeout, url, ANSWER)):
+            for chunk in resp.iter_bytes():
+                body += chunk
+                if len(body) > MAX_JSON:  # held in memory whole: a real page is < 1 MiB
+                    raise BadResponse(f"the Hub answered {url} with more than 64 MiB")
+        return body
 
     def _denied(self, ref: HubRef, status: int) -> str:
         why = "the token was refused" if self.token else "no token was given"

@@ -77,6 +77,7 @@ def hub_for(settings: Settings, client: httpx.Client, stall_timeout: float | Non
         settings.hf_token,
         lambda url: auth_headers(settings.hf_endpoint, settings.hf_token, url),
         settings.stall_timeout if stall_timeout is None else stall_timeout,
+        settings.extract_max_members,
     )
 
 

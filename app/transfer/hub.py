@@ -85,13 +85,14 @@ def _listing(url: str) -> str:
 
 @dataclass(frozen=True)
 class Hub:
-    """One endpoint, its token, and the client and stall timeout of the engine."""
+    """One endpoint, its token, and the client, stall timeout and file limit of the engine."""
 
     client: httpx.Client
     endpoint: str
     token: str | None
     headers: Callable[[str], dict[str, str]]  # every header for a URL (token included)
     stall_timeout: float
+    max_files: int  # files one listing may name (DSM_EXTRACT_MAX_MEMBERS)
 
     def get_json(self, url: str, ref: HubRef) -> tuple[Any, httpx.Headers]:
         """GET an API URL; a 401/403 is AccessDenied at once, other errors typed as usual."""
@@ -168,6 +169,11 @@ class Hub:
             if not isinstance(page, list):
                 raise BadResponse(f"the Hub's tree listing of {ref.repo} is not a list")
             out += [f for e in page if (f := self._file(ref, commit, e)) is not None]
+            if len(out) > self.max_files:  # each held (a page of 100,000 took 40 MB), then fetched
+                raise BadResponse(
+                    f"the Hub's tree listing of {ref.repo} names more than {self.max_files} "
+                    "files, the most one dataset may have (DSM_EXTRACT_MAX_MEMBERS)"
+                )
             nxt = httpx.Response(200, headers=headers).links.get("next", {}).get("url")
             what = f"the Hub's tree listing of {ref.repo} links to a next page"
             url = joined(url, nxt, what) if nxt else None

@@ -134,3 +134,26 @@ def test_a_hub_trickling_its_answer_cannot_hold_up_the_upstream_hint(
     assert refresh_upstream(settings, repo) == 0
     assert repo.dataset("set").upstream_commit == commit
     assert len(server.requests(REVISION)) == 1  # asked once, not again and again
+
+
+async def test_a_hub_listing_of_more_files_than_a_dataset_may_have_fails(
+    server: FileServer, home: Path, catalog: CatalogFn, tmp_path: Path
+) -> None:
+    """A tree listing that goes on page after page of files (a Hub or a proxy posing as
+    one): each file was held until the end (100,000 a page: 1.2 GB in 45 s, growing), then
+    fetched and recorded. It may name at most DSM_EXTRACT_MAX_MEMBERS files, as an archive
+    may hold members: the job fails naming it, and the next page is not asked for."""
+    pages = [[f"{p}{n}.json" for n in range(2)] for p in "abc"]
+    first = posing_hub(server, pages)
+    cat = catalog([entry("set", "hf://datasets/org/set@main/", "data/set")])
+    env = {"HF_ENDPOINT": server.base, "HF_HOME": str(tmp_path / "hf")}
+    settings, repo = setup(home, cat, DSM_EXTRACT_MAX_MEMBERS="3", **env)
+    run = await run_jobs(settings, repo, JobType.DOWNLOAD, "set")
+    assert run.job.status == JobStatus.FAILED
+    said = (
+        "the Hub's tree listing of org/set names more than 3 files, the most one dataset may have"
+    )
+    assert said in (run.job.error or ""), run.job.error
+    tree = first.removeprefix(server.base)
+    assert len([s for s in server.seen if s.path.startswith(tree)]) == 2
+    assert not repo.dataset("set").downloaded and not (home / "data" / "set").exists()

@@ -26,7 +26,7 @@ from dsm.domain.model import ACTIVE, Dataset
 from dsm.domain.paging import MAX_PAGE_SIZE, page_of
 from dsm.domain.redact import redact_doc, redact_text
 from dsm.domain.terminal import json_text, one_line, printable, writes_unicode
-from dsm.engine.liveness import owner_running
+from dsm.engine.liveness import CHANGED, MISSING, copy_seen, owner_running
 from dsm.errors import EXIT_BAD_INPUT, EXIT_FAILED, BadInput, DsmError
 from dsm.repository import Repository, StoreCorrupt, StoreError, UnknownDataset
 from dsm.version import __version__
@@ -200,7 +200,8 @@ def cmd_show(args: argparse.Namespace, settings: Settings, repo: Repository) -> 
 
 NOW_SAID = {
     "interrupted": "interrupted: no dsm process runs its job (the next start resumes it)",
-    "missing on disk": "missing on disk: the copy was removed (a download fetches it again)",
+    MISSING: f"{MISSING}: the copy was removed (a download fetches it again)",
+    CHANGED: f"{CHANGED}: another size or time than when verified (a verify checks it)",
 }
 
 
@@ -227,13 +228,8 @@ class SeenNow:
         return "" if owner is not None and self._running[owner] else "interrupted"
 
     def _missing(self, ds: Dataset) -> str:
-        if not ds.downloaded:
-            return ""
         self._paths = self._paths or Resolver(self.settings.home)
-        try:
-            return "" if os.path.lexists(self._paths.text(ds.local_path)) else "missing on disk"
-        except ValueError:  # a local_path the catalogue no longer allows: said elsewhere
-            return ""
+        return copy_seen(self._paths, ds)
 
 
 def cmd_cache(args: argparse.Namespace, settings: Settings, repo: Repository) -> int:

@@ -1,12 +1,16 @@
-"""Whether the engine that owns a job still runs, asked without loading the engine (`dsm
-list` and `dsm show` stay light): a live engine holds `owner-<id>.lock` under the home's
-`.locks/` (flock) for as long as it runs (engine.OwnerLock)."""
+"""What a stored row cannot say by itself, asked now without loading the engine (`dsm list`,
+`dsm show` and the dashboard stay light): whether the engine that owns a job still runs (a
+live engine holds `owner-<id>.lock` under the home's `.locks/`, flock, for as long as it
+runs: engine.OwnerLock), and whether a recorded copy is still on disk."""
 
 from __future__ import annotations
 
 import fcntl
 import os
 from pathlib import Path
+
+from dsm.catalog.paths import Resolver
+from dsm.domain.model import Dataset
 
 
 def owner_lock_path(lock_dir: Path, owner: str) -> Path:
@@ -31,3 +35,30 @@ def owner_running(lock_dir: Path, owner: str) -> bool:
     finally:
         os.close(fd)  # with the lock this probe took
     return False
+
+
+MISSING = "missing on disk"  # the recorded copy was removed
+CHANGED = "changed on disk"  # another size or mtime than when it was verified
+
+
+def copy_seen(resolver: Resolver, ds: Dataset) -> str:
+    """What the disk says of the copy the row records, by a stat: MISSING, CHANGED (a file
+    edited, truncated or touched by hand: the engine no longer counts it verified either,
+    files.still_verified), or "" (as recorded, as far as a stat tells). dsm records its own
+    changes; a local_path the catalogue no longer allows is said elsewhere."""
+    if not ds.downloaded:
+        return ""
+    try:
+        path = resolver.text(ds.local_path)
+        st = os.stat(path)
+    except ValueError:
+        return ""
+    except FileNotFoundError:  # a link there is followed (Resolver): one to nothing too
+        return MISSING
+    except OSError:  # not ours to judge (a permission): a verify says
+        return ""
+    # A tree (unpacked, Hub, `files`) is a folder: its files are checked by a verify.
+    single = ds.extract is None and ds.manifest is None and ds.file_mtime_ns is not None
+    if single and (st.st_size, st.st_mtime_ns) != (ds.size, ds.file_mtime_ns):
+        return CHANGED
+    return ""

@@ -19,12 +19,15 @@ from textual.widgets import Footer, Header
 from dsm.config import Settings
 from dsm.domain.display import is_paused, short_cause
 from dsm.domain.jobs import JobStatus, JobType
+from dsm.domain.model import Dataset
 from dsm.domain.redact import error_text
 from dsm.engine.thread import EngineThread
 from dsm.repository import Repository, StoreError
 from dsm.tui.commands import ActionCommands
 from dsm.tui.control import EngineCalls
 from dsm.tui.feed import (
+    CopiesSeen,
+    CopyProbe,
     DatasetReader,
     EngineFeed,
     HeapFreezer,
@@ -129,12 +132,16 @@ class DashboardApp(EngineCalls, Views, App[int]):
         seen: object = None
         reported = ""
         reader, jobs = DatasetReader(self.repo), JobReader(self.repo)
+        rows: list[Dataset] = []
+        probe = CopyProbe(self.settings.home)
         while not self._stopping.is_set():
             try:
                 identity = self.repo.identity
                 if identity != seen or seen is None:
-                    seen = identity
-                    self.post_message(StoreRead(reader.read(), jobs.read()))
+                    seen, rows = identity, reader.read()
+                    self.post_message(StoreRead(rows, jobs.read()))
+                if probe.look(rows):  # copies changed by hand: the store cannot say
+                    self.post_message(CopiesSeen(probe.seen))
             except StoreError as exc:
                 if str(exc) != reported:
                     reported = str(exc)
@@ -169,6 +176,11 @@ class DashboardApp(EngineCalls, Views, App[int]):
         if self.table.highlighted is not None:
             self._changed.add(self.table.highlighted)  # its job list may have grown
         self._heap.after_read(len(message.datasets) + len(message.jobs))
+
+    @on(CopiesSeen)
+    def _copies_seen(self, message: CopiesSeen) -> None:
+        for name in self.state.apply_seen(message.seen):
+            self._show(name)
 
     @on(JobChanged)
     def _job_changed(self, message: JobChanged) -> None:

@@ -10,17 +10,21 @@ from __future__ import annotations
 import gc
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from textual.message import Message
 
+from dsm.catalog.paths import Resolver
 from dsm.domain.events import EventKind, JobEvent
 from dsm.domain.jobs import Job
 from dsm.domain.model import Dataset
+from dsm.engine.liveness import copy_seen
 from dsm.repository import Repository
 
 T = TypeVar("T")
 FREEZE_ROWS = 1000  # rows (datasets and jobs) that came or went since the last freeze
+PROBE_ROWS = 500  # rows whose copy a store poll looks at in turn: 10,000 every 10 s
 COALESCED = (EventKind.PROGRESS, EventKind.QUEUED)
 
 
@@ -39,6 +43,53 @@ class StoreRead(Message):
         super().__init__()
         self.datasets = datasets
         self.jobs = jobs
+
+
+# A row whose copy on disk is not as recorded: the row as it was seen, what the disk says.
+Seen = dict[str, tuple[Dataset, str]]
+
+
+class CopiesSeen(Message):
+    """The rows whose recorded copy is no longer on disk as recorded (liveness.copy_seen)."""
+
+    def __init__(self, seen: Seen) -> None:
+        super().__init__()
+        self.seen = seen
+
+
+class CopyProbe:
+    """Which recorded copies were removed or changed by hand: the store cannot say (dsm
+    records its own changes), so the dashboard looks, as `dsm list` does (liveness.copy_seen).
+    Each store poll looks at the rows read anew since the last and PROBE_ROWS others in turn:
+    a change shows within seconds at 10,000 datasets, for a stat a row (in the poll's
+    thread, never the UI's)."""
+
+    def __init__(self, home: Path) -> None:
+        self._home = home
+        self._paths = Resolver(home)  # anew each round: a symlink may change meanwhile
+        self._looked: dict[str, Dataset] = {}  # name -> the row object looked at last
+        self._turn = 0
+        self.seen: Seen = {}
+
+    def look(self, rows: list[Dataset]) -> bool:
+        """Look again at some of `rows` (the latest read); whether `seen` changed."""
+        if self._turn >= len(rows):
+            self._turn, self._paths = 0, Resolver(self._home)
+        turn = rows[self._turn : self._turn + PROBE_ROWS]
+        self._turn += PROBE_ROWS
+        fresh = [ds for ds in rows if self._looked.get(ds.name) is not ds]
+        self._looked = {ds.name: ds for ds in rows}  # what is looked at now, or was before
+        seen = {n: v for n, v in self.seen.items() if n in self._looked}
+        for ds in (*fresh, *turn):
+            if said := copy_seen(self._paths, ds):
+                seen[ds.name] = (ds, said)
+            else:
+                seen.pop(ds.name, None)
+        changed = seen.keys() != self.seen.keys() or any(
+            v[0] is not self.seen[n][0] or v[1] != self.seen[n][1] for n, v in seen.items()
+        )
+        self.seen = seen
+        return changed
 
 
 class EngineFeed:

@@ -27,9 +27,11 @@ from dsm.domain.display import (
 )
 from dsm.domain.jobs import Job, JobStatus
 from dsm.domain.model import Dataset, Status
+from dsm.engine.liveness import CHANGED, MISSING
 
 SORTS = ("name", "status", "size", "progress", "rate")
 STATUS_ORDER = {s: i for i, s in enumerate(Status)}
+ON_DISK_HINT = {MISSING: "d fetches it again", CHANGED: "v verifies it, f fetches it again"}
 HISTORY_SECONDS = 60  # the summary's sparkline: total rate once a second, the last minute
 
 
@@ -119,6 +121,7 @@ class DashboardState:
         self._downloaded = 0
         self._failed = 0
         self._on_disk = 0
+        self._seen: dict[str, tuple[Dataset, str]] = {}  # copies not as recorded (on disk)
 
     # -- feeding -----------------------------------------------------------------------
     def _accept(self, ds: Dataset) -> bool:
@@ -211,6 +214,20 @@ class DashboardState:
         self._unseen = {i: j for i, j in self._unseen.items() if i not in self._stored_ids}
         return Change(frozenset(changed & fresh.keys()), structural)
 
+    def apply_seen(self, seen: dict[str, tuple[Dataset, str]]) -> frozenset[str]:
+        """The rows whose recorded copy is not on disk as recorded (feed.CopyProbe); the
+        names whose info changed."""
+        before, self._seen = self._seen, seen
+        flipped = before.keys() ^ seen.keys()
+        flipped |= {n for n, v in seen.items() if n in before and before[n] != v}
+        return frozenset(flipped & self.datasets.keys())
+
+    def _disk_says(self, name: str) -> str:
+        """What the probe saw on disk, only for the row as it saw it: a download or verify
+        since recorded the copy anew."""
+        seen, ds = self._seen.get(name), self.datasets[name]
+        return seen[1] if seen is not None and (seen[0] is ds or seen[0] == ds) else ""
+
     def _foreign_ended(self, gone: list[Job], jobs: list[Job]) -> None:
         """Jobs of other processes that the store no longer has unfinished: those that ended
         count in the totals' rate (their last bytes) and jobs finished a second."""
@@ -262,6 +279,8 @@ class DashboardState:
             return retry_text(job, self.max_attempts, self._wall_ms())
         if is_paused(job):
             return "paused: p resumes"
+        if said := self._disk_says(name):
+            return f"{said}: {ON_DISK_HINT.get(said, '')}"
         ds = self.datasets[name]
         return short_cause(ds.error) if ds.status == Status.ERROR else ""
 

@@ -112,6 +112,12 @@ def test_dashboard_in_tmux(terminal: Terminal, home: Path) -> None:
     wait_for(lambda: "downloaded" in terminal.line("alpha") and "100%" in terminal.line("alpha"))
     assert "not loaded" in terminal.line("beta")
     assert (home / "data" / "alpha").stat().st_size == 200_000
+    # A copy removed by hand: the store still says downloaded, the dashboard looks.
+    (home / "data" / "alpha").unlink()
+    wait_for(lambda: "missing on disk" in terminal.line("alpha"))
+    terminal.keys("d")
+    wait_for(lambda: "downloaded" in terminal.line("alpha") and (home / "data" / "alpha").exists())
+    assert "missing on disk" not in terminal.line("alpha")
     terminal.keys("?")
     wait_for(lambda: "what it does" in terminal.screen())
     terminal.keys("Escape")

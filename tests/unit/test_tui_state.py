@@ -7,6 +7,8 @@ from __future__ import annotations
 import gc
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,6 +26,8 @@ from dsm.domain.display import (
 )
 from dsm.domain.jobs import PAUSED_MESSAGE, Job, JobStatus, JobType
 from dsm.domain.model import Dataset, Status
+from dsm.engine.liveness import CHANGED, MISSING
+from dsm.tui import feed
 from dsm.tui.feed import FREEZE_ROWS, HeapFreezer
 from dsm.tui.state import DashboardState
 from dsm.widgets.dataset_table import COLOUR
@@ -432,3 +436,50 @@ def test_a_server_s_error_text_cannot_drive_the_terminal() -> None:
     controls and bidi overrides as escapes."""
     cause = short_cause("HTTP 500 \x1b]2;PWNED\x07 \u202eevil \x9b31m from http://h/x")
     assert cause == r"HTTP 500 \x1b]2;PWNED\x07 \u202eevil \x9b31m"
+
+
+def on_disk(name: str, **kw: Any) -> Dataset:
+    fields: dict[str, Any] = {"local_path": name, "status": Status.DOWNLOADED, "downloaded": True}
+    fields |= kw
+    return Dataset(name, **fields)
+
+
+def test_the_probe_finds_copies_removed_or_changed_by_hand_in_turns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(feed, "PROBE_ROWS", 2)
+    rows = []
+    for name in "abcde":
+        (tmp_path / name).write_bytes(b"x")
+        rows.append(on_disk(name, size=1, file_mtime_ns=(tmp_path / name).stat().st_mtime_ns))
+    probe = feed.CopyProbe(tmp_path)
+    assert probe.look(rows) is False  # every row is new: all looked at once
+    (tmp_path / "e").unlink()
+    (tmp_path / "b").write_bytes(b"")  # truncated by hand
+    # Unchanged rows are looked at PROBE_ROWS a poll, in turn (the first took a and b).
+    assert [probe.look(rows), probe.look(rows)] == [False, True]
+    assert probe.seen == {"e": (rows[4], MISSING)}
+    assert probe.look(rows) is True and probe.seen["b"] == (rows[1], CHANGED)
+    again = [*rows[:4], on_disk("e", size=1)]  # a new read of its row: looked at at once
+    assert probe.look(again) is True and probe.seen["e"] == (again[4], MISSING)
+    assert probe.look(again[:4]) is True and set(probe.seen) == {"b"}  # e left the store
+    (tmp_path / "link").symlink_to(tmp_path / "nowhere")
+    tree = on_disk("t", local_path="a", manifest=[], file_mtime_ns=1)  # a folder: a verify
+    odd = [Dataset("f", local_path="f"), on_disk("g", local_path="../g"), on_disk("link"), tree]
+    assert probe.look(odd) is True and probe.seen == {"link": (odd[2], MISSING)}
+
+
+def test_a_row_says_its_copy_is_missing_only_as_the_probe_saw_it() -> None:
+    state = DashboardState("me")
+    row = on_disk("a")
+    state.apply_snapshot([row, on_disk("b")], [])
+    assert state.apply_seen({"a": (row, MISSING), "zz": (on_disk("zz"), MISSING)}) == {"a"}
+    assert state.row("a").info == "missing on disk: d fetches it again"
+    assert state.row("b").info == ""
+    assert state.apply_seen({"a": (row, MISSING)}) == frozenset()  # nothing changed
+    assert state.apply_seen({"a": (row, CHANGED)}) == {"a"}
+    assert state.row("a").info == "changed on disk: v verifies it, f fetches it again"
+    # A download since put a new copy there: its row is newer than what the probe saw.
+    state.apply_job(job("a", JobStatus.COMPLETED), on_disk("a", size=5, updated_at_ms=9))
+    assert state.row("a").info == ""
+    assert state.apply_seen({}) == {"a"}

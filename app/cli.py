@@ -208,8 +208,8 @@ NOW_SAID = {
 class SeenNow:
     """What a stored row cannot say by itself, looked at now for the rows shown (a few
     system calls a row): an active row whose job no running dsm process works on (killed:
-    the row said `downloading 36.9%` until an engine started), a recorded copy removed by
-    hand. The JSON output stays the stored row."""
+    the row said `downloading 36.9%` until an engine started), a recorded copy removed or
+    changed by hand (liveness.copy_seen). The JSON output stays the stored row."""
 
     def __init__(self, settings: Settings, repo: Repository) -> None:
         self.settings, self.repo = settings, repo
@@ -217,7 +217,7 @@ class SeenNow:
         self._paths: Resolver | None = None
 
     def of(self, ds: Dataset, said: dict[str, str] | None = None) -> str:
-        seen = self._interrupted(ds) if ds.status in ACTIVE else self._missing(ds)
+        seen = self._interrupted(ds) if ds.status in ACTIVE else self._on_disk(ds)
         return (said or {}).get(seen, seen)
 
     def _interrupted(self, ds: Dataset) -> str:
@@ -227,7 +227,7 @@ class SeenNow:
             self._running[owner] = owner_running(self.settings.lock_dir, owner)
         return "" if owner is not None and self._running[owner] else "interrupted"
 
-    def _missing(self, ds: Dataset) -> str:
+    def _on_disk(self, ds: Dataset) -> str:
         self._paths = self._paths or Resolver(self.settings.home)
         return copy_seen(self._paths, ds)
 

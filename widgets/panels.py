@@ -13,6 +13,7 @@ from textual.widgets import Static
 
 from dsm import humanize
 from dsm.domain.display import (
+    MISSING_TEXT,
     Totals,
     retry_text,
     short_cause,
@@ -164,9 +165,17 @@ class DetailPane(VerticalScroll):
         yield Static(id="detail-body")
 
     def show(
-        self, ds: Dataset | None, path: str, jobs: Sequence[Job], live: Job | None, tries: int
+        self,
+        ds: Dataset | None,
+        path: str,
+        jobs: Sequence[Job],
+        live: Job | None,
+        tries: int,
+        *,
+        gone: bool = False,
     ) -> None:
-        """Render `ds` (None: nothing highlighted); `path` is where its file lives."""
+        """Render `ds` (None: nothing highlighted); `path` is where its file lives; `gone`:
+        its recorded copy was removed by hand (the store cannot know: the dashboard looks)."""
         body = self.query_one("#detail-body", Static)
         if ds is None:
             body.update("no dataset highlighted")
@@ -180,6 +189,8 @@ class DetailPane(VerticalScroll):
             status.append(f" (outdated: {why})", style="yellow")
         if ds.downloaded and not ds.confirmed:  # nothing proved the copy whole (issue 12)
             status.append(f" (unconfirmed: {ds.unconfirmed_reason})", style="yellow")
+        if gone:
+            status.append(f" ({MISSING_TEXT})", style="yellow")
         if not ds.in_catalog:
             status.append(" (no longer in the catalogue)", style="yellow")
         if ds.moved_upstream:

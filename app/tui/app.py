@@ -331,7 +331,13 @@ class DashboardApp(EngineCalls, Views, App[int]):
             self.table.action_cursor_down()
 
     def action_clear_marks(self) -> None:
-        self._unmark(list(self.state.marked))
+        """esc on the table: the marks, or with none the filter the bar still shows (after
+        `enter`, esc reached the table and the filter stayed, its bar open)."""
+        bar = self.query_one(FilterBar)
+        if self.state.marked:
+            self._unmark(list(self.state.marked))
+        elif bar.has_class("-open"):
+            bar.action_clear()
 
     def action_copy_path(self) -> None:
         name = self.table.highlighted

@@ -37,7 +37,9 @@ KEY_ACTIONS = (
     KeyAction(
         "space", "space", "mark", "Mark", "mark or unmark a row; d f x c p act on marks", False
     ),
-    KeyAction("escape", "esc", "clear_marks", "Unmark", "clear every mark", footer=False),
+    KeyAction(
+        "escape", "esc", "clear_marks", "Unmark", "clear every mark (none: the filter)", False
+    ),
     KeyAction("y", "y", "copy_path", "Copy path", "copy the dataset's local path", False),
     KeyAction("enter", "enter", "toggle_detail", "Detail", "show or hide the detail pane", False),
 )

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dsm.domain.display import (
+    MISSING_TEXT,
     RateMeter,
     RowView,
     Throughput,
@@ -220,8 +221,9 @@ class DashboardState:
         flipped |= {n for n, ds in gone.items() if n in before and before[n] is not ds}
         return frozenset(flipped & self.datasets.keys())
 
-    def _copy_gone(self, name: str) -> bool:
-        """Only for the row as the probe saw it: a download since put a new copy there."""
+    def copy_gone(self, name: str) -> bool:
+        """Whether the row's recorded copy was removed by hand; only for the row as the probe
+        saw it: a download since put a new copy there."""
         seen, ds = self._gone.get(name), self.datasets[name]
         return seen is not None and (seen is ds or seen == ds)
 
@@ -276,8 +278,8 @@ class DashboardState:
             return retry_text(job, self.max_attempts, self._wall_ms())
         if is_paused(job):
             return "paused: p resumes"
-        if self._copy_gone(name):
-            return "missing on disk: d fetches it again"
+        if self.copy_gone(name):
+            return MISSING_TEXT
         ds = self.datasets[name]
         return short_cause(ds.error) if ds.status == Status.ERROR else ""
 

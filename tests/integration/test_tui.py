@@ -131,6 +131,30 @@ async def test_slash_filters_as_you_type(
         assert app.focused is app.table
 
 
+async def test_esc_on_the_table_clears_the_marks_then_the_filter(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    """After `enter` the filter stays, its bar open: esc on the table cleared only marks, so
+    the README's "esc clears" left the filter in place until `/` then esc."""
+    app = make_app(home, serve(server, catalog, "alpha", "beta", "gamma"))
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
+        await loaded(pilot)
+        await pilot.press("slash", "a", "enter")  # alpha, beta, gamma: every name has an a
+        await pilot.press("slash", "backspace", *"et", "enter")
+        await until(pilot, lambda: app.table.row_count == 1)
+        assert app.focused is app.table
+        await pilot.press("space")
+        assert app.state.marked == {"beta"}
+        await pilot.press("escape")  # the marks first: the filter stays
+        assert not app.state.marked and app.query_one(FilterBar).value == "et"
+        await pilot.press("escape")  # no marks: the filter
+        await until(pilot, lambda: app.table.row_count == 3)
+        bar = app.query_one(FilterBar)
+        assert bar.value == "" and not bar.has_class("-open") and app.focused is app.table
+        await pilot.press("escape")  # nothing left to clear: nothing happens
+        assert app.table.row_count == 3 and app.focused is app.table
+
+
 @pytest.mark.parametrize(
     ("typed", "pasted"),
     [("/pdf-xlsx-data", ""), ("/", "pdf-xlsx-data"), ("\r\x1b/pdf-xlsx-data", "")],
@@ -306,6 +330,25 @@ async def test_enter_l_and_help_screens(server: FileServer, home: Path, catalog:
         await pilot.press("question_mark")
         await until(pilot, lambda: len(app.screen_stack) == 1)
     assert len(app.repo.jobs()) == 1
+
+
+async def test_the_detail_pane_says_a_copy_removed_by_hand_is_missing(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    """The row said `missing on disk` but the detail pane, open on it, said `downloaded`."""
+    app = make_app(home, serve(server, catalog, "alpha"))
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
+        await loaded(pilot)
+        await pilot.press("d", "enter")
+        await until(pilot, lambda: cell(app, "alpha", "status") == "downloaded")
+        assert "missing on disk" not in text_of(app, "#detail-body")
+        (home / "data" / "alpha").unlink()
+        await until(pilot, lambda: "missing on disk" in text_of(app, "#detail-body"))
+        assert "downloaded (missing on disk: d fetches it again)" in text_of(app, "#detail-body")
+        await pilot.press("d")
+        await until(pilot, lambda: (home / "data" / "alpha").exists())
+        await until(pilot, lambda: "missing on disk" not in text_of(app, "#detail-body"))
+        assert "downloaded" in text_of(app, "#detail-body")
 
 
 async def test_command_palette_runs_actions(

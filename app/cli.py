@@ -37,12 +37,22 @@ from dsm.version import __version__
 GC_YOUNG = 10_000
 
 
-def _global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
-    """Options accepted before or after a subcommand (sub-parsers get SUPPRESS defaults)."""
+# The job options: accepted after a command only to say they go with --run-job there, so a
+# command's help does not list them (`dsm list -h` offered --run-job, --dataset, ...).
+JOB_FLAGS = frozenset({"--run-job", "--dataset", "--all", "--force-download", "--params"})
+
+
+def _global_options(
+    parser: argparse.ArgumentParser, *, defaults: bool, hide: frozenset[str] = frozenset()
+) -> None:
+    """Options accepted before or after a subcommand (sub-parsers get SUPPRESS defaults);
+    `hide`: accepted, not in the parser's help."""
 
     def add(*flags: str, **kw: Any) -> None:
         if not defaults:
             kw["default"] = argparse.SUPPRESS
+        if hide & set(flags):
+            kw["help"] = argparse.SUPPRESS
         parser.add_argument(*flags, **kw)
 
     add("--home", metavar="DIR", help="data home (env DSM_HOME)")
@@ -53,9 +63,10 @@ def _global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
     add("--job-timeout", metavar="S", help="seconds a job may take (env DSM_JOB_TIMEOUT, 36000)")
     add("--stall-timeout", metavar="S", help="seconds without data (env DSM_STALL_TIMEOUT, 60)")
     add("--workers", metavar="N", help="parallel downloads (env DSM_WORKERS, default 4)")
-    add("--run-job", metavar="TYPE", choices=[t.value for t in JobType], help="run jobs headless")
+    types = [t.value for t in JobType]
+    add("--run-job", metavar="TYPE", choices=types, help=f"run jobs headless: {', '.join(types)}")
     add("--dataset", metavar="NAME", action="append", help="dataset for --run-job (repeatable)")
-    add("--all", action="store_true", default=False, help="every dataset, for --run-job")
+    add("--all", action="store_true", default=False, help="every dataset (jobs, cache push)")
     add("--force-download", action="store_true", default=False, help="fetch even if verified")
     add("--params", metavar="JSON", help='job params, e.g. \'{"dataset": "gsm8k"}\'')
     add("--cache-url", metavar="S3URL", help="team cache s3://BUCKET/PREFIX (env DSM_CACHE_URL)")
@@ -100,8 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     status = cache_sub.add_parser("status", help="bucket, reachability, datasets it holds")
     push = cache_sub.add_parser("push", help="publish verified local copies")
     push.add_argument("names", nargs="*", metavar="NAME", help="datasets to publish, or --all")
-    for p in (lst, show, sub.choices["job-params"], srv, cache, status, push):
-        _global_options(p, defaults=False)
+    for p in (lst, show, sub.choices["job-params"], srv, cache, status):
+        _global_options(p, defaults=False, hide=JOB_FLAGS)
+    _global_options(push, defaults=False, hide=JOB_FLAGS - {"--all"})  # push's own --all
     comp = sub.add_parser("completion", help="print the shell completion script")
     comp.add_argument("shell", choices=SHELLS, help="bash, zsh or fish")
     return parser

@@ -20,6 +20,7 @@ from dsm.catalog.parse import read_json
 from dsm.catalog.paths import Resolver
 from dsm.completion import SHELLS
 from dsm.config import Settings, load_settings, network_filesystem
+from dsm.domain.display import is_paused
 from dsm.domain.hub import hub_followed
 from dsm.domain.jobs import PARAMS_SCHEMA, JobType, parse_params
 from dsm.domain.model import ACTIVE, Dataset
@@ -213,14 +214,15 @@ def cmd_show(args: argparse.Namespace, settings: Settings, repo: Repository) -> 
 NOW_SAID = {
     "interrupted": "interrupted: no dsm process runs its job (the next start resumes it)",
     "missing on disk": "missing on disk: the copy was removed (a download fetches it again)",
+    "paused": "paused: its dashboard keeps the partial file (p there resumes it)",
 }
 
 
 class SeenNow:
     """What a stored row cannot say by itself, looked at now for the rows shown (a few
     system calls a row): an active row whose job no running dsm process works on (killed:
-    the row said `downloading 36.9%` until an engine started), a recorded copy removed by
-    hand. The JSON output stays the stored row."""
+    the row said `downloading 36.9%` until an engine started) or a live one paused, a
+    recorded copy removed by hand. The JSON output stays the stored row."""
 
     def __init__(self, settings: Settings, repo: Repository) -> None:
         self.settings, self.repo = settings, repo
@@ -236,7 +238,9 @@ class SeenNow:
         owner = job.owner if job is not None and not job.status.finished else None
         if owner is not None and owner not in self._running:
             self._running[owner] = owner_running(self.settings.lock_dir, owner)
-        return "" if owner is not None and self._running[owner] else "interrupted"
+        if owner is None or not self._running[owner]:
+            return "interrupted"
+        return "paused" if is_paused(job) else ""  # else it read `queued 48.9%`, and waits
 
     def _missing(self, ds: Dataset) -> str:
         self._paths = self._paths or Resolver(self.settings.home)

@@ -52,6 +52,7 @@ def summary_parts(t: Totals) -> list[list[Part]]:
             (2, f"{t.downloaded} downloaded", "downloaded"),
             *[p for p in counts if p[2] == "error-text"],
             (2, f"{humanize.size(t.bytes_on_disk)} on disk", ""),
+            *([(1, f"{t.missing} missing on disk", "error-text")] if t.missing else []),
         ]
     groups = [counts]
     if t.active:

@@ -222,6 +222,7 @@ class Totals:
     downloaded: int
     failed: int
     bytes_on_disk: int
+    missing: int = 0  # downloaded rows whose copy was removed by hand (not in `downloaded`)
     downloading: int = 0
     queued: int = 0
     retrying: int = 0

@@ -227,6 +227,13 @@ class DashboardState:
         seen, ds = self._gone.get(name), self.datasets[name]
         return seen is not None and (seen is ds or seen == ds)
 
+    def _missing(self) -> tuple[int, int]:
+        """The downloaded rows whose copy was removed by hand, and the bytes they counted (the
+        summary said `6 downloaded` of five on disk)."""
+        gone = [self.datasets[n] for n in self._gone if n in self.datasets and self.copy_gone(n)]
+        count = sum(ds.status == Status.DOWNLOADED for ds in gone)
+        return count, sum(ds.size or 0 for ds in gone if ds.downloaded)
+
     def _foreign_ended(self, gone: list[Job], jobs: list[Job]) -> None:
         """Jobs of other processes that the store no longer has unfinished: those that ended
         count in the totals' rate (their last bytes) and jobs finished a second."""
@@ -396,11 +403,13 @@ class DashboardState:
             eta_s = eta(left, self._throughput.jobs_rate(now))
         else:
             eta_s = eta(sizes.total - sizes.done, rate) if sizes.total else None
+        missing, lost = self._missing()
         return Totals(
             datasets=len(self.datasets),
-            downloaded=self._downloaded,
+            downloaded=self._downloaded - missing,
             failed=self._failed,
-            bytes_on_disk=self._on_disk,
+            bytes_on_disk=self._on_disk - lost,
+            missing=missing,
             downloading=count["running"],
             queued=count["waiting"],
             retrying=count["retrying"],

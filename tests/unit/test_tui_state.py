@@ -466,11 +466,16 @@ def test_the_probe_finds_copies_removed_by_hand_in_turns(
 
 def test_a_row_says_its_copy_is_missing_only_as_the_probe_saw_it() -> None:
     state = DashboardState("me")
-    row = on_disk("a")
-    state.apply_snapshot([row, on_disk("b")], [])
+    row = on_disk("a", size=3000)
+    state.apply_snapshot([row, on_disk("b", size=500)], [])
     assert state.apply_gone({"a": row, "zz": on_disk("zz")}) == {"a"}  # only rows shown
     assert state.row("a").info == "missing on disk: d fetches it again"
     assert state.row("b").info == ""
+    # The summary said `2 downloaded · 3.4 KiB on disk` of one copy of 500 bytes.
+    t = state.totals(shown=2)
+    assert (t.downloaded, t.missing, t.bytes_on_disk) == (1, 1, 500)
+    line = summary_line(t, 200, {str(k): v for k, v in COLOUR.items()}).plain
+    assert line == "2 datasets · 1 downloaded · 500 B on disk · 1 missing on disk"
     assert state.apply_gone({"a": row}) == frozenset()  # nothing changed
     # A download since put a new copy there: its row is newer than what the probe saw.
     state.apply_job(job("a", JobStatus.COMPLETED), on_disk("a", size=5, updated_at_ms=9))

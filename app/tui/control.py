@@ -85,7 +85,9 @@ class EngineCalls(_Base):
     def action_download_all(self) -> None:
         if self._before_load(self.action_download_all):
             return
-        names = [n for n, ds in self.state.datasets.items() if ds.status != Status.DOWNLOADED]
+        # A copy removed by hand is not downloaded either: its row says so (`missing on disk`).
+        rows = self.state.datasets.items()
+        names = [n for n, ds in rows if ds.status != Status.DOWNLOADED or self.state.copy_gone(n)]
         if not names:
             self.say("every dataset is downloaded")
             return

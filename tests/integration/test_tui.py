@@ -227,6 +227,26 @@ async def test_a_downloads_everything_not_downloaded(
         await until(pilot, lambda: "every dataset is downloaded" in messages(app))
 
 
+async def test_a_downloads_a_copy_removed_by_hand_again(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    """`a` left a row saying `missing on disk` as it was: its store status is downloaded."""
+    app = make_app(home, serve(server, catalog, "alpha", "beta"))
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
+        await loaded(pilot)
+        await pilot.press("a")
+        await until(pilot, lambda: app.state.totals(0).downloaded == 2)
+        await pilot.press("a")
+        await until(pilot, lambda: any("every dataset is downloaded" in m for m in messages(app)))
+        (home / "data" / "beta").unlink()
+        await until(pilot, lambda: cell(app, "beta", "info").startswith("missing on disk"))
+        await pilot.press("a")
+        await until(pilot, lambda: (home / "data" / "beta").exists())
+        await until(pilot, lambda: cell(app, "beta", "info") == "")
+    assert (home / "data" / "beta").read_bytes() == BODY
+    assert [len(server.requests(f"{n}.bin")) for n in ("alpha", "beta")] == [1, 2]
+
+
 async def test_a_pressed_before_the_rows_are_read_downloads_them_once_read(
     server: FileServer, home: Path, catalog: CatalogFn, monkeypatch: pytest.MonkeyPatch
 ) -> None:

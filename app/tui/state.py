@@ -244,6 +244,7 @@ class DashboardState:
             end = stored.get(job.id)
             if end is not None and end.owner == self.own_engine:
                 continue  # adopted by us: its meter and its end are our events' to count
+            self.pending.pop(job.dataset, None)  # `cancel pending` stayed once it had ended
             meter = self._meters.pop(job.id, None)
             if end is None or not end.status.finished:  # pruned, or its row shows another
                 continue

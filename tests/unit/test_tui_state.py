@@ -481,3 +481,17 @@ def test_a_row_says_its_copy_is_missing_only_as_the_probe_saw_it() -> None:
     state.apply_job(job("a", JobStatus.COMPLETED), on_disk("a", size=5, updated_at_ms=9))
     assert state.row("a").info == ""
     assert state.apply_gone({}) == {"a"}
+
+
+def test_a_pending_cancel_of_another_processs_job_ends_with_the_job() -> None:
+    """`c` on a row another process downloads: the row said `cancel pending` for good, after
+    that process had canceled the job (only our own jobs' ends cleared it)."""
+    state = DashboardState("me")
+    rows = [Dataset("a", local_path="a"), Dataset("b", local_path="b")]
+    theirs = [job("a", owner="other"), job("b", owner="other")]
+    state.apply_snapshot(rows, theirs)
+    state.ask(["a", "b"], "cancel")
+    assert state.row("a").info == "cancel pending"
+    ended = job("a", JobStatus.CANCELED, owner="other")
+    assert state.apply_snapshot(rows, [ended, theirs[1]]).names == {"a"}
+    assert (state.row("a").info, state.row("b").info) == ("", "cancel pending")

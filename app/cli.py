@@ -292,6 +292,10 @@ def job_params(args: argparse.Namespace, repo: Repository) -> list[dict[str, Any
         given.append(raw)
     chosen = sorted(names) if args.all else (args.dataset or [])
     given += [{"dataset": n, "force_download": args.force_download} for n in chosen]
+    if args.all and not names:  # it said `--run-job needs ... --all ...` of the --all given
+        raise BadInput(
+            "--all: there is no dataset (the catalogue lists none, the store keeps none)"
+        )
     if not given:
         raise BadInput("--run-job needs --dataset NAME, --all or --params JSON")
     for p in given:

@@ -27,7 +27,7 @@ from dsm.domain.model import ACTIVE, Dataset
 from dsm.domain.paging import MAX_PAGE_SIZE, page_of
 from dsm.domain.redact import redact_doc, redact_text
 from dsm.domain.terminal import json_text, one_line, printable, writes_unicode
-from dsm.engine.liveness import copy_gone, owner_running
+from dsm.engine.liveness import CHANGED, MISSING, copy_seen, owner_running
 from dsm.errors import EXIT_BAD_INPUT, EXIT_FAILED, BadInput, DsmError
 from dsm.repository import Repository, StoreCorrupt, StoreError, UnknownDataset
 from dsm.version import __version__
@@ -213,7 +213,8 @@ def cmd_show(args: argparse.Namespace, settings: Settings, repo: Repository) -> 
 
 NOW_SAID = {
     "interrupted": "interrupted: no dsm process runs its job (the next start resumes it)",
-    "missing on disk": "missing on disk: the copy was removed (a download fetches it again)",
+    MISSING: f"{MISSING}: the copy was removed (a download fetches it again)",
+    CHANGED: f"{CHANGED}: another size or time than when verified (a verify checks it)",
     "paused": "paused: its dashboard keeps the partial file (p there resumes it)",
 }
 
@@ -244,7 +245,7 @@ class SeenNow:
 
     def _missing(self, ds: Dataset) -> str:
         self._paths = self._paths or Resolver(self.settings.home)
-        return "missing on disk" if copy_gone(self._paths, ds) else ""
+        return copy_seen(self._paths, ds)
 
 
 def cmd_cache(args: argparse.Namespace, settings: Settings, repo: Repository) -> int:

@@ -13,7 +13,6 @@ from textual.widgets import Static
 
 from dsm import humanize
 from dsm.domain.display import (
-    MISSING_TEXT,
     Totals,
     retry_text,
     short_cause,
@@ -173,10 +172,10 @@ class DetailPane(VerticalScroll):
         live: Job | None,
         tries: int,
         *,
-        gone: bool = False,
+        on_disk: str = "",
     ) -> None:
-        """Render `ds` (None: nothing highlighted); `path` is where its file lives; `gone`:
-        its recorded copy was removed by hand (the store cannot know: the dashboard looks)."""
+        """Render `ds` (None: nothing highlighted); `path` is where its file lives; `on_disk`:
+        what the dashboard saw of its copy (`missing on disk: ...`: the store cannot know)."""
         body = self.query_one("#detail-body", Static)
         if ds is None:
             body.update("no dataset highlighted")
@@ -190,8 +189,8 @@ class DetailPane(VerticalScroll):
             status.append(f" (outdated: {why})", style="yellow")
         if ds.downloaded and not ds.confirmed:  # nothing proved the copy whole (issue 12)
             status.append(f" (unconfirmed: {ds.unconfirmed_reason})", style="yellow")
-        if gone:
-            status.append(f" ({MISSING_TEXT})", style="yellow")
+        if on_disk:
+            status.append(f" ({on_disk})", style="yellow")
         if not ds.in_catalog:
             status.append(" (no longer in the catalogue)", style="yellow")
         if ds.moved_upstream:

@@ -23,8 +23,6 @@ ETA_MAX = 100 * 3600.0  # an ETA beyond this is noise from a near-stalled stream
 ENDS_WINDOW = 30.0  # seconds of finished jobs an ETA by count of jobs is taken from ...
 ENDS_MIN = 10  # ... and how many must have finished in it for one to be shown
 SPARK = "▁▂▃▄▅▆▇█"
-# A downloaded row whose copy was removed by hand: the table's info cell, the detail pane.
-MISSING_TEXT = "missing on disk: d fetches it again"
 _HTTP_CODE = re.compile(r"\bHTTP (\d{3})\b")
 _URL_TAIL = re.compile(r" (?:(?:from|for) https?://\S+|\(https?://[^)\s]*\))")
 _HEX = re.compile(r"\b([0-9a-f]{8})[0-9a-f]{24,}\b")

@@ -37,12 +37,28 @@ def owner_running(lock_dir: Path, owner: str) -> bool:
     return False
 
 
-def copy_gone(resolver: Resolver, ds: Dataset) -> bool:
-    """Whether the copy the row records was removed (by hand: dsm records its own removals).
-    A stat; a local_path the catalogue no longer allows is said elsewhere, not here."""
+MISSING = "missing on disk"  # the recorded copy was removed
+CHANGED = "changed on disk"  # another size or mtime than when it was verified
+
+
+def copy_seen(resolver: Resolver, ds: Dataset) -> str:
+    """What the disk says of the copy the row records, by a stat: MISSING, CHANGED (a file
+    edited, truncated or touched by hand: the engine no longer counts it verified either,
+    files.still_verified), or "" (as recorded, as far as a stat tells). dsm records its own
+    changes; a local_path the catalogue no longer allows is said elsewhere."""
     if not ds.downloaded:
-        return False
+        return ""
     try:
-        return not os.path.lexists(resolver.text(ds.local_path))
+        path = resolver.text(ds.local_path)
+        st = os.stat(path)
     except ValueError:
-        return False
+        return ""
+    except FileNotFoundError:  # a link there is followed (Resolver): one to nothing too
+        return MISSING
+    except OSError:  # not ours to judge (a permission): a verify says
+        return ""
+    # A tree (unpacked, Hub, `files`) is a folder: its files are checked by a verify.
+    single = ds.extract is None and ds.manifest is None and ds.file_mtime_ns is not None
+    if single and (st.st_size, st.st_mtime_ns) != (ds.size, ds.file_mtime_ns):
+        return CHANGED
+    return ""

@@ -193,20 +193,23 @@ def replace_own(path: Path, name: str, written: FileId | None = None) -> os.stat
     the two): such a file is removed and refused (Swapped), never left in place."""
     folder = folder_fd(path.parent)
     try:
-        _refuse(path, path.name, folder, written)
+        _refuse(path, path.name, folder, written, "before")
         os.replace(path.name, name, src_dir_fd=folder, dst_dir_fd=folder)
-        return _refuse(path, name, folder, written)
+        return _refuse(path, name, folder, written, "right after")
     finally:
         os.close(folder)
 
 
-def _refuse(path: Path, name: str, folder: int, written: FileId | None) -> os.stat_result:
+def _refuse(
+    path: Path, name: str, folder: int, written: FileId | None, when: str
+) -> os.stat_result:
     """`name`'s own status in `folder` when it is a file and, with `written`, that file;
-    else it is removed (a folder is left) and Swapped names `path`."""
+    else it is removed (a folder is left) and Swapped names `path`. `when`: the check's
+    moment, "before" or "right after" the rename (a file found missing then was removed)."""
     try:
         st = os.stat(name, dir_fd=folder, follow_symlinks=False)
-    except FileNotFoundError:  # a clean-up of `*.part` by another program
-        raise Swapped(f"{path} was removed before it was moved into place") from None
+    except FileNotFoundError:  # a clean-up of `*.part` (or of the copy) by another program
+        raise Swapped(f"{path} was removed {when} it was moved into place") from None
     if not stat.S_ISREG(st.st_mode):
         what = "a symbolic link or no file"
     elif written is not None and file_id(st) != written:

@@ -26,7 +26,7 @@ from dsm.repository import Repository, StoreError
 from dsm.tui.commands import ActionCommands
 from dsm.tui.control import EngineCalls
 from dsm.tui.feed import (
-    CopiesGone,
+    CopiesSeen,
     CopyProbe,
     DatasetReader,
     EngineFeed,
@@ -140,8 +140,8 @@ class DashboardApp(EngineCalls, Views, App[int]):
                 if identity != seen or seen is None:
                     seen, rows = identity, reader.read()
                     self.post_message(StoreRead(rows, jobs.read()))
-                if probe.look(rows):  # copies removed by hand: the store cannot say
-                    self.post_message(CopiesGone(probe.gone))
+                if probe.look(rows):  # copies changed by hand: the store cannot say
+                    self.post_message(CopiesSeen(probe.seen))
             except StoreError as exc:
                 if str(exc) != reported:
                     reported = str(exc)
@@ -177,9 +177,9 @@ class DashboardApp(EngineCalls, Views, App[int]):
             self._changed.add(self.table.highlighted)  # its job list may have grown
         self._heap.after_read(len(message.datasets) + len(message.jobs))
 
-    @on(CopiesGone)
-    def _copies_gone(self, message: CopiesGone) -> None:
-        for name in self.state.apply_gone(message.gone):
+    @on(CopiesSeen)
+    def _copies_seen(self, message: CopiesSeen) -> None:
+        for name in self.state.apply_seen(message.seen):
             self._show(name)
 
     @on(JobChanged)

@@ -21,6 +21,7 @@ from dsm.domain.jobs import JobType
 from dsm.domain.model import Status
 from dsm.domain.redact import error_text
 from dsm.engine.hubjob import refresh_upstream
+from dsm.engine.liveness import MISSING
 from dsm.engine.thread import EngineThread
 from dsm.errors import DsmError
 from dsm.repository import Repository
@@ -87,7 +88,8 @@ class EngineCalls(_Base):
             return
         # A copy removed by hand is not downloaded either: its row says so (`missing on disk`).
         rows = self.state.datasets.items()
-        names = [n for n, ds in rows if ds.status != Status.DOWNLOADED or self.state.copy_gone(n)]
+        gone = {n for n in self.state.datasets if self.state.disk_says(n) == MISSING}
+        names = [n for n, ds in rows if ds.status != Status.DOWNLOADED or n in gone]
         if not names:
             self.say("every dataset is downloaded")
             return

@@ -19,7 +19,7 @@ from dsm.catalog.paths import Resolver
 from dsm.domain.events import EventKind, JobEvent
 from dsm.domain.jobs import Job
 from dsm.domain.model import Dataset
-from dsm.engine.liveness import copy_gone
+from dsm.engine.liveness import copy_seen
 from dsm.repository import Repository
 
 T = TypeVar("T")
@@ -45,19 +45,23 @@ class StoreRead(Message):
         self.jobs = jobs
 
 
-class CopiesGone(Message):
-    """The rows whose recorded copy is no longer on disk (each the row as it was seen)."""
+# A row whose copy on disk is not as recorded: the row as it was seen, what the disk says.
+Seen = dict[str, tuple[Dataset, str]]
 
-    def __init__(self, gone: dict[str, Dataset]) -> None:
+
+class CopiesSeen(Message):
+    """The rows whose recorded copy is no longer on disk as recorded (liveness.copy_seen)."""
+
+    def __init__(self, seen: Seen) -> None:
         super().__init__()
-        self.gone = gone
+        self.seen = seen
 
 
 class CopyProbe:
-    """Which recorded copies were removed by hand: the store cannot say (dsm records its
-    own removals), so the dashboard looks, as `dsm list` does (liveness.copy_gone). Each
-    store poll looks at the rows read anew since the last and PROBE_ROWS others in turn: a
-    removal shows within seconds at 10,000 datasets, for a stat a row (in the poll's
+    """Which recorded copies were removed or changed by hand: the store cannot say (dsm
+    records its own changes), so the dashboard looks, as `dsm list` does (liveness.copy_seen).
+    Each store poll looks at the rows read anew since the last and PROBE_ROWS others in turn:
+    a change shows within seconds at 10,000 datasets, for a stat a row (in the poll's
     thread, never the UI's)."""
 
     def __init__(self, home: Path) -> None:
@@ -65,29 +69,26 @@ class CopyProbe:
         self._paths = Resolver(home)  # anew each round: a symlink may change meanwhile
         self._looked: dict[str, Dataset] = {}  # name -> the row object looked at last
         self._turn = 0
-        self.gone: dict[str, Dataset] = {}
+        self.seen: Seen = {}
 
     def look(self, rows: list[Dataset]) -> bool:
-        """Look again at some of `rows` (the latest read); whether `gone` changed."""
+        """Look again at some of `rows` (the latest read); whether `seen` changed."""
         if self._turn >= len(rows):
             self._turn, self._paths = 0, Resolver(self._home)
         turn = rows[self._turn : self._turn + PROBE_ROWS]
         self._turn += PROBE_ROWS
         fresh = [ds for ds in rows if self._looked.get(ds.name) is not ds]
-        names = {ds.name for ds in rows} if len(rows) != len(self._looked) else None
-        gone = {n: ds for n, ds in self.gone.items() if names is None or n in names}
+        self._looked = {ds.name: ds for ds in rows}  # what is looked at now, or was before
+        seen = {n: v for n, v in self.seen.items() if n in self._looked}
         for ds in (*fresh, *turn):
-            self._looked[ds.name] = ds
-            if copy_gone(self._paths, ds):
-                gone[ds.name] = ds
+            if said := copy_seen(self._paths, ds):
+                seen[ds.name] = (ds, said)
             else:
-                gone.pop(ds.name, None)
-        if names is not None:
-            self._looked = {n: ds for n, ds in self._looked.items() if n in names}
-        changed = gone.keys() != self.gone.keys() or any(
-            ds is not self.gone[n] for n, ds in gone.items()
+                seen.pop(ds.name, None)
+        changed = seen.keys() != self.seen.keys() or any(
+            v[0] is not self.seen[n][0] or v[1] != self.seen[n][1] for n, v in seen.items()
         )
-        self.gone = gone
+        self.seen = seen
         return changed
 
 

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from dsm.domain.display import (
-    MISSING_TEXT,
     RateMeter,
     RowView,
     Throughput,
@@ -28,9 +27,11 @@ from dsm.domain.display import (
 )
 from dsm.domain.jobs import Job, JobStatus
 from dsm.domain.model import Dataset, Status
+from dsm.engine.liveness import CHANGED, MISSING
 
 SORTS = ("name", "status", "size", "progress", "rate")
 STATUS_ORDER = {s: i for i, s in enumerate(Status)}
+ON_DISK_HINT = {MISSING: "d fetches it again", CHANGED: "v verifies it, f fetches it again"}
 HISTORY_SECONDS = 60  # the summary's sparkline: total rate once a second, the last minute
 
 
@@ -120,7 +121,7 @@ class DashboardState:
         self._downloaded = 0
         self._failed = 0
         self._on_disk = 0
-        self._gone: dict[str, Dataset] = {}  # rows whose copy was removed by hand, as seen
+        self._seen: dict[str, tuple[Dataset, str]] = {}  # copies not as recorded (on disk)
 
     # -- feeding -----------------------------------------------------------------------
     def _accept(self, ds: Dataset) -> bool:
@@ -213,24 +214,31 @@ class DashboardState:
         self._unseen = {i: j for i, j in self._unseen.items() if i not in self._stored_ids}
         return Change(frozenset(changed & fresh.keys()), structural)
 
-    def apply_gone(self, gone: dict[str, Dataset]) -> frozenset[str]:
-        """The rows whose recorded copy is no longer on disk (feed.CopyProbe); the names whose
-        info changed."""
-        before, self._gone = self._gone, gone
-        flipped = before.keys() ^ gone.keys()
-        flipped |= {n for n, ds in gone.items() if n in before and before[n] is not ds}
+    def apply_seen(self, seen: dict[str, tuple[Dataset, str]]) -> frozenset[str]:
+        """The rows whose recorded copy is not on disk as recorded (feed.CopyProbe); the
+        names whose info changed."""
+        before, self._seen = self._seen, seen
+        flipped = before.keys() ^ seen.keys()
+        flipped |= {n for n, v in seen.items() if n in before and before[n] != v}
         return frozenset(flipped & self.datasets.keys())
 
-    def copy_gone(self, name: str) -> bool:
-        """Whether the row's recorded copy was removed by hand; only for the row as the probe
-        saw it: a download since put a new copy there."""
-        seen, ds = self._gone.get(name), self.datasets[name]
-        return seen is not None and (seen is ds or seen == ds)
+    def disk_says(self, name: str) -> str:
+        """What the probe saw on disk (MISSING, CHANGED, else ""), only for the row as it saw
+        it: a download or verify since recorded the copy anew."""
+        seen, ds = self._seen.get(name), self.datasets[name]
+        return seen[1] if seen is not None and (seen[0] is ds or seen[0] == ds) else ""
+
+    def disk_text(self, name: str) -> str:
+        """What the disk says of the row's copy and what to do, for the row and the detail
+        pane (`missing on disk: d fetches it again`), else ""."""
+        said = self.disk_says(name)
+        return f"{said}: {ON_DISK_HINT[said]}" if said else ""
 
     def _missing(self) -> tuple[int, int]:
         """The downloaded rows whose copy was removed by hand, and the bytes they counted (the
         summary said `6 downloaded` of five on disk)."""
-        gone = [self.datasets[n] for n in self._gone if n in self.datasets and self.copy_gone(n)]
+        names = self._seen.keys() & self.datasets.keys()
+        gone = [self.datasets[n] for n in names if self.disk_says(n) == MISSING]
         count = sum(ds.status == Status.DOWNLOADED for ds in gone)
         return count, sum(ds.size or 0 for ds in gone if ds.downloaded)
 
@@ -286,8 +294,8 @@ class DashboardState:
             return retry_text(job, self.max_attempts, self._wall_ms())
         if is_paused(job):
             return "paused: p resumes"
-        if self.copy_gone(name):
-            return MISSING_TEXT
+        if said := self.disk_text(name):
+            return said
         ds = self.datasets[name]
         return short_cause(ds.error) if ds.status == Status.ERROR else ""
 

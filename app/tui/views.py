@@ -72,8 +72,8 @@ class Views(_Base):
         ds = self.state.datasets[name]
         path = str(self.settings.home / ds.local_path)
         jobs, live = self.state.jobs_of(name), self.state.job_for(name)
-        gone = self.state.copy_gone(name)
-        pane.show(ds, path, jobs, live, self.state.max_attempts, gone=gone)
+        on_disk = self.state.disk_text(name)
+        pane.show(ds, path, jobs, live, self.state.max_attempts, on_disk=on_disk)
 
     @property
     def log_open(self) -> bool:

@@ -53,6 +53,9 @@ def snap_app(monkeypatch: pytest.MonkeyPatch) -> Iterator[DashboardApp]:
     done = {"downloaded": True, "downloaded_at_ms": AT, "download_progress": 100.0}
     put_row(repo, "humaneval", Status.DOWNLOADED, size=83_920, checksum=sha, **done)
     put_row(repo, "mbpp", Status.DOWNLOADED, size=1_240_000, checksum=sha, **done)
+    for name in ("humaneval", "mbpp"):  # on disk: else the rows say `missing on disk`
+        (home / "datasets").mkdir(exist_ok=True)
+        (home / "datasets" / f"{name}.parquet").write_bytes(b"")
     error = "HTTP 404 Not Found from http://127.0.0.1:9/gsm8k.parquet [/y] (after 4 attempts)"
     put_row(repo, "gsm8k", Status.ERROR, error=error, download_job_id="job-2")
     put_row(repo, "mmlu", Status.CANCELED, download_progress=42.0, expected_size=5_000_000)

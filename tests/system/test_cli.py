@@ -354,7 +354,8 @@ def test_list_and_show_say_what_is_seen_now(
 ) -> None:
     """The stored row is the last word of the process that wrote it: a killed download's
     row said `downloading` until an engine started, a copy removed by hand `downloaded`.
-    `list` and `show` look at the rows they show: a job no live process runs, a copy gone."""
+    `list` and `show` look at the rows they show: a job no live process runs, a copy
+    changed or gone."""
     server.add("a.bin", b"a" * 5000)
     server.add("b.bin", b"b" * 500_000)
     server.always("b.bin", stall_after=1000)  # b downloads until it is killed
@@ -381,6 +382,10 @@ def test_list_and_show_say_what_is_seen_now(
     shown = run_dsm("show", "b", home=home, catalog_path=cat).stdout.splitlines()
     assert shown[-1].split(None, 2)[2].startswith("interrupted: no dsm process runs its job")
     assert not _line_of(home, cat, "a").endswith(")")
+    (home / "data" / "a").write_bytes(b"a" * 4000)  # truncated by hand
+    assert _line_of(home, cat, "a").endswith("(changed on disk)")
+    shown = run_dsm("show", "a", home=home, catalog_path=cat).stdout.splitlines()
+    assert shown[-1].split(None, 2)[2].startswith("changed on disk: another size or time")
     (home / "data" / "a").unlink()
     assert _line_of(home, cat, "a").endswith("(missing on disk)")
     assert list_json(home, cat)["datasets"][0]["downloaded"] is True  # JSON: the stored row

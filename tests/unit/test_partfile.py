@@ -193,6 +193,24 @@ def test_a_file_swapped_between_the_check_and_the_rename_is_removed(
     assert not dest.exists() and not part.exists()
 
 
+def test_a_copy_removed_right_after_its_rename_is_said_so(
+    tmp_path: Path, resolve: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Removed by another program between the rename and the check after it: the message
+    said it was removed *before* it was moved into place."""
+    part, dest = tmp_path / "d.bin.part", tmp_path / "d.bin"
+    part.write_bytes(b"the bytes dsm hashed")
+    rename = os.replace
+
+    def removed_after(src: str, dst: str, **fds: int) -> None:
+        rename(src, dst, **fds)
+        dest.unlink()
+
+    monkeypatch.setattr(os, "replace", removed_after)
+    with pytest.raises(Swapped, match=r"d\.bin\.part was removed right after it was moved"):
+        partfile.replace_own(part, dest.name, partfile.file_id(part.stat()))
+
+
 def test_the_file_dsm_wrote_is_installed(tmp_path: Path, resolve: str) -> None:
     part = tmp_path / "d.bin.part"
     part.write_bytes(b"the bytes dsm hashed")

@@ -26,6 +26,7 @@ from dsm.domain.display import (
 )
 from dsm.domain.jobs import PAUSED_MESSAGE, Job, JobStatus, JobType
 from dsm.domain.model import Dataset, Status
+from dsm.engine.liveness import CHANGED, MISSING
 from dsm.tui import feed
 from dsm.tui.feed import FREEZE_ROWS, HeapFreezer
 from dsm.tui.state import DashboardState
@@ -443,32 +444,36 @@ def on_disk(name: str, **kw: Any) -> Dataset:
     return Dataset(name, **fields)
 
 
-def test_the_probe_finds_copies_removed_by_hand_in_turns(
+def test_the_probe_finds_copies_removed_or_changed_by_hand_in_turns(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(feed, "PROBE_ROWS", 2)
-    rows = [on_disk(n) for n in "abcde"]
-    for ds in rows:
-        (tmp_path / ds.name).write_bytes(b"x")
+    rows = []
+    for name in "abcde":
+        (tmp_path / name).write_bytes(b"x")
+        rows.append(on_disk(name, size=1, file_mtime_ns=(tmp_path / name).stat().st_mtime_ns))
     probe = feed.CopyProbe(tmp_path)
     assert probe.look(rows) is False  # every row is new: all looked at once
     (tmp_path / "e").unlink()
+    (tmp_path / "b").write_bytes(b"")  # truncated by hand
     # Unchanged rows are looked at PROBE_ROWS a poll, in turn (the first took a and b).
     assert [probe.look(rows), probe.look(rows)] == [False, True]
-    assert set(probe.gone) == {"e"}
-    assert probe.gone["e"] is rows[4]  # the row as it was seen
+    assert probe.seen == {"e": (rows[4], MISSING)}
+    assert probe.look(rows) is True and probe.seen["b"] == (rows[1], CHANGED)
     again = [*rows[:4], on_disk("e", size=1)]  # a new read of its row: looked at at once
-    assert probe.look(again) is True and probe.gone["e"] is again[4]
-    assert probe.look(again[:4]) is True and probe.gone == {}  # gone from the store: dropped
-    not_ours = [Dataset("f", local_path="f"), on_disk("g", local_path="../g")]
-    assert probe.look(not_ours) is False  # not downloaded; a path the catalogue refuses
+    assert probe.look(again) is True and probe.seen["e"] == (again[4], MISSING)
+    assert probe.look(again[:4]) is True and set(probe.seen) == {"b"}  # e left the store
+    (tmp_path / "link").symlink_to(tmp_path / "nowhere")
+    tree = on_disk("t", local_path="a", manifest=[], file_mtime_ns=1)  # a folder: a verify
+    odd = [Dataset("f", local_path="f"), on_disk("g", local_path="../g"), on_disk("link"), tree]
+    assert probe.look(odd) is True and probe.seen == {"link": (odd[2], MISSING)}
 
 
 def test_a_row_says_its_copy_is_missing_only_as_the_probe_saw_it() -> None:
     state = DashboardState("me")
     row = on_disk("a", size=3000)
     state.apply_snapshot([row, on_disk("b", size=500)], [])
-    assert state.apply_gone({"a": row, "zz": on_disk("zz")}) == {"a"}  # only rows shown
+    assert state.apply_seen({"a": (row, MISSING), "zz": (on_disk("zz"), MISSING)}) == {"a"}
     assert state.row("a").info == "missing on disk: d fetches it again"
     assert state.row("b").info == ""
     # The summary said `2 downloaded · 3.4 KiB on disk` of one copy of 500 bytes.
@@ -476,11 +481,14 @@ def test_a_row_says_its_copy_is_missing_only_as_the_probe_saw_it() -> None:
     assert (t.downloaded, t.missing, t.bytes_on_disk) == (1, 1, 500)
     line = summary_line(t, 200, {str(k): v for k, v in COLOUR.items()}).plain
     assert line == "2 datasets · 1 downloaded · 500 B on disk · 1 missing on disk"
-    assert state.apply_gone({"a": row}) == frozenset()  # nothing changed
+    assert state.apply_seen({"a": (row, MISSING)}) == frozenset()  # nothing changed
+    assert state.apply_seen({"a": (row, CHANGED)}) == {"a"}
+    assert state.row("a").info == "changed on disk: v verifies it, f fetches it again"
+    assert state.totals(shown=2).missing == 0  # changed, not missing: still on disk
     # A download since put a new copy there: its row is newer than what the probe saw.
     state.apply_job(job("a", JobStatus.COMPLETED), on_disk("a", size=5, updated_at_ms=9))
     assert state.row("a").info == ""
-    assert state.apply_gone({}) == {"a"}
+    assert state.apply_seen({}) == {"a"}
 
 
 def test_a_pending_cancel_of_another_processs_job_ends_with_the_job() -> None:

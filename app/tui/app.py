@@ -17,8 +17,8 @@ from textual.timer import Timer
 from textual.widgets import Footer, Header
 
 from dsm.config import Settings
-from dsm.domain.display import is_paused, short_cause
-from dsm.domain.jobs import JobStatus, JobType
+from dsm.domain.display import is_paused, job_notice
+from dsm.domain.jobs import JobType
 from dsm.domain.model import Dataset
 from dsm.domain.redact import error_text
 from dsm.engine.thread import EngineThread
@@ -188,15 +188,8 @@ class DashboardApp(EngineCalls, Views, App[int]):
         if self.state.apply_job(job, ds):
             self._show(job.dataset)
         self._changed.add("")
-        if job.status in (JobStatus.FAILED, JobStatus.TIMEOUT):
-            self.notify(
-                f"{job.dataset} failed: {short_cause(job.error)}",
-                severity="error",
-                timeout=NOTIFY_SECONDS,
-                markup=False,
-            )
-        elif job.status == JobStatus.SKIPPED:
-            self.notify(f"{job.dataset}: already downloaded (f fetches again)", markup=False)
+        if notice := job_notice(job):
+            self.say(notice[0], "error" if notice[1] else "information")
 
     def _flush_updates(self) -> None:
         """Apply the progress ticks gathered since the last flush, and redraw what changed."""
@@ -283,6 +276,9 @@ class DashboardApp(EngineCalls, Views, App[int]):
 
     def action_force(self) -> None:
         self._act(JobType.UPDATE)
+
+    def action_verify(self) -> None:
+        self._act(JobType.VERIFY)
 
     def action_delete(self) -> None:
         names = self._targets()

@@ -371,6 +371,32 @@ async def test_the_detail_pane_says_a_copy_removed_by_hand_is_missing(
         assert "downloaded" in text_of(app, "#detail-body")
 
 
+async def test_v_verifies_a_copy_changed_on_disk(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    """The row said `changed on disk: v verifies it`, and the dashboard had no `v`."""
+    app = make_app(home, serve(server, catalog, "alpha", "beta"))
+    copy = home / "data" / "alpha"
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
+        await loaded(pilot)
+        await pilot.press("d")
+        await until(pilot, lambda: cell(app, "alpha", "status") == "downloaded")
+        os.utime(copy, ns=(1_000_000_000, 1_000_000_000))  # touched: the same bytes
+        await until(pilot, lambda: cell(app, "alpha", "info").startswith("changed on disk: v"))
+        await pilot.press("v")
+        await until(
+            pilot, lambda: "alpha: verified, the copy on disk is as recorded" in messages(app)
+        )
+        await until(pilot, lambda: cell(app, "alpha", "info") == "")
+        with copy.open("ab") as f:
+            f.write(b"x")
+        await pilot.press("v")
+        await until(pilot, lambda: cell(app, "alpha", "status") == "error")
+        assert any(m.startswith("alpha failed: size mismatch on disk") for m in messages(app))
+        await pilot.press("j", "v")  # beta is not downloaded: said so, not `already downloaded`
+        await until(pilot, lambda: "beta: not downloaded: nothing to verify" in messages(app))
+
+
 async def test_command_palette_runs_actions(
     server: FileServer, home: Path, catalog: CatalogFn
 ) -> None:

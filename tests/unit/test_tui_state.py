@@ -19,6 +19,7 @@ from dsm.domain.display import (
     RateMeter,
     Totals,
     eta,
+    job_notice,
     retry_text,
     short_cause,
     shown_progress,
@@ -503,3 +504,17 @@ def test_a_pending_cancel_of_another_processs_job_ends_with_the_job() -> None:
     ended = job("a", JobStatus.CANCELED, owner="other")
     assert state.apply_snapshot(rows, [ended, theirs[1]]).names == {"a"}
     assert (state.row("a").info, state.row("b").info) == ("", "cancel pending")
+
+
+def test_a_jobs_end_is_notified_with_what_happened() -> None:
+    verify = Job(JobType.VERIFY, "a", {}, status=JobStatus.SKIPPED, error="not downloaded")
+    assert job_notice(verify) == ("a: not downloaded", False)  # was `already downloaded`
+    assert job_notice(job("a", JobStatus.SKIPPED)) == (
+        "a: already downloaded (f fetches again)",
+        False,
+    )
+    verify.status, verify.error = JobStatus.COMPLETED, None
+    assert job_notice(verify) == ("a: verified, the copy on disk is as recorded", False)
+    assert job_notice(job("a", JobStatus.COMPLETED)) is None  # the row says it
+    failed = job("a", JobStatus.FAILED, error="HTTP 404 Not Found from http://h/a")
+    assert job_notice(failed) == ("a failed: HTTP 404 Not Found", True)

@@ -223,7 +223,8 @@ class SeenNow:
     """What a stored row cannot say by itself, looked at now for the rows shown (a few
     system calls a row): an active row whose job no running dsm process works on (killed:
     the row said `downloading 36.9%` until an engine started) or a live one paused, a
-    recorded copy removed by hand. The JSON output stays the stored row."""
+    recorded copy removed or changed by hand (liveness.copy_seen). The JSON output stays the
+    stored row."""
 
     def __init__(self, settings: Settings, repo: Repository) -> None:
         self.settings, self.repo = settings, repo
@@ -231,7 +232,7 @@ class SeenNow:
         self._paths: Resolver | None = None
 
     def of(self, ds: Dataset, said: dict[str, str] | None = None) -> str:
-        seen = self._interrupted(ds) if ds.status in ACTIVE else self._missing(ds)
+        seen = self._interrupted(ds) if ds.status in ACTIVE else self._on_disk(ds)
         return (said or {}).get(seen, seen)
 
     def _interrupted(self, ds: Dataset) -> str:
@@ -243,7 +244,7 @@ class SeenNow:
             return "interrupted"
         return "paused" if is_paused(job) else ""  # else it read `queued 48.9%`, and waits
 
-    def _missing(self, ds: Dataset) -> str:
+    def _on_disk(self, ds: Dataset) -> str:
         self._paths = self._paths or Resolver(self.settings.home)
         return copy_seen(self._paths, ds)
 

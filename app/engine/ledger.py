@@ -13,14 +13,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock, Timeout
-
 from dsm.catalog.paths import Resolver
 from dsm.config import Settings
 from dsm.domain.jobs import Job, JobStatus, JobType
 from dsm.domain.model import ACTIVE, AT_REST, Dataset, Status
 from dsm.engine import files
-from dsm.engine.liveness import owner_lock_path
+from dsm.engine.liveness import owner_lock_path, owner_running
 from dsm.engine.outcome import Facts, end_state, nothing_to_do, resting_status
 from dsm.engine.storethread import StoreThread
 from dsm.errors import DsmError, UnknownDataset
@@ -309,16 +307,9 @@ class Ledger(StoreThread):
         if owner is None:
             return False
         if owner not in seen:
-            path = owner_lock_path(self.settings.lock_dir, owner)
-            lock = FileLock(path, thread_local=False)
-            try:
-                lock.acquire(timeout=0)
-            except Timeout:
-                seen[owner] = True
-            else:
-                lock.release()
-                path.unlink(missing_ok=True)
-                seen[owner] = False
+            seen[owner] = owner_running(self.settings.lock_dir, owner)
+            if not seen[owner]:  # its process died: its lock file is of no more use
+                owner_lock_path(self.settings.lock_dir, owner).unlink(missing_ok=True)
         return seen[owner]
 
     def request_cancel(self, name: str) -> bool:

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import fcntl
 import os
+import time
 from pathlib import Path
 
 from dsm.catalog.paths import Resolver
 from dsm.domain.model import Dataset
+
+PROBE_GRACE = 0.02  # seconds a held owner lock is asked again before its owner counts as live
 
 
 def owner_lock_path(lock_dir: Path, owner: str) -> Path:
@@ -21,20 +24,30 @@ def owner_lock_path(lock_dir: Path, owner: str) -> Path:
 def owner_running(lock_dir: Path, owner: str) -> bool:
     """Whether the engine `owner` holds its lock: False when the file is gone or free (its
     process died); True when held, or when the lock cannot be asked (never calls a live
-    engine dead). Creates nothing, and holds a free lock only for an instant."""
+    engine dead). Creates nothing, and holds a free lock only for an instant: so a lock
+    found held is asked again for PROBE_GRACE (another process's probe of a dead owner, as
+    `dsm list` makes, had an engine starting then leave that owner's jobs for its next
+    start)."""
     try:
         fd = os.open(owner_lock_path(lock_dir, owner), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
         return False
     except OSError:
         return True
+    deadline = time.monotonic() + PROBE_GRACE
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:  # held (EWOULDBLOCK), or no locks here: either way not known dead
-        return True
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return False
+            except BlockingIOError:  # held: by its engine, or by a probe for an instant
+                if time.monotonic() >= deadline:
+                    return True
+                time.sleep(PROBE_GRACE / 8)
+            except OSError:  # no locks here: not known dead
+                return True
     finally:
         os.close(fd)  # with the lock this probe took
-    return False
 
 
 MISSING = "missing on disk"  # the recorded copy was removed

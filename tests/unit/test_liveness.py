@@ -6,6 +6,8 @@ import fcntl
 import os
 from pathlib import Path
 
+import pytest
+
 from dsm.engine.liveness import owner_lock_path, owner_running
 
 
@@ -28,3 +30,23 @@ def test_a_lock_that_cannot_be_asked_is_never_called_dead(tmp_path: Path) -> Non
     path = owner_lock_path(tmp_path, "abc")
     path.symlink_to(tmp_path / "elsewhere")  # O_NOFOLLOW refuses it: not known dead
     assert owner_running(tmp_path, "abc") is True
+
+
+def test_a_dead_owner_s_lock_held_by_another_probe_for_an_instant_is_still_dead(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`dsm list` probing a dead owner holds its free lock for an instant: an engine that
+    asked at that instant counted the owner live and left its jobs for its next start."""
+    held = os.open(owner_lock_path(tmp_path, "dead"), os.O_RDWR | os.O_CREAT, 0o666)
+    fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the other probe, mid-way
+    real = fcntl.flock
+
+    def other_probe_lets_go(fd: int, op: int) -> None:
+        try:
+            real(fd, op)
+        except BlockingIOError:
+            os.close(held)  # as the other probe does at once
+            raise
+
+    monkeypatch.setattr(fcntl, "flock", other_probe_lets_go)
+    assert owner_running(tmp_path, "dead") is False

@@ -87,9 +87,9 @@ class EngineCalls(_Base):
         if self._before_load(self.action_download_all):
             return
         # A copy removed by hand is not downloaded either: its row says so (`missing on disk`).
+        gone = self.state.disk_says
         rows = self.state.datasets.items()
-        gone = {n for n in self.state.datasets if self.state.disk_says(n) == MISSING}
-        names = [n for n, ds in rows if ds.status != Status.DOWNLOADED or n in gone]
+        names = [n for n, ds in rows if ds.status != Status.DOWNLOADED or gone(n) == MISSING]
         if not names:
             self.say("every dataset is downloaded")
             return

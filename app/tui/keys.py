@@ -34,9 +34,7 @@ KEY_ACTIONS = (
     KeyAction("P", "P", "pause_all", "Pause all", "pause every job", footer=False),
     KeyAction("R", "R", "resume_all", "Resume all", "resume every paused job", footer=False),
     KeyAction("r", "r", "retry_failed", "Retry", "retry every failed dataset", footer=False),
-    KeyAction(
-        "a", "a", "download_all", "All", "download every dataset not downloaded or missing", False
-    ),
+    KeyAction("a", "a", "download_all", "All", "download every dataset not on disk", False),
     KeyAction(
         "space", "space", "mark", "Mark", "mark or unmark a row; d f v x c p act on marks", False
     ),

@@ -43,11 +43,14 @@ class Fault:
     ignore_range: bool = False  # answer 200 with the whole body even to a Range request
     wrong_range_start: int | None = None  # answer 206 starting at another offset
     content_length: int | None = None  # announce this length (a lie) instead of the real one
+    # Bytes (zeros) sent after the body, inside its framing (its Content-Length counts them,
+    # or its chunks carry them) but past its Content-Range: a body that overruns its range.
+    excess: int = 0
     html: bool = False  # an HTML error page with status 200
     redirect_to: str | None = None  # 302 to this path or URL
     rate: float | None = None  # bytes per second
     no_length: bool = False  # no Content-Length: the body ends when the connection closes
-    chunked: bool = False  # no Content-Length: Transfer-Encoding: chunked
+    chunked: bool = False  # Transfer-Encoding: chunked (with `content_length`: framed twice)
     for_ranges: tuple[int, int] | None = None  # only for a Range starting in [lo, hi)
     range_as_200: bool = False  # a broken proxy: the 206's Content-Range and bytes, status 200
     range_end_short: int | None = None  # a 206 that ends this many bytes before the end asked
@@ -273,12 +276,15 @@ def _handler_for(server: FileServer) -> type[BaseHTTPRequestHandler]:
             self.send_response(status)
             for k, v in {**headers, **fault.headers}.items():
                 self.send_header(k, v)
-            length = fault.content_length if fault.content_length is not None else len(payload)
+            length = fault.content_length
+            length = len(payload) + fault.excess if length is None else length
             if fault.no_length:
                 self.send_header("Connection", "close")
                 self.close_connection = True
             elif fault.chunked:
                 self.send_header("Transfer-Encoding", "chunked")
+                if fault.content_length is not None:  # framed two ways: a lie in one
+                    self.send_header("Content-Length", str(length))
             else:
                 self.send_header("Content-Length", str(length))
             self.end_headers()
@@ -312,11 +318,21 @@ def _handler_for(server: FileServer) -> type[BaseHTTPRequestHandler]:
                     ahead = pos / fault.rate - (time.monotonic() - started)
                     if ahead > 0 and server.release.wait(ahead):
                         break
+            if pos == len(payload):
+                self._send_excess(seen, fault)
             if fault.chunked and pos == len(payload):
                 self.wfile.write(b"0\r\n\r\n")
             if fault.stall_after is not None and pos < len(payload):
                 server.release.wait(60)
             if pos < len(payload) or fault.content_length is not None:
                 self.close_connection = True
+
+        def _send_excess(self, seen: Seen, fault: Fault) -> None:
+            left, zeros = fault.excess, bytes(CHUNK)
+            while left > 0:
+                n = min(CHUNK, left)
+                self.wfile.write(b"%x\r\n%s\r\n" % (n, zeros[:n]) if fault.chunked else zeros[:n])
+                left -= n
+                seen.sent += n
 
     return Handler

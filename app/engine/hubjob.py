@@ -32,6 +32,7 @@ from dsm.errors import NetworkError, TransferError
 from dsm.repository import Repository
 from dsm.transfer.http import RetryBudget
 from dsm.transfer.hub import Hub, auth_headers
+from dsm.transfer.proxy import make_client
 
 T = TypeVar("T")
 
@@ -67,13 +68,16 @@ class Resolved:
     listing: list[ManifestFile]
 
 
-def hub_for(settings: Settings, client: httpx.Client) -> Hub:
+def hub_for(settings: Settings, client: httpx.Client, stall_timeout: float | None = None) -> Hub:
+    """The Hub of the settings on `client`; its answers' heads and bodies must each arrive
+    whole within `stall_timeout` (the settings' by default)."""
     return Hub(
         client,
         settings.hf_endpoint,
         settings.hf_token,
         lambda url: auth_headers(settings.hf_endpoint, settings.hf_token, url),
-        settings.stall_timeout,
+        settings.stall_timeout if stall_timeout is None else stall_timeout,
+        settings.extract_max_members,
     )
 
 
@@ -127,10 +131,12 @@ def refresh_upstream(settings: Settings, repo: Repository) -> int:
     if settings.offline or not followed:
         return 0
     heads: dict[tuple[str, str], str | None] = {}
-    # A hint must not hold up `dsm list`: short timeouts, and an unreachable Hub is asked once.
+    # A hint must not hold up `dsm list`: short timeouts (each answer's head and body whole
+    # within them, on the engine's kind of client, whose reads are watched), and an
+    # unreachable Hub is asked once.
     timeout = httpx.Timeout(UPSTREAM_TIMEOUT)
-    with httpx.Client(timeout=timeout, trust_env=True) as client:
-        hub = hub_for(settings, client)
+    with make_client(timeout, httpx.Limits()) as client:
+        hub = hub_for(settings, client, UPSTREAM_TIMEOUT)
         for _, ref in followed:
             key = (ref.repo, ref.revision)
             if key in heads:

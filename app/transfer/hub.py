@@ -42,11 +42,13 @@ from dsm.transfer.http import (
     network_error,
     open_stream,
 )
+from dsm.transfer.wire import Awaited, awaiting
 
 LOGIN_HINT = "log in with `hf auth login` or set HF_TOKEN"
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 MAX_PAGES = 10_000  # a tree of ten million files: far past any dataset, short of a loop
 MAX_JSON = 64 << 20  # bytes of one API answer
+ANSWER = "the Hub's answer"
 
 
 def _is_loopback(host: str) -> bool:
@@ -83,13 +85,14 @@ def _listing(url: str) -> str:
 
 @dataclass(frozen=True)
 class Hub:
-    """One endpoint, its token, and the client and stall timeout of the engine."""
+    """One endpoint, its token, and the client, stall timeout and file limit of the engine."""
 
     client: httpx.Client
     endpoint: str
     token: str | None
     headers: Callable[[str], dict[str, str]]  # every header for a URL (token included)
     stall_timeout: float
+    max_files: int  # files one listing may name (DSM_EXTRACT_MAX_MEMBERS)
 
     def get_json(self, url: str, ref: HubRef) -> tuple[Any, httpx.Headers]:
         """GET an API URL; a 401/403 is AccessDenied at once, other errors typed as usual."""
@@ -111,17 +114,25 @@ class Hub:
                     )
                 if resp.status_code != 200:
                     raise http_error(answer)
-                body = bytearray()
-                for chunk in resp.iter_bytes():
-                    body += chunk
-                    if len(body) > MAX_JSON:  # held in memory whole: a real page is < 1 MiB
-                        raise BadResponse(f"the Hub answered {url} with more than 64 MiB")
+                body = self._body(resp, url)
         except httpx.HTTPError as exc:
             raise network_error(exc, url, self.stall_timeout) from exc
         try:
             return json.loads(body), resp.headers
         except (ValueError, RecursionError):  # RecursionError: nested too deeply
             raise BadResponse(f"the Hub answered {url} with something that is not JSON") from None
+
+    def _body(self, resp: httpx.Response, url: str) -> bytearray:
+        """An answer's body, at most MAX_JSON bytes, whole within the stall timeout of its
+        first read: each read's own timeout let a Hub sending a byte now and then hold a
+        job, and `dsm list` (the upstream hint), for ever."""
+        body = bytearray()
+        with awaiting(Awaited(self.stall_timeout, url, ANSWER)):
+            for chunk in resp.iter_bytes():
+                body += chunk
+                if len(body) > MAX_JSON:  # held in memory whole: a real page is < 1 MiB
+                    raise BadResponse(f"the Hub answered {url} with more than 64 MiB")
+        return body
 
     def _denied(self, ref: HubRef, status: int) -> str:
         why = "the token was refused" if self.token else "no token was given"
@@ -158,6 +169,11 @@ class Hub:
             if not isinstance(page, list):
                 raise BadResponse(f"the Hub's tree listing of {ref.repo} is not a list")
             out += [f for e in page if (f := self._file(ref, commit, e)) is not None]
+            if len(out) > self.max_files:  # each held (a page of 100,000 took 40 MB), then fetched
+                raise BadResponse(
+                    f"the Hub's tree listing of {ref.repo} names more than {self.max_files} "
+                    "files, the most one dataset may have (DSM_EXTRACT_MAX_MEMBERS)"
+                )
             nxt = httpx.Response(200, headers=headers).links.get("next", {}).get("url")
             what = f"the Hub's tree listing of {ref.repo} links to a next page"
             url = joined(url, nxt, what) if nxt else None

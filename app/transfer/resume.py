@@ -98,7 +98,9 @@ class Write:
     meta: dict[str, Any]
     confirm: bool = False
     proven: bool = True
-    # A body without a length: the catalogue's size, else DSM_DOWNLOAD_MAX_BYTES.
+    # Where the body is cut off: its announced total (a framing that goes on past the length
+    # it was announced with: an endless chunked body, a 206 longer than its range), without
+    # one the catalogue's size, else DSM_DOWNLOAD_MAX_BYTES.
     limit: Limit | None = None
 
 
@@ -142,7 +144,9 @@ def start(
     if meta.get("segments"):
         return ResumeSegments(meta)
     total = meta.get("total")
-    if have and isinstance(total, int) and have >= total:
+    if have and isinstance(total, int) and have > total:
+        have, meta = 0, {}  # more than the file has: not its bytes (a body that overran)
+    if have and isinstance(total, int) and have == total:
         return Complete(total)  # complete before a crash: only the hash is missing
     if have:
         return Ask(have, meta, {"Range": f"bytes={have}-", "If-Range": str(proof)}, confirming)
@@ -199,6 +203,8 @@ def respond(
         return Reject(http_error(answer))
     if answer.status not in (200, 206):
         return Reject(http_error(answer))
+    if (twice := framed_twice(answer)) is not None:
+        return Reject(twice)
     wrong = contradiction(asked, answer.status, headers.get("content-range"))
     if wrong is not None:
         return Restart(wrong)
@@ -233,7 +239,7 @@ def respond(
         return Split(total, meta)
     framed = total is not None or _chunked(answer)
     confirm = not framed and not asked.confirming and _resumable(answer)
-    limit = body_limit(expected_size, policy) if total is None else None  # a total: checked above
+    limit = body_limit(expected_size, policy) if total is None else announced(total, answer.url)
     return Write(have, total, meta, confirm=confirm, proven=framed, limit=limit)
 
 
@@ -271,6 +277,29 @@ def body_limit(expected_size: int | None, policy: Policy) -> Limit:
         TooLarge,
         f"stopped: the server sent more than {policy.max_size} bytes without a length, the "
         "most taken without the catalogue's expected_size (DSM_DOWNLOAD_MAX_BYTES)",
+    )
+
+
+def announced(total: int, url: str) -> Limit:
+    """Where a body with a length is cut off: past the total it was announced with, should
+    its framing go on (chunks, or a Content-Length longer than the Content-Range)."""
+    return Limit(
+        total,
+        BadResponse,
+        f"the server sent more than the {total} bytes it announced ({public_url(url)})",
+    )
+
+
+def framed_twice(answer: Answer) -> BadResponse | None:
+    """A response framed both by Transfer-Encoding and by Content-Length: its body ends
+    where the chunks say and the length is a lie one of them tells (RFC 9112 6.3: to be
+    handled as an error, as smuggled and split responses are). Refused, never read."""
+    te, length = answer.headers.get("transfer-encoding"), answer.headers.get("content-length")
+    if te is None or length is None:
+        return None
+    return BadResponse(
+        f"the server framed its answer two ways, Transfer-Encoding {te!r} and Content-Length "
+        f"{length!r}: one of them lies ({public_url(answer.url)})"
     )
 
 
@@ -323,6 +352,8 @@ def segment(
         return Restart(CHANGED)  # If-Range did not match: the server sent the new file whole
     if answer.status != 206:
         return Reject(http_error(answer))
+    if (twice := framed_twice(answer)) is not None:
+        return Reject(twice)
     cr = answer.headers.get("content-range")
     if parse_content_range(cr) != (first, last, total):
         return Restart(f"server sent {cr!r} for a request of bytes {first}-{last}/{total}")

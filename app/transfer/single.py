@@ -28,7 +28,7 @@ from typing import Any, BinaryIO
 import anyio
 import httpx
 
-from dsm.errors import DiskFull, IntegrityError, Restart, TooLarge, Truncated
+from dsm.errors import BadResponse, DiskFull, IntegrityError, Restart, TooLarge, Truncated
 from dsm.transfer import resume
 from dsm.transfer.bodyread import BodyReader, Stages
 from dsm.transfer.http import (
@@ -185,9 +185,10 @@ def _pump(
 ) -> None:
     """Read the body to its end; a thread writes each buffer, another hashes it. Bytes that
     arrived before a network error are written (kept for the resume) before it is raised.
-    A body without a length stops past `limit` bytes, or when the disk is nearly full."""
+    A body stops past `limit` bytes (its announced total, else a cap), or, without a length,
+    when the disk is nearly full."""
     if total is not None and total - sink.size <= SMALL_BODY:
-        _pump_small(reader, sink, ctl, total - sink.size)
+        _pump_small(reader, sink, ctl, total - sink.size, limit)
         return
 
     def hash_(data: memoryview) -> bool:
@@ -206,13 +207,17 @@ def _pump(
             stages.put(buf, n)
 
 
-def _pump_small(reader: BodyReader, sink: _Sink, ctl: Control, size: int) -> None:
+def _pump_small(
+    reader: BodyReader, sink: _Sink, ctl: Control, size: int, limit: resume.Limit | None
+) -> None:
     """A small body on this thread alone: starting threads and allocating the pipeline's
     buffers cost more than the whole transfer (bench/RESULTS.md). Written as it comes, so a
     cancel or a cut keeps what arrived."""
     buf = memoryview(bytearray(max(min(size, SMALL_CHUNK), 1)))
     end = sink.size + size
     while n := reader.fill(buf):
+        if limit is not None and sink.size + n > limit.size:
+            raise limit.exceeded()
         sink.write(buf[:n])  # before the check: what arrived before a stop is kept
         sink.sha.update(buf[:n])
         if sink.resume_meta is not None and sink.size < end:  # more to come: resumable now
@@ -413,10 +418,11 @@ def _finish(
         sink.finish()
         if total is not None and sink.size != total:
             raise Truncated(f"connection ended at byte {sink.size} of {total}")
-    except (IntegrityError, TooLarge, DiskFull):
+    except (IntegrityError, TooLarge, DiskFull, BadResponse):
         sink.close()
-        # Another file than the catalogue's, or one too large for the limit or the disk: no
-        # resume, and the room goes back (the store records the end there).
+        # Another file than the catalogue's, one too large for the limit or the disk, or a
+        # body past the length it announced: no resume, and the room goes back (the store
+        # records the end there).
         discard_partial(part)
         raise
     except OSError as exc:

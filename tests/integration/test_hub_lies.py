@@ -7,15 +7,19 @@ import hashlib
 import json
 from pathlib import Path
 
+import anyio
 import pytest
 
+import dsm.engine.hubjob
+from dsm.domain.events import EventKind
 from dsm.domain.jobs import JobStatus, JobType
 from dsm.engine import files
+from dsm.engine.hubjob import refresh_upstream
 from tests.conftest import CatalogFn, blob, run_dsm, sha
 from tests.enginehelp import run_jobs, setup
 from tests.httpserver import FileServer
 from tests.hubserver import HubServer, git_blob, hf_url
-from tests.integration.test_hub import REPO, entry, env_for
+from tests.integration.test_hub import REPO, entry, env_for, posing_hub
 
 pytestmark = pytest.mark.anyio
 
@@ -84,3 +88,72 @@ async def test_a_tree_listing_whose_next_page_is_another_listing_fails(
     assert run.job.status == JobStatus.FAILED
     assert "its next page in another listing" in (run.job.error or ""), run.job.error
     assert not repo.dataset("set").downloaded and not (home / "data/set").exists()
+
+
+REVISION = "api/datasets/org/set/revision/main"
+
+
+async def test_a_hub_answer_sent_a_byte_now_and_then_is_stalled(
+    server: FileServer, home: Path, catalog: CatalogFn, tmp_path: Path
+) -> None:
+    """A Hub (or a proxy posing as one) sending its answer a byte every 0.5 s: each read's
+    own timeout (2 s here) never trips, and the body was read as long as it went on (a
+    JSON of 100 KB held the job a day, and a cancel's thread with it). An answer must
+    arrive whole within the stall timeout of its first read: stalled, retried."""
+    posing_hub(server, [["a.json"]])
+    server.fault(REVISION, rate=2)  # ~60 bytes: 30 s
+    cat = catalog([entry("set", "hf://datasets/org/set@main/", "data/set")])
+    settings, repo = setup(home, cat, HF_ENDPOINT=server.base, HF_HOME=str(tmp_path / "hf"))
+    with anyio.fail_after(60):
+        run = await run_jobs(settings, repo, JobType.DOWNLOAD, "set")
+    assert run.job.status == JobStatus.COMPLETED, run.job.error
+    (retry,) = [e.job.error or "" for e in run.kinds(EventKind.RETRYING)]
+    said = f"the Hub's answer did not arrive whole within 2 s from {server.url(REVISION)}"
+    assert said in retry, retry
+    assert (home / "data/set/a.json").read_bytes() == b"x"
+
+
+def test_a_hub_trickling_its_answer_cannot_hold_up_the_upstream_hint(
+    server: FileServer,
+    home: Path,
+    catalog: CatalogFn,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`dsm list` asks where a followed branch is now, a hint that must not hold it up: an
+    answer a byte every 0.5 s held `dsm list` as long as the Hub went on (a plain client, a
+    timeout per read). Each answer comes whole within the hint's time, or the hint is left
+    as it was."""
+    monkeypatch.setattr(dsm.engine.hubjob, "UPSTREAM_TIMEOUT", 1.0)
+    posing_hub(server, [["a.json"]])  # the branch is at another commit than the copy's
+    server.always(REVISION, rate=2)
+    commit = "a" * 40
+    cat = catalog([entry("set", "hf://datasets/org/set@main/", "data/set")])
+    settings, repo = setup(home, cat, HF_ENDPOINT=server.base, HF_HOME=str(tmp_path / "hf"))
+    repo.change("set", None, downloaded=True, source_commit=commit, upstream_commit=commit)
+    assert refresh_upstream(settings, repo) == 0
+    assert repo.dataset("set").upstream_commit == commit
+    assert len(server.requests(REVISION)) == 1  # asked once, not again and again
+
+
+async def test_a_hub_listing_of_more_files_than_a_dataset_may_have_fails(
+    server: FileServer, home: Path, catalog: CatalogFn, tmp_path: Path
+) -> None:
+    """A tree listing that goes on page after page of files (a Hub or a proxy posing as
+    one): each file was held until the end (100,000 a page: 1.2 GB in 45 s, growing), then
+    fetched and recorded. It may name at most DSM_EXTRACT_MAX_MEMBERS files, as an archive
+    may hold members: the job fails naming it, and the next page is not asked for."""
+    pages = [[f"{p}{n}.json" for n in range(2)] for p in "abc"]
+    first = posing_hub(server, pages)
+    cat = catalog([entry("set", "hf://datasets/org/set@main/", "data/set")])
+    env = {"HF_ENDPOINT": server.base, "HF_HOME": str(tmp_path / "hf")}
+    settings, repo = setup(home, cat, DSM_EXTRACT_MAX_MEMBERS="3", **env)
+    run = await run_jobs(settings, repo, JobType.DOWNLOAD, "set")
+    assert run.job.status == JobStatus.FAILED
+    said = (
+        "the Hub's tree listing of org/set names more than 3 files, the most one dataset may have"
+    )
+    assert said in (run.job.error or ""), run.job.error
+    tree = first.removeprefix(server.base)
+    assert len([s for s in server.seen if s.path.startswith(tree)]) == 2
+    assert not repo.dataset("set").downloaded and not (home / "data" / "set").exists()

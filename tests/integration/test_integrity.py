@@ -309,6 +309,49 @@ async def test_a_contradicting_answer_fails_with_what_the_server_did(
     assert not (home / "data" / "a").exists()
 
 
+@pytest.mark.parametrize(
+    ("faults", "said"),
+    [
+        (
+            [{"chunked": True, "content_length": 5}],
+            "the server framed its answer two ways, Transfer-Encoding 'chunked' and "
+            "Content-Length '5': one of them lies",
+        ),
+        (
+            [{"drop_after": CUT}, {"for_ranges": (CUT, CUT + 1), "excess": 64 << 20}],
+            f"the server sent more than the {SIZE} bytes it announced",
+        ),
+        (
+            [
+                {"drop_after": CUT},
+                {"for_ranges": (CUT, CUT + 1), "excess": 64 << 20, "chunked": True},
+            ],
+            f"the server sent more than the {SIZE} bytes it announced",
+        ),
+    ],
+    ids=["chunked-and-a-length", "206-longer-than-its-range", "chunked-206-past-its-range"],
+)
+async def test_a_body_past_the_length_it_announced_is_cut_off(
+    server: FileServer, home: Path, catalog: CatalogFn, faults: list[dict[str, Any]], said: str
+) -> None:
+    """A response whose framing goes on past the length it announced: chunks under a
+    Content-Length of 5 (dsm wrote the 2 MB body, called the partial of 2 MB over its 5
+    whole, cut it to 5 bytes and recorded them as a verified download, exit 0), or a resume
+    answered with a 206 whose Content-Length or chunks go 64 MiB past its Content-Range (read
+    to the end: an endless one filled the disk). Refused or cut off one byte past the
+    total, no retry, nothing kept. No catalogue size or sha to catch it."""
+    data = blob(27, SIZE)
+    settings, repo = setup(home, catalog(a=server.add("a.bin", data)))
+    for fault in faults:
+        server.fault("a.bin", **fault)
+    run = await run_jobs(settings, repo, JobType.DOWNLOAD, "a")
+    assert run.job.status == JobStatus.FAILED
+    assert said in (run.job.error or "")
+    assert server.bytes_sent("a.bin") < SIZE + (32 << 20)  # cut off, not read to its end
+    assert list((home / "data").glob("*")) == []
+    assert (run.dataset("a").status, run.dataset("a").downloaded) == (Status.ERROR, False)
+
+
 # -- 3. resume only with validators RFC 9110 calls strong ----------------------------------
 async def test_last_modified_of_the_same_second_does_not_resume(
     server: FileServer, home: Path, catalog: CatalogFn

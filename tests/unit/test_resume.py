@@ -36,6 +36,7 @@ ONE = Policy(stall_timeout=5)  # one stream
 SPLIT = Policy(stall_timeout=5, segments=4, segment_min=1000)
 SMALL_CAP = Policy(stall_timeout=5, max_size=4096)  # DSM_DOWNLOAD_MAX_BYTES=4096
 CAPPED = resume.body_limit(None, ONE)  # a body without a length, no catalogue size
+ANNOUNCED = resume.announced(5000, URL)  # a body with a length: cut off past it
 
 
 def meta(**over: Any) -> dict[str, Any]:
@@ -99,6 +100,12 @@ START_CASES = [
     StartCase("no validator: start clean", OnDisk(1200, sidecar(etag=None)), Ask),
     StartCase("sidecar of another URL: start clean", OnDisk(1200, sidecar(url=URL + "?x")), Ask),
     StartCase("partial already whole: only hash it", OnDisk(5000, sidecar()), Complete),
+    StartCase(
+        "partial longer than its sidecar's total: not its bytes, start clean (it was cut to the "
+        "total and called whole)",
+        OnDisk(9000, sidecar()),
+        Ask,
+    ),
     StartCase(
         "segmented sidecar with the full-size .part: resume the segments",
         OnDisk(5000, sidecar(segments=[[0, 2500, 100], [2500, 5000, 0]])),
@@ -174,7 +181,7 @@ RESPOND_CASES = [
         "206 at our offset, same strong validator: append",
         RESUMING,
         answer(206, content_range="bytes 1200-4999/5000", etag=STRONG, content_length="3800"),
-        Write(1200, 5000, meta(etag=STRONG)),
+        Write(1200, 5000, meta(etag=STRONG), limit=ANNOUNCED),
     ),
     RespondCase(
         "206 in another Content-Encoding than the partial began with: restart",
@@ -189,7 +196,7 @@ RESPOND_CASES = [
         "206 in the Content-Encoding the partial began with: append",
         Ask(1200, sidecar(encoding="gzip"), RESUMING.headers),
         answer(206, content_range="bytes 1200-4999/5000", etag=STRONG, content_encoding="gzip"),
-        Write(1200, 5000, meta(etag=STRONG, encoding="gzip")),
+        Write(1200, 5000, meta(etag=STRONG, encoding="gzip"), limit=ANNOUNCED),
     ),
     RespondCase(
         "206 at another offset: restart",
@@ -207,7 +214,7 @@ RESPOND_CASES = [
         "200 to a Range request: the whole body from zero, never appended",
         RESUMING,
         answer(200, content_length="5000", etag='"v2"'),
-        Write(0, 5000, meta(etag='"v2"')),
+        Write(0, 5000, meta(etag='"v2"'), limit=ANNOUNCED),
     ),
     RespondCase(
         "416 naming another size: restart",
@@ -233,7 +240,7 @@ RESPOND_CASES = [
         "fresh 206 without a validator: one stream, ranges cannot be pinned",
         FRESH,
         answer(206, content_range="bytes 0-4999/5000", content_length="5000"),
-        Write(0, 5000, meta()),
+        Write(0, 5000, meta(), limit=ANNOUNCED),
         policy=SPLIT,
     ),
     RespondCase(
@@ -304,7 +311,7 @@ RESPOND_CASES = [
         "a length above DSM_DOWNLOAD_MAX_BYTES the catalogue's size confirms: taken",
         FRESH,
         answer(200, content_length="5000"),
-        Write(0, 5000, meta(total=5000)),
+        Write(0, 5000, meta(total=5000), limit=ANNOUNCED),
         policy=SMALL_CAP,
         expected_size=5000,
     ),
@@ -312,7 +319,7 @@ RESPOND_CASES = [
         "a length is checked against the catalogue's size before the body: no limit",
         FRESH,
         answer(200, content_length="5000"),
-        Write(0, 5000, meta(total=5000)),
+        Write(0, 5000, meta(total=5000), limit=ANNOUNCED),
         expected_size=5000,
     ),
     RespondCase(
@@ -332,7 +339,7 @@ RESPOND_CASES = [
         "200 whose Content-Range names the whole file: a whole body",
         RESUMING,
         answer(200, content_range="bytes 0-4999/5000", content_length="5000", etag=STRONG),
-        Write(0, 5000, meta(etag=STRONG)),
+        Write(0, 5000, meta(etag=STRONG), limit=ANNOUNCED),
     ),
     RespondCase(
         "206 that ends before the end asked for: restart",
@@ -365,7 +372,7 @@ RESPOND_CASES = [
         "resume by Last-Modified, the 206 names the same one: append",
         Ask(1200, sidecar(etag=None, last_modified=LAST_MOD, date=LATER), {"If-Range": LAST_MOD}),
         answer(206, content_range="bytes 1200-4999/5000", last_modified=LAST_MOD, date=LATER),
-        Write(1200, 5000, meta(last_modified=LAST_MOD, date=LATER)),
+        Write(1200, 5000, meta(last_modified=LAST_MOD, date=LATER), limit=ANNOUNCED),
     ),
     RespondCase(
         "resume by Last-Modified, the 206 names another (even a weak one): restart",
@@ -401,6 +408,18 @@ RESPOND_CASES = [
         Complete(1200),
     ),
     RespondCase("503: an HTTP error", RESUMING, answer(503), Reject),
+    *(
+        RespondCase(
+            f"framed by chunks and by a Content-Length ({name}): rejected",
+            asked,
+            answer(status, transfer_encoding="chunked", content_length="5", **extra),
+            Reject,
+        )
+        for name, asked, status, extra in [
+            ("200", FRESH, 200, {}),
+            ("206", RESUMING, 206, {"content_range": "bytes 1200-4999/5000", "etag": STRONG}),
+        ]
+    ),
     RespondCase(
         "HTML instead of data: rejected",
         FRESH,
@@ -431,6 +450,11 @@ def test_respond(case: RespondCase) -> None:
     [
         (answer(503, retry_after="7"), HttpStatusError, f"HTTP 503 Service Unavailable from {URL}"),
         (answer(200, content_type="text/html"), BadResponse, "HTML page instead of data"),
+        (
+            answer(200, transfer_encoding="chunked", content_length="11"),
+            BadResponse,
+            "framed its answer two ways, Transfer-Encoding 'chunked' and Content-Length '11'",
+        ),
         (
             answer(200, content_length="10"),
             IntegrityError,
@@ -500,6 +524,19 @@ def test_a_length_above_the_cap_is_too_large_and_not_retried() -> None:
 )
 def test_segment(ans: Answer, want: Restart | None) -> None:
     assert resume.segment(2500, 3999, 5000, sidecar(), ans) == want
+
+
+def test_a_segment_framed_twice_is_rejected() -> None:
+    both = answer(
+        206,
+        content_range="bytes 2500-3999/5000",
+        etag=STRONG,
+        transfer_encoding="chunked",
+        content_length="1500",
+    )
+    plan = resume.segment(2500, 3999, 5000, sidecar(), both)
+    assert isinstance(plan, Reject) and type(plan.error) is BadResponse
+    assert not retryable(plan.error)
 
 
 def test_segment_http_error_is_rejected() -> None:

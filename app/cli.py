@@ -20,6 +20,7 @@ from dsm.catalog.parse import read_json
 from dsm.catalog.paths import Resolver
 from dsm.completion import SHELLS
 from dsm.config import Settings, load_settings, network_filesystem
+from dsm.domain.display import is_paused
 from dsm.domain.jobs import PARAMS_SCHEMA, JobType, parse_params
 from dsm.domain.model import ACTIVE, Dataset, hub_followed
 from dsm.domain.paging import MAX_PAGE_SIZE, page_of
@@ -36,12 +37,22 @@ from dsm.version import __version__
 GC_YOUNG = 10_000
 
 
-def _global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
-    """Options accepted before or after a subcommand (sub-parsers get SUPPRESS defaults)."""
+# The job options: accepted after a command only to say they go with --run-job there, so a
+# command's help does not list them (`dsm list -h` offered --run-job, --dataset, ...).
+JOB_FLAGS = frozenset({"--run-job", "--dataset", "--all", "--force-download", "--params"})
+
+
+def _global_options(
+    parser: argparse.ArgumentParser, *, defaults: bool, hide: frozenset[str] = frozenset()
+) -> None:
+    """Options accepted before or after a subcommand (sub-parsers get SUPPRESS defaults);
+    `hide`: accepted, not in the parser's help."""
 
     def add(*flags: str, **kw: Any) -> None:
         if not defaults:
             kw["default"] = argparse.SUPPRESS
+        if hide & set(flags):
+            kw["help"] = argparse.SUPPRESS
         parser.add_argument(*flags, **kw)
 
     add("--home", metavar="DIR", help="data home (env DSM_HOME)")
@@ -52,9 +63,10 @@ def _global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
     add("--job-timeout", metavar="S", help="seconds a job may take (env DSM_JOB_TIMEOUT, 36000)")
     add("--stall-timeout", metavar="S", help="seconds without data (env DSM_STALL_TIMEOUT, 60)")
     add("--workers", metavar="N", help="parallel downloads (env DSM_WORKERS, default 4)")
-    add("--run-job", metavar="TYPE", choices=[t.value for t in JobType], help="run jobs headless")
+    types = [t.value for t in JobType]
+    add("--run-job", metavar="TYPE", choices=types, help=f"run jobs headless: {', '.join(types)}")
     add("--dataset", metavar="NAME", action="append", help="dataset for --run-job (repeatable)")
-    add("--all", action="store_true", default=False, help="every dataset, for --run-job")
+    add("--all", action="store_true", default=False, help="every dataset (jobs, cache push)")
     add("--force-download", action="store_true", default=False, help="fetch even if verified")
     add("--params", metavar="JSON", help='job params, e.g. \'{"dataset": "gsm8k"}\'')
     add("--cache-url", metavar="S3URL", help="team cache s3://BUCKET/PREFIX (env DSM_CACHE_URL)")
@@ -99,8 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     status = cache_sub.add_parser("status", help="bucket, reachability, datasets it holds")
     push = cache_sub.add_parser("push", help="publish verified local copies")
     push.add_argument("names", nargs="*", metavar="NAME", help="datasets to publish, or --all")
-    for p in (lst, show, sub.choices["job-params"], srv, cache, status, push):
-        _global_options(p, defaults=False)
+    for p in (lst, show, sub.choices["job-params"], srv, cache, status):
+        _global_options(p, defaults=False, hide=JOB_FLAGS)
+    _global_options(push, defaults=False, hide=JOB_FLAGS - {"--all"})  # push's own --all
     comp = sub.add_parser("completion", help="print the shell completion script")
     comp.add_argument("shell", choices=SHELLS, help="bash, zsh or fish")
     return parser
@@ -201,14 +214,16 @@ NOW_SAID = {
     "interrupted": "interrupted: no dsm process runs its job (the next start resumes it)",
     MISSING: f"{MISSING}: the copy was removed (a download fetches it again)",
     CHANGED: f"{CHANGED}: another size or time than when verified (a verify checks it)",
+    "paused": "paused: its dashboard keeps the partial file (p there resumes it)",
 }
 
 
 class SeenNow:
     """What a stored row cannot say by itself, looked at now for the rows shown (a few
     system calls a row): an active row whose job no running dsm process works on (killed:
-    the row said `downloading 36.9%` until an engine started), a recorded copy removed or
-    changed by hand (liveness.copy_seen). The JSON output stays the stored row."""
+    the row said `downloading 36.9%` until an engine started) or a live one paused, a
+    recorded copy removed or changed by hand (liveness.copy_seen). The JSON output stays the
+    stored row."""
 
     def __init__(self, settings: Settings, repo: Repository) -> None:
         self.settings, self.repo = settings, repo
@@ -224,7 +239,9 @@ class SeenNow:
         owner = job.owner if job is not None and not job.status.finished else None
         if owner is not None and owner not in self._running:
             self._running[owner] = owner_running(self.settings.lock_dir, owner)
-        return "" if owner is not None and self._running[owner] else "interrupted"
+        if owner is None or not self._running[owner]:
+            return "interrupted"
+        return "paused" if is_paused(job) else ""  # else it read `queued 48.9%`, and waits
 
     def _on_disk(self, ds: Dataset) -> str:
         self._paths = self._paths or Resolver(self.settings.home)
@@ -276,6 +293,10 @@ def job_params(args: argparse.Namespace, repo: Repository) -> list[dict[str, Any
         given.append(raw)
     chosen = sorted(names) if args.all else (args.dataset or [])
     given += [{"dataset": n, "force_download": args.force_download} for n in chosen]
+    if args.all and not names:  # it said `--run-job needs ... --all ...` of the --all given
+        raise BadInput(
+            "--all: there is no dataset (the catalogue lists none, the store keeps none)"
+        )
     if not given:
         raise BadInput("--run-job needs --dataset NAME, --all or --params JSON")
     for p in given:

@@ -30,6 +30,9 @@ class Command:
     name: str
     help: str
     args: tuple[Arg, ...]  # its own options and positionals
+    # A command with actions (`dsm cache status|push`): each action and its positional, if
+    # any (`push NAME...`), offered once the action is on the line.
+    actions: tuple[tuple[str, Arg | None], ...] = ()
 
 
 def _arg(action: argparse.Action) -> Arg:
@@ -63,8 +66,18 @@ def describe(parser: argparse.ArgumentParser) -> tuple[tuple[Arg, ...], tuple[Co
             for name, sub in action.choices.items():
                 own = [*_nested(sub), *(_arg(a) for a in _visible(sub))]
                 args = tuple(a for a in dict.fromkeys(own) if not set(a.flags) & known)
-                commands.append(Command(name, helps.get(name, ""), args))
+                commands.append(Command(name, helps.get(name, ""), args, _actions(sub)))
     return top, tuple(commands)
+
+
+def _actions(parser: argparse.ArgumentParser) -> tuple[tuple[str, Arg | None], ...]:
+    """A command's actions with their first positional (None: it takes none)."""
+    return tuple(
+        (name, next((_arg(a) for a in _visible(sub) if not a.option_strings), None))
+        for action in parser._actions
+        if isinstance(action, argparse._SubParsersAction)
+        for name, sub in action.choices.items()
+    )
 
 
 def _nested(parser: argparse.ArgumentParser) -> list[Arg]:
@@ -118,10 +131,11 @@ _BASH = """\
 # or save it as ~/.local/share/bash-completion/completions/dsm
 _dsm_names() {{ {names}; }}
 _dsm() {{
-    local cur="${{COMP_WORDS[COMP_CWORD]}}" prev="${{COMP_WORDS[COMP_CWORD-1]}}" cmd="" i
+    local cur="${{COMP_WORDS[COMP_CWORD]}}" prev="${{COMP_WORDS[COMP_CWORD-1]}}" cmd="" act="" i
     for ((i = 1; i < COMP_CWORD; i++)); do
         case "${{COMP_WORDS[i]}}" in
-            {command_names}) cmd="${{COMP_WORDS[i]}}"; break ;;
+            {command_names}) [[ -z "$cmd" ]] && cmd="${{COMP_WORDS[i]}}" ;;
+            {action_names}) [[ -n "$cmd" && -z "$act" ]] && act="${{COMP_WORDS[i]}}" ;;
         esac
     done
     case "$prev" in
@@ -149,10 +163,11 @@ _ZSH = """\
 # or save it as _dsm in a folder of your $fpath
 _dsm_names() {{ {names}; }}
 _dsm() {{
-    local cur="${{words[CURRENT]}}" prev="${{words[CURRENT-1]}}" cmd="" w
+    local cur="${{words[CURRENT]}}" prev="${{words[CURRENT-1]}}" cmd="" act="" w
     for w in "${{(@)words[2,CURRENT-1]}}"; do
         case "$w" in
-            ({command_names}) cmd="$w"; break ;;
+            ({command_names}) [[ -z "$cmd" ]] && cmd="$w" ;;
+            ({action_names}) [[ -n "$cmd" && -z "$act" ]] && act="$w" ;;
         esac
     done
     case "$prev" in
@@ -183,8 +198,14 @@ def _shell_cases(
     def pattern(words: list[str]) -> str:
         return "|".join(words)
 
-    def offer(arg: Arg) -> str:
-        return value[arg.takes].format(words=_words(arg.words))
+    def offer(arg: Arg | None) -> str:
+        return value[arg.takes if arg else "text"].format(words=_words(arg.words if arg else ()))
+
+    def positional(command: Command, arg: Arg) -> str:
+        if not command.actions:
+            return offer(arg)
+        then = " ".join(f"{name}) {offer(a)} ;;" for name, a in command.actions)
+        return f'case "$act" in {then} "") {offer(arg)} ;; esac'
 
     def more(words: list[str]) -> str:
         return f"opts+=({_words(words)})" if zsh else f'opts+=" {" ".join(words)}"'
@@ -200,13 +221,14 @@ def _shell_cases(
         if _flags(c.args)
     ]
     positionals = [
-        f"{pad}{pattern([c.name])}) {offer(arg)} ;;"
+        f"{pad}{pattern([c.name])}) {positional(c, arg)} ;;"
         for c in commands
         if (arg := _positional(c)) is not None
     ]
     return {
         "names": NAMES_COMMAND,
         "command_names": "|".join(c.name for c in commands),
+        "action_names": "|".join(dict.fromkeys(a for c in commands for a, _ in c.actions)),
         "values": "\n".join(dict.fromkeys(values)),
         "options": _words(_flags(top)) if zsh else " ".join(_flags(top)),
         "command_options": "\n".join(command_options),
@@ -260,6 +282,22 @@ def _fish(top: tuple[Arg, ...], commands: tuple[Command, ...]) -> str:
             for c in commands
         ),
         *(_fish_line(a, "") for a in top),
-        *(_fish_line(a, f"__fish_seen_subcommand_from {c.name}") for c in commands for a in c.args),
+        *(line for c in commands for line in _fish_command(c)),
     ]
     return "\n".join(lines) + "\n"
+
+
+def _fish_command(command: Command) -> list[str]:
+    """A command's options and positional; with actions, the action words until one is on
+    the line, then that action's positional."""
+    seen = f"__fish_seen_subcommand_from {command.name}"
+    acted = f"__fish_seen_subcommand_from {' '.join(a for a, _ in command.actions)}"
+    lines = [
+        _fish_line(a, f"{seen}; and not {acted}" if command.actions and not a.flags else seen)
+        for a in command.args
+    ]
+    return lines + [
+        _fish_line(arg, f"{seen}; and __fish_seen_subcommand_from {name}")
+        for name, arg in command.actions
+        if arg is not None
+    ]

@@ -51,6 +51,7 @@ def summary_parts(t: Totals) -> list[list[Part]]:
             (2, f"{t.downloaded} downloaded", "downloaded"),
             *[p for p in counts if p[2] == "error-text"],
             (2, f"{humanize.size(t.bytes_on_disk)} on disk", ""),
+            *([(1, f"{t.missing} missing on disk", "error-text")] if t.missing else []),
         ]
     groups = [counts]
     if t.active:
@@ -164,9 +165,17 @@ class DetailPane(VerticalScroll):
         yield Static(id="detail-body")
 
     def show(
-        self, ds: Dataset | None, path: str, jobs: Sequence[Job], live: Job | None, tries: int
+        self,
+        ds: Dataset | None,
+        path: str,
+        jobs: Sequence[Job],
+        live: Job | None,
+        tries: int,
+        *,
+        on_disk: str = "",
     ) -> None:
-        """Render `ds` (None: nothing highlighted); `path` is where its file lives."""
+        """Render `ds` (None: nothing highlighted); `path` is where its file lives; `on_disk`:
+        what the dashboard saw of its copy (`missing on disk: ...`: the store cannot know)."""
         body = self.query_one("#detail-body", Static)
         if ds is None:
             body.update("no dataset highlighted")
@@ -180,6 +189,8 @@ class DetailPane(VerticalScroll):
             status.append(f" (outdated: {why})", style="yellow")
         if ds.downloaded and not ds.confirmed:  # nothing proved the copy whole (issue 12)
             status.append(f" (unconfirmed: {ds.unconfirmed_reason})", style="yellow")
+        if on_disk:
+            status.append(f" ({on_disk})", style="yellow")
         if not ds.in_catalog:
             status.append(" (no longer in the catalogue)", style="yellow")
         if ds.moved_upstream:

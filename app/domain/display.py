@@ -84,6 +84,20 @@ def short_cause(error: str | None) -> str:
     return _HEX.sub(r"\1…", _URL_TAIL.sub("", error_text(error)))  # a server's text in part
 
 
+def job_notice(job: Job) -> tuple[str, bool] | None:
+    """The line the dashboard notifies a job's end with, and whether it is an error: a
+    failure with its cause, a skip with why (a verify's was called `already downloaded`), a
+    verify that passed (it ended without a word)."""
+    if job.status in (JobStatus.FAILED, JobStatus.TIMEOUT):
+        return f"{job.dataset} failed: {short_cause(job.error)}", True
+    if job.status == JobStatus.SKIPPED:
+        why = "already downloaded (f fetches again)" if job.type == JobType.DOWNLOAD else job.error
+        return f"{job.dataset}: {why or 'skipped'}", False
+    if job.status == JobStatus.COMPLETED and job.type == JobType.VERIFY:
+        return f"{job.dataset}: verified, the copy on disk is as recorded", False
+    return None
+
+
 def retry_cause(error: str | None) -> str:
     """Why a retrying job failed last: the HTTP status code, else the short cause."""
     text = error or ""
@@ -220,6 +234,7 @@ class Totals:
     downloaded: int
     failed: int
     bytes_on_disk: int
+    missing: int = 0  # downloaded rows whose copy was removed by hand (not in `downloaded`)
     downloading: int = 0
     queued: int = 0
     retrying: int = 0

@@ -17,8 +17,8 @@ from textual.timer import Timer
 from textual.widgets import Footer, Header
 
 from dsm.config import Settings
-from dsm.domain.display import is_paused, short_cause
-from dsm.domain.jobs import JobStatus, JobType
+from dsm.domain.display import is_paused, job_notice
+from dsm.domain.jobs import JobType
 from dsm.domain.redact import error_text
 from dsm.engine.thread import EngineThread
 from dsm.repository import Repository, StoreError
@@ -174,7 +174,7 @@ class DashboardApp(EngineCalls, Views, App[int]):
 
     @on(CopiesSeen)
     def _copies_seen(self, message: CopiesSeen) -> None:
-        for name in self.state.apply_seen(message.seen):
+        for name in self.state.disk.apply(message.seen):
             self._show(name)
 
     @on(JobChanged)
@@ -183,15 +183,8 @@ class DashboardApp(EngineCalls, Views, App[int]):
         if self.state.apply_job(job, ds):
             self._show(job.dataset)
         self._changed.add("")
-        if job.status in (JobStatus.FAILED, JobStatus.TIMEOUT):
-            self.notify(
-                f"{job.dataset} failed: {short_cause(job.error)}",
-                severity="error",
-                timeout=NOTIFY_SECONDS,
-                markup=False,
-            )
-        elif job.status == JobStatus.SKIPPED:
-            self.notify(f"{job.dataset}: already downloaded (f fetches again)", markup=False)
+        if notice := job_notice(job):
+            self.say(notice[0], "error" if notice[1] else "information")
 
     def _flush_updates(self) -> None:
         """Apply the progress ticks gathered since the last flush, and redraw what changed."""
@@ -279,6 +272,9 @@ class DashboardApp(EngineCalls, Views, App[int]):
     def action_force(self) -> None:
         self._act(JobType.UPDATE)
 
+    def action_verify(self) -> None:
+        self._act(JobType.VERIFY)
+
     def action_delete(self) -> None:
         names = self._targets()
         if names:
@@ -326,7 +322,13 @@ class DashboardApp(EngineCalls, Views, App[int]):
             self.table.action_cursor_down()
 
     def action_clear_marks(self) -> None:
-        self._unmark(list(self.state.marked))
+        """esc on the table: the marks, or with none the filter the bar still shows (after
+        `enter`, esc reached the table and the filter stayed, its bar open)."""
+        bar = self.query_one(FilterBar)
+        if self.state.marked:
+            self._unmark(list(self.state.marked))
+        elif bar.has_class("-open"):
+            bar.action_clear()
 
     def action_copy_path(self) -> None:
         name = self.table.highlighted

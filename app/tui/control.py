@@ -21,6 +21,7 @@ from dsm.domain.jobs import JobType
 from dsm.domain.model import Status
 from dsm.domain.redact import error_text
 from dsm.engine.hubjob import refresh_upstream
+from dsm.engine.liveness import MISSING
 from dsm.engine.thread import EngineThread
 from dsm.errors import DsmError
 from dsm.repository import Repository
@@ -85,7 +86,10 @@ class EngineCalls(_Base):
     def action_download_all(self) -> None:
         if self._before_load(self.action_download_all):
             return
-        names = [n for n, ds in self.state.datasets.items() if ds.status != Status.DOWNLOADED]
+        # A copy removed by hand is not downloaded either: its row says so (`missing on disk`).
+        gone = self.state.disk.says
+        rows = self.state.datasets.items()
+        names = [n for n, ds in rows if ds.status != Status.DOWNLOADED or gone(n) == MISSING]
         if not names:
             self.say("every dataset is downloaded")
             return

@@ -26,6 +26,7 @@ KEY_ACTIONS = (
     KeyAction("S", "S", "reverse_sort", "Reverse", "reverse the sort order", footer=False),
     KeyAction("l", "l", "job_log", "Log", "open the live job log (all jobs, newest first)"),
     KeyAction("f", "f", "force", "Force", "force a re-download (an update job)", footer=False),
+    KeyAction("v", "v", "verify", "Verify", "re-hash the copy on disk (a verify job)", False),
     KeyAction("x", "x", "delete", "Delete", "delete the local files, after confirming", False),
     KeyAction("c", "c", "cancel", "Cancel", "cancel the running or waiting job", footer=False),
     KeyAction("C", "C", "cancel_all", "Cancel all", "cancel every job, after confirming", False),
@@ -33,11 +34,13 @@ KEY_ACTIONS = (
     KeyAction("P", "P", "pause_all", "Pause all", "pause every job", footer=False),
     KeyAction("R", "R", "resume_all", "Resume all", "resume every paused job", footer=False),
     KeyAction("r", "r", "retry_failed", "Retry", "retry every failed dataset", footer=False),
-    KeyAction("a", "a", "download_all", "All", "download every dataset not downloaded", False),
+    KeyAction("a", "a", "download_all", "All", "download every dataset not on disk", False),
     KeyAction(
-        "space", "space", "mark", "Mark", "mark or unmark a row; d f x c p act on marks", False
+        "space", "space", "mark", "Mark", "mark or unmark a row; d f v x c p act on marks", False
     ),
-    KeyAction("escape", "esc", "clear_marks", "Unmark", "clear every mark", footer=False),
+    KeyAction(
+        "escape", "esc", "clear_marks", "Unmark", "clear every mark (none: the filter)", False
+    ),
     KeyAction("y", "y", "copy_path", "Copy path", "copy the dataset's local path", False),
     KeyAction("enter", "enter", "toggle_detail", "Detail", "show or hide the detail pane", False),
 )

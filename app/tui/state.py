@@ -85,6 +85,41 @@ class LogJobs:
         return self._live.get(job.dataset, {}).get(job.id, job)
 
 
+class OnDisk:
+    """What the dashboard's probe saw on disk of the recorded copies (feed.CopyProbe), each
+    only for the row as the probe saw it: a download or verify since recorded it anew."""
+
+    def __init__(self, datasets: dict[str, Dataset]) -> None:
+        self._datasets = datasets  # the dashboard's rows (DashboardState.datasets)
+        self._seen: dict[str, tuple[Dataset, str]] = {}
+
+    def apply(self, seen: dict[str, tuple[Dataset, str]]) -> frozenset[str]:
+        """A new look of the probe; the names of the rows whose info changed."""
+        before, self._seen = self._seen, seen
+        flipped = before.keys() ^ seen.keys()
+        flipped |= {n for n, v in seen.items() if n in before and before[n] != v}
+        return frozenset(flipped & self._datasets.keys())
+
+    def says(self, name: str) -> str:
+        """MISSING, CHANGED, else ""."""
+        seen, ds = self._seen.get(name), self._datasets[name]
+        return seen[1] if seen is not None and (seen[0] is ds or seen[0] == ds) else ""
+
+    def text(self, name: str) -> str:
+        """What the disk says and what to do, for the row and the detail pane (`missing on
+        disk: d fetches it again`), else ""."""
+        said = self.says(name)
+        return f"{said}: {ON_DISK_HINT[said]}" if said else ""
+
+    def missing(self) -> tuple[int, int]:
+        """The downloaded rows whose copy was removed by hand, and the bytes they counted (the
+        summary said `6 downloaded` of five on disk)."""
+        names = self._seen.keys() & self._datasets.keys()
+        gone = [self._datasets[n] for n in names if self.says(n) == MISSING]
+        count = sum(ds.status == Status.DOWNLOADED for ds in gone)
+        return count, sum(ds.size or 0 for ds in gone if ds.downloaded)
+
+
 def _wall_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -124,7 +159,7 @@ class DashboardState:
         self._downloaded = 0
         self._failed = 0
         self._on_disk = 0
-        self._seen: dict[str, tuple[Dataset, str]] = {}  # copies not as recorded (on disk)
+        self.disk = OnDisk(self.datasets)  # copies not on disk as recorded
 
     # -- feeding -----------------------------------------------------------------------
     def _accept(self, ds: Dataset) -> bool:
@@ -222,20 +257,6 @@ class DashboardState:
         self._unseen = {i: j for i, j in self._unseen.items() if i not in self._stored_ids}
         return Change(frozenset(changed & fresh.keys()), structural)
 
-    def apply_seen(self, seen: dict[str, tuple[Dataset, str]]) -> frozenset[str]:
-        """The rows whose recorded copy is not on disk as recorded (feed.CopyProbe); the
-        names whose info changed."""
-        before, self._seen = self._seen, seen
-        flipped = before.keys() ^ seen.keys()
-        flipped |= {n for n, v in seen.items() if n in before and before[n] != v}
-        return frozenset(flipped & self.datasets.keys())
-
-    def _disk_says(self, name: str) -> str:
-        """What the probe saw on disk, only for the row as it saw it: a download or verify
-        since recorded the copy anew."""
-        seen, ds = self._seen.get(name), self.datasets[name]
-        return seen[1] if seen is not None and (seen[0] is ds or seen[0] == ds) else ""
-
     def _foreign_ended(self, gone: list[Job], jobs: list[Job]) -> None:
         """Jobs of other processes that the store no longer has unfinished: those that ended
         count in the totals' rate (their last bytes) and jobs finished a second; an action
@@ -290,8 +311,8 @@ class DashboardState:
             return retry_text(job, self.max_attempts, self._wall_ms())
         if is_paused(job):
             return "paused: p resumes"
-        if said := self._disk_says(name):
-            return f"{said}: {ON_DISK_HINT.get(said, '')}"
+        if said := self.disk.text(name):
+            return said
         ds = self.datasets[name]
         if job is None and name in self.interrupted and ds.status in ACTIVE:
             return INTERRUPTED
@@ -410,11 +431,13 @@ class DashboardState:
             eta_s = eta(left, self._throughput.jobs_rate(now))
         else:
             eta_s = eta(sizes.total - sizes.done, rate) if sizes.total else None
+        missing, lost = self.disk.missing()
         return Totals(
             datasets=len(self.datasets),
-            downloaded=self._downloaded,
+            downloaded=self._downloaded - missing,
             failed=self._failed,
-            bytes_on_disk=self._on_disk,
+            bytes_on_disk=self._on_disk - lost,
+            missing=missing,
             downloading=count["running"],
             queued=count["waiting"],
             retrying=count["retrying"],

@@ -72,7 +72,8 @@ class Views(_Base):
         ds = self.state.datasets[name]
         path = str(self.settings.home / ds.local_path)
         jobs, live = self.state.jobs_of(name), self.state.job_for(name)
-        pane.show(ds, path, jobs, live, self.state.max_attempts)
+        on_disk = self.state.disk.text(name)
+        pane.show(ds, path, jobs, live, self.state.max_attempts, on_disk=on_disk)
 
     @property
     def log_open(self) -> bool:

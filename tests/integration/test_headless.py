@@ -225,6 +225,15 @@ def test_bad_input_exits_2(
     assert server.requests("ok.bin") == []
 
 
+def test_all_of_an_empty_catalogue_says_so(home: Path, catalog: CatalogFn) -> None:
+    """It said `--run-job needs --dataset NAME, --all or --params JSON` of the --all given."""
+    proc = run_dsm("--run-job", "verify", "--all", home=home, catalog_path=catalog([]))
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        "dsm: error: --all: there is no dataset (the catalogue lists none, the store keeps none)"
+    )
+
+
 def test_kill_9_then_restart_resumes_from_the_partial(
     server: FileServer, home: Path, catalog: CatalogFn
 ) -> None:

@@ -139,6 +139,30 @@ async def test_slash_filters_as_you_type(
         assert app.focused is app.table
 
 
+async def test_esc_on_the_table_clears_the_marks_then_the_filter(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    """After `enter` the filter stays, its bar open: esc on the table cleared only marks, so
+    the README's "esc clears" left the filter in place until `/` then esc."""
+    app = make_app(home, serve(server, catalog, "alpha", "beta", "gamma"))
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
+        await loaded(pilot)
+        await pilot.press("slash", "a", "enter")  # alpha, beta, gamma: every name has an a
+        await pilot.press("slash", "backspace", *"et", "enter")
+        await until(pilot, lambda: app.table.row_count == 1)
+        assert app.focused is app.table
+        await pilot.press("space")
+        assert app.state.marked == {"beta"}
+        await pilot.press("escape")  # the marks first: the filter stays
+        assert not app.state.marked and app.query_one(FilterBar).value == "et"
+        await pilot.press("escape")  # no marks: the filter
+        await until(pilot, lambda: app.table.row_count == 3)
+        bar = app.query_one(FilterBar)
+        assert bar.value == "" and not bar.has_class("-open") and app.focused is app.table
+        await pilot.press("escape")  # nothing left to clear: nothing happens
+        assert app.table.row_count == 3 and app.focused is app.table
+
+
 @pytest.mark.parametrize(
     ("typed", "pasted"),
     [("/pdf-xlsx-data", ""), ("/", "pdf-xlsx-data"), ("\r\x1b/pdf-xlsx-data", "")],
@@ -209,6 +233,26 @@ async def test_a_downloads_everything_not_downloaded(
             await until(pilot, lambda n=name: cell(app, n, "status") == "downloaded")  # type: ignore[misc]
         await pilot.press("a")
         await until(pilot, lambda: "every dataset is downloaded" in messages(app))
+
+
+async def test_a_downloads_a_copy_removed_by_hand_again(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    """`a` left a row saying `missing on disk` as it was: its store status is downloaded."""
+    app = make_app(home, serve(server, catalog, "alpha", "beta"))
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
+        await loaded(pilot)
+        await pilot.press("a")
+        await until(pilot, lambda: app.state.totals(0).downloaded == 2)
+        await pilot.press("a")
+        await until(pilot, lambda: any("every dataset is downloaded" in m for m in messages(app)))
+        (home / "data" / "beta").unlink()
+        await until(pilot, lambda: cell(app, "beta", "info").startswith("missing on disk"))
+        await pilot.press("a")
+        await until(pilot, lambda: (home / "data" / "beta").exists())
+        await until(pilot, lambda: cell(app, "beta", "info") == "")
+    assert (home / "data" / "beta").read_bytes() == BODY
+    assert [len(server.requests(f"{n}.bin")) for n in ("alpha", "beta")] == [1, 2]
 
 
 async def test_a_pressed_before_the_rows_are_read_downloads_them_once_read(
@@ -314,6 +358,51 @@ async def test_enter_l_and_help_screens(server: FileServer, home: Path, catalog:
         await pilot.press("question_mark")
         await until(pilot, lambda: len(app.screen_stack) == 1)
     assert len(app.repo.jobs()) == 1
+
+
+async def test_the_detail_pane_says_a_copy_removed_by_hand_is_missing(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    """The row said `missing on disk` but the detail pane, open on it, said `downloaded`."""
+    app = make_app(home, serve(server, catalog, "alpha"))
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
+        await loaded(pilot)
+        await pilot.press("d", "enter")
+        await until(pilot, lambda: cell(app, "alpha", "status") == "downloaded")
+        assert "missing on disk" not in text_of(app, "#detail-body")
+        (home / "data" / "alpha").unlink()
+        await until(pilot, lambda: "missing on disk" in text_of(app, "#detail-body"))
+        assert "downloaded (missing on disk: d fetches it again)" in text_of(app, "#detail-body")
+        await pilot.press("d")
+        await until(pilot, lambda: (home / "data" / "alpha").exists())
+        await until(pilot, lambda: "missing on disk" not in text_of(app, "#detail-body"))
+        assert "downloaded" in text_of(app, "#detail-body")
+
+
+async def test_v_verifies_a_copy_changed_on_disk(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    """The row said `changed on disk: v verifies it`, and the dashboard had no `v`."""
+    app = make_app(home, serve(server, catalog, "alpha", "beta"))
+    copy = home / "data" / "alpha"
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
+        await loaded(pilot)
+        await pilot.press("d")
+        await until(pilot, lambda: cell(app, "alpha", "status") == "downloaded")
+        os.utime(copy, ns=(1_000_000_000, 1_000_000_000))  # touched: the same bytes
+        await until(pilot, lambda: cell(app, "alpha", "info").startswith("changed on disk: v"))
+        await pilot.press("v")
+        await until(
+            pilot, lambda: "alpha: verified, the copy on disk is as recorded" in messages(app)
+        )
+        await until(pilot, lambda: cell(app, "alpha", "info") == "")
+        with copy.open("ab") as f:
+            f.write(b"x")
+        await pilot.press("v")
+        await until(pilot, lambda: cell(app, "alpha", "status") == "error")
+        assert any(m.startswith("alpha failed: size mismatch on disk") for m in messages(app))
+        await pilot.press("j", "v")  # beta is not downloaded: said so, not `already downloaded`
+        await until(pilot, lambda: "beta: not downloaded: nothing to verify" in messages(app))
 
 
 async def test_command_palette_runs_actions(

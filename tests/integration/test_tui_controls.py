@@ -4,6 +4,7 @@ actions, the live job log, re-sorting, moving keys, marks, copying a path, ctrl+
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ from dsm.domain.model import Status
 from dsm.engine.engine import SUSPENDED_MESSAGE
 from dsm.repository import Repository
 from dsm.tui.app import UI_SWITCH_INTERVAL, DashboardApp
-from tests.conftest import CatalogFn, make_settings, open_repo
+from tests.conftest import CatalogFn, make_settings, open_repo, run_dsm
 from tests.httpserver import FileServer
 from tests.tui_helpers import SIZE, cell, loaded, make_app, messages, until
 
@@ -91,7 +92,8 @@ async def test_ctrl_c_quits_like_q(server: FileServer, home: Path, catalog: Cata
 async def test_p_pauses_keeping_the_partial_and_p_resumes_from_it(
     server: FileServer, home: Path, catalog: CatalogFn
 ) -> None:
-    app = make_app(home, serve(server, catalog, "alpha", rate=400_000))
+    cat = serve(server, catalog, "alpha", rate=400_000)
+    app = make_app(home, cat)
     part = home / "data" / "alpha.part"
     async with app.run_test(size=SIZE, notifications=True) as pilot:
         await loaded(pilot)
@@ -104,6 +106,12 @@ async def test_p_pauses_keeping_the_partial_and_p_resumes_from_it(
         (stored,) = app.repo.jobs()
         assert (stored.status, stored.error) == (JobStatus.WAITING, PAUSED_MESSAGE)
         await until(pilot, lambda: "1 paused" in str(app.summary.render()))
+        # `dsm list` beside it said `queued 12.3%` of the paused row, as of one that waits.
+        listed = await asyncio.to_thread(run_dsm, "list", home=home, catalog_path=cat)
+        (line,) = [x for x in listed.stdout.splitlines() if x.startswith("alpha ")]
+        assert line.split()[1] == "queued" and line.endswith("(paused)")
+        shown = await asyncio.to_thread(run_dsm, "show", "alpha", home=home, catalog_path=cat)
+        assert shown.stdout.splitlines()[-1].split(None, 2)[2].startswith("paused: ")
         server.persistent.clear()  # full speed from here
         await pilot.press("p")
         await until(pilot, lambda: cell(app, "alpha", "status") == "downloaded", within=20)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -388,3 +389,24 @@ def test_list_and_show_say_what_is_seen_now(
     (home / "data" / "a").unlink()
     assert _line_of(home, cat, "a").endswith("(missing on disk)")
     assert list_json(home, cat)["datasets"][0]["downloaded"] is True  # JSON: the stored row
+
+
+def test_a_commands_help_lists_only_what_it_takes(home: Path, seven: Path) -> None:
+    """`dsm list -h` listed --run-job, --dataset, --params, ...: options that are an error
+    there (`--dataset: only with --run-job`). The top-level help names the job types."""
+    job_only = ("--run-job", "--dataset", "--force-download", "--params")
+
+    def listed(text: str) -> set[str]:
+        return {f for f in (*job_only, "--all") if re.search(rf"{f}\b(?!-)", text)}
+
+    for command in (["list"], ["show"], ["job-params"], ["serve"], ["cache", "status"]):
+        shown = run_dsm(*command, "-h", home=home, catalog_path=seven)
+        assert shown.returncode == 0 and "--home DIR" in shown.stdout
+        assert listed(shown.stdout) == set(), command
+    push = run_dsm("cache", "push", "-h", home=home, catalog_path=seven).stdout
+    assert listed(push) == {"--all"}
+    top = run_dsm("-h", home=home, catalog_path=seven).stdout
+    assert listed(top) == {*job_only, "--all"}
+    assert "run jobs headless: download, update, delete, verify" in top
+    refused = run_dsm("list", "--dataset", "x", home=home, catalog_path=seven)
+    assert refused.returncode == 2 and "--dataset: only with --run-job" in refused.stderr

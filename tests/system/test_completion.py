@@ -56,6 +56,11 @@ def bash_complete(words: list[str], env: dict[str, str]) -> list[str]:
         (["dsm", "completion", ""], ["bash", "zsh", "fish"]),
         (["dsm", "cache", ""], ["status", "push"]),
         (["dsm", "cache", "p"], ["push"]),
+        # An action's own positional: push takes dataset names (it offered status, push).
+        (["dsm", "cache", "push", ""], NAMES),
+        (["dsm", "cache", "push", "alpha", "g"], ["gsm8k"]),
+        (["dsm", "cache", "status", ""], []),
+        (["dsm", "show", "push", ""], NAMES),  # a dataset named like an action: still show's
         (["dsm", "--workers", ""], []),
     ],
     ids=lambda v: " ".join(v) if isinstance(v, list) else None,
@@ -86,9 +91,11 @@ def test_zsh_script_parses_and_completes(env: dict[str, str]) -> None:
         "source <(dsm completion zsh); "
         'words=(dsm show ""); CURRENT=3; _dsm; '
         'words=(dsm ""); CURRENT=2; _dsm; '
-        "words=(dsm list --pa); CURRENT=3; _dsm"
+        "words=(dsm list --pa); CURRENT=3; _dsm; "
+        'print -- "|"; words=(dsm cache push ""); CURRENT=4; _dsm'
     )
-    offered = shell(["zsh", "-f", "-c", code], env).split()
+    offered, pushed = (part.split() for part in shell(["zsh", "-f", "-c", code], env).split("|"))
+    assert pushed == NAMES
     assert offered[: len(NAMES)] == NAMES
     assert offered[len(NAMES) : len(NAMES) + len(COMMANDS)] == COMMANDS
     assert {"--page-size", "--page", "--json"} <= set(offered[len(NAMES) + len(COMMANDS) :])
@@ -107,4 +114,6 @@ def test_fish_script_parses_and_completes(env: dict[str, str]) -> None:
     assert set(COMMANDS) <= set(complete("dsm "))
     assert complete("dsm --run-job ") == ["delete", "download", "update", "verify"]
     assert complete("dsm cache ") == ["push", "status"]
+    assert complete("dsm cache push ") == NAMES
+    assert complete("dsm cache status ") == []
     assert shell(["fish", "-n", "-c", shell(["dsm", "completion", "fish"], env)], env) == ""

@@ -19,6 +19,7 @@ from dsm.domain.display import (
     RateMeter,
     Totals,
     eta,
+    job_notice,
     retry_text,
     short_cause,
     shown_progress,
@@ -488,15 +489,49 @@ def test_the_probe_finds_copies_removed_or_changed_by_hand_in_turns(
 
 def test_a_row_says_its_copy_is_missing_only_as_the_probe_saw_it() -> None:
     state = DashboardState("me")
-    row = on_disk("a")
-    state.apply_snapshot([row, on_disk("b")], [])
-    assert state.apply_seen({"a": (row, MISSING), "zz": (on_disk("zz"), MISSING)}) == {"a"}
+    row = on_disk("a", size=3000)
+    state.apply_snapshot([row, on_disk("b", size=500)], [])
+    assert state.disk.apply({"a": (row, MISSING), "zz": (on_disk("zz"), MISSING)}) == {"a"}
     assert state.row("a").info == "missing on disk: d fetches it again"
     assert state.row("b").info == ""
-    assert state.apply_seen({"a": (row, MISSING)}) == frozenset()  # nothing changed
-    assert state.apply_seen({"a": (row, CHANGED)}) == {"a"}
+    # The summary said `2 downloaded · 3.4 KiB on disk` of one copy of 500 bytes.
+    t = state.totals(shown=2)
+    assert (t.downloaded, t.missing, t.bytes_on_disk) == (1, 1, 500)
+    line = summary_line(t, 200, {str(k): v for k, v in COLOUR.items()}).plain
+    assert line == "2 datasets · 1 downloaded · 500 B on disk · 1 missing on disk"
+    assert state.disk.apply({"a": (row, MISSING)}) == frozenset()  # nothing changed
+    assert state.disk.apply({"a": (row, CHANGED)}) == {"a"}
     assert state.row("a").info == "changed on disk: v verifies it, f fetches it again"
+    assert state.totals(shown=2).missing == 0  # changed, not missing: still on disk
     # A download since put a new copy there: its row is newer than what the probe saw.
     state.apply_job(job("a", JobStatus.COMPLETED), on_disk("a", size=5, updated_at_ms=9))
     assert state.row("a").info == ""
-    assert state.apply_seen({}) == {"a"}
+    assert state.disk.apply({}) == {"a"}
+
+
+def test_a_pending_cancel_of_another_processs_job_ends_with_the_job() -> None:
+    """`c` on a row another process downloads: the row said `cancel pending` for good, after
+    that process had canceled the job (only our own jobs' ends cleared it)."""
+    state = DashboardState("me")
+    rows = [Dataset("a", local_path="a"), Dataset("b", local_path="b")]
+    theirs = [job("a", owner="other"), job("b", owner="other")]
+    state.apply_snapshot(rows, theirs)
+    state.ask(["a", "b"], "cancel")
+    assert state.row("a").info == "cancel pending"
+    ended = job("a", JobStatus.CANCELED, owner="other")
+    assert state.apply_snapshot(rows, [ended, theirs[1]]).names == {"a"}
+    assert (state.row("a").info, state.row("b").info) == ("", "cancel pending")
+
+
+def test_a_jobs_end_is_notified_with_what_happened() -> None:
+    verify = Job(JobType.VERIFY, "a", {}, status=JobStatus.SKIPPED, error="not downloaded")
+    assert job_notice(verify) == ("a: not downloaded", False)  # was `already downloaded`
+    assert job_notice(job("a", JobStatus.SKIPPED)) == (
+        "a: already downloaded (f fetches again)",
+        False,
+    )
+    verify.status, verify.error = JobStatus.COMPLETED, None
+    assert job_notice(verify) == ("a: verified, the copy on disk is as recorded", False)
+    assert job_notice(job("a", JobStatus.COMPLETED)) is None  # the row says it
+    failed = job("a", JobStatus.FAILED, error="HTTP 404 Not Found from http://h/a")
+    assert job_notice(failed) == ("a failed: HTTP 404 Not Found", True)

@@ -7,13 +7,10 @@ from __future__ import annotations
 
 import fcntl
 import os
-import time
 from pathlib import Path
 
 from dsm.catalog.paths import Resolver
 from dsm.domain.model import Dataset
-
-PROBE_GRACE = 0.02  # seconds a held owner lock is asked again before its owner counts as live
 
 
 def owner_lock_path(lock_dir: Path, owner: str) -> Path:
@@ -24,30 +21,23 @@ def owner_lock_path(lock_dir: Path, owner: str) -> Path:
 def owner_running(lock_dir: Path, owner: str) -> bool:
     """Whether the engine `owner` holds its lock: False when the file is gone or free (its
     process died); True when held, or when the lock cannot be asked (never calls a live
-    engine dead). Creates nothing, and holds a free lock only for an instant: so a lock
-    found held is asked again for PROBE_GRACE (another process's probe of a dead owner, as
-    `dsm list` makes, had an engine starting then leave that owner's jobs for its next
-    start)."""
+    engine dead). Creates nothing. A probe asks for a shared lock, which only the engine's
+    exclusive one refuses: probes never hold each other off (an exclusive probe of a dead
+    owner, as `dsm list` makes, had an engine starting then count it live and leave its
+    jobs for its next start; a grace to ask again cost every live owner's probe its wait)."""
     try:
         fd = os.open(owner_lock_path(lock_dir, owner), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
         return False
     except OSError:
         return True
-    deadline = time.monotonic() + PROBE_GRACE
     try:
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return False
-            except BlockingIOError:  # held: by its engine, or by a probe for an instant
-                if time.monotonic() >= deadline:
-                    return True
-                time.sleep(PROBE_GRACE / 8)
-            except OSError:  # no locks here: not known dead
-                return True
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:  # held (EWOULDBLOCK), or no locks here: either way not known dead
+        return True
     finally:
         os.close(fd)  # with the lock this probe took
+    return False
 
 
 MISSING = "missing on disk"  # the recorded copy was removed

@@ -32,21 +32,23 @@ def test_a_lock_that_cannot_be_asked_is_never_called_dead(tmp_path: Path) -> Non
     assert owner_running(tmp_path, "abc") is True
 
 
-def test_a_dead_owner_s_lock_held_by_another_probe_for_an_instant_is_still_dead(
+def test_a_dead_owner_s_lock_held_by_another_probe_is_still_dead(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`dsm list` probing a dead owner holds its free lock for an instant: an engine that
-    asked at that instant counted the owner live and left its jobs for its next start."""
-    held = os.open(owner_lock_path(tmp_path, "dead"), os.O_RDWR | os.O_CREAT, 0o666)
-    fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the other probe, mid-way
+    """`dsm list` probing a dead owner holds its free lock while it asks (for as long as its
+    process is not scheduled): an engine that asked then counted the owner live and left its
+    jobs for its next start. A probe asked while another holds the lock says dead."""
+    owner_lock_path(tmp_path, "dead").touch()  # left by a killed engine
     real = fcntl.flock
+    answers: list[bool] = []
+    holding: list[int] = []
 
-    def other_probe_lets_go(fd: int, op: int) -> None:
-        try:
-            real(fd, op)
-        except BlockingIOError:
-            os.close(held)  # as the other probe does at once
-            raise
+    def probe_meanwhile(fd: int, op: int) -> None:
+        real(fd, op)
+        if not holding:  # the first probe holds the lock now: another asks before it lets go
+            holding.append(fd)
+            answers.append(owner_running(tmp_path, "dead"))
 
-    monkeypatch.setattr(fcntl, "flock", other_probe_lets_go)
+    monkeypatch.setattr(fcntl, "flock", probe_meanwhile)
     assert owner_running(tmp_path, "dead") is False
+    assert answers == [False]

@@ -464,13 +464,14 @@ def rehash(home: Path, ds: Dataset) -> tuple[str | None, dict[str, Any]]:
     problem = _tree_problem(home, ds) if ds.extract is not None else None
     if problem:
         return problem, {}
-    if own or not ds.expected_sha256:
+    if own or (ds.extract is not None and not ds.expected_sha256):
         return None, {"file_mtime_ns": st.st_mtime_ns}
     if ds.extract is not None:  # the tree may still be the one unpacked from the archive before
         return STALE_TREE, {}
-    # The catalogue's very bytes: the record says so now (it named the copy before).
+    # The catalogue's bytes (its sha256), or its size: the record says so now (it named the
+    # copy before, and kept it `changed on disk` however often it was verified).
     stamps = {"file_mtime_ns": st.st_mtime_ns, "size": st.st_size, "checksum": actual}
-    return None, stamps | {"confirmed": True, "unconfirmed_reason": None}
+    return None, stamps | ({"confirmed": True, "unconfirmed_reason": None} if want else {})
 
 
 STALE_TREE = (

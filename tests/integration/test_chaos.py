@@ -737,3 +737,29 @@ def test_verify_after_an_archive_update_killed_before_its_tree_names_the_stale_t
     assert proc.returncode == 0, proc.stderr
     assert len(server.requests("a.bin")) == fetched
     assert sorted(p.name for p in (home / "data" / "a").iterdir()) == ["y.txt"]
+
+
+def test_verify_after_an_update_killed_before_its_record_of_a_size_only_entry_records_it(
+    server: FileServer, home: Path, catalog: CatalogFn
+) -> None:
+    """As above, the catalogue naming only the size: verify passed on the catalogue's size
+    but kept the record of the copy before, so the row said `changed on disk: v verifies
+    it` however often v verified it (and the engine no longer counted the copy verified)."""
+    old, new = blob(44, 300_000), blob(45, 400_000)
+
+    def size_only(data: bytes) -> list[dict[str, Any]]:
+        url = server.add("a.bin", data)
+        return [
+            {"name": "a", "original_url": url, "local_path": "data/a", "expected_size": len(data)}
+        ]
+
+    cat = catalog(size_only(old))
+    assert run_dsm("--run-job", "download", "--all", home=home, catalog_path=cat).returncode == 0
+    catalog(size_only(new))
+    (home / "data" / "a").write_bytes(new)  # what the killed update had moved into place
+    proc = run_dsm("--run-job", "verify", "--all", home=home, catalog_path=cat)
+    assert proc.returncode == 0, proc.stderr
+    row = json.loads(run_dsm("show", "a", "--json", home=home, catalog_path=cat).stdout)
+    assert (row["size"], row["checksum"]) == (len(new), sha(new))
+    shown = run_dsm("show", "a", home=home, catalog_path=cat).stdout
+    assert "changed on disk" not in shown

@@ -127,6 +127,17 @@ def dsm_env(home: Path, catalog_path: Path | None, **extra: str) -> dict[str, st
     return env
 
 
+def start_dsm(*args: str, home: Path, catalog_path: Path) -> subprocess.Popen[bytes]:
+    """The installed dsm started in the background on this home, its output discarded (a
+    process another one, or a test, then acts beside, or kills)."""
+    return subprocess.Popen(
+        [*dsm_command(), *args],
+        env=dsm_env(home, catalog_path),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 def run_dsm(
     *args: str,
     home: Path,

@@ -72,6 +72,7 @@ class CopyProbe:
         self._home = home
         self._paths = Resolver(home)  # anew each round: a symlink may change meanwhile
         self._looked: dict[str, Dataset] = {}  # name -> the row object looked at last
+        self._rows: list[Dataset] | None = None  # the read they came from
         self._turn = 0
         self.seen: Seen = {}
 
@@ -81,9 +82,14 @@ class CopyProbe:
             self._turn, self._paths = 0, Resolver(self._home)
         turn = rows[self._turn : self._turn + PROBE_ROWS]
         self._turn += PROBE_ROWS
-        fresh = [ds for ds in rows if self._looked.get(ds.name) is not ds]
-        self._looked = {ds.name: ds for ds in rows}  # what is looked at now, or was before
-        seen = {n: v for n, v in self.seen.items() if n in self._looked}
+        fresh: list[Dataset] = []
+        seen = self.seen
+        if rows is not self._rows:  # a new read (most polls read nothing: O(n) saved)
+            self._rows = rows
+            fresh = [ds for ds in rows if self._looked.get(ds.name) is not ds]
+            self._looked = {ds.name: ds for ds in rows}  # what is looked at now, or was before
+            seen = {n: v for n, v in seen.items() if n in self._looked}
+        seen = dict(seen)
         for ds in (*fresh, *turn):
             if said := copy_seen(self._paths, ds):
                 seen[ds.name] = (ds, said)

@@ -35,6 +35,7 @@ from tests.conftest import (
     open_repo,
     run_dsm,
     sha,
+    start_dsm,
     wait_for,
 )
 from tests.enginehelp import check_home, entries, run_jobs, setup, until
@@ -46,12 +47,7 @@ SOAK_TRIALS = 20
 
 def start_download_all(home: Path, cat: Path) -> subprocess.Popen[bytes]:
     """`dsm --run-job download --all` on `home`, in the background, silent."""
-    return subprocess.Popen(
-        [*dsm_command(), "--run-job", "download", "--all"],
-        env=dsm_env(home, cat),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    return start_dsm("--run-job", "download", "--all", home=home, catalog_path=cat)
 
 
 @pytest.mark.slow

@@ -19,11 +19,10 @@ from dsm.tui.state import INTERRUPTED, DashboardState
 from dsm.widgets.screens import FilterBar
 from tests.conftest import (
     CatalogFn,
-    dsm_command,
-    dsm_env,
     make_settings,
     open_repo,
     run_dsm,
+    start_dsm,
     wait_for,
 )
 from tests.httpserver import FileServer
@@ -567,12 +566,7 @@ def test_a_row_whose_downloading_process_was_killed_says_it_is_interrupted(
     repo = open_repo(settings)
     watch = StoreWatch(repo, settings.lock_dir, "dashboard")
     state = DashboardState(own_engine="dashboard")
-    other = subprocess.Popen(
-        [*dsm_command(), "--run-job", "download", "--dataset", "alpha"],
-        env=dsm_env(home, cat),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    other = start_dsm("--run-job", "download", "--dataset", "alpha", home=home, catalog_path=cat)
     try:
         wait_for(lambda: bool(server.requests("alpha.bin")))
         wait_for(lambda: any(j.status == JobStatus.RUNNING for j in repo.jobs()))

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from dsm.version import __version__
-from tests.conftest import TEST_ENV, CatalogFn, dsm_command, dsm_env, run_dsm, wait_for
+from tests.conftest import TEST_ENV, CatalogFn, dsm_command, dsm_env, run_dsm, start_dsm, wait_for
 from tests.httpserver import FileServer
 from tests.unit.test_model import CATALOGUE_FIELDS, EXTRA_FIELDS, SEED_COLUMNS
 
@@ -364,12 +364,7 @@ def test_list_and_show_say_what_is_seen_now(
         run_dsm("--run-job", "download", "--dataset", "a", home=home, catalog_path=cat).returncode
         == 0
     )
-    proc = subprocess.Popen(
-        [*dsm_command(), "--run-job", "download", "--dataset", "b"],
-        env=dsm_env(home, cat),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = start_dsm("--run-job", "download", "--dataset", "b", home=home, catalog_path=cat)
     try:
         wait_for(lambda: "downloading" in _line_of(home, cat, "b"), timeout=30)
         assert "interrupted" not in _line_of(home, cat, "b")  # its process runs it
